@@ -1,0 +1,58 @@
+"""Every default AnnData key written or read by :mod:`scadversarial`, in one place."""
+
+from __future__ import annotations
+
+UNS = "sad"  #: ``.uns['sad']`` holds run records, one per step
+
+# preprocessing
+VAR_MEAN = "sad_mean"
+VAR_STD = "sad_std"
+LAYER_COUNTS = "counts"
+LAYER_LOGNORM = "sad_lognorm"
+VAR_HVG = "highly_variable"
+
+# labels and split
+OBS_LABEL = "sad_label"
+OBS_SPLIT = "sad_split"
+SPLITS = ("train", "val", "test")
+
+# classifier outputs
+OBS_PRED = "sad_pred"
+OBS_CONFIDENCE = "sad_confidence"
+OBSM_EMBEDDING = "X_sad_embedding"
+OBSM_PROBA = "sad_proba"
+
+# detection outputs
+OBSM_META = "sad_meta"
+OBSM_TRIPLET = "X_sad_triplet"
+OBS_SCORE = "sad_score"
+OBS_FLAG = "sad_adversarial"
+
+# run-record steps in .uns['sad']
+STEP_PREPROCESS = "preprocess"
+STEP_LABELS = "pseudo_labels"
+STEP_SPLIT = "split"
+STEP_CLASSIFIER = "classifier"
+STEP_ATTACKS = "attacks"
+STEP_DETECTOR = "detector"
+STEP_EVALUATE = "evaluate"
+
+
+def attack_layer(method: str, eps: float) -> str:
+    """Layer name of a white-box attack at one epsilon, e.g. ``'sad_pgd_eps0.1'``."""
+    return f"sad_{method}_eps{eps:g}"
+
+
+def pred_key(layer: str) -> str:
+    """``.obs`` key of the predictions on ``layer`` (``'sad_pred'`` for ``X``)."""
+    return OBS_PRED if layer is None else f"{layer}_pred"
+
+
+def score_key(layer: str | None) -> str:
+    """``.obs`` key of the detector score on ``layer`` (``'sad_score'`` for ``X``)."""
+    return OBS_SCORE if layer is None else f"{OBS_SCORE}_{layer}"
+
+
+def flag_key(layer: str | None) -> str:
+    """``.obs`` key of the detector flag on ``layer`` (``'sad_adversarial'`` for ``X``)."""
+    return OBS_FLAG if layer is None else f"{OBS_FLAG}_{layer}"

@@ -1,0 +1,205 @@
+"""Input checks and ``.uns`` record helpers shared by every public function.
+
+Every check raises before anything is written, so a failing call leaves the AnnData unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from . import _keys
+
+
+def check_adata(adata: Any, *, min_obs: int = 1) -> AnnData:
+    """Check that ``adata`` is a non-empty :class:`~anndata.AnnData`."""
+    if not isinstance(adata, AnnData):
+        msg = f"Expected an AnnData object, got {type(adata).__name__}. Load your data with `anndata.read_h5ad` or `sc.read_10x_h5`."
+        raise TypeError(msg)
+    if adata.n_obs < min_obs or adata.n_vars == 0:
+        msg = (
+            f"The AnnData is empty or too small ({adata.n_obs} cells x {adata.n_vars} genes; at least {min_obs} "
+            "cells and 1 gene needed). Check your filtering steps."
+        )
+        raise ValueError(msg)
+    return adata
+
+
+def get_matrix(adata: AnnData, layer: str | None = None, *, dense: bool = True, dtype=np.float32) -> np.ndarray:
+    """Return ``X`` or ``layers[layer]`` as a (dense) array, checked to be finite."""
+    if layer is None:
+        X = adata.X
+    else:
+        if layer not in adata.layers:
+            msg = (
+                f"Layer {layer!r} not found in adata.layers (available: {list(adata.layers)}). "
+                "Pass an existing layer, or layer=None for adata.X; attack layers are written by `sad.tl.attack`."
+            )
+            raise KeyError(msg)
+        X = adata.layers[layer]
+    if X is None:
+        msg = "adata.X is None. Set adata.X or pass layer=..."
+        raise ValueError(msg)
+    if dense:
+        X = X.toarray() if sp.issparse(X) else np.asarray(X)
+        X = X.astype(dtype, copy=False)
+    check_finite(X, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
+    return X
+
+
+def check_finite(X, where: str = "the matrix") -> None:
+    """Raise a :class:`ValueError` when ``X`` holds NaN or infinite values."""
+    data = X.data if sp.issparse(X) else np.asarray(X)
+    if data.dtype.kind in "fc" and not np.isfinite(data).all():
+        n_bad = int((~np.isfinite(data)).sum())
+        msg = (
+            f"{where} contains {n_bad} NaN or infinite values. Remove or impute them first "
+            "(e.g. `adata = adata[:, ~np.isnan(adata.X).any(0)]` or `np.nan_to_num`)."
+        )
+        raise ValueError(msg)
+
+
+def check_nonnegative(X, where: str = "the matrix") -> None:
+    """Raise a :class:`ValueError` when ``X`` (expected counts) has negative values."""
+    data = X.data if sp.issparse(X) else np.asarray(X)
+    if data.size and data.min() < 0:
+        msg = (
+            f"{where} has negative values (min {data.min():g}) but raw counts were expected. "
+            "Pass counts, or set `already_log=True` if the data are log-normalized (and `layer=` to the right matrix)."
+        )
+        raise ValueError(msg)
+
+
+def check_obs_key(adata: AnnData, key: str, *, producer: str | None = None) -> pd.Series:
+    """Return ``adata.obs[key]``, or raise a :class:`KeyError` that says where it comes from."""
+    if key not in adata.obs:
+        hint = f" It is written by `{producer}`." if producer else ""
+        msg = f"Key {key!r} not found in adata.obs (columns: {list(adata.obs.columns)}).{hint}"
+        raise KeyError(msg)
+    return adata.obs[key]
+
+
+def check_labels(labels: pd.Series | np.ndarray, *, key: str = "labels", min_per_class: int = 1) -> pd.Categorical:
+    """Check a label vector: no missing values, at least two classes, each with ``min_per_class`` cells."""
+    labels = pd.Series(labels)
+    if labels.isna().any():
+        msg = f"{labels.isna().sum()} cells have no label in {key!r}. Drop them first: `adata = adata[adata.obs[{key!r}].notna()].copy()`."
+        raise ValueError(msg)
+    cat = pd.Categorical(labels.astype(str))
+    counts = pd.Series(cat).value_counts()
+    if len(counts) < 2:
+        msg = f"{key!r} has a single class ({counts.index[0]!r}); a classifier needs at least two. Use other labels or `sad.pp.pseudo_labels`."
+        raise ValueError(msg)
+    small = counts[counts < min_per_class]
+    if len(small):
+        msg = (
+            f"Classes too small in {key!r}: {dict(small)} (need at least {min_per_class} cells each to stratify). "
+            "Merge or drop those classes, e.g. `adata = adata[~adata.obs[key].isin([...])].copy()`."
+        )
+        raise ValueError(msg)
+    return cat
+
+
+def uns_root(adata: AnnData) -> dict:
+    """``adata.uns['sad']``, created when missing."""
+    if _keys.UNS not in adata.uns:
+        adata.uns[_keys.UNS] = {}
+    return adata.uns[_keys.UNS]
+
+
+def get_record(adata: AnnData, step: str, *, producer: str) -> dict:
+    """Return the run record ``adata.uns['sad'][step]`` or raise a :class:`KeyError` naming its producer."""
+    rec = adata.uns.get(_keys.UNS, {}).get(step)
+    if rec is None:
+        msg = f"No {step!r} record in adata.uns['sad']. Run `{producer}` first."
+        raise KeyError(msg)
+    return rec
+
+
+def set_record(
+    adata: AnnData,
+    step: str,
+    *,
+    params: Mapping | None = None,
+    metrics: Mapping | None = None,
+    model: Mapping | None = None,
+    **extra,
+) -> dict:
+    """Write an h5ad-writable run record to ``adata.uns['sad'][step]``."""
+    rec = {"params": h5ad_safe(params or {}), "metrics": h5ad_safe(metrics or {})}
+    if model is not None:
+        rec["model"] = h5ad_safe(model)
+    for k, v in extra.items():
+        rec[k] = h5ad_safe(v)
+    uns_root(adata)[step] = rec
+    return rec
+
+
+def h5ad_safe(obj: Any) -> Any:
+    """Convert ``obj`` to types that :func:`anndata.AnnData.write_h5ad` stores (no None, no objects)."""
+    if isinstance(obj, Mapping):
+        return {str(k): h5ad_safe(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, pd.DataFrame):
+        return {str(c): h5ad_safe(obj[c].to_numpy()) for c in obj.columns}
+    if isinstance(obj, pd.Series | pd.Index | pd.Categorical):
+        return h5ad_safe(np.asarray(obj))
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind == "O":
+            return obj.astype(str)
+        return obj
+    if isinstance(obj, list | tuple):
+        if len(obj) == 0:
+            return np.array([], dtype=float)
+        if all(isinstance(v, str) for v in obj):
+            return np.array(obj, dtype=str)
+        if all(isinstance(v, bool | int | float | np.number | np.bool_) for v in obj):
+            return np.asarray(obj)
+        return {str(i): h5ad_safe(v) for i, v in enumerate(obj)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, bool | int | float | str):
+        return obj
+    if obj is None:
+        return ""
+    return str(obj)
+
+
+def matrix_for_genes(
+    adata: AnnData, var_names, layer: str | None = None, *, missing: str = "raise", fill_value: float = 0.0
+) -> np.ndarray:
+    """Dense matrix of ``adata`` with columns in the order of ``var_names`` (a model's genes).
+
+    Parameters
+    ----------
+    missing
+        ``'raise'``: a :class:`KeyError` naming the missing genes; ``'fill'``: fill them with
+        ``fill_value`` (0 is the training mean in scaled space) and log a warning.
+
+    """
+    from ._settings import logger
+
+    var_names = pd.Index([str(v) for v in var_names])
+    if adata.var_names.equals(var_names):
+        return get_matrix(adata, layer)
+    idx = adata.var_names.get_indexer(var_names)
+    absent = var_names[idx < 0]
+    if len(absent) and missing != "fill":
+        shown = ", ".join(map(str, absent[:10])) + (", ..." if len(absent) > 10 else "")
+        msg = (
+            f"The model needs {len(var_names)} genes; {len(absent)} are missing from adata.var_names: {shown}. "
+            "Preprocess the new data with the same genes (`sad.pp.preprocess(new, reference=adata)`), "
+            "or pass `missing='fill'` to fill them with the training mean."
+        )
+        raise KeyError(msg)
+    X = get_matrix(adata, layer)
+    out = np.full((adata.n_obs, len(var_names)), fill_value, dtype=np.float32)
+    ok = idx >= 0
+    out[:, ok] = X[:, idx[ok]]
+    if len(absent):
+        logger.warning("Filled %d missing genes with %g: %s", len(absent), fill_value, list(absent[:10]))
+    return out

@@ -1,0 +1,1 @@
+"""Array-level attack algorithms (no AnnData inside)."""

@@ -1,0 +1,1 @@
+"""Array-level meta-features, triplet training, detector and calibration (no AnnData inside)."""

@@ -1,0 +1,1 @@
+"""Plots of classifier, attack and detector results (``sad.pl``)."""

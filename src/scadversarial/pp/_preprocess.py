@@ -1,0 +1,188 @@
+"""``sad.pp.preprocess``: normalize, log, select genes and scale, recording everything needed to repeat it."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+
+from .. import _keys
+from .._settings import logger
+from .._validate import check_adata, check_finite, check_nonnegative, get_matrix, set_record, uns_root
+
+
+def _looks_like_counts(X) -> bool:
+    data = X.data if sp.issparse(X) else np.asarray(X)
+    sample = data[: min(data.size, 200_000)]
+    return bool(np.all(sample == np.round(sample)))
+
+
+def _mean_std(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and standard deviation (ddof=1, as :func:`scanpy.pp.scale`); 0 std becomes 1."""
+    mean = X.mean(0, dtype=np.float64)
+    std = X.std(0, ddof=1, dtype=np.float64) if X.shape[0] > 1 else np.ones(X.shape[1])
+    std[std == 0] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def scale_with(X: np.ndarray, mean: np.ndarray, std: np.ndarray, max_value: float | None) -> np.ndarray:
+    """``clip((X - mean) / std, -max_value, max_value)`` as float32."""
+    Z = (np.asarray(X, dtype=np.float32) - mean) / std
+    if max_value is not None:
+        np.clip(Z, -max_value, max_value, out=Z)
+    return Z.astype(np.float32, copy=False)
+
+
+def preprocess(
+    adata: AnnData,
+    *,
+    layer: str | None = None,
+    already_log: bool | None = None,
+    target_sum: float = 1e4,
+    n_top_genes: int | None = 2000,
+    flavor: str = "seurat",
+    max_value: float | None = 10.0,
+    subset: bool = True,
+    reference: AnnData | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """Normalize, log-transform, select highly variable genes and scale, as the seed pipeline.
+
+    Steps: :func:`scanpy.pp.normalize_total` to ``target_sum``, :func:`scanpy.pp.log1p`, the top
+    ``n_top_genes`` highly variable genes (:func:`scanpy.pp.highly_variable_genes`), and per-gene
+    scaling to zero mean and unit variance clipped at ``max_value``. Data that are already
+    log-normalized skip the first two steps.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes with raw counts (or log-normalized values, see ``already_log``).
+    layer
+        Matrix to start from (default ``X``).
+    already_log
+        Whether the matrix is already log-normalized. ``None`` decides from the data: integer
+        values are counts, anything else is taken as log-normalized (``uns['log1p']`` also says so).
+    target_sum
+        Total counts per cell after normalization.
+    n_top_genes
+        Number of highly variable genes; ``None`` or more than the genes present keeps all genes.
+    flavor
+        Flavor of :func:`scanpy.pp.highly_variable_genes` (``'seurat'`` works on log data).
+    max_value
+        Clip of the scaled values (``None``: no clip).
+    subset
+        Keep only the selected genes (the full log-normalized matrix goes to ``.raw``); ``False``
+        only marks them in ``.var['highly_variable']`` and keeps every gene (all genes are scaled).
+    reference
+        A preprocessed AnnData whose genes, per-gene mean/std and parameters are reused, so that
+        new data are scaled exactly like the training data.
+    copy
+        Return a new AnnData instead of modifying ``adata``.
+
+    Returns
+    -------
+    ``None``, or the new AnnData when ``copy=True``. Sets:
+
+    ``.X``
+        Scaled values (float32, dense).
+    ``.raw``
+        All genes, log-normalized (when ``subset=True``).
+    ``.layers['counts']``
+        Raw counts of the kept genes (when the input held counts).
+    ``.layers['sad_lognorm']``
+        Log-normalized values of the kept genes.
+    ``.var['sad_mean']``, ``.var['sad_std']``, ``.var['highly_variable']``
+        Scaling statistics and the gene selection.
+    ``.uns['sad']['preprocess']``
+        Parameters of this call.
+
+    """
+    check_adata(adata)
+    M = get_matrix(adata, layer, dense=False)
+    check_finite(M, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
+    if already_log is None:
+        already_log = ("log1p" in adata.uns and layer is None) or not _looks_like_counts(M)
+    if not already_log:
+        check_nonnegative(M, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
+    else:
+        data = M.data if sp.issparse(M) else np.asarray(M)
+        if data.size and data.min() < 0:
+            msg = (
+                f"The matrix has negative values (min {data.min():g}): it looks scaled already. Pass counts or "
+                "log-normalized values (e.g. `adata.raw.to_adata()` or a counts layer with `layer=`)."
+            )
+            raise ValueError(msg)
+    if reference is not None:
+        missing = reference.var_names.difference(adata.var_names)
+        if len(missing):
+            msg = f"{len(missing)} genes of the reference are missing from adata: {list(missing[:10])}. Both must share the reference's genes."
+            raise KeyError(msg)
+        for k in (_keys.VAR_MEAN, _keys.VAR_STD):
+            if k not in reference.var:
+                msg = f"The reference has no .var[{k!r}]; preprocess it with `sad.pp.preprocess` first."
+                raise KeyError(msg)
+
+    import scanpy as sc
+
+    if copy:
+        adata = adata.copy()
+    work = AnnData(
+        M.copy() if not sp.issparse(M) else M.copy().astype(np.float32),
+        obs=adata.obs[[]].copy(),
+        var=adata.var[[]].copy(),
+    )
+    counts = None if already_log else work.X.copy()
+    if not already_log:
+        sc.pp.normalize_total(work, target_sum=target_sum)
+        sc.pp.log1p(work)
+
+    if reference is not None:
+        genes = reference.var_names
+        params = dict(reference.uns[_keys.UNS][_keys.STEP_PREPROCESS]["params"])
+        mean = reference.var[_keys.VAR_MEAN].to_numpy(np.float32)
+        std = reference.var[_keys.VAR_STD].to_numpy(np.float32)
+        max_value = params.get("max_value", max_value)
+        max_value = None if max_value is None or max_value < 0 else float(max_value)
+        hvg = adata.var_names.isin(genes)
+    else:
+        if n_top_genes is None or n_top_genes >= work.n_vars:
+            if n_top_genes is not None:
+                logger.info("n_top_genes=%d >= %d genes: keeping all genes", n_top_genes, work.n_vars)
+            hvg = np.ones(work.n_vars, bool)
+        else:
+            res = sc.pp.highly_variable_genes(work, n_top_genes=n_top_genes, flavor=flavor, inplace=False)
+            hvg = res["highly_variable"].to_numpy()
+        genes = adata.var_names[hvg] if subset else adata.var_names
+        params = {
+            "layer": layer or "X", "already_log": bool(already_log), "target_sum": float(target_sum),
+            "n_top_genes": -1 if n_top_genes is None else int(n_top_genes), "flavor": flavor,
+            "max_value": max_value, "subset": bool(subset), "n_genes_kept": int(len(genes)),
+        }  # fmt: skip
+        mean = std = None
+
+    lognorm_full = work.X
+    col = np.arange(adata.n_vars)
+    if subset or reference is not None:
+        if subset:
+            adata.raw = AnnData(lognorm_full.copy(), obs=adata.obs[[]], var=adata.var.copy())
+        col = adata.var_names.get_indexer(genes)
+        adata._inplace_subset_var(col)
+        lognorm = lognorm_full[:, col]
+        counts = None if counts is None else counts[:, col]
+    else:
+        lognorm = lognorm_full
+    lognorm = lognorm.toarray() if sp.issparse(lognorm) else np.asarray(lognorm)
+    lognorm = lognorm.astype(np.float32)
+    if mean is None:
+        mean, std = _mean_std(lognorm)
+    adata.X = scale_with(lognorm, mean, std, max_value)
+    adata.layers[_keys.LAYER_LOGNORM] = lognorm
+    if counts is not None:
+        adata.layers[_keys.LAYER_COUNTS] = sp.csr_matrix(counts) if sp.issparse(counts) else np.asarray(counts)
+    adata.var[_keys.VAR_MEAN] = mean
+    adata.var[_keys.VAR_STD] = std
+    adata.var[_keys.VAR_HVG] = hvg[col] if (subset or reference is not None) else hvg
+    uns_root(adata)
+    set_record(adata, _keys.STEP_PREPROCESS, params={**params, "max_value": -1 if max_value is None else max_value})
+    logger.info("preprocess: %d cells x %d genes", adata.n_obs, adata.n_vars)
+    return adata if copy else None

@@ -1,0 +1,5 @@
+"""AnnData-facing tools: classifier, attacks, detection and evaluation (``sad.tl``)."""
+
+from ._attack import attack
+from ._classifier import predict, train_classifier
+from ._models import get_model, load_models, save_models

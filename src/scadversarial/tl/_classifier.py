@@ -1,0 +1,205 @@
+"""``sad.tl.train_classifier`` and ``sad.tl.predict``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+
+from .. import _keys
+from .._settings import logger, settings
+from .._validate import check_adata, check_labels, check_obs_key, get_matrix, h5ad_safe, matrix_for_genes, set_record
+from ..models.classifier import CellClassifier
+from ..models.training import fit_classifier
+from ._metrics import classification_metrics
+from ._models import get_model, set_model_reference
+
+
+def _split_masks(adata: AnnData, split_key: str) -> dict[str, np.ndarray]:
+    split = check_obs_key(adata, split_key, producer="sad.pp.split").astype(str).to_numpy()
+    masks = {s: split == s for s in _keys.SPLITS}
+    if not masks["train"].any():
+        msg = f"No 'train' cells in adata.obs[{split_key!r}]. Run `sad.pp.split(adata)`."
+        raise ValueError(msg)
+    return masks
+
+
+def train_classifier(
+    adata: AnnData,
+    labels_key: str = _keys.OBS_LABEL,
+    *,
+    layer: str | None = None,
+    split_key: str = _keys.OBS_SPLIT,
+    hidden: tuple[int, ...] = (256, 128, 64),
+    dropout: tuple[float, ...] = (0.4, 0.4, 0.3),
+    lr: float = 1e-3,
+    weight_decay: float = 1e-3,
+    batch_size: int = 64,
+    max_epochs: int = 60,
+    patience: int = 5,
+    label_smoothing: float = 0.0,
+    random_state: int = 0,
+    device: str | None = None,
+    save_dir: str | None = None,
+    key_added: str = _keys.STEP_CLASSIFIER,
+    copy: bool = False,
+) -> CellClassifier | AnnData:
+    """Train the MLP cell-type classifier on the training split, with early stopping on validation accuracy.
+
+    Architecture ``genes -> 256 -> 128 -> 64 -> classes`` (ReLU, dropout 0.4/0.4/0.3); AdamW;
+    the weights of the epoch with the best validation accuracy are kept. Clean predictions of
+    every cell are then written (see :func:`predict`).
+
+    Parameters
+    ----------
+    adata
+        Preprocessed AnnData (:func:`~scadversarial.pp.preprocess`) with a split (:func:`~scadversarial.pp.split`).
+    labels_key
+        ``.obs`` column with the cell types (e.g. ``'sad_label'`` from :func:`~scadversarial.pp.pseudo_labels`).
+    layer
+        Matrix to train on (default the scaled ``X``).
+    split_key
+        ``.obs`` column with ``'train'``/``'val'``/``'test'``.
+    hidden, dropout
+        Hidden layer widths (the last is the embedding size) and their dropout.
+    lr, weight_decay, batch_size
+        AdamW learning rate, weight decay and mini-batch size.
+    max_epochs, patience
+        At most ``max_epochs`` epochs; stop after ``patience`` epochs without a better validation accuracy.
+    label_smoothing
+        Label smoothing of the cross-entropy loss.
+    random_state
+        Seed of the weight initialisation and batch order (a local :class:`torch.Generator`).
+    device
+        Torch device (default ``sad.settings.device``).
+    save_dir
+        If given, the model is also saved to ``save_dir/<key_added>/``.
+    key_added
+        Name of the run record in ``.uns['sad']``.
+    copy
+        Work on (and return) a copy of ``adata``.
+
+    Returns
+    -------
+    The trained :class:`~scadversarial.models.CellClassifier` (or the new AnnData when ``copy=True``). Sets:
+
+    ``.obs['sad_pred']``, ``.obs['sad_confidence']``
+        Predicted class and its probability, for every cell.
+    ``.obsm['sad_proba']``, ``.obsm['X_sad_embedding']``
+        Class probabilities and the 64-d embedding.
+    ``.uns['sad'][key_added]``
+        ``params``, ``metrics`` (accuracy per split, per-class accuracy and confusion matrix on
+        the test split, training history) and ``model`` (the reference).
+
+    """
+    check_adata(adata, min_obs=3)
+    labels = check_obs_key(adata, labels_key, producer="sad.pp.pseudo_labels")
+    cat = check_labels(labels, key=labels_key)
+    masks = _split_masks(adata, split_key)
+    X = get_matrix(adata, layer)
+    classes = [str(c) for c in cat.categories]
+    y = cat.codes.astype(np.int64)
+    train_classes = set(np.unique(y[masks["train"]]))
+    if len(train_classes) < 2:
+        msg = "The training split holds a single class. Re-run `sad.pp.split` stratified by the labels."
+        raise ValueError(msg)
+    if copy:
+        adata = adata.copy()
+
+    dev = settings.torch_device(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(random_state))
+        model = CellClassifier(adata.var_names, classes, hidden=hidden, dropout=dropout)
+    if _keys.VAR_MEAN in adata.var and layer is None:
+        model.transform.set(adata.var[_keys.VAR_MEAN].to_numpy(), adata.var[_keys.VAR_STD].to_numpy())
+    val_mask = masks["val"] if masks["val"].any() else masks["train"]
+    if not masks["val"].any():
+        logger.warning("No validation cells: early stopping monitors training accuracy.")
+    history = fit_classifier(
+        model, X[masks["train"]], y[masks["train"]], X[val_mask], y[val_mask],
+        lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
+        label_smoothing=label_smoothing, random_state=random_state, device=dev,
+    )  # fmt: skip
+    best_epoch = history.pop("best_epoch")
+
+    params = {
+        "labels_key": labels_key, "layer": layer or "X", "split_key": split_key, "hidden": list(hidden), "dropout": list(dropout),
+        "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "max_epochs": max_epochs, "patience": patience,
+        "label_smoothing": label_smoothing, "random_state": int(random_state),
+    }  # fmt: skip
+    set_record(adata, key_added, params=params)
+    set_model_reference(adata, key_added, model, save_dir=save_dir)
+    _write_predictions(adata, model, X, layer=None)
+    pred = pd.Categorical(adata.obs[_keys.OBS_PRED], categories=classes).codes
+    metrics = {s: classification_metrics(y[m], pred[m], classes) for s, m in masks.items() if m.any()}
+    metrics = {
+        "accuracy": {s: m["accuracy"] for s, m in metrics.items()},
+        "test": metrics.get("test", metrics.get("val", metrics["train"])),
+        "best_epoch": best_epoch, "epochs_run": len(history["loss"]), "history": history,
+    }  # fmt: skip
+    adata.uns[_keys.UNS][key_added]["metrics"] = h5ad_safe(metrics)
+    logger.info("classifier: test accuracy %.4f (best epoch %d)", metrics["test"]["accuracy"], best_epoch)
+    return adata if copy else model
+
+
+def _write_predictions(adata: AnnData, model: CellClassifier, X: np.ndarray, *, layer: str | None) -> np.ndarray:
+    logits, emb = model.predict_arrays(X)
+    proba = torch.softmax(torch.from_numpy(logits), 1).numpy()
+    pred_idx = proba.argmax(1)
+    pred = pd.Categorical.from_codes(pred_idx, categories=model.classes)
+    if layer is None:
+        adata.obs[_keys.OBS_PRED] = pd.Series(pred, index=adata.obs_names)
+        adata.obs[_keys.OBS_CONFIDENCE] = proba.max(1)
+        adata.obsm[_keys.OBSM_PROBA] = proba
+        adata.obsm[_keys.OBSM_EMBEDDING] = emb
+    else:
+        adata.obs[_keys.pred_key(layer)] = pd.Series(pred, index=adata.obs_names)
+    return pred_idx
+
+
+def predict(
+    adata: AnnData,
+    model: CellClassifier | None = None,
+    *,
+    layer: str | None = None,
+    missing: str = "raise",
+    copy: bool = False,
+) -> AnnData | None:
+    """Apply a trained classifier to ``adata`` (the training data or a new AnnData).
+
+    Genes are aligned by name to the model's genes. The input must be scaled like the training
+    data (:func:`~scadversarial.pp.preprocess` with ``reference=``).
+
+    Parameters
+    ----------
+    adata
+        AnnData to classify.
+    model
+        A classifier; by default the one referenced in ``adata.uns['sad']['classifier']``.
+    layer
+        Matrix to classify (default ``X``), e.g. an attack layer.
+    missing
+        ``'raise'`` (default): a :class:`KeyError` names genes the model needs that ``adata``
+        lacks; ``'fill'``: fill them with the training mean (logged).
+    copy
+        Return a new AnnData instead of modifying ``adata``.
+
+    Returns
+    -------
+    ``None``, or the new AnnData when ``copy=True``. For ``X`` sets ``.obs['sad_pred']``,
+    ``.obs['sad_confidence']``, ``.obsm['sad_proba']`` and ``.obsm['X_sad_embedding']``; for a
+    layer sets ``.obs['<layer>_pred']``.
+
+    """
+    check_adata(adata)
+    if model is None:
+        model = get_model(adata, _keys.STEP_CLASSIFIER)
+    X = matrix_for_genes(adata, model.var_names, layer, missing=missing)
+    if copy:
+        adata = adata.copy()
+    _write_predictions(adata, model, X, layer=layer)
+    return adata if copy else None
+
+
+__all__ = ["train_classifier", "predict"]
