@@ -1,1 +1,10 @@
-"""Plots of classifier, attack and detector results (``sad.pl``)."""
+"""Plots of classifier, attack and detector results (``sad.pl``).
+
+Every function takes ``adata`` first and keyword-only options, draws into ``ax`` (or a new
+figure) and returns the Axes (``show=False``) or the Figure (``return_fig=True``).
+"""
+
+from ._attack import flip_rate, perturbation, robustness
+from ._classifier import class_accuracy, confusion
+
+__all__ = ["confusion", "class_accuracy", "flip_rate", "robustness", "perturbation"]

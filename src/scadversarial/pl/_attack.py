@@ -1,0 +1,295 @@
+"""Plots of white-box attack results: ``flip_rate``, ``robustness``, ``perturbation``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from .. import _keys
+from .._validate import check_adata, get_matrix
+from . import _utils as u
+
+
+def _eps_colors(n: int) -> list:
+    """Sequential colors for increasing epsilons (light to dark red)."""
+    cmap = colormaps["Reds"]
+    return [cmap(v) for v in np.linspace(0.4, 0.9, n)] if n > 1 else [cmap(0.7)]
+
+
+def _target(adata: AnnData, rec: dict, fn: str) -> pd.Series:
+    """The class each cell was pushed away from: the clean prediction, or the labels used by the attack."""
+    key = str(rec.get("params", {}).get("labels_key", "predicted"))
+    if key in ("predicted", ""):
+        return u.obs_key(adata, _keys.OBS_PRED, fn, "sad.tl.train_classifier").astype(str)
+    return u.obs_key(adata, key, fn, "the attack's labels_key").astype(str)
+
+
+def _layers_eps(rec: dict) -> list[tuple[str, float]]:
+    layers = [str(x) for x in np.atleast_1d(rec["layers"])]
+    eps = np.atleast_1d(rec["eps"]).astype(float)
+    return sorted(zip(layers, eps, strict=True), key=lambda t: t[1])
+
+
+def flip_rate(
+    adata: AnnData,
+    attack: str | None = None,
+    *,
+    split: str | None = None,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+) -> Axes | Figure | None:
+    """Per-class flip rate of an attack, one bar per epsilon.
+
+    The flip rate of a class is the fraction of the cells attacked away from that class (their
+    clean prediction, or the attack's ``labels_key``) whose prediction changed. With
+    ``split=None`` the bars equal ``.uns['sad']['attacks'][attack]['metrics']['per_class']``.
+
+    Parameters
+    ----------
+    adata
+        AnnData with an attack from :func:`~scadversarial.tl.attack`.
+    attack
+        Key of the attack in ``.uns['sad']['attacks']`` (default: the first white-box attack, e.g. ``'sad_pgd'``).
+    split
+        Only cells of this split of ``.obs['sad_split']`` (default: all attacked cells).
+    ax
+        Axes to draw into.
+    show
+        Show the figure and return ``None`` (default: scanpy's ``autoshow`` when no ``ax`` is given).
+    return_fig
+        Return the :class:`~matplotlib.figure.Figure`.
+
+    Returns
+    -------
+    The Axes, the Figure with ``return_fig=True``, or ``None`` when shown.
+
+    """
+    check_adata(adata)
+    fn = "flip_rate"
+    name, rec = next(iter(u.whitebox_records(adata, fn, attack).items()))
+    target = _target(adata, rec, fn)
+    mask = u.cell_mask(adata, split, fn)
+    target = target[mask]
+    classes = [c for c in map(str, np.atleast_1d(rec["metrics"]["per_class"]["classes"])) if (target == c).any()]
+    le = _layers_eps(rec)
+    fig, ax_ = u.new_axes(ax, (max(4.5, 0.45 * len(classes) * len(le) + 1.8), 3.6))
+    width = 0.8 / len(le)
+    x = np.arange(len(classes))
+    for k, ((layer, eps), color) in enumerate(zip(le, _eps_colors(len(le)), strict=True)):
+        pred = u.obs_key(adata, _keys.pred_key(layer), fn, "sad.tl.attack")[mask].astype(str)
+        flipped = pred != target
+        rates = np.array([flipped[target == c].mean() for c in classes])
+        ax_.bar(x + (k - (len(le) - 1) / 2) * width, rates, width=width * 0.95, color=color,
+                label=f"ε={eps:g} (all: {flipped.mean():.2f})")  # fmt: skip
+    ax_.set_xticks(x, classes, rotation=45, ha="right")
+    ax_.set_ylim(0, 1.05)
+    ax_.set_ylabel("flip rate")
+    ax_.set_xlabel("attacked class")
+    method = str(rec.get("params", {}).get("method", name))
+    ax_.set_title(f"{method}: flip rate per class ({split or 'all'} cells)")
+    ax_.legend(title="epsilon", fontsize=8, title_fontsize=8)
+    return u.finish(fig, ax_, show=show, return_fig=return_fig, ax_given=ax is not None)
+
+
+def robustness(
+    adata: AnnData,
+    attacks: str | Sequence[str] | None = None,
+    *,
+    labels_key: str | None = None,
+    split: str | None = "test",
+    per_class: bool = False,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+) -> Axes | Figure | None:
+    """Accuracy under attack against epsilon (epsilon 0 is the clean accuracy).
+
+    Parameters
+    ----------
+    adata
+        AnnData with one or more attacks from :func:`~scadversarial.tl.attack`.
+    attacks
+        Keys in ``.uns['sad']['attacks']`` (default: every white-box attack); one line each.
+    labels_key
+        ``.obs`` column of the true labels (default: the classifier's training labels).
+    split
+        Cells of this split of ``.obs['sad_split']`` (default ``'test'``); ``None`` for all cells.
+    per_class
+        One line per class (in the class colors) for the first attack instead of one line per attack.
+    ax
+        Axes to draw into.
+    show
+        Show the figure and return ``None`` (default: scanpy's ``autoshow`` when no ``ax`` is given).
+    return_fig
+        Return the :class:`~matplotlib.figure.Figure`.
+
+    Returns
+    -------
+    The Axes, the Figure with ``return_fig=True``, or ``None`` when shown.
+
+    """
+    check_adata(adata)
+    fn = "robustness"
+    labels_key = u.labels_key(adata, labels_key, fn)
+    recs = u.whitebox_records(adata, fn, attacks)
+    clean = u.obs_key(adata, _keys.OBS_PRED, fn, "sad.tl.train_classifier")
+    mask = u.cell_mask(adata, split, fn)
+    truth = adata.obs[labels_key][mask].astype(str).to_numpy()
+
+    def acc(key, sel=slice(None)):
+        p = adata.obs[key][mask].astype(str).to_numpy()
+        return float((p[sel] == truth[sel]).mean())
+
+    fig, ax_ = u.new_axes(ax, (4.6, 3.6))
+    if per_class:
+        name, rec = next(iter(recs.items()))
+        le = _layers_eps(rec)
+        classes = [c for c in pd.unique(truth)]
+        col = adata.obs[labels_key]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            classes = [str(c) for c in col.cat.categories if str(c) in set(truth)]
+        colors = u.category_colors(adata, labels_key, classes)
+        for c in classes:
+            sel = truth == c
+            ys = [acc(_keys.OBS_PRED, sel)] + [acc(_keys.pred_key(x), sel) for x, _ in le]
+            ax_.plot([0] + [e for _, e in le], ys, marker="o", color=colors[c], label=f"{c} (n={int(sel.sum())})")
+        ax_.set_title(f"{rec.get('params', {}).get('method', name)}: accuracy per class ({split or 'all'} cells)")
+        ax_.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    else:
+        palette = u.default_palette(len(recs))
+        for (name, rec), color in zip(recs.items(), palette, strict=True):
+            le = _layers_eps(rec)
+            ys = [acc(clean.name)] + [acc(_keys.pred_key(x)) for x, _ in le]
+            method = str(rec.get("params", {}).get("method", name))
+            ax_.plot([0] + [e for _, e in le], ys, marker="o", color=color, label=method if method == name.removeprefix("sad_") else f"{method} ({name})")
+        ax_.set_title(f"accuracy under attack ({split or 'all'} cells)")
+        ax_.legend(fontsize=8)
+    ax_.set_xlabel("epsilon")
+    ax_.set_ylabel("accuracy")
+    ax_.set_ylim(-0.02, 1.02)
+    return u.finish(fig, ax_, show=show, return_fig=return_fig, ax_given=ax is not None)
+
+
+def perturbation(
+    adata: AnnData,
+    layer: str | None = None,
+    *,
+    groupby: str | None = None,
+    group: str | None = None,
+    n_genes: int = 20,
+    max_cells: int = 60,
+    space: str = "scaled",
+    cmap: str = "viridis",
+    show: bool | None = None,
+    return_fig: bool = False,
+) -> list[Axes] | Figure | None:
+    """Heatmaps of the genes an attack changed most in a group of cells: before, after and the change.
+
+    The genes are the ``n_genes`` with the largest mean absolute change over the group's cells;
+    cells are columns (those whose prediction flipped first), genes rows.
+
+    Parameters
+    ----------
+    adata
+        AnnData with an attack layer (:func:`~scadversarial.tl.attack`).
+    layer
+        The attack layer, e.g. ``'sad_pgd_eps0.1'`` (default: the largest epsilon of the first white-box attack).
+    groupby
+        ``.obs`` column defining the groups (default: the classifier's labels).
+    group
+        The group to show (default: the group with the most flipped cells).
+    n_genes
+        Number of genes.
+    max_cells
+        At most this many cells (flipped ones first).
+    space
+        ``'scaled'``: the matrix the attack changed (usually the scaled ``X``); ``'log'``: back to
+        log-normalized values with ``.var['sad_mean']``/``.var['sad_std']`` (only for attacks on ``X``).
+    cmap
+        Colormap of the before/after panels (the change uses a diverging map).
+    show
+        Show the figure and return ``None`` (default: scanpy's ``autoshow``).
+    return_fig
+        Return the :class:`~matplotlib.figure.Figure`.
+
+    Returns
+    -------
+    The three Axes (before, after, change), the Figure with ``return_fig=True``, or ``None`` when shown.
+
+    """
+    check_adata(adata)
+    fn = "perturbation"
+    if space not in ("scaled", "log"):
+        msg = f"space must be 'scaled' or 'log', got {space!r}."
+        raise ValueError(msg)
+    if layer is None:
+        layer = u.default_layer(adata, fn)
+    if layer not in adata.layers:
+        msg = f"sad.pl.perturbation: layer {layer!r} not in adata.layers (have {list(adata.layers)}); attack layers are written by `sad.tl.attack`."
+        raise KeyError(msg)
+    _, rec = u.record_of_layer(adata, layer)
+    base = str(rec.get("params", {}).get("layer", "X")) if rec is not None else "X"
+    base_layer = None if base in ("X", "", "None") else base
+    groupby = u.labels_key(adata, None, fn) if groupby is None else groupby
+    groups = u.obs_key(adata, groupby, fn, "sad.pp.pseudo_labels (or your own annotation)").astype(str).to_numpy()
+    pred_key = _keys.pred_key(layer)
+    flipped = (
+        adata.obs[pred_key].astype(str).to_numpy() != adata.obs[_keys.OBS_PRED].astype(str).to_numpy()
+        if pred_key in adata.obs and _keys.OBS_PRED in adata.obs
+        else np.zeros(adata.n_obs, dtype=bool)
+    )
+    if group is None:
+        counts = pd.Series(flipped).groupby(groups).sum()
+        group = str(counts.idxmax()) if counts.max() > 0 else str(pd.Series(groups).value_counts().idxmax())
+    idx = np.flatnonzero(groups == str(group))
+    if not len(idx):
+        msg = f"sad.pl.perturbation: no cells with adata.obs[{groupby!r}] == {group!r}."
+        raise ValueError(msg)
+    before = get_matrix(adata[idx], base_layer)
+    after = get_matrix(adata[idx], layer)
+    if space == "log":
+        if base_layer is not None or _keys.VAR_MEAN not in adata.var:
+            msg = "space='log' needs an attack on the scaled X and .var['sad_mean'/'sad_std'] from `sad.pp.preprocess`."
+            raise KeyError(msg)
+        mean = adata.var[_keys.VAR_MEAN].to_numpy(np.float32)
+        std = adata.var[_keys.VAR_STD].to_numpy(np.float32)
+        before, after = before * std + mean, after * std + mean
+    delta = after - before
+    n_genes = min(n_genes, adata.n_vars)
+    # genes pushed most consistently in one direction (ties, e.g. every gene at +-eps under L-inf PGD,
+    # broken by the mean absolute change); shown from most increased to most decreased
+    mean_d, abs_d = delta.mean(0), np.abs(delta).mean(0)
+    genes = np.lexsort((-abs_d, -np.abs(mean_d)))[:n_genes]
+    genes = genes[np.argsort(-mean_d[genes], kind="stable")]
+    order = np.lexsort((-np.abs(delta).sum(1), ~flipped[idx]))[:max_cells]
+    B, A, D = before[order][:, genes].T, after[order][:, genes].T, delta[order][:, genes].T
+    names = list(adata.var_names[genes])
+    n_flip = int(flipped[idx][order].sum())
+
+    vmin, vmax = np.percentile(np.concatenate([B.ravel(), A.ravel()]), [1, 99])
+    dmax = float(np.abs(D).max()) or 1.0
+    fig, axs = plt.subplots(1, 3, figsize=(11, max(3.0, 0.2 * n_genes + 1.4)), layout="constrained", sharey=True)
+    im = axs[0].imshow(B, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    axs[1].imshow(A, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    imd = axs[2].imshow(D, aspect="auto", cmap="RdBu_r", vmin=-dmax, vmax=dmax, interpolation="nearest")
+    label = "log-normalized" if space == "log" else ("scaled expression" if base_layer is None else base_layer)
+    for a, title in zip(axs, ["before", f"after ({u.eps_label(adata, layer)})", "after − before"], strict=True):
+        a.set_title(title)
+        a.set_xlabel(f"cells ({len(order)}; {n_flip} flipped)")
+        a.set_xticks([])
+        if n_flip and n_flip < len(order):
+            a.axvline(n_flip - 0.5, color="white" if a is not axs[2] else "black", lw=1, ls="--")
+    axs[0].set_yticks(range(n_genes), names, fontsize=7 if n_genes > 25 else 8)
+    axs[0].set_ylabel("gene")
+    fig.colorbar(im, ax=axs[:2], label=label, shrink=0.8)
+    fig.colorbar(imd, ax=axs[2], label="change", shrink=0.8)
+    fig.suptitle(f"{groupby} = {group}: the {n_genes} genes changed most consistently")
+    return u.finish(fig, list(axs), show=show, return_fig=return_fig, ax_given=False)
