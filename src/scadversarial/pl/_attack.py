@@ -152,7 +152,7 @@ def robustness(
     if per_class:
         name, rec = next(iter(recs.items()))
         le = _layers_eps(rec)
-        classes = [c for c in pd.unique(truth)]
+        classes = list(pd.unique(truth))
         col = adata.obs[labels_key]
         if isinstance(col.dtype, pd.CategoricalDtype):
             classes = [str(c) for c in col.cat.categories if str(c) in set(truth)]
@@ -169,7 +169,13 @@ def robustness(
             le = _layers_eps(rec)
             ys = [acc(clean.name)] + [acc(_keys.pred_key(x)) for x, _ in le]
             method = str(rec.get("params", {}).get("method", name))
-            ax_.plot([0] + [e for _, e in le], ys, marker="o", color=color, label=method if method == name.removeprefix("sad_") else f"{method} ({name})")
+            ax_.plot(
+                [0] + [e for _, e in le],
+                ys,
+                marker="o",
+                color=color,
+                label=method if method == name.removeprefix("sad_") else f"{method} ({name})",
+            )
         ax_.set_title(f"accuracy under attack ({split or 'all'} cells)")
         ax_.legend(fontsize=8)
     ax_.set_xlabel("epsilon")

@@ -102,7 +102,9 @@ def confusion(
     if ax is None:
         n = len(classes)
         size = max(3.2, 0.38 * n + 1.6)
-        fig, axs = plt.subplots(1, len(panels), figsize=(size * len(panels) + 0.8, size), layout="constrained", squeeze=False)
+        fig, axs = plt.subplots(
+            1, len(panels), figsize=(size * len(panels) + 0.8, size), layout="constrained", squeeze=False
+        )
         axs = list(axs[0])
     else:
         axs = [ax] if isinstance(ax, Axes) else list(ax)
@@ -183,7 +185,9 @@ def class_accuracy(
     mask = u.cell_mask(adata, split, fn)
     truth = adata.obs[labels_key][mask].astype(str)
     col = adata.obs[labels_key]
-    order = [str(c) for c in col.cat.categories] if isinstance(col.dtype, pd.CategoricalDtype) else sorted(truth.unique())
+    order = (
+        [str(c) for c in col.cat.categories] if isinstance(col.dtype, pd.CategoricalDtype) else sorted(truth.unique())
+    )
     order = [c for c in order if (truth == c).any()]
     colors = u.category_colors(adata, labels_key, order)
     keys = [("clean", _keys.OBS_PRED)] + [(u.eps_label(adata, x), _keys.pred_key(x)) for x in layers]
@@ -209,7 +213,13 @@ def class_accuracy(
     ax_.set_title(f"per-class accuracy ({split or 'all'} cells)")
     if len(keys) > 1:
         handles = [
-            Patch(facecolor="0.45", edgecolor="black", alpha=1.0 if k == 0 else max(0.35, 0.8 - 0.15 * k), hatch=None if k == 0 else "//", label=name)
+            Patch(
+                facecolor="0.45",
+                edgecolor="black",
+                alpha=1.0 if k == 0 else max(0.35, 0.8 - 0.15 * k),
+                hatch=None if k == 0 else "//",
+                label=name,
+            )
             for k, (name, _) in enumerate(keys)
         ]
         ax_.legend(handles=handles, fontsize=8, loc="lower right")

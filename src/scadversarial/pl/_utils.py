@@ -169,7 +169,7 @@ def category_colors(adata: AnnData, key: str, categories: Sequence[str] | None =
 
 
 def default_palette(n: int) -> list[str]:
-    """scanpy's default categorical palette for ``n`` categories."""
+    """The default categorical palette of scanpy for ``n`` categories."""
     from matplotlib import rcParams
     from scanpy.plotting import palettes
 
@@ -202,4 +202,3 @@ def finish(fig: Figure, axes, *, show: bool | None, return_fig: bool, ax_given: 
         plt.show()
         return None
     return axes
-
