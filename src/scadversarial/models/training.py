@@ -73,6 +73,7 @@ def fit_classifier(
                 if wait >= patience:
                     break
     model.load_state_dict(best_state)
+    opt.zero_grad(set_to_none=True)  # leave no gradients behind on the parameters
     model.eval()
     history["best_epoch"] = best_epoch
     return history

@@ -1,0 +1,66 @@
+"""Shared fixtures: real data (pbmc68k_reduced, PBMC3k) and a trained pipeline built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import matplotlib
+import pytest
+
+import scadversarial as sad
+
+matplotlib.use("Agg")
+sad.settings.progress = False
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def pbmc3k_path() -> Path:
+    """Path of the real PBMC3k counts with Seurat labels (``../shared/data/pbmc3k.h5ad``)."""
+    path = SHARED_DATA / "pbmc3k.h5ad"
+    if not path.is_file():
+        pytest.skip(f"PBMC3k data not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pbmc3k_raw(pbmc3k_path) -> ad.AnnData:
+    """PBMC3k counts (2,638 cells); copy before modifying."""
+    return sad.datasets.pbmc3k(pbmc3k_path)
+
+
+@pytest.fixture(scope="session")
+def pbmc68k() -> ad.AnnData:
+    """pbmc68k_reduced, log-normalized; copy before modifying."""
+    return sad.datasets.pbmc68k_reduced()
+
+
+@pytest.fixture(scope="session")
+def pipeline68k(pbmc68k) -> ad.AnnData:
+    """pbmc68k_reduced preprocessed, pseudo-labelled, split, classifier trained and PGD-attacked.
+
+    Session-scoped: tests must ``.copy()`` it before writing to it.
+    """
+    a = pbmc68k.copy()
+    sad.pp.preprocess(a)
+    sad.pp.pseudo_labels(a, n_clusters=6)
+    sad.pp.split(a)
+    sad.tl.train_classifier(a, max_epochs=30)
+    sad.tl.attack(a, eps=(0.1, 0.5))
+    return a
+
+
+@pytest.fixture(scope="session")
+def pipeline3k(pbmc3k_raw) -> ad.AnnData:
+    """PBMC3k with Seurat labels, preprocessed (2,000 HVGs), split and classifier trained.
+
+    Session-scoped: tests must ``.copy()`` it before writing to it.
+    """
+    a = pbmc3k_raw.copy()
+    sad.pp.preprocess(a)
+    sad.pp.split(a, "seurat_cell_type")
+    sad.tl.train_classifier(a, "seurat_cell_type", max_epochs=20)
+    return a

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import scadversarial as sad
+from scadversarial.attacks.whitebox import attack_arrays
+
+
+@pytest.fixture(scope="module")
+def attacked3k(pipeline3k):
+    a = pipeline3k[:600].copy()
+    sad.tl.attack(a, eps=(0.05, 0.1, 0.15))
+    return a
+
+
+def test_pgd_layers_and_budget(attacked3k):
+    a = attacked3k
+    rec = a.uns["sad"]["attacks"]["sad_pgd"]
+    assert list(rec["layers"]) == ["sad_pgd_eps0.05", "sad_pgd_eps0.1", "sad_pgd_eps0.15"]
+    for eps, layer in zip((0.05, 0.1, 0.15), rec["layers"], strict=True):
+        delta = a.layers[layer] - a.X
+        assert np.abs(delta).max() <= eps + 1e-5
+        assert f"{layer}_pred" in a.obs
+    fr = rec["metrics"]["flip_rate"]
+    # larger budgets flip at least as many cells, and PGD flips most PBMC3k cells at 0.15
+    assert fr["sad_pgd_eps0.05"] <= fr["sad_pgd_eps0.1"] <= fr["sad_pgd_eps0.15"]
+    assert rec["metrics"]["flip_rate_any"] >= fr["sad_pgd_eps0.15"]
+    pc = rec["metrics"]["per_class"]["flip_rate"]
+    assert pc.shape == (3, len(rec["metrics"]["per_class"]["classes"]))
+
+
+def test_flip_rate_matches_predictions(attacked3k):
+    a = attacked3k
+    layer = "sad_pgd_eps0.1"
+    flipped = (a.obs[f"{layer}_pred"].astype(str) != a.obs["sad_pred"].astype(str)).mean()
+    assert np.isclose(flipped, a.uns["sad"]["attacks"]["sad_pgd"]["metrics"]["flip_rate"][layer])
+
+
+def test_pgd_beats_random_noise(pipeline3k):
+    model = sad.tl.get_model(pipeline3k)
+    X = pipeline3k.X[:400]
+    y = pipeline3k.obs["sad_pred"].cat.codes.to_numpy()[:400]
+    adv = attack_arrays(model, X, y, eps=0.1, steps=10, alpha=0.02)[0.1]
+    rng = np.random.default_rng(0)
+    noise = X + rng.choice([-0.1, 0.1], size=X.shape).astype(np.float32)
+    flip_adv = (model.predict_arrays(adv)[0].argmax(1) != y).mean()
+    flip_noise = (model.predict_arrays(noise)[0].argmax(1) != y).mean()
+    assert flip_adv > flip_noise + 0.3
+
+
+@pytest.mark.parametrize("method", ["fgsm", "pgd_rs", "pgd_l2"])
+def test_other_methods(pipeline3k, method):
+    a = pipeline3k[:200].copy()
+    sad.tl.attack(a, method, eps=0.5 if method == "pgd_l2" else 0.1, alpha=0.1 if method == "pgd_l2" else 0.02)
+    layer = a.uns["sad"]["attacks"][f"sad_{method}"]["layers"][0]
+    d = a.layers[layer] - a.X
+    if method == "pgd_l2":
+        assert np.linalg.norm(d, axis=1).max() <= 0.5 + 1e-4
+    else:
+        assert np.abs(d).max() <= 0.1 + 1e-5
+    if method == "fgsm":  # one signed step: every gene moves by exactly eps
+        assert np.allclose(np.abs(d[np.abs(d) > 0]), 0.1, atol=1e-5)
+
+
+def test_mask_and_bounds(pipeline3k):
+    a = pipeline3k[:200].copy()
+    mask = np.zeros(a.n_vars, bool)
+    mask[:100] = True
+    sad.tl.attack(a, eps=0.5, mask=mask, bounds="observed", key_added="masked")
+    Xa = a.layers["masked_eps0.5"]
+    np.testing.assert_array_equal(Xa[:, ~mask], a.X[:, ~mask])
+    assert (Xa >= a.X.min(0) - 1e-6).all() and (Xa <= a.X.max(0) + 1e-6).all()
+
+
+def test_attack_true_labels(pipeline3k):
+    a = pipeline3k[:200].copy()
+    sad.tl.attack(a, eps=0.1, labels_key="seurat_cell_type", key_added="true")
+    assert a.uns["sad"]["attacks"]["true"]["params"]["labels_key"] == "seurat_cell_type"
+
+
+def test_attack_does_not_touch_params(pipeline3k):
+    model = sad.tl.get_model(pipeline3k)
+    before = [p.clone() for p in model.parameters()]
+    flags = [p.requires_grad for p in model.parameters()]
+    a = pipeline3k[:100].copy()
+    sad.tl.attack(a, eps=0.1)
+    for p, b, f in zip(model.parameters(), before, flags, strict=True):
+        assert torch.equal(p, b) and p.grad is None and p.requires_grad == f

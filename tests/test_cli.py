@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import anndata as ad
+
+from scadversarial.cli import main
+
+
+def test_cli_run_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    rc = subprocess.run(
+        [sys.executable, "-m", "scadversarial.cli", "run", "--data", "pbmc68k_reduced", "--out", str(out), "--epochs", "10", "--no-progress"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert rc.returncode == 0, rc.stderr
+    assert "classifier accuracy" in rc.stdout and "PGD flip rate" in rc.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["classifier"]["accuracy"]["test"] > 0.6
+    a = ad.read_h5ad(out / "adata.h5ad")
+    assert "sad_pgd_eps0.1" in a.layers
+    assert (out / "models" / "classifier" / "model.safetensors").is_file()
+
+
+def test_cli_bad_data_is_a_clear_error(capsys, tmp_path):
+    rc = main(["run", "--data", str(tmp_path / "missing.h5ad"), "--out", str(tmp_path / "o")])
+    assert rc == 2
+    assert "neither" in capsys.readouterr().err

@@ -1,0 +1,103 @@
+"""Models are referenced from .uns, saved as safetensors + JSON, and come back in a new process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import anndata as ad
+import numpy as np
+import pytest
+
+import scadversarial as sad
+from scadversarial.models import load_model
+
+
+def test_h5ad_after_every_step(pbmc68k, tmp_path):
+    a = pbmc68k.copy()
+    steps = [
+        lambda: sad.pp.preprocess(a),
+        lambda: sad.pp.pseudo_labels(a, n_clusters=4),
+        lambda: sad.pp.split(a),
+        lambda: sad.tl.train_classifier(a, max_epochs=2),
+        lambda: sad.tl.predict(a),
+        lambda: sad.tl.attack(a, eps=(0.1,)),
+        lambda: sad.save_models(a, tmp_path / "models"),
+    ]
+    for i, step in enumerate(steps):
+        step()
+        a.write_h5ad(tmp_path / f"step{i}.h5ad")
+        ad.read_h5ad(tmp_path / f"step{i}.h5ad")
+
+
+def test_new_process_reproduces_predictions(pipeline68k, tmp_path):
+    a = pipeline68k.copy()
+    sad.save_models(a, tmp_path / "models")
+    a.write_h5ad(tmp_path / "a.h5ad")
+    expected = a.obsm["sad_proba"]
+    script = textwrap.dedent(f"""
+        import anndata as ad, numpy as np, scadversarial as sad
+        sad.settings.progress = False
+        a = ad.read_h5ad({str(tmp_path / "a.h5ad")!r})
+        del a.obsm["sad_proba"], a.obs["sad_pred"]
+        sad.load_models(a, {str(tmp_path / "models")!r})
+        sad.tl.predict(a)
+        np.save({str(tmp_path / "proba.npy")!r}, a.obsm["sad_proba"])
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "proba.npy"), expected)
+
+
+def test_saved_directory_is_pickle_free(pipeline68k, tmp_path):
+    a = pipeline68k.copy()
+    sad.save_models(a, tmp_path / "m")
+    files = sorted(p.name for p in (tmp_path / "m" / "classifier").iterdir())
+    assert files == ["config.json", "genes.txt", "model.safetensors"]
+    meta = json.loads((tmp_path / "m" / "classifier" / "config.json").read_text())
+    assert meta["class"] == "CellClassifier"
+    genes = (tmp_path / "m" / "classifier" / "genes.txt").read_text().split()
+    assert genes == list(a.var_names)
+
+
+def test_load_refuses_unknown_class_and_corrupt_files(pipeline68k, tmp_path):
+    a = pipeline68k.copy()
+    sad.save_models(a, tmp_path / "m")
+    d = tmp_path / "m" / "classifier"
+    meta = json.loads((d / "config.json").read_text())
+    meta["class"] = "os.system"
+    (d / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="unknown class"):
+        load_model(d)
+    meta["class"] = "CellClassifier"
+    (d / "config.json").write_text(json.dumps(meta))
+    (d / "model.safetensors").write_bytes(b"\x80\x04not a tensor file")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_model(d)
+    with pytest.raises(FileNotFoundError, match="save_models"):
+        load_model(tmp_path / "nothing")
+
+
+def test_load_checks_model_identity(pipeline68k, tmp_path):
+    a = pipeline68k.copy()
+    sad.save_models(a, tmp_path / "m")
+    b = pipeline68k.copy()
+    sad.tl.train_classifier(b, max_epochs=1)  # another model, another id
+    with pytest.raises(ValueError, match="another model"):
+        sad.load_models(b, tmp_path / "m")
+
+
+def test_get_model_needs_load_in_new_process(pipeline68k, tmp_path):
+    a = pipeline68k.copy()
+    a.write_h5ad(tmp_path / "a.h5ad")  # not saved: the reference has no path
+    script = textwrap.dedent(f"""
+        import anndata as ad, scadversarial as sad
+        a = ad.read_h5ad({str(tmp_path / "a.h5ad")!r})
+        try:
+            sad.tl.predict(a)
+        except KeyError as e:
+            print("KEYERROR", e)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
+    assert "KEYERROR" in out and "load_models" in out
