@@ -5,6 +5,20 @@ figure) and returns the Axes (``show=False``) or the Figure (``return_fig=True``
 """
 
 from ._attack import flip_rate, perturbation, robustness
+from ._cell import cell
 from ._classifier import class_accuracy, confusion
+from ._detect import roc, score_distribution
+from ._embedding import embedding, embedding_adata
 
-__all__ = ["confusion", "class_accuracy", "flip_rate", "robustness", "perturbation"]
+__all__ = [
+    "confusion",
+    "class_accuracy",
+    "flip_rate",
+    "robustness",
+    "perturbation",
+    "score_distribution",
+    "roc",
+    "embedding",
+    "embedding_adata",
+    "cell",
+]

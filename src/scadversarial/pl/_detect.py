@@ -1,0 +1,266 @@
+"""Plots of the detector's scores: ``score_distribution``, ``roc``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from anndata import AnnData
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from .. import _keys
+from .._validate import check_adata
+from . import _utils as u
+from ._attack import _eps_colors
+
+_EPS = 1e-6
+
+
+def threshold(adata: AnnData, layer: str | None = None, fn: str = "score_distribution") -> float:
+    """The decision threshold the flags of ``layer`` were computed with.
+
+    The per-matrix threshold recorded by :func:`~scadversarial.tl.detect`, else the calibrated
+    threshold of :func:`~scadversarial.tl.train_detector`.
+    """
+    root = adata.uns.get(_keys.UNS, {})
+    det = root.get(_keys.STEP_DETECT, {})
+    per = det.get("metrics", {}).get(layer or "X", {})
+    if isinstance(per, dict) and "threshold" in per:
+        return float(per["threshold"])
+    if "threshold" in det.get("params", {}):
+        return float(det["params"]["threshold"])
+    rec = root.get(_keys.STEP_DETECTOR)
+    if rec is None or "threshold" not in rec.get("metrics", {}):
+        msg = f"sad.pl.{fn} needs the detector's threshold in adata.uns['sad']['detector']; run `sad.tl.train_detector` and `sad.tl.detect` first."
+        raise KeyError(msg)
+    return float(rec["metrics"]["threshold"])
+
+
+def scored_layers(adata: AnnData, layers: str | Sequence[str] | None, fn: str) -> list[str]:
+    """Attack layers with detector scores: the given ones (checked) or every scored attack layer."""
+    u.obs_key(adata, _keys.OBS_SCORE, fn, "sad.tl.detect(adata)")
+    if layers is None:
+        recs = adata.uns.get(_keys.UNS, {}).get(_keys.STEP_ATTACKS, {})
+        cand = [str(x) for r in recs.values() for x in np.atleast_1d(r.get("layers", []))]
+        layers = [x for x in cand if _keys.score_key(x) in adata.obs]
+        if not layers:
+            msg = f"sad.pl.{fn} found no scored attack layer (.obs['sad_score_<layer>']); run `sad.tl.detect(adata, layer=[...])` on the attack layers."
+            raise KeyError(msg)
+        return layers
+    layers = [layers] if isinstance(layers, str) else list(layers)
+    for x in layers:
+        u.obs_key(adata, _keys.score_key(x), fn, f"sad.tl.detect(adata, layer={x!r})")
+    return layers
+
+
+def _adv_mask(adata: AnnData, layer: str, mask: np.ndarray, only_flipped: bool) -> np.ndarray:
+    if not only_flipped:
+        return mask
+    flipped = (
+        adata.obs[_keys.pred_key(layer)].astype(str).to_numpy() != adata.obs[_keys.OBS_PRED].astype(str).to_numpy()
+    )
+    return mask & flipped
+
+
+def score_distribution(
+    adata: AnnData,
+    layers: str | Sequence[str] | None = None,
+    *,
+    split: str | None = "test",
+    only_flipped: bool = False,
+    bins: int = 40,
+    xscale: str = "auto",
+    log: bool = False,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+) -> Axes | Figure | None:
+    """Histograms of the detector score of clean cells and of their attacked versions, with the threshold.
+
+    Parameters
+    ----------
+    adata
+        AnnData scored by :func:`~scadversarial.tl.detect` on ``X`` and on attack layers.
+    layers
+        Attack layers to show (default: every layer with ``.obs['sad_score_<layer>']``).
+    split
+        Cells of this split of ``.obs['sad_split']`` (default ``'test'``: cells the detector never saw); ``None`` for all.
+    only_flipped
+        Show only attacked cells whose prediction the attack changed.
+    bins
+        Number of bins.
+    xscale
+        ``'linear'``, ``'logit'`` (spreads scores piled up next to 0 and 1, as a confident
+        detector's are) or ``'auto'`` (logit when most scores or the threshold are within 0.01 of 0 or 1).
+        Scores are clipped to the plotted range.
+    log
+        Logarithmic fraction axis (scores pile up near 0 and 1).
+    ax
+        Axes to draw into.
+    show
+        Show the figure and return ``None`` (default: scanpy's ``autoshow`` when no ``ax`` is given).
+    return_fig
+        Return the :class:`~matplotlib.figure.Figure`.
+
+    Returns
+    -------
+    The Axes, the Figure with ``return_fig=True``, or ``None`` when shown.
+
+    """
+    check_adata(adata)
+    fn = "score_distribution"
+    layers = scored_layers(adata, layers, fn)
+    thr = threshold(adata, None, fn)
+    mask = u.cell_mask(adata, split, fn)
+    clean = adata.obs[_keys.OBS_SCORE].to_numpy(float)[mask]
+    advs = {x: adata.obs[_keys.score_key(x)].to_numpy(float)[_adv_mask(adata, x, mask, only_flipped)] for x in layers}
+    every = np.concatenate([clean, *advs.values()])
+    if xscale == "auto":  # saturated scores (a confident detector) are only readable on a logit axis
+        near = (every < 0.01) | (every > 0.99)
+        xscale = "logit" if (near.mean() > 0.5 or not 0.01 < thr < 0.99) else "linear"
+    if xscale not in ("linear", "logit"):
+        msg = f"xscale must be 'auto', 'linear' or 'logit', got {xscale!r}."
+        raise ValueError(msg)
+    if xscale == "logit":
+        lo = float(np.clip(min(every.min(), thr), _EPS, 0.5))
+        hi = float(np.clip(max(every.max(), thr), 0.5, 1 - _EPS))
+        z = np.linspace(np.log(lo / (1 - lo)), np.log(hi / (1 - hi)), bins + 1)
+        edges = 1 / (1 + np.exp(-z))
+
+        def clip(v):
+            return np.clip(v, edges[0], edges[-1])
+    else:
+        edges = np.linspace(0, 1, bins + 1)
+
+        def clip(v):
+            return v
+
+    fig, ax_ = u.new_axes(ax, (5.2, 3.6))
+    ax_.hist(clip(clean), bins=edges, color=u.STATE_COLORS["clean"], alpha=0.55, weights=np.full(len(clean), 1 / max(len(clean), 1)),
+             label=f"clean (n={mask.sum()}; {np.mean(clean >= thr):.0%} flagged)")  # fmt: skip
+    for (layer, s), color in zip(advs.items(), _eps_colors(len(layers)), strict=True):
+        ax_.hist(clip(s), bins=edges, histtype="step", linewidth=1.8, color=color, density=False,
+                 weights=np.full(len(s), 1 / max(len(s), 1)),
+                 label=f"{u.eps_label(adata, layer)} (n={len(s)}; {np.mean(s >= thr):.0%} flagged)")  # fmt: skip
+    ax_.axvline(thr, color="black", ls="--", lw=1.2, label=f"threshold {thr:.6g}")
+    if log:
+        ax_.set_yscale("log")
+    if xscale == "logit":
+        ax_.set_xscale("logit")
+    ax_.set_xlim(edges[0], edges[-1])
+    ax_.set_xlabel("detector score" + (" (logit axis)" if xscale == "logit" else ""))
+    ax_.set_ylabel("fraction of cells")
+    ax_.set_title(f"detector scores ({split or 'all'} cells{', flipped only' if only_flipped else ''})")
+    ax_.legend(fontsize=7, loc="upper center")
+    return u.finish(fig, ax_, show=show, return_fig=return_fig, ax_given=ax is not None)
+
+
+def roc(
+    adata: AnnData,
+    layers: str | Sequence[str] | None = None,
+    *,
+    split: str | None = "test",
+    only_flipped: bool = False,
+    curve: str = "both",
+    fpr_max: float = 0.05,
+    ax: Axes | Sequence[Axes] | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+) -> list[Axes] | Figure | None:
+    """ROC and precision-recall curves of the detector per attack layer, with the operating point.
+
+    Positives are the attacked versions of the cells, negatives the clean cells. The marker
+    is the detector's threshold; the dotted line marks ``fpr_max`` (TPR at 5% FPR is one of the
+    honest evaluation numbers).
+
+    Parameters
+    ----------
+    adata
+        AnnData scored by :func:`~scadversarial.tl.detect` on ``X`` and on attack layers.
+    layers
+        Attack layers (default: every layer with ``.obs['sad_score_<layer>']``); one curve each.
+    split
+        Cells of this split of ``.obs['sad_split']`` (default ``'test'``); ``None`` for all.
+    only_flipped
+        Count as positives only attacked cells whose prediction the attack changed.
+    curve
+        ``'roc'``, ``'pr'`` or ``'both'`` (two panels).
+    fpr_max
+        False-positive rate marked on the ROC panel.
+    ax
+        One Axes per panel.
+    show
+        Show the figure and return ``None`` (default: scanpy's ``autoshow`` when no ``ax`` is given).
+    return_fig
+        Return the :class:`~matplotlib.figure.Figure`.
+
+    Returns
+    -------
+    The list of Axes (ROC and/or PR), the Figure with ``return_fig=True``, or ``None`` when shown.
+
+    """
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+
+    check_adata(adata)
+    fn = "roc"
+    if curve not in ("roc", "pr", "both"):
+        msg = f"curve must be 'roc', 'pr' or 'both', got {curve!r}."
+        raise ValueError(msg)
+    layers = scored_layers(adata, layers, fn)
+    thr = threshold(adata, None, fn)
+    mask = u.cell_mask(adata, split, fn)
+    kinds = ["roc", "pr"] if curve == "both" else [curve]
+    ax_given = ax is not None
+    if ax is None:
+        fig, axs = plt.subplots(1, len(kinds), figsize=(4.3 * len(kinds), 4.0), layout="constrained", squeeze=False)
+        axs = list(axs[0])
+    else:
+        axs = [ax] if isinstance(ax, Axes) else list(ax)
+        if len(axs) != len(kinds):
+            msg = f"sad.pl.roc draws {len(kinds)} panels; pass {len(kinds)} Axes (got {len(axs)})."
+            raise ValueError(msg)
+        fig = axs[0].figure
+    panel = dict(zip(kinds, axs, strict=True))
+    clean = adata.obs[_keys.OBS_SCORE].to_numpy(float)[mask]
+    for layer, color in zip(layers, _eps_colors(len(layers)), strict=True):
+        adv = adata.obs[_keys.score_key(layer)].to_numpy(float)[_adv_mask(adata, layer, mask, only_flipped)]
+        if not len(adv):
+            continue
+        y = np.r_[np.zeros(len(clean)), np.ones(len(adv))]
+        s = np.r_[clean, adv]
+        name = u.eps_label(adata, layer)
+        op_fpr, op_tpr = float(np.mean(clean >= thr)), float(np.mean(adv >= thr))
+        if "roc" in panel:
+            fpr, tpr, _ = roc_curve(y, s)
+            panel["roc"].plot(fpr, tpr, color=color, lw=1.6, label=f"{name} (AUROC {auc(fpr, tpr):.3f})")
+            panel["roc"].plot(op_fpr, op_tpr, "o", color=color, mec="black", ms=7, zorder=3)
+        if "pr" in panel:
+            prec, rec, _ = precision_recall_curve(y, s)
+            panel["pr"].plot(rec, prec, color=color, lw=1.6, label=f"{name} (AP {average_precision_score(y, s):.3f})")
+            n_flag = np.sum(clean >= thr) + np.sum(adv >= thr)
+            op_prec = float(np.sum(adv >= thr) / n_flag) if n_flag else 1.0
+            panel["pr"].plot(op_tpr, op_prec, "o", color=color, mec="black", ms=7, zorder=3)
+    sub = f"{split or 'all'} cells" + (", flipped only" if only_flipped else "")
+    if "roc" in panel:
+        a = panel["roc"]
+        a.plot([0, 1], [0, 1], color="0.6", ls=":", lw=1)
+        a.axvline(fpr_max, color="0.4", ls=":", lw=1)
+        a.plot([], [], "o", color="white", mec="black", label=f"threshold {thr:.6g}")
+        a.set_xlabel("false-positive rate (clean cells flagged)")
+        a.set_ylabel("true-positive rate (attacked cells flagged)")
+        a.set_title(f"ROC ({sub})")
+        a.set_xlim(-0.01, 1.01)
+        a.set_ylim(-0.01, 1.01)
+        a.legend(fontsize=7, loc="lower right")
+    if "pr" in panel:
+        a = panel["pr"]
+        a.set_xlabel("recall")
+        a.set_ylabel("precision")
+        a.set_title(f"precision-recall ({sub})")
+        a.set_xlim(-0.01, 1.01)
+        a.set_ylim(0, 1.01)
+        a.plot([], [], "o", color="white", mec="black", label=f"threshold {thr:.6g}")
+        a.legend(fontsize=7, loc="lower left")
+    return u.finish(fig, axs, show=show, return_fig=return_fig, ax_given=ax_given)

@@ -1,0 +1,236 @@
+"""UMAP of the detector's triplet embedding or the classifier's embedding: ``embedding``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from .. import _keys
+from .._validate import check_adata, matrix_for_genes
+from . import _utils as u
+
+BASES = ("triplet", "classifier")
+
+
+def _adv_embedding(adata: AnnData, layer: str, basis: str, fn: str) -> np.ndarray:
+    if basis == "triplet":
+        key = _keys.triplet_key(layer)
+        if key not in adata.obsm:
+            msg = f"sad.pl.{fn} needs adata.obsm[{key!r}], which is written by `sad.tl.detect(adata, layer={layer!r})`."
+            raise KeyError(msg)
+        return np.asarray(adata.obsm[key])
+    from ..tl._models import get_model
+
+    model = get_model(adata, _keys.STEP_CLASSIFIER)
+    return model.predict_arrays(matrix_for_genes(adata, model.var_names, layer))[1]
+
+
+def embedding_adata(
+    adata: AnnData,
+    layer: str | None = None,
+    *,
+    basis: str = "triplet",
+    labels_key: str | None = None,
+    split: str | None = "test",
+    n_neighbors: int = 15,
+    random_state: int = 0,
+) -> AnnData:
+    """The AnnData that :func:`embedding` plots: clean and attacked cells stacked, with a UMAP.
+
+    Use it to draw several colorings of one UMAP with :func:`scanpy.pl.umap`.
+
+    Parameters
+    ----------
+    adata, layer, basis, labels_key, split, n_neighbors, random_state
+        As in :func:`embedding`.
+
+    Returns
+    -------
+    A new AnnData (``adata`` is unchanged) with one row per clean cell and, with a layer, one per
+    attacked cell: ``.obs['state']`` (``'clean'``/``'adversarial'``), ``.obs['label']``,
+    ``.obs['prediction']``, ``.obs['score']`` and ``.obs['flagged']`` (when scored),
+    ``.obs['cell']``; ``.obsm['X_rep']`` (the embedding) and ``.obsm['X_umap']``.
+
+    """
+    import scanpy as sc
+
+    fn = "embedding"
+    check_adata(adata)
+    if basis not in BASES:
+        msg = f"basis must be one of {BASES}, got {basis!r}."
+        raise ValueError(msg)
+    rep_key = _keys.OBSM_TRIPLET if basis == "triplet" else _keys.OBSM_EMBEDDING
+    if rep_key not in adata.obsm:
+        producer = "sad.tl.detect(adata)" if basis == "triplet" else "sad.tl.train_classifier"
+        msg = f"sad.pl.{fn} needs adata.obsm[{rep_key!r}], which is written by `{producer}`."
+        raise KeyError(msg)
+    if layer is not None:
+        u.check_layer(adata, layer, fn)
+    lk = (
+        u.labels_key(adata, labels_key, fn)
+        if (labels_key or _keys.STEP_CLASSIFIER in adata.uns.get(_keys.UNS, {}))
+        else None
+    )
+    mask = u.cell_mask(adata, split, fn)
+    idx = np.flatnonzero(mask)
+    versions = [(None, "clean", np.asarray(adata.obsm[rep_key])[idx])]
+    if layer is not None:
+        versions.append((layer, "adversarial", _adv_embedding(adata, layer, basis, fn)[idx]))
+    obs = []
+    for lay, state, _ in versions:
+        o = pd.DataFrame(index=[f"{n}|{state}" for n in adata.obs_names[idx]])
+        o["cell"] = np.asarray(adata.obs_names[idx])
+        o["state"] = state
+        if lk:
+            o["label"] = adata.obs[lk].astype(str).to_numpy()[idx]
+        pk = _keys.pred_key(lay)
+        if pk in adata.obs:
+            o["prediction"] = adata.obs[pk].astype(str).to_numpy()[idx]
+        sk, fk = _keys.score_key(lay), _keys.flag_key(lay)
+        if sk in adata.obs:
+            o["score"] = adata.obs[sk].to_numpy(float)[idx]
+        if fk in adata.obs:
+            o["flagged"] = np.where(adata.obs[fk].to_numpy(bool)[idx], "flagged", "not flagged")
+        obs.append(o)
+    obs = pd.concat(obs)
+    obs["state"] = pd.Categorical(obs["state"], categories=[v[1] for v in versions])
+    for col in ("label", "prediction", "flagged"):
+        if col in obs:
+            obs[col] = obs[col].astype("category")
+    rep = np.concatenate([v[2] for v in versions]).astype(np.float32)
+    emb = AnnData(obs=obs, obsm={"X_rep": rep})
+    emb.uns["state_colors"] = [u.STATE_COLORS[s] for s in obs["state"].cat.categories]
+    if "flagged" in obs:
+        emb.uns["flagged_colors"] = [
+            u.STATE_COLORS["adversarial"] if c == "flagged" else "#bbbbbb" for c in obs["flagged"].cat.categories
+        ]
+    for col in ("label", "prediction"):
+        if col in obs and lk:
+            cmap = u.category_colors(adata, lk, list(obs[col].cat.categories))
+            emb.uns[f"{col}_colors"] = [cmap[c] for c in obs[col].cat.categories]
+    sc.pp.neighbors(emb, use_rep="X_rep", n_neighbors=min(n_neighbors, emb.n_obs - 1), random_state=random_state)
+    sc.tl.umap(emb, random_state=random_state)
+    emb.uns["sad_embedding"] = {"basis": basis, "layer": layer or "", "split": split or "all"}
+    return emb
+
+
+def embedding(
+    adata: AnnData,
+    layer: str | None = None,
+    *,
+    basis: str = "triplet",
+    color: str | Sequence[str] = "state",
+    labels_key: str | None = None,
+    split: str | None = "test",
+    n_neighbors: int = 15,
+    random_state: int = 0,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    **kwargs,
+) -> Axes | list[Axes] | Figure | None:
+    """UMAP of the detector's triplet embedding (or the classifier's embedding) of clean and attacked cells.
+
+    The clean cells and their attacked versions on ``layer`` are stacked, a kNN graph is built on
+    the embedding (:func:`scanpy.pp.neighbors`), laid out by :func:`scanpy.tl.umap` and drawn by
+    :func:`scanpy.pl.embedding`. A detector that works separates the ``'adversarial'`` points from
+    the ``'clean'`` ones.
+
+    Parameters
+    ----------
+    adata
+        AnnData with ``.obsm['X_sad_triplet']`` and ``.obsm['X_sad_triplet_<layer>']``
+        (:func:`~scadversarial.tl.detect` on ``X`` and the layer) for ``basis='triplet'``, or a
+        classifier (:func:`~scadversarial.tl.train_classifier`) for ``basis='classifier'``.
+    layer
+        Attack layer whose cells to add (default: the largest epsilon of the first white-box
+        attack that has the needed embedding; ``None`` without attacks: clean cells only).
+    basis
+        ``'triplet'``: the detector's triplet embedding; ``'classifier'``: the classifier's 64-d
+        embedding (``.obsm['X_sad_embedding']``; attacked cells are embedded by the classifier).
+    color
+        ``'state'`` (clean / adversarial), ``'label'`` (true labels), ``'prediction'``,
+        ``'score'`` (detector score), ``'flagged'`` (detector verdict), or a list of them (one panel each).
+    labels_key
+        ``.obs`` column of the true labels (default: the classifier's training labels).
+    split
+        Cells of this split of ``.obs['sad_split']`` (default ``'test'``); ``None`` for all cells.
+    n_neighbors
+        Neighbours of the kNN graph.
+    random_state
+        Seed of the UMAP layout.
+    ax
+        Axes to draw into (a single ``color`` only).
+    show
+        Show the figure and return ``None`` (default: scanpy's ``autoshow`` when no ``ax`` is given).
+    return_fig
+        Return the :class:`~matplotlib.figure.Figure`.
+    **kwargs
+        Passed to :func:`scanpy.pl.embedding` (e.g. ``size``, ``legend_loc``, ``frameon``).
+
+    Returns
+    -------
+    The Axes (a list for several colors), the Figure with ``return_fig=True``, or ``None`` when shown.
+
+    """
+    import scanpy as sc
+
+    check_adata(adata)
+    if layer is None:
+        recs = adata.uns.get(_keys.UNS, {}).get(_keys.STEP_ATTACKS, {})
+        if any("layers" in r and "eps" in r for r in recs.values()):
+            rec = next(r for r in recs.values() if "layers" in r and "eps" in r)
+            le = sorted(
+                zip(map(str, np.atleast_1d(rec["layers"])), np.atleast_1d(rec["eps"]).astype(float), strict=True),
+                key=lambda t: -t[1],
+            )
+            ok = [x for x, _ in le if basis == "classifier" or _keys.triplet_key(x) in adata.obsm]
+            layer = ok[0] if ok else le[0][0]
+    emb = embedding_adata(
+        adata,
+        layer,
+        basis=basis,
+        labels_key=labels_key,
+        split=split,
+        n_neighbors=n_neighbors,
+        random_state=random_state,
+    )
+    colors = [color] if isinstance(color, str) else list(color)
+    for c in colors:
+        if c not in emb.obs:
+            hint = {"score": "sad.tl.detect", "flagged": "sad.tl.detect", "prediction": "sad.tl.train_classifier"}.get(
+                c
+            )
+            msg = f"sad.pl.embedding cannot color by {c!r} (available: {list(emb.obs.columns)})" + (
+                f"; it comes from `{hint}`." if hint else "."
+            )
+            raise KeyError(msg)
+    if ax is not None and len(colors) > 1:
+        msg = "sad.pl.embedding draws one panel per color; pass a single color with ax=."
+        raise ValueError(msg)
+    title = f"{basis} embedding" + (f", {u.eps_label(adata, layer)}" if layer else "")
+    kwargs.setdefault("title", [f"{title}: {c}" for c in colors] if len(colors) > 1 else f"{title}: {colors[0]}")
+    if "score" in colors:
+        kwargs.setdefault("vmin", 0.0)
+        kwargs.setdefault("vmax", 1.0)
+        kwargs.setdefault("color_map", "RdBu_r")
+    if len(colors) > 1:
+        kwargs.setdefault("wspace", 0.45)
+    out = sc.pl.embedding(
+        emb,
+        basis="umap",
+        color=colors if len(colors) > 1 else colors[0],
+        ax=ax,
+        show=False,
+        return_fig=return_fig,
+        **kwargs,
+    )
+    if return_fig:
+        return out
+    fig = (out[0] if isinstance(out, list) else out).figure
+    return u.finish(fig, out, show=show, return_fig=False, ax_given=ax is not None)
