@@ -151,7 +151,9 @@ def test_flip_rate_without_attack_names_producer(pbmc68k):
 def test_perturbation_before_after_change(pipeline68k):
     a = pipeline68k
     group = str(a.obs["sad_label"].value_counts().idxmax())
-    axs = sad.pl.perturbation(a, "sad_pgd_eps0.5", groupby="sad_label", group=group, n_genes=7, max_cells=20, show=False)
+    axs = sad.pl.perturbation(
+        a, "sad_pgd_eps0.5", groupby="sad_label", group=group, n_genes=7, max_cells=20, show=False
+    )
     assert len(axs) == 3
     B, A, D = (np.asarray(ax.images[0].get_array()) for ax in axs)
     assert B.shape == A.shape == D.shape == (7, 20)
