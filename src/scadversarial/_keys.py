@@ -56,3 +56,19 @@ def score_key(layer: str | None) -> str:
 def flag_key(layer: str | None) -> str:
     """``.obs`` key of the detector flag on ``layer`` (``'sad_adversarial'`` for ``X``)."""
     return OBS_FLAG if layer is None else f"{OBS_FLAG}_{layer}"
+
+
+# detector: role of each cell in training the detector (meta_train / calibration / reference / unused)
+OBS_DETECTOR_ROLE = "sad_detector_role"
+STEP_DETECT = "detect"
+STEP_META = "meta_features"
+
+
+def meta_key(layer: str | None) -> str:
+    """``.obsm`` key of the meta-features of ``layer`` (``'sad_meta'`` for ``X``)."""
+    return OBSM_META if layer is None else f"{OBSM_META}_{layer}"
+
+
+def triplet_key(layer: str | None) -> str:
+    """``.obsm`` key of the detector's triplet embedding of ``layer`` (``'X_sad_triplet'`` for ``X``)."""
+    return OBSM_TRIPLET if layer is None else f"{OBSM_TRIPLET}_{layer}"

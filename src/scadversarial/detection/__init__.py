@@ -1,1 +1,27 @@
 """Array-level meta-features, triplet training, detector and calibration (no AnnData inside)."""
+
+from ._calibration import choose_threshold, detection_metrics, tpr_at_fpr
+from ._features import (
+    FEATURE_GROUPS,
+    InputConsistency,
+    compute_meta_features,
+    feature_names,
+    fit_input_reference,
+    meta_feature_tensor,
+)
+from ._training import sample_triplets, train_residual, train_triplet
+
+__all__ = [
+    "FEATURE_GROUPS",
+    "InputConsistency",
+    "choose_threshold",
+    "compute_meta_features",
+    "detection_metrics",
+    "feature_names",
+    "fit_input_reference",
+    "meta_feature_tensor",
+    "sample_triplets",
+    "tpr_at_fpr",
+    "train_residual",
+    "train_triplet",
+]

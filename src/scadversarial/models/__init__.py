@@ -3,3 +3,4 @@
 from ._base import MODEL_CLASSES, SadModel, register_model_class
 from ._io import load_model, save_model
 from .classifier import CellClassifier, InputTransform
+from .detector import AdversarialDetector, ResidualDetector, TripletNet

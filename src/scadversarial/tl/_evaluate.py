@@ -1,0 +1,154 @@
+"""``sad.tl.evaluate``: one table with classifier accuracy, attack flip rates and detector quality."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .. import _keys
+from .._settings import logger
+from .._validate import check_adata, check_obs_key, get_record, set_record
+from ..detection import detection_metrics
+from ._detect import _attack_layers, detect, meta_features, train_detector
+
+COLUMNS = ("section", "metric", "group", "value", "n_cells")
+
+
+def evaluate(
+    adata: AnnData,
+    attack_key: str = "sad_pgd",
+    *,
+    labels_key: str | None = None,
+    split_key: str = _keys.OBS_SPLIT,
+    subset: str | None = "test",
+    detector_key: str | None = _keys.STEP_DETECTOR,
+    rescore: bool = False,
+    fpr_max: float = 0.05,
+    key_added: str = _keys.STEP_EVALUATE,
+    copy: bool = False,
+) -> pd.DataFrame | AnnData:
+    """Evaluate the classifier, the attack and the detector on held-out cells, in one long table.
+
+    Rows (``section``, ``metric``, ``group``):
+
+    - ``classifier``, ``accuracy``: clean accuracy against ``labels_key``; group ``'overall'`` or a class.
+    - ``attack``, ``flip_rate``: fraction of cells whose prediction leaves the attacked class; group
+      an adversarial layer, ``'any'`` (flipped at some epsilon), or ``'<layer>|<class>'`` /
+      ``'any|<class>'`` per attacked class.
+    - ``detector``, ``auroc`` / ``average_precision`` / ``tpr_at_5fpr`` / ``clean_accuracy`` /
+      ``adversarial_accuracy`` / ``accuracy`` / ``threshold``: clean cells (label 0) against
+      their perturbed versions (label 1) in one layer (group = the layer) or in all layers
+      (group ``'pooled'``). Accuracies use the flags written by :func:`detect` at the detector's
+      calibrated threshold.
+
+    Parameters
+    ----------
+    adata
+        AnnData after :func:`train_classifier`, :func:`attack` and (for the detector rows) :func:`train_detector`.
+    attack_key
+        Attack record in ``.uns['sad']['attacks']``.
+    labels_key
+        True labels (default: the classifier's ``labels_key``).
+    split_key, subset
+        Evaluate cells with ``.obs[split_key] == subset`` (default the held-out ``'test'`` split);
+        ``subset=None``: all cells.
+    detector_key
+        Detector run record; ``None`` skips the detector rows.
+    rescore
+        Re-run :func:`detect` even when scores are present (they are computed when missing).
+    fpr_max
+        False-positive rate of the ``tpr_at_<fpr>fpr`` row.
+    key_added
+        Name of the run record in ``.uns['sad']``.
+    copy
+        Work on a copy of ``adata`` and return it (the table is then in its ``.uns``).
+
+    Returns
+    -------
+    The table as a :class:`pandas.DataFrame` with columns ``section``, ``metric``, ``group``,
+    ``value``, ``n_cells`` (or the new AnnData when ``copy=True``). Sets
+    ``.uns['sad'][key_added]`` (``params`` and ``table``, the columns as arrays), and, when
+    scores are missing or ``rescore=True``, what :func:`detect` writes for ``X`` and each
+    adversarial layer (``.obs['sad_score*']``, ``.obs['sad_adversarial*']``, ``.obsm['sad_meta*']``,
+    ``.obsm['X_sad_triplet*']``, ``.uns['sad']['detect']``).
+
+    """
+    check_adata(adata)
+    clf_rec = get_record(adata, _keys.STEP_CLASSIFIER, producer="sad.tl.train_classifier")
+    labels_key = labels_key or str(clf_rec["params"].get("labels_key", _keys.OBS_LABEL))
+    labels = check_obs_key(adata, labels_key).astype(str).to_numpy()
+    pred = check_obs_key(adata, _keys.OBS_PRED, producer="sad.tl.train_classifier").astype(str).to_numpy()
+    layers = _attack_layers(adata, attack_key, None)
+    att_params = adata.uns[_keys.UNS][_keys.STEP_ATTACKS][attack_key].get("params", {})
+    att_labels = str(att_params.get("labels_key", "predicted"))
+    target = pred if att_labels == "predicted" else check_obs_key(adata, att_labels).astype(str).to_numpy()
+    for lay in layers:
+        check_obs_key(adata, _keys.pred_key(lay), producer="sad.tl.attack")
+    if subset is None:
+        mask = np.ones(adata.n_obs, bool)
+    else:
+        mask = check_obs_key(adata, split_key, producer="sad.pp.split").astype(str).to_numpy() == subset
+        if not mask.any():
+            msg = f"No cells with adata.obs[{split_key!r}] == {subset!r}. Pass another subset, or subset=None for all cells."
+            raise ValueError(msg)
+    if copy:
+        adata = adata.copy()
+
+    rows: list[tuple] = []
+    y, p = labels[mask], pred[mask]
+    rows.append(("classifier", "accuracy", "overall", float((y == p).mean()), len(y)))
+    for c in sorted(set(y)):
+        sel = y == c
+        rows.append(("classifier", "accuracy", c, float((p[sel] == c).mean()), int(sel.sum())))
+
+    t = target[mask]
+    flips = {lay: adata.obs[_keys.pred_key(lay)].astype(str).to_numpy()[mask] != t for lay in layers}
+    flips["any"] = np.logical_or.reduce(list(flips.values()))
+    for g, f in flips.items():
+        rows.append(("attack", "flip_rate", g, float(f.mean()), len(f)))
+    for g, f in flips.items():
+        for c in sorted(set(t)):
+            sel = t == c
+            rows.append(("attack", "flip_rate", f"{g}|{c}", float(f[sel].mean()), int(sel.sum())))
+
+    if detector_key is not None:
+        keys = [_keys.score_key(v) for v in (None, *layers)]
+        if rescore or any(k not in adata.obs for k in keys):
+            detect(adata, [None, *layers], detector_key=detector_key)
+        role = adata.obs.get(_keys.OBS_DETECTOR_ROLE)
+        if role is not None and (role.astype(str).to_numpy()[mask] != "unused").any():
+            logger.warning(
+                "Some evaluated cells were used to train or calibrate the detector: the detector rows are optimistic."
+            )
+        s0 = adata.obs[_keys.score_key(None)].to_numpy(np.float64)[mask]
+        f0 = adata.obs[_keys.flag_key(None)].to_numpy(bool)[mask]
+        thr = float(adata.uns[_keys.UNS].get(_keys.STEP_DETECT, {}).get("params", {}).get("threshold", np.nan))
+        groups = {lay: [lay] for lay in layers}
+        groups["pooled"] = layers
+        tpr_name = f"tpr_at_{round(fpr_max * 100):d}fpr"
+        for g, lays in groups.items():
+            s1 = np.concatenate([adata.obs[_keys.score_key(v)].to_numpy(np.float64)[mask] for v in lays])
+            f1 = np.concatenate([adata.obs[_keys.flag_key(v)].to_numpy(bool)[mask] for v in lays])
+            yy = np.r_[np.zeros(len(s0)), np.ones(len(s1))]
+            m = detection_metrics(yy, np.r_[s0, s1], thr, fpr_max=fpr_max)
+            clean_acc, adv_acc = float((~f0).mean()), float(f1.mean())
+            vals = {
+                "auroc": m["auroc"], "average_precision": m["average_precision"], tpr_name: m[tpr_name],
+                "clean_accuracy": clean_acc, "adversarial_accuracy": adv_acc,
+                "accuracy": float(((~f0).sum() + f1.sum()) / (len(f0) + len(f1))), "threshold": thr,
+            }  # fmt: skip
+            for k, v in vals.items():
+                rows.append(("detector", k, g, v, len(yy)))
+
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    set_record(
+        adata, key_added,
+        params={"attack_key": attack_key, "labels_key": labels_key, "split_key": split_key, "subset": subset or "all",
+                "detector_key": detector_key or "none", "fpr_max": fpr_max},
+        table=table,
+    )  # fmt: skip
+    return adata if copy else table
+
+
+__all__ = ["evaluate", "detect", "meta_features", "train_detector"]  # one import line in tl/__init__.py
