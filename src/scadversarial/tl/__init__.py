@@ -2,5 +2,5 @@
 
 from ._attack import attack
 from ._classifier import predict, train_classifier
-from ._models import get_model, load_models, save_models
 from ._evaluate import detect, evaluate, meta_features, train_detector
+from ._models import get_model, load_models, save_models
