@@ -99,3 +99,12 @@ def test_preprocess_rejects_scaled(pbmc68k):
     with pytest.raises(ValueError, match="negative"):
         sad.pp.preprocess(scaled)
     np.testing.assert_array_equal(scaled.X, before)
+
+
+def test_pseudo_labels_merge_outlier_clusters(pbmc3k_raw):
+    a = pbmc3k_raw[:1000].copy()
+    sad.pp.preprocess(a, n_top_genes=500)
+    sad.pp.pseudo_labels(a, n_clusters=10, min_size=40)
+    sizes = a.obs["sad_label"].value_counts()
+    assert sizes.min() >= 40
+    assert a.uns["sad"]["pseudo_labels"]["params"]["min_size"] == 40

@@ -7,6 +7,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import _keys
+from .._settings import logger
 from .._validate import check_adata, get_matrix, set_record
 
 
@@ -17,6 +18,7 @@ def pseudo_labels(
     n_clusters: int = 10,
     n_pcs: int = 50,
     resolution: float = 1.0,
+    min_size: int = 3,
     layer: str | None = None,
     random_state: int = 0,
     key_added: str = _keys.OBS_LABEL,
@@ -38,6 +40,10 @@ def pseudo_labels(
         Number of principal components (capped at ``min(n_obs, n_vars) - 1``).
     resolution
         Resolution for ``'leiden'``.
+    min_size
+        Clusters with fewer cells (outliers) are merged into the nearest larger cluster, by
+        distance to its centroid in PCA space, and a warning is logged; 3 lets a stratified
+        train/val/test split keep every class.
     layer
         Matrix to cluster (default ``X``).
     random_state
@@ -89,6 +95,7 @@ def pseudo_labels(
             tmp, resolution=resolution, random_state=random_state, flavor="igraph", n_iterations=2, directed=False
         )
         raw = tmp.obs["leiden"].astype(int).to_numpy()
+    raw = _merge_small(raw, pcs, min_size)
     # name clusters by decreasing size so labels do not depend on the clusterer's numbering
     sizes = pd.Series(raw).value_counts()
     rename = {old: f"c{i}" for i, old in enumerate(sizes.index)}
@@ -97,7 +104,22 @@ def pseudo_labels(
     adata.obsm["X_pca"] = pcs
     set_record(
         adata, _keys.STEP_LABELS,
-        params={"method": method, "n_clusters": int(n_clusters), "n_pcs": n_comps, "resolution": float(resolution), "random_state": int(random_state), "key_added": key_added},
+        params={"method": method, "n_clusters": int(n_clusters), "n_pcs": n_comps, "resolution": float(resolution), "min_size": int(min_size), "random_state": int(random_state), "key_added": key_added},
         metrics={"n_labels": len(sizes), "sizes": sizes.to_numpy()},
     )  # fmt: skip
     return adata if copy else None
+
+
+def _merge_small(raw: np.ndarray, pcs: np.ndarray, min_size: int) -> np.ndarray:
+    """Reassign cells of clusters smaller than ``min_size`` to the nearest centroid of a larger cluster."""
+    ids, sizes = np.unique(raw, return_counts=True)
+    small, big = ids[sizes < min_size], ids[sizes >= min_size]
+    if not len(small) or len(big) < 2:
+        return raw
+    centroids = np.stack([pcs[raw == c].mean(0) for c in big])
+    moved = np.isin(raw, small)
+    d = ((pcs[moved, None, :] - centroids[None]) ** 2).sum(-1)
+    raw = raw.copy()
+    raw[moved] = big[d.argmin(1)]
+    logger.warning("pseudo_labels: merged %d clusters smaller than %d cells (%d cells) into their nearest cluster", len(small), min_size, int(moved.sum()))
+    return raw
