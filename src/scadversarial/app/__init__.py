@@ -70,6 +70,7 @@ def launch(
     max_epochs: int | None = None,
     streamlit_args: Sequence[str] = (),
     wait: bool = True,
+    popen_kwargs: dict | None = None,
 ) -> int | subprocess.Popen:
     """Start the demo app: ``streamlit run`` on the app's script, in a subprocess.
 
@@ -96,6 +97,8 @@ def launch(
     wait
         Wait for the server to stop (Ctrl-C) and return its exit code; ``False`` returns the
         running :class:`subprocess.Popen` instead.
+    popen_kwargs
+        Passed to :class:`subprocess.Popen` (e.g. ``stdout=``, ``stderr=``, ``env=``).
 
     Returns
     -------
@@ -113,7 +116,7 @@ def launch(
         adata, models, port, address=address, headless=headless, cache_dir=cache_dir,
         max_epochs=max_epochs, streamlit_args=streamlit_args,
     )  # fmt: skip
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, **(popen_kwargs or {}))
     if not wait:
         return proc
     try:

@@ -1,0 +1,337 @@
+"""The demo app: its Streamlit-free logic, the page under Streamlit's AppTest, and ``launch``.
+
+The pipeline folder is built once per session (pbmc68k_reduced, few epochs) in the session's
+temporary directory; ``tests/test_app_browser.py`` reuses the same folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+
+import scadversarial as sad
+from scadversarial import app as sad_app
+from scadversarial.app import logic
+
+SCRIPT = str(sad_app.SCRIPT)
+EPOCHS = 15
+
+
+@pytest.fixture(scope="session")
+def app_pipeline_dir(tmp_path_factory) -> Path:
+    """A ``scadversarial run``-style folder (adata.h5ad, models/, report.json) on pbmc68k_reduced."""
+    return logic.build_default_pipeline(tmp_path_factory.getbasetemp() / "app_pipeline", max_epochs=EPOCHS)
+
+
+@pytest.fixture(scope="session")
+def pipe(app_pipeline_dir) -> logic.Pipeline:
+    return logic.load_pipeline(app_pipeline_dir / "adata.h5ad")
+
+
+@pytest.fixture
+def app_env(monkeypatch, app_pipeline_dir):
+    """Point the page at the test pipeline (the script reads these when AppTest runs it)."""
+
+    def set_env(adata=app_pipeline_dir / "adata.h5ad", models=None):
+        for name, value in (("SCADVERSARIAL_APP_ADATA", adata), ("SCADVERSARIAL_APP_MODELS", models)):
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, str(value))
+
+    set_env()
+    return set_env
+
+
+def _apptest():
+    from streamlit.testing.v1 import AppTest
+
+    return AppTest.from_file(SCRIPT, default_timeout=120)
+
+
+def _texts(at, kind: str) -> list[str]:
+    return [e.value for e in getattr(at, kind)]
+
+
+# ----------------------------------------------------------------------------------------------
+# logic
+def test_build_reuses_cache(app_pipeline_dir):
+    assert {"adata.h5ad", "models", "report.json", logic.CACHE_STAMP} <= {p.name for p in app_pipeline_dir.iterdir()}
+    assert logic.cached_pipeline_ok(app_pipeline_dir, max_epochs=EPOCHS)
+    assert not logic.cached_pipeline_ok(app_pipeline_dir, max_epochs=EPOCHS + 1)
+    t0 = time.perf_counter()
+    assert logic.build_default_pipeline(app_pipeline_dir, max_epochs=EPOCHS) == app_pipeline_dir
+    assert time.perf_counter() - t0 < 2  # reused, not rebuilt
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("SCADVERSARIAL_CACHE_DIR", str(tmp_path))
+    assert logic.default_cache_dir() == tmp_path / "app-pbmc68k_reduced"
+    monkeypatch.delenv("SCADVERSARIAL_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert logic.default_cache_dir() == tmp_path / "xdg" / "scadversarial" / "app-pbmc68k_reduced"
+
+
+def test_load_pipeline(pipe, app_pipeline_dir):
+    a = pipe.adata
+    assert pipe.n_cells == a.n_obs == 700
+    assert pipe.X.shape == (700, len(pipe.genes)) and pipe.X.dtype == np.float32
+    assert pipe.classes == list(sad.tl.get_model(a, "classifier").classes)
+    # clean predictions recomputed at load time agree with the ones the pipeline wrote
+    np.testing.assert_array_equal(np.array(pipe.classes)[pipe.pred], a.obs["sad_pred"].astype(str).to_numpy())
+    assert pipe.labels_key == "sad_label" and pipe.labels is not None
+    assert pipe.umap.shape == (700, 2) and pipe.umap_key == "X_umap"
+    assert pipe.detector is not None, pipe.warnings
+    assert pipe.threshold == pytest.approx(float(a.uns["sad"]["detector"]["metrics"]["threshold"]), rel=1e-6)
+    assert pipe.warnings == []
+    # the folder itself works as the path too
+    assert logic.load_pipeline(app_pipeline_dir).n_cells == 700
+
+
+def test_clean_and_attacked_cell(pipe):
+    c = logic.clean_cell(pipe, 3)
+    assert c.true_label == pipe.labels[3] and c.predicted == pipe.classes[int(pipe.proba[3].argmax())]
+    assert c.proba.sum() == pytest.approx(1, abs=1e-5) and not c.attacked and c.success is None
+    assert 0 <= c.score <= 1
+    # the detector score of one cell equals what sad.tl.detect writes for the whole AnnData
+    b = pipe.adata.copy()
+    sad.tl.detect(b)
+    assert c.score == pytest.approx(float(b.obs["sad_score"].iloc[3]), abs=1e-5)
+    assert c.verdict(pipe.threshold) == ("adversarial" if bool(b.obs["sad_adversarial"].iloc[3]) else "clean")
+
+    a = logic.attack_cell(pipe, 3, method="pgd", eps=0.5)
+    assert a.attacked and a.clean_predicted == c.predicted and a.success == (a.predicted != c.predicted)
+    assert np.abs(a.x - c.x).max() <= 0.5 + 1e-5
+    # same perturbation as the array-level attack
+    from scadversarial.attacks.whitebox import attack_arrays
+
+    ref = attack_arrays(
+        pipe.classifier, pipe.X[3:4], pipe.pred[3:4], eps=0.5, alpha=logic.auto_alpha(0.5, 10), steps=10
+    )[0.5]
+    np.testing.assert_allclose(a.x, ref[0], atol=1e-6)
+    assert c.verdict(None) == "no detector" and a.flagged(0.0) is True
+
+
+def test_attack_flips_and_verdicts(pipe):
+    """PGD flips many cells; verdicts follow the threshold; attacked cells score higher than clean ones."""
+    attacked = [logic.attack_cell(pipe, i, eps=0.15) for i in range(20)]
+    clean = [logic.clean_cell(pipe, i) for i in range(20)]
+    assert np.mean([r.success for r in attacked]) > 0.3
+    for r in attacked + clean:
+        assert r.flagged(pipe.threshold) == (r.score >= pipe.threshold)
+        assert r.verdict(pipe.threshold) == ("adversarial" if r.score >= pipe.threshold else "clean")
+    assert np.mean([r.score for r in attacked]) > np.mean([r.score for r in clean])
+    fgsm = logic.attack_cell(pipe, 0, method="fgsm", eps=0.2)
+    assert np.abs(fgsm.x - pipe.X[0]).max() == pytest.approx(0.2, abs=1e-5)
+
+
+def test_logic_errors(pipe):
+    with pytest.raises(logic.AppError, match="out of range"):
+        logic.clean_cell(pipe, pipe.n_cells)
+    with pytest.raises(logic.AppError, match="Unknown attack method"):
+        logic.attack_cell(pipe, 0, method="cw")
+    with pytest.raises(logic.AppError, match="positive"):
+        logic.attack_cell(pipe, 0, eps=0)
+    with pytest.raises(logic.AppError, match="--models was given without --adata"):
+        logic.open_pipeline(None, "models")
+
+
+def test_gene_table_and_umap_frame(pipe):
+    c, a = logic.clean_cell(pipe, 1), logic.attack_cell(pipe, 1, eps=0.3)
+    t = logic.gene_table(pipe, c, a)
+    assert list(t.columns) == ["gene", "clean", "attacked", "change"] and len(t) == len(pipe.genes)
+    assert (t["change"].abs().diff().dropna() <= 1e-9).all()  # largest change first
+    assert list(logic.gene_table(pipe, c, top=5).columns) == ["gene", "clean"]
+    df = logic.umap_frame(pipe, 1)
+    assert df["selected"].sum() == 1 and df.loc[df["selected"], "index"].item() == 1
+
+
+def test_evaluate_in_batches(pipe):
+    fractions = []
+    res = logic.evaluate(pipe, method="pgd", eps=0.1, batch_size=50, progress=fractions.append)
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) == 4  # 140 test cells
+    m = res.metrics
+    assert res.split == "test" and res.n_cells == int((pipe.split == "test").sum()) == m["cells evaluated"]
+    truth = pipe.labels[pipe.split == "test"]
+    pred = np.array(pipe.classes)[pipe.pred[pipe.split == "test"]]
+    assert m["classifier accuracy (clean)"] == pytest.approx((truth == pred).mean())
+    for key in ("flip rate", "detection accuracy, clean cells", "detection accuracy, attacked cells"):
+        assert 0 <= m[key] <= 1
+    assert m["AUROC (clean vs. attacked)"] > 0.9
+    assert list(res.table().columns) == ["metric", "value"]
+    # a threshold of 0 flags everything: no clean cell is called clean
+    assert logic.evaluate(pipe, eps=0.1, threshold=0.0, max_cells=20).metrics["detection accuracy, clean cells"] == 0
+    stored = logic.stored_evaluation(pipe)
+    assert stored is not None and {"classifier", "attack", "detector"} <= set(stored["section"])
+
+
+@pytest.fixture(scope="session")
+def broken(tmp_path_factory, app_pipeline_dir) -> dict[str, tuple[Path, Path | None, str]]:
+    """Broken artifacts: ``name -> (adata path, models dir, expected message)``."""
+    root = tmp_path_factory.mktemp("broken")
+    good = app_pipeline_dir
+    corrupt = root / "corrupt.h5ad"
+    corrupt.write_bytes(b"this is not an HDF5 file\n" * 10)
+    raw = root / "raw.h5ad"
+    sad.datasets.pbmc68k_reduced().write_h5ad(raw)
+    wrong = ad.read_h5ad(good / "adata.h5ad")
+    wrong.var_names = [f"NOTAGENE{i}" if i < 7 else g for i, g in enumerate(wrong.var_names)]
+    wrong_path = root / "wrong_genes" / "adata.h5ad"
+    wrong_path.parent.mkdir()
+    wrong.write_h5ad(wrong_path)
+    bad_models = root / "bad_models"
+    shutil.copytree(good / "models", bad_models)
+    (bad_models / "classifier" / "model.safetensors").write_bytes(b"\x00garbage" * 50)
+    empty_models = root / "empty_models"
+    empty_models.mkdir()
+    return {
+        "missing file": (root / "nope.h5ad", None, "No file at"),
+        "corrupt file": (corrupt, None, "Could not read"),
+        "no classifier": (raw, None, "no trained classifier"),
+        "models folder missing": (good / "adata.h5ad", root / "no_such_dir", "Models folder"),
+        "models missing": (good / "adata.h5ad", empty_models, "Could not load the classifier"),
+        "corrupt weights": (good / "adata.h5ad", bad_models, "corrupt"),
+        "wrong genes": (wrong_path, good / "models", "7 are missing"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing file",
+        "corrupt file",
+        "no classifier",
+        "models folder missing",
+        "models missing",
+        "corrupt weights",
+        "wrong genes",
+    ],
+)
+def test_load_errors_are_clear(broken, case):
+    path, models, message = broken[case]
+    with pytest.raises(logic.AppError, match=message):
+        logic.load_pipeline(path, models)
+
+
+# ----------------------------------------------------------------------------------------------
+# the page (Streamlit AppTest)
+def test_page_cell_and_attack(app_env, pipe):
+    pytest.importorskip("streamlit")
+    at = _apptest().run()
+    assert not at.exception and not _texts(at, "error")
+    c0 = logic.clean_cell(pipe, 0)
+    md = _texts(at, "markdown")
+    assert f"Predicted label: **{c0.predicted}** (probability {c0.confidence:.2f})" in md
+    assert f"True label: **{c0.true_label}**" in md
+    assert any("Turn on **Attack this cell**" in t for t in _texts(at, "info"))
+    assert len(at.get("vega_lite_chart")) == 2  # clean probabilities + UMAP
+
+    at.number_input(key="cell_index").set_value(5).run()
+    at.slider(key="eps").set_value(0.5).run()
+    at.toggle(key="attack_on").set_value(True).run()
+    assert not at.exception
+    c, a = logic.clean_cell(pipe, 5), logic.attack_cell(pipe, 5, eps=0.5)
+    md = _texts(at, "markdown")
+    assert f"Cell **5** (`{c.name}`)" in md
+    assert f"Predicted label: **{c.predicted}** (probability {c.confidence:.2f})" in md
+    assert f"Predicted label: **{a.predicted}** (probability {a.confidence:.2f})" in md
+    outcome = _texts(at, "warning") if a.success else _texts(at, "info")
+    assert any(t.startswith("Attack succeeded" if a.success else "Attack failed") for t in outcome)
+    verdicts = [t for t in _texts(at, "success") + _texts(at, "error") if t.startswith("Detector verdict")]
+    assert sorted(verdicts) == sorted(
+        [f"Detector verdict: {c.verdict(pipe.threshold)}", f"Detector verdict: {a.verdict(pipe.threshold)}"]
+    )
+    assert len(at.get("vega_lite_chart")) == 3
+    assert any("Cell 5" in t and "computed in" in t for t in _texts(at, "caption"))
+
+    # a threshold of 0 flags every cell, the clean one included
+    at.slider(key="threshold").set_value(0.0).run()
+    assert _texts(at, "error").count("Detector verdict: adversarial") == 2
+
+    # the gene vector
+    at.toggle(key="show_genes").set_value(True).run()
+    table = at.dataframe[0].value
+    assert list(table.columns) == ["gene", "clean", "attacked", "change"] and len(table) == len(pipe.genes)
+
+
+def test_page_pick_by_label_and_evaluate(app_env, pipe):
+    pytest.importorskip("streamlit")
+    at = _apptest().run()
+    label = pipe.labels[10]
+    at.radio(key="pick_mode").set_value("label").run()
+    at.selectbox(key="cell_label").set_value(label).run()
+    at.selectbox(key=f"cell_of_{label}").set_value(10).run()
+    assert not at.exception
+    assert f"Cell **10** (`{pipe.obs_names[10]}`)" in _texts(at, "markdown")
+    assert f"True label: **{label}**" in _texts(at, "markdown")
+
+    at.button(key="run_eval").click().run()
+    assert not at.exception and not _texts(at, "error")
+    tables = [df.value for df in at.dataframe]
+    evals = [t for t in tables if "metric" in t and "flip rate" in set(t["metric"])]
+    assert evals, tables
+    metrics = dict(zip(evals[0]["metric"], evals[0]["value"], strict=True))
+    assert {"classifier accuracy (clean)", "flip rate", "detection accuracy, clean cells",
+            "detection accuracy, attacked cells", "AUROC (clean vs. attacked)"} <= set(metrics)  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ["missing file", "corrupt file", "no classifier", "models missing", "wrong genes"])
+def test_page_shows_errors_not_tracebacks(app_env, broken, case):
+    pytest.importorskip("streamlit")
+    path, models, message = broken[case]
+    app_env(path, models)
+    at = _apptest().run()
+    assert not at.exception  # no traceback element
+    errors = _texts(at, "error")
+    assert len(errors) == 1 and errors[0].startswith("Could not open the pipeline") and message in errors[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# launch
+def test_command_line():
+    cmd = sad_app.command("x/adata.h5ad", "x/models", 8765, address="127.0.0.1", headless=True)
+    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4] == SCRIPT
+    assert cmd[cmd.index("--server.port") + 1] == "8765" and "--server.headless" in cmd
+    tail = cmd[cmd.index("--") + 1 :]
+    assert tail[0] == "--adata" and Path(tail[1]).is_absolute() and tail[1].endswith("x/adata.h5ad")
+    assert tail[2] == "--models" and tail[3].endswith("x/models")
+    assert "--" not in sad_app.command()
+
+
+def test_launch_without_streamlit(monkeypatch, capsys):
+    monkeypatch.setattr(sad_app, "streamlit_available", lambda: False)
+    assert sad_app.launch() == 1
+    assert "pip install 'scadversarial[app]'" in capsys.readouterr().err
+
+
+def test_module_main_parses(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(sad_app, "launch", lambda *a, **k: seen.update(args=a, kwargs=k) or 0)
+    assert sad_app.main(["--adata", "a.h5ad", "--port", "9000", "--headless"]) == 0
+    assert seen["args"] == ("a.h5ad", None, 9000) and seen["kwargs"]["headless"] is True
+
+
+# ----------------------------------------------------------------------------------------------
+# speed on PBMC3k-sized data
+@pytest.mark.slow
+def test_cell_change_latency_pbmc3k(pipeline3k):
+    """One cell change (clean cell + attack + two detector scores) takes well under a second on CPU."""
+    a = pipeline3k.copy()
+    sad.tl.attack(a, eps=(0.1,))
+    sad.tl.train_detector(a, triplet_epochs=2, epochs=3)
+    p = logic.load_pipeline(a)
+    assert p.n_cells == 2638 and p.detector is not None
+    logic.attack_cell(p, 0)  # warm-up
+    times = []
+    for i in range(1, 21):
+        t0 = time.perf_counter()
+        logic.clean_cell(p, i)
+        logic.attack_cell(p, i, eps=0.1)
+        times.append(time.perf_counter() - t0)
+    print(f"PBMC3k cell change: median {1000 * np.median(times):.1f} ms, max {1000 * max(times):.1f} ms")
+    assert np.median(times) < 1.0
