@@ -16,12 +16,15 @@ def test_cli_run_end_to_end(tmp_path):
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert rc.returncode == 0, rc.stderr
-    assert "classifier accuracy" in rc.stdout and "PGD flip rate" in rc.stdout
+    assert "classifier accuracy" in rc.stdout and "PGD flip rate" in rc.stdout and "detector on held-out test cells" in rc.stdout
     report = json.loads((out / "report.json").read_text())
     assert report["classifier"]["accuracy"]["test"] > 0.6
     a = ad.read_h5ad(out / "adata.h5ad")
     assert "sad_pgd_eps0.1" in a.layers
     assert (out / "models" / "classifier" / "model.safetensors").is_file()
+    assert (out / "models" / "detector" / "model.safetensors").is_file()
+    pooled = [r for r in report["detection"] if r["cells"] == "pooled"][0]
+    assert pooled["auroc"] > 0.9
 
 
 def test_cli_bad_data_is_a_clear_error(capsys, tmp_path):

@@ -36,7 +36,7 @@ def run_pipeline(
     random_state: int = 0,
     max_epochs: int = 60,
 ) -> dict:
-    """Preprocess, label, split, train the classifier, attack it with PGD, train and evaluate the detector.
+    """Preprocess, label, split, train the classifier, attack it with PGD, train the detector and evaluate.
 
     Parameters
     ----------
@@ -73,6 +73,8 @@ def run_pipeline(
     step("split", pp.split, adata, labels_key, random_state=random_state)
     step("train_classifier", tl.train_classifier, adata, labels_key, random_state=random_state, max_epochs=max_epochs)
     step("attack", tl.attack, adata, "pgd", eps=eps, random_state=random_state)
+    step("train_detector", tl.train_detector, adata, random_state=random_state)
+    table = step("evaluate", tl.evaluate, adata)
 
     root = adata.uns[_keys.UNS]
     clf = root[_keys.STEP_CLASSIFIER]["metrics"]
@@ -81,6 +83,7 @@ def run_pipeline(
         "data": {"n_cells": adata.n_obs, "n_genes": adata.n_vars, "labels_key": labels_key},
         "classifier": {"accuracy": dict(clf["accuracy"]), "test_per_class_accuracy": dict(clf["test"]["per_class_accuracy"])},
         "attack": {"method": "pgd", "eps": list(eps), "flip_rate": dict(atk["flip_rate"]), "flip_rate_any": atk["flip_rate_any"]},
+        "detection": _detection_rows(table),
         "timings_s": timings,
     }
     report = _to_builtin(report)
@@ -91,6 +94,13 @@ def run_pipeline(
         adata.write_h5ad(out / "adata.h5ad")
         (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _detection_rows(table) -> list[dict]:
+    """Detector metrics on held-out test cells, one row per attack layer and one pooled."""
+    det = table[table["section"] == "detector"]
+    wide = det.pivot_table(index="group", columns="metric", values="value", sort=False)
+    return [{"cells": str(g), **{k: float(v) for k, v in row.items()}} for g, row in wide.iterrows()]
 
 
 def _to_builtin(obj):
@@ -112,8 +122,10 @@ def format_report(report: dict) -> str:
     lines.append("classifier accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
     fr = report["attack"]["flip_rate"]
     lines.append("PGD flip rate: " + ", ".join(f"{k.rsplit('_', 1)[-1]} {v:.3f}" for k, v in fr.items()) + f", any eps {report['attack']['flip_rate_any']:.3f}")
-    if "detection" in report:
-        for row in report["detection"]:
-            lines.append("  " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    cols = ["auroc", "average_precision", "tpr_at_5fpr", "clean_accuracy", "adversarial_accuracy", "accuracy"]
+    lines.append("detector on held-out test cells:")
+    lines.append(f"  {'cells':18s}" + "".join(f"{c:>21s}" for c in cols))
+    for row in report["detection"]:
+        lines.append(f"  {row['cells']:18s}" + "".join(f"{row.get(c, float('nan')):21.3f}" for c in cols))
     lines.append("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report["timings_s"].items()))
     return "\n".join(lines)
