@@ -114,7 +114,8 @@ def cell(
     ax_.bar(x - 0.2, p_clean[order], width=0.4, color=c, edgecolor="black", linewidth=0.5)
     ax_.bar(x + 0.2, p_adv[order], width=0.4, color=c, alpha=0.55, hatch="//", edgecolor="black", linewidth=0.5)
     ax_.set_xticks(x, names, rotation=45, ha="right")
-    ax_.set_ylim(0, 1.05)
+    ax_.set_ylim(0, 1.3)  # room for the legend above the bars
+    ax_.set_yticks(np.linspace(0, 1, 6))
     ax_.set_ylabel("class probability")
 
     def verdict(key_score, key_flag):
@@ -139,12 +140,7 @@ def cell(
             label=f"{label}: {pred_a} ({p_adv.max():.2f}); {v_adv}",
         ),
     ]
-    ax_.legend(
-        handles=handles,
-        fontsize=7,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.3 if len(max(names, key=len)) > 8 else -0.22),
-    )
+    ax_.legend(handles=handles, fontsize=7, loc="upper center", framealpha=0.9)
     truth = f", true {lk} = {adata.obs[lk].iloc[i]}" if lk and not pd.isna(adata.obs[lk].iloc[i]) else ""
     ax_.set_title(f"cell {adata.obs_names[i]}{truth}", fontsize=10)
     return u.finish(fig, ax_, show=show, return_fig=return_fig, ax_given=ax is not None)

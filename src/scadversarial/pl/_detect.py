@@ -137,7 +137,7 @@ def score_distribution(
         def clip(v):
             return v
 
-    fig, ax_ = u.new_axes(ax, (5.2, 3.6))
+    fig, ax_ = u.new_axes(ax, (7.0, 3.4))
     ax_.hist(clip(clean), bins=edges, color=u.STATE_COLORS["clean"], alpha=0.55, weights=np.full(len(clean), 1 / max(len(clean), 1)),
              label=f"clean (n={mask.sum()}; {np.mean(clean >= thr):.0%} flagged)")  # fmt: skip
     for (layer, s), color in zip(advs.items(), _eps_colors(len(layers)), strict=True):
@@ -153,7 +153,7 @@ def score_distribution(
     ax_.set_xlabel("detector score" + (" (logit axis)" if xscale == "logit" else ""))
     ax_.set_ylabel("fraction of cells")
     ax_.set_title(f"detector scores ({split or 'all'} cells{', flipped only' if only_flipped else ''})")
-    ax_.legend(fontsize=7, loc="upper center")
+    ax_.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     return u.finish(fig, ax_, show=show, return_fig=return_fig, ax_given=ax is not None)
 
 
