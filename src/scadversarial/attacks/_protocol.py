@@ -1,0 +1,230 @@
+"""Classifier protocol: turn any supported classifier into ``proba_fn(X) -> probabilities`` plus its classes.
+
+Black-box attacks only need per-cell class probabilities. Three kinds of classifiers are accepted:
+
+- a :class:`torch.nn.Module` whose ``forward(x)`` returns logits (softmaxed here; run in eval mode,
+  without gradients, in batches); its ``classes`` attribute, when present, names the classes;
+- a scikit-learn style estimator with ``predict_proba`` (classes from ``classes_``);
+- a plain callable ``X -> probabilities`` (cells x classes), with an optional ``classes`` list.
+
+The adapter also counts the calls made to the user's classifier, which is the unit of cost of
+every black-box search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ClassifierAdapter", "as_proba_fn"]
+
+
+def _is_torch_module(obj: Any) -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, torch.nn.Module)
+
+
+class ClassifierAdapter:
+    """A classifier seen as ``proba_fn(X) -> (n_cells, n_classes)`` probabilities.
+
+    Parameters
+    ----------
+    classifier
+        A torch module returning logits, an estimator with ``predict_proba``, or a callable
+        ``X -> probabilities``. An existing :class:`ClassifierAdapter` is wrapped again
+        (sharing the same classifier, with its own call counter).
+    classes
+        Class names, in the order of the probability columns. Required for a callable or a torch
+        module without a ``classes`` attribute unless integer class names ``0..K-1`` are fine.
+    batch_size
+        Rows per forward pass for torch modules (``None``: ``sad.settings.batch_size``, at least 8192). Estimators and
+        callables receive the whole matrix of one call.
+    device
+        Torch device for torch modules (``None``: the module's own device).
+
+    Attributes
+    ----------
+    classes
+        List of class names (str).
+    n_calls
+        Number of calls made to the underlying classifier so far.
+    n_rows
+        Number of cells (rows) classified so far.
+    kind
+        ``'torch'``, ``'sklearn'`` or ``'callable'``.
+
+    """
+
+    def __init__(
+        self,
+        classifier: Any,
+        classes: Sequence | None = None,
+        *,
+        batch_size: int | None = None,
+        device: Any = None,
+    ) -> None:
+        if isinstance(classifier, ClassifierAdapter):
+            classes = classifier.classes if classes is None else classes
+            batch_size = classifier.batch_size if batch_size is None else batch_size
+            device = classifier.device if device is None else device
+            classifier = classifier.classifier
+        self.classifier = classifier
+        self.batch_size = batch_size
+        self.device = device
+        self.n_calls = 0
+        self.n_rows = 0
+        if _is_torch_module(classifier):
+            self.kind = "torch"
+            found = getattr(classifier, "classes", None)
+        elif hasattr(classifier, "predict_proba") and callable(classifier.predict_proba):
+            self.kind = "sklearn"
+            found = getattr(classifier, "classes_", None)
+        elif callable(classifier):
+            self.kind = "callable"
+            found = getattr(classifier, "classes", None)
+        else:
+            msg = (
+                f"Unsupported classifier of type {type(classifier).__name__}. Pass a torch nn.Module returning "
+                "logits, an estimator with `predict_proba`, or a callable `X -> probabilities` (cells x classes)."
+            )
+            raise TypeError(msg)
+        if classes is None:
+            classes = found
+        self._classes = None if classes is None else [str(c) for c in classes]
+        if self._classes is not None and len(set(self._classes)) != len(self._classes):
+            msg = f"Class names must be unique, got {self._classes}."
+            raise ValueError(msg)
+
+    # ------------------------------------------------------------------
+    @property
+    def classes(self) -> list[str]:
+        """Class names in the order of the probability columns."""
+        if self._classes is None:
+            msg = (
+                "The classifier's classes are unknown: pass `classes=[...]` (the names of the probability "
+                "columns in order), or give the model a `classes` / `classes_` attribute."
+            )
+            raise ValueError(msg)
+        return self._classes
+
+    @property
+    def n_features(self) -> int | None:
+        """Number of input genes the classifier expects, when it says so."""
+        clf = self.classifier
+        for attr in ("n_features_in_", "n_features", "n_genes"):
+            n = getattr(clf, attr, None)
+            if isinstance(n, int | np.integer):
+                return int(n)
+        var_names = getattr(clf, "var_names", None)
+        if var_names is not None and not callable(var_names):
+            return len(var_names)
+        return None
+
+    def reset_counter(self) -> None:
+        """Set :attr:`n_calls` and :attr:`n_rows` to 0."""
+        self.n_calls = 0
+        self.n_rows = 0
+
+    # ------------------------------------------------------------------
+    def _torch_proba(self, X: np.ndarray) -> np.ndarray:
+        import torch
+
+        from .._settings import settings
+
+        module = self.classifier
+        try:
+            param = next(module.parameters())
+            mod_device, mod_dtype = param.device, param.dtype
+        except StopIteration:
+            mod_device, mod_dtype = torch.device("cpu"), torch.float32
+        device = mod_device if self.device is None else settings.torch_device(self.device)
+        if device != mod_device:
+            module = module.to(device)
+        bs = int(self.batch_size or max(settings.batch_size, 8192))
+        bs = max(bs, 1)
+        was_training = module.training
+        module.eval()
+        out = []
+        try:
+            with torch.no_grad():
+                for start in range(0, X.shape[0], bs):
+                    xb = torch.as_tensor(X[start : start + bs], dtype=mod_dtype, device=device)
+                    logits = module(xb)
+                    if isinstance(logits, tuple | list):
+                        logits = logits[0]
+                    out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        finally:
+            if was_training:
+                module.train()
+        if not out:
+            return np.zeros((0, len(self._classes or [])), dtype=np.float32)
+        return np.concatenate(out, axis=0)
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities of the rows of ``X`` (one call to the classifier)."""
+        X = np.asarray(X)
+        if X.ndim != 2:
+            msg = f"Expected a 2-D matrix (cells x genes), got shape {X.shape}."
+            raise ValueError(msg)
+        self.n_calls += 1
+        self.n_rows += X.shape[0]
+        if self.kind == "torch":
+            P = self._torch_proba(X)
+        elif self.kind == "sklearn":
+            P = self.classifier.predict_proba(X)
+        else:
+            P = self.classifier(X)
+        if hasattr(P, "detach"):
+            P = P.detach().cpu().numpy()
+        P = np.asarray(P)
+        if P.ndim != 2 or P.shape[0] != X.shape[0]:
+            msg = (
+                f"The classifier returned an array of shape {P.shape} for {X.shape[0]} cells; expected "
+                f"(n_cells, n_classes). A callable must return class probabilities, one row per cell."
+            )
+            raise ValueError(msg)
+        if self._classes is not None and P.shape[1] != len(self._classes):
+            msg = (
+                f"The classifier returned {P.shape[1]} probability columns but {len(self._classes)} classes are "
+                f"named ({self._classes}). Pass `classes=` matching the classifier's output columns."
+            )
+            raise ValueError(msg)
+        if self._classes is None:
+            self._classes = [str(i) for i in range(P.shape[1])]
+        return P
+
+    def __repr__(self) -> str:
+        return f"ClassifierAdapter(kind={self.kind!r}, n_classes={len(self._classes or [])}, n_calls={self.n_calls})"
+
+
+def as_proba_fn(
+    classifier: Any, classes: Sequence | None = None, **kwargs
+) -> tuple[Callable[[np.ndarray], np.ndarray], list[str]]:
+    """Turn ``classifier`` into ``(proba_fn, classes)``.
+
+    Parameters
+    ----------
+    classifier
+        A torch module returning logits, an estimator with ``predict_proba``, or a callable
+        ``X -> probabilities``.
+    classes
+        Class names in probability-column order (defaults to the model's ``classes`` / ``classes_``).
+    **kwargs
+        Passed to :class:`ClassifierAdapter` (``batch_size``, ``device``).
+
+    Returns
+    -------
+    proba_fn
+        A :class:`ClassifierAdapter`: ``proba_fn(X)`` returns an ``(n_cells, n_classes)`` array and
+        counts its calls in ``proba_fn.n_calls``.
+    classes
+        The class names (str).
+
+    """
+    adapter = ClassifierAdapter(classifier, classes, **kwargs)
+    return adapter, adapter.classes

@@ -1,0 +1,260 @@
+"""Cluster-based gradient descent (CGD, adverSCarial's equations 3-4).
+
+Genes are visited in a given order. For each gene, on the target cells not already called the new
+target, a trial step ``x -> (1 + alpha*sign(x))*x + epsilon`` is classified; per cell, when the new
+target's probability rose more than the original type's, the step is committed
+(``x -> (1 + alpha*sign(x))*x + epsilon``), when it rose less the opposite step is committed
+(``x -> (1 - alpha*sign(x))*x - epsilon``); on an exact tie the cell is left unchanged. After each gene
+with committed steps, the new target becomes the most frequent per-cell type of the cluster other than
+the original type (class order breaks ties; with a single predicted type, the class of highest mean
+probability). The search stops when more cells are called the new target than the original type
+(unless ``stop_at_switch=False``).
+
+``method='plain'`` classifies the whole cluster twice per gene (trial, then committed state), like the
+R package. ``method='fast'`` classifies once per gene, only the rows that can change: the trial rows
+of this gene stacked with the rows of the previous gene's cells that took the opposite step (the
+cells that took the trial step already have their probabilities). Per-cell classifiers give both
+methods the same result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["CGDResult", "cgd_search"]
+
+SUMMARY_COLUMNS = (
+    "order",
+    "gene",
+    "n_modified_cells",
+    "frac_orig",
+    "frac_new",
+    "proba_orig_cells",
+    "proba_new_cells",
+    "proba_orig_cluster",
+    "proba_new_cluster",
+)
+
+
+@dataclass
+class CGDResult:
+    """Result of a CGD attack.
+
+    Attributes
+    ----------
+    X
+        Modified expression of the target cells.
+    modified_genes
+        Indices of the genes with committed steps, in order.
+    summary
+        One dict per visited gene (plus the start, ``order=0``) with the fields of ``SUMMARY_COLUMNS``.
+    orig_call, new_target
+        Class index of the original call and of the final new target.
+    orig_types, types
+        Per-cell types before and after the attack.
+    switched
+        Whether more cells are called the new target than the original type at the end.
+    n_genes_visited
+        Number of genes visited.
+
+    """
+
+    X: np.ndarray
+    modified_genes: list[int] = field(default_factory=list)
+    summary: list[dict] = field(default_factory=list)
+    orig_call: int = -1
+    new_target: int = -1
+    orig_types: np.ndarray | None = None
+    types: np.ndarray | None = None
+    switched: bool = False
+    n_genes_visited: int = 0
+
+
+def _choose_new_target(types: np.ndarray, P: np.ndarray, orig: int, excl: Sequence[int]) -> int:
+    K = P.shape[1]
+    counts = np.bincount(types, minlength=K)
+    banned = np.zeros(K, dtype=bool)
+    banned[orig] = True
+    banned[list(excl)] = True
+    cand = np.where(banned, -1, counts)
+    if (counts > 0).sum() > 1 and cand.max() > 0:
+        return int(cand.argmax())  # most frequent other type; ties to the class listed first
+    mean = P.mean(axis=0)
+    order = np.argsort(-mean, kind="stable")
+    order = order[order != orig]
+    return int(order[0])
+
+
+def _step(x: np.ndarray, alpha: float, epsilon: float, sign: int) -> np.ndarray:
+    """``(1 + sign*alpha*sign(x))*x + sign*epsilon``."""
+    return (1 + sign * alpha * np.sign(x)) * x + sign * epsilon
+
+
+def _summary_row(order, gene, n_mod, types, P, orig, new) -> dict:
+    n = len(types)
+    or_cells, new_cells = types == orig, types == new
+    return {
+        "order": order,
+        "gene": gene,
+        "n_modified_cells": int(n_mod),
+        "frac_orig": float(or_cells.sum() / n),
+        "frac_new": float(new_cells.sum() / n),
+        "proba_orig_cells": float(P[or_cells, orig].mean()) if or_cells.any() else 0.0,
+        "proba_new_cells": float(P[new_cells, new].mean()) if new_cells.any() else 0.0,
+        "proba_orig_cluster": float(P[:, orig].mean()),
+        "proba_new_cluster": float(P[:, new].mean()),
+    }
+
+
+def cgd_search(
+    proba_fn,
+    X_target: np.ndarray,
+    genes: Sequence[int] | np.ndarray,
+    *,
+    alpha: float = 0.1,
+    epsilon: float = 0.0,
+    new_target: int | None = None,
+    exclude_new_targets: Sequence[int] = (),
+    stop_at_switch: bool = True,
+    method: str = "fast",
+) -> CGDResult:
+    """Run CGD on one cluster.
+
+    Parameters
+    ----------
+    proba_fn
+        ``proba_fn(X) -> probabilities`` (see :class:`~scadversarial.attacks._protocol.ClassifierAdapter`).
+    X_target
+        ``(n_target, n_genes)`` expression of the cluster's cells.
+    genes
+        Gene indices, in the order they are visited.
+    alpha, epsilon
+        Multiplicative and additive step sizes.
+    new_target
+        Class index of the first new target (default: chosen from the cluster's predictions).
+    exclude_new_targets
+        Class indices never chosen as new target.
+    stop_at_switch
+        Stop as soon as the new target is called for more cells than the original type.
+    method
+        ``'fast'`` (one call per gene, changed rows only) or ``'plain'`` (two calls per gene, whole cluster).
+
+    Returns
+    -------
+    :class:`CGDResult`.
+
+    """
+    if method not in ("fast", "plain"):
+        msg = f"method must be 'fast' or 'plain', got {method!r}."
+        raise ValueError(msg)
+    M = np.array(X_target, dtype=np.result_type(np.asarray(X_target).dtype, np.float32), copy=True)
+    genes = [int(g) for g in np.asarray(genes).ravel()]
+    P = np.asarray(proba_fn(M))
+    types = P.argmax(axis=1)
+    n, K = P.shape
+    orig = int(np.bincount(types, minlength=K).argmax())
+    excl = [int(e) for e in exclude_new_targets]
+    new = int(new_target) if new_target is not None else _choose_new_target(types, P, orig, excl)
+    res = CGDResult(X=M, orig_call=orig, orig_types=types.copy())
+    res.summary.append(_summary_row(0, -1, 0, types, P, orig, new))
+    if method == "plain":
+        _plain(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res)
+    else:
+        _fast(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res)
+    return res
+
+
+def _after_commit(P, types, orig, new, excl, order, gene, n_mod, res, stop_at_switch) -> tuple[int, bool]:
+    new = _choose_new_target(types, P, orig, excl)
+    res.summary.append(_summary_row(order, gene, n_mod, types, P, orig, new))
+    stop = stop_at_switch and (types == new).sum() > (types == orig).sum()
+    return new, stop
+
+
+def _finish(res, P, types, orig, new) -> None:
+    res.new_target = new
+    res.types = types
+    res.switched = bool((types == new).sum() > (types == orig).sum())
+
+
+def _plain(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res) -> None:
+    stopped = False
+    for i, g in enumerate(genes, start=1):
+        cells = np.flatnonzero(types != new)
+        if len(cells) == 0:
+            break
+        res.n_genes_visited = i
+        T = M.copy()
+        T[cells, g] = _step(M[cells, g], alpha, epsilon, +1)
+        Pt = np.asarray(proba_fn(T))
+        d_new = Pt[cells, new] - P[cells, new]
+        d_or = Pt[cells, orig] - P[cells, orig]
+        plus, minus = cells[d_new > d_or], cells[d_new < d_or]
+        if len(plus) + len(minus) == 0:
+            row = dict(res.summary[-1], order=i, gene=g, n_modified_cells=0)
+            res.summary.append(row)
+            continue
+        res.modified_genes.append(g)
+        M[plus, g] = _step(M[plus, g], alpha, epsilon, +1)
+        M[minus, g] = _step(M[minus, g], alpha, epsilon, -1)
+        P = np.asarray(proba_fn(M))
+        types = P.argmax(axis=1)
+        new, stopped = _after_commit(P, types, orig, new, excl, i, g, len(plus) + len(minus), res, stop_at_switch)
+        if stopped:
+            break
+    if not stopped:
+        P = np.asarray(proba_fn(M))  # final classification, as the R package
+        types = P.argmax(axis=1)
+    _finish(res, P, types, orig, new)
+
+
+def _fast(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res) -> None:
+    P = P.copy()
+    pending = None  # (gene index i, gene, plus cells, minus cells, trial probabilities of the plus cells)
+    i = 0
+    while True:
+        g = genes[i] if i < len(genes) else None
+        blocks = []
+        if pending is not None and len(pending[3]):
+            blocks.append(M[pending[3]])  # committed opposite steps of the previous gene
+        if g is not None:
+            T = M.copy()  # trial of this gene on every cell; only the cells not called the new target are used
+            T[:, g] = _step(M[:, g], alpha, epsilon, +1)
+            blocks.append(T)
+        if not blocks:
+            break
+        out = np.asarray(proba_fn(np.concatenate(blocks) if len(blocks) > 1 else blocks[0]))
+        if pending is not None:
+            pi, pg, plus, minus, P_plus = pending
+            P[plus] = P_plus
+            if len(minus):
+                P[minus] = out[: len(minus)]
+                out = out[len(minus) :]
+            types = P.argmax(axis=1)
+            new, stop = _after_commit(P, types, orig, new, excl, pi, pg, len(plus) + len(minus), res, stop_at_switch)
+            pending = None
+            if stop:
+                break
+        if g is None:
+            break
+        i += 1
+        cells = np.flatnonzero(types != new)
+        if len(cells) == 0:
+            break
+        res.n_genes_visited = i
+        Pt = out
+        d_new = Pt[cells, new] - P[cells, new]
+        d_or = Pt[cells, orig] - P[cells, orig]
+        up, down = d_new > d_or, d_new < d_or
+        plus, minus = cells[up], cells[down]
+        if len(plus) + len(minus) == 0:
+            res.summary.append(dict(res.summary[-1], order=i, gene=g, n_modified_cells=0))
+            continue
+        res.modified_genes.append(g)
+        M[plus, g] = _step(M[plus, g], alpha, epsilon, +1)
+        M[minus, g] = _step(M[minus, g], alpha, epsilon, -1)
+        pending = (i, g, plus, minus, Pt[plus])
+    _finish(res, P, types, orig, new)

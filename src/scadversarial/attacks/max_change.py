@@ -1,0 +1,268 @@
+"""Max-change attack: the largest gene set that can be modified without flipping the cluster's call.
+
+adverSCarial's recursive halving: the gene list is split into its interleaved halves (visited in an
+order drawn from the seeded generator at every split). A half that keeps the call alone is merged
+with the genes kept so far when the union still keeps it, otherwise it is split again (when it has
+more than ``max_split_size`` genes); a half that flips the call is split again. The kept set,
+modified as a whole, keeps the call by construction; its complement is the cluster's signature.
+
+``method='plain'`` runs the recursion with one classifier call per question (the reference).
+``method='fast'`` runs the same search as a resumable state machine and speculates: it predicts the
+answers of the next questions, classifies all of them in one stacked call, then replays the search
+with the true answers up to the first wrong guess. Both give the same result and consume the random
+generator identically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._oracle import ClusterOracle
+
+__all__ = ["MaxChangeResult", "max_change_search"]
+
+
+@dataclass
+class MaxChangeResult:
+    """Result of a max-change search.
+
+    Attributes
+    ----------
+    kept
+        Gene indices that can be modified together without flipping the call (search order).
+    call, score
+        The cluster's call and score with all ``kept`` genes modified.
+    n_tested
+        Number of candidate gene lists classified (speculative ones included for ``'fast'``).
+    n_questions
+        Number of questions the search asked (the plain search's number of classifier calls).
+
+    """
+
+    kept: np.ndarray
+    call: int
+    score: float
+    n_tested: int
+    n_questions: int
+
+
+class _Orders:
+    """The i-th ``rng.permutation(2)`` of the search, drawn lazily and shared by replays."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.perms: list[np.ndarray] = []
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        while len(self.perms) <= i:
+            self.perms.append(self.rng.permutation(2))
+        return self.perms[i]
+
+
+class _Machine:
+    """The max-change recursion as an explicit, copyable state machine."""
+
+    __slots__ = ("stack", "kept", "n_kept", "n_draws", "pending", "orders", "max_split")
+
+    def __init__(self, genes: np.ndarray, max_split: int, orders: _Orders) -> None:
+        self.stack: list[np.ndarray] = []
+        self.kept: list[np.ndarray] = []
+        self.n_kept = 0
+        self.n_draws = 0
+        self.pending: tuple[str, np.ndarray] | None = None
+        self.orders = orders
+        self.max_split = max_split
+        self._dichot(genes)
+
+    def copy(self) -> _Machine:
+        new = object.__new__(_Machine)
+        new.stack, new.kept = list(self.stack), list(self.kept)
+        new.n_kept, new.n_draws, new.pending = self.n_kept, self.n_draws, self.pending
+        new.orders, new.max_split = self.orders, self.max_split
+        return new
+
+    def _dichot(self, lst: np.ndarray) -> None:
+        halves = (lst[0::2], lst[1::2])
+        perm = self.orders[self.n_draws]
+        self.n_draws += 1
+        # a stack: push the half visited second first
+        self.stack.append(halves[perm[1]])
+        self.stack.append(halves[perm[0]])
+
+    def question(self) -> tuple[str, np.ndarray] | None:
+        """The next question ``(kind, genes)`` (``kind`` is 'alone' or 'union'), or None when done."""
+        while self.pending is None:
+            if not self.stack:
+                return None
+            half = self.stack.pop()
+            if len(half):
+                self.pending = ("alone", half)
+        kind, half = self.pending
+        if kind == "alone":
+            return kind, half
+        return kind, np.concatenate([*self.kept, half])
+
+    def answer(self, keeps: bool) -> None:
+        kind, half = self.pending
+        self.pending = None
+        if keeps and kind == "alone" and not self.kept:
+            self.kept.append(half)
+            self.n_kept += len(half)
+        elif keeps and kind == "alone":
+            self.pending = ("union", half)
+        elif keeps:  # the union keeps the call: merge
+            self.kept.append(half)
+            self.n_kept += len(half)
+        elif len(half) > self.max_split:
+            self._dichot(half)
+
+
+def _plain(oracle: ClusterOracle, genes: np.ndarray, max_split: int, orders: _Orders) -> tuple[list, int]:
+    orig = oracle.orig_call
+    kept: list[int] = []
+    n = [0, 0]  # questions, draws
+
+    def keeps(lst) -> bool:
+        n[0] += 1
+        return oracle.evaluate_one(lst)[0] == orig
+
+    def dichot(lst: np.ndarray) -> None:
+        halves = (lst[0::2], lst[1::2])
+        perm = orders[n[1]]
+        n[1] += 1
+        for h in perm:
+            split(halves[h])
+
+    def split(half: np.ndarray) -> None:
+        if len(half) == 0:
+            return
+        if keeps(half):
+            if not kept:
+                kept.extend(half.tolist())
+                return
+            if keeps(np.asarray(kept + half.tolist())):
+                kept.extend(half.tolist())
+                return
+        if len(half) > max_split:
+            dichot(half)
+
+    dichot(genes)
+    return kept, n[0]
+
+
+class _Predictor:
+    """Guesses a question's answer from past answers to questions of the same kind and size.
+
+    Returns None when the past answers disagree too often for a useful guess: the speculation then
+    stops at that question.
+    """
+
+    def __init__(self, confidence: float = 0.9) -> None:
+        self.stats: dict[tuple[str, int], list[int]] = {}
+        self.confidence = confidence
+
+    def update(self, kind: str, size: int, keeps: bool) -> None:
+        s = self.stats.setdefault((kind, size), [0, 0])
+        s[0] += int(keeps)
+        s[1] += 1
+
+    def __call__(self, kind: str, size: int) -> bool | None:
+        s = self.stats.get((kind, size))
+        if s is None:
+            return True if kind == "alone" else None
+        rate = s[0] / s[1]
+        if rate >= self.confidence:
+            return True
+        if rate <= 1 - self.confidence:
+            return False
+        return None
+
+
+def _fast(
+    oracle: ClusterOracle, genes: np.ndarray, max_split: int, orders: _Orders, lookahead: int
+) -> tuple[list, int, int]:
+    state = _Machine(genes, max_split, orders)
+    predict = _Predictor()
+    n_questions = n_tested = 0
+    while True:
+        # speculate: run ahead on confident guesses, up to (and including) the first question without one
+        spec = state.copy()
+        qs, guesses = [], []
+        while len(qs) < lookahead:
+            q = spec.question()
+            if q is None:
+                break
+            g = predict(q[0], len(spec.pending[1]))
+            qs.append(q)
+            guesses.append(g)
+            if g is None:
+                break
+            spec.answer(g)
+        if not qs:
+            break
+        _, _, flipped = oracle.evaluate_many([q[1] for q in qs], need_exact=False)
+        n_tested += len(qs)
+        # replay the true answers up to (and including) the first wrong or missing guess
+        for (kind, _), g, f in zip(qs, guesses, flipped, strict=True):
+            keeps = not bool(f)
+            state.question()
+            predict.update(kind, len(state.pending[1]), keeps)
+            state.answer(keeps)
+            n_questions += 1
+            if keeps != g:
+                break
+    kept = np.concatenate(state.kept).tolist() if state.kept else []
+    return kept, n_questions, n_tested
+
+
+def max_change_search(
+    oracle: ClusterOracle,
+    genes: Sequence[int] | np.ndarray | None = None,
+    *,
+    max_split_size: int = 1,
+    random_state: int | np.random.Generator | None = 0,
+    method: str = "fast",
+    lookahead: int = 256,
+) -> MaxChangeResult:
+    """Search the largest set of genes whose joint modification keeps the cluster's call.
+
+    Parameters
+    ----------
+    oracle
+        The cluster, its modified values and the classifier.
+    genes
+        Gene indices to search (default: all).
+    max_split_size
+        Lists of at most this many genes are not split further.
+    random_state
+        Seed or generator of the order in which the two halves of each split are visited.
+    method
+        ``'fast'`` (speculative, stacked) or ``'plain'`` (one classifier call per question).
+    lookahead
+        Most questions speculated at once by ``'fast'``.
+
+    Returns
+    -------
+    :class:`MaxChangeResult`.
+
+    """
+    if method not in ("fast", "plain"):
+        msg = f"method must be 'fast' or 'plain', got {method!r}."
+        raise ValueError(msg)
+    max_split = max(int(max_split_size), 1)
+    genes = np.arange(oracle.n_genes) if genes is None else np.asarray(genes, dtype=np.intp)
+    orders = _Orders(np.random.default_rng(random_state))
+    if method == "plain":
+        kept, n_q = _plain(oracle, genes, max_split, orders)
+        n_t = n_q
+    else:
+        kept, n_q, n_t = _fast(oracle, genes, max_split, orders, int(lookahead))
+    kept = np.asarray(kept, dtype=np.intp)
+    if len(kept):
+        call, score = oracle.evaluate_one(kept)
+    else:
+        call, score = oracle.orig_call, oracle.orig_score
+    return MaxChangeResult(kept=kept, call=int(call), score=float(score), n_tested=n_t, n_questions=n_q)
