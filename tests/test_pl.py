@@ -291,3 +291,35 @@ def test_default_palette_matches_scanpy(pipeline68k):
     ours = category_colors(a, "sad_label")
     sc.pl.embedding(a, basis="X_umap", color="sad_label", show=False)  # writes scanpy's default colors
     assert list(ours.values()) == [c.lower() for c in a.uns["sad_label_colors"]]
+
+
+# ---------------------------------------------------------------- on the real detector's outputs
+
+
+@pytest.fixture(scope="module")
+def detected68k(pipeline68k):
+    a = pipeline68k.copy()
+    sad.tl.train_detector(a, triplet_epochs=2, epochs=3, random_state=0)
+    sad.tl.detect(a, [None, *LAYERS])
+    return a
+
+
+def test_plots_on_real_detector_outputs(detected68k):
+    a = detected68k
+    thr = float(a.uns["sad"]["detector"]["metrics"]["threshold"])
+    ax = sad.pl.score_distribution(a, show=False)
+    (line,) = [ln for ln in ax.get_lines() if ln.get_label().startswith("threshold")]
+    np.testing.assert_allclose(line.get_xdata(), [thr, thr], rtol=1e-6)
+    m = _test_mask(a)
+    flagged = a.obs["sad_adversarial"].to_numpy()[m].mean()
+    assert ax.get_legend().get_texts()[0].get_text().endswith(f"{flagged:.0%} flagged)")
+    roc_ax, _ = sad.pl.roc(a, show=False)
+    ops = [ln for ln in roc_ax.get_lines() if ln.get_marker() == "o" and len(ln.get_xdata())]
+    assert len(ops) == len(LAYERS)
+    for op in ops:
+        np.testing.assert_allclose(op.get_xdata(), [flagged])  # FPR of the operating point = clean cells flagged
+    ax = sad.pl.embedding(a, color="flagged", show=False)
+    assert {t.get_text() for t in ax.get_legend().get_texts()} <= {"flagged", "not flagged"}
+    ax = sad.pl.cell(a, 0, "sad_pgd_eps0.5", show=False)
+    verdict = "flagged adversarial" if a.obs["sad_adversarial_sad_pgd_eps0.5"].iloc[0] else "passes as clean"
+    assert ax.get_legend().get_texts()[1].get_text().endswith(verdict)
