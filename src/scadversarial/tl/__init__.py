@@ -1,6 +1,15 @@
 """AnnData-facing tools: classifier, attacks, detection and evaluation (``sad.tl``)."""
 
 from ._attack import attack
+from ._blackbox import (
+    attack_overview,
+    cgd_attack,
+    grid_attack,
+    max_change_attack,
+    random_walk_attack,
+    sign_genes,
+    single_gene_attack,
+)
 from ._classifier import predict, train_classifier
 from ._evaluate import detect, evaluate, meta_features, train_detector
 from ._models import get_model, load_models, save_models
