@@ -6,7 +6,9 @@ from ._features import (
     InputConsistency,
     compute_meta_features,
     feature_names,
+    first_linear,
     fit_input_reference,
+    gradient_basis,
     meta_feature_tensor,
 )
 from ._training import sample_triplets, train_residual, train_triplet
@@ -18,7 +20,9 @@ __all__ = [
     "compute_meta_features",
     "detection_metrics",
     "feature_names",
+    "first_linear",
     "fit_input_reference",
+    "gradient_basis",
     "meta_feature_tensor",
     "sample_triplets",
     "tpr_at_fpr",

@@ -25,14 +25,7 @@ from torch import nn
 
 FEATURE_GROUPS = ("internal", "gradient", "input")
 GRADIENT_FEATURES = ("grad_log_mean_abs", "grad_log_var_abs", "grad_log_l2")
-INPUT_FEATURES = (
-    "frac_at_min",
-    "frac_below_min",
-    "log_depth_below_min",
-    "frac_in_gap",
-    "log_pca_residual",
-    "log_knn_distance",
-)
+INPUT_FEATURES = ("frac_at_min", "frac_below_min", "log_pca_residual", "log_knn_distance")
 _BIG = 1e30
 
 
@@ -53,29 +46,27 @@ class InputConsistency(nn.Module):
     """Input-consistency features of a scaled expression profile, from a reference of clean cells.
 
     Why these features: in scaled space every gene with zero counts sits exactly at one value (its
-    minimum, ``-mean/std`` after scaling), and most genes of a cell are unexpressed; the smallest
-    expressed value of a gene lies a gap above it (one count). An L-inf attack in scaled space moves
-    nearly all genes by up to eps, so unexpressed genes leave their minimum, go below it (negative
-    counts) or land in the gap, and the cell drifts off the low-dimensional manifold of real cells.
-    All six features are a few elementwise passes and two small matrix products per batch:
+    minimum, ``-mean/std`` after scaling), and most genes of a cell are unexpressed. An L-inf attack
+    in scaled space moves nearly all genes by up to eps, so unexpressed genes leave their minimum or
+    go below it (negative counts), and the cell drifts off the low-dimensional manifold of real
+    cells. The four features cost two comparisons per gene and two small matrix products per cell
+    (measured by ``benchmarks/detect_throughput.py``):
 
     ``frac_at_min``
         Fraction of genes at their reference minimum (within ``tol``).
     ``frac_below_min``
         Fraction of genes below it (impossible for measured cells).
-    ``log_depth_below_min``
-        ``log1p`` of the summed distance below the minima.
-    ``frac_in_gap``
-        Fraction of genes strictly between their minimum and the smallest value above it seen in the reference.
     ``log_pca_residual``
         Log of the mean squared residual after projection on the reference's first ``n_pcs`` components.
     ``log_knn_distance``
-        Log of the mean distance to the ``n_neighbors`` nearest reference cells in that PCA space.
+        Log of the mean distance to the ``n_neighbors`` nearest reference cells in that PCA space
+        (default 1: the distance to the nearest clean training cell).
 
-    Buffers are filled by :func:`fit_input_reference`.
+    The per-gene ``gap`` (smallest value above the minimum seen in the reference) is kept as a
+    buffer for diagnostics. Buffers are filled by :func:`fit_input_reference`.
     """
 
-    def __init__(self, n_genes: int, n_pcs: int, n_reference: int, n_neighbors: int = 5, tol: float = 1e-4) -> None:
+    def __init__(self, n_genes: int, n_pcs: int, n_reference: int, n_neighbors: int = 1, tol: float = 1e-4) -> None:
         super().__init__()
         self.tol, self.n_neighbors = float(tol), int(n_neighbors)
         self.register_buffer("min_value", torch.zeros(n_genes))
@@ -85,26 +76,50 @@ class InputConsistency(nn.Module):
         self.register_buffer("ref_pcs", torch.zeros(n_reference, n_pcs))
         self.register_buffer("ref_sqnorm", torch.zeros(n_reference))
 
+    def _workspace(self, x: torch.Tensor) -> torch.Tensor:
+        # a cells x genes scratch tensor reused across batches: a fresh allocation of that size
+        # (page faults) costs more than the arithmetic done in it. Not shared between threads.
+        ws = getattr(self, "_ws", None)
+        if ws is None or ws.shape != x.shape or ws.dtype != x.dtype or ws.device != x.device:
+            ws = self._ws = torch.empty_like(x)
+        return ws
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The six input-consistency features of scaled input ``x`` (cells x genes)."""
-        d = x - self.min_value
-        tol = self.tol
-        at_min = (d.abs() <= tol).float().mean(1)
-        below = d < -tol
-        frac_below = below.float().mean(1)
-        depth = torch.log1p(torch.relu(-d).sum(1))
-        in_gap = ((d > tol) & (d < self.gap)).float().mean(1)
-        c = x - self.pca_mean
-        p = c @ self.components.T
-        resid = ((c * c).sum(1) - (p * p).sum(1)).clamp_min(0) / x.shape[1]
-        d2 = (p * p).sum(1, keepdim=True) + self.ref_sqnorm - 2 * (p @ self.ref_pcs.T)
+        """The four input-consistency features of scaled input ``x`` (cells x genes)."""
+        # kept cheap (float ops only, no bool->int copies, one pass for both counts):
+        # v = clamp(min + tol - x, 0, 2 tol) / tol is 1 for a gene at its minimum, 2 for a gene more
+        # than tol below it and 0 above; sum(v) = at + 2 below and sum(v^2) = at + 4 below.
+        n_genes = x.shape[1]
+        v = torch.sub(self.min_value + self.tol, x, out=self._workspace(x)).clamp_(0, 2 * self.tol)
+        s1 = v.sum(1) / self.tol
+        s2 = torch.linalg.vector_norm(v, dim=1).div(self.tol).square()
+        below = (s2 - s1) / 2
+        at_min = s1 - 2 * below
+        proj = F.linear(x, torch.cat([self.components, self.pca_mean[None]]))
+        p = proj[:, :-1] - self.components @ self.pca_mean
+        c_sq = torch.linalg.vector_norm(x, dim=1).square() - 2 * proj[:, -1] + self.pca_mean.square().sum()
+        p_sq = p.square().sum(1)
+        resid = (c_sq - p_sq).clamp_min(0) / n_genes
+        # squared distances to the reference cells, less the per-cell constant |p|^2
+        d2 = F.linear(p, self.ref_pcs).mul_(-2).add_(self.ref_sqnorm)
         k = min(self.n_neighbors, self.ref_pcs.shape[0])
-        knn = d2.clamp_min(0).topk(k, dim=1, largest=False).values.sqrt().mean(1)
-        return torch.stack([at_min, frac_below, depth, in_gap, torch.log(resid + 1e-8), torch.log(knn + 1e-6)], dim=1)
+        if k == 1:  # a min-reduction is several times cheaper than topk
+            knn = (d2.amin(1) + p_sq).clamp_min(0).sqrt()
+        else:
+            knn = (d2.topk(k, dim=1, largest=False).values + p_sq[:, None]).clamp_min(0).sqrt().mean(1)
+        return torch.stack(
+            [
+                at_min / n_genes,
+                below / n_genes,
+                torch.log(resid + 1e-8),
+                torch.log(knn + 1e-6),
+            ],
+            dim=1,
+        )
 
 
 def fit_input_reference(
-    X_ref: np.ndarray, *, n_pcs: int = 50, n_neighbors: int = 5, tol: float = 1e-4
+    X_ref: np.ndarray, *, n_pcs: int = 30, n_neighbors: int = 1, tol: float = 1e-4
 ) -> InputConsistency:
     """Fit :class:`InputConsistency` on clean reference cells (scaled values, cells x genes).
 
@@ -137,17 +152,70 @@ def fit_input_reference(
     return ref
 
 
+def first_linear(classifier: nn.Module) -> nn.Linear | None:
+    """The classifier's first layer when it is ``body[0]`` of a :class:`~scadversarial.models.CellClassifier`-like MLP."""
+    body = getattr(classifier, "body", None)
+    if isinstance(body, nn.Sequential) and len(body) and isinstance(body[0], nn.Linear):
+        return body[0]
+    return None
+
+
+def gradient_basis(classifier: nn.Module, grad_index: torch.Tensor) -> torch.Tensor:
+    """``[W1 W1^T | W1[:, grad_index]]`` of the first layer ``W1`` (hidden x (hidden + len(grad_index))).
+
+    For the gradient ``d1`` of the loss at the first layer's output, ``|grad_x|^2 = d1 W1 W1^T d1^T``
+    and ``grad_x[:, grad_index] = d1 W1[:, grad_index]``: one small matrix product gives both.
+    """
+    w = first_linear(classifier).weight.detach()
+    return torch.cat([w @ w.T, w[:, grad_index]], dim=1)
+
+
+def _grad_stats(mean_abs, var_abs, l2):
+    return torch.stack([torch.log(mean_abs + 1e-12), torch.log(var_abs + 1e-24), torch.log(l2 + 1e-12)], dim=1)
+
+
 def meta_feature_tensor(
-    classifier: nn.Module, x: torch.Tensor, *, gradient: bool = True, input_ref: InputConsistency | None = None
+    classifier: nn.Module,
+    x: torch.Tensor,
+    *,
+    gradient: bool = True,
+    input_ref: InputConsistency | None = None,
+    grad_basis: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Meta-features of scaled input ``x`` for a classifier with ``forward_with_embedding``.
 
-    One forward pass gives the embedding and logits; with ``gradient=True`` one backward pass to
-    the input only (no parameter gradients) gives the gradient statistics of the cross-entropy at
+    One forward pass gives the embedding and logits; with ``gradient=True`` one backward pass
+    (no parameter gradients) gives the statistics of the input gradient of the cross-entropy at
     the predicted class. The classifier should be in eval mode. Returns a detached tensor whose
     columns follow :func:`feature_names`.
+
+    Without ``grad_basis`` the full input gradient is formed (exact statistics). With
+    ``grad_basis`` (:func:`gradient_basis` of a gene subset) and a classifier whose first layer is
+    linear, the backward pass stops at the first layer's output ``d1``: the L2 norm is exact
+    (``d1 W1 W1^T d1^T``) and the mean and variance of ``|grad|`` are estimated on the gene subset
+    (``d1 W1[:, subset]``), which avoids the cells x genes gradient product.
     """
-    if gradient:
+    lin1 = first_linear(classifier) if grad_basis is not None else None
+    if gradient and lin1 is not None:
+        with torch.no_grad():
+            h = lin1(x)
+        with torch.enable_grad():
+            hg = h.requires_grad_(True)
+            emb = classifier.body[1:](hg)
+            logits = classifier.head(emb)
+            pred = logits.detach().argmax(1)
+            loss = F.cross_entropy(logits, pred, reduction="sum")  # sum: each row gets its own cell's gradient
+            (d1,) = torch.autograd.grad(loss, hg)
+        emb, logits = emb.detach(), logits.detach()
+        with torch.no_grad():
+            h1 = d1.shape[1]
+            q = d1 @ grad_basis
+            l2 = (q[:, :h1] * d1).sum(1).clamp_min(0).sqrt()
+            gs = q[:, h1:].abs_()
+            mean_abs = gs.mean(1)
+            var_abs = (gs.square().mean(1) - mean_abs.square()).clamp_min(0)
+            grad = _grad_stats(mean_abs, var_abs, l2)
+    elif gradient:
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             emb, logits = classifier.forward_with_embedding(xg)
@@ -155,15 +223,13 @@ def meta_feature_tensor(
             loss = F.cross_entropy(logits, pred, reduction="sum")  # sum: each row gets its own cell's gradient
             (g,) = torch.autograd.grad(loss, xg)
         emb, logits = emb.detach(), logits.detach()
-        ga = g.abs()
-        grad = torch.stack(
-            [
-                torch.log(ga.mean(1) + 1e-12),
-                torch.log(ga.var(1, unbiased=False) + 1e-24),
-                torch.log(g.norm(dim=1) + 1e-12),
-            ],
-            dim=1,
-        )
+        n = g.shape[1]
+        l2 = torch.linalg.vector_norm(g, dim=1)
+        # in place: g is ours, and a fresh cells x genes allocation costs more than the abs itself
+        # (vector_norm with ord=1 is several times slower on CPU)
+        mean_abs = g.abs_().sum(1) / n
+        var_abs = (l2.square() / n - mean_abs.square()).clamp_min(0)  # E|g|^2 - (E|g|)^2
+        grad = _grad_stats(mean_abs, var_abs, l2)
     else:
         with torch.no_grad():
             emb, logits = classifier.forward_with_embedding(x)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .._settings import settings
-from ..detection._features import FEATURE_GROUPS, InputConsistency, feature_names, meta_feature_tensor
+from ..detection._features import FEATURE_GROUPS, InputConsistency, feature_names, gradient_basis, meta_feature_tensor
 from ._base import SadModel, register_model_class
 from .classifier import CellClassifier
 
@@ -78,6 +78,10 @@ class AdversarialDetector(SadModel):
         Shape of the input-consistency reference (PCA components, reference cells, k of the kNN distance).
     tol
         Tolerance, in input units, for a value to sit at a gene's minimum (unexpressed) value.
+    grad_genes
+        Genes (a fixed random subset) on which the mean and variance of ``|grad|`` are estimated;
+        the L2 norm stays exact. ``0``: all genes, forming the full input gradient (slower; see
+        :func:`~scadversarial.detection.meta_feature_tensor`).
     triplet_hidden, triplet_dim, hidden, n_blocks, dropout
         Sizes of the triplet network and of the residual detector.
     classifier_id
@@ -94,15 +98,16 @@ class AdversarialDetector(SadModel):
         classifier: dict,
         groups: Sequence[str] = FEATURE_GROUPS,
         use_triplet: bool = True,
-        n_pcs: int = 50,
+        n_pcs: int = 30,
         n_reference: int = 0,
-        n_neighbors: int = 5,
+        n_neighbors: int = 1,
         tol: float = 1e-4,
         triplet_hidden: int = 256,
         triplet_dim: int = 64,
         hidden: int = 128,
         n_blocks: int = 2,
         dropout: float = 0.1,
+        grad_genes: int = 256,
         classifier_id: str = "",
     ) -> None:
         var_names, classes = [str(v) for v in var_names], [str(c) for c in classes]
@@ -119,7 +124,7 @@ class AdversarialDetector(SadModel):
                 "use_triplet": bool(use_triplet), "n_pcs": int(n_pcs), "n_reference": int(n_reference),
                 "n_neighbors": int(n_neighbors), "tol": float(tol), "triplet_hidden": int(triplet_hidden),
                 "triplet_dim": int(triplet_dim), "hidden": int(hidden), "n_blocks": int(n_blocks),
-                "dropout": float(dropout), "classifier_id": str(classifier_id),
+                "dropout": float(dropout), "grad_genes": int(grad_genes), "classifier_id": str(classifier_id),
             }
         )  # fmt: skip
         self.var_names, self.classes = var_names, classes
@@ -135,6 +140,10 @@ class AdversarialDetector(SadModel):
         self.register_buffer("feat_mean", torch.zeros(n_feat))
         self.register_buffer("feat_std", torch.ones(n_feat))
         self.register_buffer("threshold", torch.tensor(0.5))
+        n_sub = min(int(grad_genes), len(var_names)) if "gradient" in groups and grad_genes > 0 else 0
+        h1 = self.classifier.config["hidden"][0]
+        self.register_buffer("grad_index", torch.arange(n_sub, dtype=torch.long))
+        self.register_buffer("grad_basis", torch.zeros((h1, h1 + n_sub) if n_sub else (0, 0)))
         self.triplet = TripletNet(n_feat, triplet_hidden, triplet_dim) if use_triplet else None
         self.detector = ResidualDetector(triplet_dim if use_triplet else n_feat, hidden, n_blocks, dropout)
 
@@ -151,7 +160,20 @@ class AdversarialDetector(SadModel):
 
     def meta_features(self, x: torch.Tensor) -> torch.Tensor:
         """Raw meta-features of scaled input ``x`` (cells x genes)."""
-        return meta_feature_tensor(self.classifier, x, gradient=self.uses_gradient, input_ref=self.input_ref)
+        basis = self.grad_basis if len(self.grad_index) else None
+        return meta_feature_tensor(
+            self.classifier, x, gradient=self.uses_gradient, input_ref=self.input_ref, grad_basis=basis
+        )
+
+    def set_classifier(self, classifier: CellClassifier, *, rng: np.random.Generator | None = None) -> None:
+        """Copy the weights of ``classifier`` and fill the gradient buffers (gene subset and its basis)."""
+        self.classifier.load_state_dict(classifier.state_dict())
+        n_sub = len(self.grad_index)
+        if n_sub:
+            rng = rng or np.random.default_rng(0)
+            idx = np.sort(rng.choice(len(self.var_names), n_sub, replace=False))
+            self.grad_index.copy_(torch.as_tensor(idx, dtype=torch.long))
+            self.grad_basis.copy_(gradient_basis(self.classifier, self.grad_index))
 
     def standardize(self, f: torch.Tensor) -> torch.Tensor:
         """Standardized meta-features."""

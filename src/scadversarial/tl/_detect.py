@@ -76,9 +76,10 @@ def train_detector(
     gradient_features: bool = True,
     input_features: bool = True,
     labels_key: str | None = None,
-    n_pcs: int = 50,
-    n_neighbors: int = 5,
-    n_reference: int = 2000,
+    n_pcs: int = 30,
+    n_neighbors: int = 1,
+    n_reference: int = 1000,
+    grad_genes: int = 256,
     triplet_epochs: int = 15,
     epochs: int = 30,
     patience: int = 5,
@@ -132,6 +133,9 @@ def train_detector(
         Classes for the triplets (default: the classifier's clean predictions, no label needed).
     n_pcs, n_neighbors, n_reference
         PCA components, neighbours and maximum number of reference cells of the input-consistency features.
+    grad_genes
+        Size of the fixed random gene subset on which the mean and variance of ``|grad|`` are
+        estimated (the gradient L2 norm is exact); ``0`` forms the full input gradient (exact, slower).
     triplet_epochs, epochs, patience
         Epochs of the triplet network; maximum epochs and early-stopping patience of the detector.
     lr, weight_decay, batch_size
@@ -217,10 +221,10 @@ def train_detector(
         det = AdversarialDetector(
             clf.var_names, clf.classes, clf.config, groups=groups, use_triplet=use_triplet,
             n_pcs=ref.components.shape[0] if ref is not None else n_pcs,
-            n_reference=len(ref_idx) if ref is not None else 0, n_neighbors=n_neighbors,
+            n_reference=len(ref_idx) if ref is not None else 0, n_neighbors=n_neighbors, grad_genes=grad_genes,
             classifier_id=str(getattr(clf, "_sad_id", "")),
         )  # fmt: skip
-        det.classifier.load_state_dict(clf.state_dict())
+        det.set_classifier(clf, rng=rng)
         if ref is not None:
             det.input_ref.load_state_dict(ref.state_dict())
         det.eval()
@@ -282,7 +286,8 @@ def train_detector(
         "attack_key": attack_key, "layers": layers, "split_key": split_key, "meta_fraction": meta_fraction,
         "calibration": cal_source, "use_triplet": use_triplet, "gradient_features": gradient_features,
         "input_features": input_features, "groups": groups, "labels_key": labels_key or "predicted",
-        "n_pcs": n_pcs, "n_neighbors": n_neighbors, "n_reference": n_reference, "triplet_epochs": triplet_epochs,
+        "n_pcs": n_pcs, "n_neighbors": n_neighbors, "n_reference": n_reference, "grad_genes": grad_genes,
+        "triplet_epochs": triplet_epochs,
         "epochs": epochs, "patience": patience, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
         "target_fpr": -1.0 if target_fpr is None else float(target_fpr), "classifier_key": classifier_key,
         "random_state": int(random_state),
@@ -414,8 +419,8 @@ def meta_features(
     gradient_features: bool = True,
     input_features: bool = True,
     split_key: str = _keys.OBS_SPLIT,
-    n_pcs: int = 50,
-    n_neighbors: int = 5,
+    n_pcs: int = 30,
+    n_neighbors: int = 1,
     missing: str = "raise",
     batch_size: int | None = None,
     device: str | None = None,
