@@ -1,0 +1,93 @@
+"""sad.tl.evaluate: one table of clean accuracy, flip rates and held-out detection quality."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+import scadversarial as sad
+
+LAYERS = ["sad_pgd_eps0.1", "sad_pgd_eps0.5"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(pipeline68k):
+    a = pipeline68k.copy()
+    sad.tl.train_detector(a, triplet_epochs=4, epochs=12)
+    table = sad.tl.evaluate(a)
+    return a, table
+
+
+def _value(table, section, metric, group):
+    sel = table[(table.section == section) & (table.metric == metric) & (table.group == group)]
+    assert len(sel) == 1, (section, metric, group)
+    return float(sel.value.iloc[0])
+
+
+def test_classifier_and_attack_rows(evaluated):
+    a, table = evaluated
+    test = a.obs["sad_split"].astype(str).to_numpy() == "test"
+    y = a.obs["sad_label"].astype(str).to_numpy()[test]
+    p = a.obs["sad_pred"].astype(str).to_numpy()[test]
+    assert _value(table, "classifier", "accuracy", "overall") == pytest.approx((y == p).mean())
+    for c in np.unique(y):
+        assert _value(table, "classifier", "accuracy", c) == pytest.approx((p[y == c] == c).mean())
+    flips = {n: a.obs[f"{n}_pred"].astype(str).to_numpy()[test] != p for n in LAYERS}
+    for n, f in flips.items():
+        assert _value(table, "attack", "flip_rate", n) == pytest.approx(f.mean())
+    any_flip = flips[LAYERS[0]] | flips[LAYERS[1]]
+    assert _value(table, "attack", "flip_rate", "any") == pytest.approx(any_flip.mean())
+    c = p[0]
+    assert _value(table, "attack", "flip_rate", f"any|{c}") == pytest.approx(any_flip[p == c].mean())
+    # more budget flips at least as many cells
+    assert _value(table, "attack", "flip_rate", LAYERS[1]) >= _value(table, "attack", "flip_rate", LAYERS[0])
+
+
+def test_detector_rows_on_held_out_cells(evaluated):
+    a, table = evaluated
+    test = a.obs["sad_split"].astype(str).to_numpy() == "test"
+    s0 = a.obs["sad_score"].to_numpy()[test]
+    s1 = np.concatenate([a.obs[f"sad_score_{n}"].to_numpy()[test] for n in LAYERS])
+    y = np.r_[np.zeros(len(s0)), np.ones(len(s1))]
+    assert _value(table, "detector", "auroc", "pooled") == pytest.approx(roc_auc_score(y, np.r_[s0, s1]))
+    assert _value(table, "detector", "average_precision", "pooled") == pytest.approx(
+        average_precision_score(y, np.r_[s0, s1])
+    )
+    thr = float(sad.tl.get_model(a, "detector").threshold)
+    assert _value(table, "detector", "threshold", "pooled") == pytest.approx(thr)
+    clean_acc = (s0 < thr).mean()
+    adv_acc = (s1 >= thr).mean()
+    assert _value(table, "detector", "clean_accuracy", "pooled") == pytest.approx(clean_acc)
+    assert _value(table, "detector", "adversarial_accuracy", "pooled") == pytest.approx(adv_acc)
+    assert _value(table, "detector", "accuracy", "pooled") == pytest.approx(
+        (clean_acc * len(s0) + adv_acc * len(s1)) / len(y)
+    )
+    for n in LAYERS:
+        assert _value(table, "detector", "auroc", n) > 0.95
+    assert _value(table, "detector", "auroc", "pooled") > 0.95
+    assert set(table.section) == {"classifier", "attack", "detector"}
+
+
+def test_stored_and_h5ad_writable(evaluated, tmp_path):
+    a, table = evaluated
+    rec = a.uns["sad"]["evaluate"]
+    assert list(rec["table"]) == list(table.columns)
+    np.testing.assert_allclose(rec["table"]["value"], table.value.to_numpy())
+    assert rec["params"]["subset"] == "test"
+    a.write_h5ad(tmp_path / "e.h5ad")
+    b = ad.read_h5ad(tmp_path / "e.h5ad")
+    np.testing.assert_allclose(b.uns["sad"]["evaluate"]["table"]["value"], table.value.to_numpy())
+
+
+def test_without_detector_and_errors(pipeline68k):
+    a = pipeline68k.copy()
+    table = sad.tl.evaluate(a, detector_key=None)
+    assert set(table.section) == {"classifier", "attack"}
+    b = pipeline68k.copy()
+    with pytest.raises(KeyError, match="train_detector"):
+        sad.tl.evaluate(b)
+    with pytest.raises(ValueError, match="subset"):
+        sad.tl.evaluate(b, subset="nope", detector_key=None)
+    assert "evaluate" not in b.uns["sad"]
