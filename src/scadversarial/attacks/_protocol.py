@@ -42,8 +42,11 @@ class ClassifierAdapter:
         Class names, in the order of the probability columns. Required for a callable or a torch
         module without a ``classes`` attribute unless integer class names ``0..K-1`` are fine.
     batch_size
-        Rows per forward pass for torch modules (``None``: ``sad.settings.batch_size``, at least 8192). Estimators and
-        callables receive the whole matrix of one call.
+        Rows per forward pass for torch modules (default 256). Every forward pass gets exactly this many
+        rows (the last block is padded with zeros, its padding discarded): torch kernels depend on the
+        number of rows, so fixed-size blocks make each cell's probabilities independent of how the
+        cells are stacked, and stacked (fast) and one-by-one (plain) searches agree bit for bit.
+        Estimators and callables receive the whole matrix of one call.
     device
         Torch device for torch modules (``None``: the module's own device).
 
@@ -78,6 +81,7 @@ class ClassifierAdapter:
         self.device = device
         self.n_calls = 0
         self.n_rows = 0
+        self._pad = None
         if _is_torch_module(classifier):
             self.kind = "torch"
             found = getattr(classifier, "classes", None)
@@ -145,8 +149,7 @@ class ClassifierAdapter:
         device = mod_device if self.device is None else settings.torch_device(self.device)
         if device != mod_device:
             module = module.to(device)
-        bs = int(self.batch_size or max(settings.batch_size, 8192))
-        bs = max(bs, 1)
+        bs = max(int(self.batch_size or 256), 1)
         was_training = module.training
         module.eval()
         out = []
@@ -154,10 +157,18 @@ class ClassifierAdapter:
             with torch.no_grad():
                 for start in range(0, X.shape[0], bs):
                     xb = torch.as_tensor(X[start : start + bs], dtype=mod_dtype, device=device)
+                    n = xb.shape[0]
+                    if n < bs:  # pad to a full block: same kernels for every block
+                        pad = self._pad
+                        if pad is None or pad.shape != (bs, xb.shape[1]) or pad.dtype != xb.dtype or pad.device != xb.device:
+                            pad = self._pad = xb.new_zeros((bs, xb.shape[1]))
+                        pad[:n] = xb
+                        pad[n:] = 0
+                        xb = pad
                     logits = module(xb)
                     if isinstance(logits, tuple | list):
                         logits = logits[0]
-                    out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+                    out.append(torch.softmax(logits, dim=1)[:n].cpu().numpy())
         finally:
             if was_training:
                 module.train()
@@ -223,8 +234,9 @@ def as_proba_fn(
         A :class:`ClassifierAdapter`: ``proba_fn(X)`` returns an ``(n_cells, n_classes)`` array and
         counts its calls in ``proba_fn.n_calls``.
     classes
-        The class names (str).
+        The class names (str), or None when the classifier does not name them (they become ``'0'..'K-1'``
+        at the first call).
 
     """
     adapter = ClassifierAdapter(classifier, classes, **kwargs)
-    return adapter, adapter.classes
+    return adapter, adapter._classes

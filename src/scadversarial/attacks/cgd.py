@@ -213,20 +213,26 @@ def _plain(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_a
 
 def _fast(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res) -> None:
     P = P.copy()
+    buf = np.empty((0, M.shape[1]), dtype=M.dtype)
     pending = None  # (gene index i, gene, plus cells, minus cells, trial probabilities of the plus cells)
     i = 0
     while True:
         g = genes[i] if i < len(genes) else None
-        blocks = []
-        if pending is not None and len(pending[3]):
-            blocks.append(M[pending[3]])  # committed opposite steps of the previous gene
-        if g is not None:
-            T = M.copy()  # trial of this gene on every cell; only the cells not called the new target are used
-            T[:, g] = _step(M[:, g], alpha, epsilon, +1)
-            blocks.append(T)
-        if not blocks:
-            break
-        out = np.asarray(proba_fn(np.concatenate(blocks) if len(blocks) > 1 else blocks[0]))
+        n_minus = 0 if pending is None else len(pending[3])
+        n_rows = n_minus + (len(M) if g is not None else 0)
+        if n_rows == 0:
+            if pending is None:
+                break
+            out = np.zeros((0, P.shape[1]))
+        else:
+            if buf.shape[0] < n_rows:
+                buf = np.empty((n_rows, M.shape[1]), dtype=M.dtype)
+            if n_minus:
+                buf[:n_minus] = M[pending[3]]  # committed opposite steps of the previous gene
+            if g is not None:  # trial of this gene on every cell; only the cells not called the new target are used
+                buf[n_minus:n_rows] = M
+                buf[n_minus:n_rows, g] = _step(M[:, g], alpha, epsilon, +1)
+            out = np.asarray(proba_fn(buf[:n_rows]))
         if pending is not None:
             pi, pg, plus, minus, P_plus = pending
             P[plus] = P_plus
