@@ -160,7 +160,12 @@ class ClassifierAdapter:
                     n = xb.shape[0]
                     if n < bs:  # pad to a full block: same kernels for every block
                         pad = self._pad
-                        if pad is None or pad.shape != (bs, xb.shape[1]) or pad.dtype != xb.dtype or pad.device != xb.device:
+                        if (
+                            pad is None
+                            or pad.shape != (bs, xb.shape[1])
+                            or pad.dtype != xb.dtype
+                            or pad.device != xb.device
+                        ):
                             pad = self._pad = xb.new_zeros((bs, xb.shape[1]))
                         pad[:n] = xb
                         pad[n:] = 0
