@@ -103,6 +103,10 @@ def test_clean_and_attacked_cell(pipe):
     sad.tl.detect(b)
     assert c.score == pytest.approx(float(b.obs["sad_score"].iloc[3]), abs=1e-5)
     assert c.verdict(pipe.threshold) == ("adversarial" if bool(b.obs["sad_adversarial"].iloc[3]) else "clean")
+    np.testing.assert_allclose(logic.clean_scores(pipe), b.obs["sad_score"].to_numpy(), atol=1e-5)
+    # one held-out cell scored alone gets the same score as in the batch
+    j = int(np.flatnonzero(b.obs["sad_split"].astype(str).to_numpy() == "test")[0])
+    assert logic.score(pipe, pipe.X[j])[0] == pytest.approx(float(b.obs["sad_score"].iloc[j]), abs=1e-5)
 
     a = logic.attack_cell(pipe, 3, method="pgd", eps=0.5)
     assert a.attacked and a.clean_predicted == c.predicted and a.success == (a.predicted != c.predicted)
@@ -216,6 +220,19 @@ def test_load_errors_are_clear(broken, case):
     path, models, message = broken[case]
     with pytest.raises(logic.AppError, match=message):
         logic.load_pipeline(path, models)
+
+
+def test_broken_detector_degrades_to_a_warning(app_pipeline_dir, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(app_pipeline_dir / "models", models)
+    (models / "detector" / "model.safetensors").write_bytes(b"\x00garbage" * 50)
+    p = logic.load_pipeline(app_pipeline_dir / "adata.h5ad", models)
+    assert p.detector is None and p.threshold is None
+    assert len(p.warnings) == 1 and "detector could not be loaded" in p.warnings[0]
+    c = logic.clean_cell(p, 0)
+    assert c.score is None and c.verdict(p.threshold) == "no detector"
+    assert logic.attack_cell(p, 0).score is None
+    assert "AUROC (clean vs. attacked)" not in logic.evaluate(p, max_cells=10).metrics
 
 
 # ----------------------------------------------------------------------------------------------

@@ -102,6 +102,7 @@ class Pipeline:
     source: str = ""
     warnings: list[str] = field(default_factory=list)
     _clean_scores: np.ndarray | None = None
+    _umap_base: pd.DataFrame | None = None
 
     @property
     def n_cells(self) -> int:
@@ -236,15 +237,17 @@ def _load_models(adata: AnnData, models: Path | None, warnings: list[str]):
                 "`scadversarial run`, or the directory given to `sad.save_models`)."
             )
             raise AppError(msg)
-        loaded = {}
-        for key, ref in refs.items():
+        for key in (_keys.STEP_CLASSIFIER, _keys.STEP_DETECTOR):
+            if key not in refs:
+                continue
             try:
-                loaded[key] = load_model(models / key, expected_id=str(ref["id"]))
+                load_model(models / key, expected_id=str(refs[key]["id"]))
             except (FileNotFoundError, ValueError, KeyError, OSError) as e:
                 if key == _keys.STEP_CLASSIFIER:
                     msg = f"Could not load the classifier from {str(models / key)!r}: {e}"
                     raise AppError(msg) from e
-                warnings.append(f"The {key!r} model could not be loaded ({e}); it is ignored.")
+                warnings.append(f"The detector could not be loaded, so no detector scores are shown: {e}")
+                return _get(adata, _keys.STEP_CLASSIFIER, tl, warnings, required=True), None
     clf = _get(adata, _keys.STEP_CLASSIFIER, tl, warnings, required=True)
     det = _get(adata, _keys.STEP_DETECTOR, tl, warnings, required=False) if _keys.STEP_DETECTOR in refs else None
     return clf, det
@@ -258,7 +261,7 @@ def _get(adata, key, tl, warnings, *, required):
         if required:
             msg = f"Could not load the {key}: {text}"
             raise AppError(msg) from e
-        warnings.append(f"The {key} could not be loaded: {text}")
+        warnings.append(f"The {key} could not be loaded, so no detector scores are shown: {text}")
         return None
 
 
@@ -393,12 +396,14 @@ def load_pipeline(adata: str | Path | AnnData, models: str | Path | None = None)
     lower = upper = None
     if defaults["bounds"] == "observed":
         lower, upper = X.min(0), X.max(0)
-    return Pipeline(
+    pipe = Pipeline(
         adata=adata, classifier=clf, detector=det, X=X, genes=genes, classes=[str(c) for c in clf.classes],
         labels=labels, labels_key=labels_key, split=split, proba=proba, umap=umap, umap_key=umap_key,
         threshold=_threshold(adata, det), attack_defaults=defaults, lower=lower, upper=upper,
         source=source, warnings=warnings,
     )  # fmt: skip
+    clean_scores(pipe)
+    return pipe
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -422,12 +427,25 @@ def default_cache_dir() -> Path:
     return Path(xdg) / "scadversarial" / f"app-{DEFAULT_DATA}"
 
 
+def _code_sha256() -> str:
+    """SHA-256 of the package's Python sources: a cached pipeline is only reused by the code that built it."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def _stamp(max_epochs: int, random_state: int) -> dict:
     from .. import __version__, tl
 
     return {
         "format": CACHE_FORMAT,
         "version": __version__,
+        "code_sha256": _code_sha256(),
         "data": DEFAULT_DATA,
         "max_epochs": int(max_epochs),
         "random_state": int(random_state),
@@ -454,7 +472,8 @@ def build_default_pipeline(
 
     Runs the same chain as ``scadversarial run --data pbmc68k_reduced`` and writes the same
     layout: ``adata.h5ad``, ``models/`` and ``report.json``, plus a stamp file. A folder built
-    earlier with the same settings and package version is reused as is. The folder is written
+    earlier with the same settings by the same code (version and a hash of the package's
+    sources) is reused as is; otherwise it is rebuilt. The folder is written
     to a temporary sibling first and renamed, so concurrent builds never see half a pipeline.
 
     Parameters
@@ -614,7 +633,13 @@ def score(pipe: Pipeline, X: np.ndarray) -> np.ndarray | None:
 
 
 def clean_scores(pipe: Pipeline) -> np.ndarray | None:
-    """Detector scores of every clean cell (computed once, then kept on the pipeline)."""
+    """Detector scores of every clean cell, computed in batches once (at load time) and kept.
+
+    These are the scores :func:`scadversarial.tl.detect` writes to ``.obs['sad_score']``. Scoring
+    the whole matrix once also keeps a clean cell's score independent of how it is batched: the
+    input-consistency features of the detector's own reference cells (distance 0 to themselves)
+    are sensitive to float rounding, which differs between a batch of one and a full batch.
+    """
     if pipe.detector is None:
         return None
     if pipe._clean_scores is None:
@@ -629,7 +654,7 @@ def clean_cell(pipe: Pipeline, index: int, *, with_score: bool = True) -> CellRe
     k = int(p.argmax())
     s = None
     if with_score and pipe.detector is not None:
-        s = float(pipe._clean_scores[i]) if pipe._clean_scores is not None else float(score(pipe, pipe.X[i])[0])
+        s = float(clean_scores(pipe)[i])
     return CellResult(
         index=i, name=str(pipe.adata.obs_names[i]), true_label=None if pipe.labels is None else str(pipe.labels[i]),
         proba=p, predicted=pipe.classes[k], confidence=float(p[k]), score=s, x=pipe.X[i],
@@ -724,17 +749,19 @@ def gene_table(
 
 def umap_frame(pipe: Pipeline, selected: int | None = None) -> pd.DataFrame:
     """Coordinates of every cell with its label, prediction and whether it is the selected cell."""
-    df = pd.DataFrame(
-        {
-            "x": pipe.umap[:, 0].astype(float),
-            "y": pipe.umap[:, 1].astype(float),
-            "cell": pipe.obs_names,
-            "index": np.arange(pipe.n_cells),
-            "label": pipe.labels if pipe.labels is not None else np.array(pipe.classes)[pipe.pred],
-            "predicted": np.array(pipe.classes)[pipe.pred],
-        }
-    )
-    df["selected"] = df["index"] == (-1 if selected is None else int(selected))
+    if pipe._umap_base is None:
+        pipe._umap_base = pd.DataFrame(
+            {
+                "x": pipe.umap[:, 0].astype(float),
+                "y": pipe.umap[:, 1].astype(float),
+                "cell": pipe.obs_names,
+                "index": np.arange(pipe.n_cells),
+                "label": pipe.labels if pipe.labels is not None else np.array(pipe.classes)[pipe.pred],
+                "predicted": np.array(pipe.classes)[pipe.pred],
+            }
+        )
+    df = pipe._umap_base.copy()
+    df["selected"] = df["index"].to_numpy() == (-1 if selected is None else int(selected))
     return df
 
 

@@ -73,9 +73,9 @@ def proba_chart(cell: logic.CellResult, classes: list[str], title: str) -> dict:
         "data": {"values": df.to_dict("records")},
         "mark": {"type": "bar"},
         "title": title,
-        "height": max(120, 22 * len(classes)),
+        "height": {"step": 22},
         "encoding": {
-            "y": {"field": "class", "type": "nominal", "sort": None, "title": None},
+            "y": {"field": "class", "type": "nominal", "sort": None, "title": None, "axis": {"labelOverlap": False, "labelLimit": 160}},
             "x": {"field": "probability", "type": "quantitative", "scale": {"domain": [0, 1]}},
             "color": {
                 "field": "predicted", "type": "nominal", "legend": None,
@@ -86,16 +86,17 @@ def proba_chart(cell: logic.CellResult, classes: list[str], title: str) -> dict:
     }  # fmt: skip
 
 
-def umap_chart(pipe: logic.Pipeline, index: int) -> dict:
-    """Vega-Lite spec of the cells' UMAP, coloured by label, the selected cell highlighted."""
-    df = logic.umap_frame(pipe, index)
+def umap_spec(pipe: logic.Pipeline) -> dict:
+    """Vega-Lite spec of the cells' UMAP, coloured by label, the ``selected`` cell highlighted.
+
+    The spec holds no data and does not depend on the cell: the page passes the cells as a
+    DataFrame, so a cell change only sends new data to the chart already drawn.
+    """
     color = "label" if pipe.labels is not None else "predicted"
-    sel = df[df["selected"]]
+    selected = {"filter": "datum.selected"}
     return {
-        "height": 420,
         "layer": [
             {
-                "data": {"values": df.drop(columns="selected").to_dict("records")},
                 "mark": {"type": "circle", "size": 14, "opacity": 0.55},
                 "encoding": {
                     "x": {"field": "x", "type": "quantitative", "title": f"{pipe.umap_key} 1", "axis": {"labels": False, "ticks": False}},
@@ -105,12 +106,12 @@ def umap_chart(pipe: logic.Pipeline, index: int) -> dict:
                 },
             },
             {
-                "data": {"values": sel.drop(columns="selected").to_dict("records")},
+                "transform": [selected],
                 "mark": {"type": "point", "shape": "diamond", "size": 320, "filled": True, "color": "black", "stroke": "white", "strokeWidth": 2},
                 "encoding": {"x": {"field": "x", "type": "quantitative"}, "y": {"field": "y", "type": "quantitative"}},
             },
             {
-                "data": {"values": sel.drop(columns="selected").to_dict("records")},
+                "transform": [selected],
                 "mark": {"type": "text", "dy": -16, "fontWeight": "bold", "fontSize": 13},
                 "encoding": {"x": {"field": "x", "type": "quantitative"}, "y": {"field": "y", "type": "quantitative"}, "text": {"field": "cell"}},
             },
@@ -237,7 +238,7 @@ def page(pipe: logic.Pipeline) -> None:
         st.dataframe(table, width="stretch", height=300, hide_index=True)
 
     st.subheader("Cells")
-    st.vega_lite_chart(umap_chart(pipe, i), width="stretch")
+    st.vega_lite_chart(logic.umap_frame(pipe, i), umap_spec(pipe), width="stretch", height=440, key="umap")
     st.caption(f"{pipe.umap_key}; the selected cell is the black diamond.")
 
     evaluation(pipe, opts)
