@@ -323,3 +323,60 @@ def test_plots_on_real_detector_outputs(detected68k):
     ax = sad.pl.cell(a, 0, "sad_pgd_eps0.5", show=False)
     verdict = "flagged adversarial" if a.obs["sad_adversarial_sad_pgd_eps0.5"].iloc[0] else "passes as clean"
     assert ax.get_legend().get_texts()[1].get_text().endswith(verdict)
+
+
+# ---------------------------------------------------------------- black-box attacks
+
+
+@pytest.fixture(scope="module")
+def blackbox68k(pipeline68k):
+    from sklearn.linear_model import LogisticRegression
+
+    a = pipeline68k.copy()
+    clf = LogisticRegression(max_iter=300).fit(a.layers["sad_lognorm"], a.obs["sad_label"].astype(str))
+    sad.tl.attack_overview(
+        a, groupby="sad_label", classifier=clf, layer="sad_lognorm", modifications=("perc99", "positive_aberrant")
+    )
+    target = str(a.obs["sad_label"].value_counts().idxmax())
+    genes = list(a.var_names[:25])
+    sad.tl.cgd_attack(a, groupby="sad_label", target=target, classifier=clf, layer="sad_lognorm", genes=genes)
+    return a, target, genes
+
+
+def test_attack_overview_heatmaps_match_table(blackbox68k):
+    a, _, _ = blackbox68k
+    axs = sad.pl.attack_overview(a, show=False)
+    assert len(axs) == 2
+    rec = a.uns["sad"]["attacks"]["overview"]
+    table = pd.DataFrame({k: np.asarray(v) for k, v in rec["table"].items()})
+    clusters = list(np.atleast_1d(rec["params"]["clusters"]))
+    mods = ["perc99", "positive_aberrant"]
+    for ax, col in zip(axs, ["single_gene_n_found", "max_change_n_kept"], strict=True):
+        expected = table.pivot(index="cluster", columns="modification", values=col).reindex(
+            index=clusters, columns=mods
+        )
+        np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), expected.to_numpy(float))
+        assert [t.get_text() for t in ax.get_xticklabels()] == mods
+    labels = [t.get_text() for t in axs[0].get_yticklabels()]  # shared rows: labelled on the first panel
+    assert [lab.split(" (n=")[0] for lab in labels] == clusters
+    assert axs[0].get_title().startswith("single-gene") and axs[1].get_title().startswith("max-change")
+    (ax,) = sad.pl.attack_overview(a, modes="max_change", show=False)
+    assert ax.get_title().startswith("max-change")
+
+
+def test_attack_overview_missing_names_producer(pipeline68k):
+    with pytest.raises(KeyError, match=r"sad\.tl\.attack_overview"):
+        sad.pl.attack_overview(pipeline68k, show=False)
+
+
+def test_perturbation_of_a_cgd_layer_defaults_to_the_attacked_cluster(blackbox68k):
+    a, target, genes = blackbox68k
+    layer = f"sad_cgd_{target}"
+    axs = sad.pl.perturbation(a, layer, n_genes=5, show=False)
+    assert f"sad_label = {target}" in axs[0].figure.get_suptitle()
+    shown = [t.get_text() for t in axs[0].get_yticklabels()]
+    changed = set(np.atleast_1d(a.uns["sad"]["attacks"][layer]["modified_genes"]))
+    D = np.asarray(axs[2].images[0].get_array())
+    for g, row in zip(shown, D, strict=True):  # genes with a change are genes the attack modified
+        if np.abs(row).max() > 0:
+            assert g in changed and g in genes

@@ -9,6 +9,7 @@ from ._cell import cell
 from ._classifier import class_accuracy, confusion
 from ._detect import roc, score_distribution
 from ._embedding import embedding, embedding_adata
+from ._overview import attack_overview
 
 __all__ = [
     "confusion",
@@ -21,4 +22,5 @@ __all__ = [
     "embedding",
     "embedding_adata",
     "cell",
+    "attack_overview",
 ]

@@ -209,9 +209,11 @@ def perturbation(
     layer
         The attack layer, e.g. ``'sad_pgd_eps0.1'`` (default: the largest epsilon of the first white-box attack).
     groupby
-        ``.obs`` column defining the groups (default: the classifier's labels).
+        ``.obs`` column defining the groups (default: the attacked clusters of a black-box attack,
+        else the classifier's labels).
     group
-        The group to show (default: the group with the most flipped cells).
+        The group to show (default: the attacked cluster of a black-box attack, else the group with
+        the most flipped cells).
     n_genes
         Number of genes.
     max_cells
@@ -244,6 +246,10 @@ def perturbation(
     _, rec = u.record_of_layer(adata, layer)
     base = str(rec.get("params", {}).get("layer", "X")) if rec is not None else "X"
     base_layer = None if base in ("X", "", "None") else base
+    rparams = rec.get("params", {}) if rec is not None else {}
+    if groupby is None and "groupby" in rparams:  # a black-box attack on one cluster: show that cluster
+        groupby = str(rparams["groupby"])
+        group = str(rparams["target"]) if group is None and "target" in rparams else group
     groupby = u.labels_key(adata, None, fn) if groupby is None else groupby
     groups = u.obs_key(adata, groupby, fn, "sad.pp.pseudo_labels (or your own annotation)").astype(str).to_numpy()
     pred_key = _keys.pred_key(layer)
