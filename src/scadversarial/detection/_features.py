@@ -84,8 +84,16 @@ class InputConsistency(nn.Module):
             ws = self._ws = torch.empty_like(x)
         return ws
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The four input-consistency features of scaled input ``x`` (cells x genes)."""
+    def projection_weight(self) -> torch.Tensor:
+        """``[components; mean]``: ``x @ W.T`` gives the PCA scores (uncentred) and ``x . mean``."""
+        return torch.cat([self.components, self.pca_mean[None]])
+
+    def forward(self, x: torch.Tensor, proj: torch.Tensor | None = None) -> torch.Tensor:
+        """The four input-consistency features of scaled input ``x`` (cells x genes).
+
+        ``proj`` is ``x @ projection_weight().T`` when the caller has it already (computed in the
+        same matrix product as the classifier's first layer).
+        """
         # kept cheap (float ops only, no bool->int copies, one pass for both counts):
         # v = clamp(min + tol - x, 0, 2 tol) / tol is 1 for a gene at its minimum, 2 for a gene more
         # than tol below it and 0 above; sum(v) = at + 2 below and sum(v^2) = at + 4 below.
@@ -95,7 +103,8 @@ class InputConsistency(nn.Module):
         s2 = torch.linalg.vector_norm(v, dim=1).div(self.tol).square()
         below = (s2 - s1) / 2
         at_min = s1 - 2 * below
-        proj = F.linear(x, torch.cat([self.components, self.pca_mean[None]]))
+        if proj is None:
+            proj = F.linear(x, self.projection_weight())
         p = proj[:, :-1] - self.components @ self.pca_mean
         c_sq = torch.linalg.vector_norm(x, dim=1).square() - 2 * proj[:, -1] + self.pca_mean.square().sum()
         p_sq = p.square().sum(1)
@@ -181,6 +190,7 @@ def meta_feature_tensor(
     gradient: bool = True,
     input_ref: InputConsistency | None = None,
     grad_basis: torch.Tensor | None = None,
+    fused: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Meta-features of scaled input ``x`` for a classifier with ``forward_with_embedding``.
 
@@ -193,12 +203,20 @@ def meta_feature_tensor(
     ``grad_basis`` (:func:`gradient_basis` of a gene subset) and a classifier whose first layer is
     linear, the backward pass stops at the first layer's output ``d1``: the L2 norm is exact
     (``d1 W1 W1^T d1^T``) and the mean and variance of ``|grad|`` are estimated on the gene subset
-    (``d1 W1[:, subset]``), which avoids the cells x genes gradient product.
+    (``d1 W1[:, subset]``), which avoids the cells x genes gradient product. ``fused`` (weight,
+    bias) stacks the first layer and ``input_ref.projection_weight()`` so that both come from one
+    matrix product.
     """
     lin1 = first_linear(classifier) if grad_basis is not None else None
+    proj = None
     if gradient and lin1 is not None:
         with torch.no_grad():
-            h = lin1(x)
+            if fused is not None and input_ref is not None:
+                hp = F.linear(x, *fused)
+                n_h = lin1.out_features
+                h, proj = hp[:, :n_h].contiguous(), hp[:, n_h:]
+            else:
+                h = lin1(x)
         with torch.enable_grad():
             hg = h.requires_grad_(True)
             emb = classifier.body[1:](hg)
@@ -243,7 +261,7 @@ def meta_feature_tensor(
         if gradient:
             parts.append(grad)
         if input_ref is not None:
-            parts.append(input_ref(x))
+            parts.append(input_ref(x, proj))
         return torch.cat(parts, dim=1)
 
 

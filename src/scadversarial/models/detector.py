@@ -161,9 +161,26 @@ class AdversarialDetector(SadModel):
     def meta_features(self, x: torch.Tensor) -> torch.Tensor:
         """Raw meta-features of scaled input ``x`` (cells x genes)."""
         basis = self.grad_basis if len(self.grad_index) else None
+        fused = self._fused_first_layer() if basis is not None and self.input_ref is not None else None
         return meta_feature_tensor(
-            self.classifier, x, gradient=self.uses_gradient, input_ref=self.input_ref, grad_basis=basis
+            self.classifier, x, gradient=self.uses_gradient, input_ref=self.input_ref, grad_basis=basis, fused=fused
         )
+
+    def _fused_first_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Classifier first layer stacked with the PCA projection (one matrix product), cached.
+
+        The cache is rebuilt whenever one of its source tensors is replaced or modified in place
+        (e.g. by ``load_state_dict``), so it never goes stale.
+        """
+        lin1, ref = self.classifier.body[0], self.input_ref
+        srcs = (lin1.weight, lin1.bias, ref.components, ref.pca_mean)
+        key = tuple((t.data_ptr(), t._version, t.device) for t in srcs)
+        if getattr(self, "_fused_key", None) != key:
+            with torch.no_grad():
+                w = torch.cat([lin1.weight, ref.projection_weight()]).contiguous()
+                b = torch.cat([lin1.bias, lin1.bias.new_zeros(ref.components.shape[0] + 1)])
+            self._fused, self._fused_key = (w, b), key
+        return self._fused
 
     def set_classifier(self, classifier: CellClassifier, *, rng: np.random.Generator | None = None) -> None:
         """Copy the weights of ``classifier`` and fill the gradient buffers (gene subset and its basis)."""
