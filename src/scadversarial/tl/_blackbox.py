@@ -159,7 +159,7 @@ def _gene_indices(
             msg = f"{len(bad)} of the {what} are not among the classifier's genes: {bad[:10]}. Pass names from adata.var_names."
             raise KeyError(msg)
         idx = pos[np.sort(np.unique(pos, return_index=True)[1])]
-    if exclude:
+    if exclude is not None and len(exclude):
         drop = pd.Index(ctx.genes).get_indexer([str(g) for g in exclude])
         idx = idx[~np.isin(idx, drop)]
     if len(idx) == 0:

@@ -1,0 +1,247 @@
+"""AnnData-facing black-box attacks: tables, records, layers, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+import scadversarial as sad
+
+LR_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lr_oracle"
+
+
+@pytest.fixture(scope="session")
+def lr_adata():
+    """PBMC3k log-normalized HVGs as AnnData (obs 'cluster') and the fixed LR classifier as a callable."""
+    if not LR_DIR.is_dir():
+        pytest.skip(f"lr_oracle data not found at {LR_DIR}")
+    X = pd.read_csv(LR_DIR / "X_lognorm_hvg.csv.gz", index_col=0, float_precision="round_trip")
+    coef = pd.read_csv(LR_DIR / "lr_coef.csv.gz", index_col=0)
+    inter = pd.read_csv(LR_DIR / "lr_intercept.csv", index_col=0)["intercept"]
+    classes = [c for c in (LR_DIR / "lr_classes.txt").read_text().split("\n") if c]
+    labels = pd.read_csv(LR_DIR / "labels.tsv", sep="\t", index_col=0).loc[X.index, "seurat_cell_type"]
+    W = np.ascontiguousarray(coef.loc[classes, X.columns].to_numpy().T)
+    b = inter.loc[classes].to_numpy()
+
+    def lr_proba(Z):
+        z = np.asarray(Z, dtype=np.float64) @ W + b
+        z -= z.max(1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(1, keepdims=True)
+
+    a = ad.AnnData(
+        X.to_numpy(np.float32), obs=pd.DataFrame({"cluster": pd.Categorical(labels.astype(str))}, index=X.index)
+    )
+    a.var_names = X.columns
+    a.layers["lognorm"] = a.X.copy()
+    return a, lr_proba, classes
+
+
+@pytest.fixture(scope="session")
+def small_lr(lr_adata):
+    """A scikit-learn classifier (Gaussian naive Bayes, quick to fit) on the first 300 genes."""
+    from sklearn.naive_bayes import GaussianNB
+
+    a, _, _ = lr_adata
+    return GaussianNB().fit(a.X[:, :300], a.obs["cluster"].astype(str).to_numpy())
+
+
+@pytest.fixture
+def small(lr_adata, small_lr):
+    """Every cell, the first 300 genes, and a classifier on them (with its classes)."""
+    a, _, _ = lr_adata
+    return a[:, :300].copy(), small_lr, list(small_lr.classes_)
+
+
+def _state(a):
+    return (sorted(a.layers), sorted(a.uns.get("sad", {}).get("attacks", {})), a.X.sum())
+
+
+def test_single_gene_attack_table_record_h5ad(small, tmp_path):
+    a, proba, classes = small
+    df = sad.tl.single_gene_attack(
+        a, groupby="cluster", target="NK", classifier=proba, classes=classes, modification="positive_aberrant"
+    )
+    assert list(df.columns) == ["gene", "n_genes", "new_call", "score", "cluster", "modification", "orig_call"]
+    assert len(df) > 10 and (df["new_call"] != "NK").all() and df["orig_call"].eq("NK").all()
+    assert df["gene"].isin(a.var_names).all() and ((df["score"] > 0) & (df["score"] <= 1)).all()
+    rec = a.uns["sad"]["attacks"]["single_gene_NK_positive_aberrant"]
+    assert rec["kind"] == "blackbox" and rec["mode"] == "single_gene"
+    assert rec["metrics"]["n_found"] == len(df) and rec["metrics"]["n_calls"] >= 2
+    np.testing.assert_array_equal(rec["table"]["gene"], df["gene"].to_numpy())
+    plain = sad.tl.single_gene_attack(
+        a,
+        groupby="cluster",
+        target="NK",
+        classifier=proba,
+        classes=classes,
+        modification="positive_aberrant",
+        method="plain",
+        key_added="p",
+    )
+    pd.testing.assert_frame_equal(plain, df)
+    assert a.uns["sad"]["attacks"]["p"]["metrics"]["n_calls"] > rec["metrics"]["n_calls"]
+    path = tmp_path / "a.h5ad"
+    a.write_h5ad(path)
+    back = ad.read_h5ad(path)
+    np.testing.assert_array_equal(back.uns["sad"]["attacks"]["p"]["table"]["gene"], df["gene"].to_numpy())
+
+
+def test_single_gene_genes_and_first_found(small):
+    a, proba, classes = small
+    genes = list(a.var_names[50:120])
+    df = sad.tl.single_gene_attack(
+        a,
+        groupby="cluster",
+        target="B",
+        classifier=proba,
+        classes=classes,
+        modification="positive_aberrant",
+        genes=genes,
+    )
+    assert set(df["gene"]) <= set(genes) and len(df) > 0
+    first = sad.tl.single_gene_attack(
+        a,
+        groupby="cluster",
+        target="B",
+        classifier=proba,
+        classes=classes,
+        modification="positive_aberrant",
+        genes=genes,
+        return_first_found=True,
+    )
+    assert len(first) == 1 and first["gene"].iloc[0] == df["gene"].iloc[0]
+    excl = sad.tl.single_gene_attack(
+        a,
+        groupby="cluster",
+        target="B",
+        classifier=proba,
+        classes=classes,
+        modification="positive_aberrant",
+        genes=genes,
+        exclude_genes=df["gene"][:3],
+    )
+    assert not set(df["gene"][:3]) & set(excl["gene"])
+
+
+def test_max_change_cgd_walk_grid_overview_sign(small, tmp_path):
+    a, proba, classes = small
+    kw = {"groupby": "cluster", "classifier": proba, "classes": classes}
+    mc = sad.tl.max_change_attack(a, target="CD14+ Mono", modification="perc99", random_state=1, **kw)
+    assert len(mc) == a.n_vars and mc["kept"].sum() > 0 and (mc["kept"] == ~mc["signature"]).all()
+    m = a.uns["sad"]["attacks"]["max_change_CD14+ Mono_perc99"]["metrics"]
+    assert m["call"] == m["orig_call"]  # the kept genes modified together keep the call
+    mc2 = sad.tl.max_change_attack(
+        a, target="CD14+ Mono", modification="perc99", random_state=1, method="plain", key_added="mcp", **kw
+    )
+    pd.testing.assert_frame_equal(mc, mc2)
+
+    before = a.X.copy()
+    cg = sad.tl.cgd_attack(a, target="CD8 T", alpha=10, epsilon=10, **kw)
+    assert cg["order"].iloc[0] == 0 and len(cg) > 1
+    layer = a.layers["sad_cgd_CD8 T"]
+    rows = (a.obs["cluster"] == "CD8 T").to_numpy()
+    np.testing.assert_array_equal(layer[~rows], before[~rows])
+    assert (layer[rows] != before[rows]).any()
+    np.testing.assert_array_equal(a.X, before)
+    rec = a.uns["sad"]["attacks"]["sad_cgd_CD8 T"]
+    assert list(rec["layers"]) == ["sad_cgd_CD8 T"] and rec["metrics"]["orig_call"] in classes
+    assert len(rec["modified_genes"]) == rec["metrics"]["n_modified_genes"]
+
+    rw = sad.tl.random_walk_attack(
+        a, target="B", genes=list(a.var_names[:30]), modifications=["perc1", "positive_aberrant"], walk_length=20, **kw
+    )
+    assert set(rw.columns) >= {"gene", "modification", "new_call", "score", "cluster"}
+    assert len(rw) > 0 and (rw["new_call"] != "B").all()
+
+    gr = sad.tl.grid_attack(
+        a, target="NK", genes=list(a.var_names[:3]), modifications=["perc1", "positive_aberrant"], **kw
+    )
+    assert len(gr) == 3**3 - 1 and list(gr.columns[:3]) == list(a.var_names[:3])
+    assert set(gr.iloc[:, 0]) == {"none", "perc1", "positive_aberrant"}
+
+    ov = sad.tl.attack_overview(a, clusters=["B", "NK"], modifications=["perc1", "positive_aberrant"], **kw)
+    assert len(ov) == 4 and {"single_gene_n_found", "max_change_n_kept"} <= set(ov.columns)
+    assert (ov.loc[ov["modification"] == "positive_aberrant", "single_gene_n_found"] > 0).all()
+
+    sg = sad.tl.sign_genes(a, groupby="cluster")
+    assert sg["gene"].is_unique and len(sg) == a.n_vars and sg["rank"].iloc[0] == 1
+    a.write_h5ad(tmp_path / "b.h5ad")
+    back = ad.read_h5ad(tmp_path / "b.h5ad")
+    assert "sad_cgd_CD8 T" in back.layers and "overview" in back.uns["sad"]["attacks"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "err", "match"),
+    [
+        ({"layer": "nope"}, KeyError, "nope"),
+        ({"groupby": "nope"}, KeyError, "nope"),
+        ({"target": "Martian"}, ValueError, "Martian"),
+        ({"modification": "perc50"}, ValueError, "Unknown modification"),
+        ({"method": "slow"}, ValueError, "method"),
+        ({"genes": ["NOT_A_GENE"]}, KeyError, "NOT_A_GENE"),
+        ({"classes": ["a", "b"]}, ValueError, "probability columns"),
+        ({"classifier": "wrong_shape"}, ValueError, "300-gene matrix"),
+    ],
+)
+def test_bad_input_leaves_adata_unchanged(small, kwargs, err, match):
+    a, proba, classes = small
+    kw = {"groupby": "cluster", "target": "NK", "classifier": proba, "classes": classes, **kwargs}
+    if kw["classifier"] == "wrong_shape":
+        W = np.ones((500, 3))
+        kw["classifier"], kw["classes"] = (lambda Z: np.asarray(Z) @ W), ["a", "b", "c"]
+    before = _state(a)
+    with pytest.raises(err, match=match):
+        sad.tl.single_gene_attack(a, **kw)
+    assert _state(a) == before
+
+
+def test_nan_and_cgd_errors(small):
+    a, proba, classes = small
+    b = a.copy()
+    b.X[3, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        sad.tl.max_change_attack(b, groupby="cluster", target="NK", classifier=proba, classes=classes)
+    before = _state(a)
+    with pytest.raises(ValueError, match="new_target"):
+        sad.tl.cgd_attack(a, groupby="cluster", target="NK", classifier=proba, classes=classes, new_target="Martian")
+    with pytest.raises(ValueError, match="max_combinations"):
+        sad.tl.grid_attack(
+            a,
+            groupby="cluster",
+            target="NK",
+            classifier=proba,
+            classes=classes,
+            genes=list(a.var_names[:12]),
+            max_combinations=1000,
+        )
+    assert _state(a) == before
+
+
+def test_sad_classifier_by_default(pipeline68k):
+    """classifier=None: the trained sad MLP (torch path), genes aligned by var_names."""
+    a = pipeline68k.copy()
+    clf = sad.tl.get_model(a, "classifier")
+    target = a.obs["sad_label"].astype(str).value_counts().index[-1]
+    kw = {
+        "groupby": "sad_label",
+        "target": target,
+        "modification": "positive_aberrant",
+        "genes": list(clf.var_names[:150]),
+    }
+    fast = sad.tl.single_gene_attack(a, **kw)
+    plain = sad.tl.single_gene_attack(a, method="plain", key_added="plain", **kw)
+    pd.testing.assert_frame_equal(fast, plain)
+    assert set(fast["gene"]) <= set(clf.var_names)
+    # a torch module passed explicitly gives the same table
+    again = sad.tl.single_gene_attack(a, classifier=clf, key_added="explicit", **kw)
+    pd.testing.assert_frame_equal(again, fast)
+    assert a.uns["sad"]["attacks"]["plain"]["params"]["classifier"] == "sad classifier"
+    # genes aligned by name: a shuffled AnnData gives the same attack
+    b = a[:, a.var_names[::-1]].copy()
+    shuffled = sad.tl.single_gene_attack(b, **kw)
+    pd.testing.assert_frame_equal(shuffled, fast)
