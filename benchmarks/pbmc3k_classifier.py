@@ -33,7 +33,9 @@ def run(path: str, labels: str | None, seed: int) -> dict:
         flip = a.obs[f"{layer}_pred"].astype(str).to_numpy() != clean
         any_flip |= flip
         out[f"flip {layer.rsplit('_', 1)[-1]} (test)"] = flip[test].mean()
-        out[f"flip {layer.rsplit('_', 1)[-1]} (all)"] = a.uns["sad"]["attacks"]["sad_pgd"]["metrics"]["flip_rate"][layer]
+        out[f"flip {layer.rsplit('_', 1)[-1]} (all)"] = a.uns["sad"]["attacks"]["sad_pgd"]["metrics"]["flip_rate"][
+            layer
+        ]
     out["flip any eps (test)"] = any_flip[test].mean()
     out["flip any eps (all)"] = a.uns["sad"]["attacks"]["sad_pgd"]["metrics"]["flip_rate_any"]
     return out
@@ -47,10 +49,15 @@ def main() -> None:
     sad.settings.progress = False
     for labels in (None, "seurat_cell_type"):
         rows = [run(args.data, labels, s) for s in args.seeds]
-        print(f"\nlabels: {labels or 'KMeans-10 pseudo-labels'}  (seeds {args.seeds}; seed study: clean accuracy 85.85%, flip rate 99.26%)")
+        print(
+            f"\nlabels: {labels or 'KMeans-10 pseudo-labels'}  (seeds {args.seeds}; seed study: clean accuracy 85.85%, flip rate 99.26%)"
+        )
         for k in rows[0]:
             v = np.array([r[k] for r in rows]) * 100
-            print(f"  {k:24s} {v.mean():6.2f} ± {v.std(ddof=1) if len(v) > 1 else 0:5.2f} %   per seed: " + ", ".join(f"{x:.2f}" for x in v))
+            print(
+                f"  {k:24s} {v.mean():6.2f} ± {v.std(ddof=1) if len(v) > 1 else 0:5.2f} %   per seed: "
+                + ", ".join(f"{x:.2f}" for x in v)
+            )
 
 
 if __name__ == "__main__":

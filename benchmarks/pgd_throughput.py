@@ -86,9 +86,15 @@ def main() -> None:
         f"cells={n} genes={X.shape[1]} steps={args.steps} batch={args.batch_size} torch_threads={torch.get_num_threads()}"
     )
     print(f"max |sad - bare| = {max_diff:.2e}")
-    print(f"sad PGD : {rate_sad:10.0f} cells*steps/s  (best of {args.repeats}: {min(t_sad):.3f} s, median {statistics.median(t_sad):.3f} s)")
-    print(f"bare    : {rate_bare:10.0f} cells*steps/s  (best of {args.repeats}: {min(t_bare):.3f} s, median {statistics.median(t_bare):.3f} s)")
-    print(f"ratio sad/bare = {rate_sad / rate_bare:.3f} (best times; target >= 0.9), {statistics.median(t_bare) / statistics.median(t_sad):.3f} (medians)")
+    print(
+        f"sad PGD : {rate_sad:10.0f} cells*steps/s  (best of {args.repeats}: {min(t_sad):.3f} s, median {statistics.median(t_sad):.3f} s)"
+    )
+    print(
+        f"bare    : {rate_bare:10.0f} cells*steps/s  (best of {args.repeats}: {min(t_bare):.3f} s, median {statistics.median(t_bare):.3f} s)"
+    )
+    print(
+        f"ratio sad/bare = {rate_sad / rate_bare:.3f} (best times; target >= 0.9), {statistics.median(t_bare) / statistics.median(t_sad):.3f} (medians)"
+    )
 
 
 if __name__ == "__main__":
