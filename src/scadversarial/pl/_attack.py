@@ -253,9 +253,10 @@ def perturbation(
     groupby = u.labels_key(adata, None, fn) if groupby is None else groupby
     groups = u.obs_key(adata, groupby, fn, "sad.pp.pseudo_labels (or your own annotation)").astype(str).to_numpy()
     pred_key = _keys.pred_key(layer)
+    known = pred_key in adata.obs and _keys.OBS_PRED in adata.obs  # predictions on the layer exist
     flipped = (
         adata.obs[pred_key].astype(str).to_numpy() != adata.obs[_keys.OBS_PRED].astype(str).to_numpy()
-        if pred_key in adata.obs and _keys.OBS_PRED in adata.obs
+        if known
         else np.zeros(adata.n_obs, dtype=bool)
     )
     if group is None:
@@ -293,10 +294,13 @@ def perturbation(
     axs[1].imshow(A, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     imd = axs[2].imshow(D, aspect="auto", cmap="RdBu_r", vmin=-dmax, vmax=dmax, interpolation="nearest")
     label = "log-normalized" if space == "log" else ("scaled expression" if base_layer is None else base_layer)
+    if base_layer == _keys.LAYER_LOGNORM:
+        label = f"log-normalized ({base_layer})"
     for a, title in zip(axs, ["before", f"after ({u.eps_label(adata, layer)})", "after − before"], strict=True):
         a.set_title(title)
-        a.set_xlabel(f"cells ({len(order)}; {n_flip} flipped)")
+        a.set_xlabel(f"cells ({len(order)}; {n_flip} flipped)" if known else f"cells ({len(order)})")
         a.set_xticks([])
+        a.grid(False)
         if n_flip and n_flip < len(order):
             a.axvline(n_flip - 0.5, color="white" if a is not axs[2] else "black", lw=1, ls="--")
     axs[0].set_yticks(range(n_genes), names, fontsize=7 if n_genes > 25 else 8)

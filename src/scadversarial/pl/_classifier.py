@@ -120,6 +120,7 @@ def confusion(
         acc = float(np.trace(conf[: len(classes)]) / max(conf.sum(), 1))
         shown = conf / np.maximum(conf.sum(1, keepdims=True), 1) if normalize else conf
         im = a.imshow(shown, cmap=cmap, vmin=0, vmax=1 if normalize else max(conf.max(), 1), aspect="auto")
+        a.grid(False)
         a.set_xticks(range(len(classes)), classes, rotation=90)
         a.set_yticks(range(len(rows)), rows)
         a.set_xlabel("predicted")

@@ -128,6 +128,7 @@ def attack_overview(
         grid = table.pivot_table(index="cluster", columns="modification", values=columns[mode], aggfunc="first")
         grid = grid.reindex(index=clusters, columns=mods).to_numpy(dtype=float)
         im = a.imshow(grid, cmap=cmap, aspect="auto", vmin=0, vmax=max(1.0, np.nanmax(grid)))
+        a.grid(False)
         a.set_xticks(range(len(mods)), mods, rotation=45, ha="right")
         a.set_yticks(range(len(clusters)), rows)
         a.set_xlabel("modification")
