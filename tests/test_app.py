@@ -54,6 +54,11 @@ def _apptest():
     return AppTest.from_file(SCRIPT, default_timeout=120)
 
 
+def _charts(at) -> list:
+    # the element's proto name changed over Streamlit versions
+    return list(at.get("vega_lite_chart")) + list(at.get("arrow_vega_lite_chart"))
+
+
 def _texts(at, kind: str) -> list[str]:
     return [e.value for e in getattr(at, kind)]
 
@@ -246,7 +251,7 @@ def test_page_cell_and_attack(app_env, pipe):
     assert f"Predicted label: **{c0.predicted}** (probability {c0.confidence:.2f})" in md
     assert f"True label: **{c0.true_label}**" in md
     assert any("Turn on **Attack this cell**" in t for t in _texts(at, "info"))
-    assert len(at.get("vega_lite_chart")) == 2  # clean probabilities + UMAP
+    assert len(_charts(at)) == 2  # clean probabilities + UMAP
 
     at.number_input(key="cell_index").set_value(5).run()
     at.slider(key="eps").set_value(0.5).run()
@@ -263,7 +268,7 @@ def test_page_cell_and_attack(app_env, pipe):
     assert sorted(verdicts) == sorted(
         [f"Detector verdict: {c.verdict(pipe.threshold)}", f"Detector verdict: {a.verdict(pipe.threshold)}"]
     )
-    assert len(at.get("vega_lite_chart")) == 3
+    assert len(_charts(at)) == 3
     assert any("Cell 5" in t and "computed in" in t for t in _texts(at, "caption"))
 
     # a threshold of 0 flags every cell, the clean one included
@@ -295,6 +300,19 @@ def test_page_pick_by_label_and_evaluate(app_env, pipe):
     metrics = dict(zip(evals[0]["metric"], evals[0]["value"], strict=True))
     assert {"classifier accuracy (clean)", "flip rate", "detection accuracy, clean cells",
             "detection accuracy, attacked cells", "AUROC (clean vs. attacked)"} <= set(metrics)  # fmt: skip
+
+
+def test_page_without_arguments_uses_the_cached_demo(monkeypatch, app_env, app_pipeline_dir):
+    """No --adata: the page opens the demo pipeline from the cache folder (reused, not rebuilt)."""
+    pytest.importorskip("streamlit")
+    app_env(None, None)
+    monkeypatch.setenv("SCADVERSARIAL_APP_CACHE_DIR", str(app_pipeline_dir))
+    monkeypatch.setenv("SCADVERSARIAL_APP_EPOCHS", str(EPOCHS))
+    t0 = time.perf_counter()
+    at = _apptest().run()
+    assert time.perf_counter() - t0 < 60
+    assert not at.exception and not _texts(at, "error")
+    assert any("demo pipeline on pbmc68k_reduced" in t for t in _texts(at, "caption"))
 
 
 @pytest.mark.parametrize("case", ["missing file", "corrupt file", "no classifier", "models missing", "wrong genes"])

@@ -209,6 +209,14 @@ def screenshot_dir(tmp_path_factory) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
+def test_install_chromium_reasons(monkeypatch):
+    """Where Chromium is missing and cannot be installed, the reason says what to do."""
+    monkeypatch.setitem(globals(), "find_chromium", lambda: None)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    path, reason = install_chromium()
+    assert path is None and "apt-get install -y chromium" in reason
+
+
 @pytest.mark.browser
 def test_app_in_browser(chromium, app_url, browser_pipeline_dir, screenshot_dir):
     from playwright.sync_api import expect, sync_playwright

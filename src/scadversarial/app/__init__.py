@@ -64,7 +64,7 @@ def launch(
     models: str | Path | None = None,
     port: int | None = None,
     *,
-    address: str | None = None,
+    address: str | None = "127.0.0.1",
     headless: bool = False,
     cache_dir: str | Path | None = None,
     max_epochs: int | None = None,
@@ -85,7 +85,8 @@ def launch(
     port
         Port to serve on (Streamlit's default 8501 when ``None``).
     address
-        Address to bind (Streamlit's default when ``None``; ``'127.0.0.1'`` for loopback only).
+        Address to bind: loopback only by default (the page reads local files); ``'0.0.0.0'``
+        to serve other machines, ``None`` for Streamlit's own default.
     headless
         Do not open a browser window.
     cache_dir
@@ -138,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--adata", default=None, help="adata.h5ad written by `scadversarial run` (default: a demo)")
     parser.add_argument("--models", default=None, help="models folder (default: models/ next to the .h5ad)")
     parser.add_argument("--port", type=int, default=None, help="port to serve on (default 8501)")
-    parser.add_argument("--address", default=None, help="address to bind, e.g. 127.0.0.1")
+    parser.add_argument("--address", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--headless", action="store_true", help="do not open a browser")
     parser.add_argument("--cache-dir", default=None, help="folder of the cached demo pipeline")
     args = parser.parse_args(argv)

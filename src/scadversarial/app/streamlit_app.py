@@ -13,6 +13,7 @@ cell change only re-runs the one-cell work.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import time
@@ -25,6 +26,9 @@ from scadversarial._settings import logger
 from scadversarial.app import logic
 
 PICK_INDEX, PICK_LABEL = "index", "label"
+#: Full-width charts and tables: the default since Streamlit's ``width=`` layout API; before it
+#: (e.g. 1.46) ``use_container_width=True`` (deprecated after).
+STRETCH = {} if "width" in inspect.signature(st.vega_lite_chart).parameters else {"use_container_width": True}
 
 
 def _config() -> dict:
@@ -95,12 +99,13 @@ def umap_spec(pipe: logic.Pipeline) -> dict:
     color = "label" if pipe.labels is not None else "predicted"
     selected = {"filter": "datum.selected"}
     return {
+        "height": 440,
         "layer": [
             {
                 "mark": {"type": "circle", "size": 14, "opacity": 0.55},
                 "encoding": {
-                    "x": {"field": "x", "type": "quantitative", "title": f"{pipe.umap_key} 1", "axis": {"labels": False, "ticks": False}},
-                    "y": {"field": "y", "type": "quantitative", "title": f"{pipe.umap_key} 2", "axis": {"labels": False, "ticks": False}},
+                    "x": {"field": "x", "type": "quantitative", "title": f"{pipe.umap_key} 1", "axis": {"labels": False, "ticks": False}, "scale": {"zero": False, "padding": 12}},
+                    "y": {"field": "y", "type": "quantitative", "title": f"{pipe.umap_key} 2", "axis": {"labels": False, "ticks": False}, "scale": {"zero": False, "padding": 12}},
                     "color": {"field": color, "type": "nominal", "title": "true label" if color == "label" else "predicted"},
                     "tooltip": [{"field": "index"}, {"field": "cell"}, {"field": "label"}, {"field": "predicted"}],
                 },
@@ -207,7 +212,7 @@ def page(pipe: logic.Pipeline) -> None:
         st.markdown(f"Cell **{i}** (`{c.name}`)")
         st.markdown(f"True label: **{c.true_label if c.true_label is not None else 'unknown'}**")
         st.markdown(f"Predicted label: **{c.predicted}** (probability {c.confidence:.2f})")
-        st.vega_lite_chart(proba_chart(c, pipe.classes, "class probabilities, clean"), width="stretch")
+        st.vega_lite_chart(proba_chart(c, pipe.classes, "class probabilities, clean"), **STRETCH)
         show_verdict(c, thr)
     with right, st.container(key="attack_panel", border=True):
         st.subheader("Attacked cell")
@@ -221,7 +226,7 @@ def page(pipe: logic.Pipeline) -> None:
                 st.warning(f"Attack succeeded: the prediction flipped from {a.clean_predicted} to {a.predicted}.")
             else:
                 st.info(f"Attack failed: the prediction stays {a.predicted}.")
-            st.vega_lite_chart(proba_chart(a, pipe.classes, "class probabilities, attacked"), width="stretch")
+            st.vega_lite_chart(proba_chart(a, pipe.classes, "class probabilities, attacked"), **STRETCH)
             show_verdict(a, thr)
 
     if opts["show_genes"]:
@@ -235,10 +240,10 @@ def page(pipe: logic.Pipeline) -> None:
             )
         else:
             st.caption(f"{len(pipe.genes)} genes (scaled values), largest absolute value first.")
-        st.dataframe(table, width="stretch", height=300, hide_index=True)
+        st.dataframe(table, height=300, hide_index=True, **STRETCH)
 
     st.subheader("Cells")
-    st.vega_lite_chart(logic.umap_frame(pipe, i), umap_spec(pipe), width="stretch", height=440, key="umap")
+    st.vega_lite_chart(logic.umap_frame(pipe, i), umap_spec(pipe), key="umap", **STRETCH)
     st.caption(f"{pipe.umap_key}; the selected cell is the black diamond.")
 
     evaluation(pipe, opts)
