@@ -82,7 +82,7 @@ class ClusterOracle:
         X_target: np.ndarray,
         V: np.ndarray | Sequence[np.ndarray],
         *,
-        batch_bytes: int = 64 * 2**20,
+        batch_bytes: int = 16 * 2**20,
     ) -> None:
         X_target = np.ascontiguousarray(X_target)
         Vs = [V] if isinstance(V, np.ndarray) and V.ndim == 2 else list(V)
@@ -100,6 +100,9 @@ class ClusterOracle:
         self.batch_bytes = int(batch_bytes)
         self.n_evaluated = 0
         self._buf: np.ndarray | None = None
+        # cells whose value already equals the modified value: their row does not change
+        self._eq = [X_target == v for v in self.Vs]
+        self._eq_any = [e.any(axis=0) for e in self._eq]
         P = np.asarray(proba_fn(X_target))
         self.orig_proba = P
         self.n_classes = P.shape[1]
@@ -154,59 +157,85 @@ class ClusterOracle:
 
     def evaluate_assignments(self, assignments: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Exact calls, scores and flip flags of many per-gene assignments, in stacked calls."""
-        cands = [self.assignment_genes(a) for a in assignments]
-        counts = (
-            cluster_call(self._types(cands, slice(None)), self.n_classes)[2]
-            if cands
-            else np.zeros((0, self.n_classes), int)
-        )
-        calls = counts.argmax(axis=1)
-        scores = counts[np.arange(len(cands)), calls] / self.n_cells
-        self.n_evaluated += len(cands)
-        return calls, scores, calls != self.orig_call
+        return self.evaluate_many([self.assignment_genes(a) for a in assignments], exact_all=True)
 
-    def _types(self, gene_lists: Sequence, rows: slice) -> np.ndarray:
-        """Per-cell types of ``rows`` of every candidate, ``(n_candidates, n_rows)``, in stacked calls.
+    def _pairs(self, cand) -> list[tuple[np.ndarray, int]]:
+        if isinstance(cand, list):
+            return [(np.asarray(g, dtype=np.intp), m) for g, m in cand]
+        return [(np.asarray(cand, dtype=np.intp), 0)]
 
-        A candidate is an array of gene indices (first modification) or a list of ``(genes, m)`` pairs.
-        """
-        base = self.base[rows]
-        Vs = [v[rows] for v in self.Vs]
-        n, g = base.shape
-        m = len(gene_lists)
-        out = np.empty((m, n), dtype=np.int64)
-        step = self.chunk_size(n)
-        for start in range(0, m, step):
-            lists = gene_lists[start : start + step]
-            b = len(lists)
-            if self._buf is None or self._buf.size < b * n * g:
-                self._buf = np.empty(min(step, m) * n * g, dtype=base.dtype)
-            buf = self._buf[: b * n * g].reshape(b, n, g)
-            buf[...] = base
-            for j, cand in enumerate(lists):  # one step per candidate; its cells and genes are vectorized
-                pairs = cand if isinstance(cand, list) else [(cand, 0)]
+    def _changed_rows(self, pairs) -> np.ndarray:
+        """Target cells whose row the candidate changes (the others keep their original types)."""
+        n = self.n_cells
+        keep = None
+        for genes, m in pairs:
+            if len(genes) == 0:
+                continue
+            if not self._eq_any[m][genes].all():  # some gene changes every cell
+                return np.arange(n)
+            e = self._eq[m][:, genes].all(axis=1)
+            keep = e if keep is None else keep & e
+        return np.arange(n) if keep is None else np.flatnonzero(~keep)
+
+    def _types(self, jobs: Sequence[tuple[list, np.ndarray]]) -> list[np.ndarray]:
+        """Per-cell types of the given rows of each candidate, ``jobs = [(pairs, rows), ...]``, in stacked calls."""
+        g = self.n_genes
+        budget = max(self.batch_bytes // (g * self.base.itemsize), 1)  # rows per call
+        out: list[np.ndarray] = [None] * len(jobs)
+        j = 0
+        while j < len(jobs):
+            # a chunk of whole candidates within the row budget (at least one candidate)
+            k, total = j, 0
+            while k < len(jobs) and (k == j or total + len(jobs[k][1]) <= budget):
+                total += len(jobs[k][1])
+                k += 1
+            if total == 0:
+                for i in range(j, k):
+                    out[i] = np.empty(0, dtype=np.int64)
+                j = k
+                continue
+            if self._buf is None or self._buf.shape[0] < total:
+                self._buf = np.empty((max(total, budget), g), dtype=self.base.dtype)
+            buf = self._buf[:total]
+            pos = 0
+            for i in range(j, k):  # one step per candidate; its cells and genes are vectorized
+                pairs, rows = jobs[i]
+                r = len(rows)
+                full = r == self.n_cells
+                blk = buf[pos : pos + r]
+                blk[...] = self.base if full else self.base[rows]
                 for genes, m in pairs:
-                    genes = np.asarray(genes, dtype=np.intp)
-                    buf[j][:, genes] = Vs[m][:, genes]
-            P = np.asarray(self.proba_fn(buf.reshape(b * n, g)))
-            out[start : start + b] = P.argmax(axis=1).reshape(b, n)
+                    blk[:, genes] = self.Vs[m][:, genes] if full else self.Vs[m][np.ix_(rows, genes)]
+                pos += r
+            types = np.asarray(self.proba_fn(buf)).argmax(axis=1)
+            pos = 0
+            for i in range(j, k):
+                r = len(jobs[i][1])
+                out[i] = types[pos : pos + r]
+                pos += r
+            j = k
         return out
 
     def evaluate_many(
-        self, gene_lists: Sequence[np.ndarray], *, need_exact: np.ndarray | bool = True
+        self, cands: Sequence, *, need_exact: np.ndarray | bool = True, exact_all: bool = False
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Calls of many candidates, stacked into as few classifier calls as memory allows.
 
-        The cells are classified in two passes: a strict majority of the cells first, then the rest only for
-        the candidates whose flip status is still open, or that flip and need an exact call and score.
-        The results equal :meth:`evaluate_one`'s on every candidate whose call is reported exactly.
+        Only the cells whose row a candidate changes are classified (the others keep their original
+        per-cell types: black-box classifiers are per-cell). They are classified in two passes: enough
+        cells to decide whether the call can still be the original one, then the rest only for the
+        candidates still open, or that flip and need an exact call and score. Every exact result equals
+        :meth:`evaluate_one`'s.
 
         Parameters
         ----------
-        gene_lists
-            One array of gene indices per candidate.
+        cands
+            One candidate per entry: an array of gene indices (first modification) or a list of
+            ``(genes, modification index)`` pairs.
         need_exact
             Per candidate (or for all): whether a flipping candidate needs its exact call and score.
+        exact_all
+            Exact calls and scores for every candidate (one pass).
 
         Returns
         -------
@@ -218,32 +247,44 @@ class ClusterOracle:
             Whether the call differs from the call on the unmodified cells (always exact).
 
         """
-        m = len(gene_lists)
+        m = len(cands)
         n, K, orig = self.n_cells, self.n_classes, self.orig_call
         need = np.broadcast_to(np.asarray(need_exact, dtype=bool), (m,))
         if m == 0:
             return np.empty(0, np.int64), np.empty(0), np.empty(0, bool)
-        n1 = n // 2 + 1 if n >= 8 else n
-        rest = n - n1
-        counts = cluster_call(self._types(gene_lists, slice(0, n1)), K)[2]
+        pairs = [self._pairs(c) for c in cands]
+        changed = [self._changed_rows(p) for p in pairs]
+        counts = np.tile(self.orig_counts, (m, 1))
+        first = []
+        for j, ch in enumerate(changed):  # unchanged cells keep their original types
+            if len(ch):
+                counts[j] -= np.bincount(self.orig_types[ch], minlength=K)
+            if exact_all or n < 8:
+                first.append(len(ch))
+            else:  # enough changed cells for the original type to reach a strict majority
+                first.append(int(min(len(ch), max(0, n // 2 + 1 - (n - len(ch))))))
+        types = self._types([(p, ch[:f]) for p, ch, f in zip(pairs, changed, first, strict=True)])
+        for j, t in enumerate(types):
+            counts[j] += np.bincount(t, minlength=K)
+        rest = np.array([len(ch) - f for ch, f in zip(changed, first, strict=True)])
+        cls = np.arange(K)
         # the call is certainly orig when orig beats every other class even if all remaining cells join it
         others = counts.copy()
         others[:, orig] = -1
-        cls = np.arange(K)
-        margin = counts[:, [orig]] - (others + rest)  # > 0 (or == 0 for classes listed after orig) keeps orig
+        margin = counts[:, [orig]] - (others + rest[:, None])
         sure_keep = np.all((margin > 0) | ((margin == 0) & (cls > orig)[None, :]) | (cls == orig)[None, :], axis=1)
         # the call is certainly not orig when some class beats orig even if all remaining cells go to orig
-        lead = counts - (counts[:, [orig]] + rest)
+        lead = counts - (counts[:, [orig]] + rest[:, None])
         sure_flip = np.any(((lead > 0) | ((lead == 0) & (cls < orig)[None, :])) & (cls != orig)[None, :], axis=1)
-        todo = np.flatnonzero(~sure_keep & (~sure_flip | need))
-        if rest and len(todo):
-            counts[todo] += cluster_call(self._types([gene_lists[i] for i in todo], slice(n1, n)), K)[2]
-        full = np.zeros(m, dtype=bool)
+        todo = np.flatnonzero((rest > 0) & ~sure_keep & (~sure_flip | need))
+        if len(todo):
+            more = self._types([(pairs[j], changed[j][first[j] :]) for j in todo])
+            for j, t in zip(todo, more, strict=True):
+                counts[j] += np.bincount(t, minlength=K)
+        full = rest == 0
         full[todo] = True
-        if not rest:
-            full[:] = True
         calls = counts.argmax(axis=1)
-        calls[sure_keep] = orig
+        calls[sure_keep & ~full] = orig
         flipped = calls != orig
         scores = np.where(full, counts[np.arange(m), calls] / n, np.nan)
         self.n_evaluated += m

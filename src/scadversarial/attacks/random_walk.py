@@ -7,9 +7,10 @@ redrawn with probability ``step_change_ratio``; an unmodified gene gets a modifi
 probability that shrinks with the number of unmodified genes), always with fewer modified genes and
 never tried before; it replaces the best when it still flips the call.
 
-``method='plain'`` classifies one assignment per call; ``method='fast'`` classifies the seed batch in
-stacked calls and speculates on the walk: proposals are drawn ahead from the current best (on a copy
-of the generator), classified together, and the generator is replayed up to the first improvement.
+``method='plain'`` classifies one assignment per call; ``method='fast'`` classifies the seeds in growing
+stacked batches and speculates on the walk: proposals are drawn ahead from the current best (on a copy
+of the generator; more of them while improvements are rare), classified together, and the generator is
+replayed up to the first improvement.
 Both consume the generator identically and return the same walk.
 """
 
@@ -140,8 +141,8 @@ def random_walk_search(
                 first = (i, call, score)
                 break
     else:
-        step = max(oracle.chunk_size(), 1)
-        for start in range(0, len(seeds), step):
+        start, step = 0, 1
+        while start < len(seeds):  # growing batches: an early seed costs little, a late one few calls
             calls, scores, _ = oracle.evaluate_assignments([full(s) for s in seeds[start : start + step]])
             res.n_tested += len(calls)
             ok = [j for j, c in enumerate(calls) if _flip_ok(int(c), orig, not_na, na_idx)]
@@ -149,6 +150,8 @@ def random_walk_search(
                 j = ok[0]
                 first = (start + j, int(calls[j]), float(scores[j]))
                 break
+            start += step
+            step = min(2 * step, max(oracle.chunk_size(), 1))
     if first is None:
         return res
     best = seeds[first[0]].copy()
@@ -156,7 +159,7 @@ def random_walk_search(
     res.history.append({"step": 0, "n_genes": int((best >= 0).sum()), "call": first[1], "score": first[2]})
 
     # step 2: the walk
-    t = 0
+    t, width = 0, 1
     while t < walk_length:
         if method == "plain":
             cand = _propose(best, n_mods, step_change_ratio, rng, seen, max_tries)
@@ -172,7 +175,7 @@ def random_walk_search(
         # fast: speculate that the next proposals all fail (they are then drawn from the same best)
         state = rng.bit_generator.state
         seen_before = set(seen)
-        k = min(walk_length - t, max(oracle.chunk_size(), 8))
+        k = min(walk_length - t, width)
         cands = []
         for _ in range(k):
             c = _propose(best, n_mods, step_change_ratio, rng, seen, max_tries)
@@ -188,7 +191,9 @@ def random_walk_search(
             t += len(cands)
             if len(cands) < k:
                 break
+            width = min(2 * width, max(oracle.chunk_size(), 1))  # improvements are rare: look further ahead
             continue
+        width = max(width // 2, 1)
         j = ok[0]
         # replay the generator and the seen set up to the improvement
         rng.bit_generator.state = state

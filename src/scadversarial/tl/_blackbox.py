@@ -235,7 +235,7 @@ def single_gene_attack(
     na_class: str | Sequence[str] | None = "NA",
     method: str = "fast",
     batch_size: int | None = None,
-    batch_bytes: int = 64 * 2**20,
+    batch_bytes: int = 16 * 2**20,
     random_state: int = 0,
     key_added: str | None = None,
 ) -> pd.DataFrame:
@@ -412,7 +412,7 @@ def max_change_attack(
     max_split_size: int = 1,
     method: str = "fast",
     batch_size: int | None = None,
-    batch_bytes: int = 64 * 2**20,
+    batch_bytes: int = 16 * 2**20,
     random_state: int = 0,
     key_added: str | None = None,
 ) -> pd.DataFrame:
@@ -782,7 +782,7 @@ def random_walk_attack(
     na_class: str | Sequence[str] | None = "NA",
     method: str = "fast",
     batch_size: int | None = None,
-    batch_bytes: int = 64 * 2**20,
+    batch_bytes: int = 16 * 2**20,
     random_state: int = 0,
     key_added: str | None = None,
 ) -> pd.DataFrame:
@@ -941,7 +941,7 @@ def grid_attack(
     max_combinations: int = 100_000,
     method: str = "fast",
     batch_size: int | None = None,
-    batch_bytes: int = 64 * 2**20,
+    batch_bytes: int = 16 * 2**20,
     random_state: int = 0,
     key_added: str | None = None,
 ) -> pd.DataFrame:
@@ -1073,7 +1073,7 @@ def attack_overview(
     max_split_size: int = 100,
     method: str = "fast",
     batch_size: int | None = None,
-    batch_bytes: int = 64 * 2**20,
+    batch_bytes: int = 16 * 2**20,
     random_state: int = 0,
     key_added: str = "overview",
 ) -> pd.DataFrame:

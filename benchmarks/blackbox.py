@@ -1,0 +1,164 @@
+"""Black-box (adverSCarial-style) attacks on the ``lr_oracle`` workload: sad vs the R package.
+
+Runs every workload of ``../shared/data/lr_oracle/README.md`` through ``sad.tl`` with the fast search
+and with the plain reference search (one classifier call per candidate), checks that both return
+the same result, and prints wall time, classifier calls and the speed-ups against the R package's
+time (README) and against the plain search in this process.
+
+Usage (from the repository root)::
+
+    python benchmarks/blackbox.py [--repeat 3] [--classifier torch64|torch32|numpy] [--threads 1] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+import scadversarial as sad
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lr_oracle"
+
+# the R package on this workload (README): wall seconds and classifier calls
+R = {
+    "single-gene B perc99": (11.1, 201),
+    "single-gene B positive_aberrant": (192.5, 3495),
+    "single-gene NK perc99": (11.4, 201),
+    "single-gene NK positive_aberrant": (179.4, 3217),
+    "max-change CD14+ Mono perc99": (359.8, 2689),
+    "CGD CD8 T alpha=eps=1": (12.2, 197),
+    "CGD CD8 T alpha=eps=10": (1.6, 25),
+    "overview 9 clusters x {perc1, perc99}": (225.3, 3618),
+}
+
+
+def load(kind: str):
+    X = pd.read_csv(DATA / "X_lognorm_hvg.csv.gz", index_col=0, float_precision="round_trip")
+    coef = pd.read_csv(DATA / "lr_coef.csv.gz", index_col=0)
+    inter = pd.read_csv(DATA / "lr_intercept.csv", index_col=0)["intercept"]
+    classes = [c for c in (DATA / "lr_classes.txt").read_text().split("\n") if c]
+    labels = pd.read_csv(DATA / "labels.tsv", sep="\t", index_col=0).loc[X.index, "seurat_cell_type"].astype(str)
+    a = ad.AnnData(X.to_numpy(np.float32), obs=pd.DataFrame({"cluster": pd.Categorical(labels)}, index=X.index))
+    a.var_names = X.columns
+    W = coef.loc[classes, X.columns].to_numpy()
+    b = inter.loc[classes].to_numpy()
+    if kind.startswith("torch"):
+        dtype = torch.float64 if kind == "torch64" else torch.float32
+        clf = torch.nn.Linear(W.shape[1], W.shape[0]).to(dtype)
+        with torch.no_grad():
+            clf.weight.copy_(torch.as_tensor(W, dtype=dtype))
+            clf.bias.copy_(torch.as_tensor(b, dtype=dtype))
+        clf.classes = classes  # p = softmax(X @ coef.T + intercept), softmaxed by the protocol
+    else:
+        Wt = np.ascontiguousarray(W.T)
+
+        def clf(Z):
+            z = np.asarray(Z, dtype=np.float64) @ Wt + b
+            z -= z.max(1, keepdims=True)
+            e = np.exp(z)
+            return e / e.sum(1, keepdims=True)
+
+    order = (DATA / "cgd_gene_order.txt").read_text().split()
+    return a, clf, classes, order
+
+
+def runs(order):
+    sg = sad.tl.single_gene_attack
+    return {
+        "single-gene B perc99": (sg, {"target": "B", "modification": "perc99"}),
+        "single-gene B positive_aberrant": (sg, {"target": "B", "modification": "positive_aberrant"}),
+        "single-gene NK perc99": (sg, {"target": "NK", "modification": "perc99"}),
+        "single-gene NK positive_aberrant": (sg, {"target": "NK", "modification": "positive_aberrant"}),
+        "max-change CD14+ Mono perc99": (sad.tl.max_change_attack, {"target": "CD14+ Mono", "modification": "perc99"}),
+        "CGD CD8 T alpha=eps=1": (sad.tl.cgd_attack, {"target": "CD8 T", "alpha": 1.0, "epsilon": 1.0, "genes": order}),
+        "CGD CD8 T alpha=eps=10": (
+            sad.tl.cgd_attack,
+            {"target": "CD8 T", "alpha": 10.0, "epsilon": 10.0, "genes": order},
+        ),
+        "overview 9 clusters x {perc1, perc99}": (
+            sad.tl.attack_overview,
+            {"modifications": ["perc1", "perc99"], "modes": ["single_gene"], "max_split_size": 100},
+        ),
+    }
+
+
+def timed(fn, a, clf, classes, kw, method):
+    a = a.copy()
+    t = time.perf_counter()
+    df = fn(a, groupby="cluster", classifier=clf, classes=classes, method=method, key_added="bench", **kw)
+    wall = time.perf_counter() - t
+    rec = a.uns["sad"]["attacks"]["bench"]
+    extra = {k: v for k, v in rec.items() if k == "modified_genes"}
+    if "sad_cgd" in "".join(a.layers.keys()) or "bench" in a.layers:
+        extra["layer"] = a.layers["bench"]
+    return wall, int(rec["metrics"]["n_calls"]), int(rec["metrics"]["n_rows"]), df, extra
+
+
+def same(r1, r2) -> bool:
+    if not r1[3].equals(r2[3]):
+        return False
+    if "layer" in r1[4] and not np.array_equal(r1[4]["layer"], r2[4]["layer"]):
+        return False
+    return True
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--repeat", type=int, default=3, help="fast runs per workload (best time kept)")
+    p.add_argument("--plain-repeat", type=int, default=1, help="plain runs per workload (best time kept)")
+    p.add_argument("--classifier", default="torch64", choices=["torch64", "torch32", "numpy"])
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (1: robust on a shared 2-core machine)"
+    )
+    p.add_argument("--only", default=None, help="substring of the workloads to run")
+    p.add_argument("--json", default=None, help="write the table as JSON here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    sad.settings.progress = False
+    a, clf, classes, order = load(args.classifier)
+    rows = []
+    for name, (fn, kw) in runs(order).items():
+        if args.only and args.only not in name:
+            continue
+        fast = min((timed(fn, a, clf, classes, kw, "fast") for _ in range(args.repeat)), key=lambda r: r[0])
+        plain = min((timed(fn, a, clf, classes, kw, "plain") for _ in range(args.plain_repeat)), key=lambda r: r[0])
+        r_s, r_calls = R[name]
+        row = {
+            "run": name,
+            "fast_s": fast[0],
+            "fast_calls": fast[1],
+            "fast_rows": fast[2],
+            "plain_s": plain[0],
+            "plain_calls": plain[1],
+            "R_s": r_s,
+            "R_calls": r_calls,
+            "speedup_vs_R": r_s / fast[0],
+            "speedup_vs_plain": plain[0] / fast[0],
+            "fast_equals_plain": same(fast, plain),
+        }
+        rows.append(row)
+        print(
+            f"{name:40s} fast {fast[0]:8.3f}s {fast[1]:5d} calls | plain {plain[0]:8.3f}s {plain[1]:5d} calls | "
+            f"R {r_s:6.1f}s {r_calls:5d} calls | x{row['speedup_vs_R']:7.1f} vs R, x{row['speedup_vs_plain']:5.1f} vs plain | "
+            f"same: {row['fast_equals_plain']}",
+            flush=True,
+        )
+    df = pd.DataFrame(rows)
+    print()
+    print(f"classifier: {args.classifier}; torch threads: {args.threads}; {platform.processor() or platform.machine()}")
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
+        print(df.to_string(index=False))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
