@@ -113,6 +113,8 @@ def test_clean_and_attacked_cell(pipe):
     j = int(np.flatnonzero(b.obs["sad_split"].astype(str).to_numpy() == "test")[0])
     assert logic.score(pipe, pipe.X[j])[0] == pytest.approx(float(b.obs["sad_score"].iloc[j]), abs=1e-5)
 
+    assert c.split == str(b.obs["sad_split"].iloc[3]) and c.role == str(b.obs["sad_detector_role"].iloc[3])
+
     a = logic.attack_cell(pipe, 3, method="pgd", eps=0.5)
     assert a.attacked and a.clean_predicted == c.predicted and a.success == (a.predicted != c.predicted)
     assert np.abs(a.x - c.x).max() <= 0.5 + 1e-5
@@ -291,6 +293,11 @@ def test_page_pick_by_label_and_evaluate(app_env, pipe):
     assert not at.exception
     assert f"Cell **10** (`{pipe.obs_names[10]}`)" in _texts(at, "markdown")
     assert f"True label: **{label}**" in _texts(at, "markdown")
+    assert f"Split: {pipe.split[10]}; detector role: {pipe.roles[10]}" in _texts(at, "caption")
+    # held-out cells only: every offered cell is a test-split cell
+    at.checkbox(key="only_test").check().run()
+    offered = at.selectbox(key=f"cell_of_{label}").options
+    assert offered and all(pipe.split[int(o.split(":")[0])] == "test" for o in offered)
 
     at.button(key="run_eval").click().run()
     assert not at.exception and not _texts(at, "error")

@@ -64,6 +64,9 @@ class Pipeline:
         The ``.obs`` column of ``labels``.
     split
         Train/val/test split of each cell (str), or ``None``.
+    roles
+        Role of each cell in training the detector (``.obs['sad_detector_role']``: ``'meta_train'``,
+        ``'calibration'``, ``'reference'`` or ``'unused'``), or ``None``.
     proba
         Clean class probabilities of every cell (computed at load time).
     umap
@@ -101,6 +104,7 @@ class Pipeline:
     upper: np.ndarray | None = None
     source: str = ""
     warnings: list[str] = field(default_factory=list)
+    roles: np.ndarray | None = None
     _clean_scores: np.ndarray | None = None
     _umap_base: pd.DataFrame | None = None
 
@@ -154,6 +158,8 @@ class CellResult:
         The cell's gene vector (classifier genes, scaled values).
     method, eps
         The attack (attacked cells only).
+    split, role
+        The cell's split and its role in training the detector (``None`` when unknown).
 
     """
 
@@ -169,6 +175,8 @@ class CellResult:
     x: np.ndarray | None = None
     method: str | None = None
     eps: float | None = None
+    split: str | None = None
+    role: str | None = None
 
     @property
     def success(self) -> bool | None:
@@ -389,6 +397,8 @@ def load_pipeline(adata: str | Path | AnnData, models: str | Path | None = None)
         warnings.append("The labels the classifier was trained on are not in .obs: true labels are not shown.")
     split_key = str(params.get("split_key", _keys.OBS_SPLIT))
     split = adata.obs[split_key].astype(str).to_numpy() if split_key in adata.obs else None
+    role_key = _keys.OBS_DETECTOR_ROLE
+    roles = adata.obs[role_key].astype(str).to_numpy() if det is not None and role_key in adata.obs else None
     logits, _ = clf.predict_arrays(X, device=DEVICE)
     proba = _softmax(logits)
     umap, umap_key = _embedding_2d(adata, warnings)
@@ -398,7 +408,7 @@ def load_pipeline(adata: str | Path | AnnData, models: str | Path | None = None)
         lower, upper = X.min(0), X.max(0)
     pipe = Pipeline(
         adata=adata, classifier=clf, detector=det, X=X, genes=genes, classes=[str(c) for c in clf.classes],
-        labels=labels, labels_key=labels_key, split=split, proba=proba, umap=umap, umap_key=umap_key,
+        labels=labels, labels_key=labels_key, split=split, proba=proba, umap=umap, umap_key=umap_key, roles=roles,
         threshold=_threshold(adata, det), attack_defaults=defaults, lower=lower, upper=upper,
         source=source, warnings=warnings,
     )  # fmt: skip
@@ -621,6 +631,13 @@ def _check_index(pipe: Pipeline, index: int) -> int:
     return index
 
 
+def _where(pipe: Pipeline, i: int) -> dict:
+    return {
+        "split": None if pipe.split is None else str(pipe.split[i]),
+        "role": None if pipe.roles is None else str(pipe.roles[i]),
+    }
+
+
 def score(pipe: Pipeline, X: np.ndarray) -> np.ndarray | None:
     """Detector scores (probability of being adversarial) of the rows of ``X``; ``None`` without detector."""
     if pipe.detector is None:
@@ -657,7 +674,7 @@ def clean_cell(pipe: Pipeline, index: int, *, with_score: bool = True) -> CellRe
         s = float(clean_scores(pipe)[i])
     return CellResult(
         index=i, name=str(pipe.adata.obs_names[i]), true_label=None if pipe.labels is None else str(pipe.labels[i]),
-        proba=p, predicted=pipe.classes[k], confidence=float(p[k]), score=s, x=pipe.X[i],
+        proba=p, predicted=pipe.classes[k], confidence=float(p[k]), score=s, x=pipe.X[i], **_where(pipe, i),
     )  # fmt: skip
 
 
@@ -728,7 +745,7 @@ def attack_cell(
     return CellResult(
         index=i, name=str(pipe.adata.obs_names[i]), true_label=None if pipe.labels is None else str(pipe.labels[i]),
         proba=p, predicted=pipe.classes[k], confidence=float(p[k]), score=s, attacked=True,
-        clean_predicted=pipe.classes[clean_k], x=x_adv[0], method=method, eps=float(eps),
+        clean_predicted=pipe.classes[clean_k], x=x_adv[0], method=method, eps=float(eps), **_where(pipe, i),
     )  # fmt: skip
 
 

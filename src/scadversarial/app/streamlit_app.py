@@ -153,7 +153,10 @@ def sidebar(pipe: logic.Pipeline) -> dict:
         options = [c for c in dict.fromkeys(pipe.classes) if (labels == c).any()]
         options += sorted(set(labels) - set(options))
         label = sb.selectbox("Label" if pipe.labels is not None else "Predicted label", options, key="cell_label")
-        cells = np.flatnonzero(labels == label).tolist()
+        keep = labels == label
+        if pipe.split is not None and sb.checkbox("Held-out (test) cells only", value=False, key="only_test"):
+            keep &= pipe.split == "test"
+        cells = np.flatnonzero(keep).tolist() or np.flatnonzero(labels == label).tolist()
         names = pipe.obs_names
         index = int(sb.selectbox("Cell", cells, format_func=lambda i: f"{i}: {names[i]}", key=f"cell_of_{label}"))
     sb.caption(f"{pipe.n_cells} cells; cell {index} is `{pipe.obs_names[index]}`.")
@@ -198,7 +201,7 @@ def sidebar(pipe: logic.Pipeline) -> dict:
 def page(pipe: logic.Pipeline) -> None:
     """Everything below the title, for a loaded pipeline."""
     t0 = time.perf_counter()
-    token = pipe.source
+    token = f"{pipe.source}|{id(pipe)}"  # one loaded pipeline: cached cells never leak between pipelines
     opts = sidebar(pipe)
     i, thr = opts["index"], opts["threshold"]
     for w in pipe.warnings:
@@ -210,10 +213,18 @@ def page(pipe: logic.Pipeline) -> None:
     with left, st.container(key="clean_panel", border=True):
         st.subheader("Clean cell")
         st.markdown(f"Cell **{i}** (`{c.name}`)")
+        if c.split is not None:
+            role = f"; detector role: {c.role}" if c.role is not None else ""
+            st.caption(f"Split: {c.split}{role}")
         st.markdown(f"True label: **{c.true_label if c.true_label is not None else 'unknown'}**")
         st.markdown(f"Predicted label: **{c.predicted}** (probability {c.confidence:.2f})")
         st.vega_lite_chart(proba_chart(c, pipe.classes, "class probabilities, clean"), **STRETCH)
         show_verdict(c, thr)
+        if c.role in ("reference", "meta_train", "calibration"):
+            st.caption(
+                f"This cell helped train the detector ({c.role}): its score is not a held-out score. "
+                "Pick a test-split cell for an honest verdict."
+            )
     with right, st.container(key="attack_panel", border=True):
         st.subheader("Attacked cell")
         if not opts["attack_on"]:
@@ -290,8 +301,8 @@ def main() -> None:
     """Build the page; every error ends up as a message in it, never as a traceback."""
     st.set_page_config(page_title="scadversarial demo", layout="wide")
     st.title("scadversarial: clean vs. adversarial cells")
-    cfg = _config()
     try:
+        cfg = _config()
         pipe = load(cfg["adata"], cfg["models"], cfg["cache_dir"], int(cfg["max_epochs"]))
     except logic.AppError as e:
         st.error(f"Could not open the pipeline. {e}")
