@@ -1,0 +1,102 @@
+"""Black-box attacks on real PBMC3k with the sad MLP, a random forest and a logistic regression.
+
+Every mode runs with every kind of classifier, and the fast searches agree with the plain ones.
+The study's qualitative findings are checked on a gene subset (the full numbers are in
+``benchmarks/blackbox.py --pbmc3k``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import scadversarial as sad
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Torch's threads spin badly on a busy shared machine; the results do not depend on it."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def models3k(pipeline3k):
+    """The trained sad MLP, and a random forest and a logistic regression trained on the same split of X."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    a = pipeline3k
+    X = np.asarray(a.X, dtype=np.float32)
+    y = a.obs["seurat_cell_type"].astype(str).to_numpy()
+    train = (a.obs["sad_split"] == "train").to_numpy()
+    rf = RandomForestClassifier(n_estimators=50, random_state=0, n_jobs=1).fit(X[train], y[train])
+    lr = LogisticRegression(C=0.05, max_iter=150).fit(X[train], y[train])
+    return {"mlp": None, "rf": rf, "lr": lr}
+
+
+@pytest.mark.parametrize("name", ["mlp", "rf", "lr"])
+def test_every_mode_runs_and_fast_equals_plain(pipeline3k, models3k, name):
+    a = pipeline3k.copy()
+    clf = models3k[name]
+    genes = list(a.var_names[:80])
+    kw = {"groupby": "seurat_cell_type", "classifier": clf}
+    calls = {}
+    for method in ("plain", "fast"):
+        m = {"method": method, **kw}
+        out = {
+            "single_gene": sad.tl.single_gene_attack(
+                a, target="NK", modification="positive_aberrant", genes=genes, key_added=f"sg_{method}", **m
+            ),
+            "max_change": sad.tl.max_change_attack(
+                a, target="NK", modification="perc99", genes=genes, key_added=f"mc_{method}", **m
+            ),
+            "cgd": sad.tl.cgd_attack(
+                a, target="NK", genes=genes[:25], alpha=1.0, epsilon=1.0, key_added=f"cgd_{method}", **m
+            ),
+            "random_walk": sad.tl.random_walk_attack(
+                a, target="NK", genes=genes[:20], walk_length=15, first_batch=20, key_added=f"rw_{method}", **m
+            ),
+            "grid": sad.tl.grid_attack(
+                a,
+                target="NK",
+                genes=genes[:3],
+                modifications=["perc1", "positive_aberrant"],
+                key_added=f"gr_{method}",
+                **m,
+            ),
+        }
+        calls[method] = {k: a.uns["sad"]["attacks"][v]["metrics"]["n_calls"] for k, v in
+                         [("single_gene", f"sg_{method}"), ("max_change", f"mc_{method}")]}  # fmt: skip
+        calls[method + "_out"] = out
+    for mode, df in calls["fast_out"].items():
+        pd.testing.assert_frame_equal(df, calls["plain_out"][mode], obj=f"{name} {mode}")
+    np.testing.assert_array_equal(a.layers["cgd_fast"], a.layers["cgd_plain"])
+    assert calls["fast"]["single_gene"] < calls["plain"]["single_gene"]
+    ov = sad.tl.attack_overview(a, clusters=["NK", "B"], modifications=["perc99"], **kw)
+    assert len(ov) == 2 and ov["orig_call"].notna().all()
+    sg = sad.tl.sign_genes(a[:, genes].copy(), groupby="seurat_cell_type")
+    assert len(sg) == len(genes)
+
+
+def test_qualitative_findings(pipeline3k, models3k):
+    """Random forests resist single-gene attacks better than the MLP; aberrant values fool far more than perc1/99."""
+    a = pipeline3k.copy()
+    genes = list(a.var_names[:400])
+    n = {}
+    for name in ("mlp", "rf", "lr"):
+        for mod in ("perc1", "perc99", "positive_aberrant"):
+            df = sad.tl.single_gene_attack(
+                a, groupby="seurat_cell_type", target="DC", classifier=models3k[name], modification=mod, genes=genes
+            )
+            n[name, mod] = len(df)
+    assert n["rf", "positive_aberrant"] < n["mlp", "positive_aberrant"]
+    for name in ("mlp", "lr"):
+        assert n[name, "positive_aberrant"] > max(n[name, "perc1"], n[name, "perc99"])
