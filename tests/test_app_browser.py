@@ -223,8 +223,12 @@ def test_app_in_browser(chromium, app_url, browser_pipeline_dir, screenshot_dir)
 
     pipe = logic.load_pipeline(browser_pipeline_dir / "adata.h5ad")
     eps = pipe.attack_defaults["eps"]
-    cell = 5
-    c, a = logic.clean_cell(pipe, cell), logic.attack_cell(pipe, cell, method=pipe.attack_defaults["method"], eps=eps)
+    method = pipe.attack_defaults["method"]
+    # a held-out cell whose attack succeeds makes the most telling screenshot (any cell works for the test)
+    held_out = np.flatnonzero(pipe.split == "test")[:30] if pipe.split is not None else np.arange(30)
+    held_out = held_out[held_out > 0]  # not the default cell 0: the test must change the cell
+    cell = next((int(i) for i in held_out if logic.attack_cell(pipe, int(i), method=method, eps=eps).success), 5)
+    c, a = logic.clean_cell(pipe, cell), logic.attack_cell(pipe, cell, method=method, eps=eps)
     with sync_playwright() as p:
         browser = open_browser(p, chromium)
         try:
@@ -246,7 +250,7 @@ def test_app_in_browser(chromium, app_url, browser_pipeline_dir, screenshot_dir)
             page.screenshot(path=str(screenshot_dir / "app_attack.png"), full_page=True)
 
             # cell changes with the attack on, measured in the browser (input -> page updated)
-            times = measure_cell_changes(page, [6, 7, 8, 9, 10])
+            times = measure_cell_changes(page, [cell + k for k in (1, 2, 3, 4, 5)])
             print(f"browser cell change (pbmc68k_reduced): {[round(1000 * t) for t in times]} ms")
             assert np.median(times) < 3.0  # the target is < 1 s; loose here for a busy shared CI machine
             expect(attack_panel).to_contain_text("Detector verdict:")
