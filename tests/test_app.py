@@ -229,6 +229,26 @@ def test_load_errors_are_clear(broken, case):
         logic.load_pipeline(path, models)
 
 
+def test_load_without_labels_or_umap(pipe, monkeypatch):
+    """No true labels and no UMAP in the AnnData: a warning, predicted labels, and a computed 2-d map."""
+    import scanpy as sc
+
+    a = pipe.adata.copy()
+    del a.obs["sad_label"], a.obsm["X_umap"]
+
+    def no_umap(*args, **kwargs):
+        raise RuntimeError("no UMAP here")
+
+    monkeypatch.setattr(sc.tl, "umap", no_umap)  # the PCA fallback (a real UMAP costs seconds of JIT)
+    p = logic.load_pipeline(a)
+    assert p.labels is None and p.labels_key is None
+    assert any("true labels are not shown" in w for w in p.warnings)
+    assert p.umap.shape == (a.n_obs, 2) and p.umap_key == "PCA (fallback)"
+    assert logic.clean_cell(p, 0).true_label is None
+    assert "classifier accuracy (clean)" not in logic.evaluate(p, max_cells=10).metrics
+    assert set(logic.umap_frame(p)["label"]) <= set(p.classes)
+
+
 def test_broken_detector_degrades_to_a_warning(app_pipeline_dir, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(app_pipeline_dir / "models", models)
