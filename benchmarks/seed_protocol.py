@@ -18,6 +18,7 @@ Usage::
 
     python benchmarks/seed_protocol.py --data ../shared/data/pbmc3k.h5ad --seeds 0 1 2
     python benchmarks/seed_protocol.py --data ../shared/data/pbmc3k.h5ad --labels seurat_cell_type
+    python benchmarks/seed_protocol.py --data ../shared/data/pbmc3k.h5ad --variants full --transfer
 """
 
 from __future__ import annotations
@@ -57,7 +58,17 @@ def _get(table: pd.DataFrame, section: str, metric: str, group: str) -> float:
     return float(sel.value.iloc[0])
 
 
-def run_seed(path: str, labels: str | None, seed: int, variants: dict, *, min_cells: int = 10) -> dict:
+TRANSFER = {
+    "PGD, bounds='observed'": ("pgd", EPS, {"bounds": "observed"}),
+    "FGSM": ("fgsm", EPS, {}),
+    "PGD L2 (eps 1, 2, 4)": ("pgd_l2", (1.0, 2.0, 4.0), {}),
+    "PGD random start": ("pgd_rs", EPS, {}),
+}
+
+
+def run_seed(
+    path: str, labels: str | None, seed: int, variants: dict, *, min_cells: int = 10, transfer: bool = False
+) -> dict:
     """Run the protocol once; return the figures of every detector variant."""
     a = sad.datasets.pbmc3k(path)
     sad.pp.preprocess(a, n_top_genes=2000)
@@ -95,6 +106,18 @@ def run_seed(path: str, labels: str | None, seed: int, variants: dict, *, min_ce
         res["train_seconds"] = t_train
         res["n_meta_train"] = int((role == "meta_train").sum())
         out["variants"][name] = res
+        if transfer and name == "full":
+            out["transfer"] = {}
+            for tname, (method, eps, kw) in TRANSFER.items():
+                akey = f"sad_t_{method}_{'obs' if kw else 'free'}"
+                sad.tl.attack(a, method, eps=eps, alpha=0.02, steps=10, random_state=seed, key_added=akey, **kw)
+                tt = sad.tl.evaluate(a, akey, labels_key=key, detector_key=dkey, rescore=True)
+                out["transfer"][tname] = {
+                    "flip_any": _get(tt, "attack", "flip_rate", "any"),
+                    **{m: _get(tt, "detector", m, "pooled") for m in DET_METRICS},
+                }
+                for lay in a.uns["sad"]["attacks"][akey]["layers"]:
+                    del a.layers[lay]
         out["clean_accuracy"] = _get(table, "classifier", "accuracy", "overall")
         out["flip_any"] = _get(table, "attack", "flip_rate", "any")
         for e in EPS:
@@ -116,13 +139,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--out", default=None, help="also write the printed report to this file")
+    p.add_argument(
+        "--transfer", action="store_true", help="also score other attacks with the full detector (trained on PGD only)"
+    )
     args = p.parse_args(argv)
     sad.settings.progress = False
     t0 = time.perf_counter()
     runs = []
     for s in args.seeds:
         ts = time.perf_counter()
-        runs.append(run_seed(args.data, args.labels, s, {k: VARIANTS[k] for k in args.variants}))
+        runs.append(
+            run_seed(args.data, args.labels, s, {k: VARIANTS[k] for k in args.variants}, transfer=args.transfer)
+        )
         print(f"seed {s} done in {time.perf_counter() - ts:.0f}s", file=sys.stderr)
     lines = []
     w = lines.append
@@ -165,6 +193,17 @@ def main(argv: list[str] | None = None) -> int:
         vv = {m: [r["variants"][name][m] for r in runs] for m in runs[0]["variants"][name]}
         cells = [_ms(vv[m]) for m in DET_METRICS] + [f"{np.mean(vv['train_seconds']):.1f}"]
         w(f"{name:31s} " + " ".join(f"{c:>17s}" for c in cells))
+    if args.transfer and "transfer" in runs[0]:
+        w("")
+        w("Transfer: the full detector (meta-trained on L-inf PGD only) on attacks it never saw (test cells, pooled):")
+        hdr = ["attack", "flip (any eps)", "AUROC", "TPR@5%FPR", "clean-det acc", "adv-det acc"]
+        w(f"{hdr[0]:31s} " + " ".join(f"{h:>17s}" for h in hdr[1:]))
+        for tname in runs[0]["transfer"]:
+            tv = {m: [r["transfer"][tname][m] for r in runs] for m in runs[0]["transfer"][tname]}
+            cells = [_ms(tv["flip_any"], True)] + [
+                _ms(tv[m]) for m in ("auroc", "tpr_at_5fpr", "clean_accuracy", "adversarial_accuracy")
+            ]
+            w(f"{tname:31s} " + " ".join(f"{c:>17s}" for c in cells))
     w("")
     w(f"total {time.perf_counter() - t0:.0f}s")
     text = "\n".join(lines)

@@ -8,7 +8,9 @@ Three named groups:
 ``'gradient'``
     Mean, variance and L2 norm of ``|d loss / d x|`` where the loss is the cross-entropy at the
     **predicted** class (the true label is unknown at inference; using it leaks the answer).
-    Stored as natural logarithms (they span orders of magnitude).
+    Stored as natural logarithms (they span orders of magnitude). The trained detector takes the
+    L2 norm exactly and estimates the mean and variance on a fixed random subset of genes
+    (``grad_genes``), see :func:`meta_feature_tensor`.
 ``'input'``
     Input-consistency features: does the profile look like a measured cell? Fitted on clean
     training cells only (see :class:`InputConsistency`).
@@ -49,8 +51,8 @@ class InputConsistency(nn.Module):
     minimum, ``-mean/std`` after scaling), and most genes of a cell are unexpressed. An L-inf attack
     in scaled space moves nearly all genes by up to eps, so unexpressed genes leave their minimum or
     go below it (negative counts), and the cell drifts off the low-dimensional manifold of real
-    cells. The four features cost two comparisons per gene and two small matrix products per cell
-    (measured by ``benchmarks/detect_throughput.py``):
+    cells. The four features cost one clamped pass over the genes and two small matrix products
+    per cell (measured by ``benchmarks/detect_throughput.py``):
 
     ``frac_at_min``
         Fraction of genes at their reference minimum (within ``tol``).
