@@ -24,7 +24,7 @@ def _run(args: argparse.Namespace) -> int:
 def _app(args: argparse.Namespace) -> int:
     from .app import launch
 
-    return launch(adata=args.adata, models=args.models, port=args.port)
+    return launch(adata=args.adata, models=args.models, port=args.port, address=args.address, headless=args.headless)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     app = sub.add_parser("app", help="start the interactive Streamlit app")
     app.add_argument("--adata", default=None, help="FILE.h5ad written by `scadversarial run` (default: build a demo)")
     app.add_argument("--models", default=None, help="models directory (default: next to the .h5ad)")
-    app.add_argument("--port", type=int, default=None, help="port to serve on")
+    app.add_argument("--port", type=int, default=None, help="port to serve on (default 8501)")
+    app.add_argument("--address", default="127.0.0.1", help="address to bind (default loopback only; 0.0.0.0 to share)")
+    app.add_argument("--headless", action="store_true", help="do not open a browser window")
     app.set_defaults(func=_app)
     return parser
 
