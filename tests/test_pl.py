@@ -380,3 +380,13 @@ def test_perturbation_of_a_cgd_layer_defaults_to_the_attacked_cluster(blackbox68
     for g, row in zip(shown, D, strict=True):  # genes with a change are genes the attack modified
         if np.abs(row).max() > 0:
             assert g in changed and g in genes
+
+
+def test_perturbation_into_given_axes(pipeline68k):
+    fig, axs = plt.subplots(1, 3)
+    out = sad.pl.perturbation(pipeline68k, "sad_pgd_eps0.1", n_genes=4, ax=axs, show=False)
+    assert list(out) == list(axs)
+    assert len([t for t in axs[0].get_yticklabels() if t.get_text()]) == 4
+    assert "genes changed most consistently" in axs[0].get_title()
+    with pytest.raises(ValueError, match="3 Axes"):
+        sad.pl.perturbation(pipeline68k, "sad_pgd_eps0.1", ax=axs[:2], show=False)

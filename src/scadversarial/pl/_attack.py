@@ -194,6 +194,7 @@ def perturbation(
     max_cells: int = 60,
     space: str = "scaled",
     cmap: str = "viridis",
+    ax: Sequence[Axes] | None = None,
     show: bool | None = None,
     return_fig: bool = False,
 ) -> list[Axes] | Figure | None:
@@ -223,8 +224,10 @@ def perturbation(
         log-normalized values with ``.var['sad_mean']``/``.var['sad_std']`` (only for attacks on ``X``).
     cmap
         Colormap of the before/after panels (the change uses a diverging map).
+    ax
+        Three Axes (before, after, change); default a new figure.
     show
-        Show the figure and return ``None`` (default: scanpy's ``autoshow``).
+        Show the figure and return ``None`` (default: scanpy's ``autoshow`` when no ``ax`` is given).
     return_fig
         Return the :class:`~matplotlib.figure.Figure`.
 
@@ -289,7 +292,14 @@ def perturbation(
 
     vmin, vmax = np.percentile(np.concatenate([B.ravel(), A.ravel()]), [1, 99])
     dmax = float(np.abs(D).max()) or 1.0
-    fig, axs = plt.subplots(1, 3, figsize=(11, max(3.0, 0.2 * n_genes + 1.4)), layout="constrained", sharey=True)
+    if ax is None:
+        fig, axs = plt.subplots(1, 3, figsize=(11, max(3.0, 0.2 * n_genes + 1.4)), layout="constrained", sharey=True)
+    else:
+        axs = list(ax)
+        if len(axs) != 3:
+            msg = f"sad.pl.perturbation draws 3 panels (before, after, change); pass 3 Axes (got {len(axs)})."
+            raise ValueError(msg)
+        fig = axs[0].figure
     im = axs[0].imshow(B, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     axs[1].imshow(A, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     imd = axs[2].imshow(D, aspect="auto", cmap="RdBu_r", vmin=-dmax, vmax=dmax, interpolation="nearest")
@@ -304,8 +314,15 @@ def perturbation(
         if n_flip and n_flip < len(order):
             a.axvline(n_flip - 0.5, color="white" if a is not axs[2] else "black", lw=1, ls="--")
     axs[0].set_yticks(range(n_genes), names, fontsize=7 if n_genes > 25 else 8)
+    for a in axs[1:]:  # the genes are named on the first panel (shared y axes share their ticks)
+        if not axs[0].get_shared_y_axes().joined(axs[0], a):
+            a.set_yticks([])
     axs[0].set_ylabel("gene")
     fig.colorbar(im, ax=axs[:2], label=label, shrink=0.8)
     fig.colorbar(imd, ax=axs[2], label="change", shrink=0.8)
-    fig.suptitle(f"{groupby} = {group}: the {n_genes} genes changed most consistently")
-    return u.finish(fig, list(axs), show=show, return_fig=return_fig, ax_given=False)
+    title = f"{groupby} = {group}: the {n_genes} genes changed most consistently"
+    if ax is None:
+        fig.suptitle(title)
+    else:
+        axs[0].set_title(f"before ({title})", fontsize=9)
+    return u.finish(fig, list(axs), show=show, return_fig=return_fig, ax_given=ax is not None)
