@@ -177,6 +177,27 @@ class ClusterOracle:
             keep = e if keep is None else keep & e
         return np.arange(n) if keep is None else np.flatnonzero(~keep)
 
+    def _fill(self, blk: np.ndarray, pairs, rows: np.ndarray) -> None:
+        """Write the candidate ``pairs``'s rows ``rows`` into ``blk``."""
+        r = len(rows)
+        contiguous = r > 0 and rows[-1] - rows[0] + 1 == r
+        sel = slice(int(rows[0]), int(rows[0]) + r) if contiguous else rows
+
+        def take(M, cols):
+            return M[sel, cols] if contiguous else M[np.ix_(rows, cols)]
+
+        if len(pairs) == 1 and 2 * len(pairs[0][0]) > self.n_genes:  # most genes modified: start from V
+            genes, m = pairs[0]
+            keep = np.ones(self.n_genes, dtype=bool)
+            keep[genes] = False
+            keep = np.flatnonzero(keep)
+            blk[...] = self.Vs[m][sel]
+            blk[:, keep] = take(self.base, keep)
+            return
+        blk[...] = self.base[sel]
+        for genes, m in pairs:
+            blk[:, genes] = take(self.Vs[m], genes)
+
     def _types(self, jobs: Sequence[tuple[list, np.ndarray]]) -> list[np.ndarray]:
         """Per-cell types of the given rows of each candidate, ``jobs = [(pairs, rows), ...]``, in stacked calls."""
         g = self.n_genes
@@ -194,20 +215,18 @@ class ClusterOracle:
                     out[i] = np.empty(0, dtype=np.int64)
                 j = k
                 continue
-            if self._buf is None or self._buf.shape[0] < total:
-                self._buf = np.empty((max(total, budget), g), dtype=self.base.dtype)
+            block = max(int(getattr(self.proba_fn, "block_rows", 1) or 1), 1)
+            padded = -(-total // block) * block  # whole blocks: the classifier need not pad
+            if self._buf is None or self._buf.shape[0] < padded:
+                self._buf = np.zeros((max(padded, budget + block), g), dtype=self.base.dtype)
             buf = self._buf[:total]
             pos = 0
             for i in range(j, k):  # one step per candidate; its cells and genes are vectorized
                 pairs, rows = jobs[i]
                 r = len(rows)
-                full = r == self.n_cells
-                blk = buf[pos : pos + r]
-                blk[...] = self.base if full else self.base[rows]
-                for genes, m in pairs:
-                    blk[:, genes] = self.Vs[m][:, genes] if full else self.Vs[m][np.ix_(rows, genes)]
+                self._fill(buf[pos : pos + r], pairs, rows)
                 pos += r
-            types = np.asarray(self.proba_fn(buf)).argmax(axis=1)
+            types = np.asarray(self.proba_fn(self._buf[:padded])).argmax(axis=1)[:total]
             pos = 0
             for i in range(j, k):
                 r = len(jobs[i][1])

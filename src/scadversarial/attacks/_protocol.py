@@ -129,6 +129,11 @@ class ClassifierAdapter:
             return len(var_names)
         return None
 
+    @property
+    def block_rows(self) -> int:
+        """Rows per forward pass of a torch module (1 for other classifiers): stacked calls of whole blocks avoid padding."""
+        return max(int(self.batch_size or 256), 1) if self.kind == "torch" else 1
+
     def reset_counter(self) -> None:
         """Set :attr:`n_calls` and :attr:`n_rows` to 0."""
         self.n_calls = 0
@@ -149,7 +154,7 @@ class ClassifierAdapter:
         device = mod_device if self.device is None else settings.torch_device(self.device)
         if device != mod_device:
             module = module.to(device)
-        bs = max(int(self.batch_size or 256), 1)
+        bs = self.block_rows
         was_training = module.training
         module.eval()
         out = []
