@@ -63,7 +63,10 @@ myst_heading_anchors = 3
 
 html_theme = "sphinx_book_theme"
 html_title = "scadversarial"
-html_theme_options = {"repository_url": "https://github.com/scadversarial/scadversarial", "use_repository_button": False}
+html_theme_options = {
+    "repository_url": "https://github.com/scadversarial/scadversarial",
+    "use_repository_button": False,
+}
 html_static_path: list[str] = []
 
 # ----------------------------------------------------------------------------- generated pages
@@ -105,10 +108,26 @@ def _write_api_pages() -> None:
             lines += [".. autodata:: scadversarial.settings", "   :no-value:", ""]
         lines += [f".. currentmodule:: {modname}", ""]
         if funcs:
-            lines += ["Functions", "---------", "", ".. autosummary::", "   :toctree: ../generated", "   :nosignatures:", ""]
+            lines += [
+                "Functions",
+                "---------",
+                "",
+                ".. autosummary::",
+                "   :toctree: ../generated",
+                "   :nosignatures:",
+                "",
+            ]
             lines += [f"   {n}" for n in funcs] + [""]
         if classes:
-            lines += ["Classes", "-------", "", ".. autosummary::", "   :toctree: ../generated", "   :nosignatures:", ""]
+            lines += [
+                "Classes",
+                "-------",
+                "",
+                ".. autosummary::",
+                "   :toctree: ../generated",
+                "   :nosignatures:",
+                "",
+            ]
             lines += [f"   {n}" for n in classes] + [""]
         text = "\n".join(lines)
         path = out / f"{modname}.rst"
