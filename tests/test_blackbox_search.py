@@ -76,6 +76,14 @@ def test_cluster_call_ties_go_to_first_class():
     np.testing.assert_array_equal(counts[0], [1, 2, 2, 0])
 
 
+def test_percentiles_are_numpys(lr_oracle):
+    rows = np.flatnonzero(lr_oracle["labels"] == "B")
+    for q, name in ((0.01, "perc1"), (0.99, "perc99")):
+        np.testing.assert_array_equal(
+            modified_values(lr_oracle["X"], rows, name)[0], np.quantile(lr_oracle["X"], q, axis=0)
+        )
+
+
 def test_single_gene_perc99_matches_r_count(lr_oracle):
     o, fn = _oracle(lr_oracle, "B", "perc99")
     plain = single_gene_search(o, method="plain")

@@ -82,12 +82,33 @@ def _decile_values(X: np.ndarray, rows: np.ndarray, n_deciles: int) -> np.ndarra
     return np.take_along_axis(ordered, idx, axis=0)
 
 
-def _sorted_genes(X: np.ndarray, cache: dict | None) -> np.ndarray:
-    """Genes x cells, each gene's values sorted (contiguous rows: fast order statistics)."""
-    key = ("sorted_genes", id(X), X.shape)
+def _percentile(X: np.ndarray, q: float, cache: dict | None) -> np.ndarray:
+    """``np.quantile(X, q, axis=0)`` (numpy's default 'linear' method), bit for bit, faster.
+
+    The two order statistics around the virtual index come from :func:`torch.topk` (exact copies of
+    values); numpy itself then interpolates them with the same fraction, so the arithmetic is numpy's.
+    """
+    key = ("percentile", id(X), X.shape, q)
     if cache is not None and key in cache:
         return cache[key]
-    out = np.sort(np.ascontiguousarray(X.T), axis=1)
+    n = X.shape[0]
+    h = (n - 1) * q
+    lo = int(np.floor(h))
+    hi = min(lo + 1, n - 1)
+    if X.dtype.kind != "f" or n < 2:
+        out = np.quantile(X, q, axis=0)
+    else:
+        import torch
+
+        T = torch.from_numpy(np.ascontiguousarray(X))
+        if q > 0.5:  # the n - lo largest values, descending
+            k = n - lo
+            v = torch.topk(T, k, dim=0, largest=True, sorted=True).values.numpy()
+            prev, nxt = v[k - 1], v[k - 1 - (hi - lo)]
+        else:
+            v = torch.topk(T, hi + 1, dim=0, largest=False, sorted=True).values.numpy()
+            prev, nxt = v[lo], v[hi]
+        out = np.quantile(np.stack([prev, nxt], axis=1), h - lo, axis=1)
     if cache is not None:
         cache[key] = out
     return out
@@ -122,7 +143,7 @@ def modified_values(
     rng
         Random generator or seed of the ``'random'`` modification.
     cache
-        A dict reused across calls on the same ``X`` (per-gene sorted values are computed once).
+        A dict reused across calls on the same ``X`` (per-gene percentiles are computed once).
 
     Returns
     -------
@@ -144,7 +165,7 @@ def modified_values(
         return out
     if modification in ("perc1", "perc99"):
         q = 0.01 if modification == "perc1" else 0.99
-        vals = np.quantile(_sorted_genes(X, cache), q, axis=1)  # = np.quantile(X, q, axis=0), faster
+        vals = _percentile(X, q, cache)  # = np.quantile(X, q, axis=0)
     elif modification == "positive_aberrant":
         vals = aberrant_factor * X.max(axis=0)
     elif modification == "negative_aberrant":
