@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch that pip finds on this kind of machine; GPU users: see README.
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-test browser demo test lint docs clean
+.PHONY: install install-test browser demo test tutorials docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ demo: install
 test: install-test browser
 	$(BIN)/ruff check src tests benchmarks --output-format concise
 	$(BIN)/python -m pytest -q
+
+tutorials: install-test
+	$(BIN)/python tutorials/execute.py
 
 docs: install-test
 	$(BIN)/sphinx-build -W -b html docs docs/_build/html

@@ -142,8 +142,8 @@ def attack(
     ``.obs['<key_added>_eps<eps>_pred']``
         The classifier's prediction on it.
 
-    and ``.uns['sad']['attacks'][key_added]``: ``params``, ``layers`` and ``metrics`` (flip rate per
-    epsilon, for any epsilon, and per attacked class).
+    ``.uns['sad']['attacks'][key_added]``
+        ``params``, ``layers``, ``eps`` and ``metrics`` (flip rate per epsilon, for any epsilon, and per attacked class).
 
     """
     check_adata(adata)
