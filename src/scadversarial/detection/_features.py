@@ -216,7 +216,8 @@ def meta_feature_tensor(
             if fused is not None and input_ref is not None:
                 hp = F.linear(x, *fused)
                 n_h = lin1.out_features
-                h, proj = hp[:, :n_h].contiguous(), hp[:, n_h:]
+                n_p = input_ref.components.shape[0] + 1
+                h, proj = hp[:, :n_h].contiguous(), hp[:, n_h : n_h + n_p]
             else:
                 h = lin1(x)
         with torch.enable_grad():

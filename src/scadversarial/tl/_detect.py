@@ -79,7 +79,7 @@ def train_detector(
     n_pcs: int = 30,
     n_neighbors: int = 1,
     n_reference: int = 1000,
-    grad_genes: int = 256,
+    grad_genes: int = 128,
     triplet_epochs: int = 15,
     epochs: int = 30,
     patience: int = 5,
