@@ -103,6 +103,8 @@ class ClusterOracle:
         # cells whose value already equals the modified value: their row does not change
         self._eq = [X_target == v for v in self.Vs]
         self._eq_any = [e.any(axis=0) for e in self._eq]
+        # modifications with one value per gene (percentiles, aberrant, fixed): fill from a single row
+        self._rows1 = [v[0] if (v == v[0]).all() else None for v in self.Vs]
         P = np.asarray(proba_fn(X_target))
         self.orig_proba = P
         self.n_classes = P.shape[1]
@@ -186,17 +188,21 @@ class ClusterOracle:
         def take(M, cols):
             return M[sel, cols] if contiguous else M[np.ix_(rows, cols)]
 
+        def take_v(m, cols):
+            row1 = self._rows1[m]
+            return row1[cols] if row1 is not None else take(self.Vs[m], cols)
+
         if len(pairs) == 1 and 2 * len(pairs[0][0]) > self.n_genes:  # most genes modified: start from V
             genes, m = pairs[0]
             keep = np.ones(self.n_genes, dtype=bool)
             keep[genes] = False
             keep = np.flatnonzero(keep)
-            blk[...] = self.Vs[m][sel]
+            blk[...] = self._rows1[m] if self._rows1[m] is not None else self.Vs[m][sel]
             blk[:, keep] = take(self.base, keep)
             return
         blk[...] = self.base[sel]
         for genes, m in pairs:
-            blk[:, genes] = take(self.Vs[m], genes)
+            blk[:, genes] = take_v(m, genes)
 
     def _types(self, jobs: Sequence[tuple[list, np.ndarray]]) -> list[np.ndarray]:
         """Per-cell types of the given rows of each candidate, ``jobs = [(pairs, rows), ...]``, in stacked calls."""
