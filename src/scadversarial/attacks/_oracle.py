@@ -242,7 +242,12 @@ class ClusterOracle:
         return out
 
     def evaluate_many(
-        self, cands: Sequence, *, need_exact: np.ndarray | bool = True, exact_all: bool = False
+        self,
+        cands: Sequence,
+        *,
+        need_exact: np.ndarray | bool = True,
+        exact_all: bool = False,
+        one_pass: np.ndarray | bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Calls of many candidates, stacked into as few classifier calls as memory allows.
 
@@ -261,6 +266,9 @@ class ClusterOracle:
             Per candidate (or for all): whether a flipping candidate needs its exact call and score.
         exact_all
             Exact calls and scores for every candidate (one pass).
+        one_pass
+            Per candidate (or for all): classify all its changed cells at once (for candidates whose call is
+            expected to be close: a second pass would cost a call and save few cells).
 
         Returns
         -------
@@ -275,6 +283,7 @@ class ClusterOracle:
         m = len(cands)
         n, K, orig = self.n_cells, self.n_classes, self.orig_call
         need = np.broadcast_to(np.asarray(need_exact, dtype=bool), (m,))
+        single = np.broadcast_to(np.asarray(one_pass, dtype=bool), (m,))
         if m == 0:
             return np.empty(0, np.int64), np.empty(0), np.empty(0, bool)
         pairs = [self._pairs(c) for c in cands]
@@ -284,7 +293,7 @@ class ClusterOracle:
         for j, ch in enumerate(changed):  # unchanged cells keep their original types
             if len(ch):
                 counts[j] -= np.bincount(self.orig_types[ch], minlength=K)
-            if exact_all or n < 8:
+            if exact_all or n < 8 or single[j]:
                 first.append(len(ch))
             else:  # enough changed cells for the original type to reach a strict majority
                 first.append(int(min(len(ch), max(0, n // 2 + 1 - (n - len(ch))))))

@@ -203,7 +203,8 @@ def _fast(
             spec.answer(g)
         if not qs:
             break
-        _, _, flipped = oracle.evaluate_many([q[1] for q in qs], need_exact=False)
+        unions = np.array([q[0] == "union" for q in qs])
+        _, _, flipped = oracle.evaluate_many([q[1] for q in qs], need_exact=False, one_pass=unions)
         n_tested += len(qs)
         # replay the true answers up to (and including) the first wrong or missing guess
         for (kind, _), g, f in zip(qs, guesses, flipped, strict=True):
