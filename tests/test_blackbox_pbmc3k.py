@@ -37,8 +37,8 @@ def models3k(pipeline3k):
     X = np.asarray(a.X, dtype=np.float32)
     y = a.obs["seurat_cell_type"].astype(str).to_numpy()
     train = (a.obs["sad_split"] == "train").to_numpy()
-    rf = RandomForestClassifier(n_estimators=50, random_state=0, n_jobs=1).fit(X[train], y[train])
-    lr = LogisticRegression(C=0.05, max_iter=150).fit(X[train], y[train])
+    rf = RandomForestClassifier(n_estimators=30, random_state=0, n_jobs=1).fit(X[train], y[train])
+    lr = LogisticRegression(C=0.05, max_iter=100).fit(X[train], y[train])
     return {"mlp": None, "rf": rf, "lr": lr}
 
 
