@@ -105,6 +105,7 @@ def timed(fn, a, clf, classes, kw, method):
     extra = {k: v for k, v in rec.items() if k == "modified_genes"}
     if "sad_cgd" in "".join(a.layers.keys()) or "bench" in a.layers:
         extra["layer"] = a.layers["bench"]
+    extra["search_s"] = float(rec["metrics"]["seconds"])
     return wall, int(rec["metrics"]["n_calls"]), int(rec["metrics"]["n_rows"]), df, extra
 
 
@@ -209,6 +210,7 @@ def main() -> None:
         row = {
             "run": name,
             "fast_s": fast[0],
+            "fast_attack_s": fast[4]["search_s"],
             "fast_calls": fast[1],
             "fast_rows": fast[2],
             "plain_s": plain[0],

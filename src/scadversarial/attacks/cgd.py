@@ -212,33 +212,38 @@ def _plain(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_a
 
 
 def _fast(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res) -> None:
+    n = M.shape[0]
     P = P.copy()
-    buf = np.empty((0, M.shape[1]), dtype=M.dtype)
+    # one buffer: rows [0, n) are the committed matrix itself (trials step a column in place and restore it),
+    # rows [n, n + #opposite) the previous gene's cells that took the opposite step
+    block = max(int(getattr(proba_fn, "block_rows", 1) or 1), 1)
+    W = np.zeros((-(-2 * n // block) * block, M.shape[1]), dtype=M.dtype)  # whole blocks: no padding copies
+    W[:n] = M
+    X = W[:n]
     pending = None  # (gene index i, gene, plus cells, minus cells, trial probabilities of the plus cells)
     i = 0
     while True:
         g = genes[i] if i < len(genes) else None
         n_minus = 0 if pending is None else len(pending[3])
-        n_rows = n_minus + (len(M) if g is not None else 0)
-        if n_rows == 0:
+        if n_minus:
+            W[n : n + n_minus] = X[pending[3]]  # committed opposite steps of the previous gene
+        if g is None and not n_minus:
             if pending is None:
                 break
-            out = np.zeros((0, P.shape[1]))
-        else:
-            if buf.shape[0] < n_rows:
-                buf = np.empty((n_rows, M.shape[1]), dtype=M.dtype)
-            if n_minus:
-                buf[:n_minus] = M[pending[3]]  # committed opposite steps of the previous gene
-            if g is not None:  # trial of this gene on every cell; only the cells not called the new target are used
-                buf[n_minus:n_rows] = M
-                buf[n_minus:n_rows, g] = _step(M[:, g], alpha, epsilon, +1)
-            out = np.asarray(proba_fn(buf[:n_rows]))
+            out_t, out_m = None, np.zeros((0, P.shape[1]))
+        elif g is None:
+            out_t, out_m = None, np.asarray(proba_fn(W[n : n + n_minus]))  # (only after the last gene)
+        else:  # trial of this gene on every cell; only the cells not called the new target are used
+            col = X[:, g].copy()
+            X[:, g] = _step(col, alpha, epsilon, +1)
+            out = np.asarray(proba_fn(W[: -(-(n + n_minus) // block) * block]))
+            X[:, g] = col
+            out_t, out_m = out[:n], out[n : n + n_minus]
         if pending is not None:
             pi, pg, plus, minus, P_plus = pending
             P[plus] = P_plus
             if len(minus):
-                P[minus] = out[: len(minus)]
-                out = out[len(minus) :]
+                P[minus] = out_m
             types = P.argmax(axis=1)
             new, stop = _after_commit(P, types, orig, new, excl, pi, pg, len(plus) + len(minus), res, stop_at_switch)
             pending = None
@@ -251,16 +256,15 @@ def _fast(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_at
         if len(cells) == 0:
             break
         res.n_genes_visited = i
-        Pt = out
-        d_new = Pt[cells, new] - P[cells, new]
-        d_or = Pt[cells, orig] - P[cells, orig]
-        up, down = d_new > d_or, d_new < d_or
-        plus, minus = cells[up], cells[down]
+        d_new = out_t[cells, new] - P[cells, new]
+        d_or = out_t[cells, orig] - P[cells, orig]
+        plus, minus = cells[d_new > d_or], cells[d_new < d_or]
         if len(plus) + len(minus) == 0:
             res.summary.append(dict(res.summary[-1], order=i, gene=g, n_modified_cells=0))
             continue
         res.modified_genes.append(g)
-        M[plus, g] = _step(M[plus, g], alpha, epsilon, +1)
-        M[minus, g] = _step(M[minus, g], alpha, epsilon, -1)
-        pending = (i, g, plus, minus, Pt[plus])
+        X[plus, g] = _step(X[plus, g], alpha, epsilon, +1)
+        X[minus, g] = _step(X[minus, g], alpha, epsilon, -1)
+        pending = (i, g, plus, minus, out_t[plus])
+    M[...] = X
     _finish(res, P, types, orig, new)

@@ -707,7 +707,7 @@ def cgd_attack(
     table = pd.DataFrame(res.summary, columns=list(SUMMARY_COLUMNS))
     table["gene"] = ["" if g < 0 else ctx.genes[g] for g in table["gene"]]
     # the attacked layer
-    base = get_matrix(adata, layer).copy()
+    base = ctx.X.copy() if ctx.var_idx is None else get_matrix(adata, layer).copy()
     if ctx.var_idx is None:
         base[rows] = res.X
     else:
