@@ -8,6 +8,18 @@ that type.
 
 The classifier only sees the target cells: black-box classifiers are per-cell (a cell's
 probabilities depend on its own expression), so the other cells cannot change the cluster's call.
+
+:meth:`ClusterOracle.evaluate_one` is the reference: one classifier call on the whole modified
+cluster. :meth:`ClusterOracle.evaluate_many` answers many candidates with few, large calls and
+classifies only what can matter, with the same answers:
+
+- the candidates' modified cells are stacked into calls of at most ``batch_bytes`` bytes (in whole
+  blocks of the classifier's forward size, so a torch module never pads);
+- a cell whose row a candidate does not change (its values already equal the modified values)
+  keeps its original type without being classified;
+- cells are classified in two passes: first just enough for the original type to reach a strict
+  majority, then the rest only for the candidates whose call is still open, or that flip and need an
+  exact call and score (a kept call needs no score).
 """
 
 from __future__ import annotations
