@@ -222,7 +222,18 @@ def test_nan_and_cgd_errors(small):
     assert _state(a) == before
 
 
-def test_sad_classifier_by_default(pipeline68k):
+@pytest.fixture
+def one_torch_thread():
+    """Torch's threads spin badly on a busy shared machine; the results do not depend on it."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_sad_classifier_by_default(pipeline68k, one_torch_thread):
     """classifier=None: the trained sad MLP (torch path), genes aligned by var_names."""
     a = pipeline68k.copy()
     clf = sad.tl.get_model(a, "classifier")
