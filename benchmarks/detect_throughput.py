@@ -19,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         f"detector features: {len(det.feature_names)} ({', '.join(det.groups)}), triplet={det.triplet is not None}",
         f"{'path':14s} {'ms/batch':>10s} {'cells/s':>12s}",
         *(f"{k:14s} {med[k] * 1e3:10.2f} {rate[k]:12.0f}" for k in fns),
+        f"load average (1/5/15 min) after the run: {' / '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs",
         f"throughput ratio detector / bare (input gradient only): {rate['detector'] / rate['bare']:.3f}  (target >= 0.7)",
         f"throughput ratio detector / bare+params (loss.backward): {rate['detector'] / rate['bare+params']:.3f}",
         f"sad.tl.detect end to end on {b.n_obs} cells (incl. numpy/AnnData I/O): {t_api * 1e3:.1f} ms",
