@@ -241,3 +241,17 @@ def test_pbmc3k_detection_quality(pipeline3k):
     det = table[(table.section == "detector") & (table.group == "pooled")].set_index("metric").value
     assert det["auroc"] >= 0.99
     assert det["tpr_at_5fpr"] >= 0.95
+
+
+def test_training_cells_are_not_flagged_for_being_reference_cells(det68k):
+    """A reference cell is not its own nearest neighbour: clean cells of every role score alike."""
+    a = det68k
+    role = a.obs["sad_detector_role"].astype(str)
+    flagged = a.obs["sad_adversarial"].astype(bool)
+    ref_rate, test_rate = flagged[role == "reference"].mean(), flagged[role == "unused"].mean()
+    assert ref_rate <= test_rate + 0.1, (ref_rate, test_rate)
+    # one reference cell scored alone gets the score it gets in the batch
+    i = int(np.flatnonzero(role.to_numpy() == "reference")[0])
+    one = a[i : i + 1].copy()
+    sad.tl.detect(one)
+    np.testing.assert_allclose(one.obs["sad_score"].iloc[0], a.obs["sad_score"].iloc[i], rtol=1e-4, atol=1e-6)

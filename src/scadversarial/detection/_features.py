@@ -71,6 +71,7 @@ class InputConsistency(nn.Module):
     def __init__(self, n_genes: int, n_pcs: int, n_reference: int, n_neighbors: int = 1, tol: float = 1e-4) -> None:
         super().__init__()
         self.tol, self.n_neighbors = float(tol), int(n_neighbors)
+        self.self_tol = 1e-5  # relative squared distance under which a reference cell matches itself
         self.register_buffer("min_value", torch.zeros(n_genes))
         self.register_buffer("gap", torch.full((n_genes,), _BIG))
         self.register_buffer("pca_mean", torch.zeros(n_genes))
@@ -113,11 +114,18 @@ class InputConsistency(nn.Module):
         resid = (c_sq - p_sq).clamp_min(0) / n_genes
         # squared distances to the reference cells, less the per-cell constant |p|^2
         d2 = F.linear(p, self.ref_pcs).mul_(-2).add_(self.ref_sqnorm)
-        k = min(self.n_neighbors, self.ref_pcs.shape[0])
+        k = min(self.n_neighbors, self.ref_pcs.shape[0] - 1)
         if k == 1:  # a min-reduction is several times cheaper than topk
             knn = (d2.amin(1) + p_sq).clamp_min(0).sqrt()
         else:
             knn = (d2.topk(k, dim=1, largest=False).values + p_sq[:, None]).clamp_min(0).sqrt().mean(1)
+        # A reference cell's nearest reference cell is itself: its distance is rounding noise, far
+        # below any distance between two measured cells. Leave the cell itself out (rare at
+        # inference; the rows are redone with one more neighbour).
+        self_match = knn.square() <= self.self_tol * (p_sq + 1.0)
+        if bool(self_match.any()):
+            d2s = d2[self_match].topk(k + 1, dim=1, largest=False).values[:, 1:] + p_sq[self_match, None]
+            knn = knn.masked_scatter(self_match, d2s.clamp_min(0).sqrt().mean(1))
         return torch.stack(
             [
                 at_min / n_genes,
