@@ -21,7 +21,7 @@ install-test: install
 
 # Debian's Chromium for the real-browser test of the app (skipped where it cannot be installed).
 browser:
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the browser test will be skipped"; }
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the browser test will be skipped"; }
 
 demo: install
 	$(BIN)/scadversarial run --data pbmc68k_reduced --out out
