@@ -38,11 +38,6 @@ STEP_DETECTOR = "detector"
 STEP_EVALUATE = "evaluate"
 
 
-def attack_layer(method: str, eps: float) -> str:
-    """Layer name of a white-box attack at one epsilon, e.g. ``'sad_pgd_eps0.1'``."""
-    return f"sad_{method}_eps{eps:g}"
-
-
 def pred_key(layer: str) -> str:
     """``.obs`` key of the predictions on ``layer`` (``'sad_pred'`` for ``X``)."""
     return OBS_PRED if layer is None else f"{layer}_pred"

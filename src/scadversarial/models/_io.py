@@ -13,7 +13,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from ._base import MODEL_CLASSES, SadModel
@@ -118,11 +117,4 @@ def load_model(path: str | Path, *, expected_id: str | None = None, device=None)
     return model
 
 
-def to_device(model: SadModel, device=None) -> SadModel:
-    """Move ``model`` to ``device`` (``sad.settings.device`` by default)."""
-    from .._settings import settings
-
-    return model.to(settings.torch_device(device))
-
-
-__all__ = ["save_model", "load_model", "reference", "register", "lookup", "genes_sha256", "torch"]
+__all__ = ["save_model", "load_model", "reference", "register", "lookup", "genes_sha256"]
