@@ -530,32 +530,12 @@ def build_default_pipeline(
 
 def _run_chain(adata: AnnData, out: Path, *, max_epochs: int, random_state: int) -> None:
     """The ``scadversarial run`` chain writing ``out/adata.h5ad``, ``out/models``, ``out/report.json``."""
+    from .._pipeline import run_pipeline
     from .._settings import settings
 
     progress, settings.progress = settings.progress, False
     try:
-        try:
-            from .._pipeline import run_pipeline
-        except ImportError:
-            run_pipeline = None
-        from .. import pp, tl
-
-        if run_pipeline is not None:  # the exact chain of `scadversarial run`
-            run_pipeline(adata, out=out, random_state=random_state, max_epochs=max_epochs)
-        else:
-            pp.preprocess(adata)
-            pp.pseudo_labels(adata, random_state=random_state)
-            pp.split(adata, random_state=random_state)
-            tl.train_classifier(adata, random_state=random_state, max_epochs=max_epochs)
-            tl.attack(adata, random_state=random_state)
-        if _keys.STEP_DETECTOR not in adata.uns[_keys.UNS] and hasattr(tl, "train_detector"):
-            # the demo needs a detector even where the run chain does not train one (yet)
-            tl.train_detector(adata, random_state=random_state)
-            tl.evaluate(adata)
-        elif run_pipeline is not None:
-            return
-        tl.save_models(adata, out / "models")
-        adata.write_h5ad(out / "adata.h5ad")
+        run_pipeline(adata, out=out, random_state=random_state, max_epochs=max_epochs)
     finally:
         settings.progress = progress
 
