@@ -11,5 +11,6 @@ from ._blackbox import (
     single_gene_attack,
 )
 from ._classifier import predict, train_classifier
-from ._evaluate import detect, evaluate, meta_features, train_detector
+from ._detect import detect, meta_features, train_detector
+from ._evaluate import evaluate
 from ._models import get_model, load_models, save_models

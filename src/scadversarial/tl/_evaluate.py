@@ -10,7 +10,7 @@ from .. import _keys
 from .._settings import logger
 from .._validate import check_adata, check_obs_key, get_record, set_record
 from ..detection import detection_metrics
-from ._detect import _attack_layers, detect, meta_features, train_detector
+from ._detect import _attack_layers, detect
 
 COLUMNS = ("section", "metric", "group", "value", "n_cells")
 
@@ -151,4 +151,4 @@ def evaluate(
     return adata if copy else table
 
 
-__all__ = ["evaluate", "detect", "meta_features", "train_detector"]  # one import line in tl/__init__.py
+__all__ = ["evaluate"]
