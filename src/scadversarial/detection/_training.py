@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 from torch import nn
 
 from .._settings import progress
+from ..models.training import fit_early_stopping
 
 
 def sample_triplets(
@@ -102,34 +101,8 @@ def train_residual(
     n_pos = float(y_train.sum())
     pw = torch.tensor((len(y_train) - n_pos) / max(n_pos, 1.0)) if balance else None
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=pw)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    hist: dict = {"loss": [], "val_loss": []}
-    best, best_state, best_epoch, wait = np.inf, copy.deepcopy(net.state_dict()), 0, 0
-    bar = progress(range(epochs), desc="meta-detector", unit="epoch")
-    for epoch in bar:
-        net.train()
-        perm = torch.randperm(len(y_train))
-        total = 0.0
-        for s in range(0, len(perm), batch_size):
-            bi = perm[s : s + batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(Z_train[bi]), y_train[bi])
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(bi)
-        net.eval()
-        with torch.no_grad():
-            vl = float(loss_fn(net(Z_val), y_val))
-        hist["loss"].append(total / max(len(perm), 1))
-        hist["val_loss"].append(vl)
-        bar.set_postfix(loss=f"{hist['loss'][-1]:.4f}", val_loss=f"{vl:.4f}")
-        if vl < best - 1e-6:
-            best, best_state, best_epoch, wait = vl, copy.deepcopy(net.state_dict()), epoch, 0
-        else:
-            wait += 1
-            if wait >= patience:
-                break
-    net.load_state_dict(best_state)
-    net.eval()
-    hist["best_epoch"] = best_epoch
-    return hist
+    return fit_early_stopping(
+        net, loss_fn, Z_train, y_train, lambda m: loss_fn(m(Z_val), y_val),
+        higher_is_better=False, min_delta=1e-6, val_name="val_loss", lr=lr, weight_decay=weight_decay,
+        batch_size=batch_size, max_epochs=epochs, patience=patience, desc="meta-detector",
+    )  # fmt: skip
