@@ -46,7 +46,7 @@ class CGDResult:
     Attributes
     ----------
     X
-        Modified expression of the target cells.
+        Modified expression of the target cells (with ``method='fast'``, a view of the search's work buffer).
     modified_genes
         Indices of the genes with committed steps, in order.
     summary
@@ -73,14 +73,12 @@ class CGDResult:
     n_genes_visited: int = 0
 
 
-def _choose_new_target(types: np.ndarray, P: np.ndarray, orig: int, excl: Sequence[int]) -> int:
-    K = P.shape[1]
-    counts = np.bincount(types, minlength=K)
-    banned = np.zeros(K, dtype=bool)
-    banned[orig] = True
-    banned[list(excl)] = True
-    cand = np.where(banned, -1, counts)
-    if (counts > 0).sum() > 1 and cand.max() > 0:
+def _choose_new_target(counts: np.ndarray, P: np.ndarray, orig: int, excl: Sequence[int]) -> int:
+    """The new target from the per-class cell counts ``counts`` (``np.bincount(types)``) and probabilities ``P``."""
+    cand = counts.copy()
+    cand[orig] = -1
+    cand[excl] = -1
+    if np.count_nonzero(counts) > 1 and cand.max() > 0:
         return int(cand.argmax())  # most frequent other type; ties to the class listed first
     mean = P.mean(axis=0)
     order = np.argsort(-mean, kind="stable")
@@ -93,17 +91,18 @@ def _step(x: np.ndarray, alpha: float, epsilon: float, sign: int) -> np.ndarray:
     return (1 + sign * alpha * np.sign(x)) * x + sign * epsilon
 
 
-def _summary_row(order, gene, n_mod, types, P, orig, new) -> dict:
+def _summary_row(order, gene, n_mod, types, counts, P, orig, new) -> dict:
+    """One summary record; ``counts`` is ``np.bincount(types, minlength=n_classes)``."""
     n = len(types)
-    or_cells, new_cells = types == orig, types == new
+    n_or, n_new = counts[orig], counts[new]
     return {
         "order": order,
         "gene": gene,
         "n_modified_cells": int(n_mod),
-        "frac_orig": float(or_cells.sum() / n),
-        "frac_new": float(new_cells.sum() / n),
-        "proba_orig_cells": float(P[or_cells, orig].mean()) if or_cells.any() else 0.0,
-        "proba_new_cells": float(P[new_cells, new].mean()) if new_cells.any() else 0.0,
+        "frac_orig": float(n_or / n),
+        "frac_new": float(n_new / n),
+        "proba_orig_cells": float(P[types == orig, orig].mean()) if n_or else 0.0,
+        "proba_new_cells": float(P[types == new, new].mean()) if n_new else 0.0,
         "proba_orig_cluster": float(P[:, orig].mean()),
         "proba_new_cluster": float(P[:, new].mean()),
     }
@@ -150,27 +149,52 @@ def cgd_search(
     if method not in ("fast", "plain"):
         msg = f"method must be 'fast' or 'plain', got {method!r}."
         raise ValueError(msg)
-    M = np.array(X_target, dtype=np.result_type(np.asarray(X_target).dtype, np.float32), copy=True)
-    genes = [int(g) for g in np.asarray(genes).ravel()]
-    P = np.asarray(proba_fn(M))
+    X_target = np.asarray(X_target)
+    dtype = np.result_type(X_target.dtype, np.float32)
+    genes = np.asarray(genes).ravel()
+    genes = genes.tolist() if genes.dtype.kind in "iu" else [int(g) for g in genes]
+    n = X_target.shape[0]
+    if method == "plain":
+        M = np.array(X_target, dtype=dtype, copy=True)
+        P = np.asarray(proba_fn(M))
+    else:
+        # one work buffer: rows [0, n) are the matrix being modified (``res.X`` is a view of them), the rows after
+        # them hold the stacked rows of each call; calls take whole blocks of rows, so nothing is padded or copied
+        block = _block_rows(proba_fn)
+        W = np.zeros((_whole_blocks(2 * n, block), X_target.shape[1]), dtype=dtype)
+        M = W[:n]
+        M[...] = X_target
+        P = np.asarray(proba_fn(W[: _whole_blocks(n, block)]))[:n]
     types = P.argmax(axis=1)
-    n, K = P.shape
-    orig = int(np.bincount(types, minlength=K).argmax())
+    K = P.shape[1]
+    counts = np.bincount(types, minlength=K)
+    orig = int(counts.argmax())
     excl = [int(e) for e in exclude_new_targets]
-    new = int(new_target) if new_target is not None else _choose_new_target(types, P, orig, excl)
+    new = int(new_target) if new_target is not None else _choose_new_target(counts, P, orig, excl)
     res = CGDResult(X=M, orig_call=orig, orig_types=types.copy())
-    res.summary.append(_summary_row(0, -1, 0, types, P, orig, new))
+    res.summary.append(_summary_row(0, -1, 0, types, counts, P, orig, new))
     if method == "plain":
         _plain(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res)
     else:
-        _fast(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res)
+        _fast(proba_fn, W, n, block, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res)
     return res
 
 
+def _block_rows(proba_fn) -> int:
+    """Rows per forward pass of ``proba_fn`` (its ``block_rows``; 1 when it has none)."""
+    return max(int(getattr(proba_fn, "block_rows", 1) or 1), 1)
+
+
+def _whole_blocks(rows: int, block: int) -> int:
+    """``rows`` rounded up to whole blocks."""
+    return -(-rows // block) * block
+
+
 def _after_commit(P, types, orig, new, excl, order, gene, n_mod, res, stop_at_switch) -> tuple[int, bool]:
-    new = _choose_new_target(types, P, orig, excl)
-    res.summary.append(_summary_row(order, gene, n_mod, types, P, orig, new))
-    stop = stop_at_switch and (types == new).sum() > (types == orig).sum()
+    counts = np.bincount(types, minlength=P.shape[1])
+    new = _choose_new_target(counts, P, orig, excl)
+    res.summary.append(_summary_row(order, gene, n_mod, types, counts, P, orig, new))
+    stop = bool(stop_at_switch and counts[new] > counts[orig])
     return new, stop
 
 
@@ -211,22 +235,18 @@ def _plain(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_a
     _finish(res, P, types, orig, new)
 
 
-def _fast(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res) -> None:
-    n = M.shape[0]
+def _fast(proba_fn, W, n, block, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res) -> None:
+    # rows [0, n) of the work buffer W are the committed matrix itself (trials step a column in place and restore
+    # it), rows [n, n + #opposite) the previous gene's cells that took the opposite step
     P = P.copy()
-    # one buffer: rows [0, n) are the committed matrix itself (trials step a column in place and restore it),
-    # rows [n, n + #opposite) the previous gene's cells that took the opposite step
-    block = max(int(getattr(proba_fn, "block_rows", 1) or 1), 1)
-    W = np.zeros((-(-2 * n // block) * block, M.shape[1]), dtype=M.dtype)  # whole blocks: no padding copies
-    W[:n] = M
     X = W[:n]
     pending = None  # (gene index i, gene, plus cells, minus cells, trial probabilities of the plus cells)
     i = 0
     while True:
         g = genes[i] if i < len(genes) else None
         n_minus = 0 if pending is None else len(pending[3])
-        if n_minus:
-            W[n : n + n_minus] = X[pending[3]]  # committed opposite steps of the previous gene
+        if n_minus:  # committed opposite steps of the previous gene, gathered without a temporary
+            np.take(X, pending[3], axis=0, out=W[n : n + n_minus], mode="clip")  # (valid indices: clip = raise)
         if g is None and not n_minus:
             if pending is None:
                 break
@@ -236,7 +256,7 @@ def _fast(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_at
         else:  # trial of this gene on every cell; only the cells not called the new target are used
             col = X[:, g].copy()
             X[:, g] = _step(col, alpha, epsilon, +1)
-            out = np.asarray(proba_fn(W[: -(-(n + n_minus) // block) * block]))
+            out = np.asarray(proba_fn(W[: _whole_blocks(n + n_minus, block)]))
             X[:, g] = col
             out_t, out_m = out[:n], out[n : n + n_minus]
         if pending is not None:
@@ -266,5 +286,4 @@ def _fast(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_at
         X[plus, g] = _step(X[plus, g], alpha, epsilon, +1)
         X[minus, g] = _step(X[minus, g], alpha, epsilon, -1)
         pending = (i, g, plus, minus, out_t[plus])
-    M[...] = X
     _finish(res, P, types, orig, new)
