@@ -6,6 +6,7 @@ from pathlib import Path
 
 import anndata as ad
 import matplotlib
+import numpy as np
 import pytest
 
 import scadversarial as sad
@@ -64,3 +65,33 @@ def pipeline3k(pbmc3k_raw) -> ad.AnnData:
     sad.pp.split(a, "seurat_cell_type")
     sad.tl.train_classifier(a, "seurat_cell_type", max_epochs=20)
     return a
+
+
+@pytest.fixture(scope="session")
+def lr_workload():
+    """The adverSCarial benchmark workload: PBMC3k log-normalized HVGs and a fixed logistic regression.
+
+    Returns a dict with ``X`` (cells x genes, float32), ``genes``, ``labels`` (Seurat cell types),
+    ``classes``, ``W`` (genes x classes) and ``b`` (the classifier ``softmax(X @ W + b)``) and
+    ``cgd_order`` (gene indices of the CGD runs).
+    """
+    import pandas as pd
+
+    lr_dir = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lr_oracle"
+    if not lr_dir.is_dir():
+        pytest.skip(f"lr_oracle data not found at {lr_dir}")
+    X = pd.read_csv(lr_dir / "X_lognorm_hvg.csv.gz", index_col=0, float_precision="round_trip")
+    coef = pd.read_csv(lr_dir / "lr_coef.csv.gz", index_col=0)
+    inter = pd.read_csv(lr_dir / "lr_intercept.csv", index_col=0)["intercept"]
+    classes = [c for c in (lr_dir / "lr_classes.txt").read_text().split("\n") if c]
+    labels = pd.read_csv(lr_dir / "labels.tsv", sep="\t", index_col=0).loc[X.index, "seurat_cell_type"].astype(str)
+    order = (lr_dir / "cgd_gene_order.txt").read_text().split()
+    return {
+        "X": X.to_numpy(np.float32),
+        "genes": X.columns.to_numpy(str),
+        "labels": labels.to_numpy(),
+        "classes": classes,
+        "W": np.ascontiguousarray(coef.loc[classes, X.columns].to_numpy().T),
+        "b": inter.loc[classes].to_numpy(),
+        "cgd_order": X.columns.get_indexer(order),
+    }

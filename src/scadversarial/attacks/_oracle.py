@@ -19,7 +19,15 @@ classifies only what can matter, with the same answers:
   keeps its original type without being classified;
 - cells are classified in two passes: first just enough for the original type to reach a strict
   majority, then the rest only for the candidates whose call is still open, or that flip and need an
-  exact call and score (a kept call needs no score).
+  exact call and score (a kept call needs no score);
+- for a linear classifier (:meth:`~scadversarial.attacks._protocol.ClassifierAdapter.linear_head`),
+  no modified matrix is formed: a candidate's logits are the unmodified logits plus the modified
+  genes' change times their weights (or the fully modified logits minus the unmodified genes'
+  change, whichever touches fewer genes), in float64. A cell's type is taken from them only when
+  the gap between its top logit and every other logit exceeds a bound on the rounding error of the
+  classifier's own arithmetic (``gamma_n = n u / (1 - n u)`` times the sum of ``|x_g w_g|``, plus
+  the same for the float64 update and a margin for the softmax); the rare cells closer than that
+  are classified by the classifier itself, so the types are those of :meth:`evaluate_one`.
 """
 
 from __future__ import annotations
@@ -29,6 +37,22 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = ["ClusterOracle", "cluster_call"]
+
+_BLAS = None
+
+
+def _one_blas_thread():
+    """Context in which numpy's BLAS runs on one thread.
+
+    The linear updates are many small products: on a busy machine, BLAS threads spend more time
+    waiting for each other than computing (measured: 5-30x slower on 2 shared cores).
+    """
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
 
 
 def cluster_call(types: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -78,6 +102,9 @@ class ClusterOracle:
         ``(n_target, n_genes)`` modified values (:func:`~scadversarial.attacks.modifications.modified_values`).
     batch_bytes
         Upper bound on the size of one stacked call (candidates x cells x genes x itemsize).
+    linear
+        Use the linear update for a linear classifier (see the module docstring); ``False`` always
+        classifies stacked modified matrices.
 
     Attributes
     ----------
@@ -95,6 +122,7 @@ class ClusterOracle:
         V: np.ndarray | Sequence[np.ndarray],
         *,
         batch_bytes: int = 16 * 2**20,
+        linear: bool = True,
     ) -> None:
         X_target = np.ascontiguousarray(X_target)
         Vs = [V] if isinstance(V, np.ndarray) and V.ndim == 2 else list(V)
@@ -112,6 +140,11 @@ class ClusterOracle:
         self.batch_bytes = int(batch_bytes)
         self.n_evaluated = 0
         self._buf: np.ndarray | None = None
+        head = getattr(proba_fn, "linear_head", None) if linear else None
+        head = head() if callable(head) else None
+        self._head = head if head is not None and head.weight.shape[1] == X_target.shape[1] else None
+        self._lin: dict | None = None  # float64 logits and error bounds, built at the first stacked evaluation
+        self.n_exact_rows = 0  # cells of linear evaluations too close to call, classified by the classifier
         # cells whose value already equals the modified value: their row does not change
         self._eq = [X_target == v for v in self.Vs]
         self._eq_any = [e.any(axis=0) for e in self._eq]
@@ -216,7 +249,181 @@ class ClusterOracle:
         for genes, m in pairs:
             blk[:, genes] = take_v(m, genes)
 
+    @property
+    def is_linear(self) -> bool:
+        """Whether stacked evaluations use the linear update (a linear classifier and ``linear=True``)."""
+        return self._head is not None
+
     def _types(self, jobs: Sequence[tuple[list, np.ndarray]]) -> list[np.ndarray]:
+        """Per-cell types of the given rows of each candidate, ``jobs = [(pairs, rows), ...]``."""
+        if self._head is not None:
+            with _one_blas_thread():
+                return self._types_linear(jobs)
+        return self._types_stacked(jobs)
+
+    def _linear_state(self) -> dict:
+        """What the linear update needs, built once (arrays are classes or genes x cells).
+
+        ``H0``: float64 logits of the unmodified cells. ``beta0``: per cell, ``sum_g |x_g| wmax_g +
+        max |b|`` with ``wmax_g = max_k |w_kg|``, an upper bound on every ``sum_g |x_g w_kg| + |b_k|``
+        (the size of the terms of a logit, which bounds its rounding error). Per modification, ``DA``
+        stacks ``D = v - x`` over ``A = |v| - |x|`` (2 genes x cells, in the matrix's precision): one
+        product with ``blk = [[w, 0], [0, wmax]]`` gives the change of the logits and of ``beta``.
+        """
+        if self._lin is None:
+            head = self._head
+            G, K, n = self.n_genes, head.weight.shape[0], self.n_cells
+            w = head.weight
+            wmax = np.abs(w).max(axis=0)
+            bmax = float(np.abs(head.bias).max()) if len(head.bias) else 0.0
+            blk = np.zeros((K + 1, 2 * G))
+            blk[:K, :G], blk[K, G:] = w, wmax
+            bt = np.ascontiguousarray(self.base.T)
+            xt = bt.astype(np.float64)
+            H0 = w @ xt + head.bias[:, None]
+            Hb0 = np.concatenate([H0, (wmax @ np.abs(xt) + bmax)[None]])
+            mods = []
+            for v in self.Vs:
+                vt = np.ascontiguousarray(v.T)
+                DA = np.empty((2 * G, n), dtype=self.base.dtype)
+                np.subtract(vt, bt, out=DA[:G])
+                np.abs(vt, out=DA[G:])
+                DA[G:] -= np.abs(bt)
+                mods.append({"DA": DA, "v": vt})
+            n_terms = G + 1
+            self._lin = {
+                "blk": blk,
+                "blk_t": np.ascontiguousarray(blk.T),
+                "Hb0": Hb0,
+                "mods": mods,
+                "K": K,
+                "wmax": wmax,
+                "bmax": bmax,
+                # |fl(l) - l| <= gamma sum |terms| for the classifier's own dot products (any order)
+                "gamma": n_terms * head.unit_roundoff / (1 - n_terms * head.unit_roundoff),
+                # this update in float64: the unmodified logits plus the terms it adds
+                "gamma64": 4 * n_terms * 2.0**-53,
+                "u": head.unit_roundoff,
+                # D and A are rounded to the matrix's precision: |error| <= u_x (|v| + |x|) per term
+                "u_x": float(np.finfo(self.base.dtype).eps) / 2 if self.base.dtype.kind == "f" else 0.0,
+            }
+        return self._lin
+
+    def _linear_full(self, m: int) -> np.ndarray:
+        """``[H; beta]`` of the cells with every gene modified by modification ``m`` (built once)."""
+        st = self._linear_state()
+        mod = st["mods"][m]
+        if "Hb" not in mod:
+            head, vt = self._head, mod["v"].astype(np.float64)
+            K = st["K"]
+            Hb = np.empty((K + 1, self.n_cells))
+            Hb[:K] = head.weight @ vt + head.bias[:, None]
+            Hb[K] = st["wmax"] @ np.abs(vt) + st["bmax"]
+            mod["Hb"] = Hb
+        return mod["Hb"]
+
+    def _linear_rows(self, pairs, sel) -> np.ndarray:
+        """Float64 ``[H; beta]`` (classes + 1 x cells) of one candidate's cells ``sel`` (a slice or indices)."""
+        st = self._linear_state()
+        G, blk = self.n_genes, st["blk"]
+        full = isinstance(sel, slice) and sel.start == 0 and sel.stop == self.n_cells
+        if len(pairs) == 1 and 2 * len(pairs[0][0]) > G:  # most genes modified: from the full change
+            genes, m = pairs[0]
+            keep = np.ones(G, dtype=bool)
+            keep[genes] = False
+            keep = np.flatnonzero(keep)
+            cols = np.concatenate([keep, keep + G])
+            DA = st["mods"][m]["DA"]
+            return self._linear_full(m)[:, sel] - blk[:, cols] @ (DA[cols] if full else DA[cols][:, sel])
+        Hb = st["Hb0"][:, sel].copy()
+        for genes, m in pairs:
+            if len(genes):
+                cols = np.concatenate([genes, genes + G])
+                DA = st["mods"][m]["DA"]
+                Hb += blk[:, cols] @ (DA[cols] if full else DA[cols][:, sel])
+        return Hb
+
+    def _linear_batch(self, m: int, gene_sets: np.ndarray) -> np.ndarray:
+        """``[H; beta]`` of all cells for candidates that modify ``gene_sets`` with modification ``m``.
+
+        ``gene_sets`` is candidates x genes (equal sizes); one stacked product gives candidates x
+        (classes + 1) x cells.
+        """
+        st = self._linear_state()
+        cols = np.concatenate([gene_sets, gene_sets + self.n_genes], axis=1)  # candidates x 2s
+        upd = np.matmul(st["blk_t"][cols].transpose(0, 2, 1), st["mods"][m]["DA"][cols])
+        upd += st["Hb0"]
+        return upd
+
+    def _types_linear(self, jobs: Sequence[tuple[list, np.ndarray]]) -> list[np.ndarray]:
+        """:meth:`_types` of a linear classifier: logits by update; cells too close to call by the classifier."""
+        st = self._linear_state()
+        K, G, n = st["K"], self.n_genes, self.n_cells
+        sizes = np.array([len(rows) for _, rows in jobs], dtype=np.int64)
+        ends = np.cumsum(sizes)
+        types = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
+        close = np.zeros(len(types), dtype=bool)
+        # candidates that modify a few genes of every cell with one modification: grouped by (modification,
+        # number of genes), updated in stacked products; the others one by one
+        groups: dict[tuple[int, int], list[int]] = {}
+        for j, (pairs, rows) in enumerate(jobs):
+            if len(pairs) == 1 and len(rows) == n and 0 < 2 * len(pairs[0][0]) <= G and rows[-1] == n - 1:
+                groups.setdefault((pairs[0][1], len(pairs[0][0])), []).append(j)
+            elif len(rows):
+                groups.setdefault((-1, j), []).append(j)
+        per = 4 * 2**20 // (2 * K * n * 8) + 1  # candidates per stacked product (a few MB of output)
+        for (m, _), js in groups.items():
+            for c0 in range(0, len(js), per):
+                part = js[c0 : c0 + per]
+                if m >= 0:
+                    HB = self._linear_batch(m, np.stack([jobs[j][0][0][0] for j in part]))
+                    b0 = np.broadcast_to(st["Hb0"][K], (len(part), n))
+                else:
+                    pairs, rows = jobs[part[0]]
+                    r = len(rows)
+                    sel = slice(int(rows[0]), int(rows[0]) + r) if rows[-1] - rows[0] + 1 == r else np.asarray(rows)
+                    HB = self._linear_rows(pairs, sel)[None]
+                    b0 = st["Hb0"][K, sel][None]
+                t, c = self._linear_guard(HB, b0)
+                for i, j in enumerate(part):
+                    types[ends[j] - sizes[j] : ends[j]] = t[i]
+                    close[ends[j] - sizes[j] : ends[j]] = c[i]
+        count = getattr(self.proba_fn, "count", None)
+        if callable(count):
+            count(len(types))
+        if close.any():  # classified by the classifier itself
+            redo = []
+            for i, (_, rows) in enumerate(jobs):
+                c = np.flatnonzero(close[ends[i] - sizes[i] : ends[i]])
+                if len(c):
+                    redo.append((i, c, np.asarray(rows, dtype=np.intp)[c]))
+            exact = self._types_stacked([(jobs[i][0], r) for i, _, r in redo])
+            for (i, c, _), tt in zip(redo, exact, strict=True):
+                types[ends[i] - sizes[i] + c] = tt
+            self.n_exact_rows += int(close.sum())
+        return [types[e - r : e] for e, r in zip(ends, sizes, strict=True)]
+
+    def _linear_guard(self, Hb: np.ndarray, beta0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Types (first argmax) and too-close-to-call flags from ``[H; beta]`` (candidates x classes + 1 x cells)."""
+        st = self._linear_state()
+        K = st["K"]
+        H = Hb[:, :K]
+        top = H.max(axis=1)
+        t = (H == top[:, None]).argmax(axis=1)  # the first argmax
+        hmax = np.maximum(top, -H.min(axis=1))  # max |logit|
+        np.put_along_axis(H, t[:, None], -np.inf, axis=1)
+        second = H.max(axis=1)
+        # a bound on |computed - exact| of every logit: the classifier's arithmetic, this update, the
+        # rounding of D and A, and the softmax's subtraction of the largest logit
+        bound = (
+            (st["gamma"] + st["gamma64"] + st["u_x"]) * Hb[:, K]
+            + (2 * st["gamma64"] + st["u_x"]) * beta0
+            + 8 * st["u"] * hmax
+        )
+        # too close to call: the classifier's rounding could reorder the top two, or its softmax tie them
+        return t, top - second <= 2.2 * bound + 1e-5
+
+    def _types_stacked(self, jobs: Sequence[tuple[list, np.ndarray]]) -> list[np.ndarray]:
         """Per-cell types of the given rows of each candidate, ``jobs = [(pairs, rows), ...]``, in stacked calls."""
         g = self.n_genes
         budget = max(self.batch_bytes // (g * self.base.itemsize), 1)  # rows per call
@@ -305,7 +512,7 @@ class ClusterOracle:
         for j, ch in enumerate(changed):  # unchanged cells keep their original types
             if len(ch):
                 counts[j] -= np.bincount(self.orig_types[ch], minlength=K)
-            if exact_all or n < 8 or single[j]:
+            if exact_all or n < 8 or single[j] or self._head is not None:
                 first.append(len(ch))
             else:  # enough changed cells for the original type to reach a strict majority
                 first.append(int(min(len(ch), max(0, n // 2 + 1 - (n - len(ch))))))

@@ -9,16 +9,78 @@ Black-box attacks only need per-cell class probabilities. Three kinds of classif
 
 The adapter also counts the calls made to the user's classifier, which is the unit of cost of
 every black-box search.
+
+Linear classifiers (a :class:`torch.nn.Linear` module, or a scikit-learn ``LogisticRegression``
+whose probabilities are a softmax of its decision function) also expose :meth:`ClassifierAdapter.linear_head`:
+their weights, bias and the unit roundoff of their own arithmetic. A search may then compute the
+per-cell types of a modified matrix from the unmodified logits plus the change of the modified genes
+alone, and check with a rounding-error bound that the classifier's own computation could not give
+another type (:class:`~scadversarial.attacks._oracle.ClusterOracle` does; cells too close to call
+are classified by the classifier itself).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ClassifierAdapter", "as_proba_fn"]
+__all__ = ["ClassifierAdapter", "LinearHead", "as_proba_fn"]
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    """A classifier whose per-cell type is the first argmax of ``X @ weight.T + bias``.
+
+    Attributes
+    ----------
+    weight
+        ``(n_classes, n_genes)`` float64 weights.
+    bias
+        ``(n_classes,)`` float64 bias.
+    unit_roundoff
+        Unit roundoff of the arithmetic the classifier itself uses (``2**-24`` for float32).
+
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+    unit_roundoff: float
+
+
+def _linear_head(classifier: Any, kind: str) -> LinearHead | None:
+    """The :class:`LinearHead` of a linear classifier whose probabilities keep the order of its logits, or None."""
+    if kind == "torch":
+        import torch
+
+        lin = classifier
+        if isinstance(lin, torch.nn.Sequential) and len(lin) == 1:
+            lin = lin[0]
+        if type(lin) is not torch.nn.Linear or not lin.weight.dtype.is_floating_point:
+            return None
+        w = lin.weight.detach().cpu().double().numpy()
+        b = lin.bias.detach().cpu().double().numpy() if lin.bias is not None else np.zeros(w.shape[0])
+        return LinearHead(w, b, float(torch.finfo(lin.weight.dtype).eps) / 2)
+    if kind == "sklearn":
+        from sklearn.linear_model import LogisticRegression
+
+        if type(classifier) is not LogisticRegression or not hasattr(classifier, "coef_"):
+            return None
+        coef = np.asarray(classifier.coef_, dtype=np.float64)
+        inter = np.broadcast_to(np.asarray(classifier.intercept_, dtype=np.float64), (coef.shape[0],))
+        n_classes = len(classifier.classes_)
+        eps = float(np.finfo(np.result_type(classifier.coef_.dtype, np.float32)).eps) / 2
+        if n_classes == 2 and coef.shape[0] == 1:  # p(class 1) = expit(d): logits (0, d) keep the order
+            return LinearHead(np.vstack([np.zeros_like(coef), coef]), np.array([0.0, inter[0]]), eps)
+        # one-vs-rest probabilities (older scikit-learn, liblinear) saturate and can tie: not linear here
+        if getattr(classifier, "multi_class", "auto") == "ovr" or getattr(classifier, "solver", "") == "liblinear":
+            return None
+        if coef.shape[0] != n_classes:
+            return None
+        return LinearHead(coef, np.array(inter), eps)
+    return None
 
 
 def _is_torch_module(obj: Any) -> bool:
@@ -82,6 +144,7 @@ class ClassifierAdapter:
         self.n_calls = 0
         self.n_rows = 0
         self._pad = None
+        self._linear: LinearHead | None | bool = False  # False: not looked up yet
         if _is_torch_module(classifier):
             self.kind = "torch"
             found = getattr(classifier, "classes", None)
@@ -133,6 +196,20 @@ class ClassifierAdapter:
     def block_rows(self) -> int:
         """Rows per forward pass of a torch module (1 for other classifiers): stacked calls of whole blocks avoid padding."""
         return max(int(self.batch_size or 256), 1) if self.kind == "torch" else 1
+
+    def linear_head(self) -> LinearHead | None:
+        """Weights of a linear classifier (``torch.nn.Linear``, multinomial or binary ``LogisticRegression``), else None.
+
+        Looked up once: the classifier must not be retrained while a search runs.
+        """
+        if self._linear is False:
+            self._linear = _linear_head(self.classifier, self.kind)
+        return self._linear
+
+    def count(self, n_rows: int) -> None:
+        """Count one evaluation of ``n_rows`` cells done from :meth:`linear_head` instead of a call."""
+        self.n_calls += 1
+        self.n_rows += int(n_rows)
 
     def reset_counter(self) -> None:
         """Set :attr:`n_calls` and :attr:`n_rows` to 0."""

@@ -1,0 +1,128 @@
+"""The linear update of the black-box searches: same results as classifying every modified matrix.
+
+For a linear classifier the fast searches compute a candidate's logits from the unmodified logits
+plus the change of the modified genes, and hand cells too close to call (within a bound on the
+classifier's own rounding error) to the classifier. Every result must equal the plain search's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+
+from scadversarial.attacks._oracle import ClusterOracle
+from scadversarial.attacks._protocol import ClassifierAdapter
+from scadversarial.attacks.max_change import max_change_search
+from scadversarial.attacks.modifications import modified_values
+from scadversarial.attacks.random_walk import random_walk_search
+from scadversarial.attacks.single_gene import single_gene_search
+
+
+def _linear(W: np.ndarray, b: np.ndarray, dtype=torch.float32) -> torch.nn.Linear:
+    lin = torch.nn.Linear(W.shape[0], W.shape[1]).to(dtype)
+    with torch.no_grad():
+        lin.weight.copy_(torch.as_tensor(W.T))
+        lin.bias.copy_(torch.as_tensor(b))
+    return lin
+
+
+def _oracles(clf, classes, X, rows, mods, **kw):
+    """(linear oracle, stacked oracle, plain oracle), each with its own call counter."""
+    Vs = [modified_values(X, rows, m, rng=0) for m in mods]
+    out = []
+    for linear in (True, False, False):
+        fn = ClassifierAdapter(clf, classes)
+        out.append(ClusterOracle(fn, X[rows], Vs, linear=linear, **kw))
+    return out
+
+
+def _records(res):
+    return [(tuple(g), c, s) for g, c, s in zip(res.genes, res.calls, res.scores, strict=True)]
+
+
+def test_linear_head_only_for_linear_classifiers(lr_workload):
+    W, b, X = lr_workload["W"], lr_workload["b"], lr_workload["X"][:200]
+    lin = _linear(W, b)
+    head = ClassifierAdapter(lin).linear_head()
+    assert head is not None and head.unit_roundoff == 2.0**-24
+    np.testing.assert_allclose(head.weight, W.T.astype(np.float32), rtol=0, atol=0)
+    assert ClassifierAdapter(torch.nn.Sequential(lin)).linear_head() is not None
+    assert ClassifierAdapter(_linear(W, b, torch.float64)).linear_head().unit_roundoff == 2.0**-53
+    mlp = torch.nn.Sequential(lin, torch.nn.ReLU(), torch.nn.Linear(W.shape[1], 3))
+    assert ClassifierAdapter(mlp).linear_head() is None
+    y = lr_workload["labels"][:200]
+    assert ClassifierAdapter(RandomForestClassifier(n_estimators=3).fit(X, y)).linear_head() is None
+    assert ClassifierAdapter(lambda Z: np.ones((len(Z), 2)) / 2, ["a", "b"]).linear_head() is None
+    # the head's argmax is the classifier's per-cell type
+    for clf in (
+        LogisticRegression(max_iter=200).fit(X, y),
+        LogisticRegression(max_iter=200).fit(X, y == y[0]),  # binary: one coefficient row
+    ):
+        fn = ClassifierAdapter(clf)
+        head = fn.linear_head()
+        assert head is not None and head.weight.shape[0] == len(clf.classes_)
+        logits = X.astype(np.float64) @ head.weight.T + head.bias
+        np.testing.assert_array_equal(logits.argmax(1), fn(X).argmax(1))
+
+
+@pytest.mark.parametrize(("target", "mod"), [("NK", "positive_aberrant"), ("B", "perc99"), ("DC", "perc1")])
+def test_single_gene_linear_equals_plain(lr_workload, target, mod):
+    lr = lr_workload
+    rows = np.flatnonzero(lr["labels"] == target)
+    lin_o, stacked_o, plain_o = _oracles(_linear(lr["W"], lr["b"]), lr["classes"], lr["X"], rows, [mod])
+    assert lin_o.is_linear and not stacked_o.is_linear
+    plain = single_gene_search(plain_o, method="plain")
+    fast = single_gene_search(lin_o, method="fast")
+    assert _records(fast) == _records(plain)
+    assert _records(single_gene_search(stacked_o, method="fast")) == _records(plain)
+    assert lin_o.proba_fn.n_calls < 20 < plain_o.proba_fn.n_calls
+
+
+def test_max_change_and_random_walk_linear_equal_plain(lr_workload):
+    lr = lr_workload
+    rows = np.flatnonzero(lr["labels"] == "CD14+ Mono")
+    genes = np.arange(0, 2000, 5)
+    lin_o, _, plain_o = _oracles(_linear(lr["W"], lr["b"]), lr["classes"], lr["X"], rows, ["perc99"])
+    fast = max_change_search(lin_o, genes, random_state=3, method="fast")
+    plain = max_change_search(plain_o, genes, random_state=3, method="plain")
+    np.testing.assert_array_equal(fast.kept, plain.kept)
+    assert (fast.call, fast.score) == (plain.call, plain.score)
+    rows = np.flatnonzero(lr["labels"] == "B")
+    mods = ["perc1", "perc99", "positive_aberrant"]
+    lin_o, _, plain_o = _oracles(_linear(lr["W"], lr["b"]), lr["classes"], lr["X"], rows, mods)
+    kw = {"first_batch": 30, "walk_length": 30, "random_state": 3}
+    fast = random_walk_search(lin_o, np.arange(40, 80), method="fast", **kw)
+    plain = random_walk_search(plain_o, np.arange(40, 80), method="plain", **kw)
+    assert plain.best is not None
+    np.testing.assert_array_equal(fast.best, plain.best)
+    assert fast.history == plain.history
+
+
+def test_cells_too_close_to_call_go_to_the_classifier(lr_workload):
+    """Two classes with identical weights tie on every cell: the classifier's own answer is used."""
+    lr = lr_workload
+    W = np.concatenate([lr["W"][:, :1], lr["W"]], axis=1)  # class 'twin' duplicates class 0
+    b = np.concatenate([lr["b"][:1], lr["b"]])
+    classes = ["twin", *lr["classes"]]
+    rows = np.flatnonzero(lr["labels"] == lr["classes"][0])
+    lin_o, _, plain_o = _oracles(_linear(W, b), classes, lr["X"], rows, ["positive_aberrant"])
+    fast = single_gene_search(lin_o, np.arange(0, 2000, 7), method="fast")
+    plain = single_gene_search(plain_o, np.arange(0, 2000, 7), method="plain")
+    assert _records(fast) == _records(plain)
+    assert lin_o.n_exact_rows > 0
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_sklearn_logistic_regression_linear_equals_plain(lr_workload, binary):
+    lr = lr_workload
+    X, y = lr["X"][:, :300], lr["labels"]
+    if binary:
+        y = np.where(y == "B", "B", "other")
+    clf = LogisticRegression(C=0.05, max_iter=300).fit(X, y)
+    rows = np.flatnonzero(lr["labels"] == "B")
+    lin_o, _, plain_o = _oracles(clf, None, X, rows, ["positive_aberrant"])
+    assert lin_o.is_linear
+    assert _records(single_gene_search(lin_o, method="fast")) == _records(single_gene_search(plain_o, method="plain"))
