@@ -256,3 +256,76 @@ def test_sad_classifier_by_default(pipeline68k, one_torch_thread):
     b = a[:, a.var_names[::-1]].copy()
     shuffled = sad.tl.single_gene_attack(b, **kw)
     pd.testing.assert_frame_equal(shuffled, fast)
+
+
+def test_finite_check_and_private_matrix():
+    """The sum fast path of the finite check gives the exact element-wise answer; copy=True never aliases adata."""
+    import scipy.sparse as sp
+
+    from scadversarial._validate import check_finite, get_matrix
+
+    big = np.full((4, 3), np.finfo(np.float32).max, dtype=np.float32)  # finite, but its sum overflows
+    check_finite(big)
+    check_finite(np.zeros((0, 3), dtype=np.float32))
+    check_finite(np.array([1e4, 2.0], dtype=np.float16))  # float16 sum overflows: exact test
+    for bad in (np.nan, np.inf, -np.inf):
+        for dtype in (np.float16, np.float32, np.float64, np.complex64):
+            X = np.ones((5, 4), dtype=dtype)
+            X[2, 1] = bad
+            with pytest.raises(ValueError, match="1 NaN or infinite"):
+                check_finite(X)
+        with pytest.raises(ValueError, match="1 NaN or infinite"):
+            check_finite(sp.csr_matrix(np.where(np.eye(3) > 0, bad, 0.0)[:, :1]))
+    X = big.copy()
+    X[0, 0], X[1, 1] = np.inf, -np.inf  # inf + -inf: NaN sum
+    with pytest.raises(ValueError, match="2 NaN or infinite"):
+        check_finite(X)
+
+    rng = np.random.default_rng(0)
+    for X in (
+        rng.random((6, 4), dtype=np.float32),
+        rng.random((6, 4)),
+        sp.csr_matrix(rng.random((6, 4), dtype=np.float32)),
+    ):
+        a = ad.AnnData(X)
+        a.layers["l"] = X.copy()
+        for layer in (None, "l"):
+            src = a.X if layer is None else a.layers[layer]
+            M = get_matrix(a, layer, copy=True)
+            assert M.dtype == np.float32 and not np.shares_memory(
+                M, np.asarray(src) if not sp.issparse(src) else src.data
+            )
+            np.testing.assert_array_equal(M, get_matrix(a, layer))
+    view = ad.AnnData(rng.random((6, 4), dtype=np.float32))[1:4]
+    assert not np.shares_memory(get_matrix(view, copy=True), view.X)
+    with pytest.raises(ValueError, match="NaN"):
+        bad = ad.AnnData(np.ones((3, 2), dtype=np.float32))
+        bad.X[1, 1] = np.nan
+        get_matrix(bad, copy=True)
+
+
+def test_cgd_layer_is_a_private_copy(small):
+    """The attacked layer never aliases the input matrix, whatever its type; a NaN anywhere still fails."""
+    import scipy.sparse as sp
+
+    a, proba, classes = small
+    kw = {"groupby": "cluster", "classifier": proba, "classes": classes, "target": "CD8 T", "alpha": 10, "epsilon": 10}
+    ref = sad.tl.cgd_attack(a.copy(), genes=list(a.var_names[:40]), key_added="k", **kw)
+    for X in (a.X, a.X.astype(np.float64), sp.csr_matrix(a.X)):
+        b = a.copy()
+        b.X = X.copy()
+        before = b.X.copy()
+        df = sad.tl.cgd_attack(b, genes=list(a.var_names[:40]), key_added="k", **kw)
+        pd.testing.assert_frame_equal(df, ref)
+        layer = b.layers["k"]
+        assert isinstance(layer, np.ndarray) and layer.dtype == np.float32
+        assert not np.shares_memory(layer, b.X.data if sp.issparse(b.X) else b.X)
+        layer[:] = -1.0  # writing the layer leaves X alone
+        Xb = b.X.toarray() if sp.issparse(b.X) else b.X
+        np.testing.assert_array_equal(Xb, before.toarray() if sp.issparse(before) else before)
+    b = a.copy()
+    other = np.flatnonzero((b.obs["cluster"] != "CD8 T").to_numpy())[0]
+    b.X[other, 0] = np.nan  # not a target cell: still bad input
+    with pytest.raises(ValueError, match="NaN"):
+        sad.tl.cgd_attack(b, genes=list(a.var_names[:40]), **kw)
+    assert "sad_cgd_CD8 T" not in b.layers

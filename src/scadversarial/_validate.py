@@ -30,8 +30,14 @@ def check_adata(adata: Any, *, min_obs: int = 1) -> AnnData:
     return adata
 
 
-def get_matrix(adata: AnnData, layer: str | None = None, *, dense: bool = True, dtype=np.float32) -> np.ndarray:
-    """Return ``X`` or ``layers[layer]`` as a (dense) array, checked to be finite."""
+def get_matrix(
+    adata: AnnData, layer: str | None = None, *, dense: bool = True, dtype=np.float32, copy: bool = False
+) -> np.ndarray:
+    """Return ``X`` or ``layers[layer]`` as a (dense) array, checked to be finite.
+
+    With ``copy=True`` the array never shares memory with ``adata`` (the caller may write into it); it is
+    copied only when the conversion did not already make a new array.
+    """
     if layer is None:
         X = adata.X
     else:
@@ -45,9 +51,14 @@ def get_matrix(adata: AnnData, layer: str | None = None, *, dense: bool = True, 
     if X is None:
         msg = "adata.X is None. Set adata.X or pass layer=..."
         raise ValueError(msg)
+    fresh = False
     if dense:
-        X = X.toarray() if sp.issparse(X) else np.asarray(X)
-        X = X.astype(dtype, copy=False)
+        fresh = sp.issparse(X)  # toarray() and dtype conversions return new arrays
+        X = X.toarray() if fresh else np.asarray(X)
+        if X.dtype != dtype:
+            X, fresh = X.astype(dtype), True
+    if copy and not fresh:
+        X = X.copy()
     check_finite(X, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
     return X
 
@@ -55,13 +66,22 @@ def get_matrix(adata: AnnData, layer: str | None = None, *, dense: bool = True, 
 def check_finite(X, where: str = "the matrix") -> None:
     """Raise a :class:`ValueError` when ``X`` holds NaN or infinite values."""
     data = X.data if sp.issparse(X) else np.asarray(X)
-    if data.dtype.kind in "fc" and not np.isfinite(data).all():
+    if data.dtype.kind in "fc" and not _all_finite(data):
         n_bad = int((~np.isfinite(data)).sum())
         msg = (
             f"{where} contains {n_bad} NaN or infinite values. Remove or impute them first "
             "(e.g. `adata = adata[:, ~np.isnan(adata.X).any(0)]` or `np.nan_to_num`)."
         )
         raise ValueError(msg)
+
+
+def _all_finite(data: np.ndarray) -> bool:
+    """Whether a float array holds no NaN or infinite value.
+
+    NaN and inf propagate to the sum, so a finite sum (one SIMD pass, no temporary) proves the array finite;
+    only a non-finite sum (NaN / inf, or an overflow of huge finite values) needs the element-wise test.
+    """
+    return bool(np.isfinite(np.einsum(data, list(range(data.ndim)), []))) or bool(np.isfinite(data).all())
 
 
 def check_nonnegative(X, where: str = "the matrix") -> None:
@@ -170,7 +190,13 @@ def h5ad_safe(obj: Any) -> Any:
 
 
 def matrix_for_genes(
-    adata: AnnData, var_names, layer: str | None = None, *, missing: str = "raise", fill_value: float = 0.0
+    adata: AnnData,
+    var_names,
+    layer: str | None = None,
+    *,
+    missing: str = "raise",
+    fill_value: float = 0.0,
+    copy: bool = False,
 ) -> np.ndarray:
     """Dense matrix of ``adata`` with columns in the order of ``var_names`` (a model's genes).
 
@@ -179,13 +205,15 @@ def matrix_for_genes(
     missing
         ``'raise'``: a :class:`KeyError` naming the missing genes; ``'fill'``: fill them with
         ``fill_value`` (0 is the training mean in scaled space) and log a warning.
+    copy
+        Never share memory with ``adata`` (as :func:`get_matrix`).
 
     """
     from ._settings import logger
 
     var_names = pd.Index([str(v) for v in var_names])
     if adata.var_names.equals(var_names):
-        return get_matrix(adata, layer)
+        return get_matrix(adata, layer, copy=copy)
     idx = adata.var_names.get_indexer(var_names)
     absent = var_names[idx < 0]
     if len(absent) and missing != "fill":

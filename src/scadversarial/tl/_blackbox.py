@@ -86,7 +86,9 @@ def _setup(
     classes: Sequence[str] | None,
     layer: str | None,
     batch_size: int | None,
+    copy_matrix: bool = False,
 ) -> _Ctx:
+    """Check the inputs and wrap the classifier; ``copy_matrix=True``: ``ctx.X`` shares no memory with ``adata``."""
     check_adata(adata)
     if not isinstance(groupby, str):
         msg = f"groupby must be the name of an adata.obs column, got {groupby!r}."
@@ -112,7 +114,7 @@ def _setup(
     var_names = getattr(classifier, "var_names", None)
     if var_names is not None and not callable(var_names) and hasattr(classifier, "classes"):
         # a sad model: genes aligned by name
-        X = matrix_for_genes(adata, list(var_names), layer)
+        X = matrix_for_genes(adata, list(var_names), layer, copy=copy_matrix)
         genes = np.asarray([str(v) for v in var_names])
         idx = adata.var_names.get_indexer(genes)
         var_idx = None if adata.var_names.equals(pd.Index(genes)) else idx
@@ -120,7 +122,7 @@ def _setup(
             classifier = _LognormView(classifier)
         name = "sad classifier"
     else:
-        X = get_matrix(adata, layer)
+        X = get_matrix(adata, layer, copy=copy_matrix)
         genes = adata.var_names.to_numpy().astype(str)
         var_idx = None
     adapter = ClassifierAdapter(classifier, classes, batch_size=batch_size)
@@ -133,9 +135,10 @@ def _setup(
             "Pass the matrix the classifier was trained on (layer=...), or subset adata to its genes."
         )
         raise ValueError(msg)
-    # probe the classifier on one cell: wrong input or output shapes fail here, before anything is written
+    # probe the classifier on the first cell(s) (a torch module gets one whole block: the work of one padded
+    # cell, without the padding copy): wrong input or output shapes fail here, before anything is written
     try:
-        probe = adapter(X[:1])
+        probe = adapter(X[: adapter.block_rows])
     except (RuntimeError, ValueError) as err:
         msg = f"The classifier failed on a {X.shape[1]}-gene matrix ({err}). Check that it takes this matrix (layer=...) and returns probabilities."
         raise ValueError(msg) from err
@@ -146,6 +149,14 @@ def _setup(
     return _Ctx(X=X, genes=genes, labels=labels, adapter=adapter, var_idx=var_idx, classifier_name=name)
 
 
+def _gene_positions(ctx: _Ctx, names: list[str]) -> np.ndarray:
+    """Positions of ``names`` among the classifier's genes (-1: not there), as ``pd.Index.get_indexer``."""
+    lookup = dict(zip(ctx.genes.tolist(), range(len(ctx.genes)), strict=True))
+    if len(lookup) != len(ctx.genes):  # duplicated gene names: pandas raises its own error
+        return pd.Index(ctx.genes).get_indexer(names)
+    return np.fromiter((lookup.get(g, -1) for g in names), dtype=np.intp, count=len(names))
+
+
 def _gene_indices(
     ctx: _Ctx, genes: Sequence[str] | None, exclude: Sequence[str] | None, *, what: str = "genes"
 ) -> np.ndarray:
@@ -153,14 +164,14 @@ def _gene_indices(
         idx = np.arange(len(ctx.genes))
     else:
         genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
-        pos = pd.Index(ctx.genes).get_indexer(genes)
+        pos = _gene_positions(ctx, genes)
         if (pos < 0).any():
             bad = [g for g, p in zip(genes, pos, strict=True) if p < 0]
             msg = f"{len(bad)} of the {what} are not among the classifier's genes: {bad[:10]}. Pass names from adata.var_names."
             raise KeyError(msg)
         idx = pos[np.sort(np.unique(pos, return_index=True)[1])]
     if exclude is not None and len(exclude):
-        drop = pd.Index(ctx.genes).get_indexer([str(g) for g in exclude])
+        drop = _gene_positions(ctx, [str(g) for g in exclude])
         idx = idx[~np.isin(idx, drop)]
     if len(idx) == 0:
         msg = f"No {what} left to attack. Check genes= and exclude_genes=."
@@ -674,6 +685,7 @@ def cgd_attack(
         classes=classes,
         layer=layer,
         batch_size=batch_size,
+        copy_matrix=True,  # ctx.X becomes the attacked layer: the only copy of the whole matrix
     )
     classes_ = _classes(ctx)
     for name, val in (
@@ -706,11 +718,13 @@ def cgd_attack(
     seconds = time.perf_counter() - t0
     table = pd.DataFrame(res.summary, columns=list(SUMMARY_COLUMNS))
     table["gene"] = ["" if g < 0 else ctx.genes[g] for g in table["gene"]]
-    # the attacked layer
-    base = ctx.X.copy() if ctx.var_idx is None else get_matrix(adata, layer).copy()
+    # the attacked layer: ctx.X itself (a private copy, copy_matrix=True) when its genes are adata's, else a
+    # private copy of adata's matrix with the classifier's genes written back in place
     if ctx.var_idx is None:
+        base = ctx.X
         base[rows] = res.X
     else:
+        base = get_matrix(adata, layer, copy=True)
         base[np.ix_(rows, ctx.var_idx)] = res.X
     adata.layers[key] = base
     last = res.summary[-1]
