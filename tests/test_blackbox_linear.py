@@ -90,6 +90,7 @@ def test_max_change_and_random_walk_linear_equal_plain(lr_workload):
     plain = max_change_search(plain_o, genes, random_state=3, method="plain")
     np.testing.assert_array_equal(fast.kept, plain.kept)
     assert (fast.call, fast.score) == (plain.call, plain.score)
+    assert lin_o._lin_recent  # large sets were updated from known ones
     rows = np.flatnonzero(lr["labels"] == "B")
     mods = ["perc1", "perc99", "positive_aberrant"]
     lin_o, _, plain_o = _oracles(_linear(lr["W"], lr["b"]), lr["classes"], lr["X"], rows, mods)

@@ -145,6 +145,7 @@ class ClusterOracle:
         self._head = head if head is not None and head.weight.shape[1] == X_target.shape[1] else None
         self._lin: dict | None = None  # float64 logits and error bounds, built at the first stacked evaluation
         self.n_exact_rows = 0  # cells of linear evaluations too close to call, classified by the classifier
+        self._lin_recent: list[tuple[int, np.ndarray, np.ndarray]] = []  # (modification, gene mask, [H; beta])
         # cells whose value already equals the modified value: their row does not change
         self._eq = [X_target == v for v in self.Vs]
         self._eq_any = [e.any(axis=0) for e in self._eq]
@@ -249,6 +250,9 @@ class ClusterOracle:
         for genes, m in pairs:
             blk[:, genes] = take_v(m, genes)
 
+    _LARGE = 64  # gene sets larger than this are updated from the closest known set
+    _N_RECENT = 8  # known large sets kept
+
     @property
     def is_linear(self) -> bool:
         """Whether stacked evaluations use the linear update (a linear classifier and ``linear=True``)."""
@@ -323,24 +327,46 @@ class ClusterOracle:
         return mod["Hb"]
 
     def _linear_rows(self, pairs, sel) -> np.ndarray:
-        """Float64 ``[H; beta]`` (classes + 1 x cells) of one candidate's cells ``sel`` (a slice or indices)."""
+        """Float64 ``[H; beta]`` (classes + 1 x cells) of one candidate's cells ``sel`` (a slice or indices).
+
+        A large candidate with one modification starts from whichever known gene set differs from its
+        own in the fewest genes: none, all, or one of the last large candidates (searches such as
+        max-change ask about a growing set plus a few genes).
+        """
         st = self._linear_state()
         G, blk = self.n_genes, st["blk"]
         full = isinstance(sel, slice) and sel.start == 0 and sel.stop == self.n_cells
-        if len(pairs) == 1 and 2 * len(pairs[0][0]) > G:  # most genes modified: from the full change
+
+        def update(DA, genes, cells=sel):
+            cols = np.concatenate([genes, genes + G])
+            return blk[:, cols] @ (DA[cols] if full or cells is None else DA[cols][:, cells])
+
+        if len(pairs) == 1 and len(pairs[0][0]) > self._LARGE:  # on all cells: the result is kept
             genes, m = pairs[0]
-            keep = np.ones(G, dtype=bool)
-            keep[genes] = False
-            keep = np.flatnonzero(keep)
-            cols = np.concatenate([keep, keep + G])
             DA = st["mods"][m]["DA"]
-            return self._linear_full(m)[:, sel] - blk[:, cols] @ (DA[cols] if full else DA[cols][:, sel])
+            mask = np.zeros(G, dtype=bool)
+            mask[genes] = True
+            n_in = int(mask.sum())
+            best, best_cost = None, min(n_in, G - n_in)
+            for entry in self._lin_recent:
+                if entry[0] == m:
+                    cost = int(np.count_nonzero(mask != entry[1]))
+                    if cost < best_cost:
+                        best, best_cost = entry, cost
+            if best is not None:
+                add, drop = np.flatnonzero(mask & ~best[1]), np.flatnonzero(best[1] & ~mask)
+                Hb = best[2] + update(DA, add, None) - update(DA, drop, None)
+            elif n_in <= G - n_in:
+                Hb = st["Hb0"] + update(DA, np.flatnonzero(mask), None)
+            else:
+                Hb = self._linear_full(m) - update(DA, np.flatnonzero(~mask), None)
+            self._lin_recent.append((m, mask, Hb))
+            del self._lin_recent[: -self._N_RECENT]
+            return Hb if full else Hb[:, sel]
         Hb = st["Hb0"][:, sel].copy()
         for genes, m in pairs:
             if len(genes):
-                cols = np.concatenate([genes, genes + G])
-                DA = st["mods"][m]["DA"]
-                Hb += blk[:, cols] @ (DA[cols] if full else DA[cols][:, sel])
+                Hb += update(st["mods"][m]["DA"], genes)
         return Hb
 
     def _linear_batch(self, m: int, gene_sets: np.ndarray) -> np.ndarray:
@@ -358,7 +384,7 @@ class ClusterOracle:
     def _types_linear(self, jobs: Sequence[tuple[list, np.ndarray]]) -> list[np.ndarray]:
         """:meth:`_types` of a linear classifier: logits by update; cells too close to call by the classifier."""
         st = self._linear_state()
-        K, G, n = st["K"], self.n_genes, self.n_cells
+        K, n = st["K"], self.n_cells
         sizes = np.array([len(rows) for _, rows in jobs], dtype=np.int64)
         ends = np.cumsum(sizes)
         types = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
@@ -367,7 +393,7 @@ class ClusterOracle:
         # number of genes), updated in stacked products; the others one by one
         groups: dict[tuple[int, int], list[int]] = {}
         for j, (pairs, rows) in enumerate(jobs):
-            if len(pairs) == 1 and len(rows) == n and 0 < 2 * len(pairs[0][0]) <= G and rows[-1] == n - 1:
+            if len(pairs) == 1 and len(rows) == n and 0 < len(pairs[0][0]) <= self._LARGE and rows[-1] == n - 1:
                 groups.setdefault((pairs[0][1], len(pairs[0][0])), []).append(j)
             elif len(rows):
                 groups.setdefault((-1, j), []).append(j)
@@ -407,7 +433,7 @@ class ClusterOracle:
         """Types (first argmax) and too-close-to-call flags from ``[H; beta]`` (candidates x classes + 1 x cells)."""
         st = self._linear_state()
         K = st["K"]
-        H = Hb[:, :K]
+        H = Hb[:, :K].copy()  # Hb may be a kept result: not written to
         top = H.max(axis=1)
         t = (H == top[:, None]).argmax(axis=1)  # the first argmax
         hmax = np.maximum(top, -H.min(axis=1))  # max |logit|
