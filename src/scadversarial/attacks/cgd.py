@@ -91,6 +91,17 @@ def _step(x: np.ndarray, alpha: float, epsilon: float, sign: int) -> np.ndarray:
     return (1 + sign * alpha * np.sign(x)) * x + sign * epsilon
 
 
+def _mean(x: np.ndarray) -> float:
+    """``float(x.mean())`` of a non-empty 1-D array, without ``np.mean``'s Python-level overhead.
+
+    For float32 / float64 ``np.mean`` sums in the array's dtype, divides in float64 by the count and rounds
+    back to the dtype: done here the same way, so the value is identical bit for bit.
+    """
+    if x.dtype not in (np.float32, np.float64):
+        return float(x.mean())
+    return float(x.dtype.type(float(np.add.reduce(x)) / len(x)))
+
+
 def _summary_row(order, gene, n_mod, types, counts, P, orig, new) -> dict:
     """One summary record; ``counts`` is ``np.bincount(types, minlength=n_classes)``."""
     n = len(types)
@@ -101,10 +112,10 @@ def _summary_row(order, gene, n_mod, types, counts, P, orig, new) -> dict:
         "n_modified_cells": int(n_mod),
         "frac_orig": float(n_or / n),
         "frac_new": float(n_new / n),
-        "proba_orig_cells": float(P[types == orig, orig].mean()) if n_or else 0.0,
-        "proba_new_cells": float(P[types == new, new].mean()) if n_new else 0.0,
-        "proba_orig_cluster": float(P[:, orig].mean()),
-        "proba_new_cluster": float(P[:, new].mean()),
+        "proba_orig_cells": _mean(P[types == orig, orig]) if n_or else 0.0,
+        "proba_new_cells": _mean(P[types == new, new]) if n_new else 0.0,
+        "proba_orig_cluster": _mean(P[:, orig]),
+        "proba_new_cluster": _mean(P[:, new]),
     }
 
 
