@@ -104,8 +104,9 @@ class ClassifierAdapter:
         Class names, in the order of the probability columns. Required for a callable or a torch
         module without a ``classes`` attribute unless integer class names ``0..K-1`` are fine.
     batch_size
-        Rows per forward pass for torch modules (default 256). Every forward pass gets exactly this many
-        rows (the last block is padded with zeros, its padding discarded): torch kernels depend on the
+        Rows per forward pass for torch modules (default 128: little padding is wasted on a cluster of a
+        few hundred cells). Every forward pass gets exactly this many rows (the last block is padded,
+        its padding discarded): torch kernels depend on the
         number of rows, so fixed-size blocks make each cell's probabilities independent of how the
         cells are stacked, and stacked (fast) and one-by-one (plain) searches agree bit for bit.
         Estimators and callables receive the whole matrix of one call.
@@ -195,7 +196,7 @@ class ClassifierAdapter:
     @property
     def block_rows(self) -> int:
         """Rows per forward pass of a torch module (1 for other classifiers): stacked calls of whole blocks avoid padding."""
-        return max(int(self.batch_size or 256), 1) if self.kind == "torch" else 1
+        return max(int(self.batch_size or 128), 1) if self.kind == "torch" else 1
 
     def linear_head(self) -> LinearHead | None:
         """Weights of a linear classifier (``torch.nn.Linear``, multinomial or binary ``LogisticRegression``), else None.
