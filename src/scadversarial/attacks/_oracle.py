@@ -283,21 +283,29 @@ class ClusterOracle:
             blk = np.zeros((K + 1, 2 * G))
             blk[:K, :G], blk[K, G:] = w, wmax
             bt = np.ascontiguousarray(self.base.T)
-            xt = bt.astype(np.float64)
-            H0 = w @ xt + head.bias[:, None]
-            Hb0 = np.concatenate([H0, (wmax @ np.abs(xt) + bmax)[None]])
+            abt = np.abs(bt)
+            u_x = float(np.finfo(bt.dtype).eps) / 2 if bt.dtype.kind == "f" else 0.0
+            H0 = w @ bt + head.bias[:, None]
+            # beta in the matrix's precision, enlarged by its relative rounding bound: still an upper bound
+            beta0 = (wmax.astype(bt.dtype) @ abt).astype(np.float64) * (1 + 2 * G * u_x) + bmax
+            Hb0 = np.concatenate([H0, beta0[None]])
             mods = []
-            for v in self.Vs:
-                vt = np.ascontiguousarray(v.T)
+            for v, row1 in zip(self.Vs, self._rows1, strict=True):
                 DA = np.empty((2 * G, n), dtype=self.base.dtype)
-                np.subtract(vt, bt, out=DA[:G])
-                np.abs(vt, out=DA[G:])
-                DA[G:] -= np.abs(bt)
-                mods.append({"DA": DA, "v": vt})
+                if row1 is not None:  # one value per gene (percentiles, aberrant, fixed)
+                    vt = None
+                    np.subtract(row1[:, None], bt, out=DA[:G])
+                    np.subtract(np.abs(row1)[:, None], abt, out=DA[G:])
+                else:
+                    vt = np.ascontiguousarray(v.T)
+                    np.subtract(vt, bt, out=DA[:G])
+                    np.abs(vt, out=DA[G:])
+                    DA[G:] -= abt
+                mods.append({"DA": DA, "v": vt, "row1": row1})
             n_terms = G + 1
             self._lin = {
                 "blk": blk,
-                "blk_t": np.ascontiguousarray(blk.T),
+                "blk_t": np.ascontiguousarray(blk.T).astype(self.base.dtype),
                 "Hb0": Hb0,
                 "mods": mods,
                 "K": K,
@@ -308,8 +316,9 @@ class ClusterOracle:
                 # this update in float64: the unmodified logits plus the terms it adds
                 "gamma64": 4 * n_terms * 2.0**-53,
                 "u": head.unit_roundoff,
-                # D and A are rounded to the matrix's precision: |error| <= u_x (|v| + |x|) per term
-                "u_x": float(np.finfo(self.base.dtype).eps) / 2 if self.base.dtype.kind == "f" else 0.0,
+                # D and A are rounded to the matrix's precision: |error| <= u_x (|v| + |x|) per term; stacked
+                # updates (at most 2 _LARGE terms, weights rounded to it) are summed in that precision too
+                "u_x": u_x + (2 * self._LARGE + 4) * u_x,
             }
         return self._lin
 
@@ -318,11 +327,16 @@ class ClusterOracle:
         st = self._linear_state()
         mod = st["mods"][m]
         if "Hb" not in mod:
-            head, vt = self._head, mod["v"].astype(np.float64)
-            K = st["K"]
+            head, K = self._head, st["K"]
             Hb = np.empty((K + 1, self.n_cells))
-            Hb[:K] = head.weight @ vt + head.bias[:, None]
-            Hb[K] = st["wmax"] @ np.abs(vt) + st["bmax"]
+            if mod["row1"] is not None:
+                v = mod["row1"].astype(np.float64)
+                Hb[:K] = (head.weight @ v + head.bias)[:, None]
+                Hb[K] = st["wmax"] @ np.abs(v) + st["bmax"]
+            else:
+                vt = mod["v"].astype(np.float64)
+                Hb[:K] = head.weight @ vt + head.bias[:, None]
+                Hb[K] = st["wmax"] @ np.abs(vt) + st["bmax"]
             mod["Hb"] = Hb
         return mod["Hb"]
 
@@ -377,9 +391,8 @@ class ClusterOracle:
         """
         st = self._linear_state()
         cols = np.concatenate([gene_sets, gene_sets + self.n_genes], axis=1)  # candidates x 2s
-        upd = np.matmul(st["blk_t"][cols].transpose(0, 2, 1), st["mods"][m]["DA"][cols])
-        upd += st["Hb0"]
-        return upd
+        upd = np.matmul(st["blk_t"][cols].transpose(0, 2, 1), st["mods"][m]["DA"][cols])  # matrix precision
+        return np.add(upd, st["Hb0"], dtype=np.float64)
 
     def _types_linear(self, jobs: Sequence[tuple[list, np.ndarray]]) -> list[np.ndarray]:
         """:meth:`_types` of a linear classifier: logits by update; cells too close to call by the classifier."""
@@ -433,21 +446,19 @@ class ClusterOracle:
         """Types (first argmax) and too-close-to-call flags from ``[H; beta]`` (candidates x classes + 1 x cells)."""
         st = self._linear_state()
         K = st["K"]
-        H = Hb[:, :K].copy()  # Hb may be a kept result: not written to
+        H, beta = Hb[:, :K], Hb[:, K]
         top = H.max(axis=1)
-        t = (H == top[:, None]).argmax(axis=1)  # the first argmax
-        hmax = np.maximum(top, -H.min(axis=1))  # max |logit|
-        np.put_along_axis(H, t[:, None], -np.inf, axis=1)
-        second = H.max(axis=1)
-        # a bound on |computed - exact| of every logit: the classifier's arithmetic, this update, the
-        # rounding of D and A, and the softmax's subtraction of the largest logit
-        bound = (
-            (st["gamma"] + st["gamma64"] + st["u_x"]) * Hb[:, K]
-            + (2 * st["gamma64"] + st["u_x"]) * beta0
-            + 8 * st["u"] * hmax
-        )
-        # too close to call: the classifier's rounding could reorder the top two, or its softmax tie them
-        return t, top - second <= 2.2 * bound + 1e-5
+        # the first argmax (np.argmax over a middle axis is several times slower): the largest weight K - k
+        # among the classes k at the top
+        first = np.equal(H, top[:, None]) * np.arange(K, 0, -1, dtype=np.int16)[None, :, None]
+        t = K - first.max(axis=1)
+        # a bound on |computed - exact| of every logit: the classifier's arithmetic, this update, the rounding of
+        # D and A, and the softmax's subtraction of the largest logit (|logit| <= beta)
+        bound = (st["gamma"] + st["gamma64"] + st["u_x"] + 8 * st["u"]) * beta + (2 * st["gamma64"] + st["u_x"]) * beta0
+        # too close to call (another class within twice the bound, with margin): the classifier's rounding could
+        # reorder them, or its softmax tie them
+        near = H >= (top - 2.2 * bound - 1e-5)[:, None]
+        return t, np.count_nonzero(near, axis=1) > 1
 
     def _types_stacked(self, jobs: Sequence[tuple[list, np.ndarray]]) -> list[np.ndarray]:
         """Per-cell types of the given rows of each candidate, ``jobs = [(pairs, rows), ...]``, in stacked calls."""
