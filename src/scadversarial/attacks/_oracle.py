@@ -88,6 +88,16 @@ def cluster_call(types: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndar
     return call, score, counts
 
 
+def _stacked_counts(types: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
+    """Per-type counts of each array of ``types`` (one bincount for all)."""
+    sizes = np.fromiter((len(t) for t in types), dtype=np.int64, count=len(types))
+    if not sizes.sum():
+        return np.zeros((len(types), n_classes), dtype=np.int64)
+    offs = np.repeat(np.arange(len(types), dtype=np.int64) * n_classes, sizes)
+    flat = np.concatenate(types).astype(np.int64, copy=False) + offs
+    return np.bincount(flat, minlength=len(types) * n_classes).reshape(len(types), n_classes)
+
+
 class ClusterOracle:
     """The cluster's call under gene modifications of its cells.
 
@@ -140,6 +150,8 @@ class ClusterOracle:
         self.batch_bytes = int(batch_bytes)
         self.n_evaluated = 0
         self._buf: np.ndarray | None = None
+        self._all_rows = np.arange(X_target.shape[0])
+        self._all_rows.flags.writeable = False  # shared by every candidate that changes every cell
         head = getattr(proba_fn, "linear_head", None) if linear else None
         head = head() if callable(head) else None
         self._head = head if head is not None and head.weight.shape[1] == X_target.shape[1] else None
@@ -214,16 +226,15 @@ class ClusterOracle:
 
     def _changed_rows(self, pairs) -> np.ndarray:
         """Target cells whose row the candidate changes (the others keep their original types)."""
-        n = self.n_cells
         keep = None
         for genes, m in pairs:
             if len(genes) == 0:
                 continue
             if not self._eq_any[m][genes].all():  # some gene changes every cell
-                return np.arange(n)
+                return self._all_rows
             e = self._eq[m][:, genes].all(axis=1)
             keep = e if keep is None else keep & e
-        return np.arange(n) if keep is None else np.flatnonzero(~keep)
+        return self._all_rows if keep is None else np.flatnonzero(~keep)
 
     def _fill(self, blk: np.ndarray, pairs, rows: np.ndarray) -> None:
         """Write the candidate ``pairs``'s rows ``rows`` into ``blk``."""
@@ -307,6 +318,7 @@ class ClusterOracle:
                 "blk": blk,
                 "blk_t": np.ascontiguousarray(blk.T).astype(self.base.dtype),
                 "Hb0": Hb0,
+                "Hb0_x": Hb0.astype(self.base.dtype),
                 "mods": mods,
                 "K": K,
                 "wmax": wmax,
@@ -317,7 +329,8 @@ class ClusterOracle:
                 "gamma64": 4 * n_terms * 2.0**-53,
                 "u": head.unit_roundoff,
                 # D and A are rounded to the matrix's precision: |error| <= u_x (|v| + |x|) per term; stacked
-                # updates (at most 2 _LARGE terms, weights rounded to it) are summed in that precision too
+                # updates (at most 2 _LARGE terms, weights rounded to it) are summed in that precision too, and
+                # their logits rounded to it
                 "u_x": u_x + (2 * self._LARGE + 4) * u_x,
             }
         return self._lin
@@ -391,8 +404,10 @@ class ClusterOracle:
         """
         st = self._linear_state()
         cols = np.concatenate([gene_sets, gene_sets + self.n_genes], axis=1)  # candidates x 2s
-        upd = np.matmul(st["blk_t"][cols].transpose(0, 2, 1), st["mods"][m]["DA"][cols])  # matrix precision
-        return np.add(upd, st["Hb0"], dtype=np.float64)
+        # in the matrix's precision, like the guard that reads it: its rounding (|H| <= beta) is in the bound
+        upd = np.matmul(st["blk_t"][cols].transpose(0, 2, 1), st["mods"][m]["DA"][cols])
+        upd += st["Hb0_x"]
+        return upd
 
     def _types_linear(self, jobs: Sequence[tuple[list, np.ndarray]]) -> list[np.ndarray]:
         """:meth:`_types` of a linear classifier: logits by update; cells too close to call by the classifier."""
@@ -547,15 +562,16 @@ class ClusterOracle:
         counts = np.tile(self.orig_counts, (m, 1))
         first = []
         for j, ch in enumerate(changed):  # unchanged cells keep their original types
-            if len(ch):
+            if len(ch) == n:
+                counts[j] = 0
+            elif len(ch):
                 counts[j] -= np.bincount(self.orig_types[ch], minlength=K)
             if exact_all or n < 8 or single[j] or self._head is not None:
                 first.append(len(ch))
             else:  # enough changed cells for the original type to reach a strict majority
                 first.append(int(min(len(ch), max(0, n // 2 + 1 - (n - len(ch))))))
         types = self._types([(p, ch[:f]) for p, ch, f in zip(pairs, changed, first, strict=True)])
-        for j, t in enumerate(types):
-            counts[j] += np.bincount(t, minlength=K)
+        counts += _stacked_counts(types, K)
         rest = np.array([len(ch) - f for ch, f in zip(changed, first, strict=True)])
         cls = np.arange(K)
         # the call is certainly orig when orig beats every other class even if all remaining cells join it
@@ -569,8 +585,7 @@ class ClusterOracle:
         todo = np.flatnonzero((rest > 0) & ~sure_keep & (~sure_flip | need))
         if len(todo):
             more = self._types([(pairs[j], changed[j][first[j] :]) for j in todo])
-            for j, t in zip(todo, more, strict=True):
-                counts[j] += np.bincount(t, minlength=K)
+            counts[todo] += _stacked_counts(more, K)
         full = rest == 0
         full[todo] = True
         calls = counts.argmax(axis=1)
