@@ -7,10 +7,7 @@ return exactly the plain searches' results with far fewer calls.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pandas as pd
 import pytest
 
 from scadversarial.attacks._oracle import ClusterOracle, cluster_call
@@ -23,22 +20,11 @@ from scadversarial.attacks.random_walk import random_walk_search
 from scadversarial.attacks.sign_genes import sign_genes_order
 from scadversarial.attacks.single_gene import single_gene_search
 
-LR_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lr_oracle"
-
 
 @pytest.fixture(scope="session")
-def lr_oracle():
-    """The workload: X (cells x genes, float32), genes, cluster labels, classes and the LR classifier."""
-    if not LR_DIR.is_dir():
-        pytest.skip(f"lr_oracle data not found at {LR_DIR}")
-    X = pd.read_csv(LR_DIR / "X_lognorm_hvg.csv.gz", index_col=0, float_precision="round_trip")
-    coef = pd.read_csv(LR_DIR / "lr_coef.csv.gz", index_col=0)
-    inter = pd.read_csv(LR_DIR / "lr_intercept.csv", index_col=0)["intercept"]
-    classes = (LR_DIR / "lr_classes.txt").read_text().split("\n")
-    classes = [c for c in classes if c]
-    labels = pd.read_csv(LR_DIR / "labels.tsv", sep="\t", index_col=0).loc[X.index, "seurat_cell_type"].astype(str)
-    W = np.ascontiguousarray(coef.loc[classes, X.columns].to_numpy().T)
-    b = inter.loc[classes].to_numpy()
+def lr_oracle(lr_workload):
+    """The workload with its logistic regression as an opaque callable (the stacked fast path)."""
+    W, b = lr_workload["W"], lr_workload["b"]
 
     def lr_proba(Z):
         z = np.asarray(Z, dtype=np.float64) @ W + b
@@ -46,15 +32,7 @@ def lr_oracle():
         e = np.exp(z)
         return e / e.sum(1, keepdims=True)
 
-    order = (LR_DIR / "cgd_gene_order.txt").read_text().split()
-    return {
-        "X": X.to_numpy(np.float32),
-        "genes": X.columns.to_numpy(str),
-        "labels": labels.to_numpy(),
-        "classes": classes,
-        "proba": lr_proba,
-        "cgd_order": X.columns.get_indexer(order),
-    }
+    return {**lr_workload, "proba": lr_proba}
 
 
 def _oracle(lr, target, mod, **kw):
