@@ -22,12 +22,14 @@ classifies only what can matter, with the same answers:
   exact call and score (a kept call needs no score);
 - for a linear classifier (:meth:`~scadversarial.attacks._protocol.ClassifierAdapter.linear_head`),
   no modified matrix is formed: a candidate's logits are the unmodified logits plus the modified
-  genes' change times their weights (or the fully modified logits minus the unmodified genes'
-  change, whichever touches fewer genes), in float64. A cell's type is taken from them only when
-  the gap between its top logit and every other logit exceeds a bound on the rounding error of the
-  classifier's own arithmetic (``gamma_n = n u / (1 - n u)`` times the sum of ``|x_g w_g|``, plus
-  the same for the float64 update and a margin for the softmax); the rare cells closer than that
-  are classified by the classifier itself, so the types are those of :meth:`evaluate_one`.
+  genes' change times their weights (or a recently evaluated set's logits plus the genes that
+  differ, whichever touches fewer genes). A cell's type is taken from them only when the gap between
+  its top logit and every other logit exceeds a bound on the rounding error of the classifier's own
+  arithmetic (``gamma_n = n u / (1 - n u)`` times the size of the logit's terms, bounded per cell
+  by ``beta = sum_g |x_g| max_k |w_kg| + max |b|``), plus the update's own rounding and a margin for
+  the softmax. Cells closer than that count as not classified yet (like the second pass above): the
+  classifier classifies them only when the call or the score depends on them, so every answer is
+  that of :meth:`evaluate_one`.
 """
 
 from __future__ import annotations
@@ -269,13 +271,6 @@ class ClusterOracle:
         """Whether stacked evaluations use the linear update (a linear classifier and ``linear=True``)."""
         return self._head is not None
 
-    def _types(self, jobs: Sequence[tuple[list, np.ndarray]]) -> list[np.ndarray]:
-        """Per-cell types of the given rows of each candidate, ``jobs = [(pairs, rows), ...]``."""
-        if self._head is not None:
-            with _one_blas_thread():
-                return self._types_linear(jobs)
-        return self._types_stacked(jobs)
-
     def _linear_state(self) -> dict:
         """What the linear update needs, built once (arrays are classes or genes x cells).
 
@@ -409,8 +404,12 @@ class ClusterOracle:
         upd += st["Hb0_x"]
         return upd
 
-    def _types_linear(self, jobs: Sequence[tuple[list, np.ndarray]]) -> list[np.ndarray]:
-        """:meth:`_types` of a linear classifier: logits by update; cells too close to call by the classifier."""
+    def _types_linear(self, jobs: Sequence[tuple[list, np.ndarray]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per-cell types of the given rows of each candidate from the linear update, and which are too close to call.
+
+        The types of cells flagged too close to call are not to be trusted: :meth:`evaluate_many` counts them
+        as not classified yet, and has the classifier classify them when the call depends on them.
+        """
         st = self._linear_state()
         K, n = st["K"], self.n_cells
         sizes = np.array([len(rows) for _, rows in jobs], dtype=np.int64)
@@ -445,17 +444,10 @@ class ClusterOracle:
         count = getattr(self.proba_fn, "count", None)
         if callable(count):
             count(len(types))
-        if close.any():  # classified by the classifier itself
-            redo = []
-            for i, (_, rows) in enumerate(jobs):
-                c = np.flatnonzero(close[ends[i] - sizes[i] : ends[i]])
-                if len(c):
-                    redo.append((i, c, np.asarray(rows, dtype=np.intp)[c]))
-            exact = self._types_stacked([(jobs[i][0], r) for i, _, r in redo])
-            for (i, c, _), tt in zip(redo, exact, strict=True):
-                types[ends[i] - sizes[i] + c] = tt
-            self.n_exact_rows += int(close.sum())
-        return [types[e - r : e] for e, r in zip(ends, sizes, strict=True)]
+        return (
+            [types[e - r : e] for e, r in zip(ends, sizes, strict=True)],
+            [close[e - r : e] for e, r in zip(ends, sizes, strict=True)],
+        )
 
     def _linear_guard(self, Hb: np.ndarray, beta0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Types (first argmax) and too-close-to-call flags from ``[H; beta]`` (candidates x classes + 1 x cells)."""
@@ -524,9 +516,9 @@ class ClusterOracle:
 
         Only the cells whose row a candidate changes are classified (the others keep their original
         per-cell types: black-box classifiers are per-cell). They are classified in two passes: enough
-        cells to decide whether the call can still be the original one, then the rest only for the
-        candidates still open, or that flip and need an exact call and score. Every exact result equals
-        :meth:`evaluate_one`'s.
+        cells to decide whether the call can still be the original one (for a linear classifier: every
+        cell the linear update can call), then the rest only for the candidates still open, or that flip
+        and need an exact call and score. Every exact result equals :meth:`evaluate_one`'s.
 
         Parameters
         ----------
@@ -560,19 +552,29 @@ class ClusterOracle:
         pairs = [self._pairs(c) for c in cands]
         changed = [self._changed_rows(p) for p in pairs]
         counts = np.tile(self.orig_counts, (m, 1))
-        first = []
         for j, ch in enumerate(changed):  # unchanged cells keep their original types
             if len(ch) == n:
                 counts[j] = 0
             elif len(ch):
                 counts[j] -= np.bincount(self.orig_types[ch], minlength=K)
-            if exact_all or n < 8 or single[j] or self._head is not None:
-                first.append(len(ch))
-            else:  # enough changed cells for the original type to reach a strict majority
-                first.append(int(min(len(ch), max(0, n // 2 + 1 - (n - len(ch))))))
-        types = self._types([(p, ch[:f]) for p, ch, f in zip(pairs, changed, first, strict=True)])
-        counts += _stacked_counts(types, K)
-        rest = np.array([len(ch) - f for ch, f in zip(changed, first, strict=True)])
+        if self._head is not None:
+            # every changed cell typed by the linear update; cells too close to call are left for later
+            with _one_blas_thread():
+                types, close = self._types_linear(list(zip(pairs, changed, strict=True)))
+            counts += _stacked_counts([t[~c] for t, c in zip(types, close, strict=True)], K)
+            later = [ch[c] for ch, c in zip(changed, close, strict=True)]
+        else:
+            first = [
+                len(ch)
+                if exact_all or n < 8 or single[j]
+                # enough changed cells for the original type to reach a strict majority
+                else int(min(len(ch), max(0, n // 2 + 1 - (n - len(ch)))))
+                for j, ch in enumerate(changed)
+            ]
+            types = self._types_stacked([(p, ch[:f]) for p, ch, f in zip(pairs, changed, first, strict=True)])
+            counts += _stacked_counts(types, K)
+            later = [ch[f:] for ch, f in zip(changed, first, strict=True)]
+        rest = np.array([len(r) for r in later])
         cls = np.arange(K)
         # the call is certainly orig when orig beats every other class even if all remaining cells join it
         others = counts.copy()
@@ -582,10 +584,12 @@ class ClusterOracle:
         # the call is certainly not orig when some class beats orig even if all remaining cells go to orig
         lead = counts - (counts[:, [orig]] + rest[:, None])
         sure_flip = np.any(((lead > 0) | ((lead == 0) & (cls < orig)[None, :])) & (cls != orig)[None, :], axis=1)
-        todo = np.flatnonzero((rest > 0) & ~sure_keep & (~sure_flip | need))
+        todo = np.flatnonzero((rest > 0) & ((~sure_keep & (~sure_flip | need)) | exact_all))
         if len(todo):
-            more = self._types([(pairs[j], changed[j][first[j] :]) for j in todo])
+            more = self._types_stacked([(pairs[j], later[j]) for j in todo])
             counts[todo] += _stacked_counts(more, K)
+            if self._head is not None:
+                self.n_exact_rows += int(rest[todo].sum())
         full = rest == 0
         full[todo] = True
         calls = counts.argmax(axis=1)
