@@ -221,20 +221,23 @@ class ClassifierAdapter:
     def _torch_proba(self, X: np.ndarray) -> np.ndarray:
         import torch
 
-        from .._settings import settings
-
         module = self.classifier
         try:
             param = next(module.parameters())
             mod_device, mod_dtype = param.device, param.dtype
         except StopIteration:
             mod_device, mod_dtype = torch.device("cpu"), torch.float32
-        device = mod_device if self.device is None else settings.torch_device(self.device)
-        if device != mod_device:
-            module = module.to(device)
+        device = mod_device
+        if self.device is not None:
+            from .._settings import settings
+
+            device = settings.torch_device(self.device)
+            if device != mod_device:
+                module = module.to(device)
         bs = self.block_rows
         was_training = module.training
-        module.eval()
+        if was_training:
+            module.eval()
         out = []
         try:
             with torch.no_grad():
@@ -256,15 +259,15 @@ class ClassifierAdapter:
                     if isinstance(logits, tuple | list):
                         logits = logits[0]
                     # softmax by hand: torch.softmax costs ~40 us per block on a few classes (measured)
-                    z = logits - logits.amax(dim=1, keepdim=True)
-                    e = z.exp_()
-                    out.append(e.div_(e.sum(dim=1, keepdim=True))[:n].cpu().numpy())
+                    e = logits.sub(logits.amax(dim=1, keepdim=True)).exp_()
+                    e = e.div_(e.sum(dim=1, keepdim=True))
+                    out.append((e[:n] if n < bs else e).numpy(force=True))
         finally:
             if was_training:
                 module.train()
         if not out:
             return np.zeros((0, len(self._classes or [])), dtype=np.float32)
-        return np.concatenate(out, axis=0)
+        return out[0] if len(out) == 1 else np.concatenate(out, axis=0)
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities of the rows of ``X`` (one call to the classifier)."""
