@@ -42,7 +42,9 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
     t = np.array(times) * 1000
     print(f"PBMC3k {p.n_cells} cells; pipeline load {t_load:.2f} s")
-    print(f"cell change (clean + PGD attack + 2 detector scores) over {len(t)} cells: median {np.median(t):.1f} ms, p95 {np.percentile(t, 95):.1f} ms, max {t.max():.1f} ms (target < 1000 ms)")
+    print(
+        f"cell change (clean + PGD attack + 2 detector scores) over {len(t)} cells: median {np.median(t):.1f} ms, p95 {np.percentile(t, 95):.1f} ms, max {t.max():.1f} ms (target < 1000 ms)"
+    )
 
 
 if __name__ == "__main__":

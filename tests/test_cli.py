@@ -16,7 +16,11 @@ def test_cli_run_end_to_end(tmp_path):
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert rc.returncode == 0, rc.stderr
-    assert "classifier accuracy" in rc.stdout and "PGD flip rate" in rc.stdout and "detector on held-out test cells" in rc.stdout
+    assert (
+        "classifier accuracy" in rc.stdout
+        and "PGD flip rate" in rc.stdout
+        and "detector on held-out test cells" in rc.stdout
+    )
     report = json.loads((out / "report.json").read_text())
     assert report["classifier"]["accuracy"]["test"] > 0.6
     a = ad.read_h5ad(out / "adata.h5ad")

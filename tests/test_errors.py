@@ -12,7 +12,15 @@ import scadversarial as sad
 
 def snapshot(a: AnnData):
     X = a.X.toarray() if sp.issparse(a.X) else np.array(a.X, copy=True)
-    return (a.shape, X, list(a.obs.columns), list(a.var.columns), sorted(a.layers), sorted(a.obsm), repr(a.uns.get("sad", {}).keys()))
+    return (
+        a.shape,
+        X,
+        list(a.obs.columns),
+        list(a.var.columns),
+        sorted(a.layers),
+        sorted(a.obsm),
+        repr(a.uns.get("sad", {}).keys()),
+    )
 
 
 def assert_unchanged(a, snap):

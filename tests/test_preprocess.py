@@ -50,7 +50,9 @@ def test_reference_scales_identically(pbmc3k_raw):
     sad.pp.preprocess(new, reference=train)
     assert list(new.var_names) == list(train.var_names)
     np.testing.assert_array_equal(new.var["sad_mean"], train.var["sad_mean"])
-    manual = np.clip((new.layers["sad_lognorm"] - train.var["sad_mean"].to_numpy()) / train.var["sad_std"].to_numpy(), -10, 10)
+    manual = np.clip(
+        (new.layers["sad_lognorm"] - train.var["sad_mean"].to_numpy()) / train.var["sad_std"].to_numpy(), -10, 10
+    )
     np.testing.assert_allclose(new.X, manual, atol=1e-5)
 
 

@@ -81,8 +81,16 @@ def run_pipeline(
     atk = root[_keys.STEP_ATTACKS]["sad_pgd"]["metrics"]
     report = {
         "data": {"n_cells": adata.n_obs, "n_genes": adata.n_vars, "labels_key": labels_key},
-        "classifier": {"accuracy": dict(clf["accuracy"]), "test_per_class_accuracy": dict(clf["test"]["per_class_accuracy"])},
-        "attack": {"method": "pgd", "eps": list(eps), "flip_rate": dict(atk["flip_rate"]), "flip_rate_any": atk["flip_rate_any"]},
+        "classifier": {
+            "accuracy": dict(clf["accuracy"]),
+            "test_per_class_accuracy": dict(clf["test"]["per_class_accuracy"]),
+        },
+        "attack": {
+            "method": "pgd",
+            "eps": list(eps),
+            "flip_rate": dict(atk["flip_rate"]),
+            "flip_rate_any": atk["flip_rate_any"],
+        },
         "detection": _detection_rows(table),
         "timings_s": timings,
     }
@@ -117,11 +125,17 @@ def _to_builtin(obj):
 
 def format_report(report: dict) -> str:
     """A short human-readable summary of a pipeline report."""
-    lines = [f"cells x genes: {report['data']['n_cells']} x {report['data']['n_genes']}  (labels: {report['data']['labels_key']})"]
+    lines = [
+        f"cells x genes: {report['data']['n_cells']} x {report['data']['n_genes']}  (labels: {report['data']['labels_key']})"
+    ]
     acc = report["classifier"]["accuracy"]
     lines.append("classifier accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
     fr = report["attack"]["flip_rate"]
-    lines.append("PGD flip rate: " + ", ".join(f"{k.rsplit('_', 1)[-1]} {v:.3f}" for k, v in fr.items()) + f", any eps {report['attack']['flip_rate_any']:.3f}")
+    lines.append(
+        "PGD flip rate: "
+        + ", ".join(f"{k.rsplit('_', 1)[-1]} {v:.3f}" for k, v in fr.items())
+        + f", any eps {report['attack']['flip_rate_any']:.3f}"
+    )
     cols = ["auroc", "average_precision", "tpr_at_5fpr", "clean_accuracy", "adversarial_accuracy", "accuracy"]
     lines.append("detector on held-out test cells:")
     lines.append(f"  {'cells':18s}" + "".join(f"{c:>21s}" for c in cols))

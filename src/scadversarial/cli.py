@@ -17,7 +17,9 @@ def _run(args: argparse.Namespace) -> int:
     adata, labels = load_data(args.data, labels=args.labels)
     report = run_pipeline(adata, labels_key=labels, out=args.out, random_state=args.seed, max_epochs=args.epochs)
     print(format_report(report))
-    print(f"wrote {args.out}/adata.h5ad, {args.out}/models/, {args.out}/report.json in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"wrote {args.out}/adata.h5ad, {args.out}/models/, {args.out}/report.json in {time.perf_counter() - t0:.1f} s"
+    )
     return 0
 
 
@@ -29,11 +31,15 @@ def _app(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``scadversarial`` command."""
-    parser = argparse.ArgumentParser(prog="scadversarial", description="Attack single-cell classifiers and detect attacked cells.")
+    parser = argparse.ArgumentParser(
+        prog="scadversarial", description="Attack single-cell classifiers and detect attacked cells."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="preprocess -> labels -> classifier -> PGD -> detector -> evaluate")
-    run.add_argument("--data", default="pbmc68k_reduced", help="pbmc68k_reduced (offline default), pbmc3k (download) or FILE.h5ad")
+    run.add_argument(
+        "--data", default="pbmc68k_reduced", help="pbmc68k_reduced (offline default), pbmc3k (download) or FILE.h5ad"
+    )
     run.add_argument("--labels", default=None, help=".obs column with cell types (default: KMeans pseudo-labels)")
     run.add_argument("--out", default="out", help="output directory (default: out)")
     run.add_argument("--seed", type=int, default=0, help="random seed of every step")

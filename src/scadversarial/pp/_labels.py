@@ -121,5 +121,10 @@ def _merge_small(raw: np.ndarray, pcs: np.ndarray, min_size: int) -> np.ndarray:
     d = ((pcs[moved, None, :] - centroids[None]) ** 2).sum(-1)
     raw = raw.copy()
     raw[moved] = big[d.argmin(1)]
-    logger.warning("pseudo_labels: merged %d clusters smaller than %d cells (%d cells) into their nearest cluster", len(small), min_size, int(moved.sum()))
+    logger.warning(
+        "pseudo_labels: merged %d clusters smaller than %d cells (%d cells) into their nearest cluster",
+        len(small),
+        min_size,
+        int(moved.sum()),
+    )
     return raw
