@@ -238,6 +238,26 @@ class ClusterOracle:
             keep = e if keep is None else keep & e
         return self._all_rows if keep is None else np.flatnonzero(~keep)
 
+    def _changed_rows_many(self, pairs_list: Sequence[list]) -> list[np.ndarray]:
+        """:meth:`_changed_rows` of many candidates; those with one modification and equal gene counts at once."""
+        out: list = [None] * len(pairs_list)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for j, pairs in enumerate(pairs_list):
+            if len(pairs) == 1 and len(pairs[0][0]):
+                groups.setdefault((pairs[0][1], len(pairs[0][0])), []).append(j)
+            else:
+                out[j] = self._changed_rows(pairs)
+        for (m, _), js in groups.items():
+            genes = np.stack([pairs_list[j][0][0] for j in js])  # candidates x genes
+            partial = self._eq_any[m][genes].all(axis=1)  # else some gene changes every cell
+            for j in np.asarray(js)[~partial]:
+                out[j] = self._all_rows
+            if partial.any():
+                keep = self._eq[m][:, genes[partial]].all(axis=2)  # cells x candidates: all values unchanged
+                for i, j in enumerate(np.asarray(js)[partial]):
+                    out[j] = np.flatnonzero(~keep[:, i])
+        return out
+
     def _fill(self, blk: np.ndarray, pairs, rows: np.ndarray) -> None:
         """Write the candidate ``pairs``'s rows ``rows`` into ``blk``."""
         r = len(rows)
@@ -416,11 +436,11 @@ class ClusterOracle:
         ends = np.cumsum(sizes)
         types = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.int64)
         close = np.zeros(len(types), dtype=bool)
-        # candidates that modify a few genes of every cell with one modification: grouped by (modification,
-        # number of genes), updated in stacked products; the others one by one
+        # candidates that modify a few genes with one modification: grouped by (modification, number of genes)
+        # and updated on every cell in stacked products (their rows picked after); the others one by one
         groups: dict[tuple[int, int], list[int]] = {}
         for j, (pairs, rows) in enumerate(jobs):
-            if len(pairs) == 1 and len(rows) == n and 0 < len(pairs[0][0]) <= self._LARGE and rows[-1] == n - 1:
+            if len(pairs) == 1 and len(rows) and 0 < len(pairs[0][0]) <= self._LARGE:
                 groups.setdefault((pairs[0][1], len(pairs[0][0])), []).append(j)
             elif len(rows):
                 groups.setdefault((-1, j), []).append(j)
@@ -439,8 +459,10 @@ class ClusterOracle:
                     b0 = st["Hb0"][K, sel][None]
                 t, c = self._linear_guard(HB, b0)
                 for i, j in enumerate(part):
-                    types[ends[j] - sizes[j] : ends[j]] = t[i]
-                    close[ends[j] - sizes[j] : ends[j]] = c[i]
+                    rows = jobs[j][1]
+                    pick = slice(None) if m < 0 or len(rows) == n else rows  # (stacked products cover every cell)
+                    types[ends[j] - sizes[j] : ends[j]] = t[i][pick]
+                    close[ends[j] - sizes[j] : ends[j]] = c[i][pick]
         count = getattr(self.proba_fn, "count", None)
         if callable(count):
             count(len(types))
@@ -550,7 +572,7 @@ class ClusterOracle:
         if m == 0:
             return np.empty(0, np.int64), np.empty(0), np.empty(0, bool)
         pairs = [self._pairs(c) for c in cands]
-        changed = [self._changed_rows(p) for p in pairs]
+        changed = self._changed_rows_many(pairs)
         counts = np.tile(self.orig_counts, (m, 1))
         for j, ch in enumerate(changed):  # unchanged cells keep their original types
             if len(ch) == n:
