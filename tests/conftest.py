@@ -72,8 +72,9 @@ def lr_workload():
     """The adverSCarial benchmark workload: PBMC3k log-normalized HVGs and a fixed logistic regression.
 
     Returns a dict with ``X`` (cells x genes, float32), ``genes``, ``labels`` (Seurat cell types),
-    ``classes``, ``W`` (genes x classes) and ``b`` (the classifier ``softmax(X @ W + b)``) and
-    ``cgd_order`` (gene indices of the CGD runs).
+    ``cells``, ``classes``, ``W`` (genes x classes) and ``b`` (the classifier ``softmax(X @ W + b)``),
+    ``proba`` (that classifier as an opaque float64 callable, which black-box searches cannot look
+    into) and ``cgd_order`` (gene indices of the CGD runs).
     """
     import pandas as pd
 
@@ -86,12 +87,23 @@ def lr_workload():
     classes = [c for c in (lr_dir / "lr_classes.txt").read_text().split("\n") if c]
     labels = pd.read_csv(lr_dir / "labels.tsv", sep="\t", index_col=0).loc[X.index, "seurat_cell_type"].astype(str)
     order = (lr_dir / "cgd_gene_order.txt").read_text().split()
+    W = np.ascontiguousarray(coef.loc[classes, X.columns].to_numpy().T)
+    b = inter.loc[classes].to_numpy()
+
+    def lr_proba(Z):
+        z = np.asarray(Z, dtype=np.float64) @ W + b
+        z -= z.max(1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(1, keepdims=True)
+
     return {
         "X": X.to_numpy(np.float32),
         "genes": X.columns.to_numpy(str),
+        "cells": X.index.to_numpy(str),
         "labels": labels.to_numpy(),
         "classes": classes,
-        "W": np.ascontiguousarray(coef.loc[classes, X.columns].to_numpy().T),
-        "b": inter.loc[classes].to_numpy(),
+        "W": W,
+        "b": b,
+        "proba": lr_proba,
         "cgd_order": X.columns.get_indexer(order),
     }

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -11,32 +9,17 @@ import pytest
 
 import scadversarial as sad
 
-LR_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lr_oracle"
-
 
 @pytest.fixture(scope="session")
-def lr_adata():
+def lr_adata(lr_workload):
     """PBMC3k log-normalized HVGs as AnnData (obs 'cluster') and the fixed LR classifier as a callable."""
-    if not LR_DIR.is_dir():
-        pytest.skip(f"lr_oracle data not found at {LR_DIR}")
-    X = pd.read_csv(LR_DIR / "X_lognorm_hvg.csv.gz", index_col=0, float_precision="round_trip")
-    coef = pd.read_csv(LR_DIR / "lr_coef.csv.gz", index_col=0)
-    inter = pd.read_csv(LR_DIR / "lr_intercept.csv", index_col=0)["intercept"]
-    classes = [c for c in (LR_DIR / "lr_classes.txt").read_text().split("\n") if c]
-    labels = pd.read_csv(LR_DIR / "labels.tsv", sep="\t", index_col=0).loc[X.index, "seurat_cell_type"]
-    W = np.ascontiguousarray(coef.loc[classes, X.columns].to_numpy().T)
-    b = inter.loc[classes].to_numpy()
-
-    def lr_proba(Z):
-        z = np.asarray(Z, dtype=np.float64) @ W + b
-        z -= z.max(1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(1, keepdims=True)
-
+    lr = lr_workload
     a = ad.AnnData(
-        X.to_numpy(np.float32), obs=pd.DataFrame({"cluster": pd.Categorical(labels.astype(str))}, index=X.index)
+        lr["X"].copy(),
+        obs=pd.DataFrame({"cluster": pd.Categorical(lr["labels"])}, index=pd.Index(lr["cells"])),
     )
-    a.var_names = X.columns
+    a.var_names = lr["genes"]
+    lr_proba, classes = lr["proba"], lr["classes"]
     a.layers["lognorm"] = a.X.copy()
     return a, lr_proba, classes
 
