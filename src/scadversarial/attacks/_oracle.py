@@ -124,6 +124,8 @@ class ClusterOracle:
         Probabilities, per-cell types, call and score on the unmodified cells.
     n_evaluated
         Number of candidate modifications classified.
+    setup_seconds
+        Time the caller spent building the oracle (modified values, unmodified call), when it records it.
 
     """
 
@@ -151,6 +153,7 @@ class ClusterOracle:
         self.V = V
         self.batch_bytes = int(batch_bytes)
         self.n_evaluated = 0
+        self.setup_seconds = 0.0
         self._buf: np.ndarray | None = None
         self._all_rows = np.arange(X_target.shape[0])
         self._all_rows.flags.writeable = False  # shared by every candidate that changes every cell
