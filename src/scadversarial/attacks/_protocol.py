@@ -118,7 +118,8 @@ class ClassifierAdapter:
     classes
         List of class names (str).
     n_calls
-        Number of calls made to the underlying classifier so far.
+        Number of calls made to the underlying classifier so far (an evaluation of stacked candidates by
+        the linear update of a linear classifier counts as one call).
     n_rows
         Number of cells (rows) classified so far.
     kind
