@@ -50,6 +50,13 @@ def test_linear_head_only_for_linear_classifiers(lr_workload):
     assert head is not None and head.unit_roundoff == 2.0**-24
     np.testing.assert_allclose(head.weight, W.T.astype(np.float32), rtol=0, atol=0)
     assert ClassifierAdapter(torch.nn.Sequential(lin)).linear_head() is not None
+    # float32 products allowed in TF32 / bfloat16: the rounding bound widens with them
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        assert ClassifierAdapter(lin).linear_head().unit_roundoff == 2.0**-11
+    finally:
+        torch.set_float32_matmul_precision(before)
     assert ClassifierAdapter(_linear(W, b, torch.float64)).linear_head().unit_roundoff == 2.0**-53
     mlp = torch.nn.Sequential(lin, torch.nn.ReLU(), torch.nn.Linear(W.shape[1], 3))
     assert ClassifierAdapter(mlp).linear_head() is None

@@ -62,7 +62,12 @@ def _linear_head(classifier: Any, kind: str) -> LinearHead | None:
             return None
         w = lin.weight.detach().cpu().double().numpy()
         b = lin.bias.detach().cpu().double().numpy() if lin.bias is not None else np.zeros(w.shape[0])
-        return LinearHead(w, b, float(torch.finfo(lin.weight.dtype).eps) / 2)
+        u = float(torch.finfo(lin.weight.dtype).eps) / 2
+        if lin.weight.dtype == torch.float32:  # float32 products may run in TF32 (10 bits) or bfloat16 (7 bits)
+            precision = torch.get_float32_matmul_precision()
+            if precision != "highest" or (lin.weight.is_cuda and torch.backends.cuda.matmul.allow_tf32):
+                u = max(u, 2.0**-8 if precision == "medium" else 2.0**-11)
+        return LinearHead(w, b, u)
     if kind == "sklearn":
         from sklearn.linear_model import LogisticRegression
 
