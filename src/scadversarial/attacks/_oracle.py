@@ -320,17 +320,12 @@ class ClusterOracle:
             Hb0 = np.concatenate([H0, beta0[None]])
             mods = []
             for v, row1 in zip(self.Vs, self._rows1, strict=True):
+                # one value per gene (percentiles, aberrant, fixed): a column that broadcasts over the cells
+                vt = row1[:, None] if row1 is not None else np.ascontiguousarray(v.T)
                 DA = np.empty((2 * G, n), dtype=self.base.dtype)
-                if row1 is not None:  # one value per gene (percentiles, aberrant, fixed)
-                    vt = None
-                    np.subtract(row1[:, None], bt, out=DA[:G])
-                    np.subtract(np.abs(row1)[:, None], abt, out=DA[G:])
-                else:
-                    vt = np.ascontiguousarray(v.T)
-                    np.subtract(vt, bt, out=DA[:G])
-                    np.abs(vt, out=DA[G:])
-                    DA[G:] -= abt
-                mods.append({"DA": DA, "v": vt, "row1": row1})
+                np.subtract(vt, bt, out=DA[:G])
+                np.subtract(np.abs(vt), abt, out=DA[G:])
+                mods.append({"DA": DA, "v": vt})
             n_terms = G + 1
             self._lin = {
                 "blk": blk,
@@ -358,16 +353,10 @@ class ClusterOracle:
         st = self._linear_state()
         mod = st["mods"][m]
         if "Hb" not in mod:
-            head, K = self._head, st["K"]
+            head, K, vt = self._head, st["K"], mod["v"].astype(np.float64)
             Hb = np.empty((K + 1, self.n_cells))
-            if mod["row1"] is not None:
-                v = mod["row1"].astype(np.float64)
-                Hb[:K] = (head.weight @ v + head.bias)[:, None]
-                Hb[K] = st["wmax"] @ np.abs(v) + st["bmax"]
-            else:
-                vt = mod["v"].astype(np.float64)
-                Hb[:K] = head.weight @ vt + head.bias[:, None]
-                Hb[K] = st["wmax"] @ np.abs(vt) + st["bmax"]
+            Hb[:K] = head.weight @ vt + head.bias[:, None]
+            Hb[K] = st["wmax"] @ np.abs(vt) + st["bmax"]
             mod["Hb"] = Hb
         return mod["Hb"]
 
