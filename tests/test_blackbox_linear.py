@@ -97,7 +97,7 @@ def test_max_change_and_random_walk_linear_equal_plain(lr_workload):
     plain = max_change_search(plain_o, genes, random_state=3, method="plain")
     np.testing.assert_array_equal(fast.kept, plain.kept)
     assert (fast.call, fast.score) == (plain.call, plain.score)
-    assert lin_o._lin_recent  # large sets were updated from known ones
+    assert "HB0" in lin_o._lin  # answered by the incremental update
     rows = np.flatnonzero(lr["labels"] == "B")
     mods = ["perc1", "perc99", "positive_aberrant"]
     lin_o, _, plain_o = _oracles(_linear(lr["W"], lr["b"]), lr["classes"], lr["X"], rows, mods)
@@ -121,6 +121,49 @@ def test_cells_too_close_to_call_go_to_the_classifier(lr_workload):
     plain = single_gene_search(plain_o, np.arange(0, 2000, 7), method="plain")
     assert _records(fast) == _records(plain)
     assert lin_o.n_exact_rows > 0
+
+
+def test_max_change_close_cells_go_to_the_classifier(lr_workload):
+    """Incremental update: with a class that duplicates another every cell ties, the classifier decides."""
+    lr = lr_workload
+    W = np.concatenate([lr["W"][:, 2:3], lr["W"]], axis=1)  # class 'twin' duplicates class 2
+    b = np.concatenate([lr["b"][2:3], lr["b"]])
+    classes = ["twin", *lr["classes"]]
+    rows = np.flatnonzero(lr["labels"] == lr["classes"][2])
+    genes = np.arange(0, 2000, 3)
+    lin_o, _, plain_o = _oracles(_linear(W, b), classes, lr["X"], rows, ["perc99"])
+    fast = max_change_search(lin_o, genes, random_state=5, method="fast")
+    plain = max_change_search(plain_o, genes, random_state=5, method="plain")
+    np.testing.assert_array_equal(fast.kept, plain.kept)
+    assert (fast.call, fast.score, fast.n_questions) == (plain.call, plain.score, plain.n_questions)
+    assert lin_o.n_exact_rows > 0
+
+
+def test_decided_matches_every_completion():
+    """The call is settled by the known counts exactly when every type of the unknown cells gives the same answer."""
+    from itertools import combinations_with_replacement
+
+    from scadversarial.attacks._oracle import _decided, cluster_call
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        k = int(rng.integers(2, 5))
+        counts = rng.integers(0, 6, size=k)
+        rest = int(rng.integers(0, 4))
+        orig = int(rng.integers(0, k))
+        if counts.sum() + rest == 0:
+            continue
+        answers = set()
+        for extra in combinations_with_replacement(range(k), rest):
+            types = np.concatenate([np.repeat(np.arange(k), counts), np.array(extra, dtype=int)])
+            answers.add(bool(cluster_call(types, k)[0] != orig))
+        got = _decided(counts.tolist(), rest, orig)
+        if len(answers) == 1:
+            assert got in (None, next(iter(answers)))  # None only where it cannot tell cheaply
+            if rest == 0:
+                assert got == next(iter(answers))
+        else:
+            assert got is None
 
 
 @pytest.mark.parametrize("binary", [False, True])

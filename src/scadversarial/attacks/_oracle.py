@@ -34,7 +34,7 @@ classifies only what can matter, with the same answers:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -88,6 +88,24 @@ def cluster_call(types: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndar
     if squeeze:
         return call[0], score[0], counts[0]
     return call, score, counts
+
+
+def _decided(counts: list[int], rest: int, orig: int) -> bool | None:
+    """Whether the call flips given per-class ``counts`` and ``rest`` cells of unknown type (None: depends on them).
+
+    The call is the first class with the most cells: it stays ``orig`` when ``orig`` beats every other class even
+    if all unknown cells join that class, and it flips when some class beats ``orig`` even if they all join ``orig``.
+    """
+    co = counts[orig]
+    keep = True
+    for c, k in enumerate(counts):
+        if c == orig:
+            continue
+        if k > co + rest or (k == co + rest and c < orig):
+            return True
+        if k + rest > co or (k + rest == co and c < orig):
+            keep = False
+    return False if keep else None  # (with rest = 0, a class that would take the call returned True above)
 
 
 def _stacked_counts(types: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
@@ -346,6 +364,10 @@ class ClusterOracle:
                 # their logits rounded to it
                 "u_x": u_x + (2 * self._LARGE + 4) * u_x,
             }
+            st = self._lin
+            # the guard's bound on |computed - exact| of a logit: a beta + b beta0 (see _linear_guard)
+            st["bound_a"] = st["gamma"] + st["gamma64"] + st["u_x"] + 8 * st["u"]
+            st["bound_b"] = 2 * st["gamma64"] + st["u_x"]
         return self._lin
 
     def _linear_full(self, m: int) -> np.ndarray:
@@ -475,11 +497,139 @@ class ClusterOracle:
         t = K - first.max(axis=1)
         # a bound on |computed - exact| of every logit: the classifier's arithmetic, this update, the rounding of
         # D and A, and the softmax's subtraction of the largest logit (|logit| <= beta)
-        bound = (st["gamma"] + st["gamma64"] + st["u_x"] + 8 * st["u"]) * beta + (2 * st["gamma64"] + st["u_x"]) * beta0
+        bound = st["bound_a"] * beta + st["bound_b"] * beta0
         # too close to call (another class within twice the bound, with margin): the classifier's rounding could
         # reorder them, or its softmax tie them
         near = H >= (top - 2.2 * bound - 1e-5)[:, None]
         return t, np.count_nonzero(near, axis=1) > 1
+
+    # ------------------------------------------------------------------
+    # one gene set at a time, updated incrementally (searches that grow a set: max-change)
+    #
+    # These track, per cell, the logits H and a bound per class, B_k = sum_g |x_g w_kg| + |b_k| (the size of
+    # logit k's terms), as one (2 classes x cells) array [H; B]: a tighter guard than the stacked path's single
+    # bound per cell (beta = max_k B_k), for twice the update's work, which a search asking about one set at a
+    # time can afford. Logit k's rounding error is at most a B_k + b beta0 (a, b: see _linear_state).
+    def _incremental_state(self) -> dict:
+        st = self._linear_state()
+        if "blk2" not in st:
+            w, b = self._head.weight, self._head.bias
+            K, G = st["K"], self.n_genes
+            blk2 = np.zeros((2 * K, 2 * G))
+            blk2[:K, :G], blk2[K:, G:] = w, np.abs(w)
+            H0 = st["Hb0"][:K]
+            B0 = np.abs(w) @ np.abs(self.base.T).astype(np.float64) + np.abs(b)[:, None]
+            st["blk2"] = blk2
+            st["HB0"] = np.concatenate([H0, B0])
+            # D = v - x and A = |v| - |x| are rounded to the matrix's precision once (no stacked float32 sums):
+            # |error| <= u_x0 (|v| + |x|) per term
+            u_x0 = float(np.finfo(self.base.dtype).eps) / 2 if self.base.dtype.kind == "f" else 0.0
+            st["inc_a"] = st["gamma"] + st["gamma64"] + u_x0 + 8 * st["u"]
+            st["inc_b"] = 2 * st["gamma64"] + u_x0
+            st["beta0"] = B0.max(axis=0)
+        return st
+
+    def linear_start(self) -> np.ndarray:
+        """Float64 ``[H; B]`` (2 classes x cells) of the unmodified cells, the start of :meth:`linear_delta` sums."""
+        return self._incremental_state()["HB0"]
+
+    def linear_delta(self, genes: np.ndarray, m: int = 0) -> np.ndarray:
+        """Float64 change of ``[H; B]`` (2 classes x cells) when ``genes`` take modification ``m``.
+
+        ``linear_start()`` plus the deltas of disjoint gene sets is ``[H; B]`` of their union, within the
+        float64 rounding the guard allows for (it bounds the update's terms, whatever their order).
+        """
+        st = self._incremental_state()
+        genes = np.asarray(genes, dtype=np.intp)
+        cols = np.concatenate([genes, genes + self.n_genes])
+        # both operands float64: a mixed-precision product would skip BLAS (measured: 10x slower)
+        return st["blk2"][:, cols] @ st["mods"][m]["DA"][cols].astype(np.float64)
+
+    def unchanged(self, genes: np.ndarray, m: int = 0) -> np.ndarray | None:
+        """Per cell, whether modifying ``genes`` leaves its row as it is (None: every row changes)."""
+        genes = np.asarray(genes, dtype=np.intp)
+        if not len(genes):
+            return np.ones(self.n_cells, dtype=bool)
+        if not self._eq_any[m][genes].all():
+            return None
+        return self._eq[m][:, genes].all(axis=1)
+
+    def linear_base(self, HB: np.ndarray, cells: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per-cell types (first argmax of ``H``) of ``[H; B]`` and their slack: > 0 where the type is certain.
+
+        With ``e_k = 1.1 (a B_k + b beta0)`` (a bound on logit k's rounding error, with margin), the slack is
+        ``H_t - e_t - max_(k != t) (H_k + e_k) - 1e-5`` for the top class ``t``, ``-inf`` where that is not
+        positive (too close to call: the classifier's rounding could reorder the classes, or its softmax tie
+        them). A change of the logits whose spread (largest minus smallest change) is at most ``d``, and of every
+        ``B_k`` by at most ``dB``, keeps the type
+        certain where ``d + 2.2 a dB < slack`` (:meth:`linear_flipped`). ``cells``: the columns of ``HB``
+        (default all cells).
+        """
+        st = self._incremental_state()
+        K = st["K"]
+        H = HB[:K]
+        beta0 = st["beta0"] if cells is None else st["beta0"][cells]
+        err = (1.1 * st["inc_a"]) * HB[K:] + (1.1 * st["inc_b"]) * beta0
+        t = H.argmax(axis=0)
+        idx = np.arange(H.shape[1])
+        low = (H - err)[t, idx]
+        up = H + err
+        up[t, idx] = -np.inf
+        slack = low - up.max(axis=0) - 1e-5
+        slack[slack <= 0] = -np.inf
+        return t, slack
+
+    def linear_flipped(
+        self,
+        bases: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+        delta: np.ndarray,
+        same: Sequence[np.ndarray | None],
+        genes: Sequence[Callable[[], np.ndarray]],
+        m: int = 0,
+    ) -> np.ndarray:
+        """Whether the call flips, for candidates that add one gene set's change to known gene sets (one evaluation).
+
+        Candidate ``j`` is base ``bases[j] = ([H; B], types, slack)`` (types and slack from
+        :meth:`linear_base`) plus ``delta`` (:meth:`linear_delta` of the added genes); ``same[j]`` are its
+        :meth:`unchanged` cells (they keep their original types) and ``genes[j]()`` returns its whole gene set. A cell
+        whose change cannot reach its slack keeps the base's type; the others are typed from their new logits;
+        cells too close to call are classified by the classifier (one stacked call for all candidates) only
+        where the answer depends on them, so every answer equals :meth:`evaluate_one`'s.
+        """
+        st = self._incremental_state()
+        K, orig, n = st["K"], self.orig_call, self.n_cells
+        # the gap between two logits changes by at most the spread of their changes
+        reach = delta[:K].max(axis=0) - delta[:K].min(axis=0) + 2.2 * st["inc_a"] * delta[K:].max(axis=0)
+        flipped = np.zeros(len(bases), dtype=bool)
+        todo = []
+        for j, ((hb, t, slack), s) in enumerate(zip(bases, same, strict=True)):
+            unsure = reach >= slack
+            if s is not None:  # unchanged rows keep their original types, exactly
+                unsure &= ~s
+                t = np.where(s, self.orig_types, t)
+            u = np.flatnonzero(unsure)
+            counts = np.bincount(t, minlength=K) - np.bincount(t[u], minlength=K)
+            decided = _decided(counts.tolist(), len(u), orig)  # often settled whatever the unsure cells are
+            if decided is None:
+                tu, su = self.linear_base(hb[:, u] + delta[:, u], u)
+                sure = su > 0
+                counts += np.bincount(tu[sure], minlength=K)
+                close = u[~sure]
+                decided = _decided(counts.tolist(), len(close), orig)
+                if decided is None:
+                    todo.append((j, counts, close))
+                    continue
+            flipped[j] = decided
+        count = getattr(self.proba_fn, "count", None)
+        if callable(count):
+            count(n * len(bases))
+        if todo:
+            more = self._types_stacked([([(np.asarray(genes[j](), dtype=np.intp), m)], rows) for j, _, rows in todo])
+            for (j, counts, rows), t in zip(todo, more, strict=True):
+                flipped[j] = int((counts + np.bincount(t, minlength=K)).argmax()) != orig
+                self.n_exact_rows += len(rows)
+        self.n_evaluated += len(bases)
+        return flipped
 
     def _types_stacked(self, jobs: Sequence[tuple[list, np.ndarray]]) -> list[np.ndarray]:
         """Per-cell types of the given rows of each candidate, ``jobs = [(pairs, rows), ...]``, in stacked calls."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._oracle import ClusterOracle
+from ._oracle import ClusterOracle, _one_blas_thread
 
 __all__ = ["MaxChangeResult", "max_change_search"]
 
@@ -219,6 +219,50 @@ def _fast(
     return kept, n_questions, n_tested
 
 
+def _both(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    """Cells unchanged by both of two gene sets (None: every row changes)."""
+    return None if a is None or b is None else a & b
+
+
+def _fast_linear(oracle: ClusterOracle, genes: np.ndarray, max_split: int, orders: _Orders) -> tuple[list, int, int]:
+    """The search with a linear classifier: one update per half, shared by its two questions.
+
+    A half's change of the logits is computed once; the half alone adds it to the unmodified logits, the
+    union with the kept genes to the kept set's logits (kept up to date at every merge, with their per-cell
+    types and slack). Both questions are answered in one evaluation (the union is asked only when the half
+    alone keeps the call).
+    """
+    state = _Machine(genes, max_split, orders)
+    start = oracle.linear_start()
+    start = (start, *oracle.linear_base(start))
+    kept = kept_same = None  # ([H; beta], types, slack) of the kept genes, and their unchanged cells
+    n_questions = n_tested = 0
+    while state.question() is not None:
+        half = state.pending[1]
+        delta = oracle.linear_delta(half)
+        same = oracle.unchanged(half)
+        bases, sames, sets = [start], [same], [lambda half=half: half]
+        if state.kept:
+            bases.append(kept)
+            sames.append(_both(kept_same, same))
+            sets.append(lambda parts=[*state.kept, half]: np.concatenate(parts))
+        flipped = oracle.linear_flipped(bases, delta, sames, sets)
+        n_tested += len(bases)
+        merged = not state.kept and not flipped[0]
+        state.answer(not flipped[0])
+        n_questions += 1
+        if state.pending is not None:  # the union question (state.question() would only build its gene list)
+            merged = not flipped[1]
+            state.answer(merged)
+            n_questions += 1
+        if merged:
+            hb = bases[-1][0] + delta
+            kept = (hb, *oracle.linear_base(hb))
+            kept_same = sames[-1]
+    kept_genes = np.concatenate(state.kept).tolist() if state.kept else []
+    return kept_genes, n_questions, n_tested
+
+
 def max_change_search(
     oracle: ClusterOracle,
     genes: Sequence[int] | np.ndarray | None = None,
@@ -259,6 +303,9 @@ def max_change_search(
     if method == "plain":
         kept, n_q = _plain(oracle, genes, max_split, orders)
         n_t = n_q
+    elif oracle.is_linear:
+        with _one_blas_thread():  # many small products
+            kept, n_q, n_t = _fast_linear(oracle, genes, max_split, orders)
     else:
         kept, n_q, n_t = _fast(oracle, genes, max_split, orders, int(lookahead))
     kept = np.asarray(kept, dtype=np.intp)
