@@ -35,6 +35,7 @@ classifies only what can matter, with the same answers:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -88,6 +89,23 @@ def cluster_call(types: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndar
     if squeeze:
         return call[0], score[0], counts[0]
     return call, score, counts
+
+
+class LinearBase(NamedTuple):
+    """A gene set's certified per-cell types under the incremental update (:meth:`ClusterOracle.linear_base`).
+
+    ``HB`` is its ``[H; B; z]``; ``types`` the first argmax of ``H``; ``slack`` how far each cell's top logit
+    is from being too close to call (``-inf`` where it is); ``counts`` the per-class counts of the certain
+    cells; ``a_max``, ``z_max``, ``B_max`` the largest error coefficient, nonzero count and term size.
+    """
+
+    HB: np.ndarray
+    types: np.ndarray
+    slack: np.ndarray
+    counts: np.ndarray
+    a_max: float
+    z_max: float
+    B_max: float
 
 
 def _decided(counts: list[int], rest: int, orig: int) -> bool | None:
@@ -506,44 +524,61 @@ class ClusterOracle:
     # ------------------------------------------------------------------
     # one gene set at a time, updated incrementally (searches that grow a set: max-change)
     #
-    # These track, per cell, the logits H and a bound per class, B_k = sum_g |x_g w_kg| + |b_k| (the size of
-    # logit k's terms), as one (2 classes x cells) array [H; B]: a tighter guard than the stacked path's single
-    # bound per cell (beta = max_k B_k), for twice the update's work, which a search asking about one set at a
-    # time can afford. Logit k's rounding error is at most a B_k + b beta0 (a, b: see _linear_state).
+    # These track, per cell, the logits H, a bound per class B_k = sum_g |x_g w_kg| + |b_k| (the size of logit
+    # k's terms) and the number z of nonzero values x_g, as one (2 classes + 1 x cells) array [H; B; z]. Logit
+    # k's rounding error in the classifier is at most gamma_(z+1) B_k, whatever the order of its sums: a zero
+    # product and an addition of an exact zero are exact, so each term meets at most z + 1 roundings (its
+    # product, and an addition with each other nonzero term or the bias). With the update's own rounding, the
+    # error is at most a(z) B_k + b beta0 (inc_a, inc_b below) -- tighter than the stacked path's single bound
+    # per cell (gamma_(n_genes+1) max_k B_k), for twice the update's work, which a search asking about one set
+    # at a time can afford.
     def _incremental_state(self) -> dict:
         st = self._linear_state()
-        if "blk2" not in st:
+        if "DAZ" not in st:
             w, b = self._head.weight, self._head.bias
             K, G = st["K"], self.n_genes
-            blk2 = np.zeros((2 * K, 2 * G))
-            blk2[:K, :G], blk2[K:, G:] = w, np.abs(w)
+            # one product gives [dH; dB; dz] from per-modification [D; A; Z] (3 genes x cells, float64: a
+            # mixed-precision product would skip BLAS), Z the change of each value's being nonzero
+            blk3 = np.zeros((2 * K + 1, 3 * G))
+            blk3[:K, :G], blk3[K : 2 * K, G : 2 * G], blk3[2 * K, 2 * G :] = w, np.abs(w), 1.0
             H0 = st["Hb0"][:K]
             B0 = np.abs(w) @ np.abs(self.base.T).astype(np.float64) + np.abs(b)[:, None]
-            st["blk2"] = blk2
-            st["HB0"] = np.concatenate([H0, B0])
+            nz = self.base != 0
+            st["blk3"] = blk3
+            st["HB0"] = np.concatenate([H0, B0, nz.sum(axis=1, dtype=np.float64)[None]])
+            st["DAZ"] = [
+                np.concatenate([mod["DA"], (mod["v"] != 0) - nz.T.astype(self.base.dtype)]).astype(np.float64)
+                for mod in st["mods"]
+            ]
             # D = v - x and A = |v| - |x| are rounded to the matrix's precision once (no stacked float32 sums):
             # |error| <= u_x0 (|v| + |x|) per term
             u_x0 = float(np.finfo(self.base.dtype).eps) / 2 if self.base.dtype.kind == "f" else 0.0
-            st["inc_a"] = st["gamma"] + st["gamma64"] + u_x0 + 8 * st["u"]
+            st["inc_rest"] = st["gamma64"] + u_x0 + 8 * st["u"]
             st["inc_b"] = 2 * st["gamma64"] + u_x0
-            st["beta0"] = B0.max(axis=0)
+            st["e_b"] = 1.1 * st["inc_b"] * B0.max(axis=0)  # the beta0 part of every e_k
         return st
 
+    def _inc_a(self, z: np.ndarray) -> np.ndarray:
+        """Per cell, the coefficient ``a`` of ``B_k`` in the bound on a logit's error, for ``z`` nonzero values."""
+        st = self._incremental_state()
+        m = (z + 1) * st["u"]  # z values and the bias: at most z + 1 roundings per term
+        return m / (1 - m) + st["inc_rest"]
+
     def linear_start(self) -> np.ndarray:
-        """Float64 ``[H; B]`` (2 classes x cells) of the unmodified cells, the start of :meth:`linear_delta` sums."""
+        """Float64 ``[H; B; z]`` (2 classes + 1 x cells) of the unmodified cells, the start of :meth:`linear_delta` sums."""
         return self._incremental_state()["HB0"]
 
     def linear_delta(self, genes: np.ndarray, m: int = 0) -> np.ndarray:
-        """Float64 change of ``[H; B]`` (2 classes x cells) when ``genes`` take modification ``m``.
+        """Float64 change of ``[H; B; z]`` (2 classes + 1 x cells) when ``genes`` take modification ``m``.
 
-        ``linear_start()`` plus the deltas of disjoint gene sets is ``[H; B]`` of their union, within the
+        ``linear_start()`` plus the deltas of disjoint gene sets is ``[H; B; z]`` of their union, within the
         float64 rounding the guard allows for (it bounds the update's terms, whatever their order).
         """
         st = self._incremental_state()
         genes = np.asarray(genes, dtype=np.intp)
-        cols = np.concatenate([genes, genes + self.n_genes])
-        # both operands float64: a mixed-precision product would skip BLAS (measured: 10x slower)
-        return st["blk2"][:, cols] @ st["mods"][m]["DA"][cols].astype(np.float64)
+        G = self.n_genes
+        cols = np.concatenate([genes, genes + G, genes + 2 * G])
+        return st["blk3"][:, cols] @ st["DAZ"][m][cols]
 
     def unchanged(self, genes: np.ndarray, m: int = 0) -> np.ndarray | None:
         """Per cell, whether modifying ``genes`` leaves its row as it is (None: every row changes)."""
@@ -554,34 +589,37 @@ class ClusterOracle:
             return None
         return self._eq[m][:, genes].all(axis=1)
 
-    def linear_base(self, HB: np.ndarray, cells: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Per-cell types (first argmax of ``H``) of ``[H; B]`` and their slack: > 0 where the type is certain.
-
-        With ``e_k = 1.1 (a B_k + b beta0)`` (a bound on logit k's rounding error, with margin), the slack is
-        ``H_t - e_t - max_(k != t) (H_k + e_k) - 1e-5`` for the top class ``t``, ``-inf`` where that is not
-        positive (too close to call: the classifier's rounding could reorder the classes, or its softmax tie
-        them). A change of the logits whose spread (largest minus smallest change) is at most ``d``, and of every
-        ``B_k`` by at most ``dB``, keeps the type
-        certain where ``d + 2.2 a dB < slack`` (:meth:`linear_flipped`). ``cells``: the columns of ``HB``
-        (default all cells).
-        """
+    def linear_base(self, HB: np.ndarray) -> LinearBase:
+        """The certified per-cell types of a gene set from its ``[H; B; z]``: a base for :meth:`linear_flipped`."""
         st = self._incremental_state()
         K = st["K"]
-        H = HB[:K]
-        beta0 = st["beta0"] if cells is None else st["beta0"][cells]
-        err = (1.1 * st["inc_a"]) * HB[K:] + (1.1 * st["inc_b"]) * beta0
+        a = self._inc_a(HB[2 * K])
+        t, slack = self._slack(HB, (1.1 * a) * HB[K : 2 * K] + st["e_b"])
+        slack[slack <= 0] = -np.inf
+        sure = slack > 0
+        return LinearBase(
+            HB,
+            t,
+            slack,
+            np.bincount(t[sure], minlength=K),
+            float(a.max()),
+            float(HB[2 * K].max()),
+            float(HB[K : 2 * K].max()),
+        )
+
+    def _slack(self, HB: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """First-argmax types of ``H`` and ``H_t - e_t - max_(k != t) (H_k + e_k) - 1e-5`` (``err``: the ``e_k``)."""
+        H = HB[: self._lin["K"]]
         t = H.argmax(axis=0)
         idx = np.arange(H.shape[1])
-        low = (H - err)[t, idx]
+        low = H[t, idx] - err[t, idx]
         up = H + err
         up[t, idx] = -np.inf
-        slack = low - up.max(axis=0) - 1e-5
-        slack[slack <= 0] = -np.inf
-        return t, slack
+        return t, low - up.max(axis=0) - 1e-5
 
     def linear_flipped(
         self,
-        bases: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+        bases: Sequence[LinearBase],
         delta: np.ndarray,
         same: Sequence[np.ndarray | None],
         genes: Sequence[Callable[[], np.ndarray]],
@@ -589,29 +627,45 @@ class ClusterOracle:
     ) -> np.ndarray:
         """Whether the call flips, for candidates that add one gene set's change to known gene sets (one evaluation).
 
-        Candidate ``j`` is base ``bases[j] = ([H; B], types, slack)`` (types and slack from
-        :meth:`linear_base`) plus ``delta`` (:meth:`linear_delta` of the added genes); ``same[j]`` are its
-        :meth:`unchanged` cells (they keep their original types) and ``genes[j]()`` returns its whole gene set. A cell
-        whose change cannot reach its slack keeps the base's type; the others are typed from their new logits;
-        cells too close to call are classified by the classifier (one stacked call for all candidates) only
-        where the answer depends on them, so every answer equals :meth:`evaluate_one`'s.
+        Candidate ``j`` is ``bases[j]`` (:meth:`linear_base`) plus ``delta`` (:meth:`linear_delta` of the added
+        genes); ``same[j]`` are its :meth:`unchanged` cells (they keep their original types) and ``genes[j]()``
+        returns its whole gene set. A cell whose change cannot use up its slack keeps the base's type; the others
+        are typed from their new logits; cells too close to call are classified by the classifier (one stacked
+        call for all candidates) only where the answer depends on them, so every answer equals
+        :meth:`evaluate_one`'s.
         """
         st = self._incremental_state()
         K, orig, n = st["K"], self.orig_call, self.n_cells
-        # the gap between two logits changes by at most the spread of their changes
-        reach = delta[:K].max(axis=0) - delta[:K].min(axis=0) + 2.2 * st["inc_a"] * delta[K:].max(axis=0)
+        dH = delta[:K]
+        # The gap between two logits changes by at most the spread of their changes; an error bound
+        # e_k = 1.1 (a B_k + b beta0) grows by at most 1.1 ((a' - a) B'_k + a dB_k), where a' - a <= a(Z) - a(Z - dz)
+        # (a is convex in z; Z the largest z + dz, dz the largest increase of z) and B'_k <= max B + max dB
+        dz = max(float(delta[2 * K].max()), 0.0)
+        z_top = max(b.z_max for b in bases) + dz
+        a_top = float(self._inc_a(np.array(z_top)))  # a of every candidate cell is at most this
+        grow = a_top - float(self._inc_a(np.array(z_top - dz))) if dz else 0.0
+        dB = delta[K : 2 * K].max(axis=0)
+        reach = dH.max(axis=0)
+        reach -= dH.min(axis=0)
+        reach += (2.2 * max(b.a_max for b in bases)) * np.maximum(dB, 0)
+        reach += 2.2 * grow * (max(b.B_max for b in bases) + max(float(dB.max()), 0.0))
         flipped = np.zeros(len(bases), dtype=bool)
         todo = []
-        for j, ((hb, t, slack), s) in enumerate(zip(bases, same, strict=True)):
-            unsure = reach >= slack
-            if s is not None:  # unchanged rows keep their original types, exactly
+        for j, (base, s) in enumerate(zip(bases, same, strict=True)):
+            t = base.types
+            unsure = reach >= base.slack
+            if s is None:  # the base's certain cells, less the unsure ones (uncertain cells are all unsure)
+                u = np.flatnonzero(unsure)
+                counts = base.counts - np.bincount(t[u[base.slack[u] > 0]], minlength=K)
+            else:  # unchanged rows keep their original types, exactly
                 unsure &= ~s
+                u = np.flatnonzero(unsure)
                 t = np.where(s, self.orig_types, t)
-            u = np.flatnonzero(unsure)
-            counts = np.bincount(t, minlength=K) - np.bincount(t[u], minlength=K)
+                counts = np.bincount(t, minlength=K) - np.bincount(t[u], minlength=K)
             decided = _decided(counts.tolist(), len(u), orig)  # often settled whatever the unsure cells are
             if decided is None:
-                tu, su = self.linear_base(hb[:, u] + delta[:, u], u)
+                HBu = base.HB[:, u] + delta[:, u]
+                tu, su = self._slack(HBu, (1.1 * a_top) * HBu[K : 2 * K] + st["e_b"][u])
                 sure = su > 0
                 counts += np.bincount(tu[sure], minlength=K)
                 close = u[~sure]

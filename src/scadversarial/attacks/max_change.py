@@ -233,9 +233,8 @@ def _fast_linear(oracle: ClusterOracle, genes: np.ndarray, max_split: int, order
     alone keeps the call).
     """
     state = _Machine(genes, max_split, orders)
-    start = oracle.linear_start()
-    start = (start, *oracle.linear_base(start))
-    kept = kept_same = None  # ([H; beta], types, slack) of the kept genes, and their unchanged cells
+    start = oracle.linear_base(oracle.linear_start())
+    kept = kept_same = None  # the kept genes' LinearBase, and their unchanged cells
     n_questions = n_tested = 0
     while state.question() is not None:
         half = state.pending[1]
@@ -256,8 +255,7 @@ def _fast_linear(oracle: ClusterOracle, genes: np.ndarray, max_split: int, order
             state.answer(merged)
             n_questions += 1
         if merged:
-            hb = bases[-1][0] + delta
-            kept = (hb, *oracle.linear_base(hb))
+            kept = oracle.linear_base(bases[-1].HB + delta)
             kept_same = sames[-1]
     kept_genes = np.concatenate(state.kept).tolist() if state.kept else []
     return kept_genes, n_questions, n_tested
