@@ -177,3 +177,21 @@ def test_sklearn_logistic_regression_linear_equals_plain(lr_workload, binary):
     lin_o, _, plain_o = _oracles(clf, None, X, rows, ["positive_aberrant"])
     assert lin_o.is_linear
     assert _records(single_gene_search(lin_o, method="fast")) == _records(single_gene_search(plain_o, method="plain"))
+
+
+def test_no_rounding_bound_for_coarse_products(lr_workload):
+    """bfloat16 products on 2,000 genes admit no rounding bound (n u >= 1): the classifier classifies every cell."""
+    lr = lr_workload
+    rows = np.flatnonzero(lr["labels"] == "NK")
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        lin_o, _, plain_o = _oracles(_linear(lr["W"], lr["b"]), lr["classes"], lr["X"], rows, ["perc99"])
+        assert lin_o._linear_state()["gamma"] == np.inf
+        genes = np.arange(0, 2000, 9)
+        fast = max_change_search(lin_o, genes, random_state=1, method="fast")
+        plain = max_change_search(plain_o, genes, random_state=1, method="plain")
+    finally:
+        torch.set_float32_matmul_precision(before)
+    np.testing.assert_array_equal(fast.kept, plain.kept)
+    assert lin_o.n_exact_rows > 0

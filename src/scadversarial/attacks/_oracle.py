@@ -91,6 +91,14 @@ def cluster_call(types: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndar
     return call, score, counts
 
 
+def _gamma(nu):
+    """``gamma_n = n u / (1 - n u)`` from ``nu = n u`` (infinite where ``n u >= 1``: no bound)."""
+    nu = np.asarray(nu, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        g = np.where(nu < 1, nu / np.maximum(1 - nu, 0), np.inf)
+    return float(g) if g.ndim == 0 else g
+
+
 class LinearBase(NamedTuple):
     """A gene set's certified per-cell types under the incremental update (:meth:`ClusterOracle.linear_base`).
 
@@ -373,7 +381,9 @@ class ClusterOracle:
                 "wmax": wmax,
                 "bmax": bmax,
                 # |fl(l) - l| <= gamma sum |terms| for the classifier's own dot products (any order)
-                "gamma": n_terms * head.unit_roundoff / (1 - n_terms * head.unit_roundoff),
+                # (no bound once n u >= 1: coarse products, e.g. bfloat16, on many genes; every cell is then
+                # left to the classifier)
+                "gamma": _gamma(n_terms * head.unit_roundoff),
                 # this update in float64: the unmodified logits plus the terms it adds
                 "gamma64": 4 * n_terms * 2.0**-53,
                 "u": head.unit_roundoff,
@@ -518,7 +528,7 @@ class ClusterOracle:
         bound = st["bound_a"] * beta + st["bound_b"] * beta0
         # too close to call (another class within twice the bound, with margin): the classifier's rounding could
         # reorder them, or its softmax tie them
-        near = H >= (top - 2.2 * bound - 1e-5)[:, None]
+        near = ~(H < (top - 2.2 * bound - 1e-5)[:, None])  # (NaN, from an infinite bound: near)
         return t, np.count_nonzero(near, axis=1) > 1
 
     # ------------------------------------------------------------------
@@ -561,8 +571,7 @@ class ClusterOracle:
     def _inc_a(self, z: np.ndarray) -> np.ndarray:
         """Per cell, the coefficient ``a`` of ``B_k`` in the bound on a logit's error, for ``z`` nonzero values."""
         st = self._incremental_state()
-        m = (z + 1) * st["u"]  # z values and the bias: at most z + 1 roundings per term
-        return m / (1 - m) + st["inc_rest"]
+        return _gamma((z + 1) * st["u"]) + st["inc_rest"]  # z values and the bias: at most z + 1 roundings per term
 
     def linear_start(self) -> np.ndarray:
         """Float64 ``[H; B; z]`` (2 classes + 1 x cells) of the unmodified cells, the start of :meth:`linear_delta` sums."""
@@ -595,7 +604,7 @@ class ClusterOracle:
         K = st["K"]
         a = self._inc_a(HB[2 * K])
         t, slack = self._slack(HB, (1.1 * a) * HB[K : 2 * K] + st["e_b"])
-        slack[slack <= 0] = -np.inf
+        slack[~(slack > 0)] = -np.inf  # (NaN, from an infinite bound: not certain either)
         sure = slack > 0
         return LinearBase(
             HB,
@@ -649,6 +658,8 @@ class ClusterOracle:
         reach -= dH.min(axis=0)
         reach += (2.2 * max(b.a_max for b in bases)) * np.maximum(dB, 0)
         reach += 2.2 * grow * (max(b.B_max for b in bases) + max(float(dB.max()), 0.0))
+        if not np.isfinite(a_top):  # no rounding bound (coarse products): nothing is certain
+            reach[:] = np.inf
         flipped = np.zeros(len(bases), dtype=bool)
         todo = []
         for j, (base, s) in enumerate(zip(bases, same, strict=True)):
