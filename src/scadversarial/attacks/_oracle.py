@@ -358,7 +358,7 @@ class ClusterOracle:
             bt = np.ascontiguousarray(self.base.T)
             abt = np.abs(bt)
             u_x = float(np.finfo(bt.dtype).eps) / 2 if bt.dtype.kind == "f" else 0.0
-            H0 = w @ bt + head.bias[:, None]
+            H0 = w @ bt.astype(np.float64) + head.bias[:, None]  # (float64 both: a mixed product skips BLAS)
             # beta in the matrix's precision, enlarged by its relative rounding bound: still an upper bound
             beta0 = (wmax.astype(bt.dtype) @ abt).astype(np.float64) * (1 + 2 * G * u_x) + bmax
             Hb0 = np.concatenate([H0, beta0[None]])
