@@ -7,10 +7,14 @@ more than ``max_split_size`` genes); a half that flips the call is split again. 
 modified as a whole, keeps the call by construction; its complement is the cluster's signature.
 
 ``method='plain'`` runs the recursion with one classifier call per question (the reference).
-``method='fast'`` runs the same search as a resumable state machine and speculates: it predicts the
-answers of the next questions, classifies all of them in one stacked call, then replays the search
-with the true answers up to the first wrong guess. Both give the same result and consume the random
-generator identically.
+``method='fast'`` runs the same search as a resumable state machine. With a linear classifier it
+updates the logits incrementally: each half's change is computed once and added to the unmodified
+logits (the half alone) and to the kept genes' logits (the union), and only cells whose type the
+change could alter are looked at again (see :meth:`ClusterOracle.linear_flipped
+<scadversarial.attacks._oracle.ClusterOracle.linear_flipped>`). With any other classifier it
+speculates: it predicts the answers of the next questions, classifies all of them in one stacked
+call, then replays the search with the true answers up to the first wrong guess. Both give the
+plain search's result and consume the random generator identically.
 """
 
 from __future__ import annotations
@@ -285,7 +289,7 @@ def max_change_search(
     method
         ``'fast'`` (speculative, stacked) or ``'plain'`` (one classifier call per question).
     lookahead
-        Most questions speculated at once by ``'fast'``.
+        Most questions speculated at once by ``'fast'`` (classifiers without a linear update).
 
     Returns
     -------
