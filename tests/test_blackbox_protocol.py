@@ -103,3 +103,43 @@ def test_protocol_errors():
         ClassifierAdapter(lambda Z: Z, ["a"])(X[0])
     with pytest.raises(ValueError, match="classes are unknown"):
         _ = ClassifierAdapter(lambda Z: Z).classes
+
+
+@pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")  # (torch, on the read-only input)
+def test_torch_input_read_in_place_or_converted_alike():
+    """A C-contiguous array of the module's dtype is read in place; other inputs give the same probabilities."""
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(300, 40)).astype(np.float32)
+    torch.manual_seed(0)
+    net = torch.nn.Linear(40, 4)
+    fn = ClassifierAdapter(net, list("abcd"), batch_size=64)
+    P = fn(X)
+    assert P.shape == (300, 4) and P.dtype == np.float32
+    read_only = X.copy()
+    read_only.flags.writeable = False
+    for Z in (np.asfortranarray(X), read_only, X.astype(np.float64), X.tolist()):
+        np.testing.assert_array_equal(fn(Z), P)
+    np.testing.assert_array_equal(fn(X[:128]), P[:128])  # whole blocks
+    np.testing.assert_array_equal(fn(X[:1]), P[:1])  # one padded block
+    assert fn(X[:0]).shape == (0, 4)
+    X[0] = 100.0  # the input itself is read, not a copy made at the first call
+    assert not np.array_equal(fn(X)[0], P[0])
+
+
+def test_torch_module_outputs_tuples_or_odd_shapes():
+    X, _ = _data(n=20, g=12)
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(12, 3)
+
+    class Pair(torch.nn.Module):
+        def forward(self, x):
+            return lin(x), x
+
+    class FirstRow(torch.nn.Module):
+        def forward(self, x):
+            return lin(x)[:1]
+
+    ref = ClassifierAdapter(lin, list("abc"), batch_size=8)(X)
+    np.testing.assert_array_equal(ClassifierAdapter(Pair(), list("abc"), batch_size=8)(X), ref)
+    with pytest.raises(ValueError, match="returned an array of shape"):
+        ClassifierAdapter(FirstRow(), list("abc"), batch_size=8)(X)
