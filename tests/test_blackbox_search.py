@@ -213,3 +213,24 @@ def test_sign_genes_order_interleaves():
     assert [int(g) for g in order] == [g for g, _ in ref]
     assert [int(p) for p in pair] == [p for _, p in ref]
     np.testing.assert_allclose(pval, pv[pair, order])
+
+
+def test_cgd_rows_of_a_larger_matrix(lr_oracle):
+    """``rows=``: the cluster's rows taken from the whole matrix (any layout or dtype) give the same search."""
+    X, genes = lr_oracle["X"], lr_oracle["cgd_order"][:40]
+    rows = np.flatnonzero(lr_oracle["labels"] == "CD8 T")
+    before = X[rows].copy()
+    for method in ("fast", "plain"):
+        kw = {"alpha": 10, "epsilon": 10, "method": method}
+        ref = cgd_search(ClassifierAdapter(lr_oracle["proba"], lr_oracle["classes"]), X[rows], genes, **kw)
+        for Z in (X, np.asfortranarray(X)):
+            fn = ClassifierAdapter(lr_oracle["proba"], lr_oracle["classes"])
+            res = cgd_search(fn, Z, genes, rows=rows, **kw)
+            assert res.summary == ref.summary and res.modified_genes == ref.modified_genes
+            np.testing.assert_array_equal(res.X, ref.X)
+            np.testing.assert_array_equal(res.types, ref.types)
+        np.testing.assert_array_equal(X[rows], before)  # the input is left alone
+    fn = ClassifierAdapter(lr_oracle["proba"], lr_oracle["classes"])
+    for bad in ([len(X)], [-1], [0.5]):
+        with pytest.raises(IndexError, match="rows"):
+            cgd_search(fn, X, genes, rows=bad)

@@ -75,11 +75,14 @@ class CGDResult:
 
 def _choose_new_target(counts: np.ndarray, P: np.ndarray, orig: int, excl: Sequence[int]) -> int:
     """The new target from the per-class cell counts ``counts`` (``np.bincount(types)``) and probabilities ``P``."""
-    cand = counts.copy()
+    cand = counts.tolist()  # a few classes: Python lists beat numpy calls
+    n_types = len(cand) - cand.count(0)
     cand[orig] = -1
-    cand[excl] = -1
-    if np.count_nonzero(counts) > 1 and cand.max() > 0:
-        return int(cand.argmax())  # most frequent other type; ties to the class listed first
+    for e in excl:
+        cand[e] = -1
+    top = max(cand)
+    if n_types > 1 and top > 0:
+        return cand.index(top)  # most frequent other type; ties to the class listed first
     mean = P.mean(axis=0)
     order = np.argsort(-mean, kind="stable")
     order = order[order != orig]
@@ -112,8 +115,8 @@ def _summary_row(order, gene, n_mod, types, counts, P, orig, new) -> dict:
         "n_modified_cells": int(n_mod),
         "frac_orig": float(n_or / n),
         "frac_new": float(n_new / n),
-        "proba_orig_cells": _mean(P[types == orig, orig]) if n_or else 0.0,
-        "proba_new_cells": _mean(P[types == new, new]) if n_new else 0.0,
+        "proba_orig_cells": _mean(P[:, orig][types == orig]) if n_or else 0.0,
+        "proba_new_cells": _mean(P[:, new][types == new]) if n_new else 0.0,
         "proba_orig_cluster": _mean(P[:, orig]),
         "proba_new_cluster": _mean(P[:, new]),
     }
@@ -130,6 +133,7 @@ def cgd_search(
     exclude_new_targets: Sequence[int] = (),
     stop_at_switch: bool = True,
     method: str = "fast",
+    rows: Sequence[int] | np.ndarray | None = None,
 ) -> CGDResult:
     """Run CGD on one cluster.
 
@@ -138,7 +142,7 @@ def cgd_search(
     proba_fn
         ``proba_fn(X) -> probabilities`` (see :class:`~scadversarial.attacks._protocol.ClassifierAdapter`).
     X_target
-        ``(n_target, n_genes)`` expression of the cluster's cells.
+        ``(n_target, n_genes)`` expression of the cluster's cells, or with ``rows`` a matrix that holds them.
     genes
         Gene indices, in the order they are visited.
     alpha, epsilon
@@ -151,6 +155,10 @@ def cgd_search(
         Stop as soon as the new target is called for more cells than the original type.
     method
         ``'fast'`` (one call per gene, changed rows only) or ``'plain'`` (two calls per gene, whole cluster).
+    rows
+        Indices (``0 <= i < len(X_target)``) of the cluster's cells among the rows of ``X_target`` (default: all
+        its rows, in order). They are copied straight into the search's own matrix: a large ``X_target`` is not
+        copied as a whole.
 
     Returns
     -------
@@ -164,18 +172,31 @@ def cgd_search(
     dtype = np.result_type(X_target.dtype, np.float32)
     genes = np.asarray(genes).ravel()
     genes = genes.tolist() if genes.dtype.kind in "iu" else [int(g) for g in genes]
-    n = X_target.shape[0]
+    if rows is not None:
+        rows = np.asarray(rows).ravel()
+        if rows.dtype.kind not in "iu" or (len(rows) and not 0 <= rows.min() <= rows.max() < len(X_target)):
+            msg = f"rows must be indices 0 <= i < {len(X_target)} of rows of X_target."
+            raise IndexError(msg)
+    n = X_target.shape[0] if rows is None else len(rows)
     if method == "plain":
-        M = np.array(X_target, dtype=dtype, copy=True)
+        M = np.array(X_target, dtype=dtype, copy=True) if rows is None else X_target[rows].astype(dtype, copy=False)
         P = np.asarray(proba_fn(M))
     else:
         # one work buffer: rows [0, n) are the matrix being modified (``res.X`` is a view of them), the rows after
-        # them hold the stacked rows of each call; calls take whole blocks of rows, so nothing is padded or copied
+        # them hold the stacked rows of each call; calls take whole blocks of rows, so nothing is padded or copied.
+        # Rows past n are set when first classified (np.empty: no pass over the whole buffer, no page never used)
         block = _block_rows(proba_fn)
-        W = np.zeros((_whole_blocks(2 * n, block), X_target.shape[1]), dtype=dtype)
+        W = np.empty((_whole_blocks(2 * n, block), X_target.shape[1]), dtype=dtype)
         M = W[:n]
-        M[...] = X_target
-        P = np.asarray(proba_fn(W[: _whole_blocks(n, block)]))[:n]
+        if rows is None:
+            M[...] = X_target
+        elif X_target.dtype == dtype and X_target.flags.c_contiguous:  # (rows checked above: clip = raise, unbuffered)
+            np.take(X_target, rows, axis=0, out=M, mode="clip")
+        else:
+            M[...] = X_target[rows]
+        ready = _whole_blocks(n, block)
+        W[n:ready] = 0
+        P = np.asarray(proba_fn(W[:ready]))[:n]
     types = P.argmax(axis=1)
     K = P.shape[1]
     counts = np.bincount(types, minlength=K)
@@ -187,7 +208,7 @@ def cgd_search(
     if method == "plain":
         _plain(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res)
     else:
-        _fast(proba_fn, W, n, block, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res)
+        _fast(proba_fn, W, n, block, ready, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res)
     return res
 
 
@@ -246,9 +267,11 @@ def _plain(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_a
     _finish(res, P, types, orig, new)
 
 
-def _fast(proba_fn, W, n, block, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res) -> None:
-    # rows [0, n) of the work buffer W are the committed matrix itself (trials step a column in place and restore
-    # it), rows [n, n + #opposite) the previous gene's cells that took the opposite step
+def _fast(proba_fn, W, n, block, ready, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res) -> None:
+    # rows [0, n) of the work buffer W are the committed matrix itself (a trial steps a column in place, then the
+    # committed column, or the unchanged one, replaces it), rows [n, n + #opposite) the previous gene's cells that
+    # took the opposite step; rows [0, ready) hold values (rows past the stacked ones are classified with their
+    # block, their outputs dropped)
     P = P.copy()
     X = W[:n]
     pending = None  # (gene index i, gene, plus cells, minus cells, trial probabilities of the plus cells)
@@ -265,10 +288,14 @@ def _fast(proba_fn, W, n, block, genes, P, types, orig, new, excl, alpha, epsilo
         elif g is None:
             out_t, out_m = None, np.asarray(proba_fn(W[n : n + n_minus]))  # (only after the last gene)
         else:  # trial of this gene on every cell; only the cells not called the new target are used
+            called = _whole_blocks(n + n_minus, block)
+            if called > ready:
+                W[max(ready, n + n_minus) : called] = 0
+                ready = called
             col = X[:, g].copy()
-            X[:, g] = _step(col, alpha, epsilon, +1)
-            out = np.asarray(proba_fn(W[: _whole_blocks(n + n_minus, block)]))
-            X[:, g] = col
+            trial = _step(col, alpha, epsilon, +1)
+            X[:, g] = trial  # until the committed column replaces it (or col is put back)
+            out = np.asarray(proba_fn(W[:called]))
             out_t, out_m = out[:n], out[n : n + n_minus]
         if pending is not None:
             pi, pg, plus, minus, P_plus = pending
@@ -279,22 +306,29 @@ def _fast(proba_fn, W, n, block, genes, P, types, orig, new, excl, alpha, epsilo
             new, stop = _after_commit(P, types, orig, new, excl, pi, pg, len(plus) + len(minus), res, stop_at_switch)
             pending = None
             if stop:
+                if g is not None:
+                    X[:, g] = col
                 break
         if g is None:
             break
         i += 1
         cells = np.flatnonzero(types != new)
         if len(cells) == 0:
+            X[:, g] = col
             break
         res.n_genes_visited = i
-        d_new = out_t[cells, new] - P[cells, new]
-        d_or = out_t[cells, orig] - P[cells, orig]
+        d_new = out_t[:, new][cells] - P[:, new][cells]
+        d_or = out_t[:, orig][cells] - P[:, orig][cells]
         plus, minus = cells[d_new > d_or], cells[d_new < d_or]
         if len(plus) + len(minus) == 0:
+            X[:, g] = col
             res.summary.append(dict(res.summary[-1], order=i, gene=g, n_modified_cells=0))
             continue
         res.modified_genes.append(g)
-        X[plus, g] = _step(X[plus, g], alpha, epsilon, +1)
-        X[minus, g] = _step(X[minus, g], alpha, epsilon, -1)
+        # the committed column: the trial step where it helped (elementwise: the same values), the opposite step
+        # where it hurt
+        col[plus] = trial[plus]
+        col[minus] = _step(col[minus], alpha, epsilon, -1)
+        X[:, g] = col
         pending = (i, g, plus, minus, out_t[plus])
     _finish(res, P, types, orig, new)
