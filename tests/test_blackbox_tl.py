@@ -312,3 +312,62 @@ def test_cgd_layer_is_a_private_copy(small):
     with pytest.raises(ValueError, match="NaN"):
         sad.tl.cgd_attack(b, genes=list(a.var_names[:40]), **kw)
     assert "sad_cgd_CD8 T" not in b.layers
+
+
+@pytest.mark.parametrize("kind", ["callable", "torch"])
+def test_cgd_whole_matrix_fast_equals_plain(lr_adata, lr_workload, kind, one_torch_thread):
+    """The whole workload matrix (copied on a second thread while the search runs): fast equals plain, the
+    layer is a private copy that differs from X only on the cluster's cells."""
+    import torch
+
+    a, proba, classes = lr_adata
+    clf = proba
+    if kind == "torch":
+        clf = torch.nn.Linear(*lr_workload["W"].shape)
+        with torch.no_grad():
+            clf.weight.copy_(torch.as_tensor(lr_workload["W"].T))
+            clf.bias.copy_(torch.as_tensor(lr_workload["b"]))
+    genes = list(a.var_names[lr_workload["cgd_order"][:60]])
+    rows = np.flatnonzero((a.obs["cluster"] == "CD8 T").to_numpy())
+    out = {}
+    for method in ("fast", "plain"):
+        b = a.copy()
+        before = b.X.copy()
+        df = sad.tl.cgd_attack(
+            b, groupby="cluster", target="CD8 T", classifier=clf, classes=classes, genes=genes, alpha=10,
+            epsilon=10, method=method, key_added="k",
+        )  # fmt: skip
+        layer = b.layers["k"]
+        assert layer.dtype == np.float32 and not np.shares_memory(layer, b.X)
+        np.testing.assert_array_equal(b.X, before)
+        np.testing.assert_array_equal(np.delete(layer, rows, axis=0), np.delete(before, rows, axis=0))
+        assert df["n_modified_cells"].iloc[1:].gt(0).any()
+        out[method] = (df, layer)
+    pd.testing.assert_frame_equal(out["fast"][0], out["plain"][0])
+    np.testing.assert_array_equal(out["fast"][1], out["plain"][1])
+
+
+def test_string_categories_and_gene_names_looked_up_alike(small):
+    """Cluster labels taken by category code, genes looked up in adata.var_names: as the generic paths."""
+    from scadversarial.tl._blackbox import _gene_indices, _setup
+
+    a, proba, classes = small
+    kw = {"groupby": "cluster", "target": "NK", "classifier": proba, "classes": classes, "layer": None}
+    b = a.copy()
+    b.obs["cluster"] = b.obs["cluster"].cat.add_categories(["unused"])
+    by_code = _setup(b, batch_size=None, **kw)
+    b.obs["cluster"] = b.obs["cluster"].astype(object)
+    generic = _setup(b, batch_size=None, **kw)
+    assert by_code.labels.dtype == generic.labels.dtype == object
+    np.testing.assert_array_equal(by_code.labels, generic.labels)
+    with pytest.raises(ValueError, match="clusters: \\['B', "):  # the clusters present, not the unused category
+        _setup(b.copy(), batch_size=None, **{**kw, "target": "unused"})
+    b.obs["cluster"] = pd.Categorical(b.obs["cluster"]).remove_categories(["B"])
+    with pytest.raises(ValueError, match=f"{int((a.obs['cluster'] == 'B').sum())} cells have no cluster"):
+        _setup(b, batch_size=None, **kw)
+    names = list(a.var_names[[5, 2, 5, 9]]) + [a.var_names[0]]
+    np.testing.assert_array_equal(_gene_indices(generic, names, None, index=a.var_names), [5, 2, 9, 0])
+    np.testing.assert_array_equal(_gene_indices(generic, names, None), [5, 2, 9, 0])
+    for index in (None, a.var_names):
+        with pytest.raises(KeyError, match="not among the classifier's genes: \\['nope'\\]"):
+            _gene_indices(generic, [*names, "nope"], None, index=index)

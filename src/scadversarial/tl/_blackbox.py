@@ -94,13 +94,18 @@ def _setup(
         msg = f"groupby must be the name of an adata.obs column, got {groupby!r}."
         raise TypeError(msg)
     labels = check_obs_key(adata, groupby, producer=_PRODUCER)
-    if labels.isna().any():
-        msg = (
-            f"{int(labels.isna().sum())} cells have no cluster in adata.obs[{groupby!r}]. Drop them or fill them first."
-        )
+    cat = labels.array if isinstance(labels.dtype, pd.CategoricalDtype) else None
+    by_code = cat is not None and pd.api.types.is_string_dtype(cat.categories)
+    n_missing = int(np.count_nonzero(cat.codes < 0)) if by_code else int(labels.isna().sum())
+    if n_missing:
+        msg = f"{n_missing} cells have no cluster in adata.obs[{groupby!r}]. Drop them or fill them first."
         raise ValueError(msg)
-    labels = labels.astype(str).to_numpy()
-    present = pd.unique(labels)
+    if by_code:  # string categories (the usual cluster column): the same labels, taken by code (no per-cell work)
+        labels = np.asarray(cat.categories, dtype=object)[cat.codes]
+        present = cat.categories[np.bincount(cat.codes, minlength=len(cat.categories)) > 0]
+    else:
+        labels = labels.astype(str).to_numpy()
+        present = pd.unique(labels)
     for t in [] if target is None else ([target] if isinstance(target, str) else list(target)):
         if t not in set(present):
             msg = f"Target cluster {t!r} not found in adata.obs[{groupby!r}] (clusters: {sorted(map(str, present))}). Pass one of them as target=."
@@ -149,8 +154,14 @@ def _setup(
     return _Ctx(X=X, genes=genes, labels=labels, adapter=adapter, var_idx=var_idx, classifier_name=name)
 
 
-def _gene_positions(ctx: _Ctx, names: list[str]) -> np.ndarray:
-    """Positions of ``names`` among the classifier's genes (-1: not there), as ``pd.Index.get_indexer``."""
+def _gene_positions(ctx: _Ctx, names: list[str], index: pd.Index | None = None) -> np.ndarray:
+    """Positions of ``names`` among the classifier's genes (-1: not there), as ``pd.Index.get_indexer``.
+
+    ``index``: the classifier's genes as a string :class:`pandas.Index` (``adata.var_names`` when they are adata's),
+    looked up with the hash table pandas keeps with it.
+    """
+    if index is not None:
+        return index.get_indexer(np.asarray(names, dtype=object))
     lookup = dict(zip(ctx.genes.tolist(), range(len(ctx.genes)), strict=True))
     if len(lookup) != len(ctx.genes):  # duplicated gene names: pandas raises its own error
         return pd.Index(ctx.genes).get_indexer(names)
@@ -158,20 +169,26 @@ def _gene_positions(ctx: _Ctx, names: list[str]) -> np.ndarray:
 
 
 def _gene_indices(
-    ctx: _Ctx, genes: Sequence[str] | None, exclude: Sequence[str] | None, *, what: str = "genes"
+    ctx: _Ctx,
+    genes: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    *,
+    what: str = "genes",
+    index: pd.Index | None = None,
 ) -> np.ndarray:
+    """Positions of ``genes`` (all by default, duplicates dropped) without ``exclude``; ``index`` as in :func:`_gene_positions`."""
     if genes is None:
         idx = np.arange(len(ctx.genes))
     else:
         genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
-        pos = _gene_positions(ctx, genes)
+        pos = _gene_positions(ctx, genes, index)
         if (pos < 0).any():
             bad = [g for g, p in zip(genes, pos, strict=True) if p < 0]
             msg = f"{len(bad)} of the {what} are not among the classifier's genes: {bad[:10]}. Pass names from adata.var_names."
             raise KeyError(msg)
-        idx = pos[np.sort(np.unique(pos, return_index=True)[1])]
+        idx = pd.unique(pos)  # first occurrences, in order
     if exclude is not None and len(exclude):
-        drop = _gene_positions(ctx, [str(g) for g in exclude])
+        drop = _gene_positions(ctx, [str(g) for g in exclude], index)
         idx = idx[~np.isin(idx, drop)]
     if len(idx) == 0:
         msg = f"No {what} left to attack. Check genes= and exclude_genes=."
@@ -696,7 +713,6 @@ def cgd_attack(
         classes=classes,
         layer=layer,
         batch_size=batch_size,
-        copy_matrix=True,  # ctx.X becomes the attacked layer: the only copy of the whole matrix
     )
     classes_ = _classes(ctx)
     for name, val in (
@@ -711,31 +727,60 @@ def cgd_attack(
         order = _sign_genes_table(ctx.X, ctx.genes, ctx.labels, sign_method)["gene"].to_numpy()
         idx = pd.Index(ctx.genes).get_indexer(order)
     else:
-        idx = _gene_indices(ctx, genes, None)
+        # adata's own gene index, when the classifier's genes are its (string) names: pandas keeps its hash table
+        names = adata.var_names
+        index = names if ctx.var_idx is None and pd.api.types.is_string_dtype(names) else None
+        idx = _gene_indices(ctx, genes, None, index=index)
     key = _key(key_added or f"sad_cgd_{target}")
     rows = np.flatnonzero(ctx.labels == target)
-    t0 = time.perf_counter()
-    res = cgd_search(
-        ctx.adapter,
-        ctx.X[rows],
-        idx,
-        alpha=alpha,
-        epsilon=epsilon,
-        new_target=None if new_target is None else classes_.index(new_target),
-        exclude_new_targets=[classes_.index(c) for c in exclude_new_targets],
-        stop_at_switch=stop_at_switch,
-        method=method,
-    )
-    seconds = time.perf_counter() - t0
-    table = pd.DataFrame(res.summary, columns=list(SUMMARY_COLUMNS))
-    table["gene"] = ["" if g < 0 else ctx.genes[g] for g in table["gene"]]
-    # the attacked layer: ctx.X itself (a private copy, copy_matrix=True) when its genes are adata's, else a
-    # private copy of adata's matrix with the classifier's genes written back in place
+    # The attacked layer is a private copy of adata's matrix with the cluster's rows written back: ctx.X itself
+    # when it is already a new array (sparse or converted input), else a copy of ctx.X (of adata's matrix when
+    # the classifier's genes are not adata's). The search only reads ctx.X, so a large copy (memory bound, mostly
+    # page faults) is made on a second thread during the search (numpy releases the GIL while it copies) when a
+    # CPU is free for it (not with a torch classifier that runs on all of them: the copy would stall its
+    # threads); the layer waits for it, and an error of either propagates.
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+    from contextlib import nullcontext
+    from functools import partial
+
+    from scipy import sparse
+
+    if ctx.var_idx is not None:
+        copy_base = partial(get_matrix, adata, layer, copy=True)
+    else:
+        src = adata.X if layer is None else adata.layers[layer]
+        fresh = sparse.issparse(src) or (isinstance(src, np.ndarray) and not np.may_share_memory(ctx.X, src))
+        copy_base = None if fresh else ctx.X.copy
+    n_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if ctx.adapter.kind == "torch":
+        import torch
+
+        n_cpus -= torch.get_num_threads() - 1
+    background = copy_base is not None and ctx.X.nbytes >= 1 << 22 and n_cpus > 1
+    with ThreadPoolExecutor(max_workers=1) if background else nullcontext() as pool:
+        pending = pool.submit(copy_base) if background else None
+        t0 = time.perf_counter()
+        res = cgd_search(
+            ctx.adapter,
+            ctx.X,
+            idx,
+            alpha=alpha,
+            epsilon=epsilon,
+            new_target=None if new_target is None else classes_.index(new_target),
+            exclude_new_targets=[classes_.index(c) for c in exclude_new_targets],
+            stop_at_switch=stop_at_switch,
+            method=method,
+            rows=rows,
+        )
+        seconds = time.perf_counter() - t0
+        base = ctx.X if copy_base is None else pending.result() if background else copy_base()
+    columns = {c: [row[c] for row in res.summary] for c in SUMMARY_COLUMNS}
+    columns["gene"] = ["" if g < 0 else ctx.genes[g] for g in columns["gene"]]
+    table = pd.DataFrame(columns)
     if ctx.var_idx is None:
-        base = ctx.X
         base[rows] = res.X
     else:
-        base = get_matrix(adata, layer, copy=True)
         base[np.ix_(rows, ctx.var_idx)] = res.X
     adata.layers[key] = base
     last = res.summary[-1]
