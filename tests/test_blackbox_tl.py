@@ -345,6 +345,13 @@ def test_cgd_whole_matrix_fast_equals_plain(lr_adata, lr_workload, kind, one_tor
         out[method] = (df, layer)
     pd.testing.assert_frame_equal(out["fast"][0], out["plain"][0])
     np.testing.assert_array_equal(out["fast"][1], out["plain"][1])
+    b = a.copy()  # bad input once the copy has started: the error, nothing written
+    kw = {"groupby": "cluster", "classifier": clf, "classes": classes, "genes": genes, "key_added": "k"}
+    with pytest.raises(ValueError, match="not found"):
+        sad.tl.cgd_attack(b, target="Martian", **kw)
+    with pytest.raises(ValueError, match="new_target"):
+        sad.tl.cgd_attack(b, target="CD8 T", new_target="Martian", **kw)
+    assert "k" not in b.layers and "sad" not in b.uns
 
 
 def test_string_categories_and_gene_names_looked_up_alike(small):

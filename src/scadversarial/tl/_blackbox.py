@@ -704,62 +704,55 @@ def cgd_attack(
     ``seconds``, ``setup_seconds``), ``modified_genes`` and ``table``.
 
     """
-    _check_method(method)
-    ctx = _setup(
-        adata,
-        groupby=groupby,
-        target=target,
-        classifier=classifier,
-        classes=classes,
-        layer=layer,
-        batch_size=batch_size,
-    )
-    classes_ = _classes(ctx)
-    for name, val in (
-        ("new_target", [] if new_target is None else [new_target]),
-        ("exclude_new_targets", list(exclude_new_targets)),
-    ):
-        bad = [v for v in val if v not in classes_]
-        if bad:
-            msg = f"{name} {bad} not among the classifier's classes {classes_}."
-            raise ValueError(msg)
-    if genes is None:
-        order = _sign_genes_table(ctx.X, ctx.genes, ctx.labels, sign_method)["gene"].to_numpy()
-        idx = pd.Index(ctx.genes).get_indexer(order)
-    else:
-        # adata's own gene index, when the classifier's genes are its (string) names: pandas keeps its hash table
-        names = adata.var_names
-        index = names if ctx.var_idx is None and pd.api.types.is_string_dtype(names) else None
-        idx = _gene_indices(ctx, genes, None, index=index)
-    key = _key(key_added or f"sad_cgd_{target}")
-    rows = np.flatnonzero(ctx.labels == target)
-    # The attacked layer is a private copy of adata's matrix with the cluster's rows written back: ctx.X itself
-    # when it is already a new array (sparse or converted input), else a copy of ctx.X (of adata's matrix when
-    # the classifier's genes are not adata's). The search only reads ctx.X, so a large copy (memory bound, mostly
-    # page faults) is made on a second thread during the search (numpy releases the GIL while it copies) when a
-    # CPU is free for it (not with a torch classifier that runs on all of them: the copy would stall its
-    # threads); the layer waits for it, and an error of either propagates.
     import os
     from concurrent.futures import ThreadPoolExecutor
-    from contextlib import nullcontext
-    from functools import partial
 
     from scipy import sparse
 
-    if ctx.var_idx is not None:
-        copy_base = partial(get_matrix, adata, layer, copy=True)
-    else:
+    _check_method(method)
+    # The attacked layer is a private copy of adata's matrix with the cluster's rows written back. A large float32
+    # array (the usual case) is copied on a second thread, started at once: the copy (memory bound, mostly page
+    # faults) overlaps the checks and the search, which only read the matrix (numpy releases the GIL while it
+    # copies). The layer waits for it and an error of the copy propagates; after an error of the checks the copy
+    # finishes on its own, unused. Otherwise the layer is ctx.X itself when that is already a new array (sparse or
+    # converted input), else a copy made after the search.
+    src = None
+    if isinstance(adata, AnnData) and (layer is None or layer in adata.layers):
         src = adata.X if layer is None else adata.layers[layer]
-        fresh = sparse.issparse(src) or (isinstance(src, np.ndarray) and not np.may_share_memory(ctx.X, src))
-        copy_base = None if fresh else ctx.X.copy
     n_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if ctx.adapter.kind == "torch":
-        import torch
-
-        n_cpus -= torch.get_num_threads() - 1
-    background = copy_base is not None and ctx.X.nbytes >= 1 << 22 and n_cpus > 1
-    with ThreadPoolExecutor(max_workers=1) if background else nullcontext() as pool:
-        pending = pool.submit(copy_base) if background else None
+    pool = None
+    if isinstance(src, np.ndarray) and src.dtype == np.float32 and src.nbytes >= 1 << 22 and n_cpus > 1:
+        pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        copied = pool.submit(np.array, src, order="C", copy=True) if pool is not None else None
+        ctx = _setup(
+            adata,
+            groupby=groupby,
+            target=target,
+            classifier=classifier,
+            classes=classes,
+            layer=layer,
+            batch_size=batch_size,
+        )
+        classes_ = _classes(ctx)
+        for name, val in (
+            ("new_target", [] if new_target is None else [new_target]),
+            ("exclude_new_targets", list(exclude_new_targets)),
+        ):
+            bad = [v for v in val if v not in classes_]
+            if bad:
+                msg = f"{name} {bad} not among the classifier's classes {classes_}."
+                raise ValueError(msg)
+        if genes is None:
+            order = _sign_genes_table(ctx.X, ctx.genes, ctx.labels, sign_method)["gene"].to_numpy()
+            idx = pd.Index(ctx.genes).get_indexer(order)
+        else:
+            # adata's own gene index when the classifier's genes are its (string) names: pandas keeps its hash table
+            names = adata.var_names
+            index = names if ctx.var_idx is None and pd.api.types.is_string_dtype(names) else None
+            idx = _gene_indices(ctx, genes, None, index=index)
+        key = _key(key_added or f"sad_cgd_{target}")
+        rows = np.flatnonzero(ctx.labels == target)
         t0 = time.perf_counter()
         res = cgd_search(
             ctx.adapter,
@@ -774,10 +767,25 @@ def cgd_attack(
             rows=rows,
         )
         seconds = time.perf_counter() - t0
-        base = ctx.X if copy_base is None else pending.result() if background else copy_base()
-    columns = {c: [row[c] for row in res.summary] for c in SUMMARY_COLUMNS}
-    columns["gene"] = ["" if g < 0 else ctx.genes[g] for g in columns["gene"]]
-    table = pd.DataFrame(columns)
+        if copied is not None:  # a float32 copy of src: what get_matrix(adata, layer, copy=True) returns
+            base = copied.result()
+        elif ctx.var_idx is not None:
+            base = get_matrix(adata, layer, copy=True)
+        elif sparse.issparse(src) or (isinstance(src, np.ndarray) and not np.may_share_memory(ctx.X, src)):
+            base = ctx.X
+        else:
+            base = ctx.X.copy()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False)
+    columns = {}  # the summary's numeric columns typed here (no inference), gene names as pandas infers them
+    for c in SUMMARY_COLUMNS:
+        values = [row[c] for row in res.summary]
+        if c == "gene":
+            columns[c] = ["" if g < 0 else ctx.genes[g] for g in values]
+        else:
+            columns[c] = np.array(values, dtype=np.int64 if c in ("order", "n_modified_cells") else np.float64)
+    table = pd.DataFrame(columns, copy=False)
     if ctx.var_idx is None:
         base[rows] = res.X
     else:
