@@ -241,9 +241,8 @@ class ClassifierAdapter:
             if device != mod_device:
                 module = module.to(device)
         bs = self.block_rows
-        n_rows = X.shape[0]
         # a C-contiguous numpy array of the module's dtype, for a CPU module, is read in place: torch.from_numpy
-        # (~1 us) shares its memory as torch.as_tensor (~15 us a block) would, so the blocks hold the same values
+        # (~1 us a block) shares its memory as torch.as_tensor (~15 us) would, so the blocks hold the same values
         np_dtype = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16}.get(mod_dtype)
         in_place = (
             device.type == "cpu"
@@ -256,17 +255,12 @@ class ClassifierAdapter:
         was_training = module.training
         if was_training:
             module.eval()
+        logits_blocks = []
         try:
             with torch.no_grad():
-                if in_place:
-                    blocks = torch.from_numpy(X).split(bs) if n_rows else ()
-                else:
-                    blocks = [
-                        torch.as_tensor(X[start : start + bs], dtype=mod_dtype, device=device)
-                        for start in range(0, n_rows, bs)
-                    ]
-                logits_blocks = []
-                for xb in blocks:
+                for start in range(0, X.shape[0], bs):
+                    xb = X[start : start + bs]
+                    xb = torch.from_numpy(xb) if in_place else torch.as_tensor(xb, dtype=mod_dtype, device=device)
                     n = xb.shape[0]
                     if n < bs:  # pad to a full block: same kernels for every block
                         pad = self._pad
@@ -283,30 +277,31 @@ class ClassifierAdapter:
                     if isinstance(logits, tuple | list):
                         logits = logits[0]
                     logits_blocks.append(logits)
-                if not logits_blocks:
-                    return np.zeros((0, len(self._classes or [])), dtype=np.float32)
                 # each block's softmax, once all forward passes are done (the same arithmetic as right after each
                 # pass, with fewer cache misses); by hand: torch.softmax costs ~40 us per block on a few classes.
-                # (block rows, classes) logits divide straight into one tensor of whole blocks.
-                shape = logits_blocks[0].shape
-                whole = len(shape) == 2 and shape[0] == bs and all(lg.shape == shape for lg in logits_blocks)
-                if whole:
-                    out = logits_blocks[0].new_empty((len(logits_blocks) * bs, shape[1]))
-                    for logits, o in zip(logits_blocks, out.split(bs), strict=True):
-                        e = logits.sub(logits.amax(dim=1, keepdim=True)).exp_()
-                        torch.div(e, e.sum(dim=1, keepdim=True), out=o)
-                    out = out[:n_rows]
-                    return out.numpy() if out.device.type == "cpu" else out.numpy(force=True)
+                # Blocks of (block rows, classes) logits divide straight into one tensor of whole blocks.
+                first = logits_blocks[0] if logits_blocks else None
+                whole = first is not None and all(
+                    lg.dim() == 2 and lg.shape == (bs, first.shape[1]) for lg in logits_blocks
+                )
+                out = first.new_empty((len(logits_blocks) * bs, first.shape[1])) if whole else None
                 parts = []
                 for k, logits in enumerate(logits_blocks):
-                    n = min(bs, n_rows - k * bs)
                     e = logits.sub(logits.amax(dim=1, keepdim=True)).exp_()
-                    e = e.div_(e.sum(dim=1, keepdim=True))
-                    parts.append((e[:n] if n < bs else e).numpy(force=True))
-                return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+                    if whole:
+                        torch.div(e, e.sum(dim=1, keepdim=True), out=out[k * bs : (k + 1) * bs])
+                    else:
+                        n = min(bs, X.shape[0] - k * bs)
+                        e = e.div_(e.sum(dim=1, keepdim=True))
+                        parts.append((e[:n] if n < bs else e).numpy(force=True))
         finally:
             if was_training:
                 module.train()
+        if whole:
+            return out[: X.shape[0]].numpy(force=True)
+        if not parts:
+            return np.zeros((0, len(self._classes or [])), dtype=np.float32)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities of the rows of ``X`` (one call to the classifier)."""
