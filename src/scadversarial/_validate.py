@@ -196,7 +196,6 @@ def matrix_for_genes(
     *,
     missing: str = "raise",
     fill_value: float = 0.0,
-    copy: bool = False,
 ) -> np.ndarray:
     """Dense matrix of ``adata`` with columns in the order of ``var_names`` (a model's genes).
 
@@ -205,15 +204,13 @@ def matrix_for_genes(
     missing
         ``'raise'``: a :class:`KeyError` naming the missing genes; ``'fill'``: fill them with
         ``fill_value`` (0 is the training mean in scaled space) and log a warning.
-    copy
-        Never share memory with ``adata`` (as :func:`get_matrix`).
 
     """
     from ._settings import logger
 
     var_names = pd.Index([str(v) for v in var_names])
     if adata.var_names.equals(var_names):
-        return get_matrix(adata, layer, copy=copy)
+        return get_matrix(adata, layer)
     idx = adata.var_names.get_indexer(var_names)
     absent = var_names[idx < 0]
     if len(absent) and missing != "fill":

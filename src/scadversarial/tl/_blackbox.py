@@ -11,14 +11,17 @@ matrix.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from scipy import sparse
 
 from .. import _keys
 from .._settings import logger, progress
@@ -86,9 +89,8 @@ def _setup(
     classes: Sequence[str] | None,
     layer: str | None,
     batch_size: int | None,
-    copy_matrix: bool = False,
 ) -> _Ctx:
-    """Check the inputs and wrap the classifier; ``copy_matrix=True``: ``ctx.X`` shares no memory with ``adata``."""
+    """Check the inputs and wrap the classifier (``ctx.X`` may share memory with ``adata``: read it only)."""
     check_adata(adata)
     if not isinstance(groupby, str):
         msg = f"groupby must be the name of an adata.obs column, got {groupby!r}."
@@ -119,7 +121,7 @@ def _setup(
     var_names = getattr(classifier, "var_names", None)
     if var_names is not None and not callable(var_names) and hasattr(classifier, "classes"):
         # a sad model: genes aligned by name
-        X = matrix_for_genes(adata, list(var_names), layer, copy=copy_matrix)
+        X = matrix_for_genes(adata, list(var_names), layer)
         genes = np.asarray([str(v) for v in var_names])
         idx = adata.var_names.get_indexer(genes)
         var_idx = None if adata.var_names.equals(pd.Index(genes)) else idx
@@ -127,7 +129,7 @@ def _setup(
             classifier = _LognormView(classifier)
         name = "sad classifier"
     else:
-        X = get_matrix(adata, layer, copy=copy_matrix)
+        X = get_matrix(adata, layer)
         genes = adata.var_names.to_numpy().astype(str)
         var_idx = None
     adapter = ClassifierAdapter(classifier, classes, batch_size=batch_size)
@@ -704,11 +706,6 @@ def cgd_attack(
     ``seconds``, ``setup_seconds``), ``modified_genes`` and ``table``.
 
     """
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
-    from scipy import sparse
-
     _check_method(method)
     # The attacked layer is a private copy of adata's matrix with the cluster's rows written back. A large float32
     # array (the usual case) is copied on a second thread, started at once: the copy (memory bound, mostly page
