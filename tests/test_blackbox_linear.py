@@ -195,3 +195,21 @@ def test_no_rounding_bound_for_coarse_products(lr_workload):
         torch.set_float32_matmul_precision(before)
     np.testing.assert_array_equal(fast.kept, plain.kept)
     assert lin_o.n_exact_rows > 0
+
+
+def test_with_values_reuses_the_unmodified_call(lr_workload):
+    """An oracle for another modification of the same cells answers as a new one, without the unmodified call."""
+    lr = lr_workload
+    rows = np.flatnonzero(lr["labels"] == "NK")
+    V1, V2 = (modified_values(lr["X"], rows, m) for m in ("perc1", "positive_aberrant"))
+    fn = ClassifierAdapter(_linear(lr["W"], lr["b"]), lr["classes"])
+    first = ClusterOracle(fn, lr["X"][rows], V1)
+    single_gene_search(first, np.arange(0, 2000, 11))  # builds the shared unmodified logits
+    calls = fn.n_calls
+    second = first.with_values(V2)
+    assert fn.n_calls == calls and second._lin0 is first._lin0 and second.n_evaluated == 0
+    fresh = ClusterOracle(ClassifierAdapter(_linear(lr["W"], lr["b"]), lr["classes"]), lr["X"][rows], V2)
+    genes = np.arange(0, 2000, 11)
+    assert _records(single_gene_search(second, genes)) == _records(single_gene_search(fresh, genes))
+    np.testing.assert_array_equal(second.V, V2)
+    np.testing.assert_array_equal(first.V, V1)

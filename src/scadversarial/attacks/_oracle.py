@@ -183,41 +183,57 @@ class ClusterOracle:
         linear: bool = True,
     ) -> None:
         X_target = np.ascontiguousarray(X_target)
-        Vs = [V] if isinstance(V, np.ndarray) and V.ndim == 2 else list(V)
-        self.Vs = [np.ascontiguousarray(v, dtype=X_target.dtype) for v in Vs]
-        V = self.Vs[0]
-        if X_target.shape != V.shape:
-            msg = f"Modified values have shape {V.shape}, expected {X_target.shape}."
-            raise ValueError(msg)
         if X_target.shape[0] == 0:
             msg = "The target cluster has no cells."
             raise ValueError(msg)
         self.proba_fn = proba_fn
         self.base = X_target
-        self.V = V
         self.batch_bytes = int(batch_bytes)
-        self.n_evaluated = 0
         self.setup_seconds = 0.0
-        self._buf: np.ndarray | None = None
         self._all_rows = np.arange(X_target.shape[0])
         self._all_rows.flags.writeable = False  # shared by every candidate that changes every cell
         head = getattr(proba_fn, "linear_head", None) if linear else None
         head = head() if callable(head) else None
         self._head = head if head is not None and head.weight.shape[1] == X_target.shape[1] else None
-        self._lin: dict | None = None  # float64 logits and error bounds, built at the first stacked evaluation
-        self.n_exact_rows = 0  # cells of linear evaluations too close to call, classified by the classifier
-        self._lin_recent: list[tuple[int, np.ndarray, np.ndarray]] = []  # (modification, gene mask, [H; beta])
-        # cells whose value already equals the modified value: their row does not change
-        self._eq = [X_target == v for v in self.Vs]
-        self._eq_any = [e.any(axis=0) for e in self._eq]
-        # modifications with one value per gene (percentiles, aberrant, fixed): fill from a single row
-        self._rows1 = [v[0] if (v == v[0]).all() else None for v in self.Vs]
+        self._lin0: dict | None = None  # the unmodified cells' float64 logits and bounds (any modification)
+        self._set_values(V)
         P = np.asarray(proba_fn(X_target))
         self.orig_proba = P
         self.n_classes = P.shape[1]
         self.orig_types = P.argmax(axis=1)
         call, score, counts = cluster_call(self.orig_types, self.n_classes)
         self.orig_call, self.orig_score, self.orig_counts = int(call), float(score), counts
+
+    def _set_values(self, V: np.ndarray | Sequence[np.ndarray]) -> None:
+        """Take the modified values ``V`` (and start the counters and caches that depend on them)."""
+        Vs = [V] if isinstance(V, np.ndarray) and V.ndim == 2 else list(V)
+        self.Vs = [np.ascontiguousarray(v, dtype=self.base.dtype) for v in Vs]
+        self.V = self.Vs[0]
+        if self.base.shape != self.V.shape:
+            msg = f"Modified values have shape {self.V.shape}, expected {self.base.shape}."
+            raise ValueError(msg)
+        self.n_evaluated = 0
+        self.n_exact_rows = 0  # cells of linear evaluations too close to call, classified by the classifier
+        self._buf: np.ndarray | None = None
+        self._lin: dict | None = None  # float64 logits and error bounds, built at the first stacked evaluation
+        self._lin_recent: list[tuple[int, np.ndarray, np.ndarray]] = []  # (modification, gene mask, [H; beta])
+        # cells whose value already equals the modified value: their row does not change
+        self._eq = [self.base == v for v in self.Vs]
+        self._eq_any = [e.any(axis=0) for e in self._eq]
+        # modifications with one value per gene (percentiles, aberrant, fixed): fill from a single row
+        self._rows1 = [v[0] if (v == v[0]).all() else None for v in self.Vs]
+
+    def with_values(self, V: np.ndarray | Sequence[np.ndarray]) -> ClusterOracle:
+        """The same cells and classifier under other modified values.
+
+        The unmodified call and the unmodified cells' logits (for the linear update) are reused, not recomputed;
+        the new oracle has its own counters (the classifier's call counter is the same object).
+        """
+        new = object.__new__(ClusterOracle)
+        new.__dict__.update(self.__dict__)
+        new._set_values(V)
+        new.setup_seconds = 0.0
+        return new
 
     @property
     def n_cells(self) -> int:
@@ -350,18 +366,22 @@ class ClusterOracle:
         if self._lin is None:
             head = self._head
             G, K, n = self.n_genes, head.weight.shape[0], self.n_cells
-            w = head.weight
-            wmax = np.abs(w).max(axis=0)
-            bmax = float(np.abs(head.bias).max()) if len(head.bias) else 0.0
+            if self._lin0 is None:  # the unmodified cells (shared with_values)
+                w = head.weight
+                wmax = np.abs(w).max(axis=0)
+                bmax = float(np.abs(head.bias).max()) if len(head.bias) else 0.0
+                bt = np.ascontiguousarray(self.base.T)
+                abt = np.abs(bt)
+                u_x = float(np.finfo(bt.dtype).eps) / 2 if bt.dtype.kind == "f" else 0.0
+                H0 = w @ bt.astype(np.float64) + head.bias[:, None]  # (float64 both: a mixed product skips BLAS)
+                # beta in the matrix's precision, enlarged by its relative rounding bound: still an upper bound
+                beta0 = (wmax.astype(bt.dtype) @ abt).astype(np.float64) * (1 + 2 * G * u_x) + bmax
+                self._lin0 = {"bt": bt, "abt": abt, "Hb0": np.concatenate([H0, beta0[None]]), "wmax": wmax}
+                self._lin0.update(bmax=bmax, u_x=u_x)
+            bt, abt, Hb0, wmax = (self._lin0[k] for k in ("bt", "abt", "Hb0", "wmax"))
+            bmax, u_x = self._lin0["bmax"], self._lin0["u_x"]
             blk = np.zeros((K + 1, 2 * G))
-            blk[:K, :G], blk[K, G:] = w, wmax
-            bt = np.ascontiguousarray(self.base.T)
-            abt = np.abs(bt)
-            u_x = float(np.finfo(bt.dtype).eps) / 2 if bt.dtype.kind == "f" else 0.0
-            H0 = w @ bt.astype(np.float64) + head.bias[:, None]  # (float64 both: a mixed product skips BLAS)
-            # beta in the matrix's precision, enlarged by its relative rounding bound: still an upper bound
-            beta0 = (wmax.astype(bt.dtype) @ abt).astype(np.float64) * (1 + 2 * G * u_x) + bmax
-            Hb0 = np.concatenate([H0, beta0[None]])
+            blk[:K, :G], blk[K, G:] = head.weight, wmax
             mods = []
             for v, row1 in zip(self.Vs, self._rows1, strict=True):
                 # one value per gene (percentiles, aberrant, fixed): a column that broadcasts over the cells
