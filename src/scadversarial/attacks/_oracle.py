@@ -93,6 +93,8 @@ def cluster_call(types: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndar
 
 def _gamma(nu):
     """``gamma_n = n u / (1 - n u)`` from ``nu = n u`` (infinite where ``n u >= 1``: no bound)."""
+    if isinstance(nu, float):  # (a scalar: no numpy call)
+        return nu / (1 - nu) if nu < 1 else np.inf
     nu = np.asarray(nu, dtype=np.float64)
     with np.errstate(divide="ignore"):
         g = np.where(nu < 1, nu / np.maximum(1 - nu, 0), np.inf)
@@ -671,8 +673,8 @@ class ClusterOracle:
         # (a is convex in z; Z the largest z + dz, dz the largest increase of z) and B'_k <= max B + max dB
         dz = max(float(delta[2 * K].max()), 0.0)
         z_top = max(b.z_max for b in bases) + dz
-        a_top = float(self._inc_a(np.array(z_top)))  # a of every candidate cell is at most this
-        grow = a_top - float(self._inc_a(np.array(z_top - dz))) if dz else 0.0
+        a_top = self._inc_a(z_top)  # a of every candidate cell is at most this
+        grow = a_top - self._inc_a(z_top - dz) if dz else 0.0
         dB = delta[K : 2 * K].max(axis=0)
         reach = dH.max(axis=0)
         reach -= dH.min(axis=0)
