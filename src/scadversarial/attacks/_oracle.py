@@ -418,6 +418,14 @@ class ClusterOracle:
             # the guard's bound on |computed - exact| of a logit: a beta + b beta0 (see _linear_guard)
             st["bound_a"] = st["gamma"] + st["gamma64"] + st["u_x"] + 8 * st["u"]
             st["bound_b"] = 2 * st["gamma64"] + st["u_x"]
+            # the unmodified cells' types and slack under the guard: a change whose spread (largest minus smallest
+            # change of a logit) plus 2.2 a (increase of beta) stays below the slack keeps the type certain
+            H0, beta0 = st["Hb0"][:K], st["Hb0"][K]
+            t0 = H0.argmax(axis=0)
+            second = np.where(np.arange(K)[:, None] == t0, -np.inf, H0).max(axis=0)
+            slack0 = H0.max(axis=0) - second - 2.2 * (st["bound_a"] + st["bound_b"]) * beta0 - 1e-5
+            slack0[~(slack0 > 0)] = -np.inf
+            st["t0"], st["slack0"] = t0, slack0
         return self._lin
 
     def _linear_full(self, m: int) -> np.ndarray:
@@ -475,18 +483,31 @@ class ClusterOracle:
                 Hb += update(st["mods"][m]["DA"], genes)
         return Hb
 
-    def _linear_batch(self, m: int, gene_sets: np.ndarray) -> np.ndarray:
-        """``[H; beta]`` of all cells for candidates that modify ``gene_sets`` with modification ``m``.
+    def _linear_batch(self, m: int, gene_sets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-cell types and too-close flags (candidates x cells) of candidates that modify ``gene_sets`` with ``m``.
 
-        ``gene_sets`` is candidates x genes (equal sizes); one stacked product gives candidates x
-        (classes + 1) x cells.
+        ``gene_sets`` is candidates x genes (equal sizes); one stacked product gives the change of ``[H; beta]``
+        (candidates x classes + 1 x cells). A cell whose change cannot use up its unmodified slack keeps its
+        unmodified type; only candidates with other cells go through :meth:`_linear_guard`.
         """
         st = self._linear_state()
+        K, n = st["K"], self.n_cells
         cols = np.concatenate([gene_sets, gene_sets + self.n_genes], axis=1)  # candidates x 2s
         # in the matrix's precision, like the guard that reads it: its rounding (|H| <= beta) is in the bound
         upd = np.matmul(st["blk_t"][cols].transpose(0, 2, 1), st["mods"][m]["DA"][cols])
-        upd += st["Hb0_x"]
-        return upd
+        reach = upd[:, :K].max(axis=1)
+        reach -= upd[:, :K].min(axis=1)
+        reach += (2.2 * st["bound_a"]) * np.maximum(upd[:, K], 0)
+        open_ = (reach >= st["slack0"]).any(axis=1)
+        t = np.broadcast_to(st["t0"], (len(gene_sets), n))
+        close = np.zeros((len(gene_sets), n), dtype=bool)
+        if open_.any():
+            HB = upd[open_]
+            HB += st["Hb0_x"]
+            t_open, close[open_] = self._linear_guard(HB, np.broadcast_to(st["Hb0"][K], (len(HB), n)))
+            t = t.copy()
+            t[open_] = t_open
+        return t, close
 
     def _types_linear(self, jobs: Sequence[tuple[list, np.ndarray]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Per-cell types of the given rows of each candidate from the linear update, and which are too close to call.
@@ -513,15 +534,12 @@ class ClusterOracle:
             for c0 in range(0, len(js), per):
                 part = js[c0 : c0 + per]
                 if m >= 0:
-                    HB = self._linear_batch(m, np.stack([jobs[j][0][0][0] for j in part]))
-                    b0 = np.broadcast_to(st["Hb0"][K], (len(part), n))
+                    t, c = self._linear_batch(m, np.stack([jobs[j][0][0][0] for j in part]))
                 else:
                     pairs, rows = jobs[part[0]]
                     r = len(rows)
                     sel = slice(int(rows[0]), int(rows[0]) + r) if rows[-1] - rows[0] + 1 == r else np.asarray(rows)
-                    HB = self._linear_rows(pairs, sel)[None]
-                    b0 = st["Hb0"][K, sel][None]
-                t, c = self._linear_guard(HB, b0)
+                    t, c = self._linear_guard(self._linear_rows(pairs, sel)[None], st["Hb0"][K, sel][None])
                 for i, j in enumerate(part):
                     rows = jobs[j][1]
                     pick = slice(None) if m < 0 or len(rows) == n else rows  # (stacked products cover every cell)
