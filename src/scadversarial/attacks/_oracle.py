@@ -592,7 +592,7 @@ class ClusterOracle:
             blk3 = np.zeros((2 * K + 1, 3 * G))
             blk3[:K, :G], blk3[K : 2 * K, G : 2 * G], blk3[2 * K, 2 * G :] = w, np.abs(w), 1.0
             H0 = st["Hb0"][:K]
-            B0 = np.abs(w) @ np.abs(self.base.T).astype(np.float64) + np.abs(b)[:, None]
+            B0 = np.abs(w) @ self._lin0["abt"].astype(np.float64) + np.abs(b)[:, None]  # (|x|, already built)
             nz = self.base != 0
             st["blk3"] = blk3
             st["HB0"] = np.concatenate([H0, B0, nz.sum(axis=1, dtype=np.float64)[None]])
