@@ -584,29 +584,67 @@ class ClusterOracle:
     # at a time can afford.
     def _incremental_state(self) -> dict:
         st = self._linear_state()
-        if "DAZ" not in st:
+        if "HB0" not in st:
             w, b = self._head.weight, self._head.bias
             K, G = st["K"], self.n_genes
-            # one product gives [dH; dB; dz] from per-modification [D; A; Z] (3 genes x cells, float64: a
-            # mixed-precision product would skip BLAS), Z the change of each value's being nonzero
-            blk3 = np.zeros((2 * K + 1, 3 * G))
-            blk3[:K, :G], blk3[K : 2 * K, G : 2 * G], blk3[2 * K, 2 * G :] = w, np.abs(w), 1.0
             H0 = st["Hb0"][:K]
             B0 = np.abs(w) @ self._lin0["abt"].astype(np.float64) + np.abs(b)[:, None]  # (|x|, already built)
-            nz = self.base != 0
-            st["blk3"] = blk3
-            st["HB0"] = np.concatenate([H0, B0, nz.sum(axis=1, dtype=np.float64)[None]])
-            st["DAZ"] = [
-                np.concatenate([mod["DA"], (mod["v"] != 0) - nz.T.astype(self.base.dtype)]).astype(np.float64)
-                for mod in st["mods"]
-            ]
+            st["HB0"] = np.concatenate([H0, B0, np.count_nonzero(self.base, axis=1).astype(np.float64)[None]])
             # D = v - x and A = |v| - |x| are rounded to the matrix's precision once (no stacked float32 sums):
-            # |error| <= u_x0 (|v| + |x|) per term
+            # |error| <= u_x0 (|v| + |x|) per term. A delta is a float64 product, or (a list's second half) its
+            # list's delta less the first half's: a chain of at most depth + 1 products and subtractions, each
+            # within gamma64 of the sizes of all the terms, so (depth + 2) gamma64 bounds any delta's rounding.
+            depth = int(np.ceil(np.log2(max(G, 2)))) + 1
+            g64 = st["gamma64"] * (depth + 2)
             u_x0 = float(np.finfo(self.base.dtype).eps) / 2 if self.base.dtype.kind == "f" else 0.0
-            st["inc_rest"] = st["gamma64"] + u_x0 + 8 * st["u"]
-            st["inc_b"] = 2 * st["gamma64"] + u_x0
+            st["inc_rest"] = g64 + u_x0 + 8 * st["u"]
+            st["inc_b"] = 2 * g64 + u_x0
             st["e_b"] = 1.1 * st["inc_b"] * B0.max(axis=0)  # the beta0 part of every e_k
         return st
+
+    def _inc_layout(self, st: dict, order: np.ndarray) -> None:
+        """Store the update gene by gene in ``order`` (a permutation of all genes).
+
+        Row ``3 s + j`` of a modification's ``DAZ`` is term ``j`` (``D``, ``A``, ``Z``) of the gene in slot ``s``,
+        and column ``3 s + j`` of ``blk3`` its weights: one product ``blk3[:, cols] @ DAZ[cols]`` gives
+        ``[dH; dB; dz]`` (float64 both: a mixed-precision product would skip BLAS), ``Z`` being the change of each
+        value's being nonzero. Genes in consecutive slots are read as slices, without a gather.
+        """
+        w = self._head.weight
+        K, G, n = st["K"], self.n_genes, self.n_cells
+        blk3 = np.zeros((2 * K + 1, G, 3))
+        blk3[:K, :, 0], blk3[K : 2 * K, :, 1], blk3[2 * K, :, 2] = w[:, order], np.abs(w[:, order]), 1.0
+        nz_t = (self.base != 0).T
+        daz = []
+        for mod in st["mods"]:
+            DAZ = np.empty((G, 3, n))
+            DAZ[:, 0], DAZ[:, 1] = mod["DA"][order], mod["DA"][G + order]
+            v_nz = mod["v"][order] != 0  # (a column per gene, or one value per gene that broadcasts)
+            np.subtract(v_nz, nz_t[order], out=DAZ[:, 2], dtype=np.float64)
+            daz.append(DAZ.reshape(3 * G, n))
+        slot = np.empty(G, dtype=np.intp)
+        slot[order] = np.arange(G)
+        st["blk3"], st["DAZ"], st["slot"] = blk3.reshape(2 * K + 1, 3 * G), daz, slot
+
+    def linear_layout(self, genes: np.ndarray) -> None:
+        """Lay the update out so that every list of the interleaved halving of ``genes`` is read as a slice.
+
+        Max-change splits a list ``lst`` into ``lst[0::2]`` and ``lst[1::2]``, so each list it asks about is
+        ``genes[r::2**d]``: the positions ``i`` in ``genes`` with ``i = r (mod 2**d)``. Sorted by their bit-reversed
+        value, those positions are consecutive. ``genes`` (distinct) come first in that order, the other genes after.
+        """
+        st = self._incremental_state()
+        genes = np.asarray(genes, dtype=np.intp)
+        n_bits = max(int(len(genes) - 1).bit_length(), 1)
+        pos = np.arange(len(genes))
+        rev = np.zeros(len(genes), dtype=np.int64)
+        for bit in range(n_bits):
+            rev |= ((pos >> bit) & 1) << (n_bits - 1 - bit)
+        rest = np.ones(self.n_genes, dtype=bool)
+        rest[genes] = False
+        order = np.concatenate([genes[np.argsort(rev, kind="stable")], np.flatnonzero(rest)])
+        if "slot" not in st or not np.array_equal(order, np.argsort(st["slot"])):
+            self._inc_layout(st, order)
 
     def _inc_a(self, z: np.ndarray) -> np.ndarray:
         """Per cell, the coefficient ``a`` of ``B_k`` in the bound on a logit's error, for ``z`` nonzero values."""
@@ -618,15 +656,24 @@ class ClusterOracle:
         return self._incremental_state()["HB0"]
 
     def linear_delta(self, genes: np.ndarray, m: int = 0) -> np.ndarray:
-        """Float64 change of ``[H; B; z]`` (2 classes + 1 x cells) when ``genes`` take modification ``m``.
+        """Float64 change of ``[H; B; z]`` (2 classes + 1 x cells) when the distinct ``genes`` take modification ``m``.
 
         ``linear_start()`` plus the deltas of disjoint gene sets is ``[H; B; z]`` of their union, within the
-        float64 rounding the guard allows for (it bounds the update's terms, whatever their order).
+        float64 rounding the guard allows for (it bounds the update's terms, whatever their order; see
+        :meth:`_incremental_state` for deltas derived from others). Genes in consecutive slots of the layout
+        (:meth:`linear_layout`) are read as slices.
         """
         st = self._incremental_state()
-        genes = np.asarray(genes, dtype=np.intp)
-        G = self.n_genes
-        cols = np.concatenate([genes, genes + G, genes + 2 * G])
+        if "slot" not in st:  # no layout asked for: gene order
+            self._inc_layout(st, np.arange(self.n_genes))
+        s = st["slot"][np.asarray(genes, dtype=np.intp)]
+        if not len(s):
+            return np.zeros_like(st["HB0"])
+        a = int(s.min())
+        b = a + len(s)
+        if int(s.max()) == b - 1:  # distinct: exactly the slots a..b-1
+            return st["blk3"][:, 3 * a : 3 * b] @ st["DAZ"][m][3 * a : 3 * b]
+        cols = (3 * s[:, None] + np.arange(3)).ravel()
         return st["blk3"][:, cols] @ st["DAZ"][m][cols]
 
     def unchanged(self, genes: np.ndarray, m: int = 0) -> np.ndarray | None:

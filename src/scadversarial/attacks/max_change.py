@@ -234,15 +234,29 @@ def _fast_linear(oracle: ClusterOracle, genes: np.ndarray, max_split: int, order
     A half's change of the logits is computed once; the half alone adds it to the unmodified logits, the
     union with the kept genes to the kept set's logits (kept up to date at every merge, with their per-cell
     types and slack). Both questions are answered in one evaluation (the union is asked only when the half
-    alone keeps the call).
+    alone keeps the call). The update is laid out so that every half is read as a slice
+    (:meth:`~scadversarial.attacks._oracle.ClusterOracle.linear_layout`), and the half of a split asked second
+    takes its change as the split list's change less the first half's (no product).
     """
     state = _Machine(genes, max_split, orders)
+    oracle.linear_layout(genes)
     start = oracle.linear_base(oracle.linear_start())
     kept = kept_same = None  # the kept genes' LinearBase, and their unchanged cells
+    # halves of a split still to be asked: id -> (half, the split list's change, the first half or None); the
+    # first half's change once asked: id -> (half, change). The entries hold their halves: ids stay theirs
+    family: dict[int, tuple] = {}
+    elder: dict[int, tuple] = {}
     n_questions = n_tested = 0
     while state.question() is not None:
         half = state.pending[1]
-        delta = oracle.linear_delta(half)
+        rel = family.pop(id(half), None)
+        first = elder.pop(id(rel[2]), None) if rel is not None and rel[2] is not None else None
+        if first is not None:
+            delta = rel[1] - first[1]
+        else:
+            delta = oracle.linear_delta(half)
+            if rel is not None and rel[2] is None:
+                elder[id(half)] = (half, delta)
         same = oracle.unchanged(half)
         bases, sames, sets = [start], [same], [lambda half=half: half]
         if state.kept:
@@ -252,6 +266,7 @@ def _fast_linear(oracle: ClusterOracle, genes: np.ndarray, max_split: int, order
         flipped = oracle.linear_flipped(bases, delta, sames, sets)
         n_tested += len(bases)
         merged = not state.kept and not flipped[0]
+        n_stack = len(state.stack)
         state.answer(not flipped[0])
         n_questions += 1
         if state.pending is not None:  # the union question (state.question() would only build its gene list)
@@ -261,6 +276,10 @@ def _fast_linear(oracle: ClusterOracle, genes: np.ndarray, max_split: int, order
         if merged:
             kept = oracle.linear_base(bases[-1].HB + delta)
             kept_same = sames[-1]
+        elif len(state.stack) == n_stack + 2:  # split: its halves are on top, the one asked first last
+            second, first_half = state.stack[-2], state.stack[-1]
+            family[id(first_half)] = (first_half, delta, None)
+            family[id(second)] = (second, delta, first_half)
     kept_genes = np.concatenate(state.kept).tolist() if state.kept else []
     return kept_genes, n_questions, n_tested
 
@@ -301,6 +320,9 @@ def max_change_search(
         raise ValueError(msg)
     max_split = max(int(max_split_size), 1)
     genes = np.arange(oracle.n_genes) if genes is None else np.asarray(genes, dtype=np.intp)
+    if len(np.unique(genes)) != len(genes):
+        msg = "genes has repeated indices; pass each gene once (e.g. genes=np.unique(genes))."
+        raise ValueError(msg)
     orders = _Orders(np.random.default_rng(random_state))
     if method == "plain":
         kept, n_q = _plain(oracle, genes, max_split, orders)
