@@ -213,3 +213,37 @@ def test_with_values_reuses_the_unmodified_call(lr_workload):
     assert _records(single_gene_search(second, genes)) == _records(single_gene_search(fresh, genes))
     np.testing.assert_array_equal(second.V, V2)
     np.testing.assert_array_equal(first.V, V1)
+
+
+def test_max_change_layout_reads_every_half_as_a_slice(lr_workload):
+    """Every list of the interleaved halving is a block of the layout; its change matches the modified logits."""
+    lr = lr_workload
+    rows = np.flatnonzero(lr["labels"] == "NK")
+    genes = np.random.default_rng(0).permutation(2000)[:777]  # not a power of two, not in gene order
+    lin_o, _, _ = _oracles(_linear(lr["W"], lr["b"]), lr["classes"], lr["X"], rows, ["perc99"])
+    lin_o.linear_layout(genes)
+    slot = lin_o._lin["slot"]
+    np.testing.assert_array_equal(np.sort(slot), np.arange(2000))
+    lists, todo = [], [genes]
+    while todo:
+        lst = todo.pop()
+        for half in (lst[0::2], lst[1::2]):
+            if len(half):
+                lists.append(half)
+                if len(half) > 1:
+                    todo.append(half)
+    K = len(lr["classes"])
+    H0 = lin_o.linear_start()[:K]
+    for half in lists:
+        s = slot[half]
+        assert s.max() - s.min() + 1 == len(half)  # consecutive slots
+    for half in lists[:: max(len(lists) // 40, 1)]:
+        H = lin_o.modified(half).astype(np.float64) @ lin_o._head.weight.T + lin_o._head.bias
+        # (the changes v - x are rounded to the matrix's float32 once: within ~1e-7 of the exact logits)
+        np.testing.assert_allclose(H0 + lin_o.linear_delta(half)[:K], H.T, rtol=1e-6, atol=1e-6)
+    # a second half taken as its list's change less the first half's: the same within float64 rounding
+    lst = genes[1::2]
+    d = lin_o.linear_delta(lst) - lin_o.linear_delta(lst[0::2])
+    np.testing.assert_allclose(d, lin_o.linear_delta(lst[1::2]), rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="repeated"):
+        max_change_search(lin_o, np.array([1, 2, 2, 3]))
