@@ -352,6 +352,17 @@ def test_cgd_whole_matrix_fast_equals_plain(lr_adata, lr_workload, kind, one_tor
     with pytest.raises(ValueError, match="new_target"):
         sad.tl.cgd_attack(b, target="CD8 T", new_target="Martian", **kw)
     assert "k" not in b.layers and "sad" not in b.uns
+    # a NaN: in the cluster, refused before the search; elsewhere, by the copy's check, before anything is written
+    for row, match in (
+        (rows[0], "target cluster's expression contains 1 NaN"),  # (the cell the classifier is probed on)
+        (rows[3], "target cluster's expression contains 1 NaN"),
+        (0 if rows[0] else 1, "adata.X"),
+    ):
+        b = a.copy()
+        b.X[row, 7] = np.nan
+        with pytest.raises(ValueError, match=match):
+            sad.tl.cgd_attack(b, target="CD8 T", **kw)
+        assert "k" not in b.layers and "sad" not in b.uns
 
 
 def test_string_categories_and_gene_names_looked_up_alike(small):

@@ -31,12 +31,19 @@ def check_adata(adata: Any, *, min_obs: int = 1) -> AnnData:
 
 
 def get_matrix(
-    adata: AnnData, layer: str | None = None, *, dense: bool = True, dtype=np.float32, copy: bool = False
+    adata: AnnData,
+    layer: str | None = None,
+    *,
+    dense: bool = True,
+    dtype=np.float32,
+    copy: bool = False,
+    check: bool = True,
 ) -> np.ndarray:
     """Return ``X`` or ``layers[layer]`` as a (dense) array, checked to be finite.
 
     With ``copy=True`` the array never shares memory with ``adata`` (the caller may write into it); it is
-    copied only when the conversion did not already make a new array.
+    copied only when the conversion did not already make a new array. ``check=False`` skips the finiteness
+    check, for callers that check the part they read themselves.
     """
     if layer is None:
         X = adata.X
@@ -59,7 +66,8 @@ def get_matrix(
             X, fresh = X.astype(dtype), True
     if copy and not fresh:
         X = X.copy()
-    check_finite(X, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
+    if check:
+        check_finite(X, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
     return X
 
 
@@ -196,6 +204,7 @@ def matrix_for_genes(
     *,
     missing: str = "raise",
     fill_value: float = 0.0,
+    check: bool = True,
 ) -> np.ndarray:
     """Dense matrix of ``adata`` with columns in the order of ``var_names`` (a model's genes).
 
@@ -204,13 +213,15 @@ def matrix_for_genes(
     missing
         ``'raise'``: a :class:`KeyError` naming the missing genes; ``'fill'``: fill them with
         ``fill_value`` (0 is the training mean in scaled space) and log a warning.
+    check
+        Check that the matrix is finite (as :func:`get_matrix`).
 
     """
     from ._settings import logger
 
     var_names = pd.Index([str(v) for v in var_names])
     if adata.var_names.equals(var_names):
-        return get_matrix(adata, layer)
+        return get_matrix(adata, layer, check=check)
     idx = adata.var_names.get_indexer(var_names)
     absent = var_names[idx < 0]
     if len(absent) and missing != "fill":
@@ -221,7 +232,7 @@ def matrix_for_genes(
             "or pass `missing='fill'` to fill them with the training mean."
         )
         raise KeyError(msg)
-    X = get_matrix(adata, layer)
+    X = get_matrix(adata, layer, check=check)
     out = np.full((adata.n_obs, len(var_names)), fill_value, dtype=np.float32)
     ok = idx >= 0
     out[:, ok] = X[:, idx[ok]]

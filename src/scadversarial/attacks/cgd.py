@@ -24,7 +24,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._validate import check_finite
+
 __all__ = ["CGDResult", "cgd_search"]
+
+_WHERE = "The target cluster's expression"  # the only cells the search reads: checked where it copies them
 
 SUMMARY_COLUMNS = (
     "order",
@@ -180,6 +184,7 @@ def cgd_search(
     n = X_target.shape[0] if rows is None else len(rows)
     if method == "plain":
         M = np.array(X_target, dtype=dtype, copy=True) if rows is None else X_target[rows].astype(dtype, copy=False)
+        check_finite(M, _WHERE)
         P = np.asarray(proba_fn(M))
     else:
         # one work buffer: rows [0, n) are the matrix being modified (``res.X`` is a view of them), the rows after
@@ -194,6 +199,7 @@ def cgd_search(
             np.take(X_target, rows, axis=0, out=M, mode="clip")
         else:
             M[...] = X_target[rows]
+        check_finite(M, _WHERE)
         ready = _whole_blocks(n, block)
         W[n:ready] = 0
         P = np.asarray(proba_fn(W[:ready]))[:n]

@@ -25,7 +25,7 @@ from scipy import sparse
 
 from .. import _keys
 from .._settings import logger, progress
-from .._validate import check_adata, check_obs_key, get_matrix, h5ad_safe, matrix_for_genes, uns_root
+from .._validate import check_adata, check_finite, check_obs_key, get_matrix, h5ad_safe, matrix_for_genes, uns_root
 from ..attacks._oracle import ClusterOracle
 from ..attacks._protocol import ClassifierAdapter
 from ..attacks.cgd import SUMMARY_COLUMNS, cgd_search
@@ -89,8 +89,12 @@ def _setup(
     classes: Sequence[str] | None,
     layer: str | None,
     batch_size: int | None,
+    check_matrix: bool = True,
 ) -> _Ctx:
-    """Check the inputs and wrap the classifier (``ctx.X`` may share memory with ``adata``: read it only)."""
+    """Check the inputs and wrap the classifier (``ctx.X`` may share memory with ``adata``: read it only).
+
+    ``check_matrix=False`` leaves the finiteness check of the matrix to a caller that reads only part of it.
+    """
     check_adata(adata)
     if not isinstance(groupby, str):
         msg = f"groupby must be the name of an adata.obs column, got {groupby!r}."
@@ -121,7 +125,7 @@ def _setup(
     var_names = getattr(classifier, "var_names", None)
     if var_names is not None and not callable(var_names) and hasattr(classifier, "classes"):
         # a sad model: genes aligned by name
-        X = matrix_for_genes(adata, list(var_names), layer)
+        X = matrix_for_genes(adata, list(var_names), layer, check=check_matrix)
         genes = np.asarray([str(v) for v in var_names])
         idx = adata.var_names.get_indexer(genes)
         var_idx = None if adata.var_names.equals(pd.Index(genes)) else idx
@@ -129,7 +133,7 @@ def _setup(
             classifier = _LognormView(classifier)
         name = "sad classifier"
     else:
-        X = get_matrix(adata, layer)
+        X = get_matrix(adata, layer, check=check_matrix)
         genes = adata.var_names.to_numpy().astype(str)
         var_idx = None
     adapter = ClassifierAdapter(classifier, classes, batch_size=batch_size)
@@ -144,8 +148,14 @@ def _setup(
         raise ValueError(msg)
     # probe the classifier on the first cell(s) (a torch module gets one whole block: the work of one padded
     # cell, without the padding copy): wrong input or output shapes fail here, before anything is written
+    sample = X[: adapter.block_rows]
+    if not check_matrix and target is not None:  # only the target's cells are known to be checked: probe on them
+        sample = X[
+            np.flatnonzero(np.isin(labels, [target] if isinstance(target, str) else list(target)))[: len(sample)]
+        ]
+        check_finite(sample, "The target cluster's expression")
     try:
-        probe = adapter(X[: adapter.block_rows])
+        probe = adapter(sample)
     except (RuntimeError, ValueError) as err:
         msg = f"The classifier failed on a {X.shape[1]}-gene matrix ({err}). Check that it takes this matrix (layer=...) and returns probabilities."
         raise ValueError(msg) from err
@@ -643,6 +653,13 @@ def sign_genes(
     return table
 
 
+def _copy_checked(src: np.ndarray, where: str) -> np.ndarray:
+    """A C-ordered copy of ``src``, checked to be finite (:func:`~scadversarial._validate.check_finite`)."""
+    out = np.array(src, order="C", copy=True)
+    check_finite(out, where)
+    return out
+
+
 def cgd_attack(
     adata: AnnData,
     *,
@@ -716,8 +733,9 @@ def cgd_attack(
     # The attacked layer is a private copy of adata's matrix with the cluster's rows written back. A large float32
     # array (the usual case) is copied on a second thread, started at once: the copy (memory bound, mostly page
     # faults) overlaps the checks and the search, which only read the matrix (numpy releases the GIL while it
-    # copies). The layer waits for it and an error of the copy propagates; after an error of the checks the copy
-    # finishes on its own, unused. Otherwise the layer is ctx.X itself when that is already a new array (sparse or
+    # copies). The copy also checks that the matrix is finite (so the main thread checks only what it reads first).
+    # The layer waits for it and an error of the copy propagates before anything is written; after an error of the
+    # checks the copy finishes on its own, unused. Otherwise the layer is ctx.X itself when that is already a new array (sparse or
     # converted input), else a copy made after the search.
     src = None
     if isinstance(adata, AnnData) and (layer is None or layer in adata.layers):
@@ -727,7 +745,8 @@ def cgd_attack(
     if isinstance(src, np.ndarray) and src.dtype == np.float32 and src.nbytes >= 1 << 22 and n_cpus > 1:
         pool = ThreadPoolExecutor(max_workers=1)
     try:
-        copied = pool.submit(np.array, src, order="C", copy=True) if pool is not None else None
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        copied = pool.submit(_copy_checked, src, where) if pool is not None else None
         ctx = _setup(
             adata,
             groupby=groupby,
@@ -736,6 +755,9 @@ def cgd_attack(
             classes=classes,
             layer=layer,
             batch_size=batch_size,
+            # the copy checks the whole matrix; with given genes the search reads the cluster's cells only (it
+            # checks them), without them the gene ranking reads every cell
+            check_matrix=copied is None or genes is None,
         )
         classes_ = _classes(ctx)
         for name, val in (
