@@ -247,3 +247,23 @@ def test_max_change_layout_reads_every_half_as_a_slice(lr_workload):
     np.testing.assert_allclose(d, lin_o.linear_delta(lst[1::2]), rtol=1e-9, atol=1e-9)
     with pytest.raises(ValueError, match="repeated"):
         max_change_search(lin_o, np.array([1, 2, 2, 3]))
+
+
+@pytest.mark.parametrize(("k", "seed"), [(2, 5), (0, 1)])
+def test_max_change_wrong_guesses_are_taken_back(lr_workload, k, seed):
+    """A class within float32 rounding of another: the guesses from float64 logits are sometimes wrong, and the
+    search goes back to each wrongly guessed question, asking exactly the plain search's questions."""
+    lr = lr_workload
+    rng = np.random.default_rng(seed)
+    near = lr["W"][:, k : k + 1] * (1 + rng.choice([-1, 1], size=(lr["W"].shape[0], 1)) * 2.0**-23)
+    W = np.concatenate([near, lr["W"]], axis=1).astype(np.float32)
+    b = np.concatenate([lr["b"][k : k + 1], lr["b"]])
+    classes = ["near", *lr["classes"]]
+    rows = np.flatnonzero(lr["labels"] == lr["classes"][k])
+    genes = np.arange(0, 2000, 3)
+    lin_o, _, plain_o = _oracles(_linear(W, b), classes, lr["X"], rows, ["perc99"])
+    fast = max_change_search(lin_o, genes, random_state=seed, method="fast")
+    plain = max_change_search(plain_o, genes, random_state=seed, method="plain")
+    np.testing.assert_array_equal(fast.kept, plain.kept)
+    assert (fast.call, fast.score, fast.n_questions) == (plain.call, plain.score, plain.n_questions)
+    assert fast.n_rewound > 0 and lin_o.n_exact_rows > 0

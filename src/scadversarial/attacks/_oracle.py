@@ -720,6 +720,8 @@ class ClusterOracle:
         same: Sequence[np.ndarray | None],
         genes: Sequence[Callable[[], np.ndarray]],
         m: int = 0,
+        *,
+        deferred: list | None = None,
     ) -> np.ndarray:
         """Whether the call flips, for candidates that add one gene set's change to known gene sets (one evaluation).
 
@@ -729,6 +731,10 @@ class ClusterOracle:
         are typed from their new logits; cells too close to call are classified by the classifier (one stacked
         call for all candidates) only where the answer depends on them, so every answer equals
         :meth:`evaluate_one`'s.
+
+        With a ``deferred`` list, those cells are not classified now: the answer is a guess from their float64
+        logits (exact but for the classifier's rounding, so almost always right), and ``(j, job, counts)`` is
+        appended to the list for :meth:`linear_resolve`, which gives the exact answers later.
         """
         st = self._incremental_state()
         K, orig, n = st["K"], self.orig_call, self.n_cells
@@ -770,18 +776,34 @@ class ClusterOracle:
                 decided = _decided(counts.tolist(), len(close), orig)
                 if decided is None:
                     todo.append((j, counts, close))
+                    if deferred is not None:
+                        guess = counts + np.bincount(tu[~sure], minlength=K)
+                        flipped[j] = int(guess.argmax()) != orig
                     continue
             flipped[j] = decided
         count = getattr(self.proba_fn, "count", None)
         if callable(count):
             count(n * len(bases))
-        if todo:
-            more = self._types_stacked([([(np.asarray(genes[j](), dtype=np.intp), m)], rows) for j, _, rows in todo])
-            for (j, counts, rows), t in zip(todo, more, strict=True):
-                flipped[j] = int((counts + np.bincount(t, minlength=K)).argmax()) != orig
-                self.n_exact_rows += len(rows)
         self.n_evaluated += len(bases)
+        if todo:
+            items = [(j, ([(np.asarray(genes[j](), dtype=np.intp), m)], rows), counts) for j, counts, rows in todo]
+            if deferred is not None:
+                deferred.extend(items)
+            else:
+                for (j, _, _), f in zip(items, self.linear_resolve(items), strict=True):
+                    flipped[j] = f
         return flipped
+
+    def linear_resolve(self, items: Sequence[tuple]) -> list[bool]:
+        """Exact answers of the candidates :meth:`linear_flipped` deferred, ``[(j, job, counts), ...]``: one stacked call."""
+        if not items:
+            return []
+        K, orig = self.n_classes, self.orig_call
+        out = []
+        for item, t in zip(items, self._types_stacked([item[1] for item in items]), strict=True):
+            out.append(int((item[2] + np.bincount(t, minlength=K)).argmax()) != orig)
+            self.n_exact_rows += len(t)
+        return out
 
     def _types_stacked(self, jobs: Sequence[tuple[list, np.ndarray]]) -> list[np.ndarray]:
         """Per-cell types of the given rows of each candidate, ``jobs = [(pairs, rows), ...]``, in stacked calls."""

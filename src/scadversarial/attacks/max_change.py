@@ -11,8 +11,9 @@ modified as a whole, keeps the call by construction; its complement is the clust
 updates the logits incrementally: each half's change is computed once and added to the unmodified
 logits (the half alone) and to the kept genes' logits (the union), and only cells whose type the
 change could alter are looked at again (see :meth:`ClusterOracle.linear_flipped
-<scadversarial.attacks._oracle.ClusterOracle.linear_flipped>`). With any other classifier it
-speculates: it predicts the answers of the next questions, classifies all of them in one stacked
+<scadversarial.attacks._oracle.ClusterOracle.linear_flipped>`); cells too close to call are classified
+a few questions later, many at once, the answers guessed meanwhile from their float64 logits (a
+wrong guess sends the search back to that question). With any other classifier it speculates: it predicts the answers of the next questions, classifies all of them in one stacked
 call, then replays the search with the true answers up to the first wrong guess. Both give the
 plain search's result and consume the random generator identically.
 """
@@ -43,6 +44,9 @@ class MaxChangeResult:
         Number of candidate gene lists classified (speculative ones included for ``'fast'``).
     n_questions
         Number of questions the search asked (the plain search's number of classifier calls).
+    n_rewound
+        Number of times the fast search with a linear classifier went back to a question it had answered on a
+        wrong guess (see :func:`max_change_search`).
 
     """
 
@@ -51,6 +55,7 @@ class MaxChangeResult:
     score: float
     n_tested: int
     n_questions: int
+    n_rewound: int = 0
 
 
 class _Orders:
@@ -228,6 +233,9 @@ def _both(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
     return None if a is None or b is None else a & b
 
 
+_DEFER = 16  # most questions answered on a guess before the cells too close to call are classified
+
+
 def _fast_linear(oracle: ClusterOracle, genes: np.ndarray, max_split: int, orders: _Orders) -> tuple[list, int, int]:
     """The search with a linear classifier: one update per half, shared by its two questions.
 
@@ -237,6 +245,11 @@ def _fast_linear(oracle: ClusterOracle, genes: np.ndarray, max_split: int, order
     alone keeps the call). The update is laid out so that every half is read as a slice
     (:meth:`~scadversarial.attacks._oracle.ClusterOracle.linear_layout`), and the half of a split asked second
     takes its change as the split list's change less the first half's (no product).
+
+    An answer that depends on cells too close to call is first guessed from their float64 logits; the search
+    goes on, and the cells of up to ``_DEFER`` guessed questions are classified in one call. At the first wrong
+    guess the search returns to that question (its state was kept) and goes on with the true answer, so it
+    asks exactly the plain search's questions. Fewer questions are guessed at once after a wrong guess.
     """
     state = _Machine(genes, max_split, orders)
     oracle.linear_layout(genes)
@@ -247,24 +260,12 @@ def _fast_linear(oracle: ClusterOracle, genes: np.ndarray, max_split: int, order
     family: dict[int, tuple] = {}
     elder: dict[int, tuple] = {}
     n_questions = n_tested = 0
-    while state.question() is not None:
-        half = state.pending[1]
-        rel = family.pop(id(half), None)
-        first = elder.pop(id(rel[2]), None) if rel is not None and rel[2] is not None else None
-        if first is not None:
-            delta = rel[1] - first[1]
-        else:
-            delta = oracle.linear_delta(half)
-            if rel is not None and rel[2] is None:
-                elder[id(half)] = (half, delta)
-        same = oracle.unchanged(half)
-        bases, sames, sets = [start], [same], [lambda half=half: half]
-        if state.kept:
-            bases.append(kept)
-            sames.append(_both(kept_same, same))
-            sets.append(lambda parts=[*state.kept, half]: np.concatenate(parts))
-        flipped = oracle.linear_flipped(bases, delta, sames, sets)
-        n_tested += len(bases)
+    guessed: list[tuple] = []  # (state before the answer, question, guessed answers, deferred cells), in order
+    depth = _DEFER
+    n_rewound = 0
+
+    def answer(half: np.ndarray, delta: np.ndarray, bases: list, sames: list, flipped: np.ndarray) -> None:
+        nonlocal kept, kept_same, n_questions
         merged = not state.kept and not flipped[0]
         n_stack = len(state.stack)
         state.answer(not flipped[0])
@@ -280,8 +281,54 @@ def _fast_linear(oracle: ClusterOracle, genes: np.ndarray, max_split: int, order
             second, first_half = state.stack[-2], state.stack[-1]
             family[id(first_half)] = (first_half, delta, None)
             family[id(second)] = (second, delta, first_half)
+
+    while True:
+        more = state.question() is not None
+        if guessed and (not more or len(guessed) >= depth):
+            truth = iter(oracle.linear_resolve([item for g in guessed for item in g[3]]))
+            wrong = None
+            for saved, question, flipped, items in guessed:
+                true = flipped.copy()
+                for j, _, _ in items:
+                    true[j] = next(truth)
+                if not np.array_equal(true, flipped):
+                    wrong = saved, question, true
+                    break
+            guessed.clear()
+            if wrong is not None:  # back to the wrongly guessed question, answered truly
+                (state, kept, kept_same, family, elder, n_questions), question, true = wrong
+                answer(*question, true)
+                depth = max(depth // 2, 1)
+                n_rewound += 1
+                continue
+            depth = min(2 * depth, _DEFER)
+        if not more:
+            break
+        half = state.pending[1]
+        rel = family.pop(id(half), None)
+        first = elder.pop(id(rel[2]), None) if rel is not None and rel[2] is not None else None
+        if first is not None:
+            delta = rel[1] - first[1]
+        else:
+            delta = oracle.linear_delta(half)
+            if rel is not None and rel[2] is None:
+                elder[id(half)] = (half, delta)
+        same = oracle.unchanged(half)
+        bases, sames, sets = [start], [same], [lambda half=half: half]
+        if state.kept:
+            bases.append(kept)
+            sames.append(_both(kept_same, same))
+            sets.append(lambda parts=[*state.kept, half]: np.concatenate(parts))
+        items: list = []
+        flipped = oracle.linear_flipped(bases, delta, sames, sets, deferred=items)
+        n_tested += len(bases)
+        question = (half, delta, bases, sames)
+        if items:
+            saved = (state.copy(), kept, kept_same, dict(family), dict(elder), n_questions)
+            guessed.append((saved, question, flipped, items))
+        answer(*question, flipped)
     kept_genes = np.concatenate(state.kept).tolist() if state.kept else []
-    return kept_genes, n_questions, n_tested
+    return kept_genes, n_questions, n_tested, n_rewound
 
 
 def max_change_search(
@@ -324,12 +371,13 @@ def max_change_search(
         msg = "genes has repeated indices; pass each gene once (e.g. genes=np.unique(genes))."
         raise ValueError(msg)
     orders = _Orders(np.random.default_rng(random_state))
+    n_r = 0
     if method == "plain":
         kept, n_q = _plain(oracle, genes, max_split, orders)
         n_t = n_q
     elif oracle.is_linear:
         with _one_blas_thread():  # many small products
-            kept, n_q, n_t = _fast_linear(oracle, genes, max_split, orders)
+            kept, n_q, n_t, n_r = _fast_linear(oracle, genes, max_split, orders)
     else:
         kept, n_q, n_t = _fast(oracle, genes, max_split, orders, int(lookahead))
     kept = np.asarray(kept, dtype=np.intp)
@@ -337,4 +385,4 @@ def max_change_search(
         call, score = oracle.evaluate_one(kept)
     else:
         call, score = oracle.orig_call, oracle.orig_score
-    return MaxChangeResult(kept=kept, call=int(call), score=float(score), n_tested=n_t, n_questions=n_q)
+    return MaxChangeResult(kept=kept, call=int(call), score=float(score), n_tested=n_t, n_questions=n_q, n_rewound=n_r)
