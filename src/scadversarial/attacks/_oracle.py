@@ -509,11 +509,12 @@ class ClusterOracle:
             t[open_] = t_open
         return t, close
 
-    def _types_linear(self, jobs: Sequence[tuple[list, np.ndarray]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Per-cell types of the given rows of each candidate from the linear update, and which are too close to call.
+    def _types_linear(self, jobs: Sequence[tuple[list, np.ndarray]]) -> tuple[list[np.ndarray], np.ndarray]:
+        """Which of the given rows of each candidate are too close to call, and the per-class counts of the others.
 
-        The types of cells flagged too close to call are not to be trusted: :meth:`evaluate_many` counts them
-        as not classified yet, and has the classifier classify them when the call depends on them.
+        Each cell is typed from the linear update. The cells too close to call are left out of the counts
+        (candidates x classes): :meth:`evaluate_many` counts them as not classified yet, and has the classifier
+        classify them when the call depends on them.
         """
         st = self._linear_state()
         K, n = st["K"], self.n_cells
@@ -540,6 +541,11 @@ class ClusterOracle:
                     r = len(rows)
                     sel = slice(int(rows[0]), int(rows[0]) + r) if rows[-1] - rows[0] + 1 == r else np.asarray(rows)
                     t, c = self._linear_guard(self._linear_rows(pairs, sel)[None], st["Hb0"][K, sel][None])
+                if m >= 0 and part[-1] - part[0] + 1 == len(part) and (sizes[part[0] : part[-1] + 1] == n).all():
+                    lo, hi = int(ends[part[0]]) - n, int(ends[part[-1]])  # every cell of consecutive candidates
+                    types[lo:hi].reshape(len(part), n)[...] = t
+                    close[lo:hi].reshape(len(part), n)[...] = c
+                    continue
                 for i, j in enumerate(part):
                     rows = jobs[j][1]
                     pick = slice(None) if m < 0 or len(rows) == n else rows  # (stacked products cover every cell)
@@ -548,10 +554,11 @@ class ClusterOracle:
         count = getattr(self.proba_fn, "count", None)
         if callable(count):
             count(len(types))
-        return (
-            [types[e - r : e] for e, r in zip(ends, sizes, strict=True)],
-            [close[e - r : e] for e, r in zip(ends, sizes, strict=True)],
-        )
+        # per-class counts of the certain cells: one bincount over (candidate, type) of all candidates
+        owner = np.repeat(np.arange(len(jobs), dtype=np.int64) * K, sizes)
+        sure = ~close
+        counts = np.bincount((owner + types)[sure], minlength=len(jobs) * K).reshape(len(jobs), K)
+        return [close[e - r : e] for e, r in zip(ends, sizes, strict=True)], counts
 
     def _linear_guard(self, Hb: np.ndarray, beta0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Types (first argmax) and too-close-to-call flags from ``[H; beta]`` (candidates x classes + 1 x cells)."""
@@ -898,8 +905,8 @@ class ClusterOracle:
         if self._head is not None:
             # every changed cell typed by the linear update; cells too close to call are left for later
             with _one_blas_thread():
-                types, close = self._types_linear(list(zip(pairs, changed, strict=True)))
-            counts += _stacked_counts([t[~c] for t, c in zip(types, close, strict=True)], K)
+                close, sure_counts = self._types_linear(list(zip(pairs, changed, strict=True)))
+            counts += sure_counts
             later = [ch[c] for ch, c in zip(changed, close, strict=True)]
         else:
             first = [
