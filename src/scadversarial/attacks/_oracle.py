@@ -372,13 +372,15 @@ class ClusterOracle:
                 w = head.weight
                 wmax = np.abs(w).max(axis=0)
                 bmax = float(np.abs(head.bias).max()) if len(head.bias) else 0.0
-                bt = np.ascontiguousarray(self.base.T)
-                abt = np.abs(bt)
+                XA = np.empty((2 * G, n), dtype=self.base.dtype)  # [x; |x|], genes x cells
+                bt, abt = XA[:G], XA[G:]
+                bt[...] = self.base.T
+                np.abs(bt, out=abt)
                 u_x = float(np.finfo(bt.dtype).eps) / 2 if bt.dtype.kind == "f" else 0.0
                 H0 = w @ bt.astype(np.float64) + head.bias[:, None]  # (float64 both: a mixed product skips BLAS)
                 # beta in the matrix's precision, enlarged by its relative rounding bound: still an upper bound
                 beta0 = (wmax.astype(bt.dtype) @ abt).astype(np.float64) * (1 + 2 * G * u_x) + bmax
-                self._lin0 = {"bt": bt, "abt": abt, "Hb0": np.concatenate([H0, beta0[None]]), "wmax": wmax}
+                self._lin0 = {"XA": XA, "bt": bt, "abt": abt, "Hb0": np.concatenate([H0, beta0[None]]), "wmax": wmax}
                 self._lin0.update(bmax=bmax, u_x=u_x)
             bt, abt, Hb0, wmax = (self._lin0[k] for k in ("bt", "abt", "Hb0", "wmax"))
             bmax, u_x = self._lin0["bmax"], self._lin0["u_x"]
@@ -386,12 +388,11 @@ class ClusterOracle:
             blk[:K, :G], blk[K, G:] = head.weight, wmax
             mods = []
             for v, row1 in zip(self.Vs, self._rows1, strict=True):
-                # one value per gene (percentiles, aberrant, fixed): a column that broadcasts over the cells
+                # one value per gene (percentiles, aberrant, fixed): a column that broadcasts over the cells, and
+                # [v; |v|] for the stacked update
                 vt = row1[:, None] if row1 is not None else np.ascontiguousarray(v.T)
-                DA = np.empty((2 * G, n), dtype=self.base.dtype)
-                np.subtract(vt, bt, out=DA[:G])
-                np.subtract(np.abs(vt), abt, out=DA[G:])
-                mods.append({"DA": DA, "v": vt})
+                va = None if row1 is None else np.concatenate([row1, np.abs(row1)])
+                mods.append({"v": vt, "va": va, "DA": None})
             n_terms = G + 1
             self._lin = {
                 "blk": blk,
@@ -428,6 +429,23 @@ class ClusterOracle:
             st["t0"], st["slack0"] = t0, slack0
         return self._lin
 
+    def _mod_da(self, m: int) -> np.ndarray:
+        """``DA = [v - x; |v| - |x|]`` of modification ``m`` (genes x cells, the matrix's precision), built once.
+
+        Each term is rounded once: ``|error| <= u_x (|v| + |x|)``. The stacked update of a modification with one
+        value per gene does without it: ``[w; wmax] [v; |v|] - [w; wmax] [x; |x|]``, whose rounding (of the two
+        products and their difference) is within the same ``u_x`` allowance per term ``|w| (|v| + |x|)``.
+        """
+        mod = self._linear_state()["mods"][m]
+        if mod["DA"] is None:
+            G = self.n_genes
+            bt, abt = self._lin0["bt"], self._lin0["abt"]
+            DA = np.empty((2 * G, self.n_cells), dtype=self.base.dtype)
+            np.subtract(mod["v"], bt, out=DA[:G])
+            np.subtract(np.abs(mod["v"]), abt, out=DA[G:])
+            mod["DA"] = DA
+        return mod["DA"]
+
     def _linear_full(self, m: int) -> np.ndarray:
         """``[H; beta]`` of the cells with every gene modified by modification ``m`` (built once)."""
         st = self._linear_state()
@@ -457,7 +475,7 @@ class ClusterOracle:
 
         if len(pairs) == 1 and len(pairs[0][0]) > self._LARGE:  # on all cells: the result is kept
             genes, m = pairs[0]
-            DA = st["mods"][m]["DA"]
+            DA = self._mod_da(m)
             mask = np.zeros(G, dtype=bool)
             mask[genes] = True
             n_in = int(mask.sum())
@@ -480,7 +498,7 @@ class ClusterOracle:
         Hb = st["Hb0"][:, sel].copy()
         for genes, m in pairs:
             if len(genes):
-                Hb += update(st["mods"][m]["DA"], genes)
+                Hb += update(self._mod_da(m), genes)
         return Hb
 
     def _linear_batch(self, m: int, gene_sets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -494,7 +512,13 @@ class ClusterOracle:
         K, n = st["K"], self.n_cells
         cols = np.concatenate([gene_sets, gene_sets + self.n_genes], axis=1)  # candidates x 2s
         # in the matrix's precision, like the guard that reads it: its rounding (|H| <= beta) is in the bound
-        upd = np.matmul(st["blk_t"][cols].transpose(0, 2, 1), st["mods"][m]["DA"][cols])
+        blk_c = st["blk_t"][cols].transpose(0, 2, 1)  # candidates x classes + 1 x 2s
+        va = st["mods"][m]["va"]
+        if va is None:
+            upd = np.matmul(blk_c, self._mod_da(m)[cols])
+        else:  # one value per gene: [w; wmax] ([v; |v|] - [x; |x|]), as the products of each part (see _mod_da)
+            upd = np.matmul(blk_c, self._lin0["XA"][cols])
+            np.subtract(np.matmul(blk_c, va[cols][:, :, None]), upd, out=upd)
         reach = upd[:, :K].max(axis=1)
         reach -= upd[:, :K].min(axis=1)
         reach += (2.2 * st["bound_a"]) * np.maximum(upd[:, K], 0)
@@ -623,9 +647,10 @@ class ClusterOracle:
         blk3[:K, :, 0], blk3[K : 2 * K, :, 1], blk3[2 * K, :, 2] = w[:, order], np.abs(w[:, order]), 1.0
         nz_t = (self.base != 0).T
         daz = []
-        for mod in st["mods"]:
+        for m, mod in enumerate(st["mods"]):
             DAZ = np.empty((G, 3, n))
-            DAZ[:, 0], DAZ[:, 1] = mod["DA"][order], mod["DA"][G + order]
+            DA = self._mod_da(m)
+            DAZ[:, 0], DAZ[:, 1] = DA[order], DA[G + order]
             v_nz = mod["v"][order] != 0  # (a column per gene, or one value per gene that broadcasts)
             np.subtract(v_nz, nz_t[order], out=DAZ[:, 2], dtype=np.float64)
             daz.append(DAZ.reshape(3 * G, n))
