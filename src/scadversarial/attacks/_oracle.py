@@ -919,9 +919,51 @@ class ClusterOracle:
         single = np.broadcast_to(np.asarray(one_pass, dtype=bool), (m,))
         if m == 0:
             return np.empty(0, np.int64), np.empty(0), np.empty(0, bool)
+        gm = self._uniform_genes(cands)
+        if gm is not None:  # linear, one modification, one size, every cell changed: no per-candidate bookkeeping
+            with _one_blas_thread():
+                counts, close_all = self._linear_uniform(gm)
+            rest = np.count_nonzero(close_all, axis=1)
+        else:
+            counts, rest, pairs, later = self._counts_many(cands, exact_all, single)
+        cls = np.arange(K)
+        # the call is certainly orig when orig beats every other class even if all remaining cells join it
+        others = counts.copy()
+        others[:, orig] = -1
+        margin = counts[:, [orig]] - (others + rest[:, None])
+        sure_keep = np.all((margin > 0) | ((margin == 0) & (cls > orig)[None, :]) | (cls == orig)[None, :], axis=1)
+        # the call is certainly not orig when some class beats orig even if all remaining cells go to orig
+        lead = counts - (counts[:, [orig]] + rest[:, None])
+        sure_flip = np.any(((lead > 0) | ((lead == 0) & (cls < orig)[None, :])) & (cls != orig)[None, :], axis=1)
+        todo = np.flatnonzero((rest > 0) & ((~sure_keep & (~sure_flip | need)) | exact_all))
+        if len(todo):
+            if gm is not None:
+                jobs = [([(gm[j], 0)], np.flatnonzero(close_all[j])) for j in todo]
+            else:
+                jobs = [(pairs[j], later[j]) for j in todo]
+            more = self._types_stacked(jobs)
+            counts[todo] += _stacked_counts(more, K)
+            if self._head is not None:
+                self.n_exact_rows += int(rest[todo].sum())
+        full = rest == 0
+        full[todo] = True
+        calls = counts.argmax(axis=1)
+        calls[sure_keep & ~full] = orig
+        flipped = calls != orig
+        scores = np.where(full, counts[np.arange(m), calls] / n, np.nan)
+        self.n_evaluated += m
+        return calls, scores, flipped
+
+    def _counts_many(self, cands: Sequence, exact_all: bool, single: np.ndarray) -> tuple:
+        """Per-class counts of the cells typed so far, and how many are left, per candidate.
+
+        Also returns what :meth:`evaluate_many` needs to type the rest later: the candidates' ``(genes,
+        modification)`` pairs and each one's cells left.
+        """
+        n, K = self.n_cells, self.n_classes
         pairs = [self._pairs(c) for c in cands]
         changed = self._changed_rows_many(pairs)
-        counts = np.tile(self.orig_counts, (m, 1))
+        counts = np.tile(self.orig_counts, (len(cands), 1))
         for j, ch in enumerate(changed):  # unchanged cells keep their original types
             if len(ch) == n:
                 counts[j] = 0
@@ -944,27 +986,43 @@ class ClusterOracle:
             types = self._types_stacked([(p, ch[:f]) for p, ch, f in zip(pairs, changed, first, strict=True)])
             counts += _stacked_counts(types, K)
             later = [ch[f:] for ch, f in zip(changed, first, strict=True)]
-        rest = np.array([len(r) for r in later])
-        cls = np.arange(K)
-        # the call is certainly orig when orig beats every other class even if all remaining cells join it
-        others = counts.copy()
-        others[:, orig] = -1
-        margin = counts[:, [orig]] - (others + rest[:, None])
-        sure_keep = np.all((margin > 0) | ((margin == 0) & (cls > orig)[None, :]) | (cls == orig)[None, :], axis=1)
-        # the call is certainly not orig when some class beats orig even if all remaining cells go to orig
-        lead = counts - (counts[:, [orig]] + rest[:, None])
-        sure_flip = np.any(((lead > 0) | ((lead == 0) & (cls < orig)[None, :])) & (cls != orig)[None, :], axis=1)
-        todo = np.flatnonzero((rest > 0) & ((~sure_keep & (~sure_flip | need)) | exact_all))
-        if len(todo):
-            more = self._types_stacked([(pairs[j], later[j]) for j in todo])
-            counts[todo] += _stacked_counts(more, K)
-            if self._head is not None:
-                self.n_exact_rows += int(rest[todo].sum())
-        full = rest == 0
-        full[todo] = True
-        calls = counts.argmax(axis=1)
-        calls[sure_keep & ~full] = orig
-        flipped = calls != orig
-        scores = np.where(full, counts[np.arange(m), calls] / n, np.nan)
-        self.n_evaluated += m
-        return calls, scores, flipped
+        return counts, np.array([len(r) for r in later]), pairs, later
+
+    def _uniform_genes(self, cands: Sequence) -> np.ndarray | None:
+        """The candidates as one candidates x genes array, when :meth:`_linear_uniform` can answer them all.
+
+        That is when the update is linear and every candidate is a gene array of one size (at most ``_LARGE``,
+        the first modification) that changes every cell; else None.
+        """
+        if self._head is None or not len(cands):
+            return None
+        first = cands[0]
+        if not isinstance(first, np.ndarray) or first.ndim != 1 or not 0 < len(first) <= self._LARGE:
+            return None
+        shape = first.shape
+        if any(not isinstance(c, np.ndarray) or c.shape != shape for c in cands):
+            return None
+        gm = np.stack(cands)
+        if gm.dtype.kind not in "iu" or self._eq_any[0][gm].all(axis=1).any():  # (some cells may keep their row)
+            return None
+        return gm.astype(np.intp, copy=False)
+
+    def _linear_uniform(self, gm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-class counts of the certain cells and the too-close flags of the candidates ``gm``.
+
+        ``gm`` comes from :meth:`_uniform_genes`; the counts are candidates x classes, the flags candidates x cells,
+        from stacked products (:meth:`_linear_batch`).
+        """
+        K, n = self._linear_state()["K"], self.n_cells
+        per = 4 * 2**20 // (2 * K * n * 8) + 1  # candidates per stacked product (a few MB of output)
+        types = np.empty((len(gm), n), dtype=np.int64)
+        close = np.empty((len(gm), n), dtype=bool)
+        for c0 in range(0, len(gm), per):
+            types[c0 : c0 + per], close[c0 : c0 + per] = self._linear_batch(0, gm[c0 : c0 + per])
+        count = getattr(self.proba_fn, "count", None)
+        if callable(count):
+            count(types.size)
+        owner = np.arange(len(gm), dtype=np.int64)[:, None] * K
+        sure = ~close
+        counts = np.bincount((owner + types)[sure], minlength=len(gm) * K).reshape(len(gm), K)
+        return counts, close
