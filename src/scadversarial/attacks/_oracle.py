@@ -565,11 +565,6 @@ class ClusterOracle:
                     r = len(rows)
                     sel = slice(int(rows[0]), int(rows[0]) + r) if rows[-1] - rows[0] + 1 == r else np.asarray(rows)
                     t, c = self._linear_guard(self._linear_rows(pairs, sel)[None], st["Hb0"][K, sel][None])
-                if m >= 0 and part[-1] - part[0] + 1 == len(part) and (sizes[part[0] : part[-1] + 1] == n).all():
-                    lo, hi = int(ends[part[0]]) - n, int(ends[part[-1]])  # every cell of consecutive candidates
-                    types[lo:hi].reshape(len(part), n)[...] = t
-                    close[lo:hi].reshape(len(part), n)[...] = c
-                    continue
                 for i, j in enumerate(part):
                     rows = jobs[j][1]
                     pick = slice(None) if m < 0 or len(rows) == n else rows  # (stacked products cover every cell)
