@@ -262,8 +262,43 @@ def test_max_change_wrong_guesses_are_taken_back(lr_workload, k, seed):
     rows = np.flatnonzero(lr["labels"] == lr["classes"][k])
     genes = np.arange(0, 2000, 3)
     lin_o, _, plain_o = _oracles(_linear(W, b), classes, lr["X"], rows, ["perc99"])
-    fast = max_change_search(lin_o, genes, random_state=seed, method="fast")
-    plain = max_change_search(plain_o, genes, random_state=seed, method="plain")
+    rng_fast, rng_plain = np.random.default_rng(seed), np.random.default_rng(seed)
+    fast = max_change_search(lin_o, genes, random_state=rng_fast, method="fast")
+    plain = max_change_search(plain_o, genes, random_state=rng_plain, method="plain")
     np.testing.assert_array_equal(fast.kept, plain.kept)
     assert (fast.call, fast.score, fast.n_questions) == (plain.call, plain.score, plain.n_questions)
     assert fast.n_rewound > 0 and lin_o.n_exact_rows > 0
+    # draws made on wrong guesses are given back: a shared generator goes on as after the plain search
+    assert rng_fast.bit_generator.state == rng_plain.bit_generator.state
+
+
+def _huge_term_oracles(n_genes: int):
+    """One cell, a gene whose modified value is 2**37 (its float64 terms round by ~1e-5) next to a gene whose
+    small weight decides the call: an update that adds that gene's terms and takes them out again is not exact."""
+    W = np.zeros((n_genes, 2))
+    W[0, 1], W[2, 1] = 1.0, 1.4e-5
+    b = np.array([1.2e-5, 0.0])
+    X = np.zeros((1, n_genes))
+    V = np.zeros((1, n_genes))
+    V[0, 0], V[0, 2] = 2.0**37, 1.0
+    out = []
+    for linear in (True, False):
+        fn = ClassifierAdapter(_linear(W, b, torch.float64), ["a", "b"])
+        out.append(ClusterOracle(fn, X, V, linear=linear))
+    return out
+
+
+def test_huge_terms_of_other_genes_do_not_decide():
+    """Terms of genes outside the candidate (a max-change half's sibling, the fully modified logits, a recent set)
+    are not in the candidate's bound: they must not make the linear update answer differently from the classifier."""
+    for seed in range(6):
+        lin_o, plain_o = _huge_term_oracles(4)
+        fast = max_change_search(lin_o, np.arange(4), random_state=seed, method="fast")
+        plain = max_change_search(plain_o, np.arange(4), random_state=seed, method="plain")
+        assert (fast.kept.tolist(), fast.call, fast.n_questions) == (plain.kept.tolist(), plain.call, plain.n_questions)
+    lin_o, plain_o = _huge_term_oracles(130)
+    # large sets: from the fully modified logits less gene 0, then from that set less one more gene (a recent set)
+    for cand in (np.arange(1, 130), np.arange(1, 129), np.arange(0, 128)):
+        call, score, flipped = lin_o.evaluate_many([cand])
+        assert (int(call[0]), float(score[0])) == plain_o.evaluate_one(cand)
+        assert bool(flipped[0]) == (plain_o.evaluate_one(cand)[0] != plain_o.orig_call)

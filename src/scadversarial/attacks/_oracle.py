@@ -458,12 +458,15 @@ class ClusterOracle:
             mod["Hb"] = Hb
         return mod["Hb"]
 
-    def _linear_rows(self, pairs, sel) -> np.ndarray:
+    def _linear_rows(self, pairs, sel) -> tuple[np.ndarray, np.ndarray | float]:
         """Float64 ``[H; beta]`` (classes + 1 x cells) of one candidate's cells ``sel`` (a slice or indices).
 
         A large candidate with one modification starts from whichever known gene set differs from its
-        own in the fewest genes: none, all, or one of the last large candidates (searches such as
-        max-change ask about a growing set plus a few genes).
+        own in the fewest genes: none, all, or one of the last large candidates (searches that reduce or grow
+        a set a few genes at a time). Also returns, per cell, the rounding error such a start adds beyond what
+        :meth:`_linear_guard` allows for the candidate's own terms (0 for a sum from the unmodified logits): the
+        terms of genes not in the candidate (added, then taken out again, or in the fully modified logits) are
+        not part of its ``beta``.
         """
         st = self._linear_state()
         G, blk = self.n_genes, st["blk"]
@@ -485,21 +488,46 @@ class ClusterOracle:
                     cost = int(np.count_nonzero(mask != entry[1]))
                     if cost < best_cost:
                         best, best_cost = entry, cost
+            # a product over genes S has error <= gamma64 size(S) in float64, plus the rounding of D = v - x to the
+            # matrix's precision (u_x size(S)) unless it cancels; each array sum rounds by <= 2^-53 of its terms
+            per_term = st["u_x"] + st["gamma64"]
             if best is not None:
                 add, drop = np.flatnonzero(mask & ~best[1]), np.flatnonzero(best[1] & ~mask)
                 Hb = best[2] + update(DA, add, None) - update(DA, drop, None)
+                moved = self._term_sizes(add, m) + self._term_sizes(drop, m)
+                size = best[4] + moved
+                err = best[3] + per_term * moved + 2 * 2.0**-53 * size
             elif n_in <= G - n_in:
                 Hb = st["Hb0"] + update(DA, np.flatnonzero(mask), None)
+                size, err = st["Hb0"][-1] + self._term_sizes(np.flatnonzero(mask), m), 0.0
             else:
-                Hb = self._linear_full(m) - update(DA, np.flatnonzero(~mask), None)
-            self._lin_recent.append((m, mask, Hb))
+                rest = np.flatnonzero(~mask)
+                Hb_full = self._linear_full(m)
+                Hb = Hb_full - update(DA, rest, None)
+                moved = self._term_sizes(rest, m)
+                size = Hb_full[-1] + moved  # (the fully modified beta bounds the full logits' terms)
+                err = st["gamma64"] * Hb_full[-1] + per_term * moved + 2 * 2.0**-53 * size
+            self._lin_recent.append((m, mask, Hb, err, size))
             del self._lin_recent[: -self._N_RECENT]
-            return Hb if full else Hb[:, sel]
+            if full:
+                return Hb, err
+            return Hb[:, sel], (err if np.isscalar(err) else err[sel])
         Hb = st["Hb0"][:, sel].copy()
         for genes, m in pairs:
             if len(genes):
                 Hb += update(self._mod_da(m), genes)
-        return Hb
+        return Hb, 0.0
+
+    def _term_sizes(self, genes: np.ndarray, m: int) -> np.ndarray:
+        """Per cell, ``sum_g wmax_g (|v_g| + |x_g|)`` over ``genes`` (bounds the size of their terms in any logit)."""
+        st = self._linear_state()
+        v = st["mods"][m]["v"]
+        wmax = st["wmax"][genes]
+        x = wmax @ self._lin0["abt"][genes].astype(np.float64)
+        vv = float(wmax @ np.abs(v[genes, 0].astype(np.float64))) if v.shape[1] == 1 else None
+        if vv is None:
+            vv = wmax @ np.abs(v[genes].astype(np.float64))
+        return (x + vv) * 1.01  # (their own rounding, with room)
 
     def _linear_batch(self, m: int, gene_sets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-cell types and too-close flags (candidates x cells) of candidates that modify ``gene_sets`` with ``m``.
@@ -564,7 +592,8 @@ class ClusterOracle:
                     pairs, rows = jobs[part[0]]
                     r = len(rows)
                     sel = slice(int(rows[0]), int(rows[0]) + r) if rows[-1] - rows[0] + 1 == r else np.asarray(rows)
-                    t, c = self._linear_guard(self._linear_rows(pairs, sel)[None], st["Hb0"][K, sel][None])
+                    Hb, extra = self._linear_rows(pairs, sel)
+                    t, c = self._linear_guard(Hb[None], st["Hb0"][K, sel][None], extra)
                 for i, j in enumerate(part):
                     rows = jobs[j][1]
                     pick = slice(None) if m < 0 or len(rows) == n else rows  # (stacked products cover every cell)
@@ -579,8 +608,11 @@ class ClusterOracle:
         counts = np.bincount((owner + types)[sure], minlength=len(jobs) * K).reshape(len(jobs), K)
         return [close[e - r : e] for e, r in zip(ends, sizes, strict=True)], counts
 
-    def _linear_guard(self, Hb: np.ndarray, beta0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Types (first argmax) and too-close-to-call flags from ``[H; beta]`` (candidates x classes + 1 x cells)."""
+    def _linear_guard(self, Hb: np.ndarray, beta0: np.ndarray, extra=0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Types (first argmax) and too-close-to-call flags from ``[H; beta]`` (candidates x classes + 1 x cells).
+
+        ``extra``: a further bound on each logit's error, per cell (see :meth:`_linear_rows`).
+        """
         st = self._linear_state()
         K = st["K"]
         H, beta = Hb[:, :K], Hb[:, K]
@@ -591,7 +623,7 @@ class ClusterOracle:
         t = K - first.max(axis=1)
         # a bound on |computed - exact| of every logit: the classifier's arithmetic, this update, the rounding of
         # D and A, and the softmax's subtraction of the largest logit (|logit| <= beta)
-        bound = st["bound_a"] * beta + st["bound_b"] * beta0
+        bound = st["bound_a"] * beta + st["bound_b"] * beta0 + extra
         # too close to call (another class within twice the bound, with margin): the classifier's rounding could
         # reorder them, or its softmax tie them
         near = ~(H < (top - 2.2 * bound - 1e-5)[:, None])  # (NaN, from an infinite bound: near)
@@ -612,19 +644,15 @@ class ClusterOracle:
         st = self._linear_state()
         if "HB0" not in st:
             w, b = self._head.weight, self._head.bias
-            K, G = st["K"], self.n_genes
+            K = st["K"]
             H0 = st["Hb0"][:K]
             B0 = np.abs(w) @ self._lin0["abt"].astype(np.float64) + np.abs(b)[:, None]  # (|x|, already built)
             st["HB0"] = np.concatenate([H0, B0, np.count_nonzero(self.base, axis=1).astype(np.float64)[None]])
             # D = v - x and A = |v| - |x| are rounded to the matrix's precision once (no stacked float32 sums):
-            # |error| <= u_x0 (|v| + |x|) per term. A delta is a float64 product, or (a list's second half) its
-            # list's delta less the first half's: a chain of at most depth + 1 products and subtractions, each
-            # within gamma64 of the sizes of all the terms, so (depth + 2) gamma64 bounds any delta's rounding.
-            depth = int(np.ceil(np.log2(max(G, 2)))) + 1
-            g64 = st["gamma64"] * (depth + 2)
+            # |error| <= u_x0 (|v| + |x|) per term
             u_x0 = float(np.finfo(self.base.dtype).eps) / 2 if self.base.dtype.kind == "f" else 0.0
-            st["inc_rest"] = g64 + u_x0 + 8 * st["u"]
-            st["inc_b"] = 2 * g64 + u_x0
+            st["inc_rest"] = st["gamma64"] + u_x0 + 8 * st["u"]
+            st["inc_b"] = 2 * st["gamma64"] + u_x0
             st["e_b"] = 1.1 * st["inc_b"] * B0.max(axis=0)  # the beta0 part of every e_k
         return st
 
@@ -686,9 +714,8 @@ class ClusterOracle:
         """Float64 change of ``[H; B; z]`` (2 classes + 1 x cells) when the distinct ``genes`` take modification ``m``.
 
         ``linear_start()`` plus the deltas of disjoint gene sets is ``[H; B; z]`` of their union, within the
-        float64 rounding the guard allows for (it bounds the update's terms, whatever their order; see
-        :meth:`_incremental_state` for deltas derived from others). Genes in consecutive slots of the layout
-        (:meth:`linear_layout`) are read as slices.
+        float64 rounding the guard allows for (it bounds the update's terms, whatever their order). Genes in
+        consecutive slots of the layout (:meth:`linear_layout`) are read as slices.
         """
         st = self._incremental_state()
         if "slot" not in st:  # no layout asked for: gene order
@@ -888,8 +915,8 @@ class ClusterOracle:
         Parameters
         ----------
         cands
-            One candidate per entry: an array of gene indices (first modification) or a list of
-            ``(genes, modification index)`` pairs.
+            One candidate per entry: an array of distinct gene indices (first modification) or a list of
+            ``(genes, modification index)`` pairs (each gene in one pair at most).
         need_exact
             Per candidate (or for all): whether a flipping candidate needs its exact call and score.
         exact_all

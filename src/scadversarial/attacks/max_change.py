@@ -63,12 +63,25 @@ class _Orders:
 
     def __init__(self, rng: np.random.Generator) -> None:
         self.rng = rng
+        self.start = rng.bit_generator.state
         self.perms: list[np.ndarray] = []
 
     def __getitem__(self, i: int) -> np.ndarray:
         while len(self.perms) <= i:
             self.perms.append(self.rng.permutation(2))
         return self.perms[i]
+
+    def settle(self, n_draws: int) -> None:
+        """Leave the generator as if only the search's ``n_draws`` permutations had been drawn.
+
+        A speculative or rewound search may have drawn more; a generator shared with later searches (an
+        overview) must go on from where the plain search leaves it.
+        """
+        if len(self.perms) > n_draws:
+            self.rng.bit_generator.state = self.start
+            for _ in range(n_draws):
+                self.rng.permutation(2)
+            del self.perms[n_draws:]
 
 
 class _Machine:
@@ -225,7 +238,13 @@ def _fast(
             if keeps != g:
                 break
     kept = np.concatenate(state.kept).tolist() if state.kept else []
+    orders.settle(state.n_draws)
     return kept, n_questions, n_tested
+
+
+def _answers(flipped: np.ndarray) -> tuple[bool, ...]:
+    """The answers a question's evaluation gives: the half alone, and the union only when the half alone keeps."""
+    return (bool(flipped[0]),) if flipped[0] or len(flipped) == 1 else (False, bool(flipped[1]))
 
 
 def _both(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
@@ -236,15 +255,18 @@ def _both(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
 _DEFER = 16  # most questions answered on a guess before the cells too close to call are classified
 
 
-def _fast_linear(oracle: ClusterOracle, genes: np.ndarray, max_split: int, orders: _Orders) -> tuple[list, int, int]:
+def _fast_linear(
+    oracle: ClusterOracle, genes: np.ndarray, max_split: int, orders: _Orders
+) -> tuple[list, int, int, int]:
     """The search with a linear classifier: one update per half, shared by its two questions.
 
     A half's change of the logits is computed once; the half alone adds it to the unmodified logits, the
     union with the kept genes to the kept set's logits (kept up to date at every merge, with their per-cell
     types and slack). Both questions are answered in one evaluation (the union is asked only when the half
     alone keeps the call). The update is laid out so that every half is read as a slice
-    (:meth:`~scadversarial.attacks._oracle.ClusterOracle.linear_layout`), and the half of a split asked second
-    takes its change as the split list's change less the first half's (no product).
+    (:meth:`~scadversarial.attacks._oracle.ClusterOracle.linear_layout`). (A half's change is not taken as its
+    list's change less the other half's: the rounding of that difference scales with the other half's terms,
+    which the bound on the candidate's own terms does not cover.)
 
     An answer that depends on cells too close to call is first guessed from their float64 logits; the search
     goes on, and the cells of up to ``_DEFER`` guessed questions are classified in one call. At the first wrong
@@ -255,10 +277,6 @@ def _fast_linear(oracle: ClusterOracle, genes: np.ndarray, max_split: int, order
     oracle.linear_layout(genes)
     start = oracle.linear_base(oracle.linear_start())
     kept = kept_same = None  # the kept genes' LinearBase, and their unchanged cells
-    # halves of a split still to be asked: id -> (half, the split list's change, the first half or None); the
-    # first half's change once asked: id -> (half, change). The entries hold their halves: ids stay theirs
-    family: dict[int, tuple] = {}
-    elder: dict[int, tuple] = {}
     n_questions = n_tested = 0
     guessed: list[tuple] = []  # (state before the answer, question, guessed answers, deferred cells), in order
     depth = _DEFER
@@ -267,7 +285,6 @@ def _fast_linear(oracle: ClusterOracle, genes: np.ndarray, max_split: int, order
     def answer(half: np.ndarray, delta: np.ndarray, bases: list, sames: list, flipped: np.ndarray) -> None:
         nonlocal kept, kept_same, n_questions
         merged = not state.kept and not flipped[0]
-        n_stack = len(state.stack)
         state.answer(not flipped[0])
         n_questions += 1
         if state.pending is not None:  # the union question (state.question() would only build its gene list)
@@ -277,10 +294,6 @@ def _fast_linear(oracle: ClusterOracle, genes: np.ndarray, max_split: int, order
         if merged:
             kept = oracle.linear_base(bases[-1].HB + delta)
             kept_same = sames[-1]
-        elif len(state.stack) == n_stack + 2:  # split: its halves are on top, the one asked first last
-            second, first_half = state.stack[-2], state.stack[-1]
-            family[id(first_half)] = (first_half, delta, None)
-            family[id(second)] = (second, delta, first_half)
 
     while True:
         more = state.question() is not None
@@ -291,12 +304,12 @@ def _fast_linear(oracle: ClusterOracle, genes: np.ndarray, max_split: int, order
                 true = flipped.copy()
                 for j, _, _ in items:
                     true[j] = next(truth)
-                if not np.array_equal(true, flipped):
+                if _answers(true) != _answers(flipped):
                     wrong = saved, question, true
                     break
             guessed.clear()
             if wrong is not None:  # back to the wrongly guessed question, answered truly
-                (state, kept, kept_same, family, elder, n_questions), question, true = wrong
+                (state, kept, kept_same, n_questions), question, true = wrong
                 answer(*question, true)
                 depth = max(depth // 2, 1)
                 n_rewound += 1
@@ -305,14 +318,7 @@ def _fast_linear(oracle: ClusterOracle, genes: np.ndarray, max_split: int, order
         if not more:
             break
         half = state.pending[1]
-        rel = family.pop(id(half), None)
-        first = elder.pop(id(rel[2]), None) if rel is not None and rel[2] is not None else None
-        if first is not None:
-            delta = rel[1] - first[1]
-        else:
-            delta = oracle.linear_delta(half)
-            if rel is not None and rel[2] is None:
-                elder[id(half)] = (half, delta)
+        delta = oracle.linear_delta(half)
         same = oracle.unchanged(half)
         bases, sames, sets = [start], [same], [lambda half=half: half]
         if state.kept:
@@ -324,10 +330,11 @@ def _fast_linear(oracle: ClusterOracle, genes: np.ndarray, max_split: int, order
         n_tested += len(bases)
         question = (half, delta, bases, sames)
         if items:
-            saved = (state.copy(), kept, kept_same, dict(family), dict(elder), n_questions)
+            saved = (state.copy(), kept, kept_same, n_questions)
             guessed.append((saved, question, flipped, items))
         answer(*question, flipped)
     kept_genes = np.concatenate(state.kept).tolist() if state.kept else []
+    orders.settle(state.n_draws)
     return kept_genes, n_questions, n_tested, n_rewound
 
 
