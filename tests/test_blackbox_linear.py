@@ -247,6 +247,8 @@ def test_max_change_layout_reads_every_half_as_a_slice(lr_workload):
     np.testing.assert_allclose(d, lin_o.linear_delta(lst[1::2]), rtol=1e-9, atol=1e-9)
     with pytest.raises(ValueError, match="repeated"):
         max_change_search(lin_o, np.array([1, 2, 2, 3]))
+    with pytest.raises(IndexError, match="0 <= g < 2000"):
+        max_change_search(lin_o, np.array([0, -2000]))  # (an alias of gene 0)
 
 
 @pytest.mark.parametrize(("k", "seed"), [(2, 5), (0, 1)])

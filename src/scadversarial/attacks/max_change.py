@@ -374,6 +374,9 @@ def max_change_search(
         raise ValueError(msg)
     max_split = max(int(max_split_size), 1)
     genes = np.arange(oracle.n_genes) if genes is None else np.asarray(genes, dtype=np.intp)
+    if len(genes) and not 0 <= genes.min() <= genes.max() < oracle.n_genes:
+        msg = f"genes must be indices 0 <= g < {oracle.n_genes} (the oracle's genes)."
+        raise IndexError(msg)
     if len(np.unique(genes)) != len(genes):
         msg = "genes has repeated indices; pass each gene once (e.g. genes=np.unique(genes))."
         raise ValueError(msg)
