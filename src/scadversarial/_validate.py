@@ -67,8 +67,13 @@ def get_matrix(
     if copy and not fresh:
         X = X.copy()
     if check:
-        check_finite(X, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
+        check_finite(X, matrix_name(layer))
     return X
+
+
+def matrix_name(layer: str | None) -> str:
+    """How messages name ``X`` or ``layers[layer]``: ``'adata.X'`` or ``"adata.layers['name']"``."""
+    return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
 
 
 def check_finite(X, where: str = "the matrix") -> None:

@@ -136,6 +136,14 @@ def _decided(counts: list[int], rest: int, orig: int) -> bool | None:
     return False if keep else None  # (with rest = 0, a class that would take the call returned True above)
 
 
+def _class_counts(types: np.ndarray, keep: np.ndarray, owner: np.ndarray, n_cands: int, n_classes: int) -> np.ndarray:
+    """Per-candidate counts of the types of the cells where ``keep`` (candidates x classes).
+
+    ``owner`` is each cell's candidate index times ``n_classes`` (broadcast against ``types``).
+    """
+    return np.bincount((owner + types)[keep], minlength=n_cands * n_classes).reshape(n_cands, n_classes)
+
+
 def _stacked_counts(types: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
     """Per-type counts of each array of ``types`` (one bincount for all)."""
     sizes = np.fromiter((len(t) for t in types), dtype=np.int64, count=len(types))
@@ -524,9 +532,7 @@ class ClusterOracle:
         v = st["mods"][m]["v"]
         wmax = st["wmax"][genes]
         x = wmax @ self._lin0["abt"][genes].astype(np.float64)
-        vv = float(wmax @ np.abs(v[genes, 0].astype(np.float64))) if v.shape[1] == 1 else None
-        if vv is None:
-            vv = wmax @ np.abs(v[genes].astype(np.float64))
+        vv = wmax @ np.abs(v[genes].astype(np.float64))  # (one value per gene: a single column, broadcast)
         return (x + vv) * 1.01  # (their own rounding, with room)
 
     def _linear_batch(self, m: int, gene_sets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -604,8 +610,7 @@ class ClusterOracle:
             count(len(types))
         # per-class counts of the certain cells: one bincount over (candidate, type) of all candidates
         owner = np.repeat(np.arange(len(jobs), dtype=np.int64) * K, sizes)
-        sure = ~close
-        counts = np.bincount((owner + types)[sure], minlength=len(jobs) * K).reshape(len(jobs), K)
+        counts = _class_counts(types, ~close, owner, len(jobs), K)
         return [close[e - r : e] for e, r in zip(ends, sizes, strict=True)], counts
 
     def _linear_guard(self, Hb: np.ndarray, beta0: np.ndarray, extra=0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -1044,7 +1049,5 @@ class ClusterOracle:
         count = getattr(self.proba_fn, "count", None)
         if callable(count):
             count(types.size)
-        owner = np.arange(len(gm), dtype=np.int64)[:, None] * K
-        sure = ~close
-        counts = np.bincount((owner + types)[sure], minlength=len(gm) * K).reshape(len(gm), K)
+        counts = _class_counts(types, ~close, np.arange(len(gm), dtype=np.int64)[:, None] * K, len(gm), K)
         return counts, close

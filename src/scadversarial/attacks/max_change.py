@@ -13,7 +13,8 @@ logits (the half alone) and to the kept genes' logits (the union), and only cell
 change could alter are looked at again (see :meth:`ClusterOracle.linear_flipped
 <scadversarial.attacks._oracle.ClusterOracle.linear_flipped>`); cells too close to call are classified
 a few questions later, many at once, the answers guessed meanwhile from their float64 logits (a
-wrong guess sends the search back to that question). With any other classifier it speculates: it predicts the answers of the next questions, classifies all of them in one stacked
+wrong guess sends the search back to that question). With any other classifier it speculates: it
+predicts the answers of the next questions, classifies all of them in one stacked
 call, then replays the search with the true answers up to the first wrong guess. Both give the
 plain search's result and consume the random generator identically.
 """

@@ -8,7 +8,7 @@ from anndata import AnnData
 
 from .. import _keys
 from .._settings import logger
-from .._validate import check_adata, check_finite, check_nonnegative, get_matrix, set_record, uns_root
+from .._validate import check_adata, check_finite, check_nonnegative, get_matrix, matrix_name, set_record, uns_root
 
 
 def _looks_like_counts(X) -> bool:
@@ -99,11 +99,11 @@ def preprocess(
     """
     check_adata(adata)
     M = get_matrix(adata, layer, dense=False)
-    check_finite(M, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
+    check_finite(M, matrix_name(layer))
     if already_log is None:
         already_log = ("log1p" in adata.uns and layer is None) or not _looks_like_counts(M)
     if not already_log:
-        check_nonnegative(M, "adata.X" if layer is None else f"adata.layers[{layer!r}]")
+        check_nonnegative(M, matrix_name(layer))
     else:
         data = M.data if sp.issparse(M) else np.asarray(M)
         if data.size and data.min() < 0:

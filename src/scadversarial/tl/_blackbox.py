@@ -25,7 +25,16 @@ from scipy import sparse
 
 from .. import _keys
 from .._settings import logger, progress
-from .._validate import check_adata, check_finite, check_obs_key, get_matrix, h5ad_safe, matrix_for_genes, uns_root
+from .._validate import (
+    check_adata,
+    check_finite,
+    check_obs_key,
+    get_matrix,
+    h5ad_safe,
+    matrix_for_genes,
+    matrix_name,
+    uns_root,
+)
 from ..attacks._oracle import ClusterOracle
 from ..attacks._protocol import ClassifierAdapter
 from ..attacks.cgd import SUMMARY_COLUMNS, cgd_search
@@ -745,8 +754,7 @@ def cgd_attack(
     if isinstance(src, np.ndarray) and src.dtype == np.float32 and src.nbytes >= 1 << 22 and n_cpus > 1:
         pool = ThreadPoolExecutor(max_workers=1)
     try:
-        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        copied = pool.submit(_copy_checked, src, where) if pool is not None else None
+        copied = pool.submit(_copy_checked, src, matrix_name(layer)) if pool is not None else None
         ctx = _setup(
             adata,
             groupby=groupby,
