@@ -4,7 +4,7 @@ A cell change computes the clean cell's prediction and detector score and attack
 (PGD, 10 steps) and scores the attacked profile, as the Streamlit page does. The browser
 round trip is measured by ``python tests/test_app_browser.py --adata OUT/adata.h5ad``.
 
-    python benchmarks/app_latency.py --data ../shared/data/pbmc3k.h5ad
+    python benchmarks/app_latency.py --data tests/data/pbmc3k.h5ad
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from scadversarial.app import logic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default="../shared/data/pbmc3k.h5ad")
+    parser.add_argument("--data", default="tests/data/pbmc3k.h5ad")
     parser.add_argument("--cells", type=int, default=50)
     args = parser.parse_args()
     sad.settings.progress = False

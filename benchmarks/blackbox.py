@@ -1,6 +1,6 @@
 """Black-box (adverSCarial-style) attacks on the ``lr_oracle`` workload: sad vs the R package.
 
-Runs every workload of ``../shared/data/lr_oracle/README.md`` through ``sad.tl`` with the fast search
+Runs every workload of ``tests/data/lr_oracle/README.md`` through ``sad.tl`` with the fast search
 and with the plain reference search (one classifier call per candidate), checks that both return
 the same result, and prints wall time, classifier calls and the speed-ups against the R package's
 time (README) and against the plain search in this process: for the whole ``sad.tl`` call, and for
@@ -36,7 +36,7 @@ import torch
 
 import scadversarial as sad
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[1] / "tests" / "data"  # shipped with the repository
 DATA = SHARED / "lr_oracle"
 
 # the R package on this workload (README): wall seconds and classifier calls

@@ -13,7 +13,7 @@ Throughput ratio = cells/s of the detector / cells/s of the bare loop (target >=
 
 Usage::
 
-    python benchmarks/detect_throughput.py --data ../shared/data/pbmc3k.h5ad [--batch 1024 --repeats 30]
+    python benchmarks/detect_throughput.py --data tests/data/pbmc3k.h5ad [--batch 1024 --repeats 30]
 """
 
 from __future__ import annotations

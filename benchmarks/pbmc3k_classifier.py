@@ -4,7 +4,7 @@ Seed-study settings: 2,000 HVGs, scaled (clip 10), KMeans-10 on 50 PCs, stratifi
 50% held-out test cells (40% train, 10% validation for early stopping), PGD L-inf eps
 {0.05, 0.1, 0.15}, alpha 0.02, 10 steps, attacking the predicted label.
 
-    python benchmarks/pbmc3k_classifier.py --data ../shared/data/pbmc3k.h5ad --seeds 0 1 2
+    python benchmarks/pbmc3k_classifier.py --data tests/data/pbmc3k.h5ad --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def run(path: str, labels: str | None, seed: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default="../shared/data/pbmc3k.h5ad")
+    parser.add_argument("--data", default="tests/data/pbmc3k.h5ad")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     sad.settings.progress = False

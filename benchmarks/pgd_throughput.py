@@ -5,7 +5,7 @@ Both run in this process, on the same trained classifier, cells and batch size, 
 times (cells x steps per second), the usual estimate on a machine shared with other work;
 the ratio of medians is printed beside it.
 
-    python benchmarks/pgd_throughput.py --data ../shared/data/pbmc3k.h5ad
+    python benchmarks/pgd_throughput.py --data tests/data/pbmc3k.h5ad
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def bare_pgd(model, X, y, *, eps, alpha, steps, batch_size):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default="../shared/data/pbmc3k.h5ad")
+    parser.add_argument("--data", default="tests/data/pbmc3k.h5ad")
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=1024)

@@ -16,9 +16,9 @@ which cannot be stratified); the number of dropped cells is printed.
 
 Usage::
 
-    python benchmarks/seed_protocol.py --data ../shared/data/pbmc3k.h5ad --seeds 0 1 2
-    python benchmarks/seed_protocol.py --data ../shared/data/pbmc3k.h5ad --labels seurat_cell_type
-    python benchmarks/seed_protocol.py --data ../shared/data/pbmc3k.h5ad --variants full --transfer
+    python benchmarks/seed_protocol.py --data tests/data/pbmc3k.h5ad --seeds 0 1 2
+    python benchmarks/seed_protocol.py --data tests/data/pbmc3k.h5ad --labels seurat_cell_type
+    python benchmarks/seed_protocol.py --data tests/data/pbmc3k.h5ad --variants full --transfer
 """
 
 from __future__ import annotations

@@ -14,17 +14,23 @@ import scadversarial as sad
 matplotlib.use("Agg")
 sad.settings.progress = False
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+TEST_DATA = Path(__file__).resolve().parent / "data"  # shipped with the repository (see its README)
+
+
+def shipped(name: str) -> Path:
+    """Path of a file or folder in ``tests/data``; fails the test (never skips) when it is missing."""
+    path = TEST_DATA / name
+    if not path.exists():
+        pytest.fail(
+            f"Test data {path} is missing: it ships with the repository; restore it with `git checkout tests/data`."
+        )
+    return path
 
 
 @pytest.fixture(scope="session")
 def pbmc3k_path() -> Path:
-    """Path of the real PBMC3k counts with Seurat labels (``../shared/data/pbmc3k.h5ad``)."""
-    path = SHARED_DATA / "pbmc3k.h5ad"
-    if not path.is_file():
-        pytest.skip(f"PBMC3k data not found at {path}")
-    return path
+    """Path of the real PBMC3k counts with Seurat labels (``tests/data/pbmc3k.h5ad``)."""
+    return shipped("pbmc3k.h5ad")
 
 
 @pytest.fixture(scope="session")
@@ -78,9 +84,7 @@ def lr_workload():
     """
     import pandas as pd
 
-    lr_dir = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lr_oracle"
-    if not lr_dir.is_dir():
-        pytest.skip(f"lr_oracle data not found at {lr_dir}")
+    lr_dir = shipped("lr_oracle")
     X = pd.read_csv(lr_dir / "X_lognorm_hvg.csv.gz", index_col=0, float_precision="round_trip")
     coef = pd.read_csv(lr_dir / "lr_coef.csv.gz", index_col=0)
     inter = pd.read_csv(lr_dir / "lr_intercept.csv", index_col=0)["intercept"]

@@ -1,7 +1,7 @@
 """Black-box searches on the adverSCarial benchmark workload (PBMC3k, fixed logistic regression).
 
 The plain searches (one classifier call per candidate) reproduce the R package's call counts of
-``../shared/data/lr_oracle/README.md`` (evidence of the same search order); the fast searches must
+``tests/data/lr_oracle/README.md`` (evidence of the same search order); the fast searches must
 return exactly the plain searches' results with far fewer calls.
 """
 

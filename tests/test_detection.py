@@ -227,7 +227,7 @@ np.save({str(tmp_path / "scores.npy")!r}, b.obs["sad_score_sad_pgd_eps0.1"].to_n
     assert (Path(tmp_path) / "models" / "detector" / "model.safetensors").is_file()
 
 
-PBMC3K = Path(__file__).parents[1] / ".." / "shared" / "data" / "pbmc3k.h5ad"
+PBMC3K = Path(__file__).parent / "data" / "pbmc3k.h5ad"
 
 
 @pytest.mark.slow
