@@ -1,0 +1,494 @@
+"""``sad.tl.benchmark_detectors``: every detector against every threat and benign shift, on held-out cells."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .. import _keys
+from .._settings import logger, settings
+from .._validate import check_adata, check_obs_key, get_record, h5ad_safe, matrix_for_genes, uns_root
+from ..detection import tpr_at_fpr
+from ..models.classifier import CellClassifier
+from ..models.detector import AdversarialDetector
+from ._models import get_model
+from ._shifts import DEFAULT_SHIFTS, BenignShift, benign_shift, library_counts
+
+Space = Literal["scaled", "log", "counts"]
+Subset = Literal["test", "val", "train"]
+
+#: False-positive rate of the reported TPR (the rate the honest-evaluation rules report).
+REPORTED_FPR = 0.05
+#: Name of ``sad``'s own trained detector in ``detectors=`` and in the table.
+SAD_DETECTOR = "sad"
+#: Columns of the benchmark table, in order (see :func:`benchmark_detectors`).
+COLUMNS = (
+    "threat", "kind", "detector", "space", "constraint", "n_cells", "flip_rate", "auroc", "auroc_flipped",
+    "tpr_at_5fpr", "flagged", "evasion", "fpr", "pred_changed", "threshold",
+)  # fmt: skip
+#: A spec of one threat: keyword arguments of :func:`~scadversarial.tl.attack`, a list of them (a sweep whose
+#: layers are pooled worst case per cell), or a callable that writes attacked layers on the cells and names them.
+ThreatSpec = Mapping[str, Any] | Sequence[Mapping[str, Any]] | Callable[[AnnData], Sequence[str]]
+
+
+@dataclass(frozen=True)
+class BenchmarkOptions:
+    """Options of :func:`benchmark_detectors`.
+
+    Attributes
+    ----------
+    target_fpr
+        False-positive rate of the baselines' thresholds on clean validation cells (5 %, the rate
+        at which the table reports TPR).
+    train_layers
+        Adversarial layers of ``adata`` whose training-split rows are the baselines' adversarial
+        examples (default: the layers the ``sad`` detector was trained on).
+    detector_key, classifier_key
+        Run records of the ``sad`` detector and of the classifier.
+    random_state
+        Seed of the baselines' fits and of the benign shifts.
+    batch_size
+        Cells per batch (default ``sad.settings.batch_size``).
+    device
+        Torch device (default ``sad.settings.device``).
+
+    """
+
+    target_fpr: float = 0.05
+    train_layers: tuple[str, ...] | None = None
+    detector_key: str = _keys.STEP_DETECTOR
+    classifier_key: str = _keys.STEP_CLASSIFIER
+    random_state: int = 0
+    batch_size: int | None = None
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class _Scorer:
+    """A fitted, calibrated detector: scores (higher: more suspicious) and the flag threshold."""
+
+    score: Callable[[np.ndarray], np.ndarray]
+    threshold: float
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What the classifier and the detectors make of one set of inputs of the benchmarked cells."""
+
+    pred: np.ndarray  # class index per cell
+    scores: dict[str, np.ndarray]  # per detector
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", str(name)).strip("_") or "threat"
+
+
+def _record_space(rec: Mapping | None) -> tuple[str, str]:
+    """``(space, constraint)`` an attack record states (older records: from their ``layer`` and ``bounds``)."""
+    params = dict(rec.get("params", {})) if rec is not None else {}
+    space = params.get("space")
+    if space is None:
+        layer = str(params.get("layer", "X"))
+        space = {_keys.LAYER_LOGNORM: "log", _keys.LAYER_COUNTS: "counts"}.get(layer, "scaled")
+    constraint = params.get("constraint")
+    if constraint is None:
+        bounds = str(params.get("bounds", "none"))
+        constraint = bounds if bounds != "none" else "none"
+    return str(space), str(constraint)
+
+
+def _layer_record(adata: AnnData, layer: str) -> tuple[str | None, dict | None]:
+    for key, rec in adata.uns.get(_keys.UNS, {}).get(_keys.STEP_ATTACKS, {}).items():
+        if layer in [str(x) for x in np.atleast_1d(rec.get("layers", []))]:
+            return key, rec
+    return None, None
+
+
+class _Inputs:
+    """Turns a matrix of the benchmarked cells in any space into the classifier's scaled input."""
+
+    def __init__(self, cells: AnnData, clf: CellClassifier) -> None:
+        self.cells, self.clf = cells, clf
+        t = clf.transform
+        self.mean = t.mean.detach().cpu().numpy().astype(np.float32)
+        self.std = t.std.detach().cpu().numpy().astype(np.float32)
+        self.clip = t.clip
+        self._other: np.ndarray | None = None
+
+    def _scale(self, L: np.ndarray) -> np.ndarray:
+        Z = (np.asarray(L, dtype=np.float32) - self.mean) / self.std
+        return Z if self.clip is None else np.clip(Z, -self.clip, self.clip)
+
+    def scaled(self, layer: str | None, space: str) -> np.ndarray:
+        M = matrix_for_genes(self.cells, self.clf.var_names, layer)
+        if space == "scaled":
+            return M
+        if space == "log":
+            return self._scale(M)
+        if space == "counts":
+            # a count-space layer changes the kept genes; the other genes' counts still count in the library size
+            if self._other is None:
+                self._other = library_counts(self.cells)[1]
+            params = get_record(self.cells, _keys.STEP_PREPROCESS, producer="sad.pp.preprocess")["params"]
+            C = M.astype(np.float64)
+            depth = C.sum(1) + self._other
+            scale = float(params["target_sum"]) / np.where(depth > 0, depth, 1.0)
+            return self._scale(np.log1p(C * scale[:, None]).astype(np.float32))
+        msg = f"Unknown space {space!r} of an attacked layer; the attack record must state one of {get_args(Space)}."
+        raise ValueError(msg)
+
+
+def _scorers(
+    adata: AnnData, names, clf: CellClassifier, split: np.ndarray, opts: BenchmarkOptions
+) -> dict[str, _Scorer]:
+    """Fit (training split) and calibrate (validation split) every requested detector; test cells are never read."""
+    bs = int(opts.batch_size or settings.batch_size)
+    dev = settings.torch_device(opts.device)
+    if names is None:
+        from ..detection import BASELINES
+
+        names = [SAD_DETECTOR, *BASELINES]
+    items = names.items() if isinstance(names, Mapping) else [(str(n), n) for n in names]
+    out: dict[str, _Scorer] = {}
+    train, val = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+    X_train = X_val = X_adv = None
+    for name, det in items:
+        if isinstance(det, str) and det == SAD_DETECTOR:
+            det = get_model(adata, opts.detector_key)
+        if isinstance(det, AdversarialDetector):
+            out[name] = _Scorer(
+                lambda X, d=det: d.score_arrays(X, batch_size=bs, device=dev, progress_bar=False)[2],
+                float(det.threshold),
+            )
+            continue
+        if isinstance(det, str):
+            from ..detection import BASELINES, make_baseline
+
+            if det not in BASELINES:
+                msg = f"Unknown detector {det!r}; use {SAD_DETECTOR!r} or a baseline of {tuple(BASELINES)}."
+                raise ValueError(msg)
+            if len(train) < 2 or len(val) < 2:
+                msg = (
+                    f"Baseline {det!r} is fitted on training-split and calibrated on validation-split cells, "
+                    f"but the split has {len(train)} / {len(val)}. Run `sad.pp.split(adata)` with a validation part."
+                )
+                raise ValueError(msg)
+            if X_train is None:  # read the training and validation rows only (never the test rows)
+                X_train = matrix_for_genes(adata[train], clf.var_names, None)
+                X_val = matrix_for_genes(adata[val], clf.var_names, None)
+                X_adv = _train_adversarial(adata, train, clf, opts)
+            base = make_baseline(det)
+            base.fit(clf, X_train, X_adv=X_adv, rng=np.random.default_rng(opts.random_state))
+            thr = base.calibrate(X_val, target_fpr=opts.target_fpr)
+            out[name] = _Scorer(base.score, float(thr))
+            continue
+        if callable(getattr(det, "score", None)) and getattr(det, "threshold", None) is not None:
+            out[name] = _Scorer(det.score, float(det.threshold))
+            continue
+        msg = (
+            f"Detector {name!r} is a {type(det).__name__}; pass {SAD_DETECTOR!r}, a baseline name, an "
+            "AdversarialDetector, or a fitted object with `.score(X)` and a calibrated `.threshold`."
+        )
+        raise TypeError(msg)
+    return out
+
+
+def _train_adversarial(adata: AnnData, train: np.ndarray, clf: CellClassifier, opts: BenchmarkOptions) -> np.ndarray:
+    """The training-split rows of the adversarial layers the baselines learn from."""
+    layers = opts.train_layers
+    if layers is None:
+        rec = get_record(adata, opts.detector_key, producer="sad.tl.train_detector")
+        layers = tuple(str(x) for x in np.atleast_1d(rec["params"]["layers"]))
+    cells = adata[train]
+    inputs = _Inputs(cells, clf)
+    return np.concatenate([inputs.scaled(lay, _record_space(_layer_record(adata, lay)[1])[0]) for lay in layers])
+
+
+def _outcome(inputs: _Inputs, X: np.ndarray, scorers: Mapping[str, _Scorer]) -> _Outcome:
+    logits, _ = inputs.clf.predict_arrays(X)
+    return _Outcome(logits.argmax(1), {name: np.asarray(s.score(X), dtype=np.float64) for name, s in scorers.items()})
+
+
+def _auroc(clean: np.ndarray, attacked: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if len(clean) == 0 or len(attacked) == 0:
+        return float("nan")
+    y = np.r_[np.zeros(len(clean)), np.ones(len(attacked))]
+    return float(roc_auc_score(y, np.r_[clean, attacked]))
+
+
+def _worst_case(clean_pred: np.ndarray, outs: Sequence[_Outcome], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(flipped, score)`` of the attacker's pick per cell among its attacked versions.
+
+    The pick is the flipped version the detector scores lowest (the lowest-scored one when none flipped).
+    """
+    flips = np.stack([o.pred != clean_pred for o in outs])
+    scores = np.stack([o.scores[name] for o in outs])
+    pick = np.where(flips, scores, np.inf).argmin(0)
+    none = ~flips.any(0)
+    pick[none] = scores[:, none].argmin(0)
+    cols = np.arange(scores.shape[1])
+    return flips[pick, cols], scores[pick, cols]
+
+
+def _attack_rows(
+    threat: str,
+    outs: Sequence[_Outcome],
+    clean: _Outcome,
+    scorers: Mapping[str, _Scorer],
+    meta: tuple[str, str],
+) -> list[dict]:
+    rows = []
+    for name, s in scorers.items():
+        if len(outs) == 1:
+            flipped, score = outs[0].pred != clean.pred, outs[0].scores[name]
+        else:
+            flipped, score = _worst_case(clean.pred, outs, name)
+        c = clean.scores[name]
+        flagged = score >= s.threshold
+        y = np.r_[np.zeros(len(c)), np.ones(len(score))]
+        rows.append({
+            "threat": threat, "kind": "attack", "detector": name, "space": meta[0], "constraint": meta[1],
+            "n_cells": len(score), "flip_rate": float(flipped.mean()), "auroc": _auroc(c, score),
+            "auroc_flipped": _auroc(c, score[flipped]), "tpr_at_5fpr": tpr_at_fpr(y, np.r_[c, score], REPORTED_FPR),
+            "flagged": float(flagged.mean()), "evasion": float((flipped & ~flagged).mean()),
+            "fpr": float((c >= s.threshold).mean()), "pred_changed": np.nan, "threshold": s.threshold,
+        })  # fmt: skip
+    return rows
+
+
+def _clean_rows(clean: _Outcome, scorers: Mapping[str, _Scorer]) -> list[dict]:
+    rows = []
+    for name, s in scorers.items():
+        fp = float((clean.scores[name] >= s.threshold).mean())
+        rows.append({
+            "threat": "clean", "kind": "clean", "detector": name, "space": "scaled", "constraint": "none",
+            "n_cells": len(clean.pred), "flip_rate": np.nan, "auroc": np.nan, "auroc_flipped": np.nan,
+            "tpr_at_5fpr": np.nan, "flagged": fp, "evasion": np.nan, "fpr": fp, "pred_changed": 0.0,
+            "threshold": s.threshold,
+        })  # fmt: skip
+    return rows
+
+
+def _benign_rows(threat: str, out: _Outcome, clean: _Outcome, scorers: Mapping[str, _Scorer]) -> list[dict]:
+    rows = []
+    changed = float((out.pred != clean.pred).mean())
+    for name, s in scorers.items():
+        fp = float((out.scores[name] >= s.threshold).mean())
+        rows.append({
+            "threat": threat, "kind": "benign", "detector": name, "space": "counts", "constraint": "benign",
+            "n_cells": len(out.pred), "flip_rate": np.nan, "auroc": _auroc(clean.scores[name], out.scores[name]),
+            "auroc_flipped": np.nan, "tpr_at_5fpr": np.nan, "flagged": fp, "evasion": np.nan, "fpr": fp,
+            "pred_changed": changed, "threshold": s.threshold,
+        })  # fmt: skip
+    return rows
+
+
+def _run_threat(
+    cells: AnnData, name: str, spec: ThreatSpec, index: int
+) -> list[tuple[str, list[tuple[str, str]], tuple[str, str]]]:
+    """Run one threat on the benchmarked cells.
+
+    Returns ``[(row name, [(layer, its space)] pooled in that row, (space, constraint) of the row)]``.
+    """
+    from ._attack import attack
+
+    if callable(spec):
+        layers = [str(x) for x in spec(cells)]
+        missing = [x for x in layers if x not in cells.layers]
+        if not layers or missing:
+            msg = f"Threat {name!r}: its callable must write attacked layers and return their names; missing: {missing or layers}."
+            raise ValueError(msg)
+        rows = []
+        for lay in layers:
+            row = name if len(layers) == 1 else f"{name} {lay}"
+            meta = _record_space(_layer_record(cells, lay)[1])
+            rows.append((row, [(lay, meta[0])], meta))
+        return rows
+    sweep = not isinstance(spec, Mapping)
+    specs = list(spec) if sweep else [spec]
+    if not specs or not all(isinstance(s, Mapping) for s in specs):
+        msg = (
+            f"Threat {name!r} must be a dict of `sad.tl.attack` arguments, a non-empty list of them (a sweep), "
+            f"or a callable writing layers; got {type(spec).__name__}."
+        )
+        raise TypeError(msg)
+    done = []
+    for j, s in enumerate(specs):
+        if "copy" in s or "key_added" in s:
+            msg = f"Threat {name!r}: leave `copy` and `key_added` out of the attack spec; the benchmark sets them."
+            raise ValueError(msg)
+        key = f"sad_bench{index}_{j}_{_slug(name)}"
+        attack(cells, **s, key_added=key)
+        rec = cells.uns[_keys.UNS][_keys.STEP_ATTACKS][key]
+        done.append((rec, [str(x) for x in np.atleast_1d(rec["layers"])]))
+    if sweep:
+        metas = {_record_space(rec) for rec, _ in done}
+        meta = metas.pop() if len(metas) == 1 else ("mixed", "mixed")
+        return [(name, [(lay, _record_space(rec)[0]) for rec, layers in done for lay in layers], meta)]
+    rec, layers = done[0]
+    eps = np.atleast_1d(rec.get("eps", [])).astype(float)
+    rows = []
+    for i, lay in enumerate(layers):
+        label = f"eps={eps[i]:g}" if len(eps) == len(layers) else lay
+        meta = _record_space(rec)
+        rows.append((name if len(layers) == 1 else f"{name} {label}", [(lay, meta[0])], meta))
+    return rows
+
+
+def _check_options(subset: str, opts: BenchmarkOptions) -> None:
+    if subset not in get_args(Subset):
+        msg = f"subset must be one of {get_args(Subset)}, got {subset!r}; the honest default is 'test'."
+        raise ValueError(msg)
+    if not 0 < opts.target_fpr < 1:
+        msg = f"target_fpr must be a fraction in (0, 1), got {opts.target_fpr}; 0.05 is the usual choice."
+        raise ValueError(msg)
+
+
+def benchmark_detectors(
+    adata: AnnData,
+    *,
+    attacks: Mapping[str, ThreatSpec],
+    detectors: Sequence[str] | Mapping[str, Any] | None = None,
+    benign: Mapping[str, BenignShift] | None = None,
+    split_key: str = _keys.OBS_SPLIT,
+    subset: Subset = "test",
+    options: BenchmarkOptions | None = None,
+    key_added: str = "benchmark",
+) -> pd.DataFrame:
+    """Every detector against every threat and benign shift, on held-out cells, in one tidy table.
+
+    The cells of ``subset`` (held-out test cells by default) are copied and attacked there with
+    each threat; every attacked layer is read in the space its attack record states (scaled, log or
+    counts, through the classifier's own transform) and scored by every detector. Baseline detectors
+    are fitted on training-split cells (clean, and the training-split rows of ``train_layers``)
+    and calibrated on validation-split cells; ``sad``'s detector keeps its own calibrated
+    threshold. Test cells are never used to fit or calibrate anything.
+
+    A threat given as a list of attack specs (e.g. a detector-aware attacker's ``detector_weight``
+    sweep) is one row, worst case per cell and per detector: the attacker keeps, of the cell's
+    attacked versions, the flipped one the detector scores lowest (the lowest-scored one when none
+    flipped), so a cell evades when any version flipped and was not flagged.
+
+    Parameters
+    ----------
+    adata
+        AnnData with a classifier (:func:`train_classifier`), a split (:func:`~scadversarial.pp.split`)
+        and, for ``'sad'``, a detector (:func:`train_detector`).
+    attacks
+        ``{row name: spec}``. A spec is a dict of :func:`attack` arguments (each layer it writes is
+        a row, e.g. ``{'method': 'pgd', 'eps': (0.05, 0.1)}``), a list of such dicts (one
+        worst-case row), or a callable that writes attacked layers on the AnnData it gets (the
+        benchmarked cells) and returns their names (one row per layer; its space is read from the
+        layer's attack record, scaled when it has none).
+    detectors
+        Names (``'sad'`` and baselines of :data:`scadversarial.detection.BASELINES`), or
+        ``{name: detector}`` with an :class:`~scadversarial.models.AdversarialDetector` or a fitted
+        object with ``.score(X)`` and ``.threshold``. Default: ``'sad'`` and every baseline.
+    benign
+        ``{row name: BenignShift}``; default the four shifts of ``DEFAULT_SHIFTS`` (thinning to 50 %
+        and 25 %, 10 % ambient RNA, expressed-gene noise), ``{}`` for none. Needs ``.layers['counts']``.
+    split_key
+        ``.obs`` column with the ``'train'``/``'val'``/``'test'`` split.
+    subset
+        Split whose cells are attacked and reported (``'test'``; others only to debug).
+    options
+        A :class:`BenchmarkOptions` (target FPR, baselines' training layers, records, seed, device).
+    key_added
+        Name of the record in ``.uns['sad']``.
+
+    Returns
+    -------
+    The table as a DataFrame, one row per threat x detector, with columns ``threat``, ``kind``
+    (``'clean'``, ``'attack'`` or ``'benign'``), ``detector``, ``space``, ``constraint``, ``n_cells``,
+    ``flip_rate`` (prediction differs from the clean one), ``auroc`` (clean vs attacked or shifted
+    cells), ``auroc_flipped`` (clean vs flipped cells), ``tpr_at_5fpr``, ``flagged`` (fraction
+    flagged at the threshold), ``evasion`` (flipped and not flagged), ``fpr`` (clean or shifted
+    cells flagged; on attack rows the clean cells'), ``pred_changed`` (benign rows: predictions
+    changed by the shift) and ``threshold``.
+
+    Writes ``.uns['sad'][key_added]``: ``params`` (threats, detectors, benign shifts, subset, target
+    FPR, seed), ``metrics`` (``n_cells``, ``n_fit``, ``n_calibration``) and ``table`` (the columns as arrays).
+
+    Examples
+    --------
+    >>> import scadversarial as sad
+    >>> from scadversarial.tl._benchmark import benchmark_detectors
+    >>> adata = sad.datasets.pbmc3k("pbmc3k.h5ad")  # doctest: +SKIP
+    >>> sad.pp.preprocess(adata)
+    ... sad.pp.split(adata, "seurat_cell_type")  # doctest: +SKIP
+    >>> sad.tl.train_classifier(adata, "seurat_cell_type")
+    ... sad.tl.attack(adata)  # doctest: +SKIP
+    >>> sad.tl.train_detector(adata)  # doctest: +SKIP
+    >>> table = benchmark_detectors(adata, attacks={"pgd": {"method": "pgd", "eps": 0.1}})  # doctest: +SKIP
+    >>> sad.pl.benchmark(table, metric="evasion")  # doctest: +SKIP
+
+    """
+    check_adata(adata)
+    opts = options or BenchmarkOptions()
+    _check_options(subset, opts)
+    if not attacks:
+        msg = "attacks is empty; pass at least one threat, e.g. {'pgd': {'method': 'pgd', 'eps': 0.1}}."
+        raise ValueError(msg)
+    benign = dict(DEFAULT_SHIFTS) if benign is None else dict(benign)
+    bad = [k for k, v in benign.items() if not isinstance(v, BenignShift)]
+    if bad:
+        msg = f"benign shifts {bad} are not BenignShift objects; pass e.g. {{'thinning 50%': BenignShift('thinning', 0.5)}}."
+        raise TypeError(msg)
+    split = check_obs_key(adata, split_key, producer="sad.pp.split").astype(str).to_numpy()
+    sel = np.flatnonzero(split == subset)
+    if len(sel) < 2:
+        msg = f"Only {len(sel)} cells in split {subset!r} of adata.obs[{split_key!r}]; run `sad.pp.split(adata)`."
+        raise ValueError(msg)
+    clf = get_model(adata, opts.classifier_key)
+    if not isinstance(clf, CellClassifier):
+        msg = f"The {opts.classifier_key!r} model is a {type(clf).__name__}; the benchmark needs a CellClassifier (`sad.tl.train_classifier`)."
+        raise TypeError(msg)
+    scorers = _scorers(adata, detectors, clf, split, opts)
+
+    cells = adata[sel].copy()
+    cells.uns[_keys.UNS].pop(_keys.STEP_ATTACKS, None)  # the benchmark's own attack records only
+    inputs = _Inputs(cells, clf)
+    clean = _outcome(inputs, inputs.scaled(None, "scaled"), scorers)
+    rows = _clean_rows(clean, scorers)
+    for i, (name, spec) in enumerate(attacks.items()):
+        for row, layers, meta in _run_threat(cells, str(name), spec, i):
+            outs = [_outcome(inputs, inputs.scaled(lay, space), scorers) for lay, space in layers]
+            rows += _attack_rows(row, outs, clean, scorers, meta)
+            logger.info("benchmark: %s done (%d layers)", row, len(layers))
+    for j, (name, shift) in enumerate(benign.items()):
+        shifted = benign_shift(cells, shift.kind, amount=shift.amount, random_state=opts.random_state + j)
+        out = _outcome(_Inputs(shifted, clf), matrix_for_genes(shifted, clf.var_names, None), scorers)
+        rows += _benign_rows(str(name), out, clean, scorers)
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+
+    root = uns_root(adata)
+    root[key_added] = h5ad_safe({
+        "params": {
+            "threats": [str(k) for k in attacks], "detectors": list(scorers), "benign": list(benign),
+            "benign_kind": [s.kind for s in benign.values()], "benign_amount": [float(s.amount) for s in benign.values()],
+            "split_key": split_key, "subset": subset, "target_fpr": opts.target_fpr,
+            "random_state": int(opts.random_state), "detector_key": opts.detector_key,
+        },
+        "metrics": {
+            "n_cells": len(sel), "n_fit": int((split == "train").sum()), "n_calibration": int((split == "val").sum()),
+        },
+        "table": table,
+    })  # fmt: skip
+    return table
+
+
+def benchmark_table(adata: AnnData, key: str = "benchmark") -> pd.DataFrame:
+    """The table :func:`benchmark_detectors` recorded in ``.uns['sad'][key]``, as a DataFrame."""
+    rec = get_record(adata, key, producer="sad.tl.benchmark_detectors")
+    return pd.DataFrame({c: np.asarray(rec["table"][c]) for c in COLUMNS if c in rec["table"]})
+
+
+__all__ = ["BenchmarkOptions", "benchmark_detectors", "benchmark_table"]
