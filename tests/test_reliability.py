@@ -9,6 +9,14 @@ import re
 import subprocess
 from pathlib import Path
 
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import scadversarial as sad
+from scadversarial._validate import get_matrix
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
 LR_FILES = (
@@ -52,3 +60,44 @@ def test_data_fixtures_read_the_shipped_copy(pbmc3k_path, lr_workload):
     assert pbmc3k_path.resolve() == (DATA / "pbmc3k.h5ad").resolve()
     assert lr_workload["X"].shape == (2638, 2000)
     assert len(lr_workload["classes"]) == 9
+
+
+# --- 2. duplicate var_names ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def counts(pbmc3k_raw):
+    """200 PBMC3k cells x 400 genes, raw counts (a private copy)."""
+    return pbmc3k_raw[:200, :400].copy()
+
+
+def test_duplicate_var_names_clear_error_before_writing(counts):
+    names = counts.var_names.tolist()
+    names[7] = names[3]
+    counts.var_names = names
+    before = (counts.shape, sorted(counts.layers), list(counts.var.columns), dict(counts.uns))
+    with pytest.raises(ValueError, match=r"duplicate.*var_names_make_unique") as err:
+        sad.pp.preprocess(counts)
+    assert repr(names[3]) in str(err.value)
+    assert counts.raw is None
+    assert (counts.shape, sorted(counts.layers), list(counts.var.columns), dict(counts.uns)) == before
+    with pytest.raises(ValueError, match="var_names_make_unique"):
+        sad.pp.split(counts, "seurat_cell_type")
+    assert "sad_split" not in counts.obs
+
+
+# --- 3. backed AnnData ---------------------------------------------------------------------------
+
+
+def test_backed_anndata_clear_error(counts, tmp_path):
+    path = tmp_path / "counts.h5ad"
+    counts.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    with pytest.raises(ValueError, match=r"backed.*to_memory\(\)"):
+        sad.pp.preprocess(backed)
+    assert backed.raw is None and "sad" not in backed.uns
+    # the shared matrix reader reads a backed matrix instead of failing on a 0-d array
+    got = get_matrix(backed)
+    np.testing.assert_array_equal(got, counts.X.toarray().astype(np.float32))
+    assert sp.issparse(get_matrix(backed, dense=False))
+    sad.pp.preprocess(backed.to_memory())  # the supported path named in the message

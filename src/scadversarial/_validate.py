@@ -15,9 +15,21 @@ from anndata import AnnData
 
 from . import _keys
 
+N_SHOWN = 10  # names listed in an error message before '...': enough to recognise a pattern, short enough to read
 
-def check_adata(adata: Any, *, min_obs: int = 1) -> AnnData:
-    """Check that ``adata`` is a non-empty :class:`~anndata.AnnData`."""
+
+def check_adata(adata: Any, *, min_obs: int = 1, allow_backed: bool = False) -> AnnData:
+    """Check that ``adata`` is a non-empty, in-memory :class:`~anndata.AnnData` with unique ``var_names``.
+
+    Parameters
+    ----------
+    min_obs
+        Fewest cells accepted.
+    allow_backed
+        Accept a backed AnnData (``backed='r'``): for callers that only read matrices through
+        :func:`get_matrix` (which reads a backed matrix into memory) and write nothing to ``X``.
+
+    """
     if not isinstance(adata, AnnData):
         msg = f"Expected an AnnData object, got {type(adata).__name__}. Load your data with `anndata.read_h5ad` or `sc.read_10x_h5`."
         raise TypeError(msg)
@@ -27,7 +39,35 @@ def check_adata(adata: Any, *, min_obs: int = 1) -> AnnData:
             "cells and 1 gene needed). Check your filtering steps."
         )
         raise ValueError(msg)
+    if not adata.var_names.is_unique:  # genes are aligned by name: a repeated name is ambiguous
+        dup = adata.var_names[adata.var_names.duplicated()].unique()
+        msg = (
+            f"adata.var_names has {len(dup)} duplicate gene names: {shown_names(dup)}. Genes are matched by name; "
+            "make the names unique first with `adata.var_names_make_unique()`."
+        )
+        raise ValueError(msg)
+    if adata.isbacked and not allow_backed:
+        msg = (
+            f"adata is backed (opened with backed='r' from {str(adata.filename)!r}); this function writes to the "
+            "AnnData and needs it in memory. Load it with `adata = adata.to_memory()`."
+        )
+        raise ValueError(msg)
     return adata
+
+
+def shown_names(names) -> str:
+    """The first :data:`N_SHOWN` of ``names`` as ``'a', 'b', ...`` for an error message."""
+    names = list(names)
+    return ", ".join(repr(str(n)) for n in names[:N_SHOWN]) + (", ..." if len(names) > N_SHOWN else "")
+
+
+def _read_backed(X):
+    """An in-memory copy of a backed matrix (an h5py dataset or anndata's backed sparse dataset), else ``X``."""
+    if hasattr(X, "to_memory"):  # anndata's backed CSR/CSC dataset
+        return X.to_memory()
+    if type(X).__module__.startswith("h5py"):  # a dense backed X
+        return X[()]
+    return X
 
 
 def get_matrix(
@@ -55,13 +95,15 @@ def get_matrix(
             )
             raise KeyError(msg)
         X = adata.layers[layer]
+    X = _read_backed(X)
     if X is None:
         msg = "adata.X is None. Set adata.X or pass layer=..."
         raise ValueError(msg)
-    fresh = False
+    fresh = adata.isbacked and layer is None  # read from the file: never shares memory with adata
     if dense:
-        fresh = sp.issparse(X)  # toarray() and dtype conversions return new arrays
-        X = X.toarray() if fresh else np.asarray(X)
+        if sp.issparse(X):  # toarray() and dtype conversions return new arrays
+            X, fresh = X.toarray(), True
+        X = np.asarray(X)
         if X.dtype != dtype:
             X, fresh = X.astype(dtype), True
     if copy and not fresh:
