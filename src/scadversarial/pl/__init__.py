@@ -5,6 +5,7 @@ figure) and returns the Axes (``show=False``) or the Figure (``return_fig=True``
 """
 
 from ._attack import flip_rate, perturbation, robustness
+from ._benchmark import benchmark
 from ._cell import cell
 from ._classifier import class_accuracy, confusion
 from ._detect import roc, score_distribution
@@ -23,4 +24,5 @@ __all__ = [
     "embedding_adata",
     "cell",
     "attack_overview",
+    "benchmark",
 ]
