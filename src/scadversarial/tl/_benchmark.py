@@ -144,6 +144,12 @@ class _Inputs:
         raise ValueError(msg)
 
 
+def _baseline_names() -> tuple[str, ...]:
+    from .. import detection
+
+    return tuple(getattr(detection, "BASELINES", ()))
+
+
 def _scorers(
     adata: AnnData, names, clf: CellClassifier, split: np.ndarray, opts: BenchmarkOptions
 ) -> dict[str, _Scorer]:
@@ -151,9 +157,7 @@ def _scorers(
     bs = int(opts.batch_size or settings.batch_size)
     dev = settings.torch_device(opts.device)
     if names is None:
-        from ..detection import BASELINES
-
-        names = [SAD_DETECTOR, *BASELINES]
+        names = [SAD_DETECTOR, *_baseline_names()]
     items = names.items() if isinstance(names, Mapping) else [(str(n), n) for n in names]
     out: dict[str, _Scorer] = {}
     train, val = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
@@ -168,11 +172,11 @@ def _scorers(
             )
             continue
         if isinstance(det, str):
-            from ..detection import BASELINES, make_baseline
-
-            if det not in BASELINES:
-                msg = f"Unknown detector {det!r}; use {SAD_DETECTOR!r} or a baseline of {tuple(BASELINES)}."
+            if det not in _baseline_names():
+                msg = f"Unknown detector {det!r}; use {SAD_DETECTOR!r} or a baseline of {_baseline_names()}."
                 raise ValueError(msg)
+            from ..detection import make_baseline
+
             if len(train) < 2 or len(val) < 2:
                 msg = (
                     f"Baseline {det!r} is fitted on training-split and calibrated on validation-split cells, "
@@ -391,7 +395,7 @@ def benchmark_detectors(
     detectors
         Names (``'sad'`` and baselines of :data:`scadversarial.detection.BASELINES`), or
         ``{name: detector}`` with an :class:`~scadversarial.models.AdversarialDetector` or a fitted
-        object with ``.score(X)`` and ``.threshold``. Default: ``'sad'`` and every baseline.
+        object with ``.score(X)`` and ``.threshold``. Default: ``'sad'`` and every baseline of this version.
     benign
         ``{row name: BenignShift}``; default the four shifts of ``DEFAULT_SHIFTS`` (thinning to 50 %
         and 25 %, 10 % ambient RNA, expressed-gene noise), ``{}`` for none. Needs ``.layers['counts']``.
