@@ -15,7 +15,7 @@ import pytest
 import scipy.sparse as sp
 
 import scadversarial as sad
-from scadversarial._validate import get_matrix
+from scadversarial._validate import check_choice, get_matrix
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
@@ -101,3 +101,25 @@ def test_backed_anndata_clear_error(counts, tmp_path):
     np.testing.assert_array_equal(got, counts.X.toarray().astype(np.float32))
     assert sp.issparse(get_matrix(backed, dense=False))
     sad.pp.preprocess(backed.to_memory())  # the supported path named in the message
+
+
+# --- 4. string options are validated -------------------------------------------------------------
+
+
+def test_predict_unknown_missing_policy(pipeline68k):
+    a = pipeline68k.copy()
+    pred = a.obs["sad_pred"].copy()
+    with pytest.raises(ValueError, match=r"missing='zero'.*'raise', 'fill'"):
+        sad.tl.predict(a, missing="zero")
+    assert a.obs["sad_pred"].equals(pred)
+
+
+def test_check_choice():
+    from typing import Literal
+
+    assert check_choice("space", "log", ("scaled", "log")) == "log"
+    assert check_choice("space", "log", Literal["scaled", "log"]) == "log"
+    with pytest.raises(ValueError, match=r"space='logs' is not one of 'scaled', 'log'.*did you mean 'log'"):
+        check_choice("space", "logs", Literal["scaled", "log"])
+    with pytest.raises(ValueError, match="not one of"):
+        check_choice("space", ["log"], ("scaled", "log"))  # unhashable values are refused, not a TypeError

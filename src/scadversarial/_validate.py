@@ -5,8 +5,9 @@ Every check raises before anything is written, so a failing call leaves the AnnD
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import difflib
+from collections.abc import Collection, Hashable, Mapping
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,56 @@ from anndata import AnnData
 from . import _keys
 
 N_SHOWN = 10  # names listed in an error message before '...': enough to recognise a pattern, short enough to read
+CLOSE_MATCH_CUTOFF = 0.6  # difflib's default similarity: catches one-letter typos and case slips, not unrelated names
+
+MissingPolicy = Literal["raise", "fill"]  # what to do with genes a model needs and the AnnData lacks
+
+T = TypeVar("T")
+
+
+def check_choice(name: str, value: T, allowed: Collection | Any) -> T:
+    """Return ``value`` when it is one of ``allowed``, else raise a :class:`ValueError` listing the choices.
+
+    The one place where string options (``Literal`` types) are checked.
+
+    Parameters
+    ----------
+    name
+        The parameter's name, as the user typed it.
+    value
+        The value passed.
+    allowed
+        The accepted values, or a ``Literal[...]`` type whose arguments are those values.
+
+    Examples
+    --------
+    >>> check_choice("missing", "fill", Literal["raise", "fill"])
+    'fill'
+
+    """
+    choices = tuple(get_args(allowed)) if get_origin(allowed) is Literal else tuple(allowed)
+    if isinstance(value, Hashable) and any(_same(value, c) for c in choices):
+        return value
+    close = close_matches(str(value), [str(c) for c in choices], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    msg = f"{name}={value!r} is not one of {', '.join(map(repr, choices))}{hint}. Pass one of these values."
+    raise ValueError(msg)
+
+
+def close_matches(word: str, candidates: Collection[str], *, n: int = 3) -> list[str]:
+    """Up to ``n`` of ``candidates`` close to ``word`` (case-insensitive :func:`difflib.get_close_matches`)."""
+    lower = {}
+    for c in candidates:
+        lower.setdefault(str(c).lower(), str(c))
+    found = difflib.get_close_matches(word.lower(), list(lower), n=n, cutoff=CLOSE_MATCH_CUTOFF)
+    return [lower[f] for f in found]
+
+
+def _same(value: Any, choice: Any) -> bool:
+    """``value == choice`` of the same kind (a numpy string counts as a string; ``True`` is not ``1``)."""
+    if isinstance(choice, str):
+        return isinstance(value, str) and value == choice
+    return type(value) is type(choice) and value == choice
 
 
 def check_adata(adata: Any, *, min_obs: int = 1, allow_backed: bool = False) -> AnnData:
@@ -249,7 +300,7 @@ def matrix_for_genes(
     var_names,
     layer: str | None = None,
     *,
-    missing: str = "raise",
+    missing: MissingPolicy = "raise",
     fill_value: float = 0.0,
     check: bool = True,
 ) -> np.ndarray:
@@ -266,13 +317,14 @@ def matrix_for_genes(
     """
     from ._settings import logger
 
+    check_choice("missing", missing, MissingPolicy)
     var_names = pd.Index([str(v) for v in var_names])
     if adata.var_names.equals(var_names):
         return get_matrix(adata, layer, check=check)
     idx = adata.var_names.get_indexer(var_names)
     absent = var_names[idx < 0]
     if len(absent) and missing != "fill":
-        shown = ", ".join(map(str, absent[:10])) + (", ..." if len(absent) > 10 else "")
+        shown = ", ".join(map(str, absent[:N_SHOWN])) + (", ..." if len(absent) > N_SHOWN else "")
         msg = (
             f"The model needs {len(var_names)} genes; {len(absent)} are missing from adata.var_names: {shown}. "
             "Preprocess the new data with the same genes (`sad.pp.preprocess(new, reference=adata)`), "
@@ -284,5 +336,5 @@ def matrix_for_genes(
     ok = idx >= 0
     out[:, ok] = X[:, idx[ok]]
     if len(absent):
-        logger.warning("Filled %d missing genes with %g: %s", len(absent), fill_value, list(absent[:10]))
+        logger.warning("Filled %d missing genes with %g: %s", len(absent), fill_value, list(absent[:N_SHOWN]))
     return out
