@@ -29,6 +29,19 @@ FEATURE_GROUPS = ("internal", "gradient", "input")
 GRADIENT_FEATURES = ("grad_log_mean_abs", "grad_log_var_abs", "grad_log_l2")
 INPUT_FEATURES = ("frac_at_min", "frac_below_min", "log_pca_residual", "log_knn_distance")
 _BIG = 1e30
+#: Width, in scaled input units, of the smooth stand-ins behind ``frac_at_min`` / ``frac_below_min``
+#: in the differentiable path: half the seed PGD's middle budget (eps 0.1), so that a gene one
+#: attack step away from its minimum still feels the pull of the feature.
+SURROGATE_WIDTH = 0.05
+
+
+def straight_through(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+    """``value`` in the forward pass, the gradient of ``surrogate`` in the backward pass.
+
+    ``value.detach() + (surrogate - surrogate.detach())``: the added term is exactly zero for a
+    finite surrogate, so the forward value is bit-identical to ``value``.
+    """
+    return value.detach() + (surrogate - surrogate.detach())
 
 
 def feature_names(groups: Sequence[str], n_embedding: int, classes: Sequence[str]) -> list[str]:
@@ -139,6 +152,51 @@ class InputConsistency(nn.Module):
             ],
             dim=1,
         )
+
+    def differentiable(
+        self, x: torch.Tensor, proj: torch.Tensor | None = None, *, width: float = SURROGATE_WIDTH
+    ) -> torch.Tensor:
+        """The four features of :meth:`forward`, differentiable with respect to ``x`` (no in-place buffers).
+
+        The forward values equal :meth:`forward`'s (same operations, out of place). The two counts
+        are step functions of ``x`` (their gradient is zero except within ``tol`` of the minimum):
+        their backward pass is that of smooth stand-ins of width ``width`` (scaled units), a Gaussian
+        bump ``exp(-((x - min) / width)^2 / 2)`` for ``frac_at_min`` and a logistic
+        ``sigmoid((min - tol - x) / width)`` for ``frac_below_min`` (straight-through estimators).
+        The clamps before the square roots pass gradients straight through; the kNN distance takes
+        the gradient of its nearest reference cell.
+        """
+        n_genes = x.shape[1]
+        with torch.no_grad():  # exact step-function counts (forward values only)
+            v = (self.min_value + self.tol - x).clamp(0, 2 * self.tol)
+            s1 = v.sum(1) / self.tol
+            s2 = torch.linalg.vector_norm(v, dim=1).div(self.tol).square()
+            below = (s2 - s1) / 2
+            at_min = s1 - 2 * below
+        off = (x - self.min_value) / width
+        at_soft = torch.exp(-0.5 * off.square()).mean(1)
+        below_soft = torch.sigmoid(-off - self.tol / width).mean(1)
+        at_min = straight_through(at_min / n_genes, at_soft)
+        below = straight_through(below / n_genes, below_soft)
+        if proj is None:
+            proj = F.linear(x, self.projection_weight())
+        p = proj[:, :-1] - self.components @ self.pca_mean
+        c_sq = torch.linalg.vector_norm(x, dim=1).square() - 2 * proj[:, -1] + self.pca_mean.square().sum()
+        p_sq = p.square().sum(1)
+        resid = straight_through((c_sq - p_sq).clamp_min(0), c_sq - p_sq) / n_genes
+        d2 = torch.mm(p, self.ref_pcs.T) * -2 + self.ref_sqnorm
+        k = min(self.n_neighbors, self.ref_pcs.shape[0] - 1)
+        if k == 1:
+            s = d2.amin(1) + p_sq
+            knn = straight_through(s.clamp_min(0), s).sqrt()
+        else:
+            s = d2.topk(k, dim=1, largest=False).values + p_sq[:, None]
+            knn = straight_through(s.clamp_min(0), s).sqrt().mean(1)
+        self_match = (knn.square() <= self.self_tol * (p_sq + 1.0)).detach()
+        if bool(self_match.any()):  # as in forward: a reference cell is not its own neighbour
+            s = d2.topk(k + 1, dim=1, largest=False).values[:, 1:] + p_sq[:, None]
+            knn = torch.where(self_match, straight_through(s.clamp_min(0), s).sqrt().mean(1), knn)
+        return torch.stack([at_min, below, torch.log(resid + 1e-8), torch.log(knn + 1e-6)], dim=1)
 
 
 def fit_input_reference(
@@ -305,6 +363,116 @@ def meta_feature_tensor(
         if input_ref is not None:
             parts.append(input_ref(x, proj))
         return torch.cat(parts, dim=1)
+
+
+def _softmax_parts_differentiable(
+    logits: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_softmax_parts` out of place and differentiable (same operations, same forward values).
+
+    The prediction (an argmax) is a constant of the backward pass: the cross-entropy is taken at
+    the predicted class, and the margin and the one-hot term are continuous where it changes.
+    """
+    z = logits - logits.detach().amax(1, keepdim=True)  # softmax is shift-invariant: the shift needs no gradient
+    e = z.exp()
+    s = e.sum(1, keepdim=True)
+    proba = e / s
+    logp = z - s.log()
+    pred = logits.detach().argmax(1)
+    onehot = torch.zeros_like(proba).scatter(1, pred[:, None], 1.0)
+    others = proba * (1 - onehot)
+    # p - 1 at the predicted class as minus the other probabilities (no cancellation; see _softmax_parts)
+    d_logits = others - onehot * others.sum(1, keepdim=True)
+    return proba, logp, d_logits, pred
+
+
+def differentiable_meta_features(
+    classifier: nn.Module,
+    x: torch.Tensor,
+    *,
+    gradient: bool = True,
+    input_ref: InputConsistency | None = None,
+    grad_basis: torch.Tensor | None = None,
+    fused: tuple[torch.Tensor, torch.Tensor] | None = None,
+    width: float = SURROGATE_WIDTH,
+) -> torch.Tensor:
+    """Meta-features of :func:`meta_feature_tensor`, differentiable with respect to the scaled input ``x``.
+
+    Same arguments, columns and forward values as :func:`meta_feature_tensor` (the same operations,
+    out of place, with no reused buffers), but the result keeps its graph: the gradient features
+    are built with ``torch.autograd.grad(..., create_graph=True)`` so that their own gradient with
+    respect to ``x`` exists (double backpropagation), and the step-function input features take
+    smooth stand-ins in the backward pass (:meth:`InputConsistency.differentiable`, ``width``).
+    The clamps at zero of the variance and the L2 norm pass gradients straight through.
+
+    Slower than :func:`meta_feature_tensor` (a graph is kept for a second backward pass): use it
+    for attacks on the detector, and the fast path for scoring.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scadversarial.models import CellClassifier
+    >>> clf = CellClassifier([f"g{i}" for i in range(20)], ["a", "b"]).eval()
+    >>> x = torch.randn(4, 20, requires_grad=True)
+    >>> f = differentiable_meta_features(clf, x)
+    >>> (g,) = torch.autograd.grad(f[:, -1].sum(), x)  # gradient of log |grad_x loss|
+    >>> g.shape
+    torch.Size([4, 20])
+    """
+    if not torch.is_grad_enabled():  # e.g. under torch.no_grad(): the gradient features still need autograd
+        with torch.enable_grad():
+            return _differentiable_meta_features(classifier, x, gradient, input_ref, grad_basis, fused, width).detach()
+    return _differentiable_meta_features(classifier, x, gradient, input_ref, grad_basis, fused, width)
+
+
+def _differentiable_meta_features(classifier, x, gradient, input_ref, grad_basis, fused, width) -> torch.Tensor:
+    lin1 = first_linear(classifier) if grad_basis is not None else None
+    proj = None
+    if gradient and lin1 is not None:
+        if fused is not None and input_ref is not None:
+            hp = F.linear(x, *fused)
+            n_h = lin1.out_features
+            n_p = input_ref.components.shape[0] + 1
+            h, proj = hp[:, :n_h].contiguous(), hp[:, n_h : n_h + n_p]
+        else:
+            h = lin1(x)
+        if not h.requires_grad:  # a constant input: the gradient features still need a graph to h
+            h = h.detach().requires_grad_(True)
+        emb = classifier.body[1:](h)
+        logits = classifier.head(emb)
+        soft = _softmax_parts_differentiable(logits)
+        (d1,) = torch.autograd.grad(logits, h, grad_outputs=soft[2], create_graph=True)
+        h1 = d1.shape[1]
+        q = d1 @ grad_basis
+        sq = (q[:, :h1] * d1).sum(1)
+        l2 = straight_through(sq.clamp_min(0), sq).sqrt()
+        gs = q[:, h1:].abs()
+        mean_abs = gs.mean(1)
+        var = gs.square().mean(1) - mean_abs.square()
+        grad = _grad_stats(mean_abs, straight_through(var.clamp_min(0), var), l2)
+    elif gradient:
+        xg = x if x.requires_grad else x.detach().requires_grad_(True)
+        emb, logits = classifier.forward_with_embedding(xg)
+        soft = _softmax_parts_differentiable(logits)
+        (g,) = torch.autograd.grad(logits, xg, grad_outputs=soft[2], create_graph=True)
+        n = g.shape[1]
+        l2 = torch.linalg.vector_norm(g, dim=1)
+        mean_abs = g.abs().sum(1) / n
+        var = l2.square() / n - mean_abs.square()
+        grad = _grad_stats(mean_abs, straight_through(var.clamp_min(0), var), l2)
+    else:
+        emb, logits = classifier.forward_with_embedding(x)
+        soft = _softmax_parts_differentiable(logits)
+    proba, logp, _, pred = soft
+    entropy = -(proba * logp).sum(1, keepdim=True)
+    top1 = logits.gather(1, pred[:, None])
+    margin = top1 - logits.scatter(1, pred[:, None], float("-inf")).amax(1, keepdim=True)
+    parts = [emb, logits, proba, margin, entropy]
+    if gradient:
+        parts.append(grad)
+    if input_ref is not None:
+        parts.append(input_ref.differentiable(x, proj, width=width))
+    return torch.cat(parts, dim=1)
 
 
 def compute_meta_features(
