@@ -123,3 +123,26 @@ def test_check_choice():
         check_choice("space", "logs", Literal["scaled", "log"])
     with pytest.raises(ValueError, match="not one of"):
         check_choice("space", ["log"], ("scaled", "log"))  # unhashable values are refused, not a TypeError
+
+
+# --- 5. split honours its own minimum class size -------------------------------------------------
+
+
+@pytest.mark.parametrize("n_small", [3, 4, 5])
+def test_split_small_classes(pbmc68k, n_small):
+    """A class with as few cells as split's check allows (one per part) is split, one cell or more per part."""
+    a = pbmc68k.copy()
+    labels = a.obs["bulk_labels"].astype(str).to_numpy().copy()
+    labels[:n_small] = "tiny"
+    labels[n_small:][labels[n_small:] == "tiny"] = "other"
+    a.obs["lab"] = labels
+    sad.pp.split(a, "lab")
+    tab = a.obs.groupby(["lab", "sad_split"], observed=False).size().unstack()
+    assert (tab.loc["tiny"] >= 1).all(), tab.loc["tiny"]
+    assert tab.loc["tiny"].sum() == n_small
+    frac = a.obs["sad_split"].value_counts(normalize=True)
+    assert abs(frac["train"] - 0.6) < 0.02 and abs(frac["val"] - 0.2) < 0.02
+    b = pbmc68k.copy()
+    b.obs["lab"] = labels
+    sad.pp.split(b, "lab")
+    assert a.obs["sad_split"].equals(b.obs["sad_split"])  # reproducible

@@ -37,10 +37,22 @@ def split(
     copy
         Return a new AnnData instead of modifying ``adata``.
 
+    Each class is split on its own (its cells shuffled with ``random_state``, then cut by the
+    largest-remainder rounding of the fractions), so every class with at least one cell per split
+    (3 with a validation split, else 2) has cells in every split.
+
     Returns
     -------
     ``None``, or the new AnnData when ``copy=True``. Sets ``.obs[key_added]`` (categorical
     ``'train'``/``'val'``/``'test'``) and ``.uns['sad']['split']``.
+
+    Examples
+    --------
+    >>> import scadversarial as sad
+    >>> adata = sad.datasets.pbmc68k_reduced()
+    >>> sad.pp.split(adata, "bulk_labels", train_size=0.4, val_size=0.1)
+    >>> adata.obs["sad_split"].value_counts().to_dict()
+    {'test': 350, 'train': 280, 'val': 70}
 
     """
     check_adata(adata, min_obs=3)
@@ -48,23 +60,17 @@ def split(
     if not (0 < train_size < 1 and 0 <= val_size < 1 and train_size + val_size < 1):
         msg = f"train_size={train_size} and val_size={val_size} must be fractions in (0, 1) summing below 1 (the test split gets the rest)."
         raise ValueError(msg)
-    n_parts = 3 if val_size > 0 else 2
-    cat = check_labels(labels, key=labels_key, min_per_class=n_parts)
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(adata.n_obs)
-    codes = cat.codes
-    try:
-        train, rest = train_test_split(idx, train_size=train_size, stratify=codes, random_state=random_state)
-        if val_size > 0:
-            val, test = train_test_split(
-                rest, train_size=val_size / (1 - train_size), stratify=codes[rest], random_state=random_state
-            )
-        else:
-            val, test = idx[:0], rest
-    except ValueError as e:
-        msg = f"Cannot stratify {labels_key!r} with these fractions ({e}). Use larger fractions, or merge or drop small classes."
-        raise ValueError(msg) from e
+    fractions = (train_size, val_size, 1 - train_size - val_size) if val_size > 0 else (train_size, 1 - train_size)
+    cat = check_labels(labels, key=labels_key, min_per_class=len(fractions))
+    rng = np.random.default_rng(random_state)
+    parts: list[list[np.ndarray]] = [[] for _ in fractions]
+    for code in range(len(cat.categories)):
+        cells = rng.permutation(np.flatnonzero(cat.codes == code))
+        bounds = np.cumsum(_allocate(len(cells), fractions))[:-1]
+        for part, chunk in zip(parts, np.split(cells, bounds), strict=True):
+            part.append(chunk)
+    train, *rest = (np.sort(np.concatenate(p)) for p in parts)
+    val, test = rest if val_size > 0 else (np.arange(0), rest[0])
     out = np.empty(adata.n_obs, dtype=object)
     out[train], out[val], out[test] = "train", "val", "test"
     if copy:
@@ -76,3 +82,20 @@ def split(
         metrics={"n_train": len(train), "n_val": len(val), "n_test": len(test)},
     )  # fmt: skip
     return adata if copy else None
+
+
+def _allocate(n: int, fractions: tuple[float, ...]) -> np.ndarray:
+    """Cells of an ``n``-cell class per part: the largest-remainder rounding of ``n * fractions``.
+
+    Every part gets at least one cell when ``n >= len(fractions)`` (what :func:`split`'s class-size check
+    asks for): a part rounded to zero takes a cell from the part that holds the most.
+    """
+    quota = n * np.asarray(fractions, dtype=float)
+    counts = np.floor(quota).astype(int)
+    order = np.argsort(-(quota - counts), kind="stable")  # ties go to the earlier part (train, then val)
+    counts[order[: n - counts.sum()]] += 1
+    for empty in np.flatnonzero(counts == 0):
+        if n >= len(fractions):
+            counts[np.argmax(counts)] -= 1
+            counts[empty] += 1
+    return counts
