@@ -146,3 +146,19 @@ def test_split_small_classes(pbmc68k, n_small):
     b.obs["lab"] = labels
     sad.pp.split(b, "lab")
     assert a.obs["sad_split"].equals(b.obs["sad_split"])  # reproducible
+
+
+# --- 6. a typo in a label column -----------------------------------------------------------------
+
+
+def test_label_key_typo_lists_close_matches(pbmc68k):
+    a = pbmc68k.copy()
+    with pytest.raises(KeyError, match=r"bulk_label.*missing.*[Dd]id you mean.*'bulk_labels'") as err:
+        sad.pp.split(a, "bulk_label")
+    assert "pseudo_labels" not in str(err.value)
+    with pytest.raises(KeyError, match=r"[Dd]id you mean.*'bulk_labels'") as err:
+        sad.pp.split(a, "bulk_Labels")  # case slips too
+    assert "pseudo_labels" not in str(err.value)
+    with pytest.raises(KeyError, match=r"'sad_label'.*sad\.pp\.pseudo_labels"):
+        sad.pp.split(a)  # the default key: say which function writes it
+    assert "sad_split" not in a.obs

@@ -202,10 +202,20 @@ def check_nonnegative(X, where: str = "the matrix") -> None:
 
 
 def check_obs_key(adata: AnnData, key: str, *, producer: str | None = None) -> pd.Series:
-    """Return ``adata.obs[key]``, or raise a :class:`KeyError` that says where it comes from."""
+    """Return ``adata.obs[key]``, or raise a :class:`KeyError` naming close matches and, for a key of ``sad``'s, its producer.
+
+    ``producer`` (the function that writes the default key) is named only when ``key`` is one of the
+    keys ``sad`` writes (``'sad_...'``): a user's own column with a typo is not ``sad``'s to produce.
+    """
     if key not in adata.obs:
-        hint = f" It is written by `{producer}`." if producer else ""
-        msg = f"Key {key!r} not found in adata.obs (columns: {list(adata.obs.columns)}).{hint}"
+        close = close_matches(str(key), [str(c) for c in adata.obs.columns])
+        hints = [f" Did you mean {' or '.join(map(repr, close))}?"] if close else []
+        if producer and str(key).startswith(f"{_keys.UNS}_"):
+            hints.append(f" It is written by `{producer}`; run it first.")
+        msg = (
+            f"Column {key!r} is missing from adata.obs (columns: {shown_names(adata.obs.columns)}).{''.join(hints)} "
+            "Pass the name of an existing column."
+        )
         raise KeyError(msg)
     return adata.obs[key]
 
