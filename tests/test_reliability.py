@@ -5,6 +5,7 @@ Each test here failed before the fix it guards (issue 15).
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import scipy.sparse as sp
 
 import scadversarial as sad
+from scadversarial._settings import logger
 from scadversarial._validate import check_choice, get_matrix
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,3 +164,47 @@ def test_label_key_typo_lists_close_matches(pbmc68k):
     with pytest.raises(KeyError, match=r"'sad_label'.*sad\.pp\.pseudo_labels"):
         sad.pp.split(a)  # the default key: say which function writes it
     assert "sad_split" not in a.obs
+
+
+# --- 7. sad.settings.verbosity reaches the logger ------------------------------------------------
+
+
+@pytest.fixture
+def verbosity():
+    """Restores the verbosity after the test."""
+    before = sad.settings.verbosity
+    yield
+    sad.settings.verbosity = before
+
+
+@pytest.mark.parametrize(
+    ("value", "level"),
+    [(0, logging.ERROR), (1, logging.WARNING), (2, logging.INFO), (3, logging.DEBUG), ("info", logging.INFO),
+     ("DEBUG", logging.DEBUG), ("error", logging.ERROR)],
+)  # fmt: skip
+def test_verbosity_sets_the_logger_level(verbosity, value, level):
+    sad.settings.verbosity = value
+    assert logger.getEffectiveLevel() == level
+    assert int(sad.settings.verbosity) == [logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG].index(level)
+
+
+def test_verbosity_rejects_unknown_values(verbosity):
+    for bad in (4, -1, "loud", True, 2.0):
+        with pytest.raises(ValueError, match=r"verbosity.*0.*error.*3.*debug"):
+            sad.settings.verbosity = bad
+
+
+def test_verbosity_info_messages_reach_the_user():
+    """With no logging configured by the application, info messages are printed at verbosity 2 and not at 1."""
+    import sys
+
+    code = (
+        "import scadversarial as sad\n"
+        "a = sad.datasets.pbmc68k_reduced()\n"
+        "sad.settings.verbosity = {v}\n"
+        "sad.pp.preprocess(a, n_top_genes=200)\n"
+    )
+    quiet = subprocess.run([sys.executable, "-c", code.format(v=1)], capture_output=True, text=True, check=True)
+    loud = subprocess.run([sys.executable, "-c", code.format(v=2)], capture_output=True, text=True, check=True)
+    assert "preprocess: 700 cells x 200 genes" not in quiet.stderr
+    assert "preprocess: 700 cells x 200 genes" in loud.stderr
