@@ -39,6 +39,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._protocol import ClassifierAdapter
+
 __all__ = ["ClusterOracle", "cluster_call"]
 
 _BLAS = None
@@ -197,6 +199,7 @@ class ClusterOracle:
             msg = "The target cluster has no cells."
             raise ValueError(msg)
         self.proba_fn = proba_fn
+        self._adapter = isinstance(proba_fn, ClassifierAdapter)
         self.base = X_target
         self.batch_bytes = int(batch_bytes)
         self.setup_seconds = 0.0
@@ -892,7 +895,9 @@ class ClusterOracle:
                 r = len(rows)
                 self._fill(buf[pos : pos + r], pairs, rows)
                 pos += r
-            types = np.asarray(self.proba_fn(self._buf[:padded])).argmax(axis=1)[:total]
+            # (padding rows are not cells: an adapter leaves them out of its count of tied rows)
+            P = self.proba_fn(self._buf[:padded], n_valid=total) if self._adapter else self.proba_fn(self._buf[:padded])
+            types = np.asarray(P).argmax(axis=1)[:total]
             pos = 0
             for i in range(j, k):
                 r = len(jobs[i][1])

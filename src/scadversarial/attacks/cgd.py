@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._settings import progress
 from .._validate import check_finite
+from ._protocol import ClassifierAdapter
 
 __all__ = ["CGDResult", "cgd_search"]
 
@@ -202,7 +204,7 @@ def cgd_search(
         check_finite(M, _WHERE)
         ready = _whole_blocks(n, block)
         W[n:ready] = 0
-        P = np.asarray(proba_fn(W[:ready]))[:n]
+        P = np.asarray(_classify(proba_fn, W[:ready], n))[:n]
     types = P.argmax(axis=1)
     K = P.shape[1]
     counts = np.bincount(types, minlength=K)
@@ -211,11 +213,19 @@ def cgd_search(
     new = int(new_target) if new_target is not None else _choose_new_target(counts, P, orig, excl)
     res = CGDResult(X=M, orig_call=orig, orig_types=types.copy())
     res.summary.append(_summary_row(0, -1, 0, types, counts, P, orig, new))
-    if method == "plain":
-        _plain(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res)
-    else:
-        _fast(proba_fn, W, n, block, ready, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res)
+    # progress: genes visited (one classifier call each); the search may stop early, at the switch
+    with progress(total=len(genes), desc="CGD", unit="gene") as bar:
+        if method == "plain":
+            _plain(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res, bar)
+        else:
+            args = (genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res, bar)
+            _fast(proba_fn, W, n, block, ready, *args)
     return res
+
+
+def _classify(proba_fn, Z: np.ndarray, n_valid: int) -> np.ndarray:
+    """``proba_fn(Z)``; rows past ``n_valid`` are padding (an adapter leaves them out of its count of ties)."""
+    return proba_fn(Z, n_valid=n_valid) if isinstance(proba_fn, ClassifierAdapter) else proba_fn(Z)
 
 
 def _block_rows(proba_fn) -> int:
@@ -242,13 +252,14 @@ def _finish(res, P, types, orig, new) -> None:
     res.switched = bool((types == new).sum() > (types == orig).sum())
 
 
-def _plain(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res) -> None:
+def _plain(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res, bar) -> None:
     stopped = False
     for i, g in enumerate(genes, start=1):
         cells = np.flatnonzero(types != new)
         if len(cells) == 0:
             break
         res.n_genes_visited = i
+        bar.update(1)
         T = M.copy()
         T[cells, g] = _step(M[cells, g], alpha, epsilon, +1)
         Pt = np.asarray(proba_fn(T))
@@ -273,7 +284,9 @@ def _plain(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_a
     _finish(res, P, types, orig, new)
 
 
-def _fast(proba_fn, W, n, block, ready, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res) -> None:
+def _fast(
+    proba_fn, W, n, block, ready, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res, bar
+) -> None:
     # rows [0, n) of the work buffer W are the committed matrix itself (a trial steps a column in place, then the
     # committed column, or the unchanged one, replaces it), rows [n, n + #opposite) the previous gene's cells that
     # took the opposite step; rows [0, ready) hold values (rows past the stacked ones are classified with their
@@ -301,7 +314,7 @@ def _fast(proba_fn, W, n, block, ready, genes, P, types, orig, new, excl, alpha,
             col = X[:, g].copy()
             trial = _step(col, alpha, epsilon, +1)
             X[:, g] = trial  # until the committed column replaces it (or col is put back)
-            out = np.asarray(proba_fn(W[:called]))
+            out = np.asarray(_classify(proba_fn, W[:called], n + n_minus))
             out_t, out_m = out[:n], out[n : n + n_minus]
         if pending is not None:
             pi, pg, plus, minus, P_plus = pending
@@ -323,6 +336,7 @@ def _fast(proba_fn, W, n, block, ready, genes, P, types, orig, new, excl, alpha,
             X[:, g] = col
             break
         res.n_genes_visited = i
+        bar.update(1)
         d_new = out_t[:, new][cells] - P[:, new][cells]
         d_or = out_t[:, orig][cells] - P[:, orig][cells]
         plus, minus = cells[d_new > d_or], cells[d_new < d_or]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._settings import progress
 from ._oracle import ClusterOracle
 
 __all__ = ["GridResult", "grid_combinations", "grid_search"]
@@ -110,17 +111,20 @@ def grid_search(
 
     calls, scores = [], []
     step = 1 if method == "plain" else max(oracle.chunk_size(), 1)
-    for start in range(0, len(combos), step):
-        chunk = combos[start : start + step]
-        if method == "plain":
-            c, s = oracle.evaluate_assignment(full(chunk[0]))
-            c, s = np.array([c]), np.array([s])
-        else:
-            c, s, _ = oracle.evaluate_assignments([full(x) for x in chunk])
-        calls.append(c)
-        scores.append(s)
-        if return_first_found and found(c).any():
-            break
+    # progress: combinations classified, updated once per stacked chunk (per combination in the plain search)
+    with progress(total=len(combos), desc="grid", unit="combination") as bar:
+        for start in range(0, len(combos), step):
+            chunk = combos[start : start + step]
+            if method == "plain":
+                c, s = oracle.evaluate_assignment(full(chunk[0]))
+                c, s = np.array([c]), np.array([s])
+            else:
+                c, s, _ = oracle.evaluate_assignments([full(x) for x in chunk])
+            calls.append(c)
+            scores.append(s)
+            bar.update(len(c))
+            if return_first_found and found(c).any():
+                break
     calls = np.concatenate(calls)
     scores = np.concatenate(scores)
     n = len(calls)

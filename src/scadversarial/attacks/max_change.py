@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._settings import progress
 from ._oracle import ClusterOracle, _one_blas_thread
 
 __all__ = ["MaxChangeResult", "max_change_search"]
@@ -115,6 +116,10 @@ class _Machine:
         self.stack.append(halves[perm[1]])
         self.stack.append(halves[perm[0]])
 
+    def remaining(self) -> int:
+        """Genes not settled yet (kept, or in a half that flipped and is not split): those on the stack or asked."""
+        return sum(len(h) for h in self.stack) + (len(self.pending[1]) if self.pending is not None else 0)
+
     def question(self) -> tuple[str, np.ndarray] | None:
         """The next question ``(kind, genes)`` (``kind`` is 'alone' or 'union'), or None when done."""
         while self.pending is None:
@@ -143,7 +148,7 @@ class _Machine:
             self._dichot(half)
 
 
-def _plain(oracle: ClusterOracle, genes: np.ndarray, max_split: int, orders: _Orders) -> tuple[list, int]:
+def _plain(oracle: ClusterOracle, genes: np.ndarray, max_split: int, orders: _Orders, bar) -> tuple[list, int]:
     orig = oracle.orig_call
     kept: list[int] = []
     n = [0, 0]  # questions, draws
@@ -165,12 +170,16 @@ def _plain(oracle: ClusterOracle, genes: np.ndarray, max_split: int, orders: _Or
         if keeps(half):
             if not kept:
                 kept.extend(half.tolist())
+                bar.update(len(half))
                 return
             if keeps(np.asarray(kept + half.tolist())):
                 kept.extend(half.tolist())
+                bar.update(len(half))
                 return
         if len(half) > max_split:
             dichot(half)
+        else:
+            bar.update(len(half))
 
     dichot(genes)
     return kept, n[0]
@@ -205,7 +214,7 @@ class _Predictor:
 
 
 def _fast(
-    oracle: ClusterOracle, genes: np.ndarray, max_split: int, orders: _Orders, lookahead: int
+    oracle: ClusterOracle, genes: np.ndarray, max_split: int, orders: _Orders, lookahead: int, bar
 ) -> tuple[list, int, int]:
     state = _Machine(genes, max_split, orders)
     predict = _Predictor()
@@ -238,9 +247,16 @@ def _fast(
             n_questions += 1
             if keeps != g:
                 break
+        _advance(bar, len(genes) - state.remaining())  # once per stacked call
     kept = np.concatenate(state.kept).tolist() if state.kept else []
     orders.settle(state.n_draws)
     return kept, n_questions, n_tested
+
+
+def _advance(bar, settled: int) -> None:
+    """Move the progress bar to ``settled`` genes (never back: a rewound search settles them again)."""
+    if settled > bar.n:
+        bar.update(settled - bar.n)
 
 
 def _answers(flipped: np.ndarray) -> tuple[bool, ...]:
@@ -253,11 +269,14 @@ def _both(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
     return None if a is None or b is None else a & b
 
 
+# questions between two progress-bar updates of the linear search (a question takes tens of microseconds;
+# an update about one: every 64th keeps the bar's cost under a few percent of the search and its refresh frequent)
+_BAR_EVERY = 64
 _DEFER = 16  # most questions answered on a guess before the cells too close to call are classified
 
 
 def _fast_linear(
-    oracle: ClusterOracle, genes: np.ndarray, max_split: int, orders: _Orders
+    oracle: ClusterOracle, genes: np.ndarray, max_split: int, orders: _Orders, bar
 ) -> tuple[list, int, int, int]:
     """The search with a linear classifier: one update per half, shared by its two questions.
 
@@ -282,6 +301,7 @@ def _fast_linear(
     guessed: list[tuple] = []  # (state before the answer, question, guessed answers, deferred cells), in order
     depth = _DEFER
     n_rewound = 0
+    n_steps = 0  # halves evaluated (for the progress bar)
 
     def answer(half: np.ndarray, delta: np.ndarray, bases: list, sames: list, flipped: np.ndarray) -> None:
         nonlocal kept, kept_same, n_questions
@@ -316,6 +336,7 @@ def _fast_linear(
                 n_rewound += 1
                 continue
             depth = min(2 * depth, _DEFER)
+            _advance(bar, len(genes) - state.remaining())  # once per resolved block of guesses
         if not more:
             break
         half = state.pending[1]
@@ -334,6 +355,9 @@ def _fast_linear(
             saved = (state.copy(), kept, kept_same, n_questions)
             guessed.append((saved, question, flipped, items))
         answer(*question, flipped)
+        n_steps += 1
+        if not n_steps % _BAR_EVERY:
+            _advance(bar, len(genes) - state.remaining())
     kept_genes = np.concatenate(state.kept).tolist() if state.kept else []
     orders.settle(state.n_draws)
     return kept_genes, n_questions, n_tested, n_rewound
@@ -383,14 +407,16 @@ def max_change_search(
         raise ValueError(msg)
     orders = _Orders(np.random.default_rng(random_state))
     n_r = 0
-    if method == "plain":
-        kept, n_q = _plain(oracle, genes, max_split, orders)
-        n_t = n_q
-    elif oracle.is_linear:
-        with _one_blas_thread():  # many small products
-            kept, n_q, n_t, n_r = _fast_linear(oracle, genes, max_split, orders)
-    else:
-        kept, n_q, n_t = _fast(oracle, genes, max_split, orders, int(lookahead))
+    # progress: genes settled (kept, or in a flipping half too small to split), updated once per block of questions
+    with progress(total=len(genes), desc="max-change", unit="gene") as bar:
+        if method == "plain":
+            kept, n_q = _plain(oracle, genes, max_split, orders, bar)
+            n_t = n_q
+        elif oracle.is_linear:
+            with _one_blas_thread():  # many small products
+                kept, n_q, n_t, n_r = _fast_linear(oracle, genes, max_split, orders, bar)
+        else:
+            kept, n_q, n_t = _fast(oracle, genes, max_split, orders, int(lookahead), bar)
     kept = np.asarray(kept, dtype=np.intp)
     if len(kept):
         call, score = oracle.evaluate_one(kept)

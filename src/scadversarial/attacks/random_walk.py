@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._settings import progress
 from ._oracle import ClusterOracle
 
 __all__ = ["RandomWalkResult", "random_walk_search"]
@@ -158,53 +159,57 @@ def random_walk_search(
     res.best_call, res.best_score = first[1], first[2]
     res.history.append({"step": 0, "n_genes": int((best >= 0).sum()), "call": first[1], "score": first[2]})
 
-    # step 2: the walk
-    t, width = 0, 1
-    while t < walk_length:
-        if method == "plain":
-            cand = _propose(best, n_mods, step_change_ratio, rng, seen, max_tries)
-            if cand is None:
+    # step 2: the walk (progress: steps walked, updated once per stacked batch, or per step in the plain walk)
+    with progress(total=int(walk_length), desc="random walk", unit="step") as bar:
+        t, width = 0, 1
+        while t < walk_length:
+            if method == "plain":
+                cand = _propose(best, n_mods, step_change_ratio, rng, seen, max_tries)
+                if cand is None:
+                    break
+                call, score = oracle.evaluate_assignment(full(cand))
+                res.n_tested += 1
+                t += 1
+                bar.update(1)
+                if _flip_ok(call, orig, not_na, na_idx):
+                    best, res.best_call, res.best_score = cand, call, score
+                    res.history.append({"step": t, "n_genes": int((best >= 0).sum()), "call": call, "score": score})
+                continue
+            # fast: speculate that the next proposals all fail (they are then drawn from the same best)
+            state = rng.bit_generator.state
+            seen_before = set(seen)
+            k = min(walk_length - t, width)
+            cands = []
+            for _ in range(k):
+                c = _propose(best, n_mods, step_change_ratio, rng, seen, max_tries)
+                if c is None:
+                    break
+                cands.append(c)
+            if not cands:
                 break
-            call, score = oracle.evaluate_assignment(full(cand))
-            res.n_tested += 1
-            t += 1
-            if _flip_ok(call, orig, not_na, na_idx):
-                best, res.best_call, res.best_score = cand, call, score
-                res.history.append({"step": t, "n_genes": int((best >= 0).sum()), "call": call, "score": score})
-            continue
-        # fast: speculate that the next proposals all fail (they are then drawn from the same best)
-        state = rng.bit_generator.state
-        seen_before = set(seen)
-        k = min(walk_length - t, width)
-        cands = []
-        for _ in range(k):
-            c = _propose(best, n_mods, step_change_ratio, rng, seen, max_tries)
-            if c is None:
-                break
-            cands.append(c)
-        if not cands:
-            break
-        calls, scores, _ = oracle.evaluate_assignments([full(c) for c in cands])
-        res.n_tested += len(cands)
-        ok = [j for j, c in enumerate(calls) if _flip_ok(int(c), orig, not_na, na_idx)]
-        if not ok:
-            t += len(cands)
-            if len(cands) < k:
-                break
-            width = min(2 * width, max(oracle.chunk_size(), 1))  # improvements are rare: look further ahead
-            continue
-        width = max(width // 2, 1)
-        j = ok[0]
-        # replay the generator and the seen set up to the improvement
-        rng.bit_generator.state = state
-        seen.clear()
-        seen.update(seen_before)
-        for _ in range(j + 1):
-            _propose(best, n_mods, step_change_ratio, rng, seen, max_tries)
-        t += j + 1
-        best, res.best_call, res.best_score = cands[j], int(calls[j]), float(scores[j])
-        res.history.append(
-            {"step": t, "n_genes": int((best >= 0).sum()), "call": res.best_call, "score": res.best_score}
-        )
+            calls, scores, _ = oracle.evaluate_assignments([full(c) for c in cands])
+            res.n_tested += len(cands)
+            ok = [j for j, c in enumerate(calls) if _flip_ok(int(c), orig, not_na, na_idx)]
+            if not ok:
+                t += len(cands)
+                bar.update(len(cands))
+                if len(cands) < k:
+                    break
+                width = min(2 * width, max(oracle.chunk_size(), 1))  # improvements are rare: look further ahead
+                continue
+            width = max(width // 2, 1)
+            j = ok[0]
+            # replay the generator and the seen set up to the improvement
+            rng.bit_generator.state = state
+            seen.clear()
+            seen.update(seen_before)
+            for _ in range(j + 1):
+                _propose(best, n_mods, step_change_ratio, rng, seen, max_tries)
+            t += j + 1
+            bar.update(j + 1)
+            best, res.best_call, res.best_score = cands[j], int(calls[j]), float(scores[j])
+            res.history.append(
+                {"step": t, "n_genes": int((best >= 0).sum()), "call": res.best_call, "score": res.best_score}
+            )
     res.best = full(best)
     return res

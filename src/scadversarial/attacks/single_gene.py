@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._settings import progress
 from ._oracle import ClusterOracle
 
 __all__ = ["SingleGeneResult", "single_gene_search"]
@@ -59,7 +60,7 @@ def _accept(call: int, orig: int, n_genes: int, max_split_size: int, not_na: boo
     return "split"
 
 
-def _plain(oracle, bins, max_split_size, first_found, not_na, na_idx) -> SingleGeneResult:
+def _plain(oracle, bins, max_split_size, first_found, not_na, na_idx, bar) -> SingleGeneResult:
     res = SingleGeneResult()
     orig = oracle.orig_call
 
@@ -83,10 +84,11 @@ def _plain(oracle, bins, max_split_size, first_found, not_na, na_idx) -> SingleG
         if first_found and res.genes:
             break
         dichot(b)
+        bar.update(len(b))  # once per bin
     return res
 
 
-def _fast_bfs(oracle, roots, max_split_size, not_na, na_idx) -> tuple[list, int]:
+def _fast_bfs(oracle, roots, max_split_size, not_na, na_idx, bar) -> tuple[list, int]:
     """Level-by-level search below ``roots`` (list of (path, genes)); returns [(path, genes, call, score)]."""
     orig = oracle.orig_call
     records = []
@@ -103,28 +105,32 @@ def _fast_bfs(oracle, roots, max_split_size, not_na, na_idx) -> tuple[list, int]
         calls, scores, _ = oracle.evaluate_many([c[1] for c in cands], need_exact=need)
         n_tested += len(cands)
         frontier = []
+        settled = 0  # genes of the halves not split further
         for (path, half), call, score in zip(cands, calls, scores, strict=True):
             action = _accept(int(call), orig, len(half), max_split_size, not_na, na_idx)
             if action == "record":
                 records.append((path, half, int(call), float(score)))
-            elif action == "split":
+            if action == "split":
                 frontier.append((path, half))
+            else:
+                settled += len(half)
+        bar.update(settled)  # once per level
     records.sort(key=lambda r: r[0])  # depth-first order: bin, then half 0 before half 1 at each level
     return records, n_tested
 
 
-def _fast(oracle, bins, max_split_size, first_found, not_na, na_idx) -> SingleGeneResult:
+def _fast(oracle, bins, max_split_size, first_found, not_na, na_idx, bar) -> SingleGeneResult:
     res = SingleGeneResult()
     roots = [((s,), b) for s, b in enumerate(bins)]
     if not first_found:
-        records, res.n_tested = _fast_bfs(oracle, roots, max_split_size, not_na, na_idx)
+        records, res.n_tested = _fast_bfs(oracle, roots, max_split_size, not_na, na_idx, bar)
     else:
         # windows of bins of growing size; the first record in depth-first order of the first window with
         # a record is the plain search's first record
         records, start, width = [], 0, 1
         while start < len(roots) and not records:
             window = roots[start : start + width]
-            records, n = _fast_bfs(oracle, window, max_split_size, not_na, na_idx)
+            records, n = _fast_bfs(oracle, window, max_split_size, not_na, na_idx, bar)
             res.n_tested += n
             start += width
             width *= 2
@@ -185,4 +191,8 @@ def single_gene_search(
     genes = np.arange(oracle.n_genes) if genes is None else np.asarray(genes, dtype=np.intp)
     bins = _bins(genes, int(first_dichot))
     fn = _fast if method == "fast" else _plain
-    return fn(oracle, bins, int(max_split_size), bool(return_first_found), change_type == "not_na", set(na_classes))
+    # progress: genes settled (in a half that keeps the call, or recorded), updated once per level or bin
+    with progress(total=len(genes), desc="single-gene", unit="gene") as bar:
+        return fn(
+            oracle, bins, int(max_split_size), bool(return_first_found), change_type == "not_na", set(na_classes), bar
+        )

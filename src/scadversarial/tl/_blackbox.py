@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,12 +32,11 @@ from .._validate import (
     check_obs_key,
     get_matrix,
     h5ad_safe,
-    matrix_for_genes,
     matrix_name,
     uns_root,
 )
 from ..attacks._oracle import ClusterOracle
-from ..attacks._protocol import ClassifierAdapter
+from ..attacks._protocol import ClassifierAdapter, ClassifierSpec, TiedScoresWarning, declared_genes
 from ..attacks.cgd import SUMMARY_COLUMNS, cgd_search
 from ..attacks.grid import grid_search
 from ..attacks.max_change import max_change_search
@@ -46,6 +46,7 @@ from ..attacks.sign_genes import distant_pairs, pairwise_pvalues, sign_genes_ord
 from ..attacks.single_gene import single_gene_search
 
 __all__ = [
+    "ClassifierSpec",
     "attack_overview",
     "cgd_attack",
     "grid_attack",
@@ -56,6 +57,13 @@ __all__ = [
 ]
 
 _PRODUCER = "your annotation or `sad.pp.pseudo_labels`"
+# max-change over more genes than this is slow enough (minutes on a laptop for a non-linear classifier) that the
+# user is told the estimate and the usual remedy (highly variable genes) before it starts
+_MANY_GENES = 5_000
+# per gene and cell, the seconds a max-change question costs a non-linear classifier: measured on the 2-core
+# reference machine, a 9-class CellTypist/scikit-learn model on PBMC3k (~2e-7 s per value, ~2 log2(n) questions
+# per gene); an order-of-magnitude estimate, stated as such
+_SECONDS_PER_VALUE = 2e-7
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,29 +133,28 @@ def _setup(
         if t not in set(present):
             msg = f"Target cluster {t!r} not found in adata.obs[{groupby!r}] (clusters: {sorted(map(str, present))}). Pass one of them as target=."
             raise ValueError(msg)
-    name = "callable"
+    name = None
     if classifier is None:
         from ._models import get_model
 
         classifier = get_model(adata, _keys.STEP_CLASSIFIER)
+    model = classifier.model if isinstance(classifier, ClassifierSpec) else classifier
+    if hasattr(model, "forward_lognorm") and hasattr(model, "classes"):
         name = "sad classifier"
-    var_names = getattr(classifier, "var_names", None)
-    if var_names is not None and not callable(var_names) and hasattr(classifier, "classes"):
-        # a sad model: genes aligned by name
-        X = matrix_for_genes(adata, list(var_names), layer, check=check_matrix)
-        genes = np.asarray([str(v) for v in var_names])
-        idx = adata.var_names.get_indexer(genes)
-        var_idx = None if adata.var_names.equals(pd.Index(genes)) else idx
-        if layer == _keys.LAYER_LOGNORM and hasattr(classifier, "forward_lognorm"):
-            classifier = _LognormView(classifier)
-        name = "sad classifier"
+        if layer == _keys.LAYER_LOGNORM:  # the classifier scales the log-normalized values itself
+            spec = classifier if isinstance(classifier, ClassifierSpec) else ClassifierSpec(model)
+            genes = spec.genes if spec.genes is not None else declared_genes(model)
+            classifier = ClassifierSpec(_LognormView(model), classes=spec.classes, genes=genes, output=spec.output)
+    adapter = ClassifierAdapter(classifier, classes, batch_size=batch_size)
+    if adapter.genes is not None:  # the classifier's genes, taken from adata by name
+        X = _aligned_matrix(adata, adapter.genes, layer, check=check_matrix)
+        genes = np.asarray(adapter.genes)
+        var_idx = None if adata.var_names.equals(pd.Index(genes)) else adata.var_names.get_indexer(genes)
     else:
         X = get_matrix(adata, layer, check=check_matrix)
         genes = adata.var_names.to_numpy().astype(str)
         var_idx = None
-    adapter = ClassifierAdapter(classifier, classes, batch_size=batch_size)
-    if name == "callable":
-        name = adapter.kind
+    name = name or adapter.kind
     n_feat = adapter.n_features
     if n_feat is not None and n_feat != X.shape[1]:
         msg = (
@@ -173,6 +180,53 @@ def _setup(
         raise ValueError(msg)
     adapter.reset_counter()
     return _Ctx(X=X, genes=genes, labels=labels, adapter=adapter, var_idx=var_idx, classifier_name=name)
+
+
+def _aligned_matrix(adata: AnnData, genes: list[str], layer: str | None, *, check: bool) -> np.ndarray:
+    """``adata``'s matrix with the columns of the classifier's ``genes``, in their order (missing: a KeyError)."""
+    idx = adata.var_names.get_indexer(pd.Index(genes))
+    if (idx < 0).any():
+        absent = [g for g, i in zip(genes, idx, strict=True) if i < 0]
+        shown = ", ".join(absent[:10]) + (", ..." if len(absent) > 10 else "")
+        msg = (
+            f"The classifier reads {len(genes)} genes; {len(absent)} are missing from adata.var_names: {shown}. "
+            "Pass an AnnData with all of its genes (e.g. before subsetting to highly variable genes, or "
+            "`adata.raw.to_adata()`), or declare the genes it reads: classifier=ClassifierSpec(model, genes=[...])."
+        )
+        raise KeyError(msg)
+    if adata.var_names.equals(pd.Index(genes)):
+        return get_matrix(adata, layer, check=check)
+    # the classifier's columns first, then dense: a whole transcriptome is never densified for a few genes
+    X = get_matrix(adata, layer, dense=False, check=False)[:, idx]
+    X = X.toarray() if sparse.issparse(X) else np.asarray(X)
+    X = X.astype(np.float32, copy=False)
+    if check:
+        check_finite(X, matrix_name(layer))
+    return X
+
+
+def _warn_ties(ctx: _Ctx, where: str) -> None:
+    """Warn (:class:`~scadversarial.attacks._protocol.TiedScoresWarning`) when classified rows had tied top scores."""
+    msg = ctx.adapter.tie_message(where)
+    if msg is not None:
+        warnings.warn(msg, TiedScoresWarning, stacklevel=3)
+
+
+def _warn_many_genes(ctx: _Ctx, n_genes: int, n_cells: int, what: str) -> None:
+    """Log how long max-change over many genes may take, and the usual remedy."""
+    if n_genes <= _MANY_GENES:
+        return
+    linear = ctx.adapter.linear_head() is not None
+    # ~2 log2(n) questions per gene on the cluster's cells (an upper estimate; a linear classifier is much faster)
+    seconds = _SECONDS_PER_VALUE * n_genes * n_cells * 2 * np.log2(max(n_genes, 2)) * (0.05 if linear else 1.0)
+    logger.warning(
+        "%s searches %d genes on %d cells: expect roughly %.0f s (order of magnitude). Restrict it to the highly "
+        "variable genes (genes=adata.var_names[adata.var['highly_variable']]) or a gene budget to make it faster.",
+        what,
+        n_genes,
+        n_cells,
+        seconds,
+    )
 
 
 def _gene_positions(ctx: _Ctx, names: list[str], index: pd.Index | None = None) -> np.ndarray:
@@ -322,8 +376,14 @@ def single_gene_attack(
     target
         The cluster to attack.
     classifier
-        ``None`` (the trained sad classifier), a torch module returning logits, an estimator with
-        ``predict_proba``, or a callable ``X -> probabilities``.
+        ``None`` (the trained sad classifier), a torch module returning logits, a CellTypist ``Model``
+        (fed log1p-normalized values: pass that layer), an estimator with ``predict_proba`` (a scikit-learn
+        ``Pipeline`` included), a callable ``X -> probabilities``, or a :class:`ClassifierSpec` naming the
+        model's ``genes`` and ``output`` (``'logits'``: decision values, which do not tie when probabilities
+        underflow). A classifier that declares its genes (``genes=``, ``var_names``, ``features``,
+        ``feature_names_in_``) gets exactly those columns of ``adata``, by name; a missing gene is a KeyError
+        naming it. Cells whose top scores tie are counted (``metrics['n_tied_rows']``) and warned about
+        (:class:`~scadversarial.attacks._protocol.TiedScoresWarning`).
     classes
         Class names of the probability columns (for callables or modules without ``classes``).
     layer
@@ -429,6 +489,7 @@ def single_gene_attack(
         "orig_score": oracle.orig_score,
         "n_found": len(table),
         "n_calls": ctx.adapter.n_calls,
+        "n_tied_rows": ctx.adapter.n_tied,
         "n_rows": ctx.adapter.n_rows,
         "n_tested": res.n_tested,
         "seconds": seconds,
@@ -448,9 +509,11 @@ def single_gene_attack(
         "method": method,
         "random_state": random_state,
         "classifier": ctx.classifier_name,
+        "output": ctx.adapter.output,
         "n_genes_searched": len(idx),
     }
     _store(adata, key, mode="single_gene", params=params, metrics=metrics, table=table)
+    _warn_ties(ctx, f"single_gene_attack on {target!r}")
     logger.info(
         "single_gene_attack %s/%s: %d genes flip the call (%d calls)",
         target,
@@ -530,6 +593,7 @@ def max_change_attack(
         batch_size=batch_size,
     )
     idx = _gene_indices(ctx, genes, exclude_genes)
+    _warn_many_genes(ctx, len(idx), int(np.count_nonzero(ctx.labels == target)), "max_change_attack")
     t0 = time.perf_counter()
     rng = np.random.default_rng(random_state)
     oracle = _oracle(
@@ -559,6 +623,7 @@ def max_change_attack(
         "n_questions": res.n_questions,
         "n_tested": res.n_tested,
         "n_calls": ctx.adapter.n_calls,
+        "n_tied_rows": ctx.adapter.n_tied,
         "n_rows": ctx.adapter.n_rows,
         "seconds": seconds,
         "setup_seconds": oracle.setup_seconds,
@@ -574,9 +639,11 @@ def max_change_attack(
         "method": method,
         "random_state": random_state,
         "classifier": ctx.classifier_name,
+        "output": ctx.adapter.output,
         "kept_order": ctx.genes[res.kept],
     }
     _store(adata, key, mode="max_change", params=params, metrics=metrics, table=table)
+    _warn_ties(ctx, f"max_change_attack on {target!r}")
     return table
 
 
@@ -834,6 +901,7 @@ def cgd_attack(
         "frac_orig": last["frac_orig"],
         "frac_new": last["frac_new"],
         "n_calls": ctx.adapter.n_calls,
+        "n_tied_rows": ctx.adapter.n_tied,
         "n_rows": ctx.adapter.n_rows,
         "seconds": seconds,
         "setup_seconds": 0.0,  # no modified values to prepare: the search starts at once
@@ -850,6 +918,7 @@ def cgd_attack(
         "genes": "sign_genes" if genes is None else "given",
         "method": method,
         "classifier": ctx.classifier_name,
+        "output": ctx.adapter.output,
     }
     _store(
         adata,
@@ -861,6 +930,7 @@ def cgd_attack(
         layers=[key],
         modified_genes=ctx.genes[res.modified_genes] if res.modified_genes else np.array([], dtype=str),
     )
+    _warn_ties(ctx, f"cgd_attack on {target!r}")
     return table
 
 
@@ -1006,6 +1076,7 @@ def random_walk_attack(
         "score": res.best_score,
         "n_tested": res.n_tested,
         "n_calls": ctx.adapter.n_calls,
+        "n_tied_rows": ctx.adapter.n_tied,
         "n_rows": ctx.adapter.n_rows,
         "seconds": seconds,
         "setup_seconds": oracle.setup_seconds,
@@ -1022,6 +1093,7 @@ def random_walk_attack(
         "method": method,
         "random_state": random_state,
         "classifier": ctx.classifier_name,
+        "output": ctx.adapter.output,
     }
     _store(
         adata,
@@ -1032,6 +1104,7 @@ def random_walk_attack(
         table=table,
         history=history,
     )
+    _warn_ties(ctx, f"random_walk_attack on {target!r}")
     if res.best is None:
         logger.warning(
             "random_walk_attack: no random assignment flipped the call of %r; try a larger first_batch.", target
@@ -1151,6 +1224,7 @@ def grid_attack(
         "n_combinations": len(table),
         "n_flipped": int(res.flipped.sum()),
         "n_calls": ctx.adapter.n_calls,
+        "n_tied_rows": ctx.adapter.n_tied,
         "n_rows": ctx.adapter.n_rows,
         "seconds": seconds,
         "setup_seconds": oracle.setup_seconds,
@@ -1166,8 +1240,10 @@ def grid_attack(
         "method": method,
         "random_state": random_state,
         "classifier": ctx.classifier_name,
+        "output": ctx.adapter.output,
     }
     _store(adata, _key(key_added or f"grid_{target}"), mode="grid", params=params, metrics=metrics, table=table)
+    _warn_ties(ctx, f"grid_attack on {target!r}")
     return table
 
 
@@ -1182,6 +1258,7 @@ def attack_overview(
     classes: Sequence[str] | None = None,
     layer: str | None = None,
     clusters: Sequence[str] | None = None,
+    genes: Sequence[str] | None = None,
     modifications: Sequence[str | Callable] = ("perc1", "perc99"),
     modes: Sequence[str] = ("single_gene", "max_change"),
     fixed_value: float = 3.0,
@@ -1202,6 +1279,9 @@ def attack_overview(
         As in :func:`single_gene_attack`.
     clusters
         Clusters to attack (default all).
+    genes
+        Genes both searches may modify (default all the classifier's genes); e.g. the highly variable genes,
+        to keep max-change over a whole transcriptome short.
     modifications
         Modifications to try.
     modes
@@ -1247,6 +1327,10 @@ def attack_overview(
     )
     clusters = [str(c) for c in pd.unique(ctx.labels)] if clusters is None else list(clusters)
     classes_ = _classes(ctx)
+    idx = _gene_indices(ctx, genes, None)
+    if "max_change" in modes:
+        n_cells = int(np.isin(ctx.labels, clusters).sum()) * len(mods)
+        _warn_many_genes(ctx, len(idx), n_cells, "attack_overview's max-change")
     rng = np.random.default_rng(random_state)
     rows = []
     cache: dict = {}  # per-gene sorted values, shared by all clusters
@@ -1276,12 +1360,14 @@ def attack_overview(
                 "orig_score": oracle.orig_score,
             }
             if "single_gene" in modes:
-                sg = single_gene_search(oracle, first_dichot=first_dichot, max_split_size=max_split_size, method=method)
+                sg = single_gene_search(
+                    oracle, idx, first_dichot=first_dichot, max_split_size=max_split_size, method=method
+                )
                 row["single_gene_n_found"] = len(sg.genes)
                 row["single_gene_n_genes"] = int(sum(len(g) for g in sg.genes))
                 row["single_gene_genes"] = ";".join("__".join(ctx.genes[g]) for g in sg.genes)
             if "max_change" in modes:
-                mc = max_change_search(oracle, max_split_size=max_split_size, random_state=rng, method=method)
+                mc = max_change_search(oracle, idx, max_split_size=max_split_size, random_state=rng, method=method)
                 row["max_change_n_kept"] = len(mc.kept)
                 row["max_change_score"] = mc.score
             rows.append(row)
@@ -1291,6 +1377,7 @@ def attack_overview(
         "groupby": groupby,
         "layer": layer or "X",
         "clusters": clusters,
+        "n_genes_searched": len(idx),
         "modifications": [modification_name(m) for m in mods],
         "modes": modes,
         "first_dichot": first_dichot,
@@ -1298,12 +1385,15 @@ def attack_overview(
         "method": method,
         "random_state": random_state,
         "classifier": ctx.classifier_name,
+        "output": ctx.adapter.output,
     }
     metrics = {
         "n_calls": ctx.adapter.n_calls,
+        "n_tied_rows": ctx.adapter.n_tied,
         "n_rows": ctx.adapter.n_rows,
         "seconds": seconds,
         "setup_seconds": setup_seconds,
     }
     _store(adata, _key(key_added), mode="overview", params=params, metrics=metrics, table=table)
+    _warn_ties(ctx, "attack_overview")
     return table
