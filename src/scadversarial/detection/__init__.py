@@ -1,4 +1,4 @@
-"""Array-level meta-features, triplet training, detector and calibration (no AnnData inside)."""
+"""Array-level meta-features, triplet training, detector, calibration and baseline detectors (no AnnData inside)."""
 
 from ._calibration import choose_threshold, detection_metrics, tpr_at_fpr
 from ._features import (
@@ -15,8 +15,32 @@ from ._features import (
     straight_through,
 )
 from ._training import sample_triplets, train_residual, train_triplet
+from .baselines import (
+    BASELINES,
+    BaselineDetector,
+    BaselineName,
+    KernelDensityDetector,
+    LIDDetector,
+    MahalanobisDetector,
+    MaxSoftmaxDetector,
+    ReferenceSplit,
+    SqueezeDetector,
+    make_baseline,
+    reference_split,
+)
 
 __all__ = [
+    "BASELINES",
+    "BaselineDetector",
+    "BaselineName",
+    "KernelDensityDetector",
+    "LIDDetector",
+    "MahalanobisDetector",
+    "MaxSoftmaxDetector",
+    "ReferenceSplit",
+    "SqueezeDetector",
+    "make_baseline",
+    "reference_split",
     "FEATURE_GROUPS",
     "SURROGATE_WIDTH",
     "InputConsistency",

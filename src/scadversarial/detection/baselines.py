@@ -1,0 +1,780 @@
+"""Baseline adversarial-example detectors from the literature, with one fit / score / calibrate API.
+
+Array level (no AnnData inside): every detector watches a classifier (a
+:class:`~scadversarial.models.CellClassifier`) and reads **scaled classifier inputs** (cells x
+genes). A higher score means a more suspicious cell; a cell is flagged when ``score >= threshold``,
+and the threshold is calibrated on clean *validation* cells for a target false-positive rate
+(never on test cells).
+
+========================  ===============================================================  ==========================
+name                      score                                                            adversarial training cells
+========================  ===============================================================  ==========================
+``'max_softmax'``         ``1 - max softmax`` (Hendrycks & Gimpel 2017)                    not used
+``'mahalanobis'``         min over classes of the Mahalanobis distance of the 64-d         not used
+                          embedding, class means and tied covariance of clean training
+                          cells (Lee et al. 2018)
+``'lid'``                 local intrinsic dimensionality of every hidden layer and the     logistic regression on the
+                          logits w.r.t. a reference of clean cells (Ma et al. 2018)        LIDs (else their mean z-score)
+``'kd_bu'``               kernel density of the embedding among clean training cells of    logistic regression on the
+                          the predicted class and MC-dropout variance (Feinman et al.      two (else their mean z-score)
+                          2017)
+``'squeeze'``             L1 distance between the probabilities of the cell and of its     not used
+                          squeezed copy (Xu et al. 2018; weak-input filtering of
+                          Rademaker et al.)
+========================  ===============================================================  ==========================
+
+``max_softmax``, ``mahalanobis`` and ``squeeze`` also give ``score_logit(x)``, a differentiable
+torch tensor increasing with the score, for an attacker who targets the detector.
+
+Examples
+--------
+>>> import numpy as np
+>>> from scadversarial.detection import make_baseline
+>>> det = make_baseline("mahalanobis")  # doctest: +SKIP
+>>> det.fit(clf, X_train).calibrate(X_val, target_fpr=0.05)  # doctest: +SKIP
+>>> flagged = det.flag(X_test)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, Self, get_args, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._settings import settings
+from ._calibration import choose_threshold
+from ._features import straight_through
+
+if TYPE_CHECKING:
+    from ..models.classifier import CellClassifier
+
+BaselineName = Literal["max_softmax", "mahalanobis", "lid", "kd_bu", "squeeze"]
+Squeezer = Literal["filter", "quantize"]
+
+#: Ridge added to the tied covariance, as a fraction of its mean variance: dead ReLU units of the
+#: embedding have zero variance and would make the covariance singular.
+COVARIANCE_RIDGE = 1e-3
+#: Neighbours for LID estimates (Ma et al. 2018 use 10-20 on minibatches of 100).
+LID_NEIGHBORS = 20
+#: A distance this small relative to the k-th one is a cell meeting itself in the reference.
+SELF_MATCH = 1e-6
+#: k of the bandwidth rule of the kernel density: the median distance of a reference cell to its
+#: k-th nearest other reference cell, the scale on which the density varies.
+BANDWIDTH_NEIGHBORS = 10
+#: Forward passes with dropout on for the Bayesian-uncertainty (MC-dropout) estimate.
+MC_SAMPLES = 30
+#: Floor of scores before a logarithm (distances and L1 distances of probabilities can be 0).
+LOG_FLOOR = 1e-12
+#: At most this fraction of the clean training cells goes to a reference (LID, kernel density):
+#: the rest are scored against it to fit the score's scale or the logistic regression.
+REFERENCE_FRACTION = 0.5
+
+
+def _rng(rng: np.random.Generator | int | None) -> np.random.Generator:
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+def _as_float32(X: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(X, dtype=np.float32))
+
+
+def _class_codes(classifier: CellClassifier, y: np.ndarray | None, logits: np.ndarray) -> np.ndarray:
+    """Class index of each training cell: ``y`` (class indices or names of ``classifier.classes``), else the prediction."""
+    if y is None:
+        return logits.argmax(1)
+    y = np.asarray(y)
+    if len(y) != len(logits):
+        msg = f"`y` has {len(y)} labels for {len(logits)} cells; pass one label per row of X_clean."
+        raise ValueError(msg)
+    if y.dtype.kind in "iu":
+        codes = y.astype(np.int64)
+    else:
+        index = {c: i for i, c in enumerate(classifier.classes)}
+        unknown = sorted({str(v) for v in y} - set(index))
+        if unknown:
+            msg = f"Labels {unknown[:5]} are not classes of the classifier {classifier.classes}; pass its class names or indices."
+            raise ValueError(msg)
+        codes = np.array([index[str(v)] for v in y], dtype=np.int64)
+    if codes.min() < 0 or codes.max() >= len(classifier.classes):
+        msg = f"Class indices in `y` must lie in 0..{len(classifier.classes) - 1}."
+        raise ValueError(msg)
+    return codes
+
+
+def _batches(n: int, batch_size: int | None):
+    bs = int(batch_size or settings.batch_size)
+    return [slice(s, min(s + bs, n)) for s in range(0, n, bs)]
+
+
+def _activations(classifier: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Outputs of every ReLU of ``classifier.body`` (the last is the embedding) and the logits, in eval mode."""
+    out, h = [], x
+    for m in classifier.body:
+        h = m(h)
+        if isinstance(m, nn.ReLU):
+            out.append(h)
+    return [*out, classifier.head(h)]
+
+
+def _mc_dropout_proba(classifier: nn.Module, x: torch.Tensor, n_samples: int, gen: torch.Generator) -> torch.Tensor:
+    """Softmax of ``n_samples`` passes with dropout masks drawn from ``gen`` (``samples x cells x classes``).
+
+    The masks come from a local generator, so the estimate is reproducible and global RNG state
+    is left alone (``nn.Dropout`` in training mode would draw from it).
+    """
+    body = list(classifier.body)
+    first = next((i for i, m in enumerate(body) if isinstance(m, nn.Dropout) and m.p > 0), len(body))
+    h0 = x
+    for m in body[:first]:  # everything before the first dropout is the same in every pass: once
+        h0 = m(h0)
+    probs = []
+    for _ in range(n_samples):
+        h = h0
+        for m in body[first:]:
+            if isinstance(m, nn.Dropout) and m.p > 0:
+                keep = torch.rand(h.shape, generator=gen, device=h.device, dtype=h.dtype) >= m.p
+                h = h * keep / (1 - m.p)
+            else:
+                h = m(h)
+        probs.append(torch.softmax(classifier.head(h), 1))
+    return torch.stack(probs)
+
+
+class _EvalMode:
+    """Context: the classifier in evaluation mode on ``device``, its mode restored afterwards."""
+
+    def __init__(self, classifier: nn.Module, device) -> None:
+        self.classifier, self.device = classifier, device
+
+    def __enter__(self) -> torch.device:
+        self.was_training = self.classifier.training
+        dev = settings.torch_device(self.device)
+        self.classifier.eval().to(dev)
+        return dev
+
+    def __exit__(self, *exc) -> None:
+        self.classifier.train(self.was_training)
+
+
+class _ModeOnly:
+    """Context: the classifier in evaluation mode (device untouched), its mode restored afterwards."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        self.classifier = classifier
+
+    def __enter__(self) -> None:
+        self.was_training = self.classifier.training
+        self.classifier.eval()
+
+    def __exit__(self, *exc) -> None:
+        self.classifier.train(self.was_training)
+
+
+@runtime_checkable
+class BaselineDetector(Protocol):
+    """What every baseline detector offers (and what :func:`sad.tl.benchmark_detectors` calls)."""
+
+    name: str
+    threshold: float
+
+    def fit(
+        self,
+        classifier: CellClassifier,
+        X_clean: np.ndarray,
+        *,
+        X_adv: np.ndarray | None = None,
+        y: np.ndarray | None = None,
+        rng: np.random.Generator | int | None = None,
+    ) -> Self:
+        """Fit on clean training cells (and adversarial ones where the method uses them)."""
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """Scores of scaled cells (higher: more suspicious)."""
+
+    def calibrate(
+        self, X_clean_val: np.ndarray, X_adv_val: np.ndarray | None = None, *, target_fpr: float = 0.05
+    ) -> float:
+        """Set and return ``threshold`` from clean validation cells."""
+
+
+@dataclass(frozen=True)
+class ReferenceSplit:
+    """Rows of the training cells: a clean reference, and the clean and adversarial rows scored against it."""
+
+    reference: np.ndarray
+    clean: np.ndarray
+    adversarial: np.ndarray
+
+
+def reference_split(
+    n_clean: int, n_adv: int, n_reference: int, rng: np.random.Generator | int | None = None
+) -> ReferenceSplit:
+    """Divide training cells into a reference and the rows scored against it (for LID and the kernel density).
+
+    At most :data:`REFERENCE_FRACTION` of the ``n_clean`` clean cells (and at most
+    ``n_reference``) form the reference; the other clean cells are scored against it. When
+    ``n_adv`` is a multiple of ``n_clean``, adversarial row ``i`` is taken as an attacked copy of
+    clean row ``i % n_clean`` (attack layers of the same cells stacked), and the copies of
+    reference cells are left out: at test time no attacked cell has its clean source in the
+    reference either. Otherwise all adversarial rows are kept.
+
+    Examples
+    --------
+    >>> s = reference_split(10, 20, 100, rng=0)
+    >>> len(s.reference), len(s.clean), len(s.adversarial)
+    (5, 5, 10)
+    """
+    if n_clean < 2:
+        msg = f"A reference needs at least 2 clean training cells, got {n_clean}; pass more cells in X_clean."
+        raise ValueError(msg)
+    n_ref = int(min(n_reference, max(1, int(REFERENCE_FRACTION * n_clean))))
+    perm = _rng(rng).permutation(n_clean)
+    ref, rest = np.sort(perm[:n_ref]), np.sort(perm[n_ref:])
+    adv = np.arange(n_adv)
+    if n_adv and n_adv % n_clean == 0:
+        adv = adv[~np.isin(adv % n_clean, ref)]
+    return ReferenceSplit(ref, rest, adv)
+
+
+class _Baseline:
+    """Shared batching, calibration and flagging; subclasses implement ``fit`` and ``_score_batch``."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, *, batch_size: int | None = None, device: str | None = None) -> None:
+        self.batch_size, self.device = batch_size, device
+        self.threshold = float("nan")
+        self.classifier: CellClassifier | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, threshold={self.threshold:.6g}, fitted={self.classifier is not None})"
+
+    def _check_fitted(self) -> CellClassifier:
+        if self.classifier is None:
+            msg = f"The {self.name!r} detector is not fitted; call `.fit(classifier, X_clean)` first."
+            raise RuntimeError(msg)
+        return self.classifier
+
+    def _score_batch(self, x: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def _check_input(self, X: np.ndarray) -> np.ndarray:
+        clf = self._check_fitted()
+        X = _as_float32(X)
+        if X.ndim != 2 or X.shape[1] != clf.n_genes:
+            msg = f"X has shape {X.shape}; the classifier takes {clf.n_genes} genes (scaled values, cells x genes)."
+            raise ValueError(msg)
+        return X
+
+    @torch.no_grad()
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """Scores of scaled cells ``X`` (cells x genes), float64; higher is more suspicious."""
+        clf = self._check_fitted()
+        X = self._check_input(X)
+        with _EvalMode(clf, self.device) as dev:
+            out = [self._score_batch(torch.as_tensor(X[b], device=dev)) for b in _batches(len(X), self.batch_size)]
+        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+    def calibrate(
+        self, X_clean_val: np.ndarray, X_adv_val: np.ndarray | None = None, *, target_fpr: float = 0.05
+    ) -> float:
+        """Set ``threshold`` so that at most ``target_fpr`` of the clean validation cells are flagged.
+
+        Parameters
+        ----------
+        X_clean_val
+            Clean validation cells (scaled), never test cells.
+        X_adv_val
+            Optional adversarial validation cells: among the thresholds with that false-positive
+            rate, the one in the middle of the gap to the next adversarial score
+            (:func:`~scadversarial.detection.choose_threshold`).
+        target_fpr
+            Largest fraction of clean cells flagged (``score >= threshold``), in ``[0, 1)``.
+
+        Returns
+        -------
+        The threshold (also stored as ``threshold``).
+        """
+        if not 0 <= target_fpr < 1:
+            msg = f"target_fpr must be a fraction in [0, 1), got {target_fpr}."
+            raise ValueError(msg)
+        clean = self.score(X_clean_val)
+        if len(clean) == 0:
+            msg = "Calibration needs clean validation cells; X_clean_val is empty."
+            raise ValueError(msg)
+        if X_adv_val is not None and len(X_adv_val):
+            adv = self.score(X_adv_val)
+            y = np.r_[np.zeros(len(clean)), np.ones(len(adv))]
+            self.threshold = float(choose_threshold(y, np.r_[clean, adv], target_fpr=target_fpr)["threshold"])
+        else:
+            self.threshold = _clean_quantile_threshold(clean, target_fpr)
+        return self.threshold
+
+    def flag(self, X: np.ndarray) -> np.ndarray:
+        """Whether each cell is flagged (``score >= threshold``); needs :meth:`calibrate` first."""
+        if not np.isfinite(self.threshold):
+            msg = f"The {self.name!r} detector has no threshold; call `.calibrate(X_clean_val)` first."
+            raise RuntimeError(msg)
+        return self.score(X) >= self.threshold
+
+
+def _clean_quantile_threshold(clean: np.ndarray, target_fpr: float) -> float:
+    """Lowest threshold flagging at most ``target_fpr`` of ``clean``, midway to the next score above it."""
+    s = np.sort(clean)
+    n = len(s)
+    allowed = int(np.floor(target_fpr * n + 1e-9))  # the tolerance absorbs 0.05 * 100 = 5.000000000000001
+    keep = s[n - allowed - 1]  # the highest score that must stay unflagged
+    above = s[s > keep]
+    return float(0.5 * (keep + above[0])) if len(above) else float(np.nextafter(keep, np.inf))
+
+
+# ----------------------------------------------------------------------------- max-softmax
+class MaxSoftmaxDetector(_Baseline):
+    """Max-softmax baseline (Hendrycks & Gimpel 2017): score ``1 - max_c softmax(logits)_c``.
+
+    Needs no training beyond the classifier. ``score_logit`` is ``log((1 - p_max) / p_max)``, the
+    logit of the score.
+
+    Examples
+    --------
+    >>> det = MaxSoftmaxDetector().fit(clf, X_train)  # doctest: +SKIP
+    >>> det.calibrate(X_val, target_fpr=0.05)  # doctest: +SKIP
+    """
+
+    name = "max_softmax"
+
+    def fit(self, classifier, X_clean, *, X_adv=None, y=None, rng=None) -> Self:
+        """Keep the classifier (``X_clean``, ``X_adv``, ``y``, ``rng`` are not needed)."""
+        self.classifier = classifier
+        return self
+
+    def _score_batch(self, x):
+        p = torch.softmax(self.classifier(x).double(), 1)
+        return (1 - p.amax(1)).cpu().numpy()
+
+    def score_logit(self, x: torch.Tensor) -> torch.Tensor:
+        """``logit(1 - p_max)`` of scaled input ``x``: the log-sum-exp of the other logits minus the top logit."""
+        clf = self._check_fitted()
+        with _ModeOnly(clf):
+            logits = clf(x)
+        top = logits.detach().argmax(1, keepdim=True)
+        return logits.scatter(1, top, float("-inf")).logsumexp(1) - logits.gather(1, top).squeeze(1)
+
+
+# ----------------------------------------------------------------------------- Mahalanobis
+class MahalanobisDetector(_Baseline):
+    """Mahalanobis distance of the classifier embedding (Lee et al. 2018).
+
+    Class-conditional Gaussians with one tied covariance, fitted on the 64-d embeddings of clean
+    training cells (classes from ``y``, else the classifier's predictions); the covariance gets a
+    ridge of :data:`COVARIANCE_RIDGE` times its mean variance. Score: the smallest squared
+    Mahalanobis distance to a class mean (the paper's confidence score with its sign flipped, without
+    input preprocessing or layer ensembles). ``score_logit`` is its logarithm.
+
+    Examples
+    --------
+    >>> det = MahalanobisDetector().fit(clf, X_train, y=labels)  # doctest: +SKIP
+    """
+
+    name = "mahalanobis"
+
+    def fit(self, classifier, X_clean, *, X_adv=None, y=None, rng=None) -> Self:
+        """Class means and tied covariance of the clean cells' embeddings (``X_adv`` is not used)."""
+        self.classifier = classifier
+        logits, emb = classifier.predict_arrays(_as_float32(X_clean), batch_size=self.batch_size, device=self.device)
+        codes = _class_codes(classifier, y, logits)
+        emb = emb.astype(np.float64)
+        present = np.unique(codes)
+        means = np.stack([emb[codes == c].mean(0) for c in present])
+        centred = emb - means[np.searchsorted(present, codes)]
+        cov = centred.T @ centred / len(emb)
+        cov += COVARIANCE_RIDGE * np.trace(cov) / len(cov) * np.eye(len(cov))
+        # with cov^-1 = L L^T, the distance is |(e - mu) L|^2: whiten once, then Euclidean distances
+        self.whiten = np.linalg.cholesky(np.linalg.inv(cov))
+        self.means_white = means @ self.whiten
+        self.classes_ = present
+        return self
+
+    def _distances(self, emb: torch.Tensor) -> torch.Tensor:
+        w = torch.as_tensor(self.whiten, dtype=emb.dtype, device=emb.device)
+        m = torch.as_tensor(self.means_white, dtype=emb.dtype, device=emb.device)
+        z = emb @ w
+        return (z[:, None, :] - m[None]).square().sum(2).amin(1)
+
+    def _score_batch(self, x):
+        return self._distances(self.classifier.embed(x).double()).cpu().numpy()
+
+    def score_logit(self, x: torch.Tensor) -> torch.Tensor:
+        """Log of the smallest squared Mahalanobis distance of scaled input ``x`` (differentiable)."""
+        clf = self._check_fitted()
+        with _ModeOnly(clf):
+            return torch.log(self._distances(clf.embed(x)) + LOG_FLOOR)
+
+
+# ----------------------------------------------------------------------------- LID
+def _lid(d: torch.Tensor, k: int) -> torch.Tensor:
+    """Maximum-likelihood LID from distances ``d`` (cells x reference cells), leaving out a self-match."""
+    r = d.topk(min(k + 1, d.shape[1]), dim=1, largest=False).values
+    self_match = r[:, :1] <= SELF_MATCH * r[:, -1:]
+    r = torch.where(self_match, r[:, 1:], r[:, :-1]) if r.shape[1] > k else r
+    r = r.clamp_min(LOG_FLOOR)
+    mean_log = torch.log(r / r[:, -1:]).mean(1)
+    return -1 / mean_log.clamp_max(-LOG_FLOOR)
+
+
+class LIDDetector(_Baseline):
+    """Local intrinsic dimensionality (Ma et al. 2018) of the classifier's layers.
+
+    The LID of a cell in each hidden layer (after its ReLU; the last is the embedding) and in the
+    logits, estimated from its ``k`` nearest cells in a reference of clean training cells
+    (maximum likelihood: ``-1 / mean_i log(r_i / r_k)``). With adversarial training cells, a
+    logistic regression on the standardized LIDs gives the score (its log-odds); without, the
+    mean z-score of the LIDs (adversarial regions have a higher LID). Reference and scored rows
+    are divided by :func:`reference_split`.
+
+    Parameters
+    ----------
+    k
+        Nearest neighbours of the LID estimate.
+    n_reference
+        Largest number of reference cells.
+    batch_size, device
+        Scoring batches and torch device.
+
+    Examples
+    --------
+    >>> det = LIDDetector(k=20).fit(clf, X_train, X_adv=X_train_pgd, rng=0)  # doctest: +SKIP
+    """
+
+    name = "lid"
+
+    def __init__(
+        self,
+        *,
+        k: int = LID_NEIGHBORS,
+        n_reference: int = 500,
+        batch_size: int | None = None,
+        device: str | None = None,
+    ) -> None:
+        super().__init__(batch_size=batch_size, device=device)
+        if k < 2:
+            msg = f"LID needs k >= 2 neighbours, got k={k}."
+            raise ValueError(msg)
+        self.k, self.n_reference = int(k), int(n_reference)
+
+    @torch.no_grad()
+    def _features(self, X: np.ndarray) -> np.ndarray:
+        with _EvalMode(self.classifier, self.device) as dev:
+            refs = [r.to(dev) for r in self.reference_]
+            out = []
+            for b in _batches(len(X), self.batch_size):
+                acts = _activations(self.classifier, torch.as_tensor(X[b], device=dev))
+                out.append(torch.stack([_lid(torch.cdist(a, r), self.k) for a, r in zip(acts, refs, strict=True)], 1))
+        return torch.cat(out).double().cpu().numpy() if out else np.zeros((0, len(self.reference_)))
+
+    def fit(self, classifier, X_clean, *, X_adv=None, y=None, rng=None) -> Self:
+        """Reference activations, then the logistic regression (with ``X_adv``) or the clean LIDs' scale."""
+        self.classifier = classifier
+        X_clean = _as_float32(X_clean)
+        X_adv = None if X_adv is None else _as_float32(X_adv)
+        split = reference_split(len(X_clean), 0 if X_adv is None else len(X_adv), self.n_reference, rng)
+        if len(split.reference) <= self.k:
+            msg = f"LID with k={self.k} needs more than {self.k} reference cells; pass more clean cells or lower k."
+            raise ValueError(msg)
+        with torch.no_grad(), _EvalMode(classifier, self.device) as dev:
+            acts = _activations(classifier, torch.as_tensor(X_clean[split.reference], device=dev))
+        self.reference_ = [a.cpu() for a in acts]
+        F_clean = self._features(X_clean[split.clean])
+        self.model_ = _fit_logistic(F_clean, None if X_adv is None else self._features(X_adv[split.adversarial]))
+        self.center_, self.scale_ = _zscore_stats(F_clean)
+        return self
+
+    def score(self, X: np.ndarray) -> np.ndarray:  # noqa: D102
+        return _combine(self._features(self._check_input(X)), self.model_, self.center_, self.scale_)
+
+
+def _zscore_stats(F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    std = F.std(0)
+    return F.mean(0), np.where(std > 0, std, 1.0)
+
+
+def _fit_logistic(F_clean: np.ndarray, F_adv: np.ndarray | None):
+    """Standardize + logistic regression (balanced classes) on clean (0) and adversarial (1) features; None without."""
+    if F_adv is None or not len(F_adv):
+        return None
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X = np.nan_to_num(np.r_[F_clean, F_adv])
+    y = np.r_[np.zeros(len(F_clean)), np.ones(len(F_adv))]
+    return make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=1000)).fit(X, y)
+
+
+def _combine(F: np.ndarray, model, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    if model is not None:
+        return model.decision_function(np.nan_to_num(F)).astype(np.float64)
+    return ((F - center) / scale).mean(1)
+
+
+# ----------------------------------------------------------------------------- KD + BU
+class KernelDensityDetector(_Baseline):
+    """Kernel density and Bayesian uncertainty (Feinman et al. 2017).
+
+    Two features per cell: the negative log Gaussian kernel density of its 64-d embedding among
+    clean reference cells of its **predicted** class (all reference cells when that class has
+    none), and the MC-dropout uncertainty ``mean_t |p_t|^2 - |mean_t p_t|^2`` over ``n_samples``
+    passes with dropout on (masks from a local generator seeded at fit: scores are reproducible
+    and global RNG state is untouched). With adversarial training cells, a logistic regression on
+    the standardized pair gives the score (log-odds); without, their mean z-score. Reference and
+    scored rows are divided by :func:`reference_split`.
+
+    Parameters
+    ----------
+    bandwidth
+        Kernel width in embedding units; ``None``: the median distance of a reference cell to its
+        :data:`BANDWIDTH_NEIGHBORS`-th nearest other reference cell.
+    n_samples
+        MC-dropout passes.
+    n_reference
+        Largest number of reference cells.
+    batch_size, device
+        Scoring batches and torch device.
+
+    Examples
+    --------
+    >>> det = KernelDensityDetector().fit(clf, X_train, X_adv=X_train_pgd, rng=0)  # doctest: +SKIP
+    """
+
+    name = "kd_bu"
+
+    def __init__(
+        self,
+        *,
+        bandwidth: float | None = None,
+        n_samples: int = MC_SAMPLES,
+        n_reference: int = 2000,
+        batch_size: int | None = None,
+        device: str | None = None,
+    ) -> None:
+        super().__init__(batch_size=batch_size, device=device)
+        if bandwidth is not None and not bandwidth > 0:
+            msg = f"bandwidth must be positive (or None for the nearest-neighbour rule), got {bandwidth}."
+            raise ValueError(msg)
+        if n_samples < 2:
+            msg = f"MC-dropout needs n_samples >= 2 passes, got {n_samples}."
+            raise ValueError(msg)
+        self.bandwidth, self.n_samples, self.n_reference = bandwidth, int(n_samples), int(n_reference)
+
+    @torch.no_grad()
+    def _features(self, X: np.ndarray) -> np.ndarray:
+        clf = self.classifier
+        with _EvalMode(clf, self.device) as dev:
+            gen = torch.Generator(device=dev).manual_seed(self.seed_)
+            ref = self.ref_emb_.to(dev)
+            ref_cls = self.ref_cls_.to(dev)
+            out = []
+            for b in _batches(len(X), self.batch_size):
+                x = torch.as_tensor(X[b], device=dev)
+                emb, logits = clf.forward_with_embedding(x)
+                pred = logits.argmax(1)
+                logk = -torch.cdist(emb.double(), ref).square() / (2 * self.bandwidth_**2)
+                same = ref_cls[None, :] == pred[:, None]
+                has = same.any(1, keepdim=True)
+                mask = torch.where(has, same, torch.ones_like(same))
+                logk = logk.masked_fill(~mask, float("-inf"))
+                log_kd = logk.logsumexp(1) - mask.sum(1).double().log()
+                p = _mc_dropout_proba(clf, x, self.n_samples, gen).double()
+                bu = p.square().sum(2).mean(0) - p.mean(0).square().sum(1)
+                out.append(torch.stack([-log_kd, bu], 1))
+        return torch.cat(out).cpu().numpy() if out else np.zeros((0, 2))
+
+    def fit(self, classifier, X_clean, *, X_adv=None, y=None, rng=None) -> Self:
+        """Reference embeddings and classes, bandwidth, then the logistic regression or the clean features' scale."""
+        self.classifier = classifier
+        gen = _rng(rng)
+        X_clean = _as_float32(X_clean)
+        X_adv = None if X_adv is None else _as_float32(X_adv)
+        split = reference_split(len(X_clean), 0 if X_adv is None else len(X_adv), self.n_reference, gen)
+        logits, emb = classifier.predict_arrays(
+            X_clean[split.reference], batch_size=self.batch_size, device=self.device
+        )
+        codes = _class_codes(classifier, None if y is None else np.asarray(y)[split.reference], logits)
+        self.ref_emb_ = torch.as_tensor(emb, dtype=torch.float64)
+        self.ref_cls_ = torch.as_tensor(codes)
+        if self.bandwidth is None:
+            d = torch.cdist(self.ref_emb_, self.ref_emb_)
+            k = min(BANDWIDTH_NEIGHBORS, len(d) - 1)
+            kth = d.topk(k + 1, dim=1, largest=False).values[:, k]  # column 0 is the cell itself
+            self.bandwidth_ = float(kth.median().clamp_min(LOG_FLOOR))
+        else:
+            self.bandwidth_ = float(self.bandwidth)
+        self.seed_ = int(gen.integers(2**63 - 1))
+        F_clean = self._features(X_clean[split.clean])
+        self.model_ = _fit_logistic(F_clean, None if X_adv is None else self._features(X_adv[split.adversarial]))
+        self.center_, self.scale_ = _zscore_stats(F_clean)
+        return self
+
+    def score(self, X: np.ndarray) -> np.ndarray:  # noqa: D102
+        return _combine(self._features(self._check_input(X)), self.model_, self.center_, self.scale_)
+
+
+# ----------------------------------------------------------------------------- feature squeezing
+class SqueezeDetector(_Baseline):
+    """Feature squeezing (Xu et al. 2018) with squeezers suited to expression profiles.
+
+    Score: the L1 distance between the classifier's probabilities of a cell and of its squeezed
+    copy, the largest over ``squeezers`` (the paper's joint detection). Both squeezers work in
+    log-expression units above each gene's minimum, read through the classifier's own scaling
+    (``log = x * std``, relative to the gene's minimum over the clean training cells):
+
+    ``'filter'``
+        Weak-input filtering (the biomimetic filtering of weak inputs of Rademaker et al.,
+        "Attack and defence in cellular decision-making"): values less than ``threshold`` log
+        units above the gene's minimum, or below it, are set to the minimum (unexpressed). The
+        default threshold, half the smallest expressed value in the clean training cells, leaves
+        every measured cell unchanged: only perturbations of unexpressed genes (and values below
+        the minimum, which no measured cell has) are removed.
+    ``'quantize'``
+        Bit-depth reduction: log values are rounded to ``2**bits`` levels over the clean range.
+
+    ``score_logit`` is the log of the score, with the squeezer's backward pass taken as the
+    identity (BPDA, Athalye et al. 2018), as an adaptive attacker would.
+
+    Parameters
+    ----------
+    squeezers
+        One or both of ``'filter'`` and ``'quantize'``.
+    threshold
+        Filter threshold in log units; ``None``: half the smallest expressed value seen at fit.
+    bits
+        Bit depth of ``'quantize'``.
+    batch_size, device
+        Scoring batches and torch device.
+
+    Examples
+    --------
+    >>> det = SqueezeDetector(squeezers=("filter", "quantize")).fit(clf, X_train)  # doctest: +SKIP
+    """
+
+    name = "squeeze"
+
+    def __init__(
+        self,
+        *,
+        squeezers: tuple[Squeezer, ...] = ("filter",),
+        threshold: float | None = None,
+        bits: int = 5,
+        batch_size: int | None = None,
+        device: str | None = None,
+    ) -> None:
+        super().__init__(batch_size=batch_size, device=device)
+        squeezers = tuple(squeezers)
+        bad = [s for s in squeezers if s not in get_args(Squeezer)]
+        if bad or not squeezers:
+            msg = f"Unknown squeezers {bad or squeezers}; choose one or more of {get_args(Squeezer)}."
+            raise ValueError(msg)
+        if threshold is not None and not threshold > 0:
+            msg = f"threshold must be positive log units (or None for the data-driven default), got {threshold}."
+            raise ValueError(msg)
+        if not 1 <= bits <= 16:
+            msg = f"bits must be an integer in 1..16, got {bits}."
+            raise ValueError(msg)
+        self.squeezers, self.threshold_log, self.bits = squeezers, threshold, int(bits)
+
+    def fit(self, classifier, X_clean, *, X_adv=None, y=None, rng=None) -> Self:
+        """Per-gene minimum and scale, filter threshold and quantization range from clean cells."""
+        self.classifier = classifier
+        X_clean = _as_float32(X_clean)
+        std = classifier.transform.std.detach().cpu().double().numpy()
+        self.min_ = X_clean.min(0).astype(np.float64)
+        self.std_ = std
+        above = (X_clean - self.min_) * std  # log units above the gene's minimum
+        expressed = above[above > LOG_FLOOR]
+        if self.threshold_log is None:
+            self.threshold_ = 0.5 * float(expressed.min()) if len(expressed) else 1.0
+        else:
+            self.threshold_ = float(self.threshold_log)
+        self.log_max_ = float(above.max()) if above.size else 1.0
+        return self
+
+    def _squeeze(self, x: torch.Tensor, how: Squeezer) -> torch.Tensor:
+        mn = torch.as_tensor(self.min_, dtype=x.dtype, device=x.device)
+        std = torch.as_tensor(self.std_, dtype=x.dtype, device=x.device)
+        above = (x - mn) * std
+        if how == "filter":  # exact where nothing is filtered: measured cells come back bit-identical
+            return torch.where(above < self.threshold_, mn, x)
+        step = self.log_max_ / (2**self.bits - 1)
+        return mn + torch.round(above.clamp_min(0) / step) * step / std
+
+    def _score_tensor(self, x: torch.Tensor, *, bpda: bool) -> torch.Tensor:
+        p = torch.softmax(self.classifier(x), 1)
+        scores = []
+        for how in self.squeezers:
+            xs = self._squeeze(x, how)
+            if bpda:
+                xs = straight_through(xs, x)
+            scores.append((p - torch.softmax(self.classifier(xs), 1)).abs().sum(1))
+        return torch.stack(scores, 1).amax(1)
+
+    def _score_batch(self, x):
+        return self._score_tensor(x, bpda=False).double().cpu().numpy()
+
+    def score_logit(self, x: torch.Tensor) -> torch.Tensor:
+        """Log of the squeezing score of scaled input ``x``; the squeezer's backward pass is the identity (BPDA)."""
+        with _ModeOnly(self._check_fitted()):
+            return torch.log(self._score_tensor(x, bpda=True) + LOG_FLOOR)
+
+
+BASELINES: dict[str, type[_Baseline]] = {
+    "max_softmax": MaxSoftmaxDetector,
+    "mahalanobis": MahalanobisDetector,
+    "lid": LIDDetector,
+    "kd_bu": KernelDensityDetector,
+    "squeeze": SqueezeDetector,
+}
+
+
+def make_baseline(name: BaselineName, **kwargs) -> _Baseline:
+    """A new, unfitted baseline detector by name.
+
+    Parameters
+    ----------
+    name
+        One of :data:`BASELINES`: ``'max_softmax'``, ``'mahalanobis'``, ``'lid'``, ``'kd_bu'``, ``'squeeze'``.
+    **kwargs
+        Keyword options of that detector's class (e.g. ``k=`` for ``'lid'``, ``squeezers=`` for ``'squeeze'``).
+
+    Returns
+    -------
+    The detector; call ``.fit(classifier, X_clean, X_adv=..., y=..., rng=...)``, then
+    ``.calibrate(X_clean_val, target_fpr=0.05)``, then ``.score(X)`` / ``.flag(X)``.
+
+    Examples
+    --------
+    >>> from scadversarial.detection import make_baseline
+    >>> make_baseline("lid", k=10).k
+    10
+    """
+    if name not in BASELINES:
+        msg = f"Unknown baseline detector {name!r}; choose one of {sorted(BASELINES)}."
+        raise ValueError(msg)
+    return BASELINES[name](**kwargs)
+
+
+__all__ = [
+    "BASELINES",
+    "BaselineDetector",
+    "BaselineName",
+    "KernelDensityDetector",
+    "LIDDetector",
+    "MahalanobisDetector",
+    "MaxSoftmaxDetector",
+    "ReferenceSplit",
+    "SqueezeDetector",
+    "make_baseline",
+    "reference_split",
+]
