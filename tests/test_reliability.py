@@ -5,8 +5,11 @@ Each test here failed before the fix it guards (issue 15).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import stat
 import subprocess
 from pathlib import Path
 
@@ -14,10 +17,13 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 
 import scadversarial as sad
 from scadversarial._settings import logger
 from scadversarial._validate import check_choice, get_matrix
+from scadversarial.models import load_model, save_model
+from scadversarial.models.classifier import CellClassifier
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
@@ -208,3 +214,81 @@ def test_verbosity_info_messages_reach_the_user():
     loud = subprocess.run([sys.executable, "-c", code.format(v=2)], capture_output=True, text=True, check=True)
     assert "preprocess: 700 cells x 200 genes" not in quiet.stderr
     assert "preprocess: 700 cells x 200 genes" in loud.stderr
+
+
+# --- 8. model files ------------------------------------------------------------------------------
+
+
+def small_classifier(seed: int) -> CellClassifier:
+    """An untrained classifier with seeded weights (saving does not need a trained one)."""
+    torch.manual_seed(seed)
+    return CellClassifier([f"g{i}" for i in range(40)], ["a", "b", "c"], hidden=(16, 8), dropout=(0.1, 0.1))
+
+
+def test_model_files_have_the_same_mode(tmp_path):
+    d = save_model(small_classifier(0), tmp_path / "clf")
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in d.iterdir()}
+    assert set(modes) == {"model.safetensors", "config.json", "genes.txt"}
+    assert set(modes.values()) == {0o666 & ~umask}, modes
+    assert stat.S_IMODE(d.stat().st_mode) == 0o777 & ~umask
+
+
+def test_interrupted_save_keeps_the_previous_bundle(tmp_path):
+    d = save_model(small_classifier(0), tmp_path / "clf")
+    before = {f.name: f.read_bytes() for f in d.iterdir()}
+    broken = small_classifier(1)
+    broken.config["note"] = object()  # not JSON: the save fails after the weights are written
+    with pytest.raises(TypeError):
+        save_model(broken, d)
+    assert {f.name: f.read_bytes() for f in d.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clf"]  # no temporary folder left behind
+    again = small_classifier(2)
+    save_model(again, d)  # a later save replaces the bundle
+    torch.testing.assert_close(load_model(d).head.weight, again.head.weight)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clf"]
+
+
+def test_save_refuses_a_folder_of_other_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"notes\.txt.*new or empty"):
+        save_model(small_classifier(0), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_corrupt_weights_name_the_file(tmp_path, damage):
+    d = save_model(small_classifier(0), tmp_path / "clf")
+    weights = d / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[-5] ^= 0xFF  # a weight changes; the file still parses
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"(?is)truncated or corrupt.*re-save") as err:
+        load_model(d)
+    assert str(weights) in str(err.value)
+    if damage == "truncate":  # a bundle saved without the checksum: safetensors' own check, same message
+        meta = json.loads((d / "config.json").read_text())
+        del meta["weights_sha256"]
+        (d / "config.json").write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match=r"(?is)truncated or corrupt.*SafetensorError.*re-save") as err:
+            load_model(d)
+        assert str(weights) in str(err.value)
+
+
+def test_format_version(tmp_path):
+    d = save_model(small_classifier(0), tmp_path / "clf")
+    meta = json.loads((d / "config.json").read_text())
+    assert meta["format_version"] == 1
+    meta["format_version"] = 99
+    (d / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"format_version 99.*newer.*pip install -U scadversarial") as err:
+        load_model(d)
+    assert str(d / "config.json") in str(err.value)
+    del meta["format_version"]  # bundles written before the version was recorded still load
+    meta.pop("weights_sha256", None)
+    (d / "config.json").write_text(json.dumps(meta))
+    torch.testing.assert_close(load_model(d).head.weight, small_classifier(0).head.weight)

@@ -1,26 +1,33 @@
 """Safe persistence of ``sad`` models and the in-process registry that ``.uns`` references point to.
 
 A saved model is a directory with ``model.safetensors`` (weights and buffers), ``config.json``
-(class name, constructor config) and ``genes.txt`` (input gene names). Loading parses JSON and
-safetensors only and builds classes from an allow-list: opening a model never runs code.
+(format version, class name, constructor config, SHA-256 of the weights file) and ``genes.txt``
+(input gene names). Loading parses JSON and safetensors only and builds classes from an
+allow-list: opening a model never runs code. A save is atomic: the bundle is written into a
+temporary folder beside the target and renamed into place, so an interrupted save leaves the
+previous bundle as it was.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 from ._base import MODEL_CLASSES, SadModel
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 GENES = "genes.txt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # layout of a saved bundle; bump when a reader of the old layout would misread the new
+BUNDLE_FILES = frozenset({WEIGHTS, CONFIG, GENES})
 
 #: Live models of this process, keyed by the id stored in their ``.uns`` reference.
 _REGISTRY: dict[str, SadModel] = {}
@@ -60,40 +67,120 @@ def reference(model: SadModel, path: str | Path = "") -> dict[str, Any]:
 
 
 def save_model(model: SadModel, path: str | Path) -> Path:
-    """Save ``model`` to directory ``path`` (created) as safetensors + JSON + gene list."""
+    """Save ``model`` to directory ``path`` as safetensors + JSON + gene list, atomically.
+
+    The files are written into a temporary folder beside ``path`` and renamed into place: an
+    interrupted or failed save leaves a previous bundle at ``path`` intact. ``path`` must be new,
+    empty, or a bundle saved before (its files are replaced).
+
+    Parameters
+    ----------
+    model
+        The model to save.
+    path
+        Directory of the bundle (created, with its parents).
+
+    Returns
+    -------
+    ``path``, holding ``model.safetensors``, ``config.json`` and ``genes.txt``.
+
+    Examples
+    --------
+    >>> from scadversarial.models import load_model, save_model
+    >>> save_model(clf, "models/classifier")  # doctest: +SKIP
+    >>> clf = load_model("models/classifier")  # doctest: +SKIP
+
+    """
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path / WEIGHTS))
-    config = {k: v for k, v in model.config.items() if k != "var_names"}
-    meta = {"format_version": FORMAT_VERSION, "class": type(model).__name__, "id": register(model), "config": config}
-    (path / CONFIG).write_text(json.dumps(meta, indent=1))
-    if "var_names" in model.config:
-        (path / GENES).write_text("\n".join(model.config["var_names"]) + "\n")
+    _check_target(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.saving-{uuid.uuid4().hex}"
+    tmp.mkdir()  # mode from the umask, like every other folder the user makes
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        weights = save_safetensors(state)
+        (tmp / WEIGHTS).write_bytes(weights)  # mode from the umask, like the metadata beside it
+        config = {k: v for k, v in model.config.items() if k != "var_names"}
+        meta = {
+            "format_version": FORMAT_VERSION, "class": type(model).__name__, "id": register(model),
+            "weights_sha256": hashlib.sha256(weights).hexdigest(), "config": config,
+        }  # fmt: skip
+        (tmp / CONFIG).write_text(json.dumps(meta, indent=1))
+        if "var_names" in model.config:
+            (tmp / GENES).write_text("\n".join(model.config["var_names"]) + "\n")
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return path
+
+
+def _check_target(path: Path) -> None:
+    """Refuse to replace a file, or a folder that holds anything but a saved bundle's files."""
+    if path.exists() and not path.is_dir():
+        msg = f"Cannot save a model to {str(path)!r}: it is a file. Pass a directory path (it is created)."
+        raise ValueError(msg)
+    if path.is_dir():
+        other = sorted(p.name for p in path.iterdir() if p.name not in BUNDLE_FILES)
+        if other:
+            msg = (
+                f"Cannot save a model to {str(path)!r}: the folder holds other files ({', '.join(other[:10])}) "
+                "that the save would replace. Pass a new or empty directory, or the directory of a saved sad model."
+            )
+            raise ValueError(msg)
+
+
+def _replace_dir(new: Path, path: Path) -> None:
+    """Move the finished bundle ``new`` to ``path``, replacing a previous bundle there (two renames)."""
+    if not path.exists():
+        new.rename(path)
+        return
+    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex}"
+    path.rename(old)
+    try:
+        new.rename(path)
+    except BaseException:
+        old.rename(path)  # put the previous bundle back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_model(path: str | Path, *, expected_id: str | None = None, device=None) -> SadModel:
     """Load a model saved by :func:`save_model`; no code is executed (JSON + safetensors only).
+
+    Parameters
+    ----------
+    path
+        Directory of the bundle.
+    expected_id
+        Refuse a model whose id differs (the id an AnnData's reference holds).
+    device
+        Move the model there (default: CPU).
+
+    Returns
+    -------
+    The model, in eval mode and registered under its saved id.
 
     Raises
     ------
     FileNotFoundError
         ``path`` or one of its files is missing.
     ValueError
-        The files are corrupt, name an unknown model class, or do not match ``expected_id``.
+        A file is truncated or corrupt (the message names it), the bundle is of a newer format
+        version, names an unknown model class, or does not match ``expected_id``.
+
+    Examples
+    --------
+    >>> from scadversarial.models import load_model
+    >>> clf = load_model("models/classifier")  # doctest: +SKIP
 
     """
     path = Path(path)
     if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
         msg = f"No saved sad model in {str(path)!r} (expected {CONFIG} and {WEIGHTS}). Save one with `sad.save_models(adata, DIR)`."
         raise FileNotFoundError(msg)
-    try:
-        meta = json.loads((path / CONFIG).read_text())
-        cls_name, config = meta["class"], dict(meta["config"])
-    except (ValueError, KeyError, TypeError) as e:
-        msg = f"Corrupt model config {str(path / CONFIG)!r}: {e}. Re-save the model."
-        raise ValueError(msg) from e
+    meta = _read_meta(path / CONFIG)
+    cls_name, config = meta["class"], dict(meta["config"])
     cls = MODEL_CLASSES.get(cls_name)
     if cls is None:
         msg = f"{str(path)!r} holds a model of unknown class {cls_name!r}; known classes: {sorted(MODEL_CLASSES)}."
@@ -103,18 +190,67 @@ def load_model(path: str | Path, *, expected_id: str | None = None, device=None)
         raise ValueError(msg)
     if (path / GENES).is_file():
         config["var_names"] = (path / GENES).read_text().splitlines()
+    state = _read_weights(path / WEIGHTS, meta.get("weights_sha256"))
     try:
         model = cls.from_config(config)
-        state = load_file(str(path / WEIGHTS), device="cpu")
         model.load_state_dict(state)
     except Exception as e:
-        msg = f"Could not load the model in {str(path)!r} ({type(e).__name__}: {e}). The files are corrupt or from another version."
+        msg = (
+            f"The weights in {str(path / WEIGHTS)!r} do not fit the model that {str(path / CONFIG)!r} describes "
+            f"({type(e).__name__}: {e}). The files are corrupt or mixed from two saves: re-save the model."
+        )
         raise ValueError(msg) from e
     model.eval()
     if device is not None:
         model.to(device)
     register(model, meta.get("id"))
     return model
+
+
+def _read_meta(file: Path) -> dict[str, Any]:
+    """The parsed ``config.json`` of a bundle, its format version checked (absent: the first layout)."""
+    try:
+        meta = json.loads(file.read_text())
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        problem = str(e)
+    else:
+        problem = _meta_problem(meta)
+    if problem:
+        msg = f"Corrupt model config {str(file)!r}: {problem}. Re-save the model."
+        raise ValueError(msg)
+    version = meta.get("format_version", 1)
+    if version > FORMAT_VERSION:
+        msg = (
+            f"{str(file)!r} has format_version {version}, newer than this scadversarial reads ({FORMAT_VERSION}): "
+            "it was saved by a newer version. Upgrade with `pip install -U scadversarial`."
+        )
+        raise ValueError(msg)
+    return meta
+
+
+def _meta_problem(meta: Any) -> str | None:
+    """What is wrong with a parsed ``config.json`` (keys every layout has, an integer version), or ``None``."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("class"), str) or not isinstance(meta.get("config"), dict):
+        return "it needs a 'class' name and a 'config' object"
+    version = meta.get("format_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int):
+        return f"format_version must be an integer, got {version!r}"
+    return None
+
+
+def _read_weights(file: Path, sha256: str | None) -> dict:
+    """The tensors of a ``model.safetensors``, checked against the SHA-256 recorded at save time."""
+    data = file.read_bytes()
+    problem = None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        problem = f"its SHA-256 differs from the one {CONFIG} recorded at save time"
+    else:
+        try:
+            return load_safetensors(data)
+        except (SafetensorError, ValueError, KeyError, TypeError) as e:  # a bad header, short data, unknown dtype
+            problem = f"{type(e).__name__}: {e}"
+    msg = f"The model file {str(file)!r} is truncated or corrupt ({problem}). Re-save the model, or restore the file."
+    raise ValueError(msg)
 
 
 __all__ = ["save_model", "load_model", "reference", "register", "lookup", "genes_sha256"]
