@@ -34,7 +34,7 @@ COLUMNS = (
 )  # fmt: skip
 #: A spec of one threat: keyword arguments of :func:`~scadversarial.tl.attack`, a list of them (a sweep whose
 #: layers are pooled worst case per cell), or a callable that writes attacked layers on the cells and names them.
-ThreatSpec = Mapping[str, Any] | Sequence[Mapping[str, Any]] | Callable[[AnnData], Sequence[str]]
+ThreatSpec = Mapping[str, Any] | Sequence[Mapping[str, Any]] | Callable[[AnnData], Sequence[str] | Mapping[str, Space]]
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ def _scorers(
                 X_train = matrix_for_genes(adata[train], clf.var_names, None)
                 X_val = matrix_for_genes(adata[val], clf.var_names, None)
                 X_adv = _train_adversarial(adata, train, clf, opts)
-            base = make_baseline(det)
+            base = make_baseline(det, batch_size=opts.batch_size, device=opts.device)
             base.fit(clf, X_train, X_adv=X_adv, rng=np.random.default_rng(opts.random_state))
             thr = base.calibrate(X_val, target_fpr=opts.target_fpr)
             out[name] = _Scorer(base.score, float(thr))
@@ -305,17 +305,19 @@ def _run_threat(
     from ._attack import attack
 
     if callable(spec):
-        layers = [str(x) for x in spec(cells)]
+        written = spec(cells)
+        if isinstance(written, Mapping):  # {layer: space}
+            layers = {str(k): (str(v), "custom") for k, v in written.items()}
+        else:  # layer names: their attack record states the space
+            layers = {str(k): _record_space(_layer_record(cells, str(k))[1]) for k in written}
         missing = [x for x in layers if x not in cells.layers]
         if not layers or missing:
-            msg = f"Threat {name!r}: its callable must write attacked layers and return their names; missing: {missing or layers}."
+            msg = (
+                f"Threat {name!r}: its callable must write attacked layers and return their names (or "
+                f"{{layer: space}}); missing: {missing or list(layers)}."
+            )
             raise ValueError(msg)
-        rows = []
-        for lay in layers:
-            row = name if len(layers) == 1 else f"{name} {lay}"
-            meta = _record_space(_layer_record(cells, lay)[1])
-            rows.append((row, [(lay, meta[0])], meta))
-        return rows
+        return [(name if len(layers) == 1 else f"{name} {lay}", [(lay, meta[0])], meta) for lay, meta in layers.items()]
     sweep = not isinstance(spec, Mapping)
     specs = list(spec) if sweep else [spec]
     if not specs or not all(isinstance(s, Mapping) for s in specs):
@@ -391,7 +393,7 @@ def benchmark_detectors(
         a row, e.g. ``{'method': 'pgd', 'eps': (0.05, 0.1)}``), a list of such dicts (one
         worst-case row), or a callable that writes attacked layers on the AnnData it gets (the
         benchmarked cells) and returns their names (one row per layer; its space is read from the
-        layer's attack record, scaled when it has none).
+        layer's attack record, scaled when it has none) or ``{layer: space}``.
     detectors
         Names (``'sad'`` and baselines of :data:`scadversarial.detection.BASELINES`), or
         ``{name: detector}`` with an :class:`~scadversarial.models.AdversarialDetector` or a fitted
