@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -108,6 +109,13 @@ class CellClassifier(SadModel):
         """Logits of log-normalized input ``x``, scaled by the built-in transform (differentiable)."""
         return self(self.transform(x))
 
+    def for_space(self, space: Space, *, target_sum: float | None = None) -> SpaceClassifier:
+        """The classifier fed the matrix of ``space`` through its own differentiable transform.
+
+        See :class:`SpaceClassifier`; ``target_sum`` is needed for ``space='counts'``.
+        """
+        return SpaceClassifier(self, space, target_sum=target_sum)
+
     @torch.no_grad()
     def predict_arrays(
         self, X: np.ndarray, *, batch_size: int | None = None, device=None
@@ -137,3 +145,80 @@ class CellClassifier(SadModel):
         if not logits:
             return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, n_emb), np.float32)
         return np.concatenate(logits), np.concatenate(emb)
+
+
+Space = Literal["scaled", "log", "counts"]
+SPACES: tuple[str, ...] = ("scaled", "log", "counts")
+_MIN_LIBRARY = 1e-12  # guards the division for a cell whose library is 0 (its counts are all 0 then)
+
+
+def counts_to_lognorm(counts: torch.Tensor, other: torch.Tensor, target_sum: float) -> torch.Tensor:
+    """``log1p(counts * target_sum / library)`` with ``library = other + counts.sum(1)`` (differentiable).
+
+    ``sad.pp.preprocess`` normalizes each cell by its total counts over *all* genes, while the
+    classifier sees only the kept genes; ``other`` is each cell's count outside them (its original
+    total minus the kept genes' counts), so a change of the kept counts moves the library size
+    exactly as re-preprocessing the changed cell would.
+    """
+    library = other[:, None] + counts.sum(1, keepdim=True)
+    # a cell with no counts at all normalizes to zeros (scanpy leaves it at zero too)
+    return torch.log1p(counts * (target_sum / library.clamp_min(_MIN_LIBRARY)))
+
+
+class SpaceClassifier(nn.Module):
+    """A :class:`CellClassifier` taking the matrix of one feature space, through its own transform.
+
+    ``'scaled'``: the classifier's input ``X`` as is; ``'log'``: log-normalized values
+    (``.layers['sad_lognorm']``) -> per-gene scaling -> clip; ``'counts'``: counts of the kept genes
+    (``.layers['counts']``) -> library-size normalization -> ``log1p`` -> scaling -> clip. Every
+    step is differentiable, so an attack on that space reaches the classifier end to end.
+
+    Parameters
+    ----------
+    classifier
+        The classifier (any module mapping scaled input to logits; ``'log'`` and ``'counts'`` need
+        its ``transform``).
+    space
+        The input's feature space.
+    target_sum
+        Library size after normalization (``.uns['sad']['preprocess']['params']['target_sum']``);
+        needed for ``'counts'``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> clf = CellClassifier(["g1", "g2"], ["a", "b"])
+    >>> view = clf.for_space("counts", target_sum=1e4)
+    >>> view(torch.tensor([[3.0, 0.0]]), torch.tensor([97.0])).shape
+    torch.Size([1, 2])
+
+    """
+
+    def __init__(self, classifier: nn.Module, space: Space, *, target_sum: float | None = None) -> None:
+        super().__init__()
+        if space not in SPACES:
+            msg = f"Unknown space {space!r}; choose one of {SPACES}."
+            raise ValueError(msg)
+        if space != "scaled" and not isinstance(getattr(classifier, "transform", None), nn.Module):
+            msg = f"space={space!r} needs a classifier with an input transform (a sad CellClassifier); use space='scaled'."
+            raise TypeError(msg)
+        if space == "counts" and (target_sum is None or target_sum <= 0):
+            msg = "space='counts' needs the positive target_sum of the normalization (`sad.pp.preprocess`'s record)."
+            raise ValueError(msg)
+        self.classifier, self.space = classifier, space
+        self.target_sum = None if target_sum is None else float(target_sum)
+
+    def to_scaled(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+        """The classifier's scaled input from ``x`` in this space (``other``: counts outside the kept genes)."""
+        if self.space == "scaled":
+            return x
+        if self.space == "counts":
+            if other is None:
+                msg = "space='counts' needs each cell's counts outside the kept genes (`other`)."
+                raise ValueError(msg)
+            x = counts_to_lognorm(x, other, self.target_sum)
+        return self.classifier.transform(x)
+
+    def forward(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of ``x`` given in this space."""
+        return self.classifier(self.to_scaled(x, other))

@@ -1,6 +1,7 @@
 """AnnData-facing tools: classifier, attacks, detection and evaluation (``sad.tl``)."""
 
-from ._attack import attack
+from ._attack import AttackOptions, ThreatModel, attack
+from ._benchmark import BenchmarkOptions, benchmark_detectors
 from ._blackbox import (
     attack_overview,
     cgd_attack,
@@ -14,3 +15,5 @@ from ._classifier import predict, train_classifier
 from ._detect import detect, meta_features, train_detector
 from ._evaluate import evaluate
 from ._models import get_model, load_models, save_models
+from ._shifts import BenignShift, benign_shift
+from ._space import layer_space, other_counts, scaled_matrix, space_layer

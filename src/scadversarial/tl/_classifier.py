@@ -9,11 +9,12 @@ from anndata import AnnData
 
 from .. import _keys
 from .._settings import logger, settings
-from .._validate import check_adata, check_labels, check_obs_key, get_matrix, h5ad_safe, matrix_for_genes, set_record
+from .._validate import check_adata, check_labels, check_obs_key, get_matrix, h5ad_safe, set_record
 from ..models.classifier import CellClassifier
 from ..models.training import fit_classifier
 from ._metrics import classification_metrics
 from ._models import get_model, set_model_reference
+from ._space import scaled_matrix
 
 
 def _split_masks(adata: AnnData, split_key: str) -> dict[str, np.ndarray]:
@@ -169,7 +170,9 @@ def predict(
     """Apply a trained classifier to ``adata`` (the training data or a new AnnData).
 
     Genes are aligned by name to the model's genes. The input must be scaled like the training
-    data (:func:`~scadversarial.pp.preprocess` with ``reference=``).
+    data (:func:`~scadversarial.pp.preprocess` with ``reference=``). A log-normalized or count
+    layer (``sad_lognorm``, ``counts``, or an attack layer made in log or count space, see
+    :func:`layer_space`) is converted through the model's own transform first.
 
     Parameters
     ----------
@@ -195,7 +198,7 @@ def predict(
     check_adata(adata)
     if model is None:
         model = get_model(adata, _keys.STEP_CLASSIFIER)
-    X = matrix_for_genes(adata, model.var_names, layer, missing=missing)
+    X = scaled_matrix(adata, model, layer, missing=missing)
     if copy:
         adata = adata.copy()
     _write_predictions(adata, model, X, layer=layer)

@@ -24,6 +24,7 @@ from ..detection import (
 from ..models.classifier import CellClassifier
 from ..models.detector import AdversarialDetector
 from ._models import get_model, set_model_reference
+from ._space import scaled_matrix
 
 ROLES = ("meta_train", "calibration", "reference", "unused")
 
@@ -208,7 +209,7 @@ def train_detector(
 
     dev = settings.torch_device(device)
     X = matrix_for_genes(adata, clf.var_names, None)
-    advs = {name: matrix_for_genes(adata, clf.var_names, name) for name in layers}
+    advs = {name: scaled_matrix(adata, clf, name) for name in layers}  # each layer read in its own space
     rows = np.concatenate([meta_idx, cal_idx, ref_idx])
     if (split[rows] == "test").any():  # cannot happen by construction; never train on test cells
         msg = "Internal error: a test-split cell was selected for detector training."
@@ -337,7 +338,8 @@ def detect(
     adata
         AnnData to score (the training data or new data scaled with :func:`~scadversarial.pp.preprocess` ``reference=``).
     layer
-        Matrix to score: ``None`` (``X``), a layer name, or a list of them.
+        Matrix to score: ``None`` (``X``), a layer name, or a list of them. A layer made in log or
+        count space (see :func:`layer_space`) is converted through the classifier's transform first.
     model
         A detector; by default the one referenced in ``adata.uns['sad'][detector_key]``.
     detector_key
@@ -385,7 +387,7 @@ def detect(
         )
         raise ValueError(msg)
     layers = _layer_list(layer)
-    mats = {lay: matrix_for_genes(adata, model.var_names, lay, missing=missing) for lay in layers}
+    mats = {lay: scaled_matrix(adata, model, lay, missing=missing) for lay in layers}
     thr = float(model.threshold) if threshold is None else float(threshold)
     results = {
         lay: model.score_arrays(M, batch_size=batch_size, device=settings.torch_device(device))
@@ -478,7 +480,7 @@ def meta_features(
     layers = _layer_list(layer)
     bs = int(batch_size or settings.batch_size)
     dev = settings.torch_device(device)
-    mats = {lay: matrix_for_genes(adata, model.var_names, lay, missing=missing) for lay in layers}
+    mats = {lay: scaled_matrix(adata, model, lay, missing=missing) for lay in layers}
     if isinstance(model, AdversarialDetector):
         out = {lay: model.score_arrays(M, batch_size=bs, device=dev)[0] for lay, M in mats.items()}
         names, groups, source = model.feature_names, model.groups, "detector"
