@@ -247,7 +247,7 @@ if given is not None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"method": "pgd"}, "Unknown method"),
+        ({"method": "pgd"}, "method='pgd' is not one of"),
         ({"eps": 0.0}, "eps"),
         ({"max_queries": 0}, "max_queries"),
         ({"p_init": 1.5}, "p_init"),

@@ -50,11 +50,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Literal, get_args
+from typing import Literal
 
 import numpy as np
 
 from .._settings import progress
+from .._validate import check_choice
 
 __all__ = ["ScoreAttackParams", "ScoreAttackResult", "score_attack"]
 
@@ -181,9 +182,7 @@ def _entry_mask(mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
 def _check_inputs(
     X: np.ndarray, y: np.ndarray, method: str, eps: float, max_queries: int, p_init: float, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    if method not in get_args(ScoreMethod):
-        msg = f"Unknown method {method!r}; use one of {get_args(ScoreMethod)}."
-        raise ValueError(msg)
+    check_choice("method", method, ScoreMethod)
     X = np.asarray(X)
     if X.ndim != 2 or not np.issubdtype(X.dtype, np.number):
         msg = f"`X` must be a numeric cells x genes matrix, got shape {X.shape} and dtype {X.dtype}."
@@ -218,15 +217,21 @@ def _box(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-entry float32 bounds of the feasible box, rounded inwards: every float32 in it is within eps and bounds.
 
-    Entries that may not move get ``lo = hi = X``.
+    Entries that may not move get ``lo = hi = X``. ``X - eps`` rounds in float64 too, so each bound is checked
+    against eps and the bounds as a float64 difference of float32 values (exact for the values of expression
+    data) and moved inwards by one float32 step until it holds.
     """
     x64 = X.astype(np.float64)
-    lo64 = np.maximum(x64 - eps, lower)
-    hi64 = np.minimum(x64 + eps, upper)
-    lo = lo64.astype(np.float32)
-    hi = hi64.astype(np.float32)
-    lo = np.where(lo.astype(np.float64) < lo64, np.nextafter(lo, np.float32(np.inf)), lo)
-    hi = np.where(hi.astype(np.float64) > hi64, np.nextafter(hi, np.float32(-np.inf)), hi)
+    lo = np.maximum(x64 - eps, lower).astype(np.float32)
+    hi = np.minimum(x64 + eps, upper).astype(np.float32)
+    while True:
+        lo64, hi64 = lo.astype(np.float64), hi.astype(np.float64)
+        bad_lo = allowed & ((x64 - lo64 > eps) | (lo64 < lower))
+        bad_hi = allowed & ((hi64 - x64 > eps) | (hi64 > upper))
+        if not (bad_lo.any() or bad_hi.any()):
+            break
+        lo = np.where(bad_lo, np.nextafter(lo, np.float32(np.inf)), lo)
+        hi = np.where(bad_hi, np.nextafter(hi, np.float32(-np.inf)), hi)
     lo = np.where(allowed, np.minimum(lo, X), X)  # X itself is feasible (checked): rounding cannot pass it
     hi = np.where(allowed, np.maximum(hi, X), X)
     return lo, hi
@@ -366,6 +371,8 @@ def _nes_chunk(
         budget = int((max_queries - state.n_queries[idx]).min())  # equal within a chunk's active cells
         n_cur = int(fresh)
         n_pairs = min(_NES_PAIRS, (budget - n_cur) // 2)
+        if n_cur + n_pairs == 0:  # one query left and the iterate's loss known: nothing worth asking
+            break
         x = cur[idx]
         lo, hi, movable = state.lo[idx], state.hi[idx], state.movable[idx]
         u = rng.standard_normal((n_pairs, *x.shape)) * movable
