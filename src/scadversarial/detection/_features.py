@@ -29,6 +29,10 @@ FEATURE_GROUPS = ("internal", "gradient", "input")
 GRADIENT_FEATURES = ("grad_log_mean_abs", "grad_log_var_abs", "grad_log_l2")
 INPUT_FEATURES = ("frac_at_min", "frac_below_min", "log_pca_residual", "log_knn_distance")
 _BIG = 1e30
+# floors inside the logarithms of the input features: far below a measured cell's residual
+# (mean squared, ~0.1-1) and nearest-cell distance (~10), they only keep log(0) finite
+_RESIDUAL_FLOOR = 1e-8
+_KNN_FLOOR = 1e-6
 #: Width, in scaled input units, of the smooth stand-ins behind ``frac_at_min`` / ``frac_below_min``
 #: in the differentiable path: half the seed PGD's middle budget (eps 0.1), so that a gene one
 #: attack step away from its minimum still feels the pull of the feature.
@@ -147,8 +151,8 @@ class InputConsistency(nn.Module):
             [
                 at_min / n_genes,
                 below / n_genes,
-                torch.log(resid + 1e-8),
-                torch.log(knn + 1e-6),
+                torch.log(resid + _RESIDUAL_FLOOR),
+                torch.log(knn + _KNN_FLOOR),
             ],
             dim=1,
         )
@@ -196,7 +200,7 @@ class InputConsistency(nn.Module):
         if bool(self_match.any()):  # as in forward: a reference cell is not its own neighbour
             s = d2.topk(k + 1, dim=1, largest=False).values[:, 1:] + p_sq[:, None]
             knn = torch.where(self_match, straight_through(s.clamp_min(0), s).sqrt().mean(1), knn)
-        return torch.stack([at_min, below, torch.log(resid + 1e-8), torch.log(knn + 1e-6)], dim=1)
+        return torch.stack([at_min, below, torch.log(resid + _RESIDUAL_FLOOR), torch.log(knn + _KNN_FLOOR)], dim=1)
 
 
 def fit_input_reference(

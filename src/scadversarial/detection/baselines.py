@@ -59,6 +59,14 @@ Squeezer = Literal["filter", "quantize"]
 COVARIANCE_RIDGE = 1e-3
 #: Neighbours for LID estimates (Ma et al. 2018 use 10-20 on minibatches of 100).
 LID_NEIGHBORS = 20
+#: Reference cells of LID: 5x Ma et al.'s minibatch of 100, a stable estimate at k=20 that keeps
+#: the cells x reference distance products small.
+LID_REFERENCE = 500
+#: Reference cells of the kernel density: enough for every class of a PBMC-sized training split.
+KD_REFERENCE = 2000
+#: Bit depth of the ``'quantize'`` squeezer: 31 levels over ~6 log units, a step of ~0.2 (between
+#: the log-expression of 1 and 2 counts at typical depth, so measured profiles barely move).
+SQUEEZE_BITS = 5
 #: A distance this small relative to the k-th one is a cell meeting itself in the reference.
 SELF_MATCH = 1e-6
 #: k of the bandwidth rule of the kernel density: the median distance of a reference cell to its
@@ -189,7 +197,29 @@ class BaselineDetector(Protocol):
         y: np.ndarray | None = None,
         rng: np.random.Generator | int | None = None,
     ) -> Self:
-        """Fit on clean training cells (and adversarial ones where the method uses them)."""
+        """Fit on clean training cells (and adversarial ones where the method uses them).
+
+        Parameters
+        ----------
+        classifier
+            The watched classifier (kept by reference, not copied).
+        X_clean
+            Clean training-split cells, scaled classifier input (cells x genes).
+        X_adv
+            Adversarial examples made from training-split cells (``'lid'`` and ``'kd_bu'`` fit a
+            logistic regression on them; the others ignore them). Rows stacked as attacked copies
+            of ``X_clean`` (a multiple of its length) are paired with their sources, see
+            :func:`reference_split`.
+        y
+            Class of each ``X_clean`` row (class names or indices of ``classifier.classes``);
+            ``None``: the classifier's predictions (``'mahalanobis'``, ``'kd_bu'``).
+        rng
+            Seed or generator of the reference subsets and MC-dropout masks.
+
+        Returns
+        -------
+        The fitted detector itself.
+        """
 
     def score(self, X: np.ndarray) -> np.ndarray:
         """Scores of scaled cells (higher: more suspicious)."""
@@ -346,12 +376,20 @@ class MaxSoftmaxDetector(_Baseline):
 
     name = "max_softmax"
 
-    def fit(self, classifier, X_clean, *, X_adv=None, y=None, rng=None) -> Self:
+    def fit(
+        self,
+        classifier: CellClassifier,
+        X_clean: np.ndarray,
+        *,
+        X_adv: np.ndarray | None = None,
+        y: np.ndarray | None = None,
+        rng: np.random.Generator | int | None = None,
+    ) -> Self:
         """Keep the classifier (``X_clean``, ``X_adv``, ``y``, ``rng`` are not needed)."""
         self.classifier = classifier
         return self
 
-    def _score_batch(self, x):
+    def _score_batch(self, x: torch.Tensor) -> np.ndarray:
         p = torch.softmax(self.classifier(x).double(), 1)
         return (1 - p.amax(1)).cpu().numpy()
 
@@ -381,7 +419,15 @@ class MahalanobisDetector(_Baseline):
 
     name = "mahalanobis"
 
-    def fit(self, classifier, X_clean, *, X_adv=None, y=None, rng=None) -> Self:
+    def fit(
+        self,
+        classifier: CellClassifier,
+        X_clean: np.ndarray,
+        *,
+        X_adv: np.ndarray | None = None,
+        y: np.ndarray | None = None,
+        rng: np.random.Generator | int | None = None,
+    ) -> Self:
         """Class means and tied covariance of the clean cells' embeddings (``X_adv`` is not used)."""
         self.classifier = classifier
         logits, emb = classifier.predict_arrays(_as_float32(X_clean), batch_size=self.batch_size, device=self.device)
@@ -404,7 +450,7 @@ class MahalanobisDetector(_Baseline):
         z = emb @ w
         return (z[:, None, :] - m[None]).square().sum(2).amin(1)
 
-    def _score_batch(self, x):
+    def _score_batch(self, x: torch.Tensor) -> np.ndarray:
         return self._distances(self.classifier.embed(x).double()).cpu().numpy()
 
     def score_logit(self, x: torch.Tensor) -> torch.Tensor:
@@ -455,7 +501,7 @@ class LIDDetector(_Baseline):
         self,
         *,
         k: int = LID_NEIGHBORS,
-        n_reference: int = 500,
+        n_reference: int = LID_REFERENCE,
         batch_size: int | None = None,
         device: str | None = None,
     ) -> None:
@@ -475,7 +521,15 @@ class LIDDetector(_Baseline):
                 out.append(torch.stack([_lid(torch.cdist(a, r), self.k) for a, r in zip(acts, refs, strict=True)], 1))
         return torch.cat(out).double().cpu().numpy() if out else np.zeros((0, len(self.reference_)))
 
-    def fit(self, classifier, X_clean, *, X_adv=None, y=None, rng=None) -> Self:
+    def fit(
+        self,
+        classifier: CellClassifier,
+        X_clean: np.ndarray,
+        *,
+        X_adv: np.ndarray | None = None,
+        y: np.ndarray | None = None,
+        rng: np.random.Generator | int | None = None,
+    ) -> Self:
         """Reference activations, then the logistic regression (with ``X_adv``) or the clean LIDs' scale."""
         self.classifier = classifier
         X_clean = _as_float32(X_clean)
@@ -556,7 +610,7 @@ class KernelDensityDetector(_Baseline):
         *,
         bandwidth: float | None = None,
         n_samples: int = MC_SAMPLES,
-        n_reference: int = 2000,
+        n_reference: int = KD_REFERENCE,
         batch_size: int | None = None,
         device: str | None = None,
     ) -> None:
@@ -592,7 +646,15 @@ class KernelDensityDetector(_Baseline):
                 out.append(torch.stack([-log_kd, bu], 1))
         return torch.cat(out).cpu().numpy() if out else np.zeros((0, 2))
 
-    def fit(self, classifier, X_clean, *, X_adv=None, y=None, rng=None) -> Self:
+    def fit(
+        self,
+        classifier: CellClassifier,
+        X_clean: np.ndarray,
+        *,
+        X_adv: np.ndarray | None = None,
+        y: np.ndarray | None = None,
+        rng: np.random.Generator | int | None = None,
+    ) -> Self:
         """Reference embeddings and classes, bandwidth, then the logistic regression or the clean features' scale."""
         self.classifier = classifier
         gen = _rng(rng)
@@ -667,7 +729,7 @@ class SqueezeDetector(_Baseline):
         *,
         squeezers: tuple[Squeezer, ...] = ("filter",),
         threshold: float | None = None,
-        bits: int = 5,
+        bits: int = SQUEEZE_BITS,
         batch_size: int | None = None,
         device: str | None = None,
     ) -> None:
@@ -685,7 +747,15 @@ class SqueezeDetector(_Baseline):
             raise ValueError(msg)
         self.squeezers, self.threshold_log, self.bits = squeezers, threshold, int(bits)
 
-    def fit(self, classifier, X_clean, *, X_adv=None, y=None, rng=None) -> Self:
+    def fit(
+        self,
+        classifier: CellClassifier,
+        X_clean: np.ndarray,
+        *,
+        X_adv: np.ndarray | None = None,
+        y: np.ndarray | None = None,
+        rng: np.random.Generator | int | None = None,
+    ) -> Self:
         """Per-gene minimum and scale, filter threshold and quantization range from clean cells."""
         self.classifier = classifier
         X_clean = _as_float32(X_clean)
@@ -694,6 +764,8 @@ class SqueezeDetector(_Baseline):
         self.std_ = std
         above = (X_clean - self.min_) * std  # log units above the gene's minimum
         expressed = above[above > LOG_FLOOR]
+        # without any expressed value (an all-zero training matrix) one log unit stands in for both
+        # the filter threshold and the quantization range: nothing measured sits in between
         if self.threshold_log is None:
             self.threshold_ = 0.5 * float(expressed.min()) if len(expressed) else 1.0
         else:
@@ -720,7 +792,7 @@ class SqueezeDetector(_Baseline):
             scores.append((p - torch.softmax(self.classifier(xs), 1)).abs().sum(1))
         return torch.stack(scores, 1).amax(1)
 
-    def _score_batch(self, x):
+    def _score_batch(self, x: torch.Tensor) -> np.ndarray:
         return self._score_tensor(x, bpda=False).double().cpu().numpy()
 
     def score_logit(self, x: torch.Tensor) -> torch.Tensor:
