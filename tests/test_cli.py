@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import anndata as ad
+import numpy as np
 
 from scadversarial.cli import main
 
@@ -35,3 +36,14 @@ def test_cli_bad_data_is_a_clear_error(capsys, tmp_path):
     rc = main(["run", "--data", str(tmp_path / "missing.h5ad"), "--out", str(tmp_path / "o")])
     assert rc == 2
     assert "neither" in capsys.readouterr().err
+
+
+def test_cli_audit_refuses_pickles_and_bad_specs(capsys, tmp_path):
+    data = tmp_path / "a.h5ad"
+    ad.AnnData(np.ones((3, 2), dtype=np.float32)).write_h5ad(data)
+    rc = main(["audit", "--data", str(data), "--classifier", "model.pkl", "--groupby", "g", "--out", str(tmp_path)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "pickles are refused" in err and "module:function" in err
+    rc = main(["audit", "--data", str(data), "--classifier", "nothing", "--groupby", "g", "--out", str(tmp_path)])
+    assert rc == 2 and "neither a sad model directory nor an import path" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The ``scadversarial`` command: run the whole pipeline, or launch the interactive app."""
+"""The ``scadversarial`` command: run the whole pipeline, audit a classifier, or launch the interactive app."""
 
 from __future__ import annotations
 
@@ -20,6 +20,35 @@ def _run(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.out}/adata.h5ad, {args.out}/models/, {args.out}/report.json in {time.perf_counter() - t0:.1f} s"
     )
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import anndata as ad
+
+    from ._settings import settings
+    from .tl._audit import AuditOptions, audit, load_classifier
+
+    settings.progress = not args.no_progress
+    t0 = time.perf_counter()
+    adata = ad.read_h5ad(args.data)
+    classifier = load_classifier(args.classifier)
+    options = AuditOptions(
+        modifications=tuple(args.modifications.split(",")),
+        max_genes=AuditOptions.max_genes if args.max_genes is None else args.max_genes,
+        clusters=None if args.clusters is None else tuple(args.clusters.split(",")),
+        random_state=args.seed,
+    )
+    report = audit(
+        adata, groupby=args.groupby, out=args.out, classifier=classifier, layer=args.layer, output=args.output,
+        options=options,
+    )  # fmt: skip
+    s = report.summary
+    print(
+        f"audited the {s['classifier']['kind']} on {s['n_cells']} cells, {len(s['clusters'])} clusters, "
+        f"{s['n_genes_searched']} genes"
+    )
+    print(f"wrote {report.html}, {report.json} and {len(report.figures)} figures in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -46,6 +75,36 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--epochs", type=int, default=60, help="maximum classifier epochs")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.set_defaults(func=_run)
+    aud = sub.add_parser(
+        "audit",
+        help="robustness report of your own classifier (HTML + JSON)",
+        description="Black-box overviews (single-gene, max-change) per cluster, signature genes, white-box flip "
+        "rates where gradients exist, figures: OUT/report.html and OUT/summary.json.",
+    )
+    aud.add_argument("--data", required=True, help="FILE.h5ad with the cells, in the classifier's input space")
+    aud.add_argument(
+        "--classifier",
+        required=True,
+        help="a sad model directory (e.g. out/models/classifier), or module:object / module:function (your Python "
+        "code returning a torch module, estimator, CellTypist model or callable); pickles are refused",
+    )
+    aud.add_argument("--groupby", required=True, help=".obs column with the clusters")
+    aud.add_argument("--out", default="audit", help="output directory (default: audit)")
+    aud.add_argument("--layer", default=None, help="layer the classifier reads (default: X)")
+    aud.add_argument(
+        "--output",
+        default="proba",
+        choices=["proba", "logits", "log_proba"],
+        help="scores to read: logits (decision values) cannot tie when probabilities underflow",
+    )
+    aud.add_argument(
+        "--max-genes", type=int, default=None, help="gene budget: highly variable genes searched (default 500; 0: all)"
+    )
+    aud.add_argument("--modifications", default="perc1,perc99", help="comma-separated modifications")
+    aud.add_argument("--clusters", default=None, help="comma-separated clusters (default: all)")
+    aud.add_argument("--seed", type=int, default=0, help="random seed of the searches")
+    aud.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    aud.set_defaults(func=_audit)
     app = sub.add_parser("app", help="start the interactive Streamlit app")
     app.add_argument("--adata", default=None, help="FILE.h5ad written by `scadversarial run` (default: build a demo)")
     app.add_argument("--models", default=None, help="models directory (default: next to the .h5ad)")

@@ -1303,7 +1303,8 @@ def attack_overview(
     A DataFrame, one row per cluster x modification: ``cluster``, ``modification``, ``n_cells``,
     ``orig_call``, ``orig_score`` and, per mode, ``single_gene_n_found`` (flipping records),
     ``single_gene_n_genes`` (genes in them), ``single_gene_genes`` (the records, ``';'``-separated),
-    ``max_change_n_kept``, ``max_change_score``.
+    ``max_change_n_kept``, ``max_change_score``, ``max_change_signature`` (the searched genes not kept,
+    ``';'``-separated: the cluster's signature for this classifier).
 
     Writes ``.uns['sad']['attacks'][key_added]``: ``kind='blackbox'``, ``mode='overview'``,
     ``params``, ``metrics`` (``n_calls``, ``n_rows``, ``seconds``, ``setup_seconds``) and ``table``.
@@ -1370,6 +1371,7 @@ def attack_overview(
                 mc = max_change_search(oracle, idx, max_split_size=max_split_size, random_state=rng, method=method)
                 row["max_change_n_kept"] = len(mc.kept)
                 row["max_change_score"] = mc.score
+                row["max_change_signature"] = ";".join(ctx.genes[idx[~np.isin(idx, mc.kept)]])
             rows.append(row)
     seconds = time.perf_counter() - t0
     table = pd.DataFrame(rows)
