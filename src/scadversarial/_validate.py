@@ -87,7 +87,8 @@ def check_adata(adata: Any, *, min_obs: int = 1, allow_backed: bool = False) -> 
     if adata.n_obs < min_obs or adata.n_vars == 0:
         msg = (
             f"The AnnData is empty or too small ({adata.n_obs} cells x {adata.n_vars} genes; at least {min_obs} "
-            "cells and 1 gene needed). Check your filtering steps."
+            "cells and 1 gene needed). Check the filtering that emptied it (e.g. the thresholds of "
+            "`sc.pp.filter_cells` / `sc.pp.filter_genes`), or pass a larger AnnData."
         )
         raise ValueError(msg)
     if not adata.var_names.is_unique:  # genes are aligned by name: a repeated name is ambiguous
