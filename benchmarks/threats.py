@@ -37,6 +37,7 @@ import dataclasses
 import inspect
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,7 @@ LAMBDAS = (
 CGD_GENES = 500  # CGD visits the top of adverSCarial's sign-gene ranking: all 2,000 take ~10 s per cluster here
 ADAPTIVE_EPS = 0.5  # the expressed log threat the detector-aware attacker works in
 COLUMNS = ("flip_rate", "auroc", "auroc_flipped", "tpr_at_5fpr", "flagged", "evasion", "fpr", "pred_changed")
+CGD_WARNINGS: list[str] = []  # warnings of the CGD runs (ties of top probabilities), summarized at the end
 KEY_ROWS = (
     "seed PGD eps=0.15", "observed PGD", "expressed log eps=0.25", "expressed log eps=0.5", "counts eps=1",
     "counts eps=2", "CW", "DeepFool", "score-based", "CGD", "single-gene aberrant", "detector-aware (λ sweep)",
@@ -106,7 +108,10 @@ def _cgd(c, cluster):
     if "bench_sign_genes" not in c.uns["sad"].get("attacks", {}):
         sad.tl.sign_genes(c, groupby="sad_pred", key_added="bench_sign_genes")
     genes = [str(g) for g in c.uns["sad"]["attacks"]["bench_sign_genes"]["table"]["gene"][:CGD_GENES]]
-    sad.tl.cgd_attack(c, groupby="sad_pred", target=cluster, genes=genes, key_added=key)
+    with warnings.catch_warnings(record=True) as caught:  # tie warnings: counted, printed once at the end
+        warnings.simplefilter("always")
+        sad.tl.cgd_attack(c, groupby="sad_pred", target=cluster, genes=genes, key_added=key)
+    CGD_WARNINGS.extend(str(w.message).split(":")[0] for w in caught)
     return np.asarray(c.layers.pop(key), dtype=np.float32)
 
 
@@ -258,6 +263,10 @@ def main(argv=None) -> int:
         for threat, s in best:
             d = s.idxmax()[1]
             print(f"  {threat:34s} {d:14s} AUROC {s.max():.3f}")
+    if CGD_WARNINGS:
+        print(
+            f"\nCGD runs warned {len(CGD_WARNINGS)} times (tied top probabilities of a few cell rows): {sorted(set(CGD_WARNINGS))}"
+        )
     if notes:
         print("\nskipped (rerun once these land):")
         for n in dict.fromkeys(notes):

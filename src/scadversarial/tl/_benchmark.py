@@ -18,7 +18,8 @@ from ..detection import tpr_at_fpr
 from ..models.classifier import CellClassifier
 from ..models.detector import AdversarialDetector
 from ._models import get_model
-from ._shifts import DEFAULT_SHIFTS, BenignShift, benign_shift, library_counts
+from ._shifts import DEFAULT_SHIFTS, BenignShift, benign_shift
+from ._space import other_counts, space_model, to_scaled
 
 Space = Literal["scaled", "log", "counts"]
 Subset = Literal["test", "val", "train"]
@@ -111,37 +112,27 @@ def _layer_record(adata: AnnData, layer: str) -> tuple[str | None, dict | None]:
 
 
 class _Inputs:
-    """Turns a matrix of the benchmarked cells in any space into the classifier's scaled input."""
+    """Turns a matrix of the benchmarked cells in any space into the classifier's scaled input.
+
+    Log and count layers go through the classifier's own transform, exactly as the attacks saw them
+    (count space: each cell's library includes its counts of the genes ``preprocess`` dropped).
+    """
 
     def __init__(self, cells: AnnData, clf: CellClassifier) -> None:
         self.cells, self.clf = cells, clf
-        t = clf.transform
-        self.mean = t.mean.detach().cpu().numpy().astype(np.float32)
-        self.std = t.std.detach().cpu().numpy().astype(np.float32)
-        self.clip = t.clip
         self._other: np.ndarray | None = None
 
-    def _scale(self, L: np.ndarray) -> np.ndarray:
-        Z = (np.asarray(L, dtype=np.float32) - self.mean) / self.std
-        return Z if self.clip is None else np.clip(Z, -self.clip, self.clip)
-
     def scaled(self, layer: str | None, space: str) -> np.ndarray:
+        if space not in get_args(Space):
+            msg = f"Unknown space {space!r} of an attacked layer; it must be one of {get_args(Space)}."
+            raise ValueError(msg)
         M = matrix_for_genes(self.cells, self.clf.var_names, layer)
         if space == "scaled":
             return M
-        if space == "log":
-            return self._scale(M)
-        if space == "counts":
-            # a count-space layer changes the kept genes; the other genes' counts still count in the library size
-            if self._other is None:
-                self._other = library_counts(self.cells)[1]
-            params = get_record(self.cells, _keys.STEP_PREPROCESS, producer="sad.pp.preprocess")["params"]
-            C = M.astype(np.float64)
-            depth = C.sum(1) + self._other
-            scale = float(params["target_sum"]) / np.where(depth > 0, depth, 1.0)
-            return self._scale(np.log1p(C * scale[:, None]).astype(np.float32))
-        msg = f"Unknown space {space!r} of an attacked layer; the attack record must state one of {get_args(Space)}."
-        raise ValueError(msg)
+        if space == "counts" and self._other is None:
+            self._other = other_counts(self.cells, self.clf.var_names)
+        other = self._other if space == "counts" else None
+        return to_scaled(space_model(self.cells, self.clf, space), M, other)
 
 
 def _baseline_names() -> tuple[str, ...]:

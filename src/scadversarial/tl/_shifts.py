@@ -13,6 +13,7 @@ from anndata import AnnData
 
 from .. import _keys
 from .._validate import check_adata, get_record
+from ._space import other_counts
 
 ShiftKind = Literal["thinning", "ambient", "noise"]
 
@@ -79,8 +80,7 @@ def library_counts(adata: AnnData) -> tuple[np.ndarray, np.ndarray]:
     Returns
     -------
     ``(counts, other)``: the kept genes' counts (cells x genes, float64 integers) and the other genes'
-    total per cell (float64 integers; 0 for cells without counts in the kept genes, whose
-    normalized values do not depend on it).
+    total per cell (float64 integers, from :func:`~scadversarial.tl.other_counts`).
 
     """
     if _keys.LAYER_COUNTS not in adata.layers or _keys.LAYER_LOGNORM not in adata.layers:
@@ -90,16 +90,9 @@ def library_counts(adata: AnnData) -> tuple[np.ndarray, np.ndarray]:
             "Preprocess the counts (not log-normalized data), or leave out the benign shifts (`benign={}`)."
         )
         raise KeyError(msg)
-    params = get_record(adata, _keys.STEP_PREPROCESS, producer="sad.pp.preprocess")["params"]
-    target_sum = float(params["target_sum"])
     counts = _dense(adata.layers[_keys.LAYER_COUNTS]).astype(np.float64)
-    lognorm = _dense(adata.layers[_keys.LAYER_LOGNORM]).astype(np.float64)
-    kept = counts.sum(1)
-    norm = np.expm1(lognorm).sum(1)
-    total = np.where(norm > 0, target_sum * kept / np.where(norm > 0, norm, 1.0), kept)
-    # the float32 log values give N to ~1e-6 relative error: rounding recovers the integer total exactly
-    other = np.maximum(np.round(total) - kept, 0.0)
-    return counts, other
+    # the same library the count-space attacks and the benchmark normalize by
+    return counts, other_counts(adata, adata.var_names)
 
 
 def _shifted_counts(
