@@ -123,8 +123,7 @@ def benchmark(
     Examples
     --------
     >>> import scadversarial as sad
-    >>> from scadversarial.tl._benchmark import benchmark_detectors
-    >>> table = benchmark_detectors(adata, attacks={"pgd": {"method": "pgd", "eps": 0.1}})  # doctest: +SKIP
+    >>> table = sad.tl.benchmark_detectors(adata, attacks={"pgd": {"method": "pgd", "eps": 0.1}})  # doctest: +SKIP
     >>> sad.pl.benchmark(adata, metric="auroc")  # doctest: +SKIP
 
     """

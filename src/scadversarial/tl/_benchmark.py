@@ -417,14 +417,28 @@ def benchmark_detectors(
     Examples
     --------
     >>> import scadversarial as sad
-    >>> from scadversarial.tl._benchmark import benchmark_detectors
     >>> adata = sad.datasets.pbmc3k("pbmc3k.h5ad")  # doctest: +SKIP
-    >>> sad.pp.preprocess(adata)
-    ... sad.pp.split(adata, "seurat_cell_type")  # doctest: +SKIP
-    >>> sad.tl.train_classifier(adata, "seurat_cell_type")
-    ... sad.tl.attack(adata)  # doctest: +SKIP
-    >>> sad.tl.train_detector(adata)  # doctest: +SKIP
-    >>> table = benchmark_detectors(adata, attacks={"pgd": {"method": "pgd", "eps": 0.1}})  # doctest: +SKIP
+    >>> sad.pp.preprocess(adata)  # doctest: +SKIP
+    >>> sad.pp.split(adata, "seurat_cell_type")  # doctest: +SKIP
+    >>> sad.tl.train_classifier(adata, "seurat_cell_type")  # doctest: +SKIP
+    >>> sad.tl.attack(adata)  # doctest: +SKIP
+    >>> det = sad.tl.train_detector(adata)  # doctest: +SKIP
+    >>> threats = {  # doctest: +SKIP
+    ...     "seed PGD": {"method": "pgd", "eps": (0.05, 0.1, 0.15)},
+    ...     "expressed log": {"method": "pgd", "eps": 0.5, "space": "log", "constraint": "expressed"},
+    ...     "detector-aware": [
+    ...         {
+    ...             "method": "pgd",
+    ...             "eps": 0.5,
+    ...             "space": "log",
+    ...             "constraint": "expressed",
+    ...             "detector": det,
+    ...             "detector_weight": w,
+    ...         }
+    ...         for w in (0.0, 1.0, 10.0)
+    ...     ],
+    ... }
+    >>> table = sad.tl.benchmark_detectors(adata, attacks=threats)  # doctest: +SKIP
     >>> sad.pl.benchmark(table, metric="evasion")  # doctest: +SKIP
 
     """
