@@ -263,3 +263,17 @@ def test_every_whitebox_attack_respects_its_threat(cells3k, method, space, const
         assert np.abs(d).max() <= fc + 1e-5
     rec = a.uns["sad"]["attacks"]["h"]["params"]
     assert rec["space"] == space and rec["constraint"] == (constraint or "none")
+
+
+def test_perturbation_plot_reads_the_layer_space(cells3k):
+    import matplotlib.pyplot as plt
+
+    a = cells3k[:60].copy()
+    sad.tl.attack(a, eps=2.0, space="counts", constraint="counts", key_added="pc")
+    sad.tl.attack(a, eps=0.5, space="log", constraint="expressed", key_added="pl")
+    axs = sad.pl.perturbation(a, "pl_eps0.5", groupby="seurat_cell_type", n_genes=5, show=False)
+    assert "log-normalized" in axs[0].figure.axes[-2].get_ylabel()
+    axs = sad.pl.perturbation(a, "pc_eps2", groupby="seurat_cell_type", n_genes=5, space="log", show=False)
+    change = axs[2].images[0].get_array()
+    assert np.isfinite(change).all() and np.abs(change).max() > 0
+    plt.close("all")

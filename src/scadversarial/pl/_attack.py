@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 from anndata import AnnData
 from matplotlib import colormaps
 from matplotlib.axes import Axes
@@ -14,6 +15,8 @@ from matplotlib.figure import Figure
 
 from .. import _keys
 from .._validate import check_adata, get_matrix
+from ..models.classifier import counts_to_lognorm
+from ..tl._space import layer_space, other_counts, target_sum
 from . import _utils as u
 
 
@@ -220,8 +223,11 @@ def perturbation(
     max_cells
         At most this many cells (flipped ones first).
     space
-        ``'scaled'``: the matrix the attack changed (usually the scaled ``X``); ``'log'``: back to
-        log-normalized values with ``.var['sad_mean']``/``.var['sad_std']`` (only for attacks on ``X``).
+        ``'scaled'``: the matrix the attack changed, in its own units (the scaled ``X``, or the
+        log-normalized values or counts of an attack made in that space, see
+        :func:`~scadversarial.tl.layer_space`); ``'log'``: log-normalized values (a scaled attack
+        is mapped back with ``.var['sad_mean']``/``.var['sad_std']``, a count attack normalized
+        with each cell's library as :func:`~scadversarial.pp.preprocess` did).
     cmap
         Colormap of the before/after panels (the change uses a diverging map).
     ax
@@ -271,13 +277,18 @@ def perturbation(
         raise ValueError(msg)
     before = get_matrix(adata[idx], base_layer)
     after = get_matrix(adata[idx], layer)
-    if space == "log":
+    made_in = layer_space(adata, layer)
+    if space == "log" and made_in == "scaled":
         if base_layer is not None or _keys.VAR_MEAN not in adata.var:
             msg = "space='log' needs an attack on the scaled X and .var['sad_mean'/'sad_std'] from `sad.pp.preprocess`."
             raise KeyError(msg)
         mean = adata.var[_keys.VAR_MEAN].to_numpy(np.float32)
         std = adata.var[_keys.VAR_STD].to_numpy(np.float32)
         before, after = before * std + mean, after * std + mean
+    elif space == "log" and made_in == "counts":  # normalize with each cell's own library, as preprocess did
+        other = torch.as_tensor(other_counts(adata, adata.var_names)[idx], dtype=torch.float32)
+        ts = target_sum(adata)
+        before, after = (counts_to_lognorm(torch.as_tensor(m), other, ts).numpy() for m in (before, after))
     delta = after - before
     n_genes = min(n_genes, adata.n_vars)
     # genes pushed most consistently in one direction (ties, e.g. every gene at +-eps under L-inf PGD,
@@ -304,8 +315,8 @@ def perturbation(
     axs[1].imshow(A, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     imd = axs[2].imshow(D, aspect="auto", cmap="RdBu_r", vmin=-dmax, vmax=dmax, interpolation="nearest")
     label = "log-normalized" if space == "log" else ("scaled expression" if base_layer is None else base_layer)
-    if base_layer == _keys.LAYER_LOGNORM:
-        label = f"log-normalized ({base_layer})"
+    if space != "log" and made_in != "scaled":
+        label = {"log": "log-normalized", "counts": "counts"}[made_in] + f" ({base_layer or 'X'})"
     for a, title in zip(axs, ["before", f"after ({u.eps_label(adata, layer)})", "after − before"], strict=True):
         a.set_title(title)
         a.set_xlabel(f"cells ({len(order)}; {n_flip} flipped)" if known else f"cells ({len(order)})")
