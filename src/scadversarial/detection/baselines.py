@@ -37,6 +37,8 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, Self, get_args, runtime_checkable
 
@@ -151,34 +153,20 @@ def _mc_dropout_proba(classifier: nn.Module, x: torch.Tensor, n_samples: int, ge
     return torch.stack(probs)
 
 
-class _EvalMode:
-    """Context: the classifier in evaluation mode on ``device``, its mode restored afterwards."""
-
-    def __init__(self, classifier: nn.Module, device) -> None:
-        self.classifier, self.device = classifier, device
-
-    def __enter__(self) -> torch.device:
-        self.was_training = self.classifier.training
-        dev = settings.torch_device(self.device)
-        self.classifier.eval().to(dev)
-        return dev
-
-    def __exit__(self, *exc) -> None:
-        self.classifier.train(self.was_training)
+_KEEP_DEVICE = "keep"
 
 
-class _ModeOnly:
-    """Context: the classifier in evaluation mode (device untouched), its mode restored afterwards."""
-
-    def __init__(self, classifier: nn.Module) -> None:
-        self.classifier = classifier
-
-    def __enter__(self) -> None:
-        self.was_training = self.classifier.training
-        self.classifier.eval()
-
-    def __exit__(self, *exc) -> None:
-        self.classifier.train(self.was_training)
+@contextmanager
+def _eval_mode(classifier: nn.Module, device: str | torch.device | None = _KEEP_DEVICE) -> Iterator[torch.device]:
+    """The classifier in evaluation mode (moved to ``device`` unless it is kept), its mode restored afterwards."""
+    was_training = classifier.training
+    classifier.eval()
+    if device != _KEEP_DEVICE:
+        classifier.to(settings.torch_device(device))
+    try:
+        yield next(iter(classifier.parameters())).device
+    finally:
+        classifier.train(was_training)
 
 
 @runtime_checkable
@@ -304,7 +292,7 @@ class _Baseline:
         """Scores of scaled cells ``X`` (cells x genes), float64; higher is more suspicious."""
         clf = self._check_fitted()
         X = self._check_input(X)
-        with _EvalMode(clf, self.device) as dev:
+        with _eval_mode(clf, self.device) as dev:
             out = [self._score_batch(torch.as_tensor(X[b], device=dev)) for b in _batches(len(X), self.batch_size)]
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
@@ -396,7 +384,7 @@ class MaxSoftmaxDetector(_Baseline):
     def score_logit(self, x: torch.Tensor) -> torch.Tensor:
         """``logit(1 - p_max)`` of scaled input ``x``: the log-sum-exp of the other logits minus the top logit."""
         clf = self._check_fitted()
-        with _ModeOnly(clf):
+        with _eval_mode(clf):
             logits = clf(x)
         top = logits.detach().argmax(1, keepdim=True)
         return logits.scatter(1, top, float("-inf")).logsumexp(1) - logits.gather(1, top).squeeze(1)
@@ -456,7 +444,7 @@ class MahalanobisDetector(_Baseline):
     def score_logit(self, x: torch.Tensor) -> torch.Tensor:
         """Log of the smallest squared Mahalanobis distance of scaled input ``x`` (differentiable)."""
         clf = self._check_fitted()
-        with _ModeOnly(clf):
+        with _eval_mode(clf):
             return torch.log(self._distances(clf.embed(x)) + LOG_FLOOR)
 
 
@@ -513,7 +501,7 @@ class LIDDetector(_Baseline):
 
     @torch.no_grad()
     def _features(self, X: np.ndarray) -> np.ndarray:
-        with _EvalMode(self.classifier, self.device) as dev:
+        with _eval_mode(self.classifier, self.device) as dev:
             refs = [r.to(dev) for r in self.reference_]
             out = []
             for b in _batches(len(X), self.batch_size):
@@ -538,7 +526,7 @@ class LIDDetector(_Baseline):
         if len(split.reference) <= self.k:
             msg = f"LID with k={self.k} needs more than {self.k} reference cells; pass more clean cells or lower k."
             raise ValueError(msg)
-        with torch.no_grad(), _EvalMode(classifier, self.device) as dev:
+        with torch.no_grad(), _eval_mode(classifier, self.device) as dev:
             acts = _activations(classifier, torch.as_tensor(X_clean[split.reference], device=dev))
         self.reference_ = [a.cpu() for a in acts]
         F_clean = self._features(X_clean[split.clean])
@@ -626,7 +614,7 @@ class KernelDensityDetector(_Baseline):
     @torch.no_grad()
     def _features(self, X: np.ndarray) -> np.ndarray:
         clf = self.classifier
-        with _EvalMode(clf, self.device) as dev:
+        with _eval_mode(clf, self.device) as dev:
             gen = torch.Generator(device=dev).manual_seed(self.seed_)
             ref = self.ref_emb_.to(dev)
             ref_cls = self.ref_cls_.to(dev)
@@ -660,6 +648,9 @@ class KernelDensityDetector(_Baseline):
         gen = _rng(rng)
         X_clean = _as_float32(X_clean)
         X_adv = None if X_adv is None else _as_float32(X_adv)
+        if y is not None and len(y) != len(X_clean):
+            msg = f"`y` has {len(y)} labels for {len(X_clean)} cells; pass one label per row of X_clean."
+            raise ValueError(msg)
         split = reference_split(len(X_clean), 0 if X_adv is None else len(X_adv), self.n_reference, gen)
         logits, emb = classifier.predict_arrays(
             X_clean[split.reference], batch_size=self.batch_size, device=self.device
@@ -797,7 +788,7 @@ class SqueezeDetector(_Baseline):
 
     def score_logit(self, x: torch.Tensor) -> torch.Tensor:
         """Log of the squeezing score of scaled input ``x``; the squeezer's backward pass is the identity (BPDA)."""
-        with _ModeOnly(self._check_fitted()):
+        with _eval_mode(self._check_fitted()):
             return torch.log(self._score_tensor(x, bpda=True) + LOG_FLOOR)
 
 
