@@ -280,7 +280,6 @@ def _p_fraction(p_init: float, it: int, n_iters: int) -> float:
 class _Chunk:
     """State of the cells of one chunk: best point, its loss and prediction, queries, success."""
 
-    X: np.ndarray  # clean cells (float32)
     y: np.ndarray
     lo: np.ndarray  # feasible box (float32), lo = hi = X where an entry may not move
     hi: np.ndarray
@@ -297,6 +296,8 @@ class _Chunk:
 
     def update(self, idx: np.ndarray, Z: np.ndarray, loss: np.ndarray, pred: np.ndarray, ok: np.ndarray) -> None:
         """Keep the proposals ``Z`` of cells ``idx`` that succeed or do not increase their loss."""
+        # equal loss is kept (the paper keeps only decreases): tree ensembles give piecewise-constant scores,
+        # and moving along a plateau lets the search reach a vote that changes (random forest: more flips)
         keep = ok | (loss <= self.loss[idx])
         sel = idx[keep]
         self.best[sel] = Z[keep]
@@ -521,7 +522,6 @@ def score_attack(
             loss, pc, ok = _margin(P, yc, targeted)
             lo, hi = _box(Xc, eps, lower_[sl], upper_[sl], allowed[sl])
             state = _Chunk(
-                X=Xc,
                 y=yc,
                 lo=lo,
                 hi=hi,
