@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from sklearn.ensemble import RandomForestClassifier
 
 import scadversarial as sad
 from scadversarial.attacks._protocol import ClassifierAdapter
 from scadversarial.attacks.score_based import ScoreAttackResult, score_attack
-
-try:
-    from hypothesis import given
-    from hypothesis import settings as hsettings
-    from hypothesis import strategies as st
-except ImportError:  # pragma: no cover - hypothesis is a test dependency
-    given = None
 
 N_CELLS = 60  # test-split cells attacked: enough for a flip rate, seconds per attack
 
@@ -187,61 +183,59 @@ def _linear_proba(W: np.ndarray):
     return proba
 
 
-if given is not None:
-
-    @hsettings(max_examples=40, deadline=None)
-    @given(
-        seed=st.integers(0, 2**16),
-        n=st.integers(1, 12),
-        g=st.integers(1, 10),
-        eps=st.floats(1e-3, 3.0),
-        method=st.sampled_from(["square", "nes"]),
-        bound_kind=st.sampled_from(["none", "scalar", "gene", "entry"]),
-        mask_kind=st.sampled_from(["none", "gene", "entry"]),
-        max_queries=st.integers(1, 60),
-        targeted=st.booleans(),
+@hsettings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    n=st.integers(1, 12),
+    g=st.integers(1, 10),
+    eps=st.floats(1e-3, 3.0),
+    method=st.sampled_from(["square", "nes"]),
+    bound_kind=st.sampled_from(["none", "scalar", "gene", "entry"]),
+    mask_kind=st.sampled_from(["none", "gene", "entry"]),
+    max_queries=st.integers(1, 60),
+    targeted=st.booleans(),
+)
+def test_constraints_hold_exactly(seed, n, g, eps, method, bound_kind, mask_kind, max_queries, targeted):
+    """For any bounds, mask and budget: frozen entries kept, bounds and eps respected, queries within budget."""
+    rng = np.random.default_rng(seed)
+    X = (rng.normal(size=(n, g)) * rng.uniform(0.01, 5)).astype(np.float32)
+    X[rng.random((n, g)) < 0.3] = 0  # exact zeros, as in expression data
+    fn = _linear_proba(rng.normal(size=(g, 3)))
+    y = rng.integers(0, 3, n)
+    lower = upper = None
+    if bound_kind == "scalar":
+        lower, upper = float(X.min()), float(X.max())
+    elif bound_kind == "gene":
+        lower, upper = X.min(0) - rng.uniform(0, 1, g), X.max(0)
+    elif bound_kind == "entry":
+        lower, upper = np.minimum(X, 0), X + rng.uniform(0, 1, (n, g)).astype(np.float32)
+    mask = {"none": None, "gene": rng.random(g) < 0.5, "entry": X != 0}[mask_kind]
+    res = score_attack(
+        fn,
+        X,
+        y,
+        method=method,
+        eps=eps,
+        lower=lower,
+        upper=upper,
+        mask=mask,
+        max_queries=max_queries,
+        targeted=targeted,
+        random_state=seed,
+        batch_size=5,
     )
-    def test_constraints_hold_exactly(seed, n, g, eps, method, bound_kind, mask_kind, max_queries, targeted):
-        """For any bounds, mask and budget: frozen entries kept, bounds and eps respected, queries within budget."""
-        rng = np.random.default_rng(seed)
-        X = (rng.normal(size=(n, g)) * rng.uniform(0.01, 5)).astype(np.float32)
-        X[rng.random((n, g)) < 0.3] = 0  # exact zeros, as in expression data
-        fn = _linear_proba(rng.normal(size=(g, 3)))
-        y = rng.integers(0, 3, n)
-        lower = upper = None
-        if bound_kind == "scalar":
-            lower, upper = float(X.min()), float(X.max())
-        elif bound_kind == "gene":
-            lower, upper = X.min(0) - rng.uniform(0, 1, g), X.max(0)
-        elif bound_kind == "entry":
-            lower, upper = np.minimum(X, 0), X + rng.uniform(0, 1, (n, g)).astype(np.float32)
-        mask = {"none": None, "gene": rng.random(g) < 0.5, "entry": X != 0}[mask_kind]
-        res = score_attack(
-            fn,
-            X,
-            y,
-            method=method,
-            eps=eps,
-            lower=lower,
-            upper=upper,
-            mask=mask,
-            max_queries=max_queries,
-            targeted=targeted,
-            random_state=seed,
-            batch_size=5,
-        )
-        _check_result(
-            res,
-            fn,
-            X,
-            y,
-            eps=eps,
-            mask=mask,
-            lower=-np.inf if lower is None else lower,
-            upper=np.inf if upper is None else upper,
-            targeted=targeted,
-        )
-        assert ((res.n_queries >= 1) & (res.n_queries <= max_queries)).all()
+    _check_result(
+        res,
+        fn,
+        X,
+        y,
+        eps=eps,
+        mask=mask,
+        lower=-np.inf if lower is None else lower,
+        upper=np.inf if upper is None else upper,
+        targeted=targeted,
+    )
+    assert ((res.n_queries >= 1) & (res.n_queries <= max_queries)).all()
 
 
 @pytest.mark.parametrize(
