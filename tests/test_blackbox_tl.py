@@ -394,3 +394,45 @@ def test_string_categories_and_gene_names_looked_up_alike(small):
     for index in (None, a.var_names):
         with pytest.raises(KeyError, match="not among the classifier's genes: \\['nope'\\]"):
             _gene_indices(generic, [*names, "nope"], None, index=index)
+
+
+@pytest.mark.filterwarnings("ignore::scadversarial.attacks._protocol.TiedScoresWarning")  # (GaussianNB, far out)
+def test_progress_bars_follow_the_setting(small, capsys):
+    """Searches show a tqdm bar with an ETA (genes settled) when sad.settings.progress is on, nothing when off."""
+    a, clf, classes = small
+    kw = {"groupby": "cluster", "target": "NK", "classifier": clf, "classes": classes, "modification": "perc99"}
+    sad.settings.progress = True
+    try:
+        sad.tl.single_gene_attack(a, **kw)
+        sad.tl.max_change_attack(a, **kw)
+    finally:
+        sad.settings.progress = False
+    err = capsys.readouterr().err
+    assert "single-gene" in err and "max-change" in err and "/300 [" in err and "gene/s" in err
+    sad.tl.max_change_attack(a, **kw)
+    assert "max-change" not in capsys.readouterr().err
+
+
+def test_max_change_over_many_genes_warns_with_an_estimate(pbmc3k_raw, caplog):
+    """More than ~5,000 genes: a warning with the expected time and the highly-variable-genes remedy."""
+    import logging
+
+    import torch
+
+    a = pbmc3k_raw[pbmc3k_raw.obs["seurat_cell_type"].isin(["Platelet", "DC"])].copy()  # 46 cells, 13,714 genes
+    a.X = a.X.toarray()
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(a.n_vars, 2)
+    lin.classes = ["Platelet", "DC"]
+    with caplog.at_level(logging.WARNING, logger="scadversarial"):
+        sad.tl.max_change_attack(
+            a, groupby="seurat_cell_type", target="Platelet", classifier=lin, modification="perc99", max_split_size=500
+        )
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert "searches 13714 genes on 14 cells: expect roughly" in msg and "highly_variable" in msg
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="scadversarial"):
+        sad.tl.max_change_attack(
+            a, groupby="seurat_cell_type", target="Platelet", classifier=lin, genes=list(a.var_names[:4000])
+        )
+    assert "expect roughly" not in " ".join(r.getMessage() for r in caplog.records)

@@ -358,6 +358,7 @@ def _fast_linear(
         n_steps += 1
         if not n_steps % _BAR_EVERY:
             _advance(bar, len(genes) - state.remaining())
+    _advance(bar, len(genes) - state.remaining())
     kept_genes = np.concatenate(state.kept).tolist() if state.kept else []
     orders.settle(state.n_draws)
     return kept_genes, n_questions, n_tested, n_rewound
