@@ -41,9 +41,12 @@ def test_transform_reproduces_X(pipeline3k):
 def test_lognorm_layer_targets_are_clean_predictions(cells3k):
     """``layer='sad_lognorm'`` attacks log values through the transform: its targets are the clean predictions."""
     a = cells3k.copy()
+    clf = sad.tl.get_model(a)
+    was_training = clf.training
     sad.tl.predict(a, layer="sad_lognorm")
     assert (a.obs["sad_lognorm_pred"].astype(str) == a.obs["sad_pred"].astype(str)).all()
     sad.tl.attack(a, eps=0.5, layer="sad_lognorm", key_added="lg")
+    assert clf.training == was_training  # the attack leaves the classifier's mode (dropout) as it was
     rec = a.uns["sad"]["attacks"]["lg"]
     assert rec["params"]["space"] == "log" and rec["params"]["layer"] == "sad_lognorm"
     flipped = (a.obs["lg_eps0.5_pred"].astype(str) != a.obs["sad_pred"].astype(str)).mean()

@@ -207,6 +207,9 @@ class SpaceClassifier(nn.Module):
             raise ValueError(msg)
         self.classifier, self.space = classifier, space
         self.target_sum = None if target_sum is None else float(target_sum)
+        # a new module starts in training mode: take the classifier's, so that restoring the
+        # view's mode after an attack never switches the classifier's dropout on
+        self.train(classifier.training)
 
     def to_scaled(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
         """The classifier's scaled input from ``x`` in this space (``other``: counts outside the kept genes)."""
