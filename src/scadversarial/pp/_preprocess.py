@@ -9,6 +9,7 @@ from anndata import AnnData
 from .. import _keys
 from .._settings import logger
 from .._validate import check_adata, check_finite, check_nonnegative, get_matrix, matrix_name, set_record, uns_root
+from ._chunked import dense_columns, mean_std, scale_into
 
 
 def _looks_like_counts(X) -> bool:
@@ -17,20 +18,15 @@ def _looks_like_counts(X) -> bool:
     return bool(np.all(sample == np.round(sample)))
 
 
-def _mean_std(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-gene mean and standard deviation (ddof=1, as :func:`scanpy.pp.scale`); 0 std becomes 1."""
-    mean = X.mean(0, dtype=np.float64)
-    std = X.std(0, ddof=1, dtype=np.float64) if X.shape[0] > 1 else np.ones(X.shape[1])
-    std[std == 0] = 1.0
-    return mean.astype(np.float32), std.astype(np.float32)
-
-
-def scale_with(X: np.ndarray, mean: np.ndarray, std: np.ndarray, max_value: float | None) -> np.ndarray:
-    """``clip((X - mean) / std, -max_value, max_value)`` as float32."""
-    Z = (np.asarray(X, dtype=np.float32) - mean) / std
-    if max_value is not None:
-        np.clip(Z, -max_value, max_value, out=Z)
-    return Z.astype(np.float32, copy=False)
+def _check_not_scaled(M) -> None:
+    """Raise when log-normalized input has negative values (scaled data passed by mistake)."""
+    data = M.data if sp.issparse(M) else np.asarray(M)
+    if data.size and data.min() < 0:
+        msg = (
+            f"The matrix has negative values (min {data.min():g}): it looks scaled already. Pass counts or "
+            "log-normalized values (e.g. `adata.raw.to_adata()` or a counts layer with `layer=`)."
+        )
+        raise ValueError(msg)
 
 
 def preprocess(
@@ -98,20 +94,14 @@ def preprocess(
 
     """
     check_adata(adata)
-    M = get_matrix(adata, layer, dense=False)
+    M = get_matrix(adata, layer, dense=False, check=False)  # checked once, just below
     check_finite(M, matrix_name(layer))
     if already_log is None:
         already_log = ("log1p" in adata.uns and layer is None) or not _looks_like_counts(M)
     if not already_log:
         check_nonnegative(M, matrix_name(layer))
     else:
-        data = M.data if sp.issparse(M) else np.asarray(M)
-        if data.size and data.min() < 0:
-            msg = (
-                f"The matrix has negative values (min {data.min():g}): it looks scaled already. Pass counts or "
-                "log-normalized values (e.g. `adata.raw.to_adata()` or a counts layer with `layer=`)."
-            )
-            raise ValueError(msg)
+        _check_not_scaled(M)
     if reference is not None:
         missing = reference.var_names.difference(adata.var_names)
         if len(missing):
@@ -126,12 +116,14 @@ def preprocess(
 
     if copy:
         adata = adata.copy()
+    # Memory: the input, its float32 log-normalized copy (-> .raw) and, at the end, the two dense outputs.
+    # No other full-size copy: counts are read from the input after the gene subset, statistics and scaling
+    # run by chunks of cells (``_chunked``), bit-identical to the whole-matrix numpy operations.
     work = AnnData(
-        M.copy() if not sp.issparse(M) else M.copy().astype(np.float32),
+        M.astype(np.float32) if sp.issparse(M) else M.copy(),
         obs=adata.obs[[]].copy(),
         var=adata.var[[]].copy(),
     )
-    counts = None if already_log else work.X.copy()
     if not already_log:
         sc.pp.normalize_total(work, target_sum=target_sum)
         sc.pp.log1p(work)
@@ -161,27 +153,30 @@ def preprocess(
         mean = std = None
 
     lognorm_full = work.X
-    col = np.arange(adata.n_vars)
+    del work, M  # the input is released as soon as adata's own matrix is subset below
+    keep = None  # columns of lognorm_full kept; None: all
     if subset or reference is not None:
         if subset:
-            adata.raw = AnnData(lognorm_full.copy(), obs=adata.obs[[]], var=adata.var.copy())
-        col = adata.var_names.get_indexer(genes)
-        adata._inplace_subset_var(col)
-        lognorm = lognorm_full[:, col]
-        counts = None if counts is None else counts[:, col]
-    else:
-        lognorm = lognorm_full
-    lognorm = lognorm.toarray() if sp.issparse(lognorm) else np.asarray(lognorm)
-    lognorm = lognorm.astype(np.float32)
+            adata.raw = AnnData(lognorm_full, obs=adata.obs[[]], var=adata.var.copy())
+        keep = adata.var_names.get_indexer(genes)
+        adata._inplace_subset_var(keep)  # also subsets the input matrix: its kept genes are the counts
+    counts = None
+    if not already_log:
+        counts = get_matrix(adata, layer, dense=False, check=False)
+        if sp.issparse(counts):  # float32 CSR as before; a new object unless adata.X (replaced below) held it
+            counts = sp.csr_matrix(counts, dtype=np.float32, copy=layer is not None)
+        else:
+            counts = np.array(counts) if layer is not None else np.asarray(counts)
+    lognorm = dense_columns(lognorm_full, keep)
     if mean is None:
-        mean, std = _mean_std(lognorm)
-    adata.X = scale_with(lognorm, mean, std, max_value)
+        mean, std = mean_std(lognorm)
+    adata.X = scale_into(lognorm, mean, std, max_value)
     adata.layers[_keys.LAYER_LOGNORM] = lognorm
     if counts is not None:
-        adata.layers[_keys.LAYER_COUNTS] = sp.csr_matrix(counts) if sp.issparse(counts) else np.asarray(counts)
+        adata.layers[_keys.LAYER_COUNTS] = counts
     adata.var[_keys.VAR_MEAN] = mean
     adata.var[_keys.VAR_STD] = std
-    adata.var[_keys.VAR_HVG] = hvg[col] if (subset or reference is not None) else hvg
+    adata.var[_keys.VAR_HVG] = hvg if keep is None else hvg[keep]
     uns_root(adata)
     set_record(adata, _keys.STEP_PREPROCESS, params={**params, "max_value": -1 if max_value is None else max_value})
     logger.info("preprocess: %d cells x %d genes", adata.n_obs, adata.n_vars)

@@ -1,0 +1,96 @@
+"""Bounded-memory building blocks of ``sad.pp.preprocess``: per-gene statistics, densifying and scaling by row chunks.
+
+Each function walks the cells in chunks of about :data:`CHUNK_BYTES`, so its temporaries stay the size of one
+chunk whatever the number of cells. The arithmetic is ordered exactly as numpy's whole-matrix reductions
+(rows added one after another in float64, two passes for the variance), so the results are bit-identical to
+``X.mean(0, dtype=np.float64)`` and ``X.std(0, ddof=1, dtype=np.float64)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+
+#: Bytes of one float64 chunk of cells: large enough that numpy's per-call overhead is negligible
+#: (thousands of cells at 2,000 genes), small beside an N x genes matrix (8 KB per cell at 2,000 genes).
+CHUNK_BYTES = 32 * 2**20
+
+_F64_BYTES = np.dtype(np.float64).itemsize
+
+
+def row_chunks(n_obs: int, n_cols: int, *, chunk_bytes: int = CHUNK_BYTES) -> Iterator[slice]:
+    """Consecutive row slices covering ``range(n_obs)``, each about ``chunk_bytes`` as a float64 block."""
+    step = max(1, chunk_bytes // (_F64_BYTES * max(n_cols, 1)))
+    for start in range(0, n_obs, step):
+        yield slice(start, min(start + step, n_obs))
+
+
+def _add_rows(acc: np.ndarray, rows: np.ndarray, buf: np.ndarray) -> np.ndarray:
+    """``acc + rows[0] + rows[1] + ...`` in float64, added in row order (as numpy's axis-0 sum)."""
+    n = rows.shape[0]
+    buf[0] = acc
+    buf[1 : n + 1] = rows
+    return buf[: n + 1].sum(0)
+
+
+def mean_std(X: np.ndarray, *, chunk_bytes: int = CHUNK_BYTES) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene mean and standard deviation (ddof=1, as :func:`scanpy.pp.scale`) as float32; 0 std becomes 1.
+
+    Two passes over dense ``X`` by row chunks with float64 accumulators per gene (no N x genes temporary);
+    bit-identical to ``X.mean(0, dtype=np.float64)`` and ``X.std(0, ddof=1, dtype=np.float64)``.
+    """
+    n_obs, n_vars = X.shape
+    chunks = list(row_chunks(n_obs, n_vars, chunk_bytes=chunk_bytes))
+    buf = np.empty((chunks[0].stop - chunks[0].start + 1, n_vars)) if chunks else np.empty((1, n_vars))
+    total = np.zeros(n_vars)
+    for sl in chunks:
+        total = _add_rows(total, X[sl], buf)
+    mean = total / n_obs
+    if n_obs > 1:
+        sq = np.zeros(n_vars)
+        for sl in chunks:
+            dev = np.subtract(X[sl], mean, out=buf[1 : sl.stop - sl.start + 1])
+            np.multiply(dev, dev, out=dev)
+            buf[0] = sq
+            sq = buf[: sl.stop - sl.start + 1].sum(0)
+        std = np.sqrt(sq / (n_obs - 1))
+    else:
+        std = np.ones(n_vars)
+    std[std == 0] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def dense_columns(M, col: np.ndarray | None, *, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+    """``M[:, col]`` (all columns for ``None``) as a new dense float32 array, filled by row chunks.
+
+    ``M`` is a CSR matrix or a dense array; only one chunk of ``M``'s rows is ever copied at a time.
+    """
+    n_obs = M.shape[0]
+    n_out = M.shape[1] if col is None else len(col)
+    out = np.zeros((n_obs, n_out), dtype=np.float32)  # zero pages come lazily from the OS: no extra pass
+    for sl in row_chunks(n_obs, n_out, chunk_bytes=chunk_bytes):
+        block = M[sl] if col is None else M[sl][:, col]
+        if sp.issparse(block):
+            block.toarray(out=out[sl])  # csr_todense adds into the zeroed rows
+        else:
+            out[sl] = block
+    return out
+
+
+def scale_into(
+    X: np.ndarray, mean: np.ndarray, std: np.ndarray, max_value: float | None, *, chunk_bytes: int = CHUNK_BYTES
+) -> np.ndarray:
+    """``clip((X - mean) / std, -max_value, max_value)`` as a new float32 array, computed by row chunks.
+
+    The same float32 operations as on the whole matrix, so bit-identical to it, without its temporaries.
+    """
+    out = np.empty(X.shape, dtype=np.float32)
+    for sl in row_chunks(X.shape[0], X.shape[1], chunk_bytes=chunk_bytes):
+        block = out[sl]
+        np.subtract(X[sl], mean, out=block, dtype=np.float32)
+        np.divide(block, std, out=block)
+        if max_value is not None:
+            np.clip(block, -max_value, max_value, out=block)
+    return out
