@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import scadversarial as sad
+from scadversarial import _keys
 from scadversarial.detection import differentiable_meta_features, meta_feature_tensor, straight_through
 
 LAYERS = ["sad_pgd_eps0.1", "sad_pgd_eps0.5"]
@@ -90,6 +91,17 @@ def test_score_logit_gradient_is_finite_nonzero_and_matches_finite_differences(t
     (g,) = torch.autograd.grad(det.score_logit(xg, width=1e12).sum(), xg)
     cos = torch.nn.functional.cosine_similarity(g.double(), g64, dim=1)
     assert (cos > 0.99).all()
+
+
+def test_gradient_finite_for_reference_cells_and_saturated_cells(trained68k):
+    """Regressions: a reference cell (nearest neighbour at distance 0, left out) and a cell whose
+    input gradient underflows to 0 both get finite gradients (sqrt has an infinite slope at 0)."""
+    a, det = trained68k
+    role = a.obs[_keys.OBS_DETECTOR_ROLE].astype(str).to_numpy()
+    ref = np.asarray(a.X, dtype=np.float32)[role == "reference"][:8]
+    x = torch.tensor(np.concatenate([ref, 50 * ref[:2]]), requires_grad=True)  # x50: saturated softmax
+    (g,) = torch.autograd.grad(det.score_logit(x).sum(), x)
+    assert torch.isfinite(g).all()
 
 
 def test_straight_through_forward_exact_backward_surrogate():

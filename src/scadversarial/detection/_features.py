@@ -39,6 +39,17 @@ _KNN_FLOOR = 1e-6
 SURROGATE_WIDTH = 0.05
 
 
+#: Below this value the square roots of the differentiable path pass no gradient: the slope of
+#: sqrt is infinite at 0 (a cell meeting itself in the kNN reference, a gradient that underflows
+#: to 0), and a norm under 1e-12 no longer moves the log(norm + 1e-12) features anyway.
+_SQRT_FLOOR = 1e-24
+
+
+def _sqrt_st(s: torch.Tensor) -> torch.Tensor:
+    """``sqrt(max(s, 0))`` exactly in the forward pass, with a finite slope (zero below :data:`_SQRT_FLOOR`)."""
+    return straight_through(s.clamp_min(0).sqrt(), s.clamp_min(_SQRT_FLOOR).sqrt())
+
+
 def straight_through(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
     """``value`` in the forward pass, the gradient of ``surrogate`` in the backward pass.
 
@@ -191,15 +202,13 @@ class InputConsistency(nn.Module):
         d2 = torch.mm(p, self.ref_pcs.T) * -2 + self.ref_sqnorm
         k = min(self.n_neighbors, self.ref_pcs.shape[0] - 1)
         if k == 1:
-            s = d2.amin(1) + p_sq
-            knn = straight_through(s.clamp_min(0), s).sqrt()
+            knn = _sqrt_st(d2.amin(1) + p_sq)
         else:
-            s = d2.topk(k, dim=1, largest=False).values + p_sq[:, None]
-            knn = straight_through(s.clamp_min(0), s).sqrt().mean(1)
+            knn = _sqrt_st(d2.topk(k, dim=1, largest=False).values + p_sq[:, None]).mean(1)
         self_match = (knn.square() <= self.self_tol * (p_sq + 1.0)).detach()
         if bool(self_match.any()):  # as in forward: a reference cell is not its own neighbour
             s = d2.topk(k + 1, dim=1, largest=False).values[:, 1:] + p_sq[:, None]
-            knn = torch.where(self_match, straight_through(s.clamp_min(0), s).sqrt().mean(1), knn)
+            knn = torch.where(self_match, _sqrt_st(s).mean(1), knn)
         return torch.stack([at_min, below, torch.log(resid + _RESIDUAL_FLOOR), torch.log(knn + _KNN_FLOOR)], dim=1)
 
 
@@ -448,8 +457,7 @@ def _differentiable_meta_features(classifier, x, gradient, input_ref, grad_basis
         (d1,) = torch.autograd.grad(logits, h, grad_outputs=soft[2], create_graph=True)
         h1 = d1.shape[1]
         q = d1 @ grad_basis
-        sq = (q[:, :h1] * d1).sum(1)
-        l2 = straight_through(sq.clamp_min(0), sq).sqrt()
+        l2 = _sqrt_st((q[:, :h1] * d1).sum(1))
         gs = q[:, h1:].abs()
         mean_abs = gs.mean(1)
         var = gs.square().mean(1) - mean_abs.square()
