@@ -94,7 +94,7 @@ def test_shift_errors_name_the_fix(pipeline68k):
         benign_shift(pipeline68k, "thinning", amount=0.5)
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         BenignShift("thinning", 1.5)
-    with pytest.raises(ValueError, match="Unknown benign shift"):
+    with pytest.raises(ValueError, match="kind='dropout'"):
         BenignShift("dropout", 0.5)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, get_args
+from typing import Literal
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -12,6 +12,7 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .._validate import check_choice
 from . import _utils as u
 
 Metric = Literal["evasion", "flagged", "auroc", "auroc_flipped", "tpr_at_5fpr", "flip_rate"]
@@ -127,12 +128,8 @@ def benchmark(
     >>> sad.pl.benchmark(adata, metric="auroc")  # doctest: +SKIP
 
     """
-    if metric not in get_args(Metric):
-        msg = f"metric must be one of {get_args(Metric)}, got {metric!r}."
-        raise ValueError(msg)
-    if benign_metric not in get_args(BenignMetric):
-        msg = f"benign_metric must be one of {get_args(BenignMetric)}, got {benign_metric!r}."
-        raise ValueError(msg)
+    check_choice("metric", metric, Metric)
+    check_choice("benign_metric", benign_metric, BenignMetric)
     tab = _table(data, key)
     if not (tab["kind"] == "attack").any():
         msg = "sad.pl.benchmark: the table has no attack rows; run `benchmark_detectors` with at least one attack."

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -13,7 +13,7 @@ from anndata import AnnData
 
 from .. import _keys
 from .._settings import logger, settings
-from .._validate import check_adata, check_obs_key, get_record, h5ad_safe, matrix_for_genes, uns_root
+from .._validate import check_adata, check_choice, check_obs_key, get_record, h5ad_safe, matrix_for_genes, uns_root
 from ..detection import tpr_at_fpr
 from ..models.classifier import CellClassifier
 from ..models.detector import AdversarialDetector
@@ -123,9 +123,7 @@ class _Inputs:
         self._other: np.ndarray | None = None
 
     def scaled(self, layer: str | None, space: str) -> np.ndarray:
-        if space not in get_args(Space):
-            msg = f"Unknown space {space!r} of an attacked layer; it must be one of {get_args(Space)}."
-            raise ValueError(msg)
+        check_choice("space", space, Space)
         M = matrix_for_genes(self.cells, self.clf.var_names, layer)
         if space == "scaled":
             return M
@@ -341,9 +339,7 @@ def _run_threat(
 
 
 def _check_options(subset: str, opts: BenchmarkOptions) -> None:
-    if subset not in get_args(Subset):
-        msg = f"subset must be one of {get_args(Subset)}, got {subset!r}; the honest default is 'test'."
-        raise ValueError(msg)
+    check_choice("subset", subset, Subset)
     if not 0 < opts.target_fpr < 1:
         msg = f"target_fpr must be a fraction in (0, 1), got {opts.target_fpr}; 0.05 is the usual choice."
         raise ValueError(msg)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from copy import deepcopy
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .. import _keys
-from .._validate import check_adata, get_record
+from .._validate import check_adata, check_choice, get_record
 from ._space import other_counts
 
 ShiftKind = Literal["thinning", "ambient", "noise"]
@@ -44,9 +44,7 @@ class BenignShift:
     amount: float
 
     def __post_init__(self) -> None:
-        if self.kind not in get_args(ShiftKind):
-            msg = f"Unknown benign shift {self.kind!r}; choose one of {get_args(ShiftKind)}."
-            raise ValueError(msg)
+        check_choice("kind", self.kind, ShiftKind)
         a = float(self.amount)
         ok = {"thinning": 0 < a <= 1, "ambient": 0 <= a < 1, "noise": a >= 0}[self.kind]
         if not ok:
