@@ -434,11 +434,15 @@ def differentiable_meta_features(
     """
     if not torch.is_grad_enabled():  # e.g. under torch.no_grad(): the gradient features still need autograd
         with torch.enable_grad():
-            return _differentiable_meta_features(classifier, x, gradient, input_ref, grad_basis, fused, width).detach()
-    return _differentiable_meta_features(classifier, x, gradient, input_ref, grad_basis, fused, width)
+            # no graph is wanted: the input gradient's own graph (double backprop) is not kept either
+            args = (classifier, x.detach(), gradient, input_ref, grad_basis, fused, width, False)
+            return _differentiable_meta_features(*args).detach()
+    return _differentiable_meta_features(classifier, x, gradient, input_ref, grad_basis, fused, width, True)
 
 
-def _differentiable_meta_features(classifier, x, gradient, input_ref, grad_basis, fused, width) -> torch.Tensor:
+def _differentiable_meta_features(
+    classifier, x, gradient, input_ref, grad_basis, fused, width, create_graph: bool
+) -> torch.Tensor:
     lin1 = first_linear(classifier) if grad_basis is not None else None
     proj = None
     if gradient and lin1 is not None:
@@ -454,7 +458,7 @@ def _differentiable_meta_features(classifier, x, gradient, input_ref, grad_basis
         emb = classifier.body[1:](h)
         logits = classifier.head(emb)
         soft = _softmax_parts_differentiable(logits)
-        (d1,) = torch.autograd.grad(logits, h, grad_outputs=soft[2], create_graph=True)
+        (d1,) = torch.autograd.grad(logits, h, grad_outputs=soft[2], create_graph=create_graph)
         h1 = d1.shape[1]
         q = d1 @ grad_basis
         l2 = _sqrt_st((q[:, :h1] * d1).sum(1))
@@ -466,7 +470,7 @@ def _differentiable_meta_features(classifier, x, gradient, input_ref, grad_basis
         xg = x if x.requires_grad else x.detach().requires_grad_(True)
         emb, logits = classifier.forward_with_embedding(xg)
         soft = _softmax_parts_differentiable(logits)
-        (g,) = torch.autograd.grad(logits, xg, grad_outputs=soft[2], create_graph=True)
+        (g,) = torch.autograd.grad(logits, xg, grad_outputs=soft[2], create_graph=create_graph)
         n = g.shape[1]
         l2 = torch.linalg.vector_norm(g, dim=1)
         mean_abs = g.abs().sum(1) / n
