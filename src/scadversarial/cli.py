@@ -45,7 +45,7 @@ def _audit(args: argparse.Namespace) -> int:
     )  # fmt: skip
     s = report.summary
     print(
-        f"audited the {s['classifier']['kind']} on {s['n_cells']} cells, {len(s['clusters'])} clusters, "
+        f"audited the {s['classifier']['kind'].removesuffix(' classifier')} classifier on {s['n_cells']} cells, {len(s['clusters'])} clusters, "
         f"{s['n_genes_searched']} genes"
     )
     print(f"wrote {report.html}, {report.json} and {len(report.figures)} figures in {time.perf_counter() - t0:.1f} s")
