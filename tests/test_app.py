@@ -145,7 +145,7 @@ def test_logic_errors(pipe):
     with pytest.raises(logic.AppError, match="out of range"):
         logic.clean_cell(pipe, pipe.n_cells)
     with pytest.raises(logic.AppError, match="Unknown attack method"):
-        logic.attack_cell(pipe, 0, method="cw")
+        logic.attack_cell(pipe, 0, method="no_such_attack")
     with pytest.raises(logic.AppError, match="positive"):
         logic.attack_cell(pipe, 0, eps=0)
     with pytest.raises(logic.AppError, match="--models was given without --adata"):

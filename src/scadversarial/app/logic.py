@@ -281,10 +281,13 @@ def _attack_defaults(adata: AnnData) -> dict:
         if rec.get("kind", "whitebox") != "whitebox" or "method" not in params:
             continue
         eps = np.atleast_1d(np.asarray(params.get("eps", [0.1]), dtype=float))
+        mid = len(eps) // 2
+        # records give one step size per budget (older records: one for all)
+        alpha = np.atleast_1d(np.asarray(params.get("alpha", 0.02), dtype=float))
         out.update(
             method=str(params["method"]),
-            eps=float(eps[len(eps) // 2]) if eps.size else 0.1,
-            alpha=float(params.get("alpha", 0.02)),
+            eps=float(eps[mid]) if eps.size else 0.1,
+            alpha=float(alpha[min(mid, len(alpha) - 1)]) if alpha.size else 0.02,
             steps=int(params.get("steps", 10)),
             bounds=str(params.get("bounds", "none")),
         )
