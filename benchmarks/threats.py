@@ -174,7 +174,9 @@ def threats(adata, det, notes: list[str]) -> dict:
             notes.append(f"{name}: no method {method!r} in sad.tl.attack yet")
     score_based = next((m for m in ("square", "nes") if m in methods), None)
     if score_based is not None:
-        out["score-based"] = {"method": score_based, "eps": SQUARE_EPS, "max_queries": SQUARE_QUERIES}
+        out["score-based"] = {"method": score_based, "eps": SQUARE_EPS}
+        if "max_queries" in opts:
+            out["score-based"]["max_queries"] = SQUARE_QUERIES
     else:  # the array-level Square Attack on the classifier's probabilities only
         out["score-based"] = _square_attack
     out["CGD"] = _cluster_layer(_cgd, "bench_cgd", None)
