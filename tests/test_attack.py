@@ -72,6 +72,9 @@ def test_mask_and_bounds(pipeline3k):
     Xa = a.layers["masked_eps0.5"]
     np.testing.assert_array_equal(Xa[:, ~mask], a.X[:, ~mask])
     assert (Xa >= a.X.min(0) - 1e-6).all() and (Xa <= a.X.max(0) + 1e-6).all()
+    params = a.uns["sad"]["attacks"]["masked"]["params"]
+    # the older bounds='observed' is the 'observed' constraint of the scaled-space threat
+    assert params["space"] == "scaled" and params["constraint"] == "observed" and params["bounds"] == "observed"
 
 
 def test_attack_true_labels(pipeline3k):
