@@ -27,12 +27,28 @@ def row_chunks(n_obs: int, n_cols: int, *, chunk_bytes: int = CHUNK_BYTES) -> It
         yield slice(start, min(start + step, n_obs))
 
 
-def _add_rows(acc: np.ndarray, rows: np.ndarray, buf: np.ndarray) -> np.ndarray:
-    """``acc + rows[0] + rows[1] + ...`` in float64, added in row order (as numpy's axis-0 sum)."""
-    n = rows.shape[0]
+def add_rows(acc: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``acc + rows[0] + rows[1] + ...`` in float64, added in row order as numpy's axis-0 sum adds them."""
+    buf = np.empty((rows.shape[0] + 1, rows.shape[1]))
     buf[0] = acc
-    buf[1 : n + 1] = rows
-    return buf[: n + 1].sum(0)
+    buf[1:] = rows
+    return buf.sum(0)
+
+
+def add_squared_deviations(acc: np.ndarray, rows: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """``acc + sum_i (rows[i] - mean) ** 2`` in float64, in row order (numpy's ``_var`` second pass)."""
+    buf = np.empty((rows.shape[0] + 1, rows.shape[1]))
+    buf[0] = acc
+    dev = np.subtract(rows, mean, out=buf[1:])
+    np.multiply(dev, dev, out=dev)
+    return buf.sum(0)
+
+
+def finish_mean_std(total: np.ndarray, squares: np.ndarray | None, n_obs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Float32 mean and std (ddof=1; 0 and a single cell give 1) from the sums of the two passes."""
+    std = np.sqrt(squares / (n_obs - 1)) if n_obs > 1 else np.ones(total.shape[0])
+    std[std == 0] = 1.0
+    return (total / n_obs).astype(np.float32), std.astype(np.float32)
 
 
 def mean_std(X: np.ndarray, *, chunk_bytes: int = CHUNK_BYTES) -> tuple[np.ndarray, np.ndarray]:
@@ -43,23 +59,16 @@ def mean_std(X: np.ndarray, *, chunk_bytes: int = CHUNK_BYTES) -> tuple[np.ndarr
     """
     n_obs, n_vars = X.shape
     chunks = list(row_chunks(n_obs, n_vars, chunk_bytes=chunk_bytes))
-    buf = np.empty((chunks[0].stop - chunks[0].start + 1, n_vars)) if chunks else np.empty((1, n_vars))
     total = np.zeros(n_vars)
     for sl in chunks:
-        total = _add_rows(total, X[sl], buf)
-    mean = total / n_obs
+        total = add_rows(total, X[sl])
+    squares = None
     if n_obs > 1:
-        sq = np.zeros(n_vars)
+        mean = total / n_obs
+        squares = np.zeros(n_vars)
         for sl in chunks:
-            dev = np.subtract(X[sl], mean, out=buf[1 : sl.stop - sl.start + 1])
-            np.multiply(dev, dev, out=dev)
-            buf[0] = sq
-            sq = buf[: sl.stop - sl.start + 1].sum(0)
-        std = np.sqrt(sq / (n_obs - 1))
-    else:
-        std = np.ones(n_vars)
-    std[std == 0] = 1.0
-    return mean.astype(np.float32), std.astype(np.float32)
+            squares = add_squared_deviations(squares, X[sl], mean)
+    return finish_mean_std(total, squares, n_obs)
 
 
 def dense_columns(M, col: np.ndarray | None, *, chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:

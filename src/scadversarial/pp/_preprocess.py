@@ -9,6 +9,7 @@ from anndata import AnnData
 from .. import _keys
 from .._settings import logger
 from .._validate import check_adata, check_finite, check_nonnegative, get_matrix, matrix_name, set_record, uns_root
+from . import _dask
 from ._chunked import dense_columns, mean_std, scale_into
 
 
@@ -27,6 +28,29 @@ def _check_not_scaled(M) -> None:
             "log-normalized values (e.g. `adata.raw.to_adata()` or a counts layer with `layer=`)."
         )
         raise ValueError(msg)
+
+
+def _check_input(M, where: str, *, already_log: bool | None, uns_log: bool) -> bool:
+    """Check the input matrix (finite; counts non-negative; log data not scaled); return ``already_log``.
+
+    ``None`` decides from the data: ``uns_log`` (``uns['log1p']`` set for ``X``) or non-integer values mean
+    log-normalized. A dask matrix is summarized in one pass over its blocks (its non-finite values and
+    minimum, which is all the shared checks read) and its first block is the counts-or-log sample.
+    """
+    if _dask.is_dask(M):
+        n_bad, low = _dask.summarize(M)
+        summary = np.array([np.nan] * n_bad + [low])
+        sample = _dask.first_block(M)
+    else:
+        summary = sample = M
+    check_finite(summary, where)
+    if already_log is None:
+        already_log = uns_log or not _looks_like_counts(sample)
+    if already_log:
+        _check_not_scaled(summary)
+    else:
+        check_nonnegative(summary, where)
+    return bool(already_log)
 
 
 def preprocess(
@@ -48,6 +72,13 @@ def preprocess(
     ``n_top_genes`` highly variable genes (:func:`scanpy.pp.highly_variable_genes`), and per-gene
     scaling to zero mean and unit variance clipped at ``max_value``. Data that are already
     log-normalized skip the first two steps.
+
+    Memory: besides the outputs, one float32 copy of the input's non-zeros (the log-normalized matrix, kept
+    in ``.raw``) and chunk-sized temporaries: statistics and scaling run by chunks of cells, with the values
+    of whole-matrix numpy operations bit for bit. A dask ``X`` (or ``layer``), e.g. from
+    :func:`anndata.experimental.read_elem_lazy`, is processed block by block of cells, also on a
+    ``dask.distributed`` cluster: the outputs are dask arrays that compute to the in-memory outputs, and only
+    per-gene statistics are computed here. A backed AnnData must be loaded first (``adata.to_memory()``).
 
     Parameters
     ----------
@@ -92,16 +123,30 @@ def preprocess(
     ``.uns['sad']['preprocess']``
         Parameters of this call.
 
+    Examples
+    --------
+    >>> import scadversarial as sad
+    >>> adata = sad.datasets.pbmc68k_reduced()
+    >>> sad.pp.preprocess(adata, n_top_genes=500)
+    >>> adata.layers["sad_lognorm"].shape
+    (700, 500)
+
+    With dask (the ``dask`` extra), blocks of cells read lazily from an ``.h5ad``:
+
+    >>> import anndata as ad, h5py  # doctest: +SKIP
+    >>> f = h5py.File("pbmc3k.h5ad")  # doctest: +SKIP
+    >>> adata = ad.AnnData(ad.experimental.read_elem_lazy(f["X"], chunks=(10_000, -1)))  # doctest: +SKIP
+    >>> sad.pp.preprocess(adata)  # doctest: +SKIP
+    >>> adata.X  # doctest: +SKIP
+    dask.array<...>
+
     """
     check_adata(adata)
     M = get_matrix(adata, layer, dense=False, check=False)  # checked once, just below
-    check_finite(M, matrix_name(layer))
-    if already_log is None:
-        already_log = ("log1p" in adata.uns and layer is None) or not _looks_like_counts(M)
-    if not already_log:
-        check_nonnegative(M, matrix_name(layer))
-    else:
-        _check_not_scaled(M)
+    lazy = _dask.is_dask(M)
+    already_log = _check_input(
+        M, matrix_name(layer), already_log=already_log, uns_log=("log1p" in adata.uns and layer is None)
+    )
     if reference is not None:
         missing = reference.var_names.difference(adata.var_names)
         if len(missing):
@@ -119,14 +164,22 @@ def preprocess(
     # Memory: the input, its float32 log-normalized copy (-> .raw) and, at the end, the two dense outputs.
     # No other full-size copy: counts are read from the input after the gene subset, statistics and scaling
     # run by chunks of cells (``_chunked``), bit-identical to the whole-matrix numpy operations.
-    work = AnnData(
-        M.astype(np.float32) if sp.issparse(M) else M.copy(),
-        obs=adata.obs[[]].copy(),
-        var=adata.var[[]].copy(),
-    )
-    if not already_log:
-        sc.pp.normalize_total(work, target_sum=target_sum)
-        sc.pp.log1p(work)
+    # Dask input: the same steps block by block of cells, lazily (``_dask``); only per-gene statistics are computed.
+    if lazy:
+        work = AnnData(
+            _dask.lognorm(M, already_log=already_log, target_sum=target_sum),
+            obs=adata.obs[[]].copy(),
+            var=adata.var[[]].copy(),
+        )
+    else:
+        work = AnnData(
+            M.astype(np.float32) if sp.issparse(M) else M.copy(),
+            obs=adata.obs[[]].copy(),
+            var=adata.var[[]].copy(),
+        )
+        if not already_log:
+            sc.pp.normalize_total(work, target_sum=target_sum)
+            sc.pp.log1p(work)
 
     if reference is not None:
         genes = reference.var_names
@@ -163,14 +216,22 @@ def preprocess(
     counts = None
     if not already_log:
         counts = get_matrix(adata, layer, dense=False, check=False)
-        if sp.issparse(counts):  # float32 CSR as before; a new object unless adata.X (replaced below) held it
+        if lazy:
+            counts = _dask.counts(counts)
+        elif sp.issparse(counts):  # float32 CSR as before; a new object unless adata.X (replaced below) held it
             counts = sp.csr_matrix(counts, dtype=np.float32, copy=layer is not None)
         else:
             counts = np.array(counts) if layer is not None else np.asarray(counts)
-    lognorm = dense_columns(lognorm_full, keep)
-    if mean is None:
-        mean, std = mean_std(lognorm)
-    adata.X = scale_into(lognorm, mean, std, max_value)
+    if lazy:
+        lognorm = _dask.dense(lognorm_full, keep)
+        if mean is None:
+            mean, std = _dask.mean_std(lognorm)
+        adata.X = _dask.scale(lognorm, mean, std, max_value)
+    else:
+        lognorm = dense_columns(lognorm_full, keep)
+        if mean is None:
+            mean, std = mean_std(lognorm)
+        adata.X = scale_into(lognorm, mean, std, max_value)
     adata.layers[_keys.LAYER_LOGNORM] = lognorm
     if counts is not None:
         adata.layers[_keys.LAYER_COUNTS] = counts
