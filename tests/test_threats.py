@@ -280,3 +280,19 @@ def test_perturbation_plot_reads_the_layer_space(cells3k):
     change = axs[2].images[0].get_array()
     assert np.isfinite(change).all() and np.abs(change).max() > 0
     plt.close("all")
+
+
+@pytest.mark.parametrize("method", ["square", "nes"])
+def test_score_based_methods_through_attack(cells3k, method):
+    """Square Attack / NES query only probabilities, through the transform, and respect the threat."""
+    a = cells3k[:40].copy()
+    sad.tl.attack(a, method, eps=0.5, space="log", constraint="expressed", max_queries=200, key_added="sb")
+    L, A = a.layers["sad_lognorm"], a.layers["sb_eps0.5"]
+    np.testing.assert_array_equal(A[L == 0], 0)
+    assert A.min() >= 0 and np.abs(A - L).max() <= 0.5 + 1e-5
+    rec = a.uns["sad"]["attacks"]["sb"]
+    assert rec["kind"] == "score_based" and rec["params"]["max_queries"] == 200
+    assert 1 <= rec["metrics"]["queries"]["sb_eps0.5"] <= 200
+    assert rec["metrics"]["flip_rate"]["sb_eps0.5"] > 0
+    with pytest.raises(ValueError, match="space='log' or 'scaled'"):
+        sad.tl.attack(a, method, eps=1.0, space="counts")

@@ -15,7 +15,7 @@ from anndata import AnnData
 from .. import _keys
 from .._settings import settings
 from .._validate import check_adata, check_obs_key, get_matrix, h5ad_safe, matrix_for_genes, uns_root
-from ..attacks.whitebox import DETECTOR_METHODS, METHOD_NORM, METHODS, IterConfig, Method, ThreatArrays, run_attack
+from ..attacks.whitebox import DETECTOR_METHODS, METHOD_NORM, METHODS, AttackRun, IterConfig, ThreatArrays, run_attack
 from ..models.classifier import SPACES, CellClassifier, Space
 from ._classifier import _write_predictions
 from ._models import get_model
@@ -23,6 +23,14 @@ from ._space import expressed_mask, layer_space, other_counts, space_layer, spac
 
 Constraint = Literal["observed", "expressed", "counts"]
 CONSTRAINTS: tuple[str, ...] = ("observed", "expressed", "counts")
+#: score-based black-box methods (:mod:`~scadversarial.attacks.score_based`): probabilities only, L-inf
+SCORE_METHODS: tuple[str, ...] = ("square", "nes")
+AttackMethod = Literal["pgd", "fgsm", "pgd_rs", "pgd_l2", "cw", "deepfool", "square", "nes"]
+ALL_METHODS: tuple[str, ...] = (*METHODS, *SCORE_METHODS)
+
+
+def _norm(method: str) -> str:
+    return "linf" if method in SCORE_METHODS else METHOD_NORM[method]
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,8 @@ class AttackOptions:
         Carlini-Wagner's initial constant, its binary-search steps and the margin ``kappa``.
     overshoot
         DeepFool's overshoot.
+    max_queries
+        Score-based methods (``'square'``, ``'nes'``): classifier queries per cell.
     detector_weight
         Weight(s) ``lambda`` of the detector logit in a detector-aware attack; several weights: per
         cell, the flipped iterate with the lowest detector score over all of them.
@@ -114,6 +124,7 @@ class AttackOptions:
     cw_search_steps: int = 4
     cw_confidence: float = 0.0
     overshoot: float = 0.02
+    max_queries: int = 1000
     detector_weight: float | tuple[float, ...] = 1.0
     labels_key: str | None = None
     model: CellClassifier | None = dataclasses.field(default=None, compare=False, repr=False)
@@ -161,8 +172,8 @@ def _resolve_options(
 
 def _check_threat(adata: AnnData, threat: ThreatModel, method: str) -> tuple[Space, str | None]:
     """Validate the threat model in one place; return the space and the matrix attacked."""
-    if method not in METHODS:
-        msg = f"Unknown attack method {method!r}; choose one of {METHODS}."
+    if method not in ALL_METHODS:
+        msg = f"Unknown attack method {method!r}; choose one of {ALL_METHODS}."
         raise ValueError(msg)
     space = threat.space
     if space is None:
@@ -175,6 +186,9 @@ def _check_threat(adata: AnnData, threat: ThreatModel, method: str) -> tuple[Spa
         raise ValueError(msg)
     if threat.constraint == "counts" and space != "counts":
         msg = f"constraint='counts' (non-negative integer counts) needs space='counts', got space={space!r}."
+        raise ValueError(msg)
+    if method in SCORE_METHODS and space == "counts":
+        msg = f"Score-based method {method!r} queries stacked samples without per-cell libraries; use space='log' or 'scaled'."
         raise ValueError(msg)
     if threat.max_log_fc is not None and not threat.max_log_fc > 0:
         msg = f"max_log_fc must be positive (a natural-log fold change), got {threat.max_log_fc}."
@@ -265,7 +279,7 @@ def _threat_arrays(
         mask = expressed if mask is None else (mask & expressed)
     std = model.transform.std.detach().cpu().numpy() if space == "scaled" else None
     return ThreatArrays(
-        norm=METHOD_NORM[method], lower=lower, upper=upper, mask=mask, max_log_fc=threat.max_log_fc, space=space,
+        norm=_norm(method), lower=lower, upper=upper, mask=mask, max_log_fc=threat.max_log_fc, space=space,
         std=std, integer=threat.constraint == "counts",
     )  # fmt: skip
 
@@ -339,9 +353,38 @@ def _check_detector(detector, model: CellClassifier, method: str) -> None:
         raise ValueError(msg)
 
 
+def _score_run(view, X, y, *, method, eps_list, tarr, targeted, options, bs) -> tuple[AttackRun, dict]:
+    """Square Attack / NES on the classifier's probabilities, through its transform from the threat's space."""
+    from ..attacks.score_based import score_attack
+
+    dev = next((b.device for b in view.classifier.buffers()), torch.device("cpu"))
+
+    @torch.no_grad()
+    def proba(Z: np.ndarray) -> np.ndarray:
+        out = []
+        for s in range(0, len(Z), bs):
+            zb = torch.as_tensor(np.ascontiguousarray(Z[s : s + bs], dtype=np.float32), device=dev)
+            out.append(torch.softmax(view(zb), 1).double().cpu().numpy())
+        return np.concatenate(out)
+
+    run, queries = AttackRun({}), {}
+    x0 = torch.as_tensor(X)
+    for e in eps_list:
+        proj = tarr.projection(x0, slice(None), e)  # per-entry bounds (fold change included) and the mask
+        arr = {k: None if t is None else t.numpy() for k, t in (("lower", proj.lower), ("upper", proj.upper))}
+        mask = None if proj.mask is None else proj.mask.numpy() > 0
+        res = score_attack(
+            proba, X, y, method=method, eps=e, lower=arr["lower"], upper=arr["upper"], mask=mask,
+            max_queries=options.max_queries, targeted=targeted, batch_size=bs, random_state=options.random_state,
+        )  # fmt: skip
+        run.adversarial[e] = res.X_adv.astype(np.float32, copy=False)
+        queries[e] = float(res.n_queries.mean())
+    return run, queries
+
+
 def attack(
     adata: AnnData,
-    method: Method = "pgd",
+    method: AttackMethod = "pgd",
     *,
     eps: float | Sequence[float] = (0.05, 0.1, 0.15),
     threat: ThreatModel | None = None,
@@ -372,11 +415,13 @@ def attack(
         ``'pgd'`` (L-inf projected gradient descent), ``'pgd_rs'`` (PGD from a random start),
         ``'pgd_l2'`` (L2 PGD), ``'fgsm'`` (one signed-gradient step of size eps), ``'cw'``
         (Carlini-Wagner L2: the smallest change that flips the cell, by a binary search over its
-        trade-off constant, within eps) or ``'deepfool'`` (DeepFool L2: steps to the nearest
-        linearised class boundary, within eps).
+        trade-off constant, within eps), ``'deepfool'`` (DeepFool L2: steps to the nearest
+        linearised class boundary, within eps), or the score-based black-box ``'square'`` (Square
+        Attack) and ``'nes'`` (NES gradient estimates), which query only the classifier's
+        probabilities (``max_queries`` per cell; L-inf; scaled or log space).
     eps
-        One or several budgets in the space's units, L-inf for ``pgd``/``pgd_rs``/``fgsm`` and L2
-        for ``pgd_l2``/``cw``/``deepfool``; each gets its own layer.
+        One or several budgets in the space's units, L-inf for ``pgd``/``pgd_rs``/``fgsm``/``square``/``nes``
+        and L2 for ``pgd_l2``/``cw``/``deepfool``; each gets its own layer.
     threat
         The threat model (:class:`ThreatModel`; default: scaled space, unconstrained).
     target_class
@@ -407,15 +452,17 @@ def attack(
         The classifier's prediction on it (through its transform from that space).
 
     ``.uns['sad']['attacks'][key_added]``
-        ``kind`` (``'whitebox'``), ``layers``, ``eps``; ``params``: ``method``, ``eps``, ``norm``,
-        ``space``, ``constraint``, ``max_log_fc`` (``-1``: none), ``layer`` (the matrix attacked),
-        ``target`` (``'none'``, a class, or ``'per_cell'``), ``labels_key``, ``mask``, ``bounds``,
-        ``alpha`` (per budget), ``steps``, ``detector`` and ``detector_weight``, ``random_state``;
-        ``metrics``: ``flip_rate`` per layer, ``flip_rate_any``, ``per_class``,
+        ``kind`` (``'whitebox'``, or ``'score_based'`` for ``square``/``nes``), ``layers``, ``eps``;
+        ``params``: ``method``, ``eps``, ``norm``, ``space``, ``constraint``, ``max_log_fc`` (``-1``:
+        none), ``layer`` (the matrix attacked), ``target`` (``'none'``, a class, or ``'per_cell'``),
+        ``labels_key``, ``mask``, ``bounds``, ``detector`` and ``detector_weight``, ``random_state``,
+        and ``alpha`` (per budget) and ``steps`` (gradient methods), ``max_queries`` (score-based),
+        ``cw_*`` (CW), ``overshoot`` (DeepFool); ``metrics``: ``flip_rate`` per layer, ``flip_rate_any``, ``per_class``,
         ``flip_rate_per_eps``; with ``target_class`` ``target_rate`` (cells predicted as their
         target) per layer; for integer counts ``flip_rate_continuous`` (before rounding) per layer;
         with a detector ``detector`` (``threshold``, and per layer ``flagged``, ``evasion`` (flipped
-        and not flagged) and ``weight_chosen`` (cells per weight)).
+        and not flagged) and ``weight_chosen`` (cells per weight)); for score-based methods
+        ``queries`` (mean queries per cell) per layer.
 
     Examples
     --------
@@ -441,6 +488,9 @@ def attack(
         msg = f"eps must be positive, got {eps}."
         raise ValueError(msg)
     options.iter_config().check()
+    if options.max_queries < 1:
+        msg = f"max_queries must be at least 1 (queries per cell of 'square'/'nes'), got {options.max_queries}."
+        raise ValueError(msg)
     model = options.model if options.model is not None else get_model(adata, _keys.STEP_CLASSIFIER)
     _check_detector(detector, model, method)
     X = matrix_for_genes(adata, model.var_names, layer)
@@ -461,15 +511,36 @@ def attack(
     goal = _target_codes(adata, target_class, list(model.classes))
     tarr = _threat_arrays(adata, threat, space, method, X, model)
     prefix = key_added or f"sad_{method}"
-    run = run_attack(
-        view, X, source if goal is None else goal, method=method, eps=eps_list, threat=tarr,
-        config=options.iter_config(), targeted=goal is not None, other=other, detector=detector,
-        detector_weight=options.detector_weight, batch_size=bs, device=dev, random_state=options.random_state,
-    )  # fmt: skip
+    y = source if goal is None else goal
+    queries: dict[float, float] = {}
+    if method in SCORE_METHODS:
+        was_training = model.training
+        model.eval().to(dev)
+        try:
+            run, queries = _score_run(
+                view,
+                X,
+                y,
+                method=method,
+                eps_list=eps_list,
+                tarr=tarr,
+                targeted=goal is not None,
+                options=options,
+                bs=bs,
+            )
+        finally:
+            model.train(was_training)
+    else:
+        run = run_attack(
+            view, X, y, method=method, eps=eps_list, threat=tarr, config=options.iter_config(),
+            targeted=goal is not None, other=other, detector=detector, detector_weight=options.detector_weight,
+            batch_size=bs, device=dev, random_state=options.random_state,
+        )  # fmt: skip
 
     if copy:
         adata = adata.copy()
-    layers, preds, extra = [], {}, {"target_rate": {}, "flip_rate_continuous": {}, "detector": {}}
+    layers, preds = [], {}
+    extra: dict[str, dict] = {"target_rate": {}, "flip_rate_continuous": {}, "detector": {}, "queries": {}}
     for e, Xa in run.adversarial.items():
         name = f"{prefix}_eps{e:g}"
         if adata.var_names.equals(pd.Index(model.var_names)):
@@ -481,6 +552,8 @@ def attack(
         Xs = to_scaled(view, Xa, other, batch_size=bs)
         preds[name] = _write_predictions(adata, model, Xs, layer=name)
         layers.append(name)
+        if e in queries:
+            extra["queries"][name] = queries[e]
         if goal is not None:
             extra["target_rate"][name] = (
                 float((preds[name] == goal)[goal != source].mean()) if (goal != source).any() else 1.0
@@ -510,22 +583,32 @@ def attack(
     else:
         target_name = str(target_class) if isinstance(target_class, str) else "per_cell"
     params = {
-        "method": method, "eps": eps_list, "norm": METHOD_NORM[method], "space": space,
+        "method": method, "eps": eps_list, "norm": _norm(method), "space": space,
         "constraint": threat.constraint or "none",
         "max_log_fc": -1.0 if threat.max_log_fc is None else float(threat.max_log_fc),
         "layer": layer or "X", "target": target_name, "labels_key": options.labels_key or "predicted",
         "mask": mask_name, "bounds": "observed" if threat.constraint == "observed" else ("custom" if threat.bounds is not None else "none"),
-        "alpha": [cfg.step_size(method, e, space=space, n_genes=X.shape[1]) for e in eps_list],
-        "steps": cfg.n_steps(method), "random_state": int(options.random_state),
+        "random_state": int(options.random_state),
         "detector": "none" if detector is None else str(getattr(detector, "_sad_id", type(detector).__name__)),
         "detector_weight": list(np.atleast_1d(options.detector_weight).astype(float)) if detector is not None else [],
     }  # fmt: skip
+    if method in SCORE_METHODS:
+        params["max_queries"] = int(options.max_queries)
+    else:
+        params["alpha"] = [cfg.step_size(method, e, space=space, n_genes=X.shape[1]) for e in eps_list]
+        params["steps"] = cfg.n_steps(method)
     if method == "cw":
         params.update(cw_c=cfg.cw_c, cw_search_steps=cfg.cw_search_steps, cw_confidence=cfg.cw_confidence)
     if method == "deepfool":
         params["overshoot"] = cfg.overshoot
     root[_keys.STEP_ATTACKS][prefix] = h5ad_safe(
-        {"params": params, "layers": layers, "eps": eps_list, "metrics": metrics, "kind": "whitebox"}
+        {
+            "params": params,
+            "layers": layers,
+            "eps": eps_list,
+            "metrics": metrics,
+            "kind": "score_based" if method in SCORE_METHODS else "whitebox",
+        }
     )
     return adata if copy else None
 
