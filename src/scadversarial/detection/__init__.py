@@ -14,6 +14,7 @@ from ._features import (
     meta_feature_tensor,
     straight_through,
 )
+from ._rules import RULES, Lattice, PlausibilityRules, RuleReport, Transform, fit_lattice
 from ._training import sample_triplets, train_residual, train_triplet
 from .baselines import (
     BASELINES,
@@ -30,6 +31,12 @@ from .baselines import (
 )
 
 __all__ = [
+    "RULES",
+    "Lattice",
+    "PlausibilityRules",
+    "RuleReport",
+    "Transform",
+    "fit_lattice",
     "BASELINES",
     "BaselineDetector",
     "BaselineName",

@@ -1,0 +1,296 @@
+"""Plausibility rules: inputs that no preprocessing of real counts can produce, flagged with a reason.
+
+Array level (no AnnData inside). A classifier's scaled input is ``x = clip((l - mean) / std)`` of
+log-normalized values ``l = log1p(k * target_sum / N)`` with integer counts ``k`` and the cell's
+library ``N``. Inverting the classifier's own transform (``l = x * std + mean``, exact up to
+float32 rounding wherever ``|x|`` is below the clip) gives four checks per entry:
+
+``'out_of_range'``
+    ``|x|`` beyond the clip: the transform never outputs it.
+``'negative_expression'``
+    ``l < 0``: a log-normalized value is never negative.
+``'off_zero'``
+    ``0 < l`` below a quarter of the smallest positive value of the clean training cells: no count
+    (not even 1 UMI of a cell four times deeper than any training cell) normalizes to it.
+``'off_lattice'``
+    ``expm1(l) = k * u`` is not an integer multiple of the cell's unit ``u = target_sum / N``
+    (estimated per cell from its own values, :func:`fit_lattice`).
+
+Entries at the clip are not invertible and take part in no check but the first. The score of a
+cell is its number of violating entries (it grows with the number of genes an attack moves); its
+reason is the first rule of the list above that it breaks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Self
+
+import numpy as np
+
+from .._settings import logger
+from .baselines import _Baseline
+
+if TYPE_CHECKING:
+    from ..models.classifier import CellClassifier
+
+Reason = Literal["out_of_range", "negative_expression", "off_zero", "off_lattice", ""]
+#: Rules in order of precedence (the reason of a cell is the first it breaks).
+RULES: tuple[str, ...] = ("out_of_range", "negative_expression", "off_zero", "off_lattice")
+
+#: Tolerance of every check in log units. Inverting float32 scaled values of PBMC3k gives log values
+#: within 5.2e-7 of the stored ones (and lattice residuals within 5.3e-7): 1e-4 is ~200x that, and
+#: still far below any change that could move a prediction.
+LOG_TOL = 1e-4
+#: Relative tolerance on the clip: float32 holds the clip value (10) exactly, and a scaled value beyond
+#: it by more than float32 rounding was not produced by the transform.
+CLIP_RTOL = 1e-6
+#: A value below this fraction of the smallest positive clean training value is off zero: tolerates
+#: query cells up to ~4x deeper than the deepest training cell (1 UMI then normalizes to ~1/4 of it).
+OFF_ZERO_FRACTION = 0.25
+#: The cell's unit is tried at its smallest value divided by 1..MAX_DIVISOR: a cell whose smallest
+#: count among the kept genes is 2-4 UMI (not 1) is still recognized as on the lattice.
+MAX_DIVISOR = 4
+#: The lattice rule stays on only when at most this fraction of clean training cells break it; more
+#: means the values were not normalized from integer counts (e.g. already-processed data sets).
+LATTICE_MAX_CLEAN_RATE = 0.01
+#: Cells per chunk of the vectorized checks (cells x genes float64 arrays stay ~16 MB at 2,000 genes).
+CHUNK = 1024
+
+
+@dataclass(frozen=True)
+class Transform:
+    """The classifier's per-gene scaling, as float64 arrays: ``x = clip((l - mean) / std, -clip, clip)``."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    clip: float | None
+
+    @classmethod
+    def of(cls, classifier: CellClassifier) -> Transform:
+        """The transform of a :class:`~scadversarial.models.CellClassifier`."""
+        t = classifier.transform
+        clip = None if t.clip is None else float(t.clip)
+        return cls(t.mean.detach().cpu().double().numpy(), t.std.detach().cpu().double().numpy(), clip)
+
+    def to_log(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(log values, invertible)`` of scaled ``X``; entries at (or beyond) the clip are not invertible."""
+        X = np.asarray(X, dtype=np.float64)
+        L = X * self.std + self.mean
+        if self.clip is None:
+            return L, np.ones(X.shape, dtype=bool)
+        return L, np.abs(X) < self.clip * (1 - CLIP_RTOL)
+
+    def out_of_range(self, X: np.ndarray) -> np.ndarray:
+        """Entries beyond the clip (the transform never outputs them)."""
+        if self.clip is None:
+            return np.zeros(np.shape(X), dtype=bool)
+        return np.abs(np.asarray(X, dtype=np.float64)) > self.clip * (1 + CLIP_RTOL)
+
+    def to_scaled(self, L: np.ndarray) -> np.ndarray:
+        """Scaled float32 values of log values ``L`` (the classifier's transform)."""
+        Z = (np.asarray(L, dtype=np.float64) - self.mean) / self.std
+        if self.clip is not None:
+            Z = np.clip(Z, -self.clip, self.clip)
+        return Z.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Lattice:
+    """Per-cell fit of ``expm1(l) = k * unit`` to integer counts ``k``.
+
+    Attributes
+    ----------
+    unit
+        Per cell, ``target_sum / N`` (float64; NaN for a cell without a checked entry).
+    counts
+        Cells x genes: the nearest integer count of each checked entry, 0 elsewhere (float64).
+    off
+        Cells x genes: checked entries more than :data:`LOG_TOL` log units from ``log1p(k * unit)``.
+    """
+
+    unit: np.ndarray
+    counts: np.ndarray
+    off: np.ndarray
+
+
+def fit_lattice(L: np.ndarray, checked: np.ndarray) -> Lattice:
+    """Fit each cell's log values to the lattice ``log1p(k * unit)`` of integer counts ``k >= 1``.
+
+    For each divisor ``m`` in ``1..MAX_DIVISOR`` the unit starts at the cell's smallest ``expm1(l)``
+    divided by ``m``, is refined by least squares over the rounded counts, and the entries off the
+    lattice are counted; the divisor with the fewest wins (ties: the smallest). On clean PBMC3k
+    cells every checked entry lies within 5.3e-7 log units of the lattice.
+
+    Parameters
+    ----------
+    L
+        Log-normalized values (cells x genes).
+    checked
+        Entries to fit (expressed and invertible).
+
+    Returns
+    -------
+    The :class:`Lattice` of the cells.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> L = np.log1p(np.array([[1.0, 3.0, 0.0, 7.0]]) * 1e4 / 2500)
+    >>> lat = fit_lattice(L, L > 0)
+    >>> float(np.round(lat.unit[0], 6)), lat.counts[0].tolist(), bool(lat.off.any())
+    (4.0, [1.0, 3.0, 0.0, 7.0], False)
+    """
+    V = np.where(checked, np.expm1(np.where(checked, L, 0.0)), np.nan)
+    logV = np.where(checked, L, 0.0)
+    has = checked.any(1)
+    vmin = np.where(has, np.nanmin(np.where(has[:, None], V, 1.0), axis=1), np.nan)
+    best_unit = np.full(len(L), np.nan)
+    best_off = np.zeros(L.shape, dtype=bool)
+    best_counts = np.zeros(L.shape)
+    best_n = np.full(len(L), np.iinfo(np.int64).max)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for m in range(1, MAX_DIVISOR + 1):
+            u = vmin / m
+            K = np.maximum(np.rint(V / u[:, None]), 1.0)
+            K = np.where(checked, K, 0.0)
+            u = np.where(has, np.nansum(K * np.nan_to_num(V), 1) / np.maximum((K * K).sum(1), 1.0), np.nan)
+            K = np.where(checked, np.maximum(np.rint(V / u[:, None]), 1.0), 0.0)
+            off = checked & (np.abs(logV - np.log1p(K * u[:, None])) > LOG_TOL)
+            n = off.sum(1)
+            better = n < best_n
+            best_n = np.where(better, n, best_n)
+            best_unit = np.where(better, u, best_unit)
+            best_off[better] = off[better]
+            best_counts[better] = K[better]
+    return Lattice(best_unit, best_counts, best_off)
+
+
+@dataclass(frozen=True)
+class RuleReport:
+    """What the plausibility rules find in each cell.
+
+    Attributes
+    ----------
+    score
+        Number of violating entries per cell (float64).
+    reason
+        The first rule of :data:`RULES` the cell breaks, ``''`` for none (object array of str).
+    counts
+        Cells x rules: violating entries per rule, columns in the order of :data:`RULES`.
+    """
+
+    score: np.ndarray
+    reason: np.ndarray
+    counts: np.ndarray
+
+
+class PlausibilityRules(_Baseline):
+    """Flags inputs that no preprocessing of real counts can produce, with the rule each cell breaks.
+
+    The rules (see the module docstring) read the classifier's scaled input through its own
+    transform. :meth:`fit` learns only the smallest positive value of the clean training cells
+    (the ``'off_zero'`` bound) and whether those cells lie on the count lattice (the lattice rule
+    is switched off, with a warning, when more than :data:`LATTICE_MAX_CLEAN_RATE` of them do not:
+    data that were never integer counts). :meth:`calibrate` sets the threshold to at least one
+    violating entry.
+
+    Parameters
+    ----------
+    lattice
+        Apply the lattice rule: ``'auto'`` (when the training cells obey it), or always / never.
+
+    Examples
+    --------
+    >>> rules = PlausibilityRules().fit(clf, X_train)  # doctest: +SKIP
+    >>> rules.calibrate(X_val, target_fpr=0.05)  # doctest: +SKIP
+    >>> rep = rules.explain(X_test)  # doctest: +SKIP
+    >>> rep.reason[rep.score >= rules.threshold]  # doctest: +SKIP
+    """
+
+    name = "rules"
+
+    def __init__(self, *, lattice: Literal["auto", "on", "off"] = "auto") -> None:
+        super().__init__()
+        if lattice not in ("auto", "on", "off"):
+            msg = f"lattice must be 'auto', 'on' or 'off', got {lattice!r}."
+            raise ValueError(msg)
+        self.lattice = lattice
+
+    def fit(
+        self,
+        classifier: CellClassifier,
+        X_clean: np.ndarray,
+        *,
+        X_adv: np.ndarray | None = None,
+        y: np.ndarray | None = None,
+        rng: np.random.Generator | int | None = None,
+    ) -> Self:
+        """Learn the ``'off_zero'`` bound and check the lattice on clean training cells (``X_adv``, ``y``, ``rng`` unused)."""
+        self.classifier = classifier
+        X_clean = self._check_input(X_clean)
+        self.transform_ = Transform.of(classifier)
+        L, inv = self.transform_.to_log(X_clean)
+        pos = L[inv & (L > LOG_TOL)]
+        self.zero_bound_ = OFF_ZERO_FRACTION * float(pos.min()) if pos.size else LOG_TOL
+        self.use_lattice_ = self.lattice != "off"
+        rep = self.explain(X_clean) if self.lattice == "auto" else None
+        col = RULES.index("off_lattice")
+        self.lattice_clean_rate_ = float(np.mean(rep.counts[:, col] > 0)) if rep is not None else float("nan")
+        if self.lattice == "auto" and self.lattice_clean_rate_ > LATTICE_MAX_CLEAN_RATE:
+            logger.warning(
+                "rules: %.1f%% of clean training cells are off the count lattice: the values were not normalized "
+                "from integer counts, so the lattice rule is off",
+                100 * self.lattice_clean_rate_,
+            )
+            self.use_lattice_ = False
+        return self
+
+    def explain(self, X: np.ndarray) -> RuleReport:
+        """Score, reason and per-rule counts of violating entries of scaled cells ``X`` (cells x genes).
+
+        Returns
+        -------
+        A :class:`RuleReport`.
+        """
+        X = self._check_input(X)
+        counts = np.zeros((len(X), len(RULES)), dtype=np.int64)
+        for s in range(0, len(X), CHUNK):
+            counts[s : s + CHUNK] = self._counts(X[s : s + CHUNK])
+        fired = counts > 0
+        names = np.array([*RULES, ""], dtype=object)
+        first = np.where(fired.any(1), fired.argmax(1), len(RULES))
+        return RuleReport(counts.sum(1).astype(np.float64), names[first], counts)
+
+    def _counts(self, X: np.ndarray) -> np.ndarray:
+        t = self.transform_
+        oor = t.out_of_range(X)
+        L, inv = t.to_log(X)
+        neg = ~oor & (L < -LOG_TOL)
+        off_zero = inv & (L > LOG_TOL) & (L < self.zero_bound_)
+        out = np.zeros((len(X), len(RULES)), dtype=np.int64)
+        out[:, 0], out[:, 1], out[:, 2] = oor.sum(1), neg.sum(1), off_zero.sum(1)
+        if self.use_lattice_:
+            checked = inv & (L >= self.zero_bound_)
+            out[:, 3] = fit_lattice(L, checked).off.sum(1)
+        return out
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """Number of violating entries per cell (float64); 0 for a cell no rule objects to."""
+        return self.explain(X).score
+
+    def calibrate(
+        self, X_clean_val: np.ndarray, X_adv_val: np.ndarray | None = None, *, target_fpr: float = 0.05
+    ) -> float:
+        """Threshold: the baselines' clean-quantile threshold, but at least one violating entry.
+
+        Returns
+        -------
+        The threshold (also stored as ``threshold``).
+        """
+        super().calibrate(X_clean_val, X_adv_val, target_fpr=target_fpr)
+        self.threshold = max(self.threshold, 1.0)
+        return self.threshold
+
+
+__all__ = ["RULES", "Lattice", "PlausibilityRules", "Reason", "RuleReport", "Transform", "fit_lattice"]
