@@ -30,6 +30,18 @@ def test_cli_run_end_to_end(tmp_path):
     assert (out / "models" / "detector" / "model.safetensors").is_file()
     pooled = [r for r in report["detection"] if r["cells"] == "pooled"][0]
     assert pooled["auroc"] > 0.9
+    # the seed threat's row beside the threats the detector was not trained on, and what is missing here
+    threats = [r["threat"] for r in report["threats"]["rows"]]
+    assert threats == [
+        "clean",
+        "seed PGD eps=0.1",
+        "observed PGD eps=0.15",
+        "expressed log 0.5",
+        "detector-aware log 0.5",
+    ]
+    assert "counts: not available for this data" in rc.stdout  # pbmc68k_reduced has no counts
+    assert "trained on the seed threat" in rc.stdout and "what it misses" in rc.stdout
+    assert "benchmark" in a.uns["sad"]
 
 
 def test_cli_bad_data_is_a_clear_error(capsys, tmp_path):
