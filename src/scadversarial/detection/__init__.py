@@ -1,6 +1,8 @@
 """Array-level meta-features, triplet training, detector, calibration and baseline detectors (no AnnData inside)."""
 
 from ._calibration import choose_threshold, detection_metrics, tpr_at_fpr
+from ._count_model import CountModelDetector, RecoveredCounts, recover_counts
+from ._ensemble import EnsembleDetector, EnsembleReport, fit_ensemble
 from ._features import (
     FEATURE_GROUPS,
     SURROGATE_WIDTH,
@@ -15,6 +17,7 @@ from ._features import (
     straight_through,
 )
 from ._rules import RULES, Lattice, PlausibilityRules, RuleReport, Transform, fit_lattice
+from ._stability import KNNConsistency, ThinningStability
 from ._training import sample_triplets, train_residual, train_triplet
 from .baselines import (
     BASELINES,
@@ -31,6 +34,14 @@ from .baselines import (
 )
 
 __all__ = [
+    "CountModelDetector",
+    "EnsembleDetector",
+    "EnsembleReport",
+    "KNNConsistency",
+    "RecoveredCounts",
+    "ThinningStability",
+    "fit_ensemble",
+    "recover_counts",
     "RULES",
     "Lattice",
     "PlausibilityRules",
