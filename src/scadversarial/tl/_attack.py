@@ -353,6 +353,39 @@ def _check_detector(detector, model: CellClassifier, method: str) -> None:
         raise ValueError(msg)
 
 
+def _record_params(
+    method: str, eps_list: list[float], *, space: str, layer: str | None, threat: ThreatModel,
+    options: AttackOptions, target_class, targeted: bool, detector, n_genes: int,
+) -> dict:  # fmt: skip
+    """The record's ``params``: the threat (space, constraint, budget, norm, fold change, target) and the settings."""
+    cfg = options.iter_config()
+    mask_name = threat.mask if isinstance(threat.mask, str) else ("custom" if threat.mask is not None else "none")
+    if not targeted:
+        target_name = "none"
+    else:
+        target_name = str(target_class) if isinstance(target_class, str) else "per_cell"
+    params = {
+        "method": method, "eps": eps_list, "norm": _norm(method), "space": space,
+        "constraint": threat.constraint or "none",
+        "max_log_fc": -1.0 if threat.max_log_fc is None else float(threat.max_log_fc),
+        "layer": layer or "X", "target": target_name, "labels_key": options.labels_key or "predicted",
+        "mask": mask_name, "bounds": "observed" if threat.constraint == "observed" else ("custom" if threat.bounds is not None else "none"),
+        "random_state": int(options.random_state),
+        "detector": "none" if detector is None else str(getattr(detector, "_sad_id", type(detector).__name__)),
+        "detector_weight": list(np.atleast_1d(options.detector_weight).astype(float)) if detector is not None else [],
+    }  # fmt: skip
+    if method in SCORE_METHODS:
+        params["max_queries"] = int(options.max_queries)
+    else:
+        params["alpha"] = [cfg.step_size(method, e, space=space, n_genes=n_genes) for e in eps_list]
+        params["steps"] = cfg.n_steps(method)
+    if method == "cw":
+        params.update(cw_c=cfg.cw_c, cw_search_steps=cfg.cw_search_steps, cw_confidence=cfg.cw_confidence)
+    if method == "deepfool":
+        params["overshoot"] = cfg.overshoot
+    return params
+
+
 def _score_run(view, X, y, *, method, eps_list, tarr, targeted, options, bs) -> tuple[AttackRun, dict]:
     """Square Attack / NES on the classifier's probabilities, through its transform from the threat's space."""
     from ..attacks.score_based import score_attack
@@ -518,16 +551,8 @@ def attack(
         model.eval().to(dev)
         try:
             run, queries = _score_run(
-                view,
-                X,
-                y,
-                method=method,
-                eps_list=eps_list,
-                tarr=tarr,
-                targeted=goal is not None,
-                options=options,
-                bs=bs,
-            )
+                view, X, y, method=method, eps_list=eps_list, tarr=tarr, targeted=goal is not None, options=options, bs=bs
+            )  # fmt: skip
         finally:
             model.train(was_training)
     else:
@@ -574,33 +599,12 @@ def attack(
     metrics = flip_table(source, preds, list(model.classes))
     metrics["flip_rate_per_eps"] = np.array([metrics["flip_rate"][n] for n in layers])
     metrics.update({k: v for k, v in extra.items() if v})
-    cfg = options.iter_config()
+    params = _record_params(
+        method, eps_list, space=space, layer=layer, threat=threat, options=options, target_class=target_class,
+        targeted=goal is not None, detector=detector, n_genes=X.shape[1],
+    )  # fmt: skip
     root = uns_root(adata)
     root.setdefault(_keys.STEP_ATTACKS, {})
-    mask_name = threat.mask if isinstance(threat.mask, str) else ("custom" if threat.mask is not None else "none")
-    if goal is None:
-        target_name = "none"
-    else:
-        target_name = str(target_class) if isinstance(target_class, str) else "per_cell"
-    params = {
-        "method": method, "eps": eps_list, "norm": _norm(method), "space": space,
-        "constraint": threat.constraint or "none",
-        "max_log_fc": -1.0 if threat.max_log_fc is None else float(threat.max_log_fc),
-        "layer": layer or "X", "target": target_name, "labels_key": options.labels_key or "predicted",
-        "mask": mask_name, "bounds": "observed" if threat.constraint == "observed" else ("custom" if threat.bounds is not None else "none"),
-        "random_state": int(options.random_state),
-        "detector": "none" if detector is None else str(getattr(detector, "_sad_id", type(detector).__name__)),
-        "detector_weight": list(np.atleast_1d(options.detector_weight).astype(float)) if detector is not None else [],
-    }  # fmt: skip
-    if method in SCORE_METHODS:
-        params["max_queries"] = int(options.max_queries)
-    else:
-        params["alpha"] = [cfg.step_size(method, e, space=space, n_genes=X.shape[1]) for e in eps_list]
-        params["steps"] = cfg.n_steps(method)
-    if method == "cw":
-        params.update(cw_c=cfg.cw_c, cw_search_steps=cfg.cw_search_steps, cw_confidence=cfg.cw_confidence)
-    if method == "deepfool":
-        params["overshoot"] = cfg.overshoot
     root[_keys.STEP_ATTACKS][prefix] = h5ad_safe(
         {
             "params": params,
