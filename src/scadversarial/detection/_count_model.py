@@ -55,8 +55,8 @@ class RecoveredCounts:
 def recover_counts(transform: Transform, X: np.ndarray, zero_bound: float) -> RecoveredCounts:
     """Counts and unit of scaled cells ``X``: the nearest lattice point of every expressed value.
 
-    Values at the upper clip take the count of the clip value (a lower bound); values below
-    ``zero_bound`` log units count as 0.
+    Values at (or beyond) the upper clip take the count of the clip value (a lower bound); values
+    below ``zero_bound`` log units count as 0.
 
     Examples
     --------
@@ -66,8 +66,11 @@ def recover_counts(transform: Transform, X: np.ndarray, zero_bound: float) -> Re
     >>> rc.counts.tolist(), float(np.round(rc.unit[0], 6))
     ([[2.0, 0.0, 5.0]], 4.0)
     """
+    X = np.asarray(X, dtype=np.float64)
+    if transform.clip is not None:  # values beyond the clip are the rules' business; here they count as at it
+        X = np.clip(X, -transform.clip, transform.clip)
     L, inv = transform.to_log(X)
-    high = ~inv & (np.asarray(X) > 0)
+    high = ~inv & (X > 0)
     lat = fit_lattice(L, inv & (L >= zero_bound))
     K = lat.counts
     if high.any():
