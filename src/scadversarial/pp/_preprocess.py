@@ -215,7 +215,7 @@ def preprocess(
             adata.raw = AnnData(lognorm_full, obs=adata.obs[[]], var=adata.var.copy())
         keep = adata.var_names.get_indexer(genes)
         adata._inplace_subset_var(keep)  # also subsets the input matrix: its kept genes are the counts
-        gc.collect()  # anndata's subset leaves the full input in reference cycles: free it before the dense outputs
+        gc.collect(1)  # the subset leaves the full input in young reference cycles: free it before the dense outputs
     counts = None
     if not already_log:
         counts = get_matrix(adata, layer, dense=False, check=False)
