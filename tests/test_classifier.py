@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
+import pytest
+import scanpy as sc
 import torch
 
 import scadversarial as sad
@@ -73,3 +77,91 @@ def test_lognorm_input_through_transform(pipeline3k):
     x_scaled = torch.as_tensor(pipeline3k.X[:50])
     with torch.no_grad():
         torch.testing.assert_close(model.forward_lognorm(x_log), model(x_scaled), atol=1e-4, rtol=1e-4)
+
+
+# --- X in the classifier's input space (issue 15): refuse or convert, never a silent wrong answer ------------
+
+LABELS3K = "seurat_cell_type"
+
+
+def _test_cells(pipeline3k, pbmc3k_raw):
+    """Raw counts of PBMC3k's test-split cells and their Seurat labels."""
+    test = (pipeline3k.obs["sad_split"] == "test").to_numpy()
+    return pbmc3k_raw[test].copy(), pipeline3k.obs[LABELS3K].astype(str).to_numpy()[test]
+
+
+def _accuracy(a, labels):
+    return float((a.obs["sad_pred"].astype(str).to_numpy() == labels).mean())
+
+
+def test_predict_refuses_x_that_was_not_preprocessed(pipeline3k, pbmc3k_raw):
+    clf = sad.tl.get_model(pipeline3k)
+    counts, _ = _test_cells(pipeline3k, pbmc3k_raw)
+    lognorm = counts.copy()
+    sc.pp.normalize_total(lognorm, target_sum=1e4)
+    sc.pp.log1p(lognorm)
+    scaled_own = lognorm[:, clf.var_names].copy()
+    scaled_own.X = scaled_own.X.toarray()
+    sc.pp.scale(scaled_own, max_value=10)  # scaled, but with its own statistics
+    cases = [(counts, "raw counts"), (lognorm, "log-normalized values"), (scaled_own, "other per-gene statistics")]
+    for new, problem in cases:
+        before = new.obs.copy()
+        with pytest.raises(ValueError, match=problem) as err:
+            sad.tl.predict(new, model=clf)
+        assert "sad.pp.preprocess(adata, reference=" in str(err.value)
+        pd.testing.assert_frame_equal(new.obs, before)  # nothing written
+
+
+def test_predict_reads_lognorm_through_the_model_when_x_is_not_scaled(pipeline3k, pbmc3k_raw, caplog):
+    clf = sad.tl.get_model(pipeline3k)
+    counts, labels = _test_cells(pipeline3k, pbmc3k_raw)
+    good = sad.pp.preprocess(counts, reference=pipeline3k, copy=True)
+    sad.tl.predict(good, model=clf)
+    assert _accuracy(good, labels) > 0.8
+    unscaled = good.copy()
+    unscaled.X = unscaled.layers["sad_lognorm"].copy()  # X left log-normalized
+    own = counts[:, clf.var_names].copy()  # scaled by preprocess without `reference=`: its own statistics
+    own.raw = None
+    sad.pp.preprocess(own, n_top_genes=None)
+    own.layers["sad_lognorm"] = good.layers["sad_lognorm"].copy()  # normalized over all genes, as training
+    for new, problem in ((unscaled, "non-negative"), (own, "differ from the classifier's training statistics")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="scadversarial"):
+            sad.tl.predict(new, model=clf)
+        assert problem in caplog.text and "sad_lognorm" in caplog.text
+        np.testing.assert_array_equal(new.obs["sad_pred"].to_numpy(), good.obs["sad_pred"].to_numpy())
+        np.testing.assert_allclose(new.obsm["sad_proba"], good.obsm["sad_proba"], atol=1e-5)
+
+
+def test_correctly_preprocessed_data_is_never_flagged(pipeline3k, pbmc3k_raw, pipeline68k, pbmc68k):
+    clf = sad.tl.get_model(pipeline3k)
+    counts, _ = _test_cells(pipeline3k, pbmc3k_raw)
+    new = sad.pp.preprocess(counts, reference=pipeline3k, copy=True)
+    float64 = new.copy()
+    float64.X = np.asarray(new.X, dtype=np.float64)
+    for a in (pipeline3k, new, new[:5].copy(), new[[7]].copy(), new[new.obs_names[::50]].copy(), float64):
+        assert sad.tl.input_space_problem(a, clf, sad.tl.scaled_matrix(a, clf)) is None, a.n_obs
+    no_var = new[:3].copy()
+    del no_var.var["sad_mean"], no_var.var["sad_std"]  # only the sample test applies
+    assert sad.tl.input_space_problem(no_var, clf, sad.tl.scaled_matrix(no_var, clf)) is None
+    # pbmc68k_reduced: preprocessed from log-normalized values (no counts)
+    clf68 = sad.tl.get_model(pipeline68k)
+    new68 = sad.pp.preprocess(pbmc68k[:40].copy(), reference=pipeline68k, copy=True)
+    for a in (pipeline68k, new68, new68[:1].copy()):
+        assert sad.tl.input_space_problem(a, clf68, sad.tl.scaled_matrix(a, clf68)) is None
+    sad.tl.predict(new68, model=clf68)
+    same = pipeline68k.obs["sad_pred"].to_numpy()[:40]
+    assert (new68.obs["sad_pred"].to_numpy() == same).all()
+
+
+def test_train_classifier_refuses_a_class_without_training_cells(pipeline68k):
+    a = pipeline68k.copy()
+    labels = a.obs["sad_label"].astype(str).to_numpy().copy()
+    first_test = int(np.flatnonzero(a.obs["sad_split"].to_numpy() == "test")[0])
+    labels[first_test] = "lonely"  # a 1-cell class, its cell outside the training split
+    a.obs["sad_label"] = pd.Categorical(labels)
+    uns_before = repr(sorted(a.uns["sad"]["classifier"]))
+    with pytest.raises(ValueError, match=r"'lonely': 1\}") as err:
+        sad.tl.train_classifier(a, max_epochs=1)
+    assert "sad.pp.split(adata, 'sad_label')" in str(err.value) and "drop or merge" in str(err.value)
+    assert repr(sorted(a.uns["sad"]["classifier"])) == uns_before

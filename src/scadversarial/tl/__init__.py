@@ -1,8 +1,10 @@
 """AnnData-facing tools: classifier, attacks, detection and evaluation (``sad.tl``)."""
 
 from ._attack import AttackOptions, ThreatModel, attack
+from ._audit import AuditOptions, AuditReport, audit
 from ._benchmark import BenchmarkOptions, benchmark_detectors
 from ._blackbox import (
+    ClassifierSpec,
     attack_overview,
     cgd_attack,
     grid_attack,
@@ -14,6 +16,7 @@ from ._blackbox import (
 from ._classifier import predict, train_classifier
 from ._detect import detect, meta_features, train_detector
 from ._evaluate import evaluate
+from ._input import classifier_input, input_space_problem
 from ._models import get_model, load_models, save_models
 from ._shifts import BenignShift, benign_shift
 from ._space import layer_space, other_counts, scaled_matrix, space_layer

@@ -12,9 +12,9 @@ from .._settings import logger, settings
 from .._validate import check_adata, check_labels, check_obs_key, get_matrix, h5ad_safe, set_record
 from ..models.classifier import CellClassifier
 from ..models.training import fit_classifier
+from ._input import classifier_input
 from ._metrics import classification_metrics
 from ._models import get_model, set_model_reference
-from ._space import scaled_matrix
 
 
 def _split_masks(adata: AnnData, split_key: str) -> dict[str, np.ndarray]:
@@ -24,6 +24,25 @@ def _split_masks(adata: AnnData, split_key: str) -> dict[str, np.ndarray]:
         msg = f"No 'train' cells in adata.obs[{split_key!r}]. Run `sad.pp.split(adata)`."
         raise ValueError(msg)
     return masks
+
+
+def _check_train_classes(
+    classes: list[str], y: np.ndarray, train: np.ndarray, *, labels_key: str, split_key: str
+) -> None:
+    """Refuse labels with a class that has no training cell: the model would have an output it never learnt.
+
+    ``check_labels`` already asks for two classes, so this also refuses a training split with a single class.
+    """
+    n_train = np.bincount(y[train], minlength=len(classes))
+    absent = {c: int((y == i).sum()) for i, c in enumerate(classes) if n_train[i] == 0}
+    if absent:
+        msg = (
+            f"Classes of adata.obs[{labels_key!r}] with no cell in the 'train' part of adata.obs[{split_key!r}] "
+            f"(class: its cells): {absent}. The classifier cannot learn them. Run `sad.pp.split(adata, {labels_key!r})` "
+            "again on these labels, or drop or merge those classes first, e.g. "
+            f"`adata = adata[~adata.obs[{labels_key!r}].isin([...])].copy()`."
+        )
+        raise ValueError(msg)
 
 
 def train_classifier(
@@ -101,10 +120,7 @@ def train_classifier(
     X = get_matrix(adata, layer)
     classes = [str(c) for c in cat.categories]
     y = cat.codes.astype(np.int64)
-    train_classes = set(np.unique(y[masks["train"]]))
-    if len(train_classes) < 2:
-        msg = "The training split holds a single class. Re-run `sad.pp.split` stratified by the labels."
-        raise ValueError(msg)
+    _check_train_classes(classes, y, masks["train"], labels_key=labels_key, split_key=split_key)
     if copy:
         adata = adata.copy()
 
@@ -172,7 +188,10 @@ def predict(
     Genes are aligned by name to the model's genes. The input must be scaled like the training
     data (:func:`~scadversarial.pp.preprocess` with ``reference=``). A log-normalized or count
     layer (``sad_lognorm``, ``counts``, or an attack layer made in log or count space, see
-    :func:`layer_space`) is converted through the model's own transform first.
+    :func:`layer_space`) is converted through the model's own transform first. ``X`` is checked
+    to be scaled with the model's statistics (:func:`input_space_problem`): raw counts,
+    unscaled log values or another scaling are read from ``.layers['sad_lognorm']`` through the
+    model's transform when that layer exists (a warning says so), else refused with the fix.
 
     Parameters
     ----------
@@ -198,7 +217,7 @@ def predict(
     check_adata(adata)
     if model is None:
         model = get_model(adata, _keys.STEP_CLASSIFIER)
-    X = scaled_matrix(adata, model, layer, missing=missing)
+    X = classifier_input(adata, model, layer, missing=missing)
     if copy:
         adata = adata.copy()
     _write_predictions(adata, model, X, layer=layer)
