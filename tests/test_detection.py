@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
@@ -255,3 +257,28 @@ def test_training_cells_are_not_flagged_for_being_reference_cells(det68k):
     one = a[i : i + 1].copy()
     sad.tl.detect(one)
     np.testing.assert_allclose(one.obs["sad_score"].iloc[0], a.obs["sad_score"].iloc[i], rtol=1e-4, atol=1e-6)
+
+
+def test_detect_and_meta_features_check_that_x_is_scaled(det68k, caplog):
+    """detect and meta_features read X through the classifier-input check that predict uses (issue 15)."""
+    a = det68k.copy()
+    a.X = np.asarray(a.layers["sad_lognorm"]).copy()  # X left log-normalized: read sad_lognorm through the model
+    with caplog.at_level(logging.WARNING, logger="scadversarial"):
+        sad.tl.detect(a)
+    assert "non-negative" in caplog.text
+    np.testing.assert_allclose(a.obs["sad_score"], det68k.obs["sad_score"], rtol=1e-4, atol=1e-5)
+    sad.tl.meta_features(a)
+    np.testing.assert_allclose(a.obsm["sad_meta"], det68k.obsm["sad_meta"], rtol=1e-3, atol=1e-4)
+    del a.layers["sad_lognorm"]
+    before = a.obs.copy()
+    for step in (sad.tl.detect, sad.tl.meta_features):
+        with pytest.raises(ValueError, match=r"non-negative.*sad.pp.preprocess\(adata, reference="):
+            step(a)
+    pd.testing.assert_frame_equal(a.obs, before)
+
+
+def test_detect_records_the_detector_that_made_the_scores(det68k):
+    rec = det68k.uns["sad"]["detect"]["metrics"]
+    det_id = det68k.uns["sad"]["detector"]["model"]["id"]
+    assert {rec[name]["detector_id"] for name in ("X", *LAYERS)} == {det_id}
+    assert rec["X"]["detector_key"] == "detector"

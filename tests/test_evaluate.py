@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -91,3 +93,31 @@ def test_without_detector_and_errors(pipeline68k):
     with pytest.raises(ValueError, match="subset"):
         sad.tl.evaluate(b, subset="nope", detector_key=None)
     assert "evaluate" not in b.uns["sad"]
+
+
+def test_scores_of_a_replaced_detector_are_computed_again(pipeline68k, caplog):
+    """detect -> train_detector again -> evaluate: the table describes the current detector (issue 15)."""
+    a = pipeline68k.copy()
+    sad.tl.train_detector(a, triplet_epochs=2, epochs=4, random_state=0)
+    sad.tl.detect(a, [None, *LAYERS])
+    old = a.obs["sad_score"].to_numpy().copy()
+    sad.tl.train_detector(a, triplet_epochs=2, epochs=4, random_state=1)
+    fresh = a.copy()
+    sad.tl.detect(fresh, [None, *LAYERS])
+    assert not np.allclose(fresh.obs["sad_score"], old)  # the two detectors do score differently
+    with caplog.at_level(logging.INFO, logger="scadversarial"):
+        table = sad.tl.evaluate(a)
+    assert "scoring it again" in caplog.text
+    new_id = a.uns["sad"]["detector"]["model"]["id"]
+    assert {a.uns["sad"]["detect"]["metrics"][n]["detector_id"] for n in ("X", *LAYERS)} == {new_id}
+    for lay in (None, *LAYERS):
+        key = "sad_score" if lay is None else f"sad_score_{lay}"
+        np.testing.assert_allclose(a.obs[key], fresh.obs[key], rtol=1e-5, atol=1e-6)
+    test = (a.obs["sad_split"] == "test").to_numpy()
+    y = np.r_[np.zeros(test.sum()), np.ones(test.sum())]
+    truth = roc_auc_score(y, np.r_[fresh.obs["sad_score"][test], fresh.obs["sad_score_sad_pgd_eps0.5"][test]])
+    assert np.isclose(_value(table, "detector", "auroc", "sad_pgd_eps0.5"), truth)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="scadversarial"):
+        sad.tl.evaluate(a)  # the scores are current now: nothing is recomputed
+    assert "scoring it again" not in caplog.text

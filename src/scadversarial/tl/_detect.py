@@ -11,7 +11,7 @@ from anndata import AnnData
 
 from .. import _keys
 from .._settings import logger, settings
-from .._validate import check_adata, check_obs_key, matrix_for_genes, set_record, uns_root
+from .._validate import check_adata, check_obs_key, set_record, uns_root
 from ..detection import (
     choose_threshold,
     compute_meta_features,
@@ -23,6 +23,7 @@ from ..detection import (
 )
 from ..models.classifier import CellClassifier
 from ..models.detector import AdversarialDetector
+from ._input import classifier_input
 from ._models import get_model, set_model_reference
 from ._space import scaled_matrix
 
@@ -208,7 +209,7 @@ def train_detector(
         labels = check_obs_key(adata, labels_key).astype(str).to_numpy()
 
     dev = settings.torch_device(device)
-    X = matrix_for_genes(adata, clf.var_names, None)
+    X = classifier_input(adata, clf)
     advs = {name: scaled_matrix(adata, clf, name) for name in layers}  # each layer read in its own space
     rows = np.concatenate([meta_idx, cal_idx, ref_idx])
     if (split[rows] == "test").any():  # cannot happen by construction; never train on test cells
@@ -371,7 +372,10 @@ def detect(
     ``.obsm['X_sad_triplet']`` / ``.obsm['X_sad_triplet_L']``
         Triplet embedding (standardized meta-features for a detector without triplet net); not with ``low_latency``.
     ``.uns['sad']['detect']``
-        ``params``, ``feature_names`` and per matrix the threshold and fraction flagged (``metrics``).
+        ``params``, ``feature_names`` and per matrix (``metrics['X']``, ``metrics['L']``) the
+        threshold, fraction flagged, number of cells and the id of the detector that made the scores
+        (``detector_id``, as in ``.uns['sad'][detector_key]['model']['id']``; ``''`` for an
+        unregistered model) with its ``detector_key``.
 
     """
     check_adata(adata)
@@ -387,8 +391,9 @@ def detect(
         )
         raise ValueError(msg)
     layers = _layer_list(layer)
-    mats = {lay: scaled_matrix(adata, model, lay, missing=missing) for lay in layers}
+    mats = {lay: classifier_input(adata, model, lay, missing=missing) for lay in layers}
     thr = float(model.threshold) if threshold is None else float(threshold)
+    detector_id = str(getattr(model, "_sad_id", ""))  # scores name their detector, so a stale one is never reused
     results = {
         lay: model.score_arrays(M, batch_size=batch_size, device=settings.torch_device(device))
         for lay, M in mats.items()
@@ -402,7 +407,10 @@ def detect(
         if not low_latency:
             adata.obsm[_keys.meta_key(lay)] = f
             adata.obsm[_keys.triplet_key(lay)] = z
-        per[lay or "X"] = {"threshold": thr, "fraction_flagged": float((s >= thr).mean()), "n_cells": len(s)}
+        per[lay or "X"] = {
+            "threshold": thr, "fraction_flagged": float((s >= thr).mean()), "n_cells": len(s),
+            "detector_id": detector_id, "detector_key": detector_key,
+        }  # fmt: skip
     root = uns_root(adata)
     prev = root.get(_keys.STEP_DETECT, {}).get("metrics", {})
     set_record(
@@ -480,7 +488,7 @@ def meta_features(
     layers = _layer_list(layer)
     bs = int(batch_size or settings.batch_size)
     dev = settings.torch_device(device)
-    mats = {lay: scaled_matrix(adata, model, lay, missing=missing) for lay in layers}
+    mats = {lay: classifier_input(adata, model, lay, missing=missing) for lay in layers}
     if isinstance(model, AdversarialDetector):
         out = {lay: model.score_arrays(M, batch_size=bs, device=dev)[0] for lay, M in mats.items()}
         names, groups, source = model.feature_names, model.groups, "detector"
@@ -488,7 +496,7 @@ def meta_features(
         ref = None
         if input_features:
             split = _split_array(adata, split_key)
-            X = matrix_for_genes(adata, model.var_names, None, missing=missing)
+            X = mats[None] if None in mats else classifier_input(adata, model, missing=missing)
             ref = fit_input_reference(X[split == "train"], n_pcs=n_pcs, n_neighbors=n_neighbors)
         out = {
             lay: compute_meta_features(model, M, gradient=gradient_features, input_ref=ref, batch_size=bs, device=dev)

@@ -15,6 +15,29 @@ from ._detect import _attack_layers, detect
 COLUMNS = ("section", "metric", "group", "value", "n_cells")
 
 
+def _stale_scores(adata: AnnData, layers: list[str | None], detector_key: str) -> dict[str, str]:
+    """``{matrix: why}`` for the matrices whose scores are missing or were made by another detector.
+
+    :func:`detect` records, per matrix, the id of the detector that scored it; the current detector is
+    the one referenced in ``.uns['sad'][detector_key]['model']``. Scores of a detector trained since,
+    or recorded without an id, would give the old detector's quality under the new one's name.
+    """
+    ref = get_record(adata, detector_key, producer="sad.tl.train_detector").get("model", {})
+    current = str(ref.get("id", "")) if isinstance(ref, dict) else ""
+    per = adata.uns.get(_keys.UNS, {}).get(_keys.STEP_DETECT, {}).get("metrics", {})
+    stale = {}
+    for lay in layers:
+        name = lay or "X"
+        made_by = str(per.get(name, {}).get("detector_id", "")) if isinstance(per.get(name), dict) else ""
+        if any(k not in adata.obs for k in (_keys.score_key(lay), _keys.flag_key(lay))):
+            stale[name] = "has no detector scores"
+        elif not made_by:
+            stale[name] = "has scores of an unknown detector (no detector_id in .uns['sad']['detect'])"
+        elif made_by != current:
+            stale[name] = f"was scored by detector {made_by}, not the current {current}"
+    return stale
+
+
 def evaluate(
     adata: AnnData,
     attack_key: str = "sad_pgd",
@@ -56,7 +79,10 @@ def evaluate(
     detector_key
         Detector run record; ``None`` skips the detector rows.
     rescore
-        Re-run :func:`detect` even when scores are present (they are computed when missing).
+        Re-run :func:`detect` even when the scores are current. Scores are always computed again
+        (logged) when missing or made by another detector than the one referenced at
+        ``.uns['sad'][detector_key]`` (their ``detector_id`` in ``.uns['sad']['detect']['metrics']``),
+        e.g. after :func:`train_detector` ran again.
     fpr_max
         False-positive rate of the ``tpr_at_<fpr>fpr`` row.
     key_added
@@ -69,7 +95,7 @@ def evaluate(
     The table as a :class:`pandas.DataFrame` with columns ``section``, ``metric``, ``group``,
     ``value``, ``n_cells`` (or the new AnnData when ``copy=True``). Sets
     ``.uns['sad'][key_added]`` (``params`` and ``table``, the columns as arrays), and, when
-    scores are missing or ``rescore=True``, what :func:`detect` writes for ``X`` and each
+    scores are missing, stale or ``rescore=True``, what :func:`detect` writes for ``X`` and each
     adversarial layer (``.obs['sad_score*']``, ``.obs['sad_adversarial*']``, ``.obsm['sad_meta*']``,
     ``.obsm['X_sad_triplet*']``, ``.uns['sad']['detect']``).
 
@@ -113,8 +139,10 @@ def evaluate(
             rows.append(("attack", "flip_rate", f"{g}|{c}", float(f[sel].mean()), int(sel.sum())))
 
     if detector_key is not None:
-        keys = [_keys.score_key(v) for v in (None, *layers)]
-        if rescore or any(k not in adata.obs for k in keys):
+        stale = _stale_scores(adata, [None, *layers], detector_key)
+        if rescore or stale:
+            for name, why in stale.items():
+                logger.info("evaluate: %s %s: scoring it again with the current %r detector.", name, why, detector_key)
             detect(adata, [None, *layers], detector_key=detector_key)
         role = adata.obs.get(_keys.OBS_DETECTOR_ROLE)
         if role is not None and (role.astype(str).to_numpy()[mask] != "unused").any():
@@ -123,7 +151,7 @@ def evaluate(
             )
         s0 = adata.obs[_keys.score_key(None)].to_numpy(np.float64)[mask]
         f0 = adata.obs[_keys.flag_key(None)].to_numpy(bool)[mask]
-        thr = float(adata.uns[_keys.UNS].get(_keys.STEP_DETECT, {}).get("params", {}).get("threshold", np.nan))
+        thr = float(adata.uns[_keys.UNS][_keys.STEP_DETECT]["metrics"]["X"]["threshold"])
         groups = {lay: [lay] for lay in layers}
         groups["pooled"] = layers
         tpr_name = f"tpr_at_{round(fpr_max * 100):d}fpr"
