@@ -137,7 +137,7 @@ def test_bad_attack_options(pipeline68k):
     a = pipeline68k.copy()
     snap = snapshot(a)
     with pytest.raises(ValueError, match="Unknown attack method"):
-        sad.tl.attack(a, "cw")
+        sad.tl.attack(a, "nope")
     with pytest.raises(ValueError, match="positive"):
         sad.tl.attack(a, eps=(-0.1,))
     with pytest.raises(ValueError, match="one value per gene"):

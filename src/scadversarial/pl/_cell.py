@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from .. import _keys
-from .._validate import check_adata, matrix_for_genes
+from .._validate import check_adata
 from . import _utils as u
 
 
@@ -31,10 +31,11 @@ def _layer_proba(adata: AnnData, i: int, layer: str) -> np.ndarray:
     """Class probabilities of cell ``i`` on ``layer`` from the referenced classifier."""
     import torch
 
+    from ..tl._input import classifier_input
     from ..tl._models import get_model
 
     model = get_model(adata, _keys.STEP_CLASSIFIER)
-    X = matrix_for_genes(adata[[i]], model.var_names, layer)
+    X = classifier_input(adata[[i]], model, layer)  # a log or count attack layer is read in its own space
     logits, _ = model.predict_arrays(X)
     return torch.softmax(torch.from_numpy(logits), 1).numpy()[0]
 

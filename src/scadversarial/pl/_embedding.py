@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .. import _keys
-from .._validate import check_adata, matrix_for_genes
+from .._validate import check_adata
 from . import _utils as u
 
 BASES = ("triplet", "classifier")
@@ -24,10 +24,11 @@ def _adv_embedding(adata: AnnData, layer: str, basis: str, fn: str) -> np.ndarra
             msg = f"sad.pl.{fn} needs adata.obsm[{key!r}], which is written by `sad.tl.detect(adata, layer={layer!r})`."
             raise KeyError(msg)
         return np.asarray(adata.obsm[key])
+    from ..tl._input import classifier_input
     from ..tl._models import get_model
 
     model = get_model(adata, _keys.STEP_CLASSIFIER)
-    return model.predict_arrays(matrix_for_genes(adata, model.var_names, layer))[1]
+    return model.predict_arrays(classifier_input(adata, model, layer))[1]  # each layer read in its own space
 
 
 def embedding_adata(
