@@ -257,12 +257,7 @@ def threat_benchmark(
 
 def _threat_row(row: dict) -> dict:
     """One benchmark row with JSON-safe values: ``None`` where a metric does not apply (NaN in the table)."""
-    out = {}
-    for k, v in row.items():
-        if isinstance(v, float | int) and not isinstance(v, bool):
-            v = None if isinstance(v, float) and math.isnan(v) else v
-        out[k] = v
-    return out
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
 
 
 def _to_builtin(obj):
