@@ -59,3 +59,11 @@ def test_cli_audit_refuses_pickles_and_bad_specs(capsys, tmp_path):
     assert "pickles are refused" in err and "module:function" in err
     rc = main(["audit", "--data", str(data), "--classifier", "nothing", "--groupby", "g", "--out", str(tmp_path)])
     assert rc == 2 and "neither a sad model directory nor an import path" in capsys.readouterr().err
+
+
+def test_cli_run_baselines_flag_reaches_the_pipeline():
+    from scadversarial.cli import build_parser
+
+    args = build_parser().parse_args(["run", "--baselines"])
+    assert args.baselines is True
+    assert build_parser().parse_args(["run"]).baselines is False

@@ -15,7 +15,9 @@ def _run(args: argparse.Namespace) -> int:
     settings.progress = not args.no_progress
     t0 = time.perf_counter()
     adata, labels = load_data(args.data, labels=args.labels)
-    report = run_pipeline(adata, labels_key=labels, out=args.out, random_state=args.seed, max_epochs=args.epochs)
+    report = run_pipeline(
+        adata, labels_key=labels, out=args.out, random_state=args.seed, max_epochs=args.epochs, baselines=args.baselines
+    )
     print(format_report(report))
     print(
         f"wrote {args.out}/adata.h5ad, {args.out}/models/, {args.out}/report.json in {time.perf_counter() - t0:.1f} s"
@@ -74,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="random seed of every step")
     run.add_argument("--epochs", type=int, default=60, help="maximum classifier epochs")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument(
+        "--baselines", action="store_true", help="also score the threat rows with every baseline detector (slower)"
+    )
     run.set_defaults(func=_run)
     aud = sub.add_parser(
         "audit",
