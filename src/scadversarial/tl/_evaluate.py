@@ -99,6 +99,20 @@ def evaluate(
     adversarial layer (``.obs['sad_score*']``, ``.obs['sad_adversarial*']``, ``.obsm['sad_meta*']``,
     ``.obsm['X_sad_triplet*']``, ``.uns['sad']['detect']``).
 
+    Examples
+    --------
+    >>> import scadversarial as sad
+    >>> adata = sad.datasets.pbmc68k_reduced()
+    >>> sad.pp.preprocess(adata)
+    >>> sad.pp.pseudo_labels(adata, n_clusters=6)
+    >>> sad.pp.split(adata)
+    >>> clf = sad.tl.train_classifier(adata, max_epochs=10)
+    >>> sad.tl.attack(adata, eps=(0.1, 0.5))
+    >>> det = sad.tl.train_detector(adata, epochs=5)
+    >>> table = sad.tl.evaluate(adata)
+    >>> sorted(set(table["section"]))
+    ['attack', 'classifier', 'detector']
+
     """
     check_adata(adata)
     clf_rec = get_record(adata, _keys.STEP_CLASSIFIER, producer="sad.tl.train_classifier")
