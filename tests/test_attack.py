@@ -91,3 +91,14 @@ def test_attack_does_not_touch_params(pipeline3k):
     sad.tl.attack(a, eps=0.1)
     for p, b, f in zip(model.parameters(), before, flags, strict=True):
         assert torch.equal(p, b) and p.grad is None and p.requires_grad == f
+
+
+def test_attack_refuses_x_that_was_not_scaled(pipeline3k):
+    # X holding log values and no sad_lognorm layer to fall back on: attacking it would be silently wrong
+    a = pipeline3k[:50].copy()
+    a.X = a.layers["sad_lognorm"].copy()
+    del a.layers["sad_lognorm"]
+    before = set(a.layers)
+    with pytest.raises(ValueError, match="sad.pp.preprocess"):
+        sad.tl.attack(a, eps=0.1)
+    assert set(a.layers) == before

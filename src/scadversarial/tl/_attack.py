@@ -18,6 +18,7 @@ from .._validate import check_adata, check_obs_key, get_matrix, h5ad_safe, matri
 from ..attacks.whitebox import DETECTOR_METHODS, METHOD_NORM, METHODS, AttackRun, IterConfig, ThreatArrays, run_attack
 from ..models.classifier import SPACES, CellClassifier, Space
 from ._classifier import _write_predictions
+from ._input import classifier_input
 from ._models import get_model
 from ._space import expressed_mask, layer_space, other_counts, space_layer, space_model, to_scaled
 
@@ -526,7 +527,8 @@ def attack(
         raise ValueError(msg)
     model = options.model if options.model is not None else get_model(adata, _keys.STEP_CLASSIFIER)
     _check_detector(detector, model, method)
-    X = matrix_for_genes(adata, model.var_names, layer)
+    # X is checked to be in the classifier's scaled space (a raw or unscaled X would be attacked silently)
+    X = classifier_input(adata, model) if layer is None else matrix_for_genes(adata, model.var_names, layer)
     view = space_model(adata, model, space)
     other = other_counts(adata, model.var_names) if space == "counts" else None
     dev = settings.torch_device(options.device)

@@ -17,6 +17,7 @@ from .._validate import check_adata, check_choice, check_obs_key, get_record, h5
 from ..detection import tpr_at_fpr
 from ..models.classifier import CellClassifier
 from ..models.detector import AdversarialDetector
+from ._input import classifier_input
 from ._models import get_model
 from ._shifts import DEFAULT_SHIFTS, BenignShift, benign_shift
 from ._space import other_counts, space_model, to_scaled
@@ -124,6 +125,8 @@ class _Inputs:
 
     def scaled(self, layer: str | None, space: str) -> np.ndarray:
         check_choice("space", space, Space)
+        if layer is None and space == "scaled":  # X: checked to be in the classifier's scaled space
+            return classifier_input(self.cells, self.clf)
         M = matrix_for_genes(self.cells, self.clf.var_names, layer)
         if space == "scaled":
             return M
@@ -173,8 +176,8 @@ def _scorers(
                 )
                 raise ValueError(msg)
             if X_train is None:  # read the training and validation rows only (never the test rows)
-                X_train = matrix_for_genes(adata[train], clf.var_names, None)
-                X_val = matrix_for_genes(adata[val], clf.var_names, None)
+                X_train = classifier_input(adata[train], clf)
+                X_val = classifier_input(adata[val], clf)
                 X_adv = _train_adversarial(adata, train, clf, opts)
             base = make_baseline(det, batch_size=opts.batch_size, device=opts.device)
             base.fit(clf, X_train, X_adv=X_adv, rng=np.random.default_rng(opts.random_state))
@@ -472,7 +475,7 @@ def benchmark_detectors(
             logger.info("benchmark: %s done (%d layers)", row, len(layers))
     for j, (name, shift) in enumerate(benign.items()):
         shifted = benign_shift(cells, shift.kind, amount=shift.amount, random_state=opts.random_state + j)
-        out = _outcome(_Inputs(shifted, clf), matrix_for_genes(shifted, clf.var_names, None), scorers)
+        out = _outcome(_Inputs(shifted, clf), classifier_input(shifted, clf), scorers)
         rows += _benign_rows(str(name), out, clean, scorers)
     table = pd.DataFrame(rows, columns=list(COLUMNS))
 
