@@ -1,5 +1,6 @@
 """Array-level meta-features, triplet training, detector, calibration and baseline detectors (no AnnData inside)."""
 
+from . import baselines
 from ._calibration import choose_threshold, detection_metrics, tpr_at_fpr
 from ._count_model import CountModelDetector, RecoveredCounts, recover_counts
 from ._ensemble import EnsembleDetector, EnsembleReport, fit_ensemble
@@ -48,17 +49,7 @@ __all__ = [
     "RuleReport",
     "Transform",
     "fit_lattice",
-    "BASELINES",
-    "BaselineDetector",
-    "BaselineName",
-    "KernelDensityDetector",
-    "LIDDetector",
-    "MahalanobisDetector",
-    "MaxSoftmaxDetector",
-    "ReferenceSplit",
-    "SqueezeDetector",
-    "make_baseline",
-    "reference_split",
+    *baselines.__all__,
     "FEATURE_GROUPS",
     "SURROGATE_WIDTH",
     "InputConsistency",

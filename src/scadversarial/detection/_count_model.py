@@ -12,16 +12,13 @@ leaves counts that the count model still finds likelier under the cell's true cl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Self, get_args
+from typing import Literal, get_args
 
 import numpy as np
 from scipy.special import gammaln
 
-from ._rules import CHUNK, LOG_TOL, OFF_ZERO_FRACTION, Transform, fit_lattice
-from .baselines import _Baseline, _class_codes
-
-if TYPE_CHECKING:
-    from ..models.classifier import CellClassifier
+from ._calibrated import RngLike, _Baseline, _class_codes
+from ._rules import CHUNK, LOG_TOL, Transform, _zero_bound, fit_lattice
 
 Statistic = Literal["relative", "deviance"]
 
@@ -120,25 +117,15 @@ class CountModelDetector(_Baseline):
             raise ValueError(msg)
         self.statistic = statistic
 
-    def fit(
-        self,
-        classifier: CellClassifier,
-        X_clean: np.ndarray,
-        *,
-        X_adv: np.ndarray | None = None,
-        y: np.ndarray | None = None,
-        rng: np.random.Generator | int | None = None,
-    ) -> Self:
+    def _fit(self, X_clean: np.ndarray, X_adv: np.ndarray | None, y: np.ndarray | None, rng: RngLike) -> None:
         """Per-class rates and per-gene dispersions from clean training cells (``y``: their classes, else predictions).
 
         ``X_adv`` and ``rng`` are unused.
         """
-        self.classifier = classifier
+        classifier = self.classifier
         X_clean = self._check_input(X_clean)
         self.transform_ = Transform.of(classifier)
-        L, inv = self.transform_.to_log(X_clean)
-        pos = L[inv & (L > LOG_TOL)]
-        self.zero_bound_ = OFF_ZERO_FRACTION * float(pos.min()) if pos.size else LOG_TOL
+        self.zero_bound_ = _zero_bound(self.transform_, X_clean)
         logits, _ = classifier.predict_arrays(X_clean)
         codes = _class_codes(classifier, y, logits)
         rc = recover_counts(self.transform_, X_clean, self.zero_bound_)
@@ -174,7 +161,6 @@ class CountModelDetector(_Baseline):
             med = float(np.median(r))
             mad = float(np.median(np.abs(r - med)))
             self.dev_center_[c], self.dev_scale_[c] = med, max(mad, LOG_TOL)
-        return self
 
     def _size(self, unit: np.ndarray) -> np.ndarray:
         return np.nan_to_num(1.0 / unit / self.lib_median_, nan=1.0)
@@ -200,7 +186,7 @@ class CountModelDetector(_Baseline):
     def score(self, X: np.ndarray) -> np.ndarray:
         """Scores of scaled cells ``X`` (float64; see the class docstring)."""
         X = self._check_input(X)
-        pred = self.classifier.predict_arrays(X)[0].argmax(1)
+        pred = self._predicted(X)
         if self.statistic == "relative":
             ll = self.loglik(X)
             return ll.max(1) - ll[np.arange(len(X)), pred]

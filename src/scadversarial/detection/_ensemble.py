@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ._calibrated import RngLike, _Baseline, _clean_quantile_threshold, _rng
 from ._rules import PlausibilityRules
-from .baselines import _clean_quantile_threshold, _rng
 
 if TYPE_CHECKING:
     from ..models.classifier import CellClassifier
@@ -58,7 +58,7 @@ class EnsembleReport:
     names: tuple[str, ...]
 
 
-class EnsembleDetector:
+class EnsembleDetector(_Baseline):
     """Max of calibrated per-signal evidence (smallest p-value), one threshold at ``target_fpr`` overall.
 
     Parameters
@@ -66,6 +66,11 @@ class EnsembleDetector:
     members
         ``{name: detector}`` with the baselines' API; fitted by :meth:`fit` (a
         :class:`~scadversarial.detection.PlausibilityRules` member acts as a hard rule).
+
+    :meth:`fit` fits every member (each with its own child generator of ``rng``); :meth:`calibrate`
+    stores the members' scores of the clean validation cells and sets one threshold at
+    ``target_fpr`` overall (``X_adv_val`` is unused: the threshold rests on clean cells only, so
+    no attack is favoured), and calibrates every member too.
 
     Examples
     --------
@@ -87,28 +92,19 @@ class EnsembleDetector:
         if bad:
             msg = f"Members {bad} lack fit()/score(); pass detectors with the baselines' API."
             raise TypeError(msg)
+        super().__init__()
         self.members = dict(members)
         self.names = tuple(str(n) for n in self.members)
-        self.threshold = float("nan")
         self.reference_: list[np.ndarray] | None = None
 
     def __repr__(self) -> str:
         return f"EnsembleDetector(members={list(self.names)}, threshold={self.threshold:.6g})"
 
-    def fit(
-        self,
-        classifier: CellClassifier,
-        X_clean: np.ndarray,
-        *,
-        X_adv: np.ndarray | None = None,
-        y: np.ndarray | None = None,
-        rng: np.random.Generator | int | None = None,
-    ) -> Self:
+    def _fit(self, X_clean: np.ndarray, X_adv: np.ndarray | None, y: np.ndarray | None, rng: RngLike) -> None:
         """Fit every member on clean training cells (each with its own child generator of ``rng``)."""
         gens = _rng(rng).spawn(len(self.members))
         for det, gen in zip(self.members.values(), gens, strict=True):
-            det.fit(classifier, X_clean, X_adv=X_adv, y=y, rng=gen)
-        return self
+            det.fit(self.classifier, X_clean, X_adv=X_adv, y=y, rng=gen)
 
     def _member_scores(self, X: np.ndarray) -> list[np.ndarray]:
         return [np.asarray(d.score(X), dtype=np.float64) for d in self.members.values()]
@@ -124,27 +120,8 @@ class EnsembleDetector:
                 n += rep.score
         return n, reason
 
-    def calibrate(
-        self, X_clean_val: np.ndarray, X_adv_val: np.ndarray | None = None, *, target_fpr: float = 0.05
-    ) -> float:
-        """Store the members' clean validation scores and set the threshold at ``target_fpr`` overall.
-
-        Parameters
-        ----------
-        X_clean_val
-            Clean validation cells (scaled), never test cells.
-        X_adv_val
-            Unused (the threshold is set on clean cells only, so no attack is favoured).
-        target_fpr
-            Largest fraction of the validation cells flagged, in ``[0, 1)``.
-
-        Returns
-        -------
-        The threshold (also stored as ``threshold``).
-        """
-        if not 0 <= target_fpr < 1:
-            msg = f"target_fpr must be a fraction in [0, 1), got {target_fpr}."
-            raise ValueError(msg)
+    def _threshold(self, X_clean_val: np.ndarray, X_adv_val: np.ndarray | None, target_fpr: float) -> float:
+        """Store the members' clean validation scores; the threshold at ``target_fpr`` overall (``X_adv_val`` unused)."""
         scores = self._member_scores(X_clean_val)
         n = len(X_clean_val)
         if n < 2:
@@ -156,11 +133,10 @@ class EnsembleDetector:
             [(n - np.searchsorted(r, s, side="left")) / n for r, s in zip(self.reference_, scores, strict=True)], 1
         )
         stat = self._combine(loo, self._hard(X_clean_val)[0], n_ref=n)
-        self.threshold = _clean_quantile_threshold(stat, target_fpr)
         for det in self.members.values():  # members keep their own thresholds too (for their own flags)
             if callable(getattr(det, "calibrate", None)):
                 det.calibrate(X_clean_val, target_fpr=target_fpr)
-        return self.threshold
+        return _clean_quantile_threshold(stat, target_fpr)
 
     def _combine(self, p: np.ndarray, hard: np.ndarray, *, n_ref: int) -> np.ndarray:
         stat = -np.log10(p.min(1))

@@ -24,12 +24,12 @@ reason is the first rule of the list above that it breaks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from .._settings import logger
-from .baselines import _Baseline
+from ._calibrated import RngLike, _Baseline
 
 if TYPE_CHECKING:
     from ..models.classifier import CellClassifier
@@ -93,6 +93,13 @@ class Transform:
         if self.clip is not None:
             Z = np.clip(Z, -self.clip, self.clip)
         return Z.astype(np.float32)
+
+
+def _zero_bound(transform: Transform, X: np.ndarray) -> float:
+    """The ``'off_zero'`` bound of clean cells ``X``: :data:`OFF_ZERO_FRACTION` of their smallest positive log value."""
+    L, inv = transform.to_log(X)
+    pos = L[inv & (L > LOG_TOL)]
+    return OFF_ZERO_FRACTION * float(pos.min()) if pos.size else LOG_TOL
 
 
 @dataclass(frozen=True)
@@ -217,22 +224,11 @@ class PlausibilityRules(_Baseline):
             raise ValueError(msg)
         self.lattice = lattice
 
-    def fit(
-        self,
-        classifier: CellClassifier,
-        X_clean: np.ndarray,
-        *,
-        X_adv: np.ndarray | None = None,
-        y: np.ndarray | None = None,
-        rng: np.random.Generator | int | None = None,
-    ) -> Self:
+    def _fit(self, X_clean: np.ndarray, X_adv: np.ndarray | None, y: np.ndarray | None, rng: RngLike) -> None:
         """Learn the ``'off_zero'`` bound and check the lattice on clean training cells (``X_adv``, ``y``, ``rng`` unused)."""
-        self.classifier = classifier
         X_clean = self._check_input(X_clean)
-        self.transform_ = Transform.of(classifier)
-        L, inv = self.transform_.to_log(X_clean)
-        pos = L[inv & (L > LOG_TOL)]
-        self.zero_bound_ = OFF_ZERO_FRACTION * float(pos.min()) if pos.size else LOG_TOL
+        self.transform_ = Transform.of(self.classifier)
+        self.zero_bound_ = _zero_bound(self.transform_, X_clean)
         self.use_lattice_ = self.lattice != "off"
         rep = self.explain(X_clean) if self.lattice == "auto" else None
         col = RULES.index("off_lattice")
@@ -244,7 +240,6 @@ class PlausibilityRules(_Baseline):
                 100 * self.lattice_clean_rate_,
             )
             self.use_lattice_ = False
-        return self
 
     def explain(self, X: np.ndarray) -> RuleReport:
         """Score, reason and per-rule counts of violating entries of scaled cells ``X`` (cells x genes).
@@ -279,18 +274,9 @@ class PlausibilityRules(_Baseline):
         """Number of violating entries per cell (float64); 0 for a cell no rule objects to."""
         return self.explain(X).score
 
-    def calibrate(
-        self, X_clean_val: np.ndarray, X_adv_val: np.ndarray | None = None, *, target_fpr: float = 0.05
-    ) -> float:
-        """Threshold: the baselines' clean-quantile threshold, but at least one violating entry.
-
-        Returns
-        -------
-        The threshold (also stored as ``threshold``).
-        """
-        super().calibrate(X_clean_val, X_adv_val, target_fpr=target_fpr)
-        self.threshold = max(self.threshold, 1.0)
-        return self.threshold
+    def _threshold(self, X_clean_val: np.ndarray, X_adv_val: np.ndarray | None, target_fpr: float) -> float:
+        """The baselines' threshold, but at least one violating entry."""
+        return max(super()._threshold(X_clean_val, X_adv_val, target_fpr), 1.0)
 
 
 __all__ = ["RULES", "Lattice", "PlausibilityRules", "Reason", "RuleReport", "Transform", "fit_lattice"]

@@ -13,17 +13,12 @@ Array level (no AnnData inside); both read the classifier's scaled input.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Self
-
 import numpy as np
 import torch
 
+from ._calibrated import RngLike, _Baseline, _class_codes, _rng
 from ._count_model import recover_counts
-from ._rules import LOG_TOL, OFF_ZERO_FRACTION, Transform
-from .baselines import _Baseline, _class_codes, _rng
-
-if TYPE_CHECKING:
-    from ..models.classifier import CellClassifier
+from ._rules import Transform, _zero_bound
 
 #: Fraction of the depth a thinned copy keeps: half depth, the benchmark's benign shift, which
 #: changes a clean call far less often than it undoes a call bought with a few UMI per gene.
@@ -36,12 +31,6 @@ TARGET_SUM = 1e4
 KNN_NEIGHBORS = 15
 #: Principal components of the kNN space (scanpy's ``tl.pca`` default is 50).
 KNN_PCS = 50
-
-
-def _zero_bound(transform: Transform, X: np.ndarray) -> float:
-    L, inv = transform.to_log(X)
-    pos = L[inv & (L > LOG_TOL)]
-    return OFF_ZERO_FRACTION * float(pos.min()) if pos.size else LOG_TOL
 
 
 class ThinningStability(_Baseline):
@@ -84,22 +73,12 @@ class ThinningStability(_Baseline):
             raise ValueError(msg)
         self.fraction, self.n_draws, self.target_sum = float(fraction), int(n_draws), float(target_sum)
 
-    def fit(
-        self,
-        classifier: CellClassifier,
-        X_clean: np.ndarray,
-        *,
-        X_adv: np.ndarray | None = None,
-        y: np.ndarray | None = None,
-        rng: np.random.Generator | int | None = None,
-    ) -> Self:
+    def _fit(self, X_clean: np.ndarray, X_adv: np.ndarray | None, y: np.ndarray | None, rng: RngLike) -> None:
         """Keep the classifier, the off-zero bound of clean training cells and the seed of the draws."""
-        self.classifier = classifier
         X_clean = self._check_input(X_clean)
-        self.transform_ = Transform.of(classifier)
+        self.transform_ = Transform.of(self.classifier)
         self.zero_bound_ = _zero_bound(self.transform_, X_clean)
         self.seed_ = int(_rng(rng).integers(2**63 - 1))
-        return self
 
     def score(self, X: np.ndarray) -> np.ndarray:
         """Probability taken from the clean prediction by thinning (float64, in [0, 1])."""
@@ -109,7 +88,7 @@ class ThinningStability(_Baseline):
         rc = recover_counts(self.transform_, X, self.zero_bound_)
         unit = np.where(np.isfinite(rc.unit), rc.unit, 1.0)
         other = np.maximum(self.target_sum / unit - rc.counts.sum(1), 0.0)
-        pred = clf.predict_arrays(X)[0].argmax(1)
+        pred = self._predicted(X)
         kept = np.zeros(len(X))
         for _ in range(self.n_draws):
             K = gen.binomial(rc.counts.astype(np.int64), self.fraction).astype(np.float64)
@@ -148,20 +127,11 @@ class KNNConsistency(_Baseline):
             raise ValueError(msg)
         self.n_neighbors, self.n_pcs = int(n_neighbors), int(n_pcs)
 
-    def fit(
-        self,
-        classifier: CellClassifier,
-        X_clean: np.ndarray,
-        *,
-        X_adv: np.ndarray | None = None,
-        y: np.ndarray | None = None,
-        rng: np.random.Generator | int | None = None,
-    ) -> Self:
+    def _fit(self, X_clean: np.ndarray, X_adv: np.ndarray | None, y: np.ndarray | None, rng: RngLike) -> None:
         """PCA and neighbour index of the clean training cells, with their labels (``X_adv`` unused)."""
         from sklearn.decomposition import PCA
         from sklearn.neighbors import NearestNeighbors
 
-        self.classifier = classifier
         X_clean = self._check_input(X_clean)
         if len(X_clean) < self.n_neighbors:
             msg = f"KNNConsistency needs at least n_neighbors={self.n_neighbors} training cells, got {len(X_clean)}."
@@ -169,15 +139,13 @@ class KNNConsistency(_Baseline):
         n_pcs = min(self.n_pcs, *X_clean.shape)
         seed = int(_rng(rng).integers(2**31 - 1))
         self.pca_ = PCA(n_components=n_pcs, svd_solver="randomized", random_state=seed).fit(X_clean)
-        self.labels_ = _class_codes(classifier, y, classifier.predict_arrays(X_clean)[0])
+        self.labels_ = _class_codes(self.classifier, y, self.classifier.predict_arrays(X_clean)[0])
         self.index_ = NearestNeighbors(n_neighbors=self.n_neighbors).fit(self.pca_.transform(X_clean))
-        return self
 
     def score(self, X: np.ndarray) -> np.ndarray:
         """Fraction of the nearest training cells whose label differs from the prediction (float64)."""
-        clf = self._check_fitted()
         X = self._check_input(X)
-        pred = clf.predict_arrays(X)[0].argmax(1)
+        pred = self._predicted(X)
         _, idx = self.index_.kneighbors(self.pca_.transform(X))
         return (self.labels_[idx] != pred[:, None]).mean(1).astype(np.float64)
 

@@ -37,17 +37,15 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, Self, get_args, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, Self, get_args, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._settings import settings
-from ._calibration import choose_threshold
+from ._calibrated import RngLike, _as_float32, _Baseline, _batches, _class_codes, _eval_mode, _rng
+from ._calibrated import _clean_quantile_threshold as _clean_quantile_threshold  # re-exported for the tests
 from ._features import straight_through
 
 if TYPE_CHECKING:
@@ -83,42 +81,6 @@ LOG_FLOOR = 1e-12
 REFERENCE_FRACTION = 0.5
 
 
-def _rng(rng: np.random.Generator | int | None) -> np.random.Generator:
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-
-
-def _as_float32(X: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(X, dtype=np.float32))
-
-
-def _class_codes(classifier: CellClassifier, y: np.ndarray | None, logits: np.ndarray) -> np.ndarray:
-    """Class index of each training cell: ``y`` (class indices or names of ``classifier.classes``), else the prediction."""
-    if y is None:
-        return logits.argmax(1)
-    y = np.asarray(y)
-    if len(y) != len(logits):
-        msg = f"`y` has {len(y)} labels for {len(logits)} cells; pass one label per row of X_clean."
-        raise ValueError(msg)
-    if y.dtype.kind in "iu":
-        codes = y.astype(np.int64)
-    else:
-        index = {c: i for i, c in enumerate(classifier.classes)}
-        unknown = sorted({str(v) for v in y} - set(index))
-        if unknown:
-            msg = f"Labels {unknown[:5]} are not classes of the classifier {classifier.classes}; pass its class names or indices."
-            raise ValueError(msg)
-        codes = np.array([index[str(v)] for v in y], dtype=np.int64)
-    if codes.min() < 0 or codes.max() >= len(classifier.classes):
-        msg = f"Class indices in `y` must lie in 0..{len(classifier.classes) - 1}."
-        raise ValueError(msg)
-    return codes
-
-
-def _batches(n: int, batch_size: int | None):
-    bs = int(batch_size or settings.batch_size)
-    return [slice(s, min(s + bs, n)) for s in range(0, n, bs)]
-
-
 def _activations(classifier: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """Outputs of every ReLU of ``classifier.body`` (the last is the embedding) and the logits, in eval mode."""
     out, h = [], x
@@ -151,22 +113,6 @@ def _mc_dropout_proba(classifier: nn.Module, x: torch.Tensor, n_samples: int, ge
                 h = m(h)
         probs.append(torch.softmax(classifier.head(h), 1))
     return torch.stack(probs)
-
-
-_KEEP_DEVICE = "keep"
-
-
-@contextmanager
-def _eval_mode(classifier: nn.Module, device: str | torch.device | None = _KEEP_DEVICE) -> Iterator[torch.device]:
-    """The classifier in evaluation mode (moved to ``device`` unless it is kept), its mode restored afterwards."""
-    was_training = classifier.training
-    classifier.eval()
-    if device != _KEEP_DEVICE:
-        classifier.to(settings.torch_device(device))
-    try:
-        yield next(iter(classifier.parameters())).device
-    finally:
-        classifier.train(was_training)
 
 
 @runtime_checkable
@@ -257,98 +203,6 @@ def reference_split(
     return ReferenceSplit(ref, rest, adv)
 
 
-class _Baseline:
-    """Shared batching, calibration and flagging; subclasses implement ``fit`` and ``_score_batch``."""
-
-    name: ClassVar[str] = ""
-
-    def __init__(self, *, batch_size: int | None = None, device: str | None = None) -> None:
-        self.batch_size, self.device = batch_size, device
-        self.threshold = float("nan")
-        self.classifier: CellClassifier | None = None
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, threshold={self.threshold:.6g}, fitted={self.classifier is not None})"
-
-    def _check_fitted(self) -> CellClassifier:
-        if self.classifier is None:
-            msg = f"The {self.name!r} detector is not fitted; call `.fit(classifier, X_clean)` first."
-            raise RuntimeError(msg)
-        return self.classifier
-
-    def _score_batch(self, x: torch.Tensor) -> np.ndarray:
-        raise NotImplementedError
-
-    def _check_input(self, X: np.ndarray) -> np.ndarray:
-        clf = self._check_fitted()
-        X = _as_float32(X)
-        if X.ndim != 2 or X.shape[1] != clf.n_genes:
-            msg = f"X has shape {X.shape}; the classifier takes {clf.n_genes} genes (scaled values, cells x genes)."
-            raise ValueError(msg)
-        return X
-
-    @torch.no_grad()
-    def score(self, X: np.ndarray) -> np.ndarray:
-        """Scores of scaled cells ``X`` (cells x genes), float64; higher is more suspicious."""
-        clf = self._check_fitted()
-        X = self._check_input(X)
-        with _eval_mode(clf, self.device) as dev:
-            out = [self._score_batch(torch.as_tensor(X[b], device=dev)) for b in _batches(len(X), self.batch_size)]
-        return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
-
-    def calibrate(
-        self, X_clean_val: np.ndarray, X_adv_val: np.ndarray | None = None, *, target_fpr: float = 0.05
-    ) -> float:
-        """Set ``threshold`` so that at most ``target_fpr`` of the clean validation cells are flagged.
-
-        Parameters
-        ----------
-        X_clean_val
-            Clean validation cells (scaled), never test cells.
-        X_adv_val
-            Optional adversarial validation cells: among the thresholds with that false-positive
-            rate, the one in the middle of the gap to the next adversarial score
-            (:func:`~scadversarial.detection.choose_threshold`).
-        target_fpr
-            Largest fraction of clean cells flagged (``score >= threshold``), in ``[0, 1)``.
-
-        Returns
-        -------
-        The threshold (also stored as ``threshold``).
-        """
-        if not 0 <= target_fpr < 1:
-            msg = f"target_fpr must be a fraction in [0, 1), got {target_fpr}."
-            raise ValueError(msg)
-        clean = self.score(X_clean_val)
-        if len(clean) == 0:
-            msg = "Calibration needs clean validation cells; X_clean_val is empty."
-            raise ValueError(msg)
-        if X_adv_val is not None and len(X_adv_val):
-            adv = self.score(X_adv_val)
-            y = np.r_[np.zeros(len(clean)), np.ones(len(adv))]
-            self.threshold = float(choose_threshold(y, np.r_[clean, adv], target_fpr=target_fpr)["threshold"])
-        else:
-            self.threshold = _clean_quantile_threshold(clean, target_fpr)
-        return self.threshold
-
-    def flag(self, X: np.ndarray) -> np.ndarray:
-        """Whether each cell is flagged (``score >= threshold``); needs :meth:`calibrate` first."""
-        if not np.isfinite(self.threshold):
-            msg = f"The {self.name!r} detector has no threshold; call `.calibrate(X_clean_val)` first."
-            raise RuntimeError(msg)
-        return self.score(X) >= self.threshold
-
-
-def _clean_quantile_threshold(clean: np.ndarray, target_fpr: float) -> float:
-    """Lowest threshold flagging at most ``target_fpr`` of ``clean``, midway to the next score above it."""
-    s = np.sort(clean)
-    n = len(s)
-    allowed = int(np.floor(target_fpr * n + 1e-9))  # the tolerance absorbs 0.05 * 100 = 5.000000000000001
-    keep = s[n - allowed - 1]  # the highest score that must stay unflagged
-    above = s[s > keep]
-    return float(0.5 * (keep + above[0])) if len(above) else float(np.nextafter(keep, np.inf))
-
-
 # ----------------------------------------------------------------------------- max-softmax
 class MaxSoftmaxDetector(_Baseline):
     """Max-softmax baseline (Hendrycks & Gimpel 2017): score ``1 - max_c softmax(logits)_c``.
@@ -364,18 +218,8 @@ class MaxSoftmaxDetector(_Baseline):
 
     name = "max_softmax"
 
-    def fit(
-        self,
-        classifier: CellClassifier,
-        X_clean: np.ndarray,
-        *,
-        X_adv: np.ndarray | None = None,
-        y: np.ndarray | None = None,
-        rng: np.random.Generator | int | None = None,
-    ) -> Self:
+    def _fit(self, X_clean: np.ndarray, X_adv: np.ndarray | None, y: np.ndarray | None, rng: RngLike) -> None:
         """Keep the classifier (``X_clean``, ``X_adv``, ``y``, ``rng`` are not needed)."""
-        self.classifier = classifier
-        return self
 
     def _score_batch(self, x: torch.Tensor) -> np.ndarray:
         p = torch.softmax(self.classifier(x).double(), 1)
@@ -407,19 +251,11 @@ class MahalanobisDetector(_Baseline):
 
     name = "mahalanobis"
 
-    def fit(
-        self,
-        classifier: CellClassifier,
-        X_clean: np.ndarray,
-        *,
-        X_adv: np.ndarray | None = None,
-        y: np.ndarray | None = None,
-        rng: np.random.Generator | int | None = None,
-    ) -> Self:
+    def _fit(self, X_clean: np.ndarray, X_adv: np.ndarray | None, y: np.ndarray | None, rng: RngLike) -> None:
         """Class means and tied covariance of the clean cells' embeddings (``X_adv`` is not used)."""
-        self.classifier = classifier
-        logits, emb = classifier.predict_arrays(_as_float32(X_clean), batch_size=self.batch_size, device=self.device)
-        codes = _class_codes(classifier, y, logits)
+        clf = self.classifier
+        logits, emb = clf.predict_arrays(_as_float32(X_clean), batch_size=self.batch_size, device=self.device)
+        codes = _class_codes(clf, y, logits)
         emb = emb.astype(np.float64)
         present = np.unique(codes)
         means = np.stack([emb[codes == c].mean(0) for c in present])
@@ -430,7 +266,6 @@ class MahalanobisDetector(_Baseline):
         self.whiten = np.linalg.cholesky(np.linalg.inv(cov))
         self.means_white = means @ self.whiten
         self.classes_ = present
-        return self
 
     def _distances(self, emb: torch.Tensor) -> torch.Tensor:
         w = torch.as_tensor(self.whiten, dtype=emb.dtype, device=emb.device)
@@ -459,7 +294,37 @@ def _lid(d: torch.Tensor, k: int) -> torch.Tensor:
     return -1 / mean_log.clamp_max(-LOG_FLOOR)
 
 
-class LIDDetector(_Baseline):
+class _FeatureBaseline(_Baseline):
+    """A detector scoring a few features per cell against a clean reference (LID, KD + BU).
+
+    Subclasses implement ``_features``; :meth:`_fit_combination` turns them into one score.
+    """
+
+    n_reference: int
+
+    def _features(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _split(
+        self, X_clean: np.ndarray, X_adv: np.ndarray | None, rng: RngLike
+    ) -> tuple[np.ndarray, np.ndarray | None, ReferenceSplit]:
+        """Training cells as float32 and their :func:`reference_split`."""
+        X_clean = _as_float32(X_clean)
+        X_adv = None if X_adv is None else _as_float32(X_adv)
+        return X_clean, X_adv, reference_split(len(X_clean), 0 if X_adv is None else len(X_adv), self.n_reference, rng)
+
+    def _fit_combination(self, X_clean: np.ndarray, X_adv: np.ndarray | None, split: ReferenceSplit) -> None:
+        """The logistic regression on the scored rows' features (with ``X_adv``) and the clean features' scale."""
+        F_clean = self._features(X_clean[split.clean])
+        self.model_ = _fit_logistic(F_clean, None if X_adv is None else self._features(X_adv[split.adversarial]))
+        self.center_, self.scale_ = _zscore_stats(F_clean)
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """Scores of scaled cells ``X`` (float64; higher is more suspicious): their combined features."""
+        return _combine(self._features(self._check_input(X)), self.model_, self.center_, self.scale_)
+
+
+class LIDDetector(_FeatureBaseline):
     """Local intrinsic dimensionality (Ma et al. 2018) of the classifier's layers.
 
     The LID of a cell in each hidden layer (after its ReLU; the last is the embedding) and in the
@@ -509,33 +374,16 @@ class LIDDetector(_Baseline):
                 out.append(torch.stack([_lid(torch.cdist(a, r), self.k) for a, r in zip(acts, refs, strict=True)], 1))
         return torch.cat(out).double().cpu().numpy() if out else np.zeros((0, len(self.reference_)))
 
-    def fit(
-        self,
-        classifier: CellClassifier,
-        X_clean: np.ndarray,
-        *,
-        X_adv: np.ndarray | None = None,
-        y: np.ndarray | None = None,
-        rng: np.random.Generator | int | None = None,
-    ) -> Self:
+    def _fit(self, X_clean: np.ndarray, X_adv: np.ndarray | None, y: np.ndarray | None, rng: RngLike) -> None:
         """Reference activations, then the logistic regression (with ``X_adv``) or the clean LIDs' scale."""
-        self.classifier = classifier
-        X_clean = _as_float32(X_clean)
-        X_adv = None if X_adv is None else _as_float32(X_adv)
-        split = reference_split(len(X_clean), 0 if X_adv is None else len(X_adv), self.n_reference, rng)
+        X_clean, X_adv, split = self._split(X_clean, X_adv, rng)
         if len(split.reference) <= self.k:
             msg = f"LID with k={self.k} needs more than {self.k} reference cells; pass more clean cells or lower k."
             raise ValueError(msg)
-        with torch.no_grad(), _eval_mode(classifier, self.device) as dev:
-            acts = _activations(classifier, torch.as_tensor(X_clean[split.reference], device=dev))
+        with torch.no_grad(), _eval_mode(self.classifier, self.device) as dev:
+            acts = _activations(self.classifier, torch.as_tensor(X_clean[split.reference], device=dev))
         self.reference_ = [a.cpu() for a in acts]
-        F_clean = self._features(X_clean[split.clean])
-        self.model_ = _fit_logistic(F_clean, None if X_adv is None else self._features(X_adv[split.adversarial]))
-        self.center_, self.scale_ = _zscore_stats(F_clean)
-        return self
-
-    def score(self, X: np.ndarray) -> np.ndarray:  # noqa: D102
-        return _combine(self._features(self._check_input(X)), self.model_, self.center_, self.scale_)
+        self._fit_combination(X_clean, X_adv, split)
 
 
 def _zscore_stats(F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -563,7 +411,7 @@ def _combine(F: np.ndarray, model, center: np.ndarray, scale: np.ndarray) -> np.
 
 
 # ----------------------------------------------------------------------------- KD + BU
-class KernelDensityDetector(_Baseline):
+class KernelDensityDetector(_FeatureBaseline):
     """Kernel density and Bayesian uncertainty (Feinman et al. 2017).
 
     Two features per cell: the negative log Gaussian kernel density of its 64-d embedding among
@@ -634,28 +482,16 @@ class KernelDensityDetector(_Baseline):
                 out.append(torch.stack([-log_kd, bu], 1))
         return torch.cat(out).cpu().numpy() if out else np.zeros((0, 2))
 
-    def fit(
-        self,
-        classifier: CellClassifier,
-        X_clean: np.ndarray,
-        *,
-        X_adv: np.ndarray | None = None,
-        y: np.ndarray | None = None,
-        rng: np.random.Generator | int | None = None,
-    ) -> Self:
+    def _fit(self, X_clean: np.ndarray, X_adv: np.ndarray | None, y: np.ndarray | None, rng: RngLike) -> None:
         """Reference embeddings and classes, bandwidth, then the logistic regression or the clean features' scale."""
-        self.classifier = classifier
         gen = _rng(rng)
-        X_clean = _as_float32(X_clean)
-        X_adv = None if X_adv is None else _as_float32(X_adv)
         if y is not None and len(y) != len(X_clean):
             msg = f"`y` has {len(y)} labels for {len(X_clean)} cells; pass one label per row of X_clean."
             raise ValueError(msg)
-        split = reference_split(len(X_clean), 0 if X_adv is None else len(X_adv), self.n_reference, gen)
-        logits, emb = classifier.predict_arrays(
-            X_clean[split.reference], batch_size=self.batch_size, device=self.device
-        )
-        codes = _class_codes(classifier, None if y is None else np.asarray(y)[split.reference], logits)
+        X_clean, X_adv, split = self._split(X_clean, X_adv, gen)
+        clf = self.classifier
+        logits, emb = clf.predict_arrays(X_clean[split.reference], batch_size=self.batch_size, device=self.device)
+        codes = _class_codes(clf, None if y is None else np.asarray(y)[split.reference], logits)
         self.ref_emb_ = torch.as_tensor(emb, dtype=torch.float64)
         self.ref_cls_ = torch.as_tensor(codes)
         if self.bandwidth is None:
@@ -666,13 +502,7 @@ class KernelDensityDetector(_Baseline):
         else:
             self.bandwidth_ = float(self.bandwidth)
         self.seed_ = int(gen.integers(2**63 - 1))
-        F_clean = self._features(X_clean[split.clean])
-        self.model_ = _fit_logistic(F_clean, None if X_adv is None else self._features(X_adv[split.adversarial]))
-        self.center_, self.scale_ = _zscore_stats(F_clean)
-        return self
-
-    def score(self, X: np.ndarray) -> np.ndarray:  # noqa: D102
-        return _combine(self._features(self._check_input(X)), self.model_, self.center_, self.scale_)
+        self._fit_combination(X_clean, X_adv, split)
 
 
 # ----------------------------------------------------------------------------- feature squeezing
@@ -738,19 +568,10 @@ class SqueezeDetector(_Baseline):
             raise ValueError(msg)
         self.squeezers, self.threshold_log, self.bits = squeezers, threshold, int(bits)
 
-    def fit(
-        self,
-        classifier: CellClassifier,
-        X_clean: np.ndarray,
-        *,
-        X_adv: np.ndarray | None = None,
-        y: np.ndarray | None = None,
-        rng: np.random.Generator | int | None = None,
-    ) -> Self:
+    def _fit(self, X_clean: np.ndarray, X_adv: np.ndarray | None, y: np.ndarray | None, rng: RngLike) -> None:
         """Per-gene minimum and scale, filter threshold and quantization range from clean cells."""
-        self.classifier = classifier
         X_clean = _as_float32(X_clean)
-        std = classifier.transform.std.detach().cpu().double().numpy()
+        std = self.classifier.transform.std.detach().cpu().double().numpy()
         self.min_ = X_clean.min(0).astype(np.float64)
         self.std_ = std
         above = (X_clean - self.min_) * std  # log units above the gene's minimum
@@ -762,7 +583,6 @@ class SqueezeDetector(_Baseline):
         else:
             self.threshold_ = float(self.threshold_log)
         self.log_max_ = float(above.max()) if above.size else 1.0
-        return self
 
     def _squeeze(self, x: torch.Tensor, how: Squeezer) -> torch.Tensor:
         mn = torch.as_tensor(self.min_, dtype=x.dtype, device=x.device)
