@@ -259,3 +259,48 @@ def test_errors_name_the_problem(kwargs, match):
     y = args.pop("y")
     with pytest.raises(ValueError, match=match):
         score_attack(_linear_proba(np.ones((4, 3))), X, y, **args)
+
+
+@pytest.fixture(scope="module")
+def rf_adata(pipeline68k):
+    """100 test cells of pbmc68k_reduced and a random forest trained on the other cells' log-normalized values."""
+    a = pipeline68k
+    split = a.obs["sad_split"].to_numpy()
+    L = _dense(a.layers["sad_lognorm"])
+    rf = RandomForestClassifier(n_estimators=50, random_state=0, n_jobs=1).fit(
+        L[split == "train"], a.obs["sad_label"].to_numpy()[split == "train"]
+    )
+    return a[np.flatnonzero(split == "test")[:100]].copy(), rf
+
+
+def test_tl_attack_square_on_a_random_forest(rf_adata):
+    """sad.tl.attack with a foreign classifier: flips, zeros kept, predictions from the classifier, a full record."""
+    a, rf = rf_adata
+    sad.tl.attack(a, "square", eps=1.0, model=rf, layer="sad_lognorm", constraint="expressed", max_queries=200)
+    name = "sad_square_eps1"
+    L, adv = _dense(a.layers["sad_lognorm"]), _dense(a.layers[name])
+    zero = L == 0
+    np.testing.assert_array_equal(adv[zero], 0)  # unexpressed entries stay exactly zero
+    assert (adv >= 0).all() and np.abs(adv - L).max() <= 1.0
+    np.testing.assert_array_equal(a.obs[f"{name}_pred"].astype(str).to_numpy(), rf.predict(adv).astype(str))
+    flipped = a.obs[f"{name}_pred"].astype(str).to_numpy() != rf.predict(L).astype(str)
+    assert flipped.any()
+    rec = a.uns["sad"]["attacks"]["sad_square"]
+    assert rec["kind"] == "score_based"
+    p = rec["params"]
+    assert (p["method"], p["space"], p["classifier"], p["output"], p["max_queries"]) == (
+        "square",
+        "classifier_input",
+        "sklearn",
+        "proba",
+        200,
+    )
+    assert rec["metrics"]["flip_rate"][name] == pytest.approx(flipped.mean())
+    assert 1 <= rec["metrics"]["queries"][name] <= 200
+
+
+@pytest.mark.parametrize("method", ["pgd", "cw"])
+def test_tl_attack_whitebox_on_a_random_forest_raises(rf_adata, method):
+    a, rf = rf_adata
+    with pytest.raises(ValueError, match="score-based method"):
+        sad.tl.attack(a.copy(), method, eps=1.0, model=rf, layer="sad_lognorm")

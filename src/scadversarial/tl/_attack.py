@@ -14,9 +14,11 @@ from anndata import AnnData
 
 from .. import _keys
 from .._settings import settings
-from .._validate import check_adata, check_obs_key, get_matrix, h5ad_safe, matrix_for_genes, uns_root
+from .._validate import check_adata, check_obs_key, get_matrix, h5ad_safe, matrix_for_genes, matrix_name, uns_root
+from ..attacks._protocol import ClassifierAdapter, ClassifierSpec
 from ..attacks.whitebox import DETECTOR_METHODS, METHOD_NORM, METHODS, AttackRun, IterConfig, ThreatArrays, run_attack
 from ..models.classifier import SPACES, CellClassifier, Space
+from ._blackbox import _aligned_matrix
 from ._classifier import _write_predictions
 from ._input import classifier_input
 from ._models import get_model
@@ -28,6 +30,8 @@ CONSTRAINTS: tuple[str, ...] = ("observed", "expressed", "counts")
 SCORE_METHODS: tuple[str, ...] = ("square", "nes")
 AttackMethod = Literal["pgd", "fgsm", "pgd_rs", "pgd_l2", "cw", "deepfool", "square", "nes"]
 ALL_METHODS: tuple[str, ...] = (*METHODS, *SCORE_METHODS)
+#: ``params['space']`` of a score-based attack on another classifier: the layer it reads, moved as is
+CLASSIFIER_INPUT = "classifier_input"
 
 
 def _norm(method: str) -> str:
@@ -107,7 +111,13 @@ class AttackOptions:
     labels_key
         Attack these labels instead of the clean prediction (``None``: predicted, as at inference).
     model
-        Classifier to attack (default: the one in ``adata.uns['sad']['classifier']``).
+        Classifier to attack (default: the one in ``adata.uns['sad']['classifier']``): a
+        :class:`~scadversarial.models.CellClassifier` for every method; for the score-based methods
+        (``'square'``, ``'nes'``) also any classifier the black-box modes take, wrapped by
+        :class:`~scadversarial.attacks._protocol.ClassifierAdapter`: a torch module returning logits, an
+        estimator with ``predict_proba``, a CellTypist ``Model``, a callable ``X -> probabilities`` or a
+        :class:`~scadversarial.tl.ClassifierSpec` (classes, declared genes, output). Such a classifier
+        reads ``layer`` (default ``X``), its genes aligned by name when it declares them.
     batch_size, device, random_state
         Cells per batch (default ``sad.settings.batch_size``), torch device (default
         ``sad.settings.device``) and the seed of the random start.
@@ -128,7 +138,9 @@ class AttackOptions:
     max_queries: int = 1000
     detector_weight: float | tuple[float, ...] = 1.0
     labels_key: str | None = None
-    model: CellClassifier | None = dataclasses.field(default=None, compare=False, repr=False)
+    model: CellClassifier | ClassifierSpec | torch.nn.Module | Any | None = dataclasses.field(
+        default=None, compare=False, repr=False
+    )
     batch_size: int | None = None
     device: str | None = None
     random_state: int = 0
@@ -387,10 +399,8 @@ def _record_params(
     return params
 
 
-def _score_run(view, X, y, *, method, eps_list, tarr, targeted, options, bs) -> tuple[AttackRun, dict]:
-    """Square Attack / NES on the classifier's probabilities, through its transform from the threat's space."""
-    from ..attacks.score_based import score_attack
-
+def _view_proba(view, bs: int):
+    """The probabilities of the package's classifier, through its transform from the threat's space."""
     dev = next((b.device for b in view.classifier.buffers()), torch.device("cpu"))
 
     @torch.no_grad()
@@ -400,6 +410,13 @@ def _score_run(view, X, y, *, method, eps_list, tarr, targeted, options, bs) -> 
             zb = torch.as_tensor(np.ascontiguousarray(Z[s : s + bs], dtype=np.float32), device=dev)
             out.append(torch.softmax(view(zb), 1).double().cpu().numpy())
         return np.concatenate(out)
+
+    return proba
+
+
+def _score_run(proba, X, y, *, method, eps_list, tarr, targeted, options, bs) -> tuple[AttackRun, dict]:
+    """Square Attack / NES on the probabilities ``proba(X)`` (cells x classes), within the threat ``tarr``."""
+    from ..attacks.score_based import score_attack
 
     run, queries = AttackRun({}), {}
     x0 = torch.as_tensor(X)
@@ -414,6 +431,137 @@ def _score_run(view, X, y, *, method, eps_list, tarr, targeted, options, bs) -> 
         run.adversarial[e] = res.X_adv.astype(np.float32, copy=False)
         queries[e] = float(res.n_queries.mean())
     return run, queries
+
+
+def _foreign_expressed(X: np.ndarray, layer: str | None) -> np.ndarray:
+    """Entries that may move under ``constraint='expressed'`` on a classifier's own matrix: its nonzero entries."""
+    if X.size and X.min() < 0:
+        msg = (
+            f"constraint='expressed' keeps zero expression at zero, but {matrix_name(layer)} has negative values "
+            "(scaled?). Pass the non-negative matrix the classifier reads, e.g. layer='sad_lognorm' or 'counts'."
+        )
+        raise ValueError(msg)
+    return X != 0
+
+
+def _foreign_proba(adapter: ClassifierAdapter):
+    """The adapter's scores as probabilities (score-based attacks take the log of probabilities)."""
+    if adapter.output == "proba":
+        return adapter
+
+    def proba(Z: np.ndarray) -> np.ndarray:
+        s = np.asarray(adapter(Z), dtype=np.float64)
+        if adapter.output == "logits":
+            s = s - s.max(1, keepdims=True)
+        e = np.exp(s)
+        return e / e.sum(1, keepdims=True)
+
+    return proba
+
+
+def _attack_foreign(
+    adata: AnnData, method: str, eps_list: list[float], *, threat: ThreatModel, options: AttackOptions,
+    target_class, detector, prefix: str,
+) -> None:  # fmt: skip
+    """Square Attack / NES on any classifier (:class:`ClassifierAdapter`), moving the layer it reads as is."""
+    if detector is not None:
+        msg = "A detector-aware attack needs the package's CellClassifier (model=None); drop detector= for this classifier."
+        raise ValueError(msg)
+    if threat.space is not None:
+        msg = (
+            f"space={threat.space!r} applies to the package's CellClassifier; another classifier reads its own "
+            "matrix as is: pass layer=<the matrix it reads> instead of space=."
+        )
+        raise ValueError(msg)
+    if threat.constraint not in (None, "observed", "expressed"):
+        msg = f"constraint={threat.constraint!r} is not available for this classifier; use None, 'observed' or 'expressed'."
+        raise ValueError(msg)
+    layer = threat.layer
+    if layer is not None and layer not in adata.layers:
+        msg = f"Layer {layer!r} not found in adata.layers (available: {list(adata.layers)}). Pass the matrix the classifier reads."
+        raise KeyError(msg)
+    base = layer_space(adata, layer)
+    if threat.max_log_fc is not None and (base == "scaled" or not threat.max_log_fc > 0):
+        msg = (
+            f"max_log_fc (a positive natural-log fold change, got {threat.max_log_fc}) needs a log-normalized or "
+            f"count layer; {matrix_name(layer)} is {base}. Pass layer='sad_lognorm' or drop max_log_fc."
+        )
+        raise ValueError(msg)
+    bs = int(options.batch_size or settings.batch_size)
+    adapter = ClassifierAdapter(options.model, batch_size=bs, device=options.device)
+    classes = list(adapter.classes)
+    if adapter.genes is not None:  # the genes it declares, taken from adata by name (the black-box modes' alignment)
+        X = np.array(_aligned_matrix(adata, adapter.genes, layer, check=True), dtype=np.float32)
+        genes = pd.Index(adapter.genes)
+    else:
+        X = get_matrix(adata, layer, copy=True)
+        genes = adata.var_names
+    if adapter.n_features is not None and adapter.n_features != X.shape[1]:
+        msg = (
+            f"The classifier expects {adapter.n_features} genes but {matrix_name(layer)} has {X.shape[1]}. "
+            "Pass the matrix it was trained on (layer=...), or declare its genes: ClassifierSpec(model, genes=[...])."
+        )
+        raise ValueError(msg)
+    proba_fn = _foreign_proba(adapter)
+    P = proba_fn(X)
+    if options.labels_key is None:
+        source = P.argmax(1)
+    else:
+        labels = check_obs_key(adata, options.labels_key).astype(str)
+        unknown = sorted(set(labels) - set(classes))
+        if unknown:
+            msg = f"Labels {unknown[:5]} in {options.labels_key!r} are not classes of the classifier ({classes}). Use the key it was trained on."
+            raise ValueError(msg)
+        source = pd.Categorical(labels, categories=classes).codes.astype(np.int64)
+    goal = _target_codes(adata, target_class, classes)
+    lower = upper = None
+    if threat.bounds is not None:
+        lower, upper = _custom_bounds(threat.bounds, X.shape[1])
+    if threat.constraint == "observed":
+        lower, upper = _tighter(lower, X.min(0), np.maximum), _tighter(upper, X.max(0), np.minimum)
+    mask = _resolve_mask(adata, threat.mask, genes)
+    if threat.constraint == "expressed":
+        lower = _tighter(lower, np.float32(0), np.maximum)
+        expressed = _foreign_expressed(X, layer)
+        mask = expressed if mask is None else (mask & expressed)
+    tarr = ThreatArrays(norm="linf", lower=lower, upper=upper, mask=mask, max_log_fc=threat.max_log_fc, space=base)
+    adapter.reset_counter()
+    run, queries = _score_run(
+        proba_fn, X, source if goal is None else goal, method=method, eps_list=eps_list, tarr=tarr,
+        targeted=goal is not None, options=options, bs=bs,
+    )  # fmt: skip
+    layers, preds = [], {}
+    extra: dict[str, dict] = {"target_rate": {}, "queries": {}}
+    for e, Xa in run.adversarial.items():
+        name = f"{prefix}_eps{e:g}"
+        if adata.var_names.equals(genes):
+            adata.layers[name] = Xa
+        else:  # attacked genes are the classifier's; other genes keep their values
+            full = get_matrix(adata, layer, copy=True)
+            full[:, adata.var_names.get_indexer(genes)] = Xa
+            adata.layers[name] = full
+        preds[name] = proba_fn(Xa).argmax(1)
+        adata.obs[_keys.pred_key(name)] = pd.Series(
+            pd.Categorical.from_codes(preds[name], categories=classes), index=adata.obs_names
+        )
+        layers.append(name)
+        extra["queries"][name] = queries[e]
+        if goal is not None:
+            moved = goal != source
+            extra["target_rate"][name] = float((preds[name] == goal)[moved].mean()) if moved.any() else 1.0
+    metrics = flip_table(source, preds, classes)
+    metrics["flip_rate_per_eps"] = np.array([metrics["flip_rate"][n] for n in layers])
+    metrics.update({k: v for k, v in extra.items() if v})
+    params = _record_params(
+        method, eps_list, space=CLASSIFIER_INPUT, layer=layer, threat=threat, options=options,
+        target_class=target_class, targeted=goal is not None, detector=None, n_genes=X.shape[1],
+    )  # fmt: skip
+    params.update(classifier=adapter.kind, output=adapter.output, n_genes=int(X.shape[1]))
+    root = uns_root(adata)
+    root.setdefault(_keys.STEP_ATTACKS, {})
+    root[_keys.STEP_ATTACKS][prefix] = h5ad_safe(
+        {"params": params, "layers": layers, "eps": eps_list, "metrics": metrics, "kind": "score_based"}
+    )
 
 
 def attack(
@@ -498,6 +646,14 @@ def attack(
         and not flagged) and ``weight_chosen`` (cells per weight)); for score-based methods
         ``queries`` (mean queries per cell) per layer.
 
+    With ``model=`` another classifier (score-based methods only), the attacked matrix is ``layer``
+    (default ``X``) as the classifier reads it, its declared genes aligned by name; the layer written
+    holds it with the other genes unchanged, ``.obs['<layer>_pred']`` the classifier's calls (its
+    ``classes``), ``params['space']`` is ``'classifier_input'`` (values as read, no transform;
+    :func:`layer_space` gives the space of ``params['layer']``), and ``params`` add ``classifier``
+    (``'torch'``, ``'sklearn'``, ``'celltypist'`` or ``'callable'``), ``output`` and ``n_genes``.
+    ``constraint='expressed'`` then moves only the nonzero entries of that (non-negative) matrix.
+
     Examples
     --------
     >>> import scadversarial as sad
@@ -512,11 +668,17 @@ def attack(
     >>> sad.tl.attack(adata, "pgd", eps=0.5, target_class=clf.classes[0], key_added="sad_pgd_to0")
     >>> adata.uns["sad"]["attacks"]["sad_pgd_expr"]["params"]["space"]
     'log'
+    >>> from sklearn.ensemble import RandomForestClassifier
+    >>> L = adata.layers["sad_lognorm"]
+    >>> rf = RandomForestClassifier(n_estimators=20).fit(L, adata.obs["sad_label"])
+    >>> sad.tl.attack(adata, "square", eps=1.0, model=rf, layer="sad_lognorm", constraint="expressed", max_queries=100)
 
     """
     check_adata(adata)
     threat, options = _resolve_options(threat, options, kwargs)
-    space, layer = _check_threat(adata, threat, method)
+    if method not in ALL_METHODS:
+        msg = f"Unknown attack method {method!r}; choose one of {ALL_METHODS}."
+        raise ValueError(msg)
     eps_list = [float(e) for e in np.atleast_1d(eps)]
     if not eps_list or any(not e > 0 for e in eps_list):
         msg = f"eps must be positive, got {eps}."
@@ -525,6 +687,23 @@ def attack(
     if options.max_queries < 1:
         msg = f"max_queries must be at least 1 (queries per cell of 'square'/'nes'), got {options.max_queries}."
         raise ValueError(msg)
+    prefix = key_added or f"sad_{method}"
+    if options.model is not None and not isinstance(options.model, CellClassifier):
+        if method not in SCORE_METHODS:
+            msg = (
+                f"method={method!r} needs the gradients of the package's CellClassifier; a "
+                f"{type(options.model).__name__} is attacked through its probabilities only: use a score-based "
+                f"method {SCORE_METHODS} here, or the black-box modes (sad.tl.single_gene_attack, max_change_attack, "
+                "cgd_attack, grid_attack, random_walk_attack)."
+            )
+            raise ValueError(msg)
+        adata = adata.copy() if copy else adata
+        _attack_foreign(
+            adata, method, eps_list, threat=threat, options=options, target_class=target_class, detector=detector,
+            prefix=prefix,
+        )  # fmt: skip
+        return adata if copy else None
+    space, layer = _check_threat(adata, threat, method)
     model = options.model if options.model is not None else get_model(adata, _keys.STEP_CLASSIFIER)
     _check_detector(detector, model, method)
     # X is checked to be in the classifier's scaled space (a raw or unscaled X would be attacked silently)
@@ -545,7 +724,6 @@ def attack(
         source = pd.Categorical(labels, categories=model.classes).codes.astype(np.int64)
     goal = _target_codes(adata, target_class, list(model.classes))
     tarr = _threat_arrays(adata, threat, space, method, X, model)
-    prefix = key_added or f"sad_{method}"
     y = source if goal is None else goal
     queries: dict[float, float] = {}
     if method in SCORE_METHODS:
@@ -553,7 +731,7 @@ def attack(
         model.eval().to(dev)
         try:
             run, queries = _score_run(
-                view, X, y, method=method, eps_list=eps_list, tarr=tarr, targeted=goal is not None, options=options, bs=bs
+                _view_proba(view, bs), X, y, method=method, eps_list=eps_list, tarr=tarr, targeted=goal is not None, options=options, bs=bs
             )  # fmt: skip
         finally:
             model.train(was_training)
