@@ -212,3 +212,22 @@ def test_heatmap_draws_both_panels(table3k):
     plt.close("all")
     with pytest.raises(ValueError, match="metric"):
         sad.pl.benchmark(tab, metric="accuracy")
+
+
+def test_observed_range_is_taken_over_all_cells(bench3k):
+    # the benchmark attacks a copy of the test cells; 'observed' must still mean each gene's range over all cells
+    from scadversarial.tl._benchmark import _observed_over_all_cells
+
+    a = bench3k.copy()
+    genes = list(a.var_names)
+    spec, changed = _observed_over_all_cells(a, {"method": "pgd", "eps": 0.15, "constraint": "observed"}, genes)
+    assert changed and "constraint" not in spec
+    np.testing.assert_array_equal(spec["bounds"][0], a.X.min(0))
+    np.testing.assert_array_equal(spec["bounds"][1], a.X.max(0))
+    test = a.obs["sad_split"].astype(str).to_numpy() == "test"
+    assert (a.X[test].max(0) < a.X.max(0)).any()  # the test cells alone give a tighter box
+    tab = benchmark_detectors(
+        a, attacks={"observed": {"method": "pgd", "eps": 0.15, "constraint": "observed"}}, detectors=("sad",), benign={}
+    )
+    row = tab[tab["threat"] == "observed"].iloc[0]
+    assert row["constraint"] == "observed" and row["flip_rate"] > 0
