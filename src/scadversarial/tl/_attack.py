@@ -727,14 +727,14 @@ def attack(
     y = source if goal is None else goal
     queries: dict[float, float] = {}
     if method in SCORE_METHODS:
-        was_training = model.training
+        was_training, home = model.training, next(model.parameters()).device
         model.eval().to(dev)
         try:
             run, queries = _score_run(
                 _view_proba(view, bs), X, y, method=method, eps_list=eps_list, tarr=tarr, targeted=goal is not None, options=options, bs=bs
             )  # fmt: skip
-        finally:
-            model.train(was_training)
+        finally:  # the caller's model comes back as it was: mode and device
+            model.train(was_training).to(home)
     else:
         run = run_attack(
             view, X, y, method=method, eps=eps_list, threat=tarr, config=options.iter_config(),
