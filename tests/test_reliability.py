@@ -56,7 +56,7 @@ def test_test_data_are_shipped_and_tracked():
 
 
 def test_nothing_reads_data_beside_the_repository():
-    """No test or tutorial reads ``../shared``: a fresh clone has everything it needs."""
+    """No test or tutorial reads the sibling ``shared`` folder: a fresh clone has everything it needs."""
     sibling = re.compile(r"""(\.\./)+shared/|parent\S*\s*/\s*["']shared["']|["']shared["']\s*/\s*["']data["']""")
     files = [*REPO.glob("tests/*.py"), *REPO.glob("tutorials/*.ipynb"), *REPO.glob("tutorials/*.py")]
     offenders = [str(f.relative_to(REPO)) for f in files if f != Path(__file__) and sibling.search(f.read_text())]
