@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -267,17 +267,52 @@ def _tighter(a, b, pick):
     return pick(np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32))
 
 
-def _threat_arrays(
-    adata: AnnData, threat: ThreatModel, space: Space, method: str, X: np.ndarray, model: CellClassifier
-) -> ThreatArrays:
-    """The array-level threat of ``X`` (the model's genes, in ``space``)."""
-    genes = pd.Index(model.var_names)
+def _base_box(
+    adata: AnnData, threat: ThreatModel, X: np.ndarray, genes: pd.Index
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """``(lower, upper, mask)`` from the custom bounds, the observed range of ``X`` and the mask (any classifier)."""
     lower = upper = None
     if threat.bounds is not None:
         lower, upper = _custom_bounds(threat.bounds, X.shape[1])
     if threat.constraint == "observed":
         lower, upper = _tighter(lower, X.min(0), np.maximum), _tighter(upper, X.max(0), np.minimum)
-    mask = _resolve_mask(adata, threat.mask, genes)
+    return lower, upper, _resolve_mask(adata, threat.mask, genes)
+
+
+def _source_codes(adata: AnnData, labels_key: str | None, classes: list[str], predicted: Callable[[], np.ndarray]):
+    """The class each cell is pushed away from: ``predicted()`` (clean calls), or its label in ``labels_key``."""
+    if labels_key is None:
+        return predicted()
+    labels = check_obs_key(adata, labels_key).astype(str)
+    unknown = sorted(set(labels) - set(classes))
+    if unknown:
+        msg = f"Labels {unknown[:5]} in {labels_key!r} are not classes of the classifier ({classes}). Use the key it was trained on."
+        raise ValueError(msg)
+    return pd.Categorical(labels, categories=classes).codes.astype(np.int64)
+
+
+def _write_layer(adata: AnnData, name: str, Xa: np.ndarray, layer: str | None, genes: pd.Index) -> None:
+    """Write an attacked matrix of ``genes``; other genes of ``adata`` keep their values of ``layer``."""
+    if adata.var_names.equals(genes):
+        adata.layers[name] = Xa
+        return
+    full = get_matrix(adata, layer, copy=True)
+    full[:, adata.var_names.get_indexer(genes)] = Xa
+    adata.layers[name] = full
+
+
+def _target_rate(pred: np.ndarray, goal: np.ndarray, source: np.ndarray) -> float:
+    """Fraction of the cells sent to another class that reached it."""
+    moved = goal != source
+    return float((pred == goal)[moved].mean()) if moved.any() else 1.0
+
+
+def _threat_arrays(
+    adata: AnnData, threat: ThreatModel, space: Space, method: str, X: np.ndarray, model: CellClassifier
+) -> ThreatArrays:
+    """The array-level threat of ``X`` (the model's genes, in ``space``)."""
+    genes = pd.Index(model.var_names)
+    lower, upper, mask = _base_box(adata, threat, X, genes)
     if space == "counts":
         lower = _tighter(lower, np.float32(0), np.maximum)  # the transform's log needs counts >= 0
     if threat.constraint == "expressed":
@@ -503,23 +538,9 @@ def _attack_foreign(
         )
         raise ValueError(msg)
     proba_fn = _foreign_proba(adapter)
-    P = proba_fn(X)
-    if options.labels_key is None:
-        source = P.argmax(1)
-    else:
-        labels = check_obs_key(adata, options.labels_key).astype(str)
-        unknown = sorted(set(labels) - set(classes))
-        if unknown:
-            msg = f"Labels {unknown[:5]} in {options.labels_key!r} are not classes of the classifier ({classes}). Use the key it was trained on."
-            raise ValueError(msg)
-        source = pd.Categorical(labels, categories=classes).codes.astype(np.int64)
+    source = _source_codes(adata, options.labels_key, classes, lambda: proba_fn(X).argmax(1))
     goal = _target_codes(adata, target_class, classes)
-    lower = upper = None
-    if threat.bounds is not None:
-        lower, upper = _custom_bounds(threat.bounds, X.shape[1])
-    if threat.constraint == "observed":
-        lower, upper = _tighter(lower, X.min(0), np.maximum), _tighter(upper, X.max(0), np.minimum)
-    mask = _resolve_mask(adata, threat.mask, genes)
+    lower, upper, mask = _base_box(adata, threat, X, genes)
     if threat.constraint == "expressed":
         lower = _tighter(lower, np.float32(0), np.maximum)
         expressed = _foreign_expressed(X, layer)
@@ -534,12 +555,7 @@ def _attack_foreign(
     extra: dict[str, dict] = {"target_rate": {}, "queries": {}}
     for e, Xa in run.adversarial.items():
         name = f"{prefix}_eps{e:g}"
-        if adata.var_names.equals(genes):
-            adata.layers[name] = Xa
-        else:  # attacked genes are the classifier's; other genes keep their values
-            full = get_matrix(adata, layer, copy=True)
-            full[:, adata.var_names.get_indexer(genes)] = Xa
-            adata.layers[name] = full
+        _write_layer(adata, name, Xa, layer, genes)
         preds[name] = proba_fn(Xa).argmax(1)
         adata.obs[_keys.pred_key(name)] = pd.Series(
             pd.Categorical.from_codes(preds[name], categories=classes), index=adata.obs_names
@@ -547,8 +563,7 @@ def _attack_foreign(
         layers.append(name)
         extra["queries"][name] = queries[e]
         if goal is not None:
-            moved = goal != source
-            extra["target_rate"][name] = float((preds[name] == goal)[moved].mean()) if moved.any() else 1.0
+            extra["target_rate"][name] = _target_rate(preds[name], goal, source)
     metrics = flip_table(source, preds, classes)
     metrics["flip_rate_per_eps"] = np.array([metrics["flip_rate"][n] for n in layers])
     metrics.update({k: v for k, v in extra.items() if v})
@@ -713,15 +728,9 @@ def attack(
     dev = settings.torch_device(options.device)
     bs = int(options.batch_size or settings.batch_size)
     X_clean = to_scaled(view, X, other, batch_size=bs)
-    if options.labels_key is None:
-        source = model.predict_arrays(X_clean, device=dev)[0].argmax(1)
-    else:
-        labels = check_obs_key(adata, options.labels_key).astype(str)
-        unknown = sorted(set(labels) - set(model.classes))
-        if unknown:
-            msg = f"Labels {unknown[:5]} in {options.labels_key!r} are not classes of the model ({model.classes}). Use the key the model was trained on."
-            raise ValueError(msg)
-        source = pd.Categorical(labels, categories=model.classes).codes.astype(np.int64)
+    source = _source_codes(
+        adata, options.labels_key, list(model.classes), lambda: model.predict_arrays(X_clean, device=dev)[0].argmax(1)
+    )
     goal = _target_codes(adata, target_class, list(model.classes))
     tarr = _threat_arrays(adata, threat, space, method, X, model)
     y = source if goal is None else goal
@@ -748,21 +757,14 @@ def attack(
     extra: dict[str, dict] = {"target_rate": {}, "flip_rate_continuous": {}, "detector": {}, "queries": {}}
     for e, Xa in run.adversarial.items():
         name = f"{prefix}_eps{e:g}"
-        if adata.var_names.equals(pd.Index(model.var_names)):
-            adata.layers[name] = Xa
-        else:  # attacked genes are the model's; other genes keep their values
-            full = get_matrix(adata, layer, copy=True)
-            full[:, adata.var_names.get_indexer(model.var_names)] = Xa
-            adata.layers[name] = full
+        _write_layer(adata, name, Xa, layer, pd.Index(model.var_names))
         Xs = to_scaled(view, Xa, other, batch_size=bs)
         preds[name] = _write_predictions(adata, model, Xs, layer=name)
         layers.append(name)
         if e in queries:
             extra["queries"][name] = queries[e]
         if goal is not None:
-            extra["target_rate"][name] = (
-                float((preds[name] == goal)[goal != source].mean()) if (goal != source).any() else 1.0
-            )
+            extra["target_rate"][name] = _target_rate(preds[name], goal, source)
         if e in run.continuous:
             p_cont = model.predict_arrays(to_scaled(view, run.continuous[e], other, batch_size=bs), device=dev)[0]
             extra["flip_rate_continuous"][name] = float((p_cont.argmax(1) != source).mean())
