@@ -28,6 +28,7 @@ demo: install
 
 test: install-test browser
 	$(BIN)/ruff check src tests benchmarks --output-format concise
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 tutorials: install-test

@@ -66,7 +66,9 @@ def test_celltypist_adapter_reproduces_celltypist(lognorm3k, ct_model):
         warnings.simplefilter("ignore")
         res = celltypist.annotate(b, model=ct_model)
     fn = ClassifierAdapter(ClassifierSpec(ct_model, output="logits"))
-    assert fn.kind == "celltypist" and fn.genes == hv and fn.classes == list(ct_model.cell_types)
+    assert fn.kind == "celltypist"
+    assert fn.genes == hv
+    assert fn.classes == list(ct_model.cell_types)
     S = fn(b[:, hv].X)
     np.testing.assert_allclose(S, res.decision_matrix.to_numpy(), rtol=1e-6, atol=1e-6)
     pred = np.asarray(fn.classes)[S.argmax(1)]
@@ -83,9 +85,12 @@ def test_celltypist_single_gene_attack(lognorm3k, ct_model):
         a, groupby="cluster", target="NK", classifier=ClassifierSpec(ct_model, output="logits"), modification="perc99"
     )
     rec = a.uns["sad"]["attacks"]["single_gene_NK_perc99"]
-    assert rec["params"]["classifier"] == "celltypist" and rec["params"]["output"] == "logits"
-    assert rec["metrics"]["orig_call"] == "NK" and rec["metrics"]["n_tied_rows"] == 0
-    assert len(df) > 0 and set(df["gene"]) <= set(hv)
+    assert rec["params"]["classifier"] == "celltypist"
+    assert rec["params"]["output"] == "logits"
+    assert rec["metrics"]["orig_call"] == "NK"
+    assert rec["metrics"]["n_tied_rows"] == 0
+    assert len(df) > 0
+    assert set(df["gene"]) <= set(hv)
     assert rec["params"]["n_genes_searched"] == N_HVG
     # the same search on the model's genes in the model's order gives the same records
     c = b[:, hv].copy()
@@ -124,12 +129,14 @@ def test_sgd_uniform_rows_are_ties(ct_model):
     Z = np.tile(z, (4, 1))
     fn = ClassifierAdapter(clf)
     P = fn(Z)
-    assert np.allclose(P, 1 / P.shape[1]) and fn.n_tied == 4
+    assert np.allclose(P, 1 / P.shape[1])
+    assert fn.n_tied == 4
     assert "ClassifierSpec(model, output='logits')" in fn.tie_message("test")
     fl = ClassifierAdapter(clf, output="logits")
     S = fl(Z)
     np.testing.assert_array_equal(S, clf.decision_function(Z))
-    assert fl.n_tied == 0 and fl.tie_message("test") is None
+    assert fl.n_tied == 0
+    assert fl.tie_message("test") is None
 
 
 def test_sklearn_pipeline_with_feature_names(lognorm3k):
@@ -143,7 +150,8 @@ def test_sklearn_pipeline_with_feature_names(lognorm3k):
     df = pd.DataFrame(b[:, genes].X, columns=genes)
     pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300)).fit(df, b.obs["cluster"].astype(str))
     fn = ClassifierAdapter(pipe)
-    assert fn.kind == "sklearn" and fn.genes == genes
+    assert fn.kind == "sklearn"
+    assert fn.genes == genes
     a = b.copy()  # 500 shuffled genes; the pipeline reads 60 of them
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "X does not have valid feature names" at every call
@@ -196,7 +204,8 @@ def test_torch_module_with_its_own_transform(pbmc3k_raw):
     net = _CountsNet(genes, classes, mean, std, weight)
     df = sad.tl.single_gene_attack(a, groupby="cluster", target="B", classifier=net, modification="perc99")
     rec = a.uns["sad"]["attacks"]["single_gene_B_perc99"]
-    assert rec["params"]["classifier"] == "torch" and rec["params"]["n_genes_searched"] == len(genes)
+    assert rec["params"]["classifier"] == "torch"
+    assert rec["params"]["n_genes_searched"] == len(genes)
     assert set(df["gene"]) <= set(genes)
     # a plain callable that declares its genes through the spec sees exactly those columns
     seen = []

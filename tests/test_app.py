@@ -85,12 +85,15 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 def test_load_pipeline(pipe, app_pipeline_dir):
     a = pipe.adata
     assert pipe.n_cells == a.n_obs == 700
-    assert pipe.X.shape == (700, len(pipe.genes)) and pipe.X.dtype == np.float32
+    assert pipe.X.shape == (700, len(pipe.genes))
+    assert pipe.X.dtype == np.float32
     assert pipe.classes == list(sad.tl.get_model(a, "classifier").classes)
     # clean predictions recomputed at load time agree with the ones the pipeline wrote
     np.testing.assert_array_equal(np.array(pipe.classes)[pipe.pred], a.obs["sad_pred"].astype(str).to_numpy())
-    assert pipe.labels_key == "sad_label" and pipe.labels is not None
-    assert pipe.umap.shape == (700, 2) and pipe.umap_key == "X_umap"
+    assert pipe.labels_key == "sad_label"
+    assert pipe.labels is not None
+    assert pipe.umap.shape == (700, 2)
+    assert pipe.umap_key == "X_umap"
     assert pipe.detector is not None, pipe.warnings
     assert pipe.threshold == pytest.approx(float(a.uns["sad"]["detector"]["metrics"]["threshold"]), rel=1e-6)
     assert pipe.warnings == []
@@ -100,8 +103,11 @@ def test_load_pipeline(pipe, app_pipeline_dir):
 
 def test_clean_and_attacked_cell(pipe):
     c = logic.clean_cell(pipe, 3)
-    assert c.true_label == pipe.labels[3] and c.predicted == pipe.classes[int(pipe.proba[3].argmax())]
-    assert c.proba.sum() == pytest.approx(1, abs=1e-5) and not c.attacked and c.success is None
+    assert c.true_label == pipe.labels[3]
+    assert c.predicted == pipe.classes[int(pipe.proba[3].argmax())]
+    assert c.proba.sum() == pytest.approx(1, abs=1e-5)
+    assert not c.attacked
+    assert c.success is None
     assert 0 <= c.score <= 1
     # the detector score of one cell equals what sad.tl.detect writes for the whole AnnData
     b = pipe.adata.copy()
@@ -113,10 +119,13 @@ def test_clean_and_attacked_cell(pipe):
     j = int(np.flatnonzero(b.obs["sad_split"].astype(str).to_numpy() == "test")[0])
     assert logic.score(pipe, pipe.X[j])[0] == pytest.approx(float(b.obs["sad_score"].iloc[j]), abs=1e-5)
 
-    assert c.split == str(b.obs["sad_split"].iloc[3]) and c.role == str(b.obs["sad_detector_role"].iloc[3])
+    assert c.split == str(b.obs["sad_split"].iloc[3])
+    assert c.role == str(b.obs["sad_detector_role"].iloc[3])
 
     a = logic.attack_cell(pipe, 3, method="pgd", eps=0.5)
-    assert a.attacked and a.clean_predicted == c.predicted and a.success == (a.predicted != c.predicted)
+    assert a.attacked
+    assert a.clean_predicted == c.predicted
+    assert a.success == (a.predicted != c.predicted)
     assert np.abs(a.x - c.x).max() <= 0.5 + 1e-5
     # same perturbation as the array-level attack
     from scadversarial.attacks.whitebox import attack_arrays
@@ -125,7 +134,8 @@ def test_clean_and_attacked_cell(pipe):
         pipe.classifier, pipe.X[3:4], pipe.pred[3:4], eps=0.5, alpha=logic.auto_alpha(0.5, 10), steps=10
     )[0.5]
     np.testing.assert_allclose(a.x, ref[0], atol=1e-6)
-    assert c.verdict(None) == "no detector" and a.flagged(0.0) is True
+    assert c.verdict(None) == "no detector"
+    assert a.flagged(0.0) is True
 
 
 def test_attack_flips_and_verdicts(pipe):
@@ -155,19 +165,24 @@ def test_logic_errors(pipe):
 def test_gene_table_and_umap_frame(pipe):
     c, a = logic.clean_cell(pipe, 1), logic.attack_cell(pipe, 1, eps=0.3)
     t = logic.gene_table(pipe, c, a)
-    assert list(t.columns) == ["gene", "clean", "attacked", "change"] and len(t) == len(pipe.genes)
+    assert list(t.columns) == ["gene", "clean", "attacked", "change"]
+    assert len(t) == len(pipe.genes)
     assert (t["change"].abs().diff().dropna() <= 1e-9).all()  # largest change first
     assert list(logic.gene_table(pipe, c, top=5).columns) == ["gene", "clean"]
     df = logic.umap_frame(pipe, 1)
-    assert df["selected"].sum() == 1 and df.loc[df["selected"], "index"].item() == 1
+    assert df["selected"].sum() == 1
+    assert df.loc[df["selected"], "index"].item() == 1
 
 
 def test_evaluate_in_batches(pipe):
     fractions = []
     res = logic.evaluate(pipe, method="pgd", eps=0.1, batch_size=50, progress=fractions.append)
-    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) == 4  # 140 test cells
+    assert fractions == sorted(fractions)
+    assert fractions[-1] == 1.0
+    assert len(fractions) == 4
     m = res.metrics
-    assert res.split == "test" and res.n_cells == int((pipe.split == "test").sum()) == m["cells evaluated"]
+    assert res.split == "test"
+    assert res.n_cells == int((pipe.split == "test").sum()) == m["cells evaluated"]
     truth = pipe.labels[pipe.split == "test"]
     pred = np.array(pipe.classes)[pipe.pred[pipe.split == "test"]]
     assert m["classifier accuracy (clean)"] == pytest.approx((truth == pred).mean())
@@ -178,7 +193,8 @@ def test_evaluate_in_batches(pipe):
     # a threshold of 0 flags everything: no clean cell is called clean
     assert logic.evaluate(pipe, eps=0.1, threshold=0.0, max_cells=20).metrics["detection accuracy, clean cells"] == 0
     stored = logic.stored_evaluation(pipe)
-    assert stored is not None and {"classifier", "attack", "detector"} <= set(stored["section"])
+    assert stored is not None
+    assert {"classifier", "attack", "detector"} <= set(stored["section"])
 
 
 @pytest.fixture(scope="session")
@@ -241,9 +257,11 @@ def test_load_without_labels_or_umap(pipe, monkeypatch):
 
     monkeypatch.setattr(sc.tl, "umap", no_umap)  # the PCA fallback (a real UMAP costs seconds of JIT)
     p = logic.load_pipeline(a)
-    assert p.labels is None and p.labels_key is None
+    assert p.labels is None
+    assert p.labels_key is None
     assert any("true labels are not shown" in w for w in p.warnings)
-    assert p.umap.shape == (a.n_obs, 2) and p.umap_key == "PCA (fallback)"
+    assert p.umap.shape == (a.n_obs, 2)
+    assert p.umap_key == "PCA (fallback)"
     assert logic.clean_cell(p, 0).true_label is None
     assert "classifier accuracy (clean)" not in logic.evaluate(p, max_cells=10).metrics
     assert set(logic.umap_frame(p)["label"]) <= set(p.classes)
@@ -254,10 +272,13 @@ def test_broken_detector_degrades_to_a_warning(app_pipeline_dir, tmp_path):
     shutil.copytree(app_pipeline_dir / "models", models)
     (models / "detector" / "model.safetensors").write_bytes(b"\x00garbage" * 50)
     p = logic.load_pipeline(app_pipeline_dir / "adata.h5ad", models)
-    assert p.detector is None and p.threshold is None
-    assert len(p.warnings) == 1 and "detector could not be loaded" in p.warnings[0]
+    assert p.detector is None
+    assert p.threshold is None
+    assert len(p.warnings) == 1
+    assert "detector could not be loaded" in p.warnings[0]
     c = logic.clean_cell(p, 0)
-    assert c.score is None and c.verdict(p.threshold) == "no detector"
+    assert c.score is None
+    assert c.verdict(p.threshold) == "no detector"
     assert logic.attack_cell(p, 0).score is None
     assert "AUROC (clean vs. attacked)" not in logic.evaluate(p, max_cells=10).metrics
 
@@ -267,7 +288,8 @@ def test_broken_detector_degrades_to_a_warning(app_pipeline_dir, tmp_path):
 def test_page_cell_and_attack(app_env, pipe):
     pytest.importorskip("streamlit")
     at = _apptest().run()
-    assert not at.exception and not _texts(at, "error")
+    assert not at.exception
+    assert not _texts(at, "error")
     c0 = logic.clean_cell(pipe, 0)
     md = _texts(at, "markdown")
     assert f"Predicted label: **{c0.predicted}** (probability {c0.confidence:.2f})" in md
@@ -300,7 +322,8 @@ def test_page_cell_and_attack(app_env, pipe):
     # the gene vector
     at.toggle(key="show_genes").set_value(True).run()
     table = at.dataframe[0].value
-    assert list(table.columns) == ["gene", "clean", "attacked", "change"] and len(table) == len(pipe.genes)
+    assert list(table.columns) == ["gene", "clean", "attacked", "change"]
+    assert len(table) == len(pipe.genes)
 
 
 def test_page_pick_by_label_and_evaluate(app_env, pipe):
@@ -317,10 +340,12 @@ def test_page_pick_by_label_and_evaluate(app_env, pipe):
     # held-out cells only: every offered cell is a test-split cell
     at.checkbox(key="only_test").check().run()
     offered = at.selectbox(key=f"cell_of_{label}").options
-    assert offered and all(pipe.split[int(o.split(":")[0])] == "test" for o in offered)
+    assert offered
+    assert all(pipe.split[int(o.split(":")[0])] == "test" for o in offered)
 
     at.button(key="run_eval").click().run()
-    assert not at.exception and not _texts(at, "error")
+    assert not at.exception
+    assert not _texts(at, "error")
     tables = [df.value for df in at.dataframe]
     evals = [t for t in tables if "metric" in t and "flip rate" in set(t["metric"])]
     assert evals, tables
@@ -338,7 +363,8 @@ def test_page_without_arguments_uses_the_cached_demo(monkeypatch, app_env, app_p
     t0 = time.perf_counter()
     at = _apptest().run()
     assert time.perf_counter() - t0 < 60
-    assert not at.exception and not _texts(at, "error")
+    assert not at.exception
+    assert not _texts(at, "error")
     assert any("demo pipeline on pbmc68k_reduced" in t for t in _texts(at, "caption"))
 
 
@@ -350,18 +376,25 @@ def test_page_shows_errors_not_tracebacks(app_env, broken, case):
     at = _apptest().run()
     assert not at.exception  # no traceback element
     errors = _texts(at, "error")
-    assert len(errors) == 1 and errors[0].startswith("Could not open the pipeline") and message in errors[0]
+    assert len(errors) == 1
+    assert errors[0].startswith("Could not open the pipeline")
+    assert message in errors[0]
 
 
 # ----------------------------------------------------------------------------------------------
 # launch
 def test_command_line():
     cmd = sad_app.command("x/adata.h5ad", "x/models", 8765, address="127.0.0.1", headless=True)
-    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4] == SCRIPT
-    assert cmd[cmd.index("--server.port") + 1] == "8765" and "--server.headless" in cmd
+    assert cmd[1:4] == ["-m", "streamlit", "run"]
+    assert cmd[4] == SCRIPT
+    assert cmd[cmd.index("--server.port") + 1] == "8765"
+    assert "--server.headless" in cmd
     tail = cmd[cmd.index("--") + 1 :]
-    assert tail[0] == "--adata" and Path(tail[1]).is_absolute() and tail[1].endswith("x/adata.h5ad")
-    assert tail[2] == "--models" and tail[3].endswith("x/models")
+    assert tail[0] == "--adata"
+    assert Path(tail[1]).is_absolute()
+    assert tail[1].endswith("x/adata.h5ad")
+    assert tail[2] == "--models"
+    assert tail[3].endswith("x/models")
     assert "--" not in sad_app.command()
 
 
@@ -375,4 +408,5 @@ def test_module_main_parses(monkeypatch):
     seen = {}
     monkeypatch.setattr(sad_app, "launch", lambda *a, **k: seen.update(args=a, kwargs=k) or 0)
     assert sad_app.main(["--adata", "a.h5ad", "--port", "9000", "--headless"]) == 0
-    assert seen["args"] == ("a.h5ad", None, 9000) and seen["kwargs"]["headless"] is True
+    assert seen["args"] == ("a.h5ad", None, 9000)
+    assert seen["kwargs"]["headless"] is True

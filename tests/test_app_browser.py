@@ -214,7 +214,8 @@ def test_install_chromium_reasons(monkeypatch):
     monkeypatch.setitem(globals(), "find_chromium", lambda: None)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     path, reason = install_chromium()
-    assert path is None and "apt-get install -y chromium" in reason
+    assert path is None
+    assert "apt-get install -y chromium" in reason
 
 
 @pytest.mark.browser

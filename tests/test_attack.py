@@ -71,10 +71,13 @@ def test_mask_and_bounds(pipeline3k):
     sad.tl.attack(a, eps=0.5, mask=mask, bounds="observed", key_added="masked")
     Xa = a.layers["masked_eps0.5"]
     np.testing.assert_array_equal(Xa[:, ~mask], a.X[:, ~mask])
-    assert (Xa >= a.X.min(0) - 1e-6).all() and (Xa <= a.X.max(0) + 1e-6).all()
+    assert (Xa >= a.X.min(0) - 1e-6).all()
+    assert (Xa <= a.X.max(0) + 1e-6).all()
     params = a.uns["sad"]["attacks"]["masked"]["params"]
     # the older bounds='observed' is the 'observed' constraint of the scaled-space threat
-    assert params["space"] == "scaled" and params["constraint"] == "observed" and params["bounds"] == "observed"
+    assert params["space"] == "scaled"
+    assert params["constraint"] == "observed"
+    assert params["bounds"] == "observed"
 
 
 def test_attack_true_labels(pipeline3k):
@@ -90,7 +93,9 @@ def test_attack_does_not_touch_params(pipeline3k):
     a = pipeline3k[:100].copy()
     sad.tl.attack(a, eps=0.1)
     for p, b, f in zip(model.parameters(), before, flags, strict=True):
-        assert torch.equal(p, b) and p.grad is None and p.requires_grad == f
+        assert torch.equal(p, b)
+        assert p.grad is None
+        assert p.requires_grad == f
 
 
 def test_attack_refuses_x_that_was_not_scaled(pipeline3k):

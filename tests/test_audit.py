@@ -60,13 +60,15 @@ def test_audit_command_report_opens_in_browser(saved68k, tmp_path):
             "--clusters", ",".join(clusters), "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["classifier"]["kind"] == "sad classifier" and summary["n_genes_searched"] == 60
+    assert summary["classifier"]["kind"] == "sad classifier"
+    assert summary["n_genes_searched"] == 60
     assert [c["cluster"] for c in summary["clusters"]] == clusters
     mods = summary["clusters"][0]["modifications"]["perc99"]
     assert mods["max_change_n_kept"] + len(mods["signature"]) == 60
     assert set(summary["whitebox"]["flip_rate"]) == {"eps=0.1", "eps=0.5"}  # gradients exist: white-box rates
     assert all(0 <= v <= 1 for v in summary["whitebox"]["flip_rate"].values())
-    assert len(summary["figures"]) == 3 and all((out / f).is_file() for f in summary["figures"])
+    assert len(summary["figures"]) == 3
+    assert all((out / f).is_file() for f in summary["figures"])
 
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=_chromium(), headless=True, args=CHROMIUM_ARGS)
@@ -97,9 +99,13 @@ def test_audit_from_python_with_a_callable(pbmc68k, tmp_path):
     clusters = ("CD14+ Monocyte", "CD19+ B")
     opts = AuditOptions(modifications=("perc1",), max_genes=40, clusters=clusters)
     rep = audit(a, groupby="bulk_labels", out=tmp_path / "r", classifier=spec, options=opts)
-    assert rep.html.is_file() and rep.json.is_file() and len(rep.figures) == 2
+    assert rep.html.is_file()
+    assert rep.json.is_file()
+    assert len(rep.figures) == 2
     s = rep.summary
-    assert s["classifier"]["kind"] == "callable" and s["classifier"]["n_genes"] == 80 and s["n_genes_searched"] == 40
+    assert s["classifier"]["kind"] == "callable"
+    assert s["classifier"]["n_genes"] == 80
+    assert s["n_genes_searched"] == 40
     assert "skipped" in s["whitebox"]
     assert "data:image/png;base64," in rep.html.read_text()
     assert a.uns["sad"]["audit"]["n_genes_searched"] == 40

@@ -48,10 +48,13 @@ def fitted(data68k):
 def test_baseline_scores_finite_and_pgd_scores_higher(fitted, data68k, name):
     _, X, adv, m = data68k
     det = fitted[name]
-    assert isinstance(det, BaselineDetector) and det.name == name
+    assert isinstance(det, BaselineDetector)
+    assert det.name == name
     clean = det.score(X[m["test"]])
     attacked = det.score(adv["0.5"][m["test"]])
-    assert clean.shape == (m["test"].sum(),) and np.isfinite(clean).all() and np.isfinite(attacked).all()
+    assert clean.shape == (m["test"].sum(),)
+    assert np.isfinite(clean).all()
+    assert np.isfinite(attacked).all()
     assert attacked.mean() > clean.mean()
     if name in ("max_softmax", "mahalanobis"):
         y = np.r_[np.zeros(len(clean)), np.ones(len(attacked))]
@@ -70,7 +73,8 @@ def test_threshold_gives_target_fpr_on_calibration_cells(fitted, data68k, name):
     if len(np.unique(scores)) == n_val:  # untied scores: the threshold flags as many as allowed
         assert fpr >= TARGET_FPR - 1.5 / n_val
     else:  # the squeezer leaves measured cells unchanged: their scores tie at 0 and none is flagged
-        assert name == "squeeze" and fpr == 0
+        assert name == "squeeze"
+        assert fpr == 0
 
 
 def test_baselines_without_adversarial_training_cells(data68k):
@@ -103,7 +107,8 @@ def test_score_logit_is_differentiable_and_consistent(fitted, data68k, name):
     expected = np.log(s / (1 - s)) if name == "max_softmax" else np.log(s + 1e-12)  # logit or log of the score
     np.testing.assert_allclose(logit.detach().double().numpy(), expected, rtol=1e-3, atol=1e-3)
     (g,) = torch.autograd.grad(logit[5:].sum(), x)
-    assert torch.isfinite(g).all() and g[5:].abs().sum() > 0
+    assert torch.isfinite(g).all()
+    assert g[5:].abs().sum() > 0
 
 
 def test_squeeze_filter_leaves_measured_cells_unchanged(fitted, data68k):
@@ -118,7 +123,8 @@ def test_squeeze_filter_leaves_measured_cells_unchanged(fitted, data68k):
 def test_kd_bu_is_reproducible_and_leaves_global_rng_alone(fitted, data68k):
     _, X, _, m = data68k
     det = fitted["kd_bu"]
-    assert isinstance(det, KernelDensityDetector) and det.bandwidth_ > 0
+    assert isinstance(det, KernelDensityDetector)
+    assert det.bandwidth_ > 0
     state = torch.random.get_rng_state()
     a, b = det.score(X[m["test"]][:20]), det.score(X[m["test"]][:20])
     np.testing.assert_array_equal(a, b)
@@ -127,16 +133,20 @@ def test_kd_bu_is_reproducible_and_leaves_global_rng_alone(fitted, data68k):
 
 def test_reference_split_drops_attacked_copies_of_reference_cells():
     s = reference_split(10, 30, 100, rng=0)
-    assert len(s.reference) == 5 and set(s.reference).isdisjoint(s.clean)
-    assert len(s.adversarial) == 15 and not np.isin(s.adversarial % 10, s.reference).any()
+    assert len(s.reference) == 5
+    assert set(s.reference).isdisjoint(s.clean)
+    assert len(s.adversarial) == 15
+    assert not np.isin(s.adversarial % 10, s.reference).any()
     s2 = reference_split(10, 7, 3, rng=0)  # not a multiple: all adversarial rows are kept
-    assert len(s2.reference) == 3 and len(s2.adversarial) == 7
+    assert len(s2.reference) == 3
+    assert len(s2.adversarial) == 7
 
 
 def test_clean_quantile_threshold_with_ties():
     s = np.r_[np.zeros(90), np.arange(1, 11)]
     t = _clean_quantile_threshold(s, 0.05)
-    assert (s >= t).mean() == 0.05 and 5 < t < 6
+    assert (s >= t).mean() == 0.05
+    assert 5 < t < 6
     t0 = _clean_quantile_threshold(np.zeros(50), 0.05)
     assert t0 > 0  # all tied: nothing flagged
 

@@ -84,7 +84,8 @@ def test_shifts_are_seeded_and_change_depth(bench3k):
     assert (np.asarray(noisy.layers["counts"])[zero] == 0).all()  # unexpressed genes stay unexpressed
     amb = benign_shift(bench3k, "ambient", amount=0.1)
     assert 0.95 < amb.layers["counts"].sum() / depth.sum() < 1.05  # contamination replaces counts, depth stays
-    assert "sad_pred" not in amb.obs and "sad_split" in amb.obs
+    assert "sad_pred" not in amb.obs
+    assert "sad_split" in amb.obs
     sad.tl.predict(amb)  # the model record travels, the shifted cells can be classified
     assert amb.obs["sad_pred"].notna().all()
 
@@ -116,8 +117,10 @@ def test_table_shape_columns_and_record(table3k, tmp_path):
     fr = att.groupby("threat")["flip_rate"].first()
     assert fr["pgd eps=0.15"] >= fr["pgd eps=0.05"]
     ben = tab[tab["kind"] == "benign"]
-    assert ben["fpr"].between(0, 1).all() and ben["pred_changed"].between(0, 1).all()
-    assert ben["flip_rate"].isna().all() and ben["evasion"].isna().all()
+    assert ben["fpr"].between(0, 1).all()
+    assert ben["pred_changed"].between(0, 1).all()
+    assert ben["flip_rate"].isna().all()
+    assert ben["evasion"].isna().all()
     # the record round-trips through h5ad and gives the same table back
     path = tmp_path / "bench.h5ad"
     a.write_h5ad(path)
@@ -179,7 +182,8 @@ def test_callable_threat_reads_its_own_layer(bench3k):
 
     tab = benchmark_detectors(a, attacks={"aberrant": one_gene_aberrant}, detectors=("sad",), benign={})
     row = tab[tab["threat"] == "aberrant"].iloc[0]
-    assert row["space"] == "scaled" and 0 <= row["evasion"] <= row["flip_rate"]
+    assert row["space"] == "scaled"
+    assert 0 <= row["evasion"] <= row["flip_rate"]
 
 
 def test_benchmark_errors_name_the_fix(bench3k):
@@ -208,7 +212,8 @@ def test_heatmap_draws_both_panels(table3k):
     assert "flip" in attack_ax.get_yticklabels()[0].get_text()
     plt.close(fig)
     axs = sad.pl.benchmark(a, metric="auroc", show=False)  # from the AnnData's record
-    assert len(axs) == 2 and "AUROC" in axs[0].get_title()
+    assert len(axs) == 2
+    assert "AUROC" in axs[0].get_title()
     plt.close("all")
     with pytest.raises(ValueError, match="metric"):
         sad.pl.benchmark(tab, metric="accuracy")
@@ -221,7 +226,8 @@ def test_observed_range_is_taken_over_all_cells(bench3k):
     a = bench3k.copy()
     genes = list(a.var_names)
     spec, changed = _observed_over_all_cells(a, {"method": "pgd", "eps": 0.15, "constraint": "observed"}, genes)
-    assert changed and "constraint" not in spec
+    assert changed
+    assert "constraint" not in spec
     np.testing.assert_array_equal(spec["bounds"][0], a.X.min(0))
     np.testing.assert_array_equal(spec["bounds"][1], a.X.max(0))
     test = a.obs["sad_split"].astype(str).to_numpy() == "test"
@@ -230,4 +236,5 @@ def test_observed_range_is_taken_over_all_cells(bench3k):
         a, attacks={"observed": {"method": "pgd", "eps": 0.15, "constraint": "observed"}}, detectors=("sad",), benign={}
     )
     row = tab[tab["threat"] == "observed"].iloc[0]
-    assert row["constraint"] == "observed" and row["flip_rate"] > 0
+    assert row["constraint"] == "observed"
+    assert row["flip_rate"] > 0

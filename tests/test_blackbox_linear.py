@@ -47,7 +47,8 @@ def test_linear_head_only_for_linear_classifiers(lr_workload):
     W, b, X = lr_workload["W"], lr_workload["b"], lr_workload["X"][:200]
     lin = _linear(W, b)
     head = ClassifierAdapter(lin).linear_head()
-    assert head is not None and head.unit_roundoff == 2.0**-24
+    assert head is not None
+    assert head.unit_roundoff == 2.0**-24
     np.testing.assert_allclose(head.weight, W.T.astype(np.float32), rtol=0, atol=0)
     assert ClassifierAdapter(torch.nn.Sequential(lin)).linear_head() is not None
     # float32 products allowed in TF32 / bfloat16: the rounding bound widens with them
@@ -70,7 +71,8 @@ def test_linear_head_only_for_linear_classifiers(lr_workload):
     ):
         fn = ClassifierAdapter(clf)
         head = fn.linear_head()
-        assert head is not None and head.weight.shape[0] == len(clf.classes_)
+        assert head is not None
+        assert head.weight.shape[0] == len(clf.classes_)
         logits = X.astype(np.float64) @ head.weight.T + head.bias
         np.testing.assert_array_equal(logits.argmax(1), fn(X).argmax(1))
 
@@ -80,7 +82,8 @@ def test_single_gene_linear_equals_plain(lr_workload, target, mod):
     lr = lr_workload
     rows = np.flatnonzero(lr["labels"] == target)
     lin_o, stacked_o, plain_o = _oracles(_linear(lr["W"], lr["b"]), lr["classes"], lr["X"], rows, [mod])
-    assert lin_o.is_linear and not stacked_o.is_linear
+    assert lin_o.is_linear
+    assert not stacked_o.is_linear
     plain = single_gene_search(plain_o, method="plain")
     fast = single_gene_search(lin_o, method="fast")
     assert _records(fast) == _records(plain)
@@ -207,7 +210,9 @@ def test_with_values_reuses_the_unmodified_call(lr_workload):
     single_gene_search(first, np.arange(0, 2000, 11))  # builds the shared unmodified logits
     calls = fn.n_calls
     second = first.with_values(V2)
-    assert fn.n_calls == calls and second._lin0 is first._lin0 and second.n_evaluated == 0
+    assert fn.n_calls == calls
+    assert second._lin0 is first._lin0
+    assert second.n_evaluated == 0
     fresh = ClusterOracle(ClassifierAdapter(_linear(lr["W"], lr["b"]), lr["classes"]), lr["X"][rows], V2)
     genes = np.arange(0, 2000, 11)
     assert _records(single_gene_search(second, genes)) == _records(single_gene_search(fresh, genes))
@@ -269,7 +274,8 @@ def test_max_change_wrong_guesses_are_taken_back(lr_workload, k, seed):
     plain = max_change_search(plain_o, genes, random_state=rng_plain, method="plain")
     np.testing.assert_array_equal(fast.kept, plain.kept)
     assert (fast.call, fast.score, fast.n_questions) == (plain.call, plain.score, plain.n_questions)
-    assert fast.n_rewound > 0 and lin_o.n_exact_rows > 0
+    assert fast.n_rewound > 0
+    assert lin_o.n_exact_rows > 0
     # draws made on wrong guesses are given back: a shared generator goes on as after the plain search
     assert rng_fast.bit_generator.state == rng_plain.bit_generator.state
 

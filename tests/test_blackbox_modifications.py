@@ -54,7 +54,8 @@ def test_deciles_match_reference(X, n, sign):
 def test_deciles_move_up_and_down(X):
     rows = np.arange(53)
     up, down = modified_values(X, rows, "decile+3"), modified_values(X, rows, "decile-3")
-    assert (up >= X).all() and (down <= X).all()
+    assert (up >= X).all()
+    assert (down <= X).all()
     np.testing.assert_array_equal(modified_values(X, rows, "decile+10"), np.broadcast_to(X.max(0), X.shape))
     np.testing.assert_array_equal(modified_values(X, rows, "decile-10"), np.broadcast_to(X.min(0), X.shape))
 
@@ -66,7 +67,8 @@ def test_random_seeded_and_in_range(X):
     c = modified_values(X, rows, "random", rng=4)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
-    assert (a >= X.min(0)).all() and (a <= X.max(0)).all()
+    assert (a >= X.min(0)).all()
+    assert (a <= X.max(0)).all()
 
 
 def test_aberrant_fixed_and_callable(X):

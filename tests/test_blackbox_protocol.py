@@ -37,7 +37,8 @@ def test_torch_module_softmax_eval_nograd_batched():
     np.testing.assert_allclose(P, ref, rtol=1e-5, atol=1e-6)  # eval mode: dropout off
     np.testing.assert_array_equal(fn(X), P)  # deterministic
     assert net.training  # mode restored
-    assert fn.n_calls == 2 and fn.n_rows == 120
+    assert fn.n_calls == 2
+    assert fn.n_rows == 120
 
 
 def test_torch_rows_do_not_depend_on_stacking():
@@ -57,7 +58,8 @@ def test_sad_cell_classifier_goes_through_torch_path():
     X, _ = _data()
     clf = CellClassifier([f"g{i}" for i in range(12)], ["B", "T", "NK"])
     fn = ClassifierAdapter(clf)
-    assert fn.kind == "torch" and fn.classes == ["B", "T", "NK"]
+    assert fn.kind == "torch"
+    assert fn.classes == ["B", "T", "NK"]
     assert fn.n_features == 12
     P = fn(X)
     assert P.shape == (60, 3)
@@ -69,7 +71,8 @@ def test_sklearn_estimator():
     lr = LogisticRegression(max_iter=500).fit(X, np.array(["x", "y", "z"])[y])
     fn, classes = as_proba_fn(lr)
     assert classes == ["x", "y", "z"]
-    assert fn.kind == "sklearn" and fn.n_features == 12
+    assert fn.kind == "sklearn"
+    assert fn.n_features == 12
     np.testing.assert_allclose(fn(X), lr.predict_proba(X))
 
 
@@ -81,7 +84,8 @@ def test_callable_with_and_without_classes():
         return e / e.sum(1, keepdims=True)
 
     fn, classes = as_proba_fn(f, ["p", "q", "r"])
-    assert classes == ["p", "q", "r"] and fn.kind == "callable"
+    assert classes == ["p", "q", "r"]
+    assert fn.kind == "callable"
     assert fn(X).shape == (60, 3)
     fn2, classes2 = as_proba_fn(f)
     assert classes2 is None
@@ -114,7 +118,8 @@ def test_torch_input_read_in_place_or_converted_alike():
     net = torch.nn.Linear(40, 4)
     fn = ClassifierAdapter(net, list("abcd"), batch_size=64)
     P = fn(X)
-    assert P.shape == (300, 4) and P.dtype == np.float32
+    assert P.shape == (300, 4)
+    assert P.dtype == np.float32
     read_only = X.copy()
     read_only.flags.writeable = False
     for Z in (np.asfortranarray(X), read_only, X.astype(np.float64), X.tolist()):

@@ -140,13 +140,14 @@ def test_cgd_matches_r_counts_and_fast(lr_oracle):
         plain, fast = out["plain"][0], out["fast"][0]
         assert out["plain"][1] == r_calls  # the R package's count
         assert out["fast"][1] < r_calls
-        assert plain.switched and lr_oracle["classes"][plain.orig_call] == "CD8 T"
+        assert plain.switched
+        assert lr_oracle["classes"][plain.orig_call] == "CD8 T"
         assert fast.modified_genes == plain.modified_genes
         np.testing.assert_array_equal(fast.X, plain.X)
         np.testing.assert_array_equal(fast.types, plain.types)
         assert fast.summary == plain.summary
         # only the visited genes changed
-        changed = np.flatnonzero((plain.X != lr_oracle["X"][rows]).any(0))
+        changed = np.flatnonzero((lr_oracle["X"][rows] != plain.X).any(0))
         assert set(changed) <= set(plain.modified_genes)
 
 
@@ -195,7 +196,9 @@ def test_grid_fast_equals_plain_and_first_found(lr_oracle):
         o, _ = _oracle(lr_oracle, "NK", ["perc1", "positive_aberrant"])
         first = grid_search(o, genes, method=method, return_first_found=True)
         k = int(np.flatnonzero(out["plain"].flipped)[0])
-        assert len(first.calls) == k + 1 and first.flipped[-1] and not first.flipped[:-1].any()
+        assert len(first.calls) == k + 1
+        assert first.flipped[-1]
+        assert not first.flipped[:-1].any()
     with pytest.raises(ValueError, match="combinatorial|max_combinations"):
         grid_combinations(20, 3)
 
@@ -228,7 +231,8 @@ def test_cgd_rows_of_a_larger_matrix(lr_oracle):
         for Z in (X, np.asfortranarray(X)):
             fn = ClassifierAdapter(lr_oracle["proba"], lr_oracle["classes"])
             res = cgd_search(fn, Z, genes, rows=rows, **kw)
-            assert res.summary == ref.summary and res.modified_genes == ref.modified_genes
+            assert res.summary == ref.summary
+            assert res.modified_genes == ref.modified_genes
             np.testing.assert_array_equal(res.X, ref.X)
             np.testing.assert_array_equal(res.types, ref.types)
         np.testing.assert_array_equal(X[rows], before)  # the input is left alone

@@ -128,7 +128,8 @@ def test_predict_reads_lognorm_through_the_model_when_x_is_not_scaled(pipeline3k
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="scadversarial"):
             sad.tl.predict(new, model=clf)
-        assert problem in caplog.text and "sad_lognorm" in caplog.text
+        assert problem in caplog.text
+        assert "sad_lognorm" in caplog.text
         np.testing.assert_array_equal(new.obs["sad_pred"].to_numpy(), good.obs["sad_pred"].to_numpy())
         np.testing.assert_allclose(new.obsm["sad_proba"], good.obsm["sad_proba"], atol=1e-5)
 
@@ -163,5 +164,6 @@ def test_train_classifier_refuses_a_class_without_training_cells(pipeline68k):
     uns_before = repr(sorted(a.uns["sad"]["classifier"]))
     with pytest.raises(ValueError, match=r"'lonely': 1\}") as err:
         sad.tl.train_classifier(a, max_epochs=1)
-    assert "sad.pp.split(adata, 'sad_label')" in str(err.value) and "drop or merge" in str(err.value)
+    assert "sad.pp.split(adata, 'sad_label')" in str(err.value)
+    assert "drop or merge" in str(err.value)
     assert repr(sorted(a.uns["sad"]["classifier"])) == uns_before

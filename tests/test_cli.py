@@ -17,11 +17,9 @@ def test_cli_run_end_to_end(tmp_path):
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert rc.returncode == 0, rc.stderr
-    assert (
-        "classifier accuracy" in rc.stdout
-        and "PGD flip rate" in rc.stdout
-        and "detector on held-out test cells" in rc.stdout
-    )
+    assert "classifier accuracy" in rc.stdout
+    assert "PGD flip rate" in rc.stdout
+    assert "detector on held-out test cells" in rc.stdout
     report = json.loads((out / "report.json").read_text())
     assert report["classifier"]["accuracy"]["test"] > 0.6
     a = ad.read_h5ad(out / "adata.h5ad")
@@ -40,7 +38,8 @@ def test_cli_run_end_to_end(tmp_path):
         "detector-aware log 0.5",
     ]
     assert "counts: not available for this data" in rc.stdout  # pbmc68k_reduced has no counts
-    assert "trained on the seed threat" in rc.stdout and "what it misses" in rc.stdout
+    assert "trained on the seed threat" in rc.stdout
+    assert "what it misses" in rc.stdout
     assert "benchmark" in a.uns["sad"]
 
 
@@ -56,9 +55,11 @@ def test_cli_audit_refuses_pickles_and_bad_specs(capsys, tmp_path):
     rc = main(["audit", "--data", str(data), "--classifier", "model.pkl", "--groupby", "g", "--out", str(tmp_path)])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "pickles are refused" in err and "module:function" in err
+    assert "pickles are refused" in err
+    assert "module:function" in err
     rc = main(["audit", "--data", str(data), "--classifier", "nothing", "--groupby", "g", "--out", str(tmp_path)])
-    assert rc == 2 and "neither a sad model directory nor an import path" in capsys.readouterr().err
+    assert rc == 2
+    assert "neither a sad model directory nor an import path" in capsys.readouterr().err
 
 
 def test_cli_run_baselines_flag_reaches_the_pipeline():

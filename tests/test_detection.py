@@ -117,7 +117,8 @@ def test_detect_contract_and_feature_spec(det68k):
         np.testing.assert_allclose(np.linalg.norm(trip, axis=1), 1.0, atol=1e-5)
         s = a.obs[_keys.score_key(name)].to_numpy()
         assert ((s >= 0) & (s <= 1)).all()
-    assert "sad_meta_sad_pgd_eps0.1" in a.obsm and "X_sad_triplet_sad_pgd_eps0.1" in a.obsm
+    assert "sad_meta_sad_pgd_eps0.1" in a.obsm
+    assert "X_sad_triplet_sad_pgd_eps0.1" in a.obsm
     groups = {"internal", "gradient", "input"}
     assert set(model.groups) == groups
     assert {"frac_at_min", "grad_log_l2", "margin", "entropy"} <= set(names)
@@ -144,7 +145,9 @@ def test_ablation_switches(pipeline68k):
     det = sad.tl.train_detector(
         a, use_triplet=False, gradient_features=False, input_features=False, key_added="det_int", **FAST
     )
-    assert det.triplet is None and det.input_ref is None and not det.uses_gradient
+    assert det.triplet is None
+    assert det.input_ref is None
+    assert not det.uses_gradient
     assert det.groups == ["internal"]
     assert not any(n.startswith(("grad_", "frac_")) for n in det.feature_names)
     sad.tl.detect(a, detector_key="det_int")
@@ -165,7 +168,8 @@ def test_low_latency(pipeline68k):
     sad.tl.detect(a)
     sad.tl.detect(b, low_latency=True)
     np.testing.assert_array_equal(a.obs["sad_score"].to_numpy(), b.obs["sad_score"].to_numpy())
-    assert "sad_meta" not in b.obsm and "X_sad_triplet" not in b.obsm
+    assert "sad_meta" not in b.obsm
+    assert "X_sad_triplet" not in b.obsm
     sad.tl.train_detector(b, **FAST)  # with gradient features
     before = set(b.obs.columns)
     with pytest.raises(ValueError, match="gradient_features=False"):
@@ -195,7 +199,8 @@ def test_new_anndata_aligned_by_gene_name(det68k):
     missing = ad.AnnData(np.asarray(new.X)[:, 5:], obs=new.obs[[]].copy(), var=new.var[[]].iloc[5:].copy())
     with pytest.raises(KeyError, match="missing"):
         sad.tl.detect(missing, model=model)
-    assert "sad_score" not in missing.obs and not missing.obsm
+    assert "sad_score" not in missing.obs
+    assert not missing.obsm
 
 
 def test_errors_leave_adata_unchanged(pipeline68k):
@@ -206,7 +211,8 @@ def test_errors_leave_adata_unchanged(pipeline68k):
         sad.tl.train_detector(a, "fgsm_missing")
     with pytest.raises(ValueError, match="meta_fraction"):
         sad.tl.train_detector(a, meta_fraction=1.5)
-    assert "detector" not in a.uns["sad"] and _keys.OBS_DETECTOR_ROLE not in a.obs
+    assert "detector" not in a.uns["sad"]
+    assert _keys.OBS_DETECTOR_ROLE not in a.obs
 
 
 def test_save_load_reproduces_scores_in_new_process(det68k, tmp_path):

@@ -118,7 +118,8 @@ def test_sample_triplets():
     cls_adv = np.tile(cls_clean, 3)
     a, p, n = sample_triplets(cls_clean, cls_adv, rng)
     assert sorted(n) == list(range(len(cls_adv)))
-    assert (cls_clean[a] == cls_adv[n]).all() and (cls_clean[p] == cls_adv[n]).all()
+    assert (cls_clean[a] == cls_adv[n]).all()
+    assert (cls_clean[p] == cls_adv[n]).all()
     several = np.isin(cls_adv[n], [0, 1])
     assert (a[several] != p[several]).all()
 
@@ -128,7 +129,8 @@ def test_threshold_and_metrics():
     s = np.r_[np.linspace(0, 0.6, 100), np.linspace(0.4, 1, 100)]
     thr = choose_threshold(y, s)
     pred = s >= thr["threshold"]
-    assert thr["tpr"] == pred[y == 1].mean() and thr["fpr"] == pred[y == 0].mean()
+    assert thr["tpr"] == pred[y == 1].mean()
+    assert thr["fpr"] == pred[y == 0].mean()
     assert thr["tpr"] - thr["fpr"] > 0.6
     t5 = choose_threshold(y, s, target_fpr=0.05)
     assert t5["fpr"] <= 0.05

@@ -100,4 +100,5 @@ def test_get_model_needs_load_in_new_process(pipeline68k, tmp_path):
             print("KEYERROR", e)
     """)
     out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
-    assert "KEYERROR" in out and "load_models" in out
+    assert "KEYERROR" in out
+    assert "load_models" in out

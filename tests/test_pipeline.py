@@ -35,7 +35,8 @@ def test_threat_benchmark_with_counts(small3k):
         "clean", "seed PGD eps=0.1", "observed PGD eps=0.15", "expressed log 0.5", "counts +-1 UMI",
         "detector-aware log 0.5", "thinning 50%",
     ]  # fmt: skip
-    assert rep["not_available"] == {} and rep["note"] == HONEST_NOTE
+    assert rep["not_available"] == {}
+    assert rep["note"] == HONEST_NOTE
     assert {r["detector"] for r in rows} == {"sad"}
     assert {(r["space"], r["constraint"]) for r in rows if r["kind"] == "attack"} >= {
         ("scaled", "none"), ("scaled", "observed"), ("log", "expressed"), ("counts", "counts"),
@@ -47,9 +48,12 @@ def test_threat_benchmark_with_counts(small3k):
         if r["kind"] == "attack":
             assert 0 <= r["evasion"] <= r["flip_rate"] <= 1
             assert r["evasion"] >= r["flip_rate"] - r["flagged"] - 1e-12  # flipped and not flagged
-            assert 0 <= r["auroc"] <= 1 and r["pred_changed"] is None
+            assert 0 <= r["auroc"] <= 1
+            assert r["pred_changed"] is None
     benign = rows[-1]
-    assert benign["kind"] == "benign" and 0 <= benign["pred_changed"] <= 1 and benign["evasion"] is None
+    assert benign["kind"] == "benign"
+    assert 0 <= benign["pred_changed"] <= 1
+    assert benign["evasion"] is None
     assert "benchmark" in a.uns["sad"]  # the full table stays on the AnnData (and in out/adata.h5ad)
 
 
@@ -74,4 +78,5 @@ def test_report_prints_threat_rows_beside_the_seed_auroc(small3k):
         "thinning 50%",
     ):
         assert any(x.strip().startswith(name) for x in lines[seed + 1 :]), name
-    assert HONEST_NOTE in text and "not available" not in text
+    assert HONEST_NOTE in text
+    assert "not available" not in text

@@ -61,7 +61,8 @@ def test_confusion_draws_normalized_matrices(pipeline68k):
         expected = tab / tab.sum(1, keepdims=True)
         np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), expected)
         assert [t.get_text() for t in ax.get_xticklabels()] == classes
-        assert ax.get_xlabel() == "predicted" and ax.get_ylabel() == "true (sad_label)"
+        assert ax.get_xlabel() == "predicted"
+        assert ax.get_ylabel() == "true (sad_label)"
     acc = (a.obs["sad_pred"][m].astype(str) == a.obs["sad_label"][m].astype(str)).mean()
     assert axs[0].get_title() == f"clean: accuracy {acc:.2f}"
     assert axs[1].get_title().startswith("pgd ε=0.5: accuracy")
@@ -133,7 +134,8 @@ def test_robustness_lines(pipeline68k):
     truth = a.obs["sad_label"][m].astype(str)
     ys = [(a.obs[k][m].astype(str) == truth).mean() for k in ["sad_pred"] + [f"{x}_pred" for x in LAYERS]]
     np.testing.assert_allclose(line.get_ydata(), ys)
-    assert ax.get_xlabel() == "epsilon" and ax.get_ylabel() == "accuracy"
+    assert ax.get_xlabel() == "epsilon"
+    assert ax.get_ylabel() == "accuracy"
     ax = sad.pl.robustness(a, per_class=True, show=False)
     assert len(ax.get_lines()) == len(a.obs["sad_label"].cat.categories)
 
@@ -159,7 +161,8 @@ def test_perturbation_before_after_change(pipeline68k):
     assert B.shape == A.shape == D.shape == (7, 20)
     np.testing.assert_allclose(A - B, D, atol=1e-5)
     genes = [t.get_text() for t in axs[0].get_yticklabels()]
-    assert len(genes) == 7 and set(genes) <= set(a.var_names)
+    assert len(genes) == 7
+    assert set(genes) <= set(a.var_names)
     idx = a.var_names.get_indexer(genes)
     cells = np.flatnonzero(a.obs["sad_label"].astype(str) == group)
     delta = np.asarray(a.layers["sad_pgd_eps0.5"])[cells][:, idx] - np.asarray(a.X)[cells][:, idx]
@@ -180,7 +183,8 @@ def test_score_distribution_threshold_and_legend(fake_scores):
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     n = int(_test_mask(a).sum())
     assert legend[0].startswith(f"clean (n={n};")
-    assert legend[1].startswith(f"pgd ε=0.1 (n={n};") and legend[2].startswith(f"pgd ε=0.5 (n={n};")
+    assert legend[1].startswith(f"pgd ε=0.1 (n={n};")
+    assert legend[2].startswith(f"pgd ε=0.5 (n={n};")
     assert legend[3] == "threshold 0.42"
     assert ax.get_xscale() == "linear"  # spread-out scores
     # each histogram is a distribution of cells: bar heights sum to 1
@@ -212,7 +216,8 @@ def test_roc_operating_point_at_threshold(fake_scores):
 
     auroc = roc_auc_score(np.r_[np.zeros(len(clean)), np.ones(len(adv))], np.r_[clean, adv])
     assert axs[0].get_legend().get_texts()[0].get_text() == f"pgd ε=0.1 (AUROC {auroc:.3f})"
-    assert axs[1].get_xlabel() == "recall" and axs[1].get_ylabel() == "precision"
+    assert axs[1].get_xlabel() == "recall"
+    assert axs[1].get_ylabel() == "precision"
     (ax,) = sad.pl.roc(a, curve="roc", show=False)
     assert len([t for t in ax.get_legend().get_texts() if "AUROC" in t.get_text()]) == 2
 
@@ -359,7 +364,8 @@ def test_attack_overview_heatmaps_match_table(blackbox68k):
         assert [t.get_text() for t in ax.get_xticklabels()] == mods
     labels = [t.get_text() for t in axs[0].get_yticklabels()]  # shared rows: labelled on the first panel
     assert [lab.split(" (n=")[0] for lab in labels] == clusters
-    assert axs[0].get_title().startswith("single-gene") and axs[1].get_title().startswith("max-change")
+    assert axs[0].get_title().startswith("single-gene")
+    assert axs[1].get_title().startswith("max-change")
     (ax,) = sad.pl.attack_overview(a, modes="max_change", show=False)
     assert ax.get_title().startswith("max-change")
 
@@ -379,7 +385,8 @@ def test_perturbation_of_a_cgd_layer_defaults_to_the_attacked_cluster(blackbox68
     D = np.asarray(axs[2].images[0].get_array())
     for g, row in zip(shown, D, strict=True):  # genes with a change are genes the attack modified
         if np.abs(row).max() > 0:
-            assert g in changed and g in genes
+            assert g in changed
+            assert g in genes
 
 
 def test_perturbation_into_given_axes(pipeline68k):

@@ -20,9 +20,12 @@ def test_preprocess_counts_matches_scanpy(pbmc3k_raw):
     np.testing.assert_allclose(a.layers["sad_lognorm"], ref.X.toarray(), rtol=1e-5, atol=1e-5)
     sc.pp.scale(ref, max_value=10)
     np.testing.assert_allclose(np.minimum(a.X, 10), np.minimum(ref.X, 10), atol=1e-3)
-    assert a.X.max() <= 10 and a.X.min() >= -10
-    assert a.raw is not None and a.raw.n_vars == pbmc3k_raw.n_vars
-    assert "counts" in a.layers and a.layers["counts"].shape == a.shape
+    assert a.X.max() <= 10
+    assert a.X.min() >= -10
+    assert a.raw is not None
+    assert a.raw.n_vars == pbmc3k_raw.n_vars
+    assert "counts" in a.layers
+    assert a.layers["counts"].shape == a.shape
     assert a.uns["sad"]["preprocess"]["params"]["n_top_genes"] == 500
     np.testing.assert_allclose(a.var["sad_std"], np.asarray(ref.var["std"]), rtol=1e-4)
 
@@ -85,7 +88,8 @@ def test_split_stratified_and_reproducible(pbmc68k):
     sad.pp.split(a, "bulk_labels", train_size=0.5, val_size=0.2, random_state=3)
     assert (s1 == a.obs["sad_split"]).all()
     frac = a.obs["sad_split"].value_counts(normalize=True)
-    assert abs(frac["train"] - 0.5) < 0.02 and abs(frac["val"] - 0.2) < 0.02
+    assert abs(frac["train"] - 0.5) < 0.02
+    assert abs(frac["val"] - 0.2) < 0.02
     # every class present in every split, in proportion
     tab = a.obs.groupby(["bulk_labels", "sad_split"], observed=True).size().unstack()
     assert (tab > 0).all().all()

@@ -102,7 +102,8 @@ def test_backed_anndata_clear_error(counts, tmp_path):
     backed = ad.read_h5ad(path, backed="r")
     with pytest.raises(ValueError, match=r"backed.*to_memory\(\)"):
         sad.pp.preprocess(backed)
-    assert backed.raw is None and "sad" not in backed.uns
+    assert backed.raw is None
+    assert "sad" not in backed.uns
     # the shared matrix reader reads a backed matrix instead of failing on a 0-d array
     got = get_matrix(backed)
     np.testing.assert_array_equal(got, counts.X.toarray().astype(np.float32))
@@ -148,7 +149,8 @@ def test_split_small_classes(pbmc68k, n_small):
     assert (tab.loc["tiny"] >= 1).all(), tab.loc["tiny"]
     assert tab.loc["tiny"].sum() == n_small
     frac = a.obs["sad_split"].value_counts(normalize=True)
-    assert abs(frac["train"] - 0.6) < 0.02 and abs(frac["val"] - 0.2) < 0.02
+    assert abs(frac["train"] - 0.6) < 0.02
+    assert abs(frac["val"] - 0.2) < 0.02
     b = pbmc68k.copy()
     b.obs["lab"] = labels
     sad.pp.split(b, "lab")

@@ -33,7 +33,9 @@ def model(scale, pbmc3k_path):
 
 def test_synthetic_counts_resemble_pbmc3k(scale, model, pbmc3k_raw):
     X, types = scale._draw_chunk(model, 500, np.random.default_rng(0))
-    assert sp.isspmatrix_csr(X) and X.dtype == np.float32 and X.shape == (500, pbmc3k_raw.n_vars)
+    assert sp.isspmatrix_csr(X)
+    assert X.dtype == np.float32
+    assert X.shape == (500, pbmc3k_raw.n_vars)
     np.testing.assert_array_equal(X.data, np.round(X.data))
     assert X.data.min() >= 1
     real_nnz = pbmc3k_raw.X.nnz / pbmc3k_raw.n_obs
@@ -52,7 +54,8 @@ def test_scale_stages_run_on_a_small_file(scale, pbmc3k_path, tmp_path, monkeypa
     import anndata as ad
 
     a = ad.read_h5ad(path)
-    assert a.shape == (400, 13714) and "cell_type" in a.obs
+    assert a.shape == (400, 13714)
+    assert "cell_type" in a.obs
     lazy = ("sad_dask",) if importlib.util.find_spec("dask") else ()  # the dask extra is optional
     for stage in ("scanpy", "sad_before", "sad", *lazy):
         r = scale.run_stage(stage, path)

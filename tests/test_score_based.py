@@ -60,10 +60,12 @@ class _Counter:
 
 def _check_result(res: ScoreAttackResult, fn, X, y, *, eps, mask=None, lower=-np.inf, upper=np.inf, targeted=False):
     """Budget, bounds and mask hold exactly; success and pred agree with the classifier at X_adv."""
-    assert res.X_adv.dtype == np.float32 and res.X_adv.shape == X.shape
+    assert res.X_adv.dtype == np.float32
+    assert res.X_adv.shape == X.shape
     d = res.X_adv.astype(np.float64) - X.astype(np.float32).astype(np.float64)
     assert np.abs(d).max() <= eps
-    assert (res.X_adv >= lower).all() and (res.X_adv <= upper).all()
+    assert (res.X_adv >= lower).all()
+    assert (res.X_adv <= upper).all()
     if mask is not None:
         frozen = ~np.broadcast_to(mask, X.shape)
         np.testing.assert_array_equal(res.X_adv[frozen], X.astype(np.float32)[frozen])
@@ -281,7 +283,8 @@ def test_tl_attack_square_on_a_random_forest(rf_adata):
     L, adv = _dense(a.layers["sad_lognorm"]), _dense(a.layers[name])
     zero = L == 0
     np.testing.assert_array_equal(adv[zero], 0)  # unexpressed entries stay exactly zero
-    assert (adv >= 0).all() and np.abs(adv - L).max() <= 1.0
+    assert (adv >= 0).all()
+    assert np.abs(adv - L).max() <= 1.0
     np.testing.assert_array_equal(a.obs[f"{name}_pred"].astype(str).to_numpy(), rf.predict(adv).astype(str))
     flipped = a.obs[f"{name}_pred"].astype(str).to_numpy() != rf.predict(L).astype(str)
     assert flipped.any()

@@ -45,13 +45,16 @@ def test_count_model_fits_and_scores_finite(data3k, statistic):
     clf, X, y, split = data3k
     tr = split == "train"
     det = CountModelDetector(statistic=statistic).fit(clf, X[tr], y=y[tr])
-    assert det.rates_.shape == (len(clf.classes), clf.n_genes) and (det.rates_ > 0).all()
+    assert det.rates_.shape == (len(clf.classes), clf.n_genes)
+    assert (det.rates_ > 0).all()
     s = det.score(X[split == "test"][:100])
-    assert s.shape == (100,) and np.isfinite(s).all()
+    assert s.shape == (100,)
+    assert np.isfinite(s).all()
     if statistic == "relative":
         assert (s >= 0).all()
         ll = det.loglik(X[split == "test"][:5])
-        assert ll.shape == (5, len(clf.classes)) and np.isfinite(ll).all()
+        assert ll.shape == (5, len(clf.classes))
+        assert np.isfinite(ll).all()
 
 
 def test_count_model_sees_counts_moved_across_the_boundary(data3k, pipeline3k):
@@ -76,7 +79,8 @@ def test_stability_signals_score_in_unit_interval(data3k):
     assert ((s1 >= 0) & (s1 <= 1)).all()
     knn = KNNConsistency(n_pcs=20).fit(clf, X[tr], y=y[tr], rng=0)
     k = knn.score(Xt)
-    assert ((k >= 0) & (k <= 1)).all() and k.mean() < 0.5  # neighbours mostly agree with clean calls
+    assert ((k >= 0) & (k <= 1)).all()
+    assert k.mean() < 0.5
     with pytest.raises(ValueError, match="fraction"):
         ThinningStability(fraction=1.5)
 
@@ -97,7 +101,8 @@ def test_ensemble_threshold_gives_target_fpr_on_calibration_cells(ensemble3k, da
     # scored against all n reference cells (not n - 1) a validation cell's p-value rises by at most 1 / n:
     # the flagged fraction sits at or just under the target
     assert TARGET_FPR - 0.02 <= fpr <= TARGET_FPR + 1 / n
-    assert rep.pvalues.shape == (n, 2) and ((rep.pvalues > 0) & (rep.pvalues <= 1)).all()
+    assert rep.pvalues.shape == (n, 2)
+    assert ((rep.pvalues > 0) & (rep.pvalues <= 1)).all()
     assert set(rep.reason[rep.flagged]) <= {
         "count_model",
         "rules",
@@ -117,7 +122,8 @@ def test_ensemble_flags_rule_breakers_with_their_reason(ensemble3k, data3k):
     Z[1, inside] += np.float32(0.05)  # every gene inside the clip moved: off the lattice, zeros off zero
     rep = ensemble3k.explain(Z)
     assert rep.flagged[:2].all()
-    assert rep.reason[0] == "out_of_range" and rep.reason[1] in ("off_zero", "off_lattice")
+    assert rep.reason[0] == "out_of_range"
+    assert rep.reason[1] in ("off_zero", "off_lattice")
     assert rep.score[0] > ensemble3k.score(X[split == "val"]).max() - 1e-9
 
 

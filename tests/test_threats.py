@@ -35,7 +35,8 @@ def test_transform_reproduces_X(pipeline3k):
     Z = to_scaled(space_model(a, clf, "counts"), C, other_counts(a, clf.var_names))
     assert np.abs(Z - a.X).max() < 1e-5
     np.testing.assert_allclose(sad.tl.scaled_matrix(a, clf, "sad_lognorm"), a.X, atol=1e-6)
-    assert sad.tl.layer_space(a, "counts") == "counts" and sad.tl.layer_space(a, None) == "scaled"
+    assert sad.tl.layer_space(a, "counts") == "counts"
+    assert sad.tl.layer_space(a, None) == "scaled"
 
 
 def test_lognorm_layer_targets_are_clean_predictions(cells3k):
@@ -48,7 +49,8 @@ def test_lognorm_layer_targets_are_clean_predictions(cells3k):
     sad.tl.attack(a, eps=0.5, layer="sad_lognorm", key_added="lg")
     assert clf.training == was_training  # the attack leaves the classifier's mode (dropout) as it was
     rec = a.uns["sad"]["attacks"]["lg"]
-    assert rec["params"]["space"] == "log" and rec["params"]["layer"] == "sad_lognorm"
+    assert rec["params"]["space"] == "log"
+    assert rec["params"]["layer"] == "sad_lognorm"
     flipped = (a.obs["lg_eps0.5_pred"].astype(str) != a.obs["sad_pred"].astype(str)).mean()
     assert np.isclose(flipped, rec["metrics"]["flip_rate"]["lg_eps0.5"])  # flips counted against clean predictions
     assert np.abs(a.layers["lg_eps0.5"] - a.layers["sad_lognorm"]).max() <= 0.5 + 1e-5
@@ -74,9 +76,10 @@ def test_expressed_keeps_unexpressed_entries(cells3k, space):
     else:  # at or above each gene's zero-expression value in scaled units
         clf = sad.tl.get_model(a)
         floor = clf.transform(torch.zeros(1, a.n_vars)).numpy()[0]
-        assert (A >= floor - 1e-6).all()
+        assert (floor - 1e-6 <= A).all()
     rec = a.uns["sad"]["attacks"]["ex"]
-    assert rec["params"]["constraint"] == "expressed" and rec["params"]["space"] == space
+    assert rec["params"]["constraint"] == "expressed"
+    assert rec["params"]["space"] == space
     # moving expressed genes only is a weaker threat in scaled units (the "zeros put back": ~10 %)
     assert rec["metrics"]["flip_rate"][f"ex_eps{eps:g}"] > (0.2 if space == "log" else 0.02)
 
@@ -86,13 +89,17 @@ def test_counts_layers_are_integers_and_reprocess_to_the_predictions(cells3k, pb
     sad.tl.attack(a, eps=3.0, space="counts", constraint="counts", max_log_fc=1.0, key_added="ct")
     C0 = _dense(a.layers["counts"])
     A = a.layers["ct_eps3"]
-    assert (A >= 0).all() and np.array_equal(A, np.round(A))
+    assert (A >= 0).all()
+    assert np.array_equal(A, np.round(A))
     assert np.abs(A - C0).max() <= 3
-    assert (A <= (C0 + 1) * np.e - 1 + 1e-4).all() and (A >= (C0 + 1) / np.e - 1 - 1e-4).all()
+    assert ((C0 + 1) * np.e - 1 + 1e-4 >= A).all()
+    assert ((C0 + 1) / np.e - 1 - 1e-4 <= A).all()
     rec = a.uns["sad"]["attacks"]["ct"]
-    assert rec["params"]["space"] == "counts" and rec["params"]["max_log_fc"] == 1.0
+    assert rec["params"]["space"] == "counts"
+    assert rec["params"]["max_log_fc"] == 1.0
     cont, rounded = rec["metrics"]["flip_rate_continuous"]["ct_eps3"], rec["metrics"]["flip_rate"]["ct_eps3"]
-    assert 0 < rounded <= 1 and 0 <= cont <= 1
+    assert 0 < rounded <= 1
+    assert 0 <= cont <= 1
     # re-preprocess the attacked counts (all genes, the kept ones replaced) like new data
     raw = pbmc3k_raw[a.obs_names].copy()
     X = raw.X.toarray() if sp.issparse(raw.X) else np.array(raw.X)
@@ -119,7 +126,8 @@ def test_cw_and_deepfool_respect_expressed_log(cells3k, method):
     sad.tl.attack(a, method, eps=3.0, space="log", constraint="expressed", key_added="m")
     L, A = a.layers["sad_lognorm"], a.layers["m_eps3"]
     np.testing.assert_array_equal(A[L == 0], 0)
-    assert A.min() >= 0 and np.linalg.norm(A - L, axis=1).max() <= 3.0 * (1 + 1e-5)
+    assert A.min() >= 0
+    assert np.linalg.norm(A - L, axis=1).max() <= 3.0 * (1 + 1e-5)
     assert a.uns["sad"]["attacks"]["m"]["metrics"]["flip_rate"]["m_eps3"] > 0
 
 
@@ -173,7 +181,9 @@ def test_projection_rounding_stays_inside():
     p = Projection(eps=1.5, norm="linf", lower=torch.zeros(3), integer=True)
     x = p(x0, torch.tensor([[-1.4, 1.6, -0.6]]))
     r = p.round(x0, x)
-    assert torch.equal(r, torch.round(r)) and (r >= 0).all() and (r - x0).abs().max() <= 1.5
+    assert torch.equal(r, torch.round(r))
+    assert (r >= 0).all()
+    assert (r - x0).abs().max() <= 1.5
 
 
 class _LinearDetector(nn.Module):
@@ -204,7 +214,8 @@ def test_detector_aware_pgd_lowers_the_detector_logit(cells3k):
     rec = a.uns["sad"]["attacks"]["aware"]
     assert list(rec["params"]["detector_weight"]) == [1.0, 10.0, 100.0]
     m = rec["metrics"]["detector"]["aware_eps0.1"]
-    assert m["weight_chosen"].sum() == a.n_obs and 0 <= m["evasion"] <= 1
+    assert m["weight_chosen"].sum() == a.n_obs
+    assert 0 <= m["evasion"] <= 1
     assert np.abs(a.layers["aware_eps0.1"] - a.X).max() <= 0.1 + 1e-5
     assert clf is not None
 
@@ -254,7 +265,8 @@ def test_every_whitebox_attack_respects_its_threat(cells3k, method, space, const
         assert np.abs(d).max() <= eps + 1e-5
     np.testing.assert_array_equal(A[:, ~mask], base[:, ~mask])
     if constraint == "observed":
-        assert (A >= base.min(0) - 1e-6).all() and (A <= base.max(0) + 1e-6).all()
+        assert (base.min(0) - 1e-6 <= A).all()
+        assert (base.max(0) + 1e-6 >= A).all()
     if constraint == "expressed":
         unexpressed = a.layers["sad_lognorm"] == 0
         np.testing.assert_array_equal(A[unexpressed], base[unexpressed])
@@ -265,7 +277,8 @@ def test_every_whitebox_attack_respects_its_threat(cells3k, method, space, const
     if fc is not None and space == "log":
         assert np.abs(d).max() <= fc + 1e-5
     rec = a.uns["sad"]["attacks"]["h"]["params"]
-    assert rec["space"] == space and rec["constraint"] == (constraint or "none")
+    assert rec["space"] == space
+    assert rec["constraint"] == (constraint or "none")
 
 
 def test_perturbation_plot_reads_the_layer_space(cells3k):
@@ -278,7 +291,8 @@ def test_perturbation_plot_reads_the_layer_space(cells3k):
     assert "log-normalized" in axs[0].figure.axes[-2].get_ylabel()
     axs = sad.pl.perturbation(a, "pc_eps2", groupby="seurat_cell_type", n_genes=5, space="log", show=False)
     change = axs[2].images[0].get_array()
-    assert np.isfinite(change).all() and np.abs(change).max() > 0
+    assert np.isfinite(change).all()
+    assert np.abs(change).max() > 0
     plt.close("all")
 
 
@@ -289,9 +303,11 @@ def test_score_based_methods_through_attack(cells3k, method):
     sad.tl.attack(a, method, eps=0.5, space="log", constraint="expressed", max_queries=200, key_added="sb")
     L, A = a.layers["sad_lognorm"], a.layers["sb_eps0.5"]
     np.testing.assert_array_equal(A[L == 0], 0)
-    assert A.min() >= 0 and np.abs(A - L).max() <= 0.5 + 1e-5
+    assert A.min() >= 0
+    assert np.abs(A - L).max() <= 0.5 + 1e-5
     rec = a.uns["sad"]["attacks"]["sb"]
-    assert rec["kind"] == "score_based" and rec["params"]["max_queries"] == 200
+    assert rec["kind"] == "score_based"
+    assert rec["params"]["max_queries"] == 200
     assert 1 <= rec["metrics"]["queries"]["sb_eps0.5"] <= 200
     assert rec["metrics"]["flip_rate"]["sb_eps0.5"] > 0
     with pytest.raises(ValueError, match="space='log' or 'scaled'"):

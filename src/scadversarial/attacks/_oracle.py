@@ -634,7 +634,7 @@ class ClusterOracle:
         bound = st["bound_a"] * beta + st["bound_b"] * beta0 + extra
         # too close to call (another class within twice the bound, with margin): the classifier's rounding could
         # reorder them, or its softmax tie them
-        near = ~(H < (top - 2.2 * bound - 1e-5)[:, None])  # (NaN, from an infinite bound: near)
+        near = ~((top - 2.2 * bound - 1e-5)[:, None] > H)  # (NaN, from an infinite bound: near)
         return t, np.count_nonzero(near, axis=1) > 1
 
     # ------------------------------------------------------------------

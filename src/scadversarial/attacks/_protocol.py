@@ -402,7 +402,7 @@ class ClassifierAdapter:
         if P.size == 0:
             return
         top = P.max(axis=1)
-        hits = P == top[:, None]
+        hits = top[:, None] == P
         # one count for the usual case (each row's top attained once, no NaN)
         if np.count_nonzero(hits) == P.shape[0] and not np.isnan(top).any():
             return

@@ -483,7 +483,7 @@ def score_attack(
     allowed = _entry_mask(mask, shape)
     lower_ = _entrywise(lower, shape, "lower", -np.inf)
     upper_ = _entrywise(upper, shape, "upper", np.inf)
-    outside = allowed & ((X < lower_) | (X > upper_))
+    outside = allowed & ((lower_ > X) | (upper_ < X))
     if outside.any():
         r, c = np.argwhere(outside)[0]
         msg = (

@@ -57,7 +57,7 @@ def choose_threshold(y: np.ndarray, scores: np.ndarray, *, target_fpr: float | N
     lower = scores[scores < t]
     if len(lower):
         lo = float(lower.max())
-        if 0 < lo and t < 1:
+        if lo > 0 and t < 1:
             mid = 0.5 * (np.log(lo / (1 - lo)) + np.log(t / (1 - t)))
             t_mid = float(1 / (1 + np.exp(-mid)))
         else:

@@ -68,7 +68,7 @@ def recover_counts(transform: Transform, X: np.ndarray, zero_bound: float) -> Re
         X = np.clip(X, -transform.clip, transform.clip)
     L, inv = transform.to_log(X)
     high = ~inv & (X > 0)
-    lat = fit_lattice(L, inv & (L >= zero_bound))
+    lat = fit_lattice(L, inv & (zero_bound <= L))
     K = lat.counts
     if high.any():
         u = np.where(np.isfinite(lat.unit), lat.unit, 1.0)[:, None]

@@ -262,11 +262,11 @@ class PlausibilityRules(_Baseline):
         oor = t.out_of_range(X)
         L, inv = t.to_log(X)
         neg = ~oor & (L < -LOG_TOL)
-        off_zero = inv & (L > LOG_TOL) & (L < self.zero_bound_)
+        off_zero = inv & (L > LOG_TOL) & (self.zero_bound_ > L)
         out = np.zeros((len(X), len(RULES)), dtype=np.int64)
         out[:, 0], out[:, 1], out[:, 2] = oor.sum(1), neg.sum(1), off_zero.sum(1)
         if self.use_lattice_:
-            checked = inv & (L >= self.zero_bound_)
+            checked = inv & (self.zero_bound_ <= L)
             out[:, 3] = fit_lattice(L, checked).off.sum(1)
         return out
 

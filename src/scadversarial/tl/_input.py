@@ -122,7 +122,7 @@ def input_space_problem(adata: AnnData, model: torch.nn.Module, X: np.ndarray) -
     rows = np.unique(np.linspace(0, X.shape[0] - 1, min(X.shape[0], SAMPLE_CELLS)).astype(np.int64))
     S = np.asarray(X[rows], dtype=np.float64)
     if S.min() >= 0 and (mean > 0).any():
-        kind = "integer-valued (raw counts?)" if np.all(S == np.round(S)) else "not scaled (log-normalized values?)"
+        kind = "integer-valued (raw counts?)" if np.all(np.round(S) == S) else "not scaled (log-normalized values?)"
         return (
             f"X is non-negative everywhere, {kind}, while the classifier's scaled input is negative for "
             "every gene below its training mean"
