@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, pl, pp, tl
+from . import datasets, get, pl, pp, tl
 from ._settings import settings
 from .tl._models import load_models, save_models
 
@@ -13,4 +13,4 @@ try:
 except PackageNotFoundError:  # pragma: no cover
     __version__ = "0.0.0"
 
-__all__ = ["datasets", "pp", "tl", "pl", "settings", "load_models", "save_models", "__version__"]
+__all__ = ["datasets", "get", "pp", "tl", "pl", "settings", "load_models", "save_models", "__version__"]
