@@ -77,6 +77,7 @@ API_MODULES = {
     "scadversarial.pp": "Preprocessing",
     "scadversarial.tl": "Tools",
     "scadversarial.pl": "Plotting",
+    "scadversarial.get": "Getters",
     "scadversarial.models": "Models",
 }
 
