@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -14,6 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .. import _keys
+from .._docs import doc_params
 from .._validate import check_adata, get_matrix
 from ..models.classifier import counts_to_lognorm
 from ..tl._space import layer_space, other_counts, target_sum
@@ -34,12 +34,7 @@ def _target(adata: AnnData, rec: dict, fn: str) -> pd.Series:
     return u.obs_key(adata, key, fn, "the attack's labels_key").astype(str)
 
 
-def _layers_eps(rec: dict) -> list[tuple[str, float]]:
-    layers = [str(x) for x in np.atleast_1d(rec["layers"])]
-    eps = np.atleast_1d(rec["eps"]).astype(float)
-    return sorted(zip(layers, eps, strict=True), key=lambda t: t[1])
-
-
+@doc_params(doc_ax=u.doc_ax, doc_returns_ax=u.doc_returns_ax)
 def flip_rate(
     adata: AnnData,
     attack: str | None = None,
@@ -63,16 +58,11 @@ def flip_rate(
         Key of the attack in ``.uns['sad']['attacks']`` (default: the first white-box attack, e.g. ``'sad_pgd'``).
     split
         Only cells of this split of ``.obs['sad_split']`` (default: all attacked cells).
-    ax
-        Axes to draw into.
-    show
-        Show the figure and return ``None`` (default: scanpy's ``autoshow`` when no ``ax`` is given).
-    return_fig
-        Return the :class:`~matplotlib.figure.Figure`.
+    {doc_ax}
 
     Returns
     -------
-    The Axes, the Figure with ``return_fig=True``, or ``None`` when shown.
+    {doc_returns_ax}
 
     """
     check_adata(adata)
@@ -82,7 +72,7 @@ def flip_rate(
     mask = u.cell_mask(adata, split, fn)
     target = target[mask]
     classes = [c for c in map(str, np.atleast_1d(rec["metrics"]["per_class"]["classes"])) if (target == c).any()]
-    le = _layers_eps(rec)
+    le = u.layers_eps(rec)
     fig, ax_ = u.new_axes(ax, (max(4.5, 0.45 * len(classes) * len(le) + 1.8), 3.6))
     width = 0.8 / len(le)
     x = np.arange(len(classes))
@@ -90,18 +80,18 @@ def flip_rate(
         pred = u.obs_key(adata, _keys.pred_key(layer), fn, "sad.tl.attack")[mask].astype(str)
         flipped = pred != target
         rates = np.array([flipped[target == c].mean() for c in classes])
-        ax_.bar(x + (k - (len(le) - 1) / 2) * width, rates, width=width * 0.95, color=color,
-                label=f"ε={eps:g} (all: {flipped.mean():.2f})")  # fmt: skip
+        label = f"ε={eps:g} (all: {flipped.mean():.2f})"
+        ax_.bar(x + (k - (len(le) - 1) / 2) * width, rates, width=width * 0.95, color=color, label=label)
     ax_.set_xticks(x, classes, rotation=45, ha="right")
     ax_.set_ylim(0, 1.05)
     ax_.set_ylabel("flip rate")
     ax_.set_xlabel("attacked class")
-    method = str(rec.get("params", {}).get("method", name))
-    ax_.set_title(f"{method}: flip rate per class ({split or 'all'} cells)")
+    ax_.set_title(f"{u.method_name(rec, name)}: flip rate per class ({split or 'all'} cells)")
     ax_.legend(title="epsilon", fontsize=8, title_fontsize=8)
     return u.finish(fig, ax_, show=show, return_fig=return_fig, ax_given=ax is not None)
 
 
+@doc_params(doc_labels_key=u.doc_labels_key, doc_split=u.doc_split, doc_ax=u.doc_ax, doc_returns_ax=u.doc_returns_ax)
 def robustness(
     adata: AnnData,
     attacks: str | Sequence[str] | None = None,
@@ -115,28 +105,24 @@ def robustness(
 ) -> Axes | Figure | None:
     """Accuracy under attack against epsilon (epsilon 0 is the clean accuracy).
 
+    Each point compares the predictions on an attack layer (at epsilon 0 the clean predictions) with
+    the true labels of the ``split`` cells; one line per attack, or one per class with ``per_class``.
+
     Parameters
     ----------
     adata
         AnnData with one or more attacks from :func:`~scadversarial.tl.attack`.
     attacks
         Keys in ``.uns['sad']['attacks']`` (default: every white-box attack); one line each.
-    labels_key
-        ``.obs`` column of the true labels (default: the classifier's training labels).
-    split
-        Cells of this split of ``.obs['sad_split']`` (default ``'test'``); ``None`` for all cells.
+    {doc_labels_key}
+    {doc_split}
     per_class
         One line per class (in the class colors) for the first attack instead of one line per attack.
-    ax
-        Axes to draw into.
-    show
-        Show the figure and return ``None`` (default: scanpy's ``autoshow`` when no ``ax`` is given).
-    return_fig
-        Return the :class:`~matplotlib.figure.Figure`.
+    {doc_ax}
 
     Returns
     -------
-    The Axes, the Figure with ``return_fig=True``, or ``None`` when shown.
+    {doc_returns_ax}
 
     """
     check_adata(adata)
@@ -154,7 +140,7 @@ def robustness(
     fig, ax_ = u.new_axes(ax, (4.6, 3.6))
     if per_class:
         name, rec = next(iter(recs.items()))
-        le = _layers_eps(rec)
+        le = u.layers_eps(rec)
         classes = list(pd.unique(truth))
         col = adata.obs[labels_key]
         if isinstance(col.dtype, pd.CategoricalDtype):
@@ -164,14 +150,14 @@ def robustness(
             sel = truth == c
             ys = [acc(_keys.OBS_PRED, sel)] + [acc(_keys.pred_key(x), sel) for x, _ in le]
             ax_.plot([0] + [e for _, e in le], ys, marker="o", color=colors[c], label=f"{c} (n={int(sel.sum())})")
-        ax_.set_title(f"{rec.get('params', {}).get('method', name)}: accuracy per class ({split or 'all'} cells)")
-        ax_.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        ax_.set_title(f"{u.method_name(rec, name)}: accuracy per class ({split or 'all'} cells)")
+        u.legend_outside(ax_)
     else:
         palette = u.default_palette(len(recs))
         for (name, rec), color in zip(recs.items(), palette, strict=True):
-            le = _layers_eps(rec)
+            le = u.layers_eps(rec)
             ys = [acc(clean.name)] + [acc(_keys.pred_key(x)) for x, _ in le]
-            method = str(rec.get("params", {}).get("method", name))
+            method = u.method_name(rec, name)
             ax_.plot(
                 [0] + [e for _, e in le],
                 ys,
@@ -187,7 +173,8 @@ def robustness(
     return u.finish(fig, ax_, show=show, return_fig=return_fig, ax_given=ax is not None)
 
 
-def perturbation(
+@doc_params(doc_show=u.doc_show)
+def perturbation(  # noqa: PLR0913  scanpy's plot signature: ax, show, return_fig beside the plot's options
     adata: AnnData,
     layer: str | None = None,
     *,
@@ -232,10 +219,7 @@ def perturbation(
         Colormap of the before/after panels (the change uses a diverging map).
     ax
         Three Axes (before, after, change); default a new figure.
-    show
-        Show the figure and return ``None`` (default: scanpy's ``autoshow`` when no ``ax`` is given).
-    return_fig
-        Return the :class:`~matplotlib.figure.Figure`.
+    {doc_show}
 
     Returns
     -------
@@ -249,9 +233,7 @@ def perturbation(
         raise ValueError(msg)
     if layer is None:
         layer = u.default_layer(adata, fn)
-    if layer not in adata.layers:
-        msg = f"sad.pl.perturbation: layer {layer!r} not in adata.layers (have {list(adata.layers)}); attack layers are written by `sad.tl.attack`."
-        raise KeyError(msg)
+    u.check_layer(adata, layer, fn, predicted=False)
     _, rec = u.record_of_layer(adata, layer)
     base = str(rec.get("params", {}).get("layer", "X")) if rec is not None else "X"
     base_layer = None if base in ("X", "", "None") else base
@@ -263,11 +245,7 @@ def perturbation(
     groups = u.obs_key(adata, groupby, fn, "sad.pp.pseudo_labels (or your own annotation)").astype(str).to_numpy()
     pred_key = _keys.pred_key(layer)
     known = pred_key in adata.obs and _keys.OBS_PRED in adata.obs  # predictions on the layer exist
-    flipped = (
-        adata.obs[pred_key].astype(str).to_numpy() != adata.obs[_keys.OBS_PRED].astype(str).to_numpy()
-        if known
-        else np.zeros(adata.n_obs, dtype=bool)
-    )
+    flipped = u.flipped(adata, layer) if known else np.zeros(adata.n_obs, dtype=bool)
     if group is None:
         counts = pd.Series(flipped).groupby(groups).sum()
         group = str(counts.idxmax()) if counts.max() > 0 else str(pd.Series(groups).value_counts().idxmax())
@@ -303,14 +281,8 @@ def perturbation(
 
     vmin, vmax = np.percentile(np.concatenate([B.ravel(), A.ravel()]), [1, 99])
     dmax = float(np.abs(D).max()) or 1.0
-    if ax is None:
-        fig, axs = plt.subplots(1, 3, figsize=(11, max(3.0, 0.2 * n_genes + 1.4)), layout="constrained", sharey=True)
-    else:
-        axs = list(ax)
-        if len(axs) != 3:
-            msg = f"sad.pl.perturbation draws 3 panels (before, after, change); pass 3 Axes (got {len(axs)})."
-            raise ValueError(msg)
-        fig = axs[0].figure
+    figsize = (11, max(3.0, 0.2 * n_genes + 1.4))
+    fig, axs = u.new_panels(ax, 3, fn, figsize, names=" (before, after, change)", sharey=True)
     im = axs[0].imshow(B, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     axs[1].imshow(A, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     imd = axs[2].imshow(D, aspect="auto", cmap="RdBu_r", vmin=-dmax, vmax=dmax, interpolation="nearest")
@@ -321,7 +293,7 @@ def perturbation(
         a.set_title(title)
         a.set_xlabel(f"cells ({len(order)}; {n_flip} flipped)" if known else f"cells ({len(order)})")
         a.set_xticks([])
-        a.grid(False)
+        a.grid(visible=False)
         if n_flip and n_flip < len(order):
             a.axvline(n_flip - 0.5, color="white" if a is not axs[2] else "black", lw=1, ls="--")
     axs[0].set_yticks(range(n_genes), names, fontsize=7 if n_genes > 25 else 8)
@@ -336,4 +308,4 @@ def perturbation(
         fig.suptitle(title)
     else:
         axs[0].set_title(f"before ({title})", fontsize=9)
-    return u.finish(fig, list(axs), show=show, return_fig=return_fig, ax_given=ax is not None)
+    return u.finish(fig, axs, show=show, return_fig=return_fig, ax_given=ax is not None)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .. import get
+from .._docs import doc_params
 from .._validate import check_choice
 from . import _utils as u
 
@@ -35,10 +36,8 @@ def _table(data: AnnData | pd.DataFrame, key: str) -> pd.DataFrame:
     if isinstance(data, pd.DataFrame):
         return data
     if isinstance(data, AnnData):
-        from ..tl._benchmark import benchmark_table
-
         try:
-            return benchmark_table(data, key)
+            return get.benchmark_table(data, key)
         except KeyError as e:
             msg = f"sad.pl.benchmark: {e.args[0]}"
             raise KeyError(msg) from None
@@ -59,22 +58,19 @@ def _grid(tab: pd.DataFrame, kind: str, metric: str, extra: str) -> tuple[pd.Dat
     return grid, labels
 
 
-def _draw(a: Axes, grid: pd.DataFrame, labels: list[str], bad_high: bool, cmap: str | None, annotate: bool):
+def _draw(a: Axes, grid: pd.DataFrame, labels: list[str], *, cmap: str, annotate: bool):
     values = grid.to_numpy(dtype=float)
-    cm = cmap or ("Reds" if bad_high else "Blues")
-    im = a.imshow(np.ma.masked_invalid(values), cmap=cm, vmin=0, vmax=1, aspect="auto")
-    a.grid(False)
+    im = a.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    a.grid(visible=False)
     a.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns], rotation=45, ha="right")
     a.set_yticks(range(grid.shape[0]), labels)
     if annotate:
-        for i in range(values.shape[0]):
-            for j in range(values.shape[1]):
-                v = values[i, j]
-                a.text(j, i, "–" if not np.isfinite(v) else f"{v:.2f}", ha="center", va="center", fontsize=7,
-                       color="white" if np.isfinite(v) and v > 0.5 else "black")  # fmt: skip
+        text = np.array([f"{v:.2f}" if np.isfinite(v) else "–" for v in values.ravel()]).reshape(values.shape)
+        u.annotate_cells(a, text, np.isfinite(values) & (values > 0.5))
     return im
 
 
+@doc_params(doc_show=u.doc_show)
 def benchmark(
     data: AnnData | pd.DataFrame,
     *,
@@ -111,10 +107,7 @@ def benchmark(
         Colormap (default: reds where high is bad for the defender, blues where high is good).
     ax
         One Axes, or two (attacks, benign shifts).
-    show
-        Show the figure and return ``None`` (default: scanpy's ``autoshow`` when no ``ax`` is given).
-    return_fig
-        Return the :class:`~matplotlib.figure.Figure`.
+    {doc_show}
 
     Returns
     -------
@@ -124,7 +117,7 @@ def benchmark(
     Examples
     --------
     >>> import scadversarial as sad
-    >>> table = sad.tl.benchmark_detectors(adata, attacks={"pgd": {"method": "pgd", "eps": 0.1}})  # doctest: +SKIP
+    >>> table = sad.tl.benchmark_detectors(adata, attacks={{"pgd": {{"method": "pgd", "eps": 0.1}}}})  # doctest: +SKIP
     >>> sad.pl.benchmark(adata, metric="auroc")  # doctest: +SKIP
 
     """
@@ -139,23 +132,13 @@ def benchmark(
         panels.append(("benign", benign_metric, "pred_changed"))
     grids = [_grid(tab, kind, m, extra) for kind, m, extra in panels]
 
+    heights = [max(1.5, 0.32 * g.shape[0] + 0.6) for g, _ in grids]
+    figsize = (max(4.5, 0.75 * grids[0][0].shape[1] + 3.5), sum(heights) + 1.2)
+    fig, axs = u.new_panels(ax, len(panels), "benchmark", figsize, vertical=True, height_ratios=heights)
     ax_given = ax is not None
-    if ax is None:
-        heights = [max(1.5, 0.32 * g.shape[0] + 0.6) for g, _ in grids]
-        width = max(4.5, 0.75 * grids[0][0].shape[1] + 3.5)
-        fig, axs = plt.subplots(
-            len(panels), 1, figsize=(width, sum(heights) + 1.2), height_ratios=heights, layout="constrained",
-            squeeze=False,
-        )  # fmt: skip
-        axs = list(axs[:, 0])
-    else:
-        axs = [ax] if isinstance(ax, Axes) else list(ax)
-        if len(axs) != len(panels):
-            msg = f"sad.pl.benchmark draws {len(panels)} panels; pass {len(panels)} Axes (got {len(axs)})."
-            raise ValueError(msg)
-        fig = axs[0].figure
     for a, (kind, m, _), (grid, labels) in zip(axs, panels, grids, strict=True):
-        im = _draw(a, grid, labels, kind == "benign" or m in _HIGH_IS_BAD, cmap, annotate)
+        bad_high = kind == "benign" or m in _HIGH_IS_BAD
+        im = _draw(a, grid, labels, cmap=cmap or ("Reds" if bad_high else "Blues"), annotate=annotate)
         label = "AUROC (clean vs shifted)" if (kind, m) == ("benign", "auroc") else _LABELS[m]
         a.set_title(f"{'attacks' if kind == 'attack' else 'benign shifts'}: {label}", fontsize=9)
         if not ax_given:

@@ -9,7 +9,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .. import _keys
+from .. import _keys, get
+from .._docs import doc_params
 from .._validate import check_adata
 from . import _utils as u
 
@@ -32,14 +33,14 @@ def _layer_proba(adata: AnnData, i: int, layer: str) -> np.ndarray:
     import torch
 
     from ..tl._input import classifier_input
-    from ..tl._models import get_model
 
-    model = get_model(adata, _keys.STEP_CLASSIFIER)
+    model = get.model(adata)
     X = classifier_input(adata[[i]], model, layer)  # a log or count attack layer is read in its own space
     logits, _ = model.predict_arrays(X)
     return torch.softmax(torch.from_numpy(logits), 1).numpy()[0]
 
 
+@doc_params(doc_labels_key=u.doc_labels_key, doc_ax=u.doc_ax, doc_returns_ax=u.doc_returns_ax)
 def cell(
     adata: AnnData,
     cell: str | int,
@@ -67,20 +68,14 @@ def cell(
         Cell name (in ``obs_names``) or integer position.
     layer
         Attack layer (default: the largest epsilon of the first white-box attack).
-    labels_key
-        ``.obs`` column of the true labels (default: the classifier's training labels).
+    {doc_labels_key}
     top
         Show only the ``top`` classes with the largest clean or attacked probability (default: all).
-    ax
-        Axes to draw into.
-    show
-        Show the figure and return ``None`` (default: scanpy's ``autoshow`` when no ``ax`` is given).
-    return_fig
-        Return the :class:`~matplotlib.figure.Figure`.
+    {doc_ax}
 
     Returns
     -------
-    The Axes, the Figure with ``return_fig=True``, or ``None`` when shown.
+    {doc_returns_ax}
 
     """
     from ._classifier import pred_classes

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from anndata import AnnData
@@ -13,6 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from .. import _keys
+from .._docs import doc_params
 from .._validate import check_adata
 from . import _utils as u
 
@@ -29,6 +29,11 @@ def _confusion_table(truth: pd.Series, pred: pd.Series, classes: list[str]) -> t
     return conf, rows
 
 
+def _bar_style(k: int) -> dict:
+    """Alpha and hatch of the ``k``-th bar of a class: solid for the clean predictions, lighter and hatched after."""
+    return {"alpha": 1.0 if k == 0 else max(0.35, 0.8 - 0.15 * k), "hatch": None if k == 0 else "//"}
+
+
 def pred_classes(adata: AnnData, fn: str) -> list[str]:
     """The classifier's classes, in the order of ``.obs['sad_pred']``'s categories."""
     pred = u.obs_key(adata, _keys.OBS_PRED, fn, "sad.tl.train_classifier")
@@ -37,6 +42,7 @@ def pred_classes(adata: AnnData, fn: str) -> list[str]:
     return sorted(pred.astype(str).unique())
 
 
+@doc_params(doc_labels_key=u.doc_labels_key, doc_show=u.doc_show)
 def confusion(
     adata: AnnData,
     layer: str | None = None,
@@ -63,8 +69,7 @@ def confusion(
     layer
         Attack layer of the second panel, e.g. ``'sad_pgd_eps0.1'``. Default: the largest
         epsilon of the first white-box attack; without attacks only the clean panel is drawn.
-    labels_key
-        ``.obs`` column of the true labels (default: the classifier's training labels).
+    {doc_labels_key}
     split
         Cells of this split of ``.obs['sad_split']`` (default ``'test'``, the honest choice); ``None`` for all cells.
     normalize
@@ -75,10 +80,7 @@ def confusion(
         Colormap.
     ax
         One Axes per panel (two, or one without an attack layer).
-    show
-        Show the figure and return ``None`` (default: scanpy's ``autoshow`` when no ``ax`` is given).
-    return_fig
-        Return the :class:`~matplotlib.figure.Figure`.
+    {doc_show}
 
     Returns
     -------
@@ -89,29 +91,16 @@ def confusion(
     fn = "confusion"
     labels_key = u.labels_key(adata, labels_key, fn)
     classes = pred_classes(adata, fn)
-    if layer is None:
-        wb = adata.uns.get(_keys.UNS, {}).get(_keys.STEP_ATTACKS, {})
-        layer = u.default_layer(adata, fn) if any("layers" in r and "eps" in r for r in wb.values()) else None
+    if layer is None and any(u.is_whitebox(r) for r in u.all_attacks(adata).values()):
+        layer = u.default_layer(adata, fn)
     if layer is not None:
         u.check_layer(adata, layer, fn)
     mask = u.cell_mask(adata, split, fn)
     truth = adata.obs[labels_key][mask]
     panels = [("clean", _keys.OBS_PRED)] + ([(u.eps_label(adata, layer), _keys.pred_key(layer))] if layer else [])
 
-    ax_given = ax is not None
-    if ax is None:
-        n = len(classes)
-        size = max(3.2, 0.38 * n + 1.6)
-        fig, axs = plt.subplots(
-            1, len(panels), figsize=(size * len(panels) + 0.8, size), layout="constrained", squeeze=False
-        )
-        axs = list(axs[0])
-    else:
-        axs = [ax] if isinstance(ax, Axes) else list(ax)
-        if len(axs) != len(panels):
-            msg = f"sad.pl.confusion draws {len(panels)} panels; pass {len(panels)} Axes (got {len(axs)})."
-            raise ValueError(msg)
-        fig = axs[0].figure
+    size = max(3.2, 0.38 * len(classes) + 1.6)
+    fig, axs = u.new_panels(ax, len(panels), fn, (size * len(panels) + 0.8, size))
     if annotate is None:
         annotate = len(classes) <= 12
     im = None
@@ -120,25 +109,21 @@ def confusion(
         acc = float(np.trace(conf[: len(classes)]) / max(conf.sum(), 1))
         shown = conf / np.maximum(conf.sum(1, keepdims=True), 1) if normalize else conf
         im = a.imshow(shown, cmap=cmap, vmin=0, vmax=1 if normalize else max(conf.max(), 1), aspect="auto")
-        a.grid(False)
+        a.grid(visible=False)
         a.set_xticks(range(len(classes)), classes, rotation=90)
         a.set_yticks(range(len(rows)), rows)
         a.set_xlabel("predicted")
         a.set_ylabel(f"true ({labels_key})")
         a.set_title(f"{title}: accuracy {acc:.2f}")
         if annotate:
-            for i in range(shown.shape[0]):
-                for j in range(shown.shape[1]):
-                    if conf[i, j]:
-                        v = shown[i, j]
-                        dark = v > (0.5 if normalize else 0.5 * shown.max())
-                        a.text(j, i, f"{v:.2f}" if normalize else f"{v:d}", ha="center", va="center", fontsize=7,
-                               color="white" if dark else "black")  # fmt: skip
-    if not ax_given:
+            text = np.array([f"{v:.2f}" if normalize else f"{v:d}" for v in shown.ravel()]).reshape(shown.shape)
+            u.annotate_cells(a, np.where(conf > 0, text, ""), shown > (0.5 if normalize else 0.5 * shown.max()))
+    if ax is None:
         fig.colorbar(im, ax=axs, shrink=0.7, label="fraction of true class" if normalize else "cells")
-    return u.finish(fig, axs, show=show, return_fig=return_fig, ax_given=ax_given)
+    return u.finish(fig, axs, show=show, return_fig=return_fig, ax_given=ax is not None)
 
 
+@doc_params(doc_labels_key=u.doc_labels_key, doc_split=u.doc_split, doc_ax=u.doc_ax, doc_returns_ax=u.doc_returns_ax)
 def class_accuracy(
     adata: AnnData,
     layers: str | Sequence[str] | None = None,
@@ -151,7 +136,7 @@ def class_accuracy(
 ) -> Axes | Figure | None:
     """Per-class accuracy of the clean predictions (optionally beside the accuracy under attack).
 
-    One bar per class in the class's color (``adata.uns[f'{labels_key}_colors']`` or scanpy's
+    One bar per class in the class's color (``adata.uns[f'{{labels_key}}_colors']`` or scanpy's
     default palette), with the number of cells above it; attack layers add lighter, hatched bars.
 
     Parameters
@@ -160,20 +145,13 @@ def class_accuracy(
         AnnData with clean predictions (:func:`~scadversarial.tl.train_classifier`).
     layers
         Attack layers whose per-class accuracy to show beside the clean one (default: none).
-    labels_key
-        ``.obs`` column of the true labels (default: the classifier's training labels).
-    split
-        Cells of this split of ``.obs['sad_split']`` (default ``'test'``); ``None`` for all cells.
-    ax
-        Axes to draw into.
-    show
-        Show the figure and return ``None`` (default: scanpy's ``autoshow`` when no ``ax`` is given).
-    return_fig
-        Return the :class:`~matplotlib.figure.Figure`.
+    {doc_labels_key}
+    {doc_split}
+    {doc_ax}
 
     Returns
     -------
-    The Axes, the Figure with ``return_fig=True``, or ``None`` when shown.
+    {doc_returns_ax}
 
     """
     check_adata(adata)
@@ -199,11 +177,12 @@ def class_accuracy(
     for k, (name, key) in enumerate(keys):
         pred = adata.obs[key][mask].astype(str)
         acc = np.array([(pred[truth == c] == c).mean() for c in order])
+        style = _bar_style(k)
+        colored = [colors[c] for c in order]
+        pos = x + (k - (len(keys) - 1) / 2) * width
         bars = ax_.bar(
-            x + (k - (len(keys) - 1) / 2) * width, acc, width=width * 0.95, color=[colors[c] for c in order],
-            alpha=1.0 if k == 0 else max(0.35, 0.8 - 0.15 * k), hatch=None if k == 0 else "//", edgecolor="black",
-            linewidth=0.4, label=name,
-        )  # fmt: skip
+            pos, acc, width=width * 0.95, color=colored, edgecolor="black", linewidth=0.4, label=name, **style
+        )
         if k == 0:
             n = [int((truth == c).sum()) for c in order]
             ax_.bar_label(bars, labels=[f"n={v}" for v in n], fontsize=7, padding=1)
@@ -214,14 +193,7 @@ def class_accuracy(
     ax_.set_title(f"per-class accuracy ({split or 'all'} cells)")
     if len(keys) > 1:
         handles = [
-            Patch(
-                facecolor="0.45",
-                edgecolor="black",
-                alpha=1.0 if k == 0 else max(0.35, 0.8 - 0.15 * k),
-                hatch=None if k == 0 else "//",
-                label=name,
-            )
-            for k, (name, _) in enumerate(keys)
+            Patch(facecolor="0.45", edgecolor="black", label=name, **_bar_style(k)) for k, (name, _) in enumerate(keys)
         ]
         ax_.legend(handles=handles, fontsize=8, loc="lower right")
     return u.finish(fig, ax_, show=show, return_fig=return_fig, ax_given=ax is not None)

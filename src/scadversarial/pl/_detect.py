@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .. import _keys
+from .._docs import doc_params
 from .._validate import check_adata
 from . import _utils as u
 from ._attack import _eps_colors
@@ -24,15 +24,14 @@ def threshold(adata: AnnData, layer: str | None = None, fn: str = "score_distrib
     The per-matrix threshold recorded by :func:`~scadversarial.tl.detect`, else the calibrated
     threshold of :func:`~scadversarial.tl.train_detector`.
     """
-    root = adata.uns.get(_keys.UNS, {})
-    det = root.get(_keys.STEP_DETECT, {})
+    det = u.optional_record(adata, _keys.STEP_DETECT)
     per = det.get("metrics", {}).get(layer or "X", {})
     if isinstance(per, dict) and "threshold" in per:
         return float(per["threshold"])
     if "threshold" in det.get("params", {}):
         return float(det["params"]["threshold"])
-    rec = root.get(_keys.STEP_DETECTOR)
-    if rec is None or "threshold" not in rec.get("metrics", {}):
+    rec = u.optional_record(adata, _keys.STEP_DETECTOR)
+    if "threshold" not in rec.get("metrics", {}):
         msg = f"sad.pl.{fn} needs the detector's threshold in adata.uns['sad']['detector']; run `sad.tl.train_detector` and `sad.tl.detect` first."
         raise KeyError(msg)
     return float(rec["metrics"]["threshold"])
@@ -42,8 +41,7 @@ def scored_layers(adata: AnnData, layers: str | Sequence[str] | None, fn: str) -
     """Attack layers with detector scores: the given ones (checked) or every scored attack layer."""
     u.obs_key(adata, _keys.OBS_SCORE, fn, "sad.tl.detect(adata)")
     if layers is None:
-        recs = adata.uns.get(_keys.UNS, {}).get(_keys.STEP_ATTACKS, {})
-        cand = [str(x) for r in recs.values() for x in np.atleast_1d(r.get("layers", []))]
+        cand = [str(x) for r in u.all_attacks(adata).values() for x in np.atleast_1d(r.get("layers", []))]
         layers = [x for x in cand if _keys.score_key(x) in adata.obs]
         if not layers:
             msg = f"sad.pl.{fn} found no scored attack layer (.obs['sad_score_<layer>']); run `sad.tl.detect(adata, layer=[...])` on the attack layers."
@@ -55,15 +53,19 @@ def scored_layers(adata: AnnData, layers: str | Sequence[str] | None, fn: str) -
     return layers
 
 
-def _adv_mask(adata: AnnData, layer: str, mask: np.ndarray, only_flipped: bool) -> np.ndarray:
-    if not only_flipped:
-        return mask
-    flipped = (
-        adata.obs[_keys.pred_key(layer)].astype(str).to_numpy() != adata.obs[_keys.OBS_PRED].astype(str).to_numpy()
-    )
-    return mask & flipped
+def _adv_scores(adata: AnnData, layer: str, mask: np.ndarray, *, only_flipped: bool) -> np.ndarray:
+    """Detector scores of the attacked cells of ``layer`` in ``mask`` (those whose prediction flipped)."""
+    if only_flipped:
+        mask = mask & u.flipped(adata, layer)
+    return adata.obs[_keys.score_key(layer)].to_numpy(float)[mask]
 
 
+def _fractions(scores: np.ndarray) -> np.ndarray:
+    """Histogram weights that make the bars of ``scores`` fractions of its cells."""
+    return np.full(len(scores), 1 / max(len(scores), 1))
+
+
+@doc_params(doc_ax=u.doc_ax, doc_returns_ax=u.doc_returns_ax)
 def score_distribution(
     adata: AnnData,
     layers: str | Sequence[str] | None = None,
@@ -78,6 +80,9 @@ def score_distribution(
     return_fig: bool = False,
 ) -> Axes | Figure | None:
     """Histograms of the detector score of clean cells and of their attacked versions, with the threshold.
+
+    Each histogram shows fractions of its own cells, so layers with few flipped cells compare with the
+    clean cells; the legend gives each one's share flagged at the threshold (the dashed line).
 
     Parameters
     ----------
@@ -97,16 +102,11 @@ def score_distribution(
         Scores are clipped to the plotted range.
     log
         Logarithmic fraction axis (scores pile up near 0 and 1).
-    ax
-        Axes to draw into.
-    show
-        Show the figure and return ``None`` (default: scanpy's ``autoshow`` when no ``ax`` is given).
-    return_fig
-        Return the :class:`~matplotlib.figure.Figure`.
+    {doc_ax}
 
     Returns
     -------
-    The Axes, the Figure with ``return_fig=True``, or ``None`` when shown.
+    {doc_returns_ax}
 
     """
     check_adata(adata)
@@ -115,7 +115,7 @@ def score_distribution(
     thr = threshold(adata, None, fn)
     mask = u.cell_mask(adata, split, fn)
     clean = adata.obs[_keys.OBS_SCORE].to_numpy(float)[mask]
-    advs = {x: adata.obs[_keys.score_key(x)].to_numpy(float)[_adv_mask(adata, x, mask, only_flipped)] for x in layers}
+    advs = {x: _adv_scores(adata, x, mask, only_flipped=only_flipped) for x in layers}
     every = np.concatenate([clean, *advs.values()])
     if xscale == "auto":  # saturated scores (a confident detector) are only readable on a logit axis
         near = (every < 0.01) | (every > 0.99)
@@ -138,12 +138,12 @@ def score_distribution(
             return v
 
     fig, ax_ = u.new_axes(ax, (7.0, 3.4))
-    ax_.hist(clip(clean), bins=edges, color=u.STATE_COLORS["clean"], alpha=0.55, weights=np.full(len(clean), 1 / max(len(clean), 1)),
-             label=f"clean (n={mask.sum()}; {np.mean(clean >= thr):.0%} flagged)")  # fmt: skip
+    label = f"clean (n={mask.sum()}; {np.mean(clean >= thr):.0%} flagged)"
+    ax_.hist(clip(clean), bins=edges, color=u.STATE_COLORS["clean"], alpha=0.55, weights=_fractions(clean), label=label)
     for (layer, s), color in zip(advs.items(), _eps_colors(len(layers)), strict=True):
-        ax_.hist(clip(s), bins=edges, histtype="step", linewidth=1.8, color=color, density=False,
-                 weights=np.full(len(s), 1 / max(len(s), 1)),
-                 label=f"{u.eps_label(adata, layer)} (n={len(s)}; {np.mean(s >= thr):.0%} flagged)")  # fmt: skip
+        label = f"{u.eps_label(adata, layer)} (n={len(s)}; {np.mean(s >= thr):.0%} flagged)"
+        step = {"histtype": "step", "linewidth": 1.8, "density": False}
+        ax_.hist(clip(s), bins=edges, color=color, weights=_fractions(s), label=label, **step)
     ax_.axvline(thr, color="black", ls="--", lw=1.2, label=f"threshold {thr:.6g}")
     if log:
         ax_.set_yscale("log")
@@ -153,10 +153,11 @@ def score_distribution(
     ax_.set_xlabel("detector score" + (" (logit axis)" if xscale == "logit" else ""))
     ax_.set_ylabel("fraction of cells")
     ax_.set_title(f"detector scores ({split or 'all'} cells{', flipped only' if only_flipped else ''})")
-    ax_.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    u.legend_outside(ax_)
     return u.finish(fig, ax_, show=show, return_fig=return_fig, ax_given=ax is not None)
 
 
+@doc_params(doc_split=u.doc_split, doc_ax_panels=u.doc_ax_panels)
 def roc(
     adata: AnnData,
     layers: str | Sequence[str] | None = None,
@@ -181,20 +182,14 @@ def roc(
         AnnData scored by :func:`~scadversarial.tl.detect` on ``X`` and on attack layers.
     layers
         Attack layers (default: every layer with ``.obs['sad_score_<layer>']``); one curve each.
-    split
-        Cells of this split of ``.obs['sad_split']`` (default ``'test'``); ``None`` for all.
+    {doc_split}
     only_flipped
         Count as positives only attacked cells whose prediction the attack changed.
     curve
         ``'roc'``, ``'pr'`` or ``'both'`` (two panels).
     fpr_max
         False-positive rate marked on the ROC panel.
-    ax
-        One Axes per panel.
-    show
-        Show the figure and return ``None`` (default: scanpy's ``autoshow`` when no ``ax`` is given).
-    return_fig
-        Return the :class:`~matplotlib.figure.Figure`.
+    {doc_ax_panels}
 
     Returns
     -------
@@ -212,20 +207,11 @@ def roc(
     thr = threshold(adata, None, fn)
     mask = u.cell_mask(adata, split, fn)
     kinds = ["roc", "pr"] if curve == "both" else [curve]
-    ax_given = ax is not None
-    if ax is None:
-        fig, axs = plt.subplots(1, len(kinds), figsize=(4.3 * len(kinds), 4.0), layout="constrained", squeeze=False)
-        axs = list(axs[0])
-    else:
-        axs = [ax] if isinstance(ax, Axes) else list(ax)
-        if len(axs) != len(kinds):
-            msg = f"sad.pl.roc draws {len(kinds)} panels; pass {len(kinds)} Axes (got {len(axs)})."
-            raise ValueError(msg)
-        fig = axs[0].figure
+    fig, axs = u.new_panels(ax, len(kinds), fn, (4.3 * len(kinds), 4.0))
     panel = dict(zip(kinds, axs, strict=True))
     clean = adata.obs[_keys.OBS_SCORE].to_numpy(float)[mask]
     for layer, color in zip(layers, _eps_colors(len(layers)), strict=True):
-        adv = adata.obs[_keys.score_key(layer)].to_numpy(float)[_adv_mask(adata, layer, mask, only_flipped)]
+        adv = _adv_scores(adata, layer, mask, only_flipped=only_flipped)
         if not len(adv):
             continue
         y = np.r_[np.zeros(len(clean)), np.ones(len(adv))]
@@ -263,4 +249,4 @@ def roc(
         a.set_ylim(0, 1.01)
         a.plot([], [], "o", color="white", mec="black", label=f"threshold {thr:.6g}")
         a.legend(fontsize=7, loc="lower left")
-    return u.finish(fig, axs, show=show, return_fig=return_fig, ax_given=ax_given)
+    return u.finish(fig, axs, show=show, return_fig=return_fig, ax_given=ax is not None)

@@ -10,7 +10,8 @@ from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .. import _keys
+from .. import _keys, get
+from .._docs import doc_params
 from .._validate import check_adata
 from . import _utils as u
 
@@ -25,9 +26,8 @@ def _adv_embedding(adata: AnnData, layer: str, basis: str, fn: str) -> np.ndarra
             raise KeyError(msg)
         return np.asarray(adata.obsm[key])
     from ..tl._input import classifier_input
-    from ..tl._models import get_model
 
-    model = get_model(adata, _keys.STEP_CLASSIFIER)
+    model = get.model(adata)
     return model.predict_arrays(classifier_input(adata, model, layer))[1]  # each layer read in its own space
 
 
@@ -72,11 +72,8 @@ def embedding_adata(
         raise KeyError(msg)
     if layer is not None:
         u.check_layer(adata, layer, fn)
-    lk = (
-        u.labels_key(adata, labels_key, fn)
-        if (labels_key or _keys.STEP_CLASSIFIER in adata.uns.get(_keys.UNS, {}))
-        else None
-    )
+    trained = bool(u.optional_record(adata, _keys.STEP_CLASSIFIER))
+    lk = u.labels_key(adata, labels_key, fn) if (labels_key or trained) else None
     mask = u.cell_mask(adata, split, fn)
     idx = np.flatnonzero(mask)
     versions = [(None, "clean", np.asarray(adata.obsm[rep_key])[idx])]
@@ -120,7 +117,8 @@ def embedding_adata(
     return emb
 
 
-def embedding(
+@doc_params(doc_labels_key=u.doc_labels_key, doc_split=u.doc_split, doc_show=u.doc_show)
+def embedding(  # noqa: PLR0913  scanpy's plot signature: ax, show, return_fig beside the plot's options
     adata: AnnData,
     layer: str | None = None,
     *,
@@ -157,20 +155,15 @@ def embedding(
     color
         ``'state'`` (clean / adversarial), ``'label'`` (true labels), ``'prediction'``,
         ``'score'`` (detector score), ``'flagged'`` (detector verdict), or a list of them (one panel each).
-    labels_key
-        ``.obs`` column of the true labels (default: the classifier's training labels).
-    split
-        Cells of this split of ``.obs['sad_split']`` (default ``'test'``); ``None`` for all cells.
+    {doc_labels_key}
+    {doc_split}
     n_neighbors
         Neighbours of the kNN graph.
     random_state
         Seed of the UMAP layout.
     ax
         Axes to draw into (a single ``color`` only).
-    show
-        Show the figure and return ``None`` (default: scanpy's ``autoshow`` when no ``ax`` is given).
-    return_fig
-        Return the :class:`~matplotlib.figure.Figure`.
+    {doc_show}
     **kwargs
         Passed to :func:`scanpy.pl.embedding` (e.g. ``size``, ``legend_loc``, ``frameon``).
 
@@ -182,16 +175,11 @@ def embedding(
     import scanpy as sc
 
     check_adata(adata)
-    if layer is None:
-        recs = adata.uns.get(_keys.UNS, {}).get(_keys.STEP_ATTACKS, {})
-        if any("layers" in r and "eps" in r for r in recs.values()):
-            rec = next(r for r in recs.values() if "layers" in r and "eps" in r)
-            le = sorted(
-                zip(map(str, np.atleast_1d(rec["layers"])), np.atleast_1d(rec["eps"]).astype(float), strict=True),
-                key=lambda t: -t[1],
-            )
-            ok = [x for x, _ in le if basis == "classifier" or _keys.triplet_key(x) in adata.obsm]
-            layer = ok[0] if ok else le[0][0]
+    whitebox = [r for r in u.all_attacks(adata).values() if u.is_whitebox(r)]
+    if layer is None and whitebox:  # the largest epsilon that has the embedding
+        le = sorted(u.layers_eps(whitebox[0]), key=lambda t: -t[1])
+        ok = [x for x, _ in le if basis == "classifier" or _keys.triplet_key(x) in adata.obsm]
+        layer = ok[0] if ok else le[0][0]
     emb = embedding_adata(
         adata,
         layer,

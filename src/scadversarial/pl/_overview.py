@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .. import _keys
+from .. import get
+from .._docs import doc_params
 from .._validate import check_adata
+from . import _utils as u
 
 #: (column of the overview table, panel title, colormap) per mode
 _PANELS = {
@@ -22,7 +23,7 @@ _PANELS = {
 
 
 def _overview_table(adata: AnnData, key: str) -> tuple[pd.DataFrame, dict]:
-    recs = adata.uns.get(_keys.UNS, {}).get(_keys.STEP_ATTACKS, {})
+    recs = u.all_attacks(adata)
     if key not in recs:
         have = [k for k, r in recs.items() if isinstance(r, dict) and r.get("mode") == "overview"]
         msg = (
@@ -34,9 +35,10 @@ def _overview_table(adata: AnnData, key: str) -> tuple[pd.DataFrame, dict]:
     if rec.get("mode") != "overview" or "table" not in rec:
         msg = f"adata.uns['sad']['attacks'][{key!r}] is a {rec.get('mode', rec.get('kind', '?'))!r} record, not an overview from `sad.tl.attack_overview`."
         raise ValueError(msg)
-    return pd.DataFrame({k: np.asarray(v) for k, v in rec["table"].items()}), rec
+    return get.attack_table(adata, key), rec
 
 
+@doc_params(doc_ax_panels=u.doc_ax_panels)
 def attack_overview(
     adata: AnnData,
     key: str = "overview",
@@ -69,20 +71,13 @@ def attack_overview(
         number of genes in them.
     annotate
         Write the count in each cell.
-    ax
-        One Axes per panel.
-    show
-        Show the figure and return ``None`` (default: scanpy's ``autoshow`` when no ``ax`` is given).
-    return_fig
-        Return the :class:`~matplotlib.figure.Figure`.
+    {doc_ax_panels}
 
     Returns
     -------
     The list of Axes (one per mode), the Figure with ``return_fig=True``, or ``None`` when shown.
 
     """
-    from . import _utils as u
-
     check_adata(adata)
     if single_gene not in ("n_found", "n_genes"):
         msg = f"single_gene must be 'n_found' or 'n_genes', got {single_gene!r}."
@@ -106,20 +101,9 @@ def attack_overview(
         call, n = str(first.loc[c, "orig_call"]), int(first.loc[c, "n_cells"])
         rows.append(f"{c} (n={n})" if call == c else f"{c} (n={n}, called {call})")
 
-    ax_given = ax is not None
-    if ax is None:
-        width = max(2.6, 0.75 * len(mods) + 1.6)
-        fig, axs = plt.subplots(
-            1, len(modes), figsize=(width * len(modes) + 2.8, max(2.6, 0.32 * len(clusters) + 1.4)),
-            layout="constrained", squeeze=False, sharey=True,
-        )  # fmt: skip
-        axs = list(axs[0])
-    else:
-        axs = [ax] if isinstance(ax, Axes) else list(ax)
-        if len(axs) != len(modes):
-            msg = f"sad.pl.attack_overview draws {len(modes)} panels; pass {len(modes)} Axes (got {len(axs)})."
-            raise ValueError(msg)
-        fig = axs[0].figure
+    width = max(2.6, 0.75 * len(mods) + 1.6)
+    figsize = (width * len(modes) + 2.8, max(2.6, 0.32 * len(clusters) + 1.4))
+    fig, axs = u.new_panels(ax, len(modes), "attack_overview", figsize, sharey=True)
     max_split = int(params.get("max_split_size", 1))
     for a, mode in zip(axs, modes, strict=True):
         title, cmap = _PANELS[mode]
@@ -128,7 +112,7 @@ def attack_overview(
         grid = table.pivot_table(index="cluster", columns="modification", values=columns[mode], aggfunc="first")
         grid = grid.reindex(index=clusters, columns=mods).to_numpy(dtype=float)
         im = a.imshow(grid, cmap=cmap, aspect="auto", vmin=0, vmax=max(1.0, np.nanmax(grid)))
-        a.grid(False)
+        a.grid(visible=False)
         a.set_xticks(range(len(mods)), mods, rotation=45, ha="right")
         a.set_yticks(range(len(clusters)), rows)
         a.set_xlabel("modification")
@@ -138,13 +122,10 @@ def attack_overview(
         )
         if annotate:
             top = np.nanmax(grid) if np.isfinite(grid).any() else 1
-            for i in range(grid.shape[0]):
-                for j in range(grid.shape[1]):
-                    if np.isfinite(grid[i, j]):
-                        a.text(j, i, f"{int(grid[i, j])}", ha="center", va="center", fontsize=7,
-                               color="white" if grid[i, j] > 0.6 * top else "black")  # fmt: skip
+            text = np.array([f"{int(v)}" if np.isfinite(v) else "" for v in grid.ravel()]).reshape(grid.shape)
+            u.annotate_cells(a, text, grid > 0.6 * top)
         fig.colorbar(
             im, ax=a, shrink=0.8, label="genes" if mode == "max_change" or single_gene == "n_genes" else "gene lists"
         )
     axs[0].set_ylabel(str(params.get("groupby", "cluster")))
-    return u.finish(fig, axs, show=show, return_fig=return_fig, ax_given=ax_given)
+    return u.finish(fig, axs, show=show, return_fig=return_fig, ax_given=ax is not None)

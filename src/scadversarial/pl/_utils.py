@@ -1,4 +1,4 @@
-"""Shared helpers of the plotting functions: records, cell selection, colors, figure handling."""
+"""Shared helpers of the plotting functions: records, cell selection, colors, figures, docstrings."""
 
 from __future__ import annotations
 
@@ -12,20 +12,55 @@ from matplotlib.axes import Axes
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
-from .. import _keys
-from .._validate import get_record
+from .. import _keys, get
 
 #: Colors of the clean / adversarial states, taken from scanpy's default categorical palette.
 STATE_COLORS = {"clean": "#1f77b4", "adversarial": "#d62728"}
+#: Font size of the values written into heatmap cells: fits a cell of the default figure sizes.
+CELL_FONTSIZE = 7
+
+# ----------------------------------------------------------------------------------------------
+# docstring fragments of the plots (filled in by :func:`scadversarial._docs.doc_params`)
+# ----------------------------------------------------------------------------------------------
+doc_show = """\
+show
+    Show the figure and return ``None`` (default: scanpy's ``autoshow`` when no ``ax`` is given).
+return_fig
+    Return the :class:`~matplotlib.figure.Figure`."""
+
+doc_ax = "ax\n    Axes to draw into.\n" + doc_show
+
+doc_ax_panels = "ax\n    One Axes per panel.\n" + doc_show
+
+doc_returns_ax = "The Axes, the Figure with ``return_fig=True``, or ``None`` when shown."
+
+doc_labels_key = """\
+labels_key
+    ``.obs`` column of the true labels (default: the classifier's training labels)."""
+
+doc_split = """\
+split
+    Cells of this split of ``.obs['sad_split']`` (default ``'test'``); ``None`` for all cells."""
 
 
+# ----------------------------------------------------------------------------------------------
+# records
+# ----------------------------------------------------------------------------------------------
 def classifier_record(adata: AnnData, fn: str) -> dict:
     """``.uns['sad']['classifier']`` or a :class:`KeyError` naming the plot and the producer."""
     try:
-        return get_record(adata, _keys.STEP_CLASSIFIER, producer="sad.tl.train_classifier")
+        return get.record(adata, _keys.STEP_CLASSIFIER)
     except KeyError as e:
         msg = f"sad.pl.{fn}: {e.args[0]}"
         raise KeyError(msg) from None
+
+
+def optional_record(adata: AnnData, step: str) -> dict:
+    """The run record ``.uns['sad'][step]``, or an empty dict when the step has not run."""
+    try:
+        return get.record(adata, step)
+    except KeyError:
+        return {}
 
 
 def labels_key(adata: AnnData, labels_key: str | None, fn: str) -> str:
@@ -44,18 +79,34 @@ def obs_key(adata: AnnData, key: str, fn: str, producer: str) -> pd.Series:
     return adata.obs[key]
 
 
-def uns_step(adata: AnnData, step: str, fn: str, producer: str) -> dict:
-    """``adata.uns['sad'][step]`` or a :class:`KeyError` naming the plot and the producer."""
-    rec = adata.uns.get(_keys.UNS, {}).get(step)
-    if rec is None:
-        msg = f"sad.pl.{fn} needs adata.uns['sad'][{step!r}], which is written by `{producer}`. Run it first."
-        raise KeyError(msg)
-    return rec
+def all_attacks(adata: AnnData) -> dict[str, dict]:
+    """Every record in ``.uns['sad']['attacks']`` (empty when there is none)."""
+    return adata.uns.get(_keys.UNS, {}).get(_keys.STEP_ATTACKS, {})
+
+
+def is_whitebox(rec: dict) -> bool:
+    """Whether an attack record has layers per epsilon (a white-box attack of ``sad.tl.attack``)."""
+    return "layers" in rec and "eps" in rec
+
+
+def record_layers(rec: dict) -> tuple[list[str], np.ndarray]:
+    """The layers of an attack record and their epsilons (as floats), in record order."""
+    return [str(x) for x in np.atleast_1d(rec["layers"])], np.atleast_1d(rec["eps"]).astype(float)
+
+
+def layers_eps(rec: dict) -> list[tuple[str, float]]:
+    """``(layer, epsilon)`` pairs of an attack record, by increasing epsilon."""
+    return sorted(zip(*record_layers(rec), strict=True), key=lambda t: t[1])
+
+
+def method_name(rec: dict, key: str) -> str:
+    """The attack method of a record (its key when the record does not name one)."""
+    return str(rec.get("params", {}).get("method", key))
 
 
 def attack_records(adata: AnnData, fn: str) -> dict[str, dict]:
-    """All records in ``.uns['sad']['attacks']``."""
-    recs = adata.uns.get(_keys.UNS, {}).get(_keys.STEP_ATTACKS, {})
+    """All records in ``.uns['sad']['attacks']``, or a :class:`KeyError` naming ``sad.tl.attack``."""
+    recs = all_attacks(adata)
     if not recs:
         msg = f"sad.pl.{fn} needs an attack in adata.uns['sad']['attacks']; run `sad.tl.attack(adata)` first."
         raise KeyError(msg)
@@ -66,7 +117,7 @@ def whitebox_records(adata: AnnData, fn: str, attacks: str | Sequence[str] | Non
     """Records of the (layer-writing, epsilon-indexed) attacks: the named ones or all of them."""
     recs = attack_records(adata, fn)
     if attacks is None:
-        out = {k: r for k, r in recs.items() if "layers" in r and "eps" in r}
+        out = {k: r for k, r in recs.items() if is_whitebox(r)}
         if not out:
             msg = f"sad.pl.{fn} needs a white-box attack (with layers per epsilon); run `sad.tl.attack(adata)` first."
             raise KeyError(msg)
@@ -77,43 +128,34 @@ def whitebox_records(adata: AnnData, fn: str, attacks: str | Sequence[str] | Non
         if name not in recs:
             msg = f"sad.pl.{fn}: no attack {name!r} in adata.uns['sad']['attacks'] (have {sorted(recs)}); it is written by `sad.tl.attack`."
             raise KeyError(msg)
-        if "layers" not in recs[name] or "eps" not in recs[name]:
+        if not is_whitebox(recs[name]):
             msg = f"sad.pl.{fn}: attack {name!r} has no layers per epsilon (it is not a white-box attack from `sad.tl.attack`)."
             raise ValueError(msg)
         out[name] = recs[name]
     return out
 
 
-def attack_layers(adata: AnnData, fn: str) -> list[str]:
-    """Every attack layer (of every attack with layers), in record order."""
-    out = []
-    for rec in attack_records(adata, fn).values():
-        out += [str(x) for x in np.atleast_1d(rec.get("layers", []))]
-    return [x for x in out if x in adata.layers]
-
-
 def default_layer(adata: AnnData, fn: str) -> str:
     """The strongest layer (largest epsilon) of the first white-box attack."""
-    rec = next(iter(whitebox_records(adata, fn).values()))
-    layers = [str(x) for x in np.atleast_1d(rec["layers"])]
-    eps = np.atleast_1d(rec["eps"]).astype(float)
+    layers, eps = record_layers(next(iter(whitebox_records(adata, fn).values())))
     return layers[int(np.argmax(eps))]
 
 
 def record_of_layer(adata: AnnData, layer: str) -> tuple[str, dict] | tuple[None, None]:
     """``(attack key, record)`` of the attack that wrote ``layer``."""
-    for key, rec in adata.uns.get(_keys.UNS, {}).get(_keys.STEP_ATTACKS, {}).items():
+    for key, rec in all_attacks(adata).items():
         if layer in [str(x) for x in np.atleast_1d(rec.get("layers", []))]:
             return key, rec
     return None, None
 
 
-def check_layer(adata: AnnData, layer: str, fn: str) -> str:
-    """Raise a :class:`KeyError` when ``layer`` is not an attack layer with predictions."""
+def check_layer(adata: AnnData, layer: str, fn: str, *, predicted: bool = True) -> str:
+    """Raise a :class:`KeyError` when ``layer`` is not a layer (with predictions, when ``predicted``)."""
     if layer not in adata.layers:
         msg = f"sad.pl.{fn}: layer {layer!r} not in adata.layers (have {list(adata.layers)}); attack layers are written by `sad.tl.attack`."
         raise KeyError(msg)
-    obs_key(adata, _keys.pred_key(layer), fn, "sad.tl.attack (or sad.tl.predict(adata, layer=...))")
+    if predicted:
+        obs_key(adata, _keys.pred_key(layer), fn, "sad.tl.attack (or sad.tl.predict(adata, layer=...))")
     return layer
 
 
@@ -122,10 +164,14 @@ def eps_label(adata: AnnData, layer: str) -> str:
     key, rec = record_of_layer(adata, layer)
     if rec is None or "eps" not in rec:
         return layer
-    layers = [str(x) for x in np.atleast_1d(rec["layers"])]
-    eps = float(np.atleast_1d(rec["eps"])[layers.index(layer)])
-    method = str(rec.get("params", {}).get("method", key))
-    return f"{method} ε={eps:g}"
+    layers, eps = record_layers(rec)
+    return f"{method_name(rec, key)} ε={eps[layers.index(layer)]:g}"
+
+
+def flipped(adata: AnnData, layer: str) -> np.ndarray:
+    """Whether each cell's prediction on ``layer`` differs from its clean prediction."""
+    pred = adata.obs[_keys.pred_key(layer)].astype(str).to_numpy()
+    return pred != adata.obs[_keys.OBS_PRED].astype(str).to_numpy()
 
 
 def cell_mask(adata: AnnData, split: str | None, fn: str) -> np.ndarray:
@@ -138,13 +184,6 @@ def cell_mask(adata: AnnData, split: str | None, fn: str) -> np.ndarray:
         msg = f"sad.pl.{fn}: no cells in split {split!r} of adata.obs['sad_split']; pass split=None for all cells."
         raise ValueError(msg)
     return mask
-
-
-def default_split(adata: AnnData) -> str | None:
-    """``'test'`` when the data have a split with test cells, else ``None`` (all cells)."""
-    if _keys.OBS_SPLIT in adata.obs and (adata.obs[_keys.OBS_SPLIT].astype(str) == "test").any():
-        return "test"
-    return None
 
 
 def category_colors(adata: AnnData, key: str, categories: Sequence[str] | None = None) -> dict[str, str]:
@@ -183,11 +222,54 @@ def default_palette(n: int) -> list[str]:
     return [palettes.default_102[i % 102] for i in range(n)]
 
 
+# ----------------------------------------------------------------------------------------------
+# figures
+# ----------------------------------------------------------------------------------------------
 def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
     """``(figure, axes)``: the given axes or a new figure."""
     if ax is None:
         fig, ax = plt.subplots(figsize=figsize, layout="constrained")
     return ax.figure, ax
+
+
+def new_panels(
+    ax: Axes | Sequence[Axes] | None,
+    n: int,
+    fn: str,
+    figsize: tuple[float, float],
+    *,
+    names: str = "",
+    vertical: bool = False,
+    **subplots,
+) -> tuple[Figure, list[Axes]]:
+    """``(figure, axes)`` of a plot with ``n`` panels: the given Axes (checked), or a new figure.
+
+    A new figure has the panels side by side (one above the other with ``vertical=True``);
+    ``subplots`` go to :func:`matplotlib.pyplot.subplots` (e.g. ``sharey``, ``height_ratios``).
+    ``names`` describes the panels in the error message, e.g. ``' (before, after, change)'``.
+    """
+    if ax is None:
+        shape = (n, 1) if vertical else (1, n)
+        fig, grid = plt.subplots(*shape, figsize=figsize, layout="constrained", squeeze=False, **subplots)
+        return fig, list(grid.ravel())
+    axs = [ax] if isinstance(ax, Axes) else list(ax)
+    if len(axs) != n:
+        msg = f"sad.pl.{fn} draws {n} panels{names}; pass {n} Axes (got {len(axs)})."
+        raise ValueError(msg)
+    return axs[0].figure, axs
+
+
+def annotate_cells(ax: Axes, labels: np.ndarray, dark: np.ndarray) -> None:
+    """Write ``labels[i, j]`` into the heatmap cell ``(i, j)`` (none where it is empty); white on ``dark`` cells."""
+    for (i, j), text in np.ndenumerate(labels):
+        if text:
+            color = "white" if dark[i, j] else "black"
+            ax.text(j, i, text, ha="center", va="center", fontsize=CELL_FONTSIZE, color=color)
+
+
+def legend_outside(ax: Axes, fontsize: float = 7) -> None:
+    """A frameless legend to the right of the axes (for long labels)."""
+    ax.legend(fontsize=fontsize, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
 
 
 def finish(fig: Figure, axes, *, show: bool | None, return_fig: bool, ax_given: bool):
