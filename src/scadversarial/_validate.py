@@ -191,12 +191,19 @@ def _all_finite(data: np.ndarray) -> bool:
     return bool(np.isfinite(np.einsum(data, list(range(data.ndim)), []))) or bool(np.isfinite(data).all())
 
 
+def negative_min(X) -> float | None:
+    """The smallest value of ``X`` (dense or sparse) when it is negative, else ``None``."""
+    data = X.data if sp.issparse(X) else np.asarray(X)
+    low = float(data.min()) if data.size else 0.0
+    return low if low < 0 else None
+
+
 def check_nonnegative(X, where: str = "the matrix") -> None:
     """Raise a :class:`ValueError` when ``X`` (expected counts) has negative values."""
-    data = X.data if sp.issparse(X) else np.asarray(X)
-    if data.size and data.min() < 0:
+    low = negative_min(X)
+    if low is not None:
         msg = (
-            f"{where} has negative values (min {data.min():g}) but raw counts were expected. "
+            f"{where} has negative values (min {low:g}) but raw counts were expected. "
             "Pass counts, or set `already_log=True` if the data are log-normalized (and `layer=` to the right matrix)."
         )
         raise ValueError(msg)

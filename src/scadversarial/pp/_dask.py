@@ -54,7 +54,7 @@ def first_block(M: da.Array):
     return _one_gene_chunk(M).blocks[0, 0].compute()
 
 
-def _lognorm_block(block, already_log: bool, target_sum: float):
+def _lognorm_block(block, *, already_log: bool, target_sum: float):
     import scanpy as sc
     from anndata import AnnData
 
@@ -69,7 +69,7 @@ def lognorm(M: da.Array, *, already_log: bool, target_sum: float) -> da.Array:
     """Log-normalized ``M`` block by block (float32 for sparse blocks, the input's dtype for dense ones)."""
     M = _one_gene_chunk(M)
     meta = M._meta.astype(np.float32) if sp.issparse(M._meta) else M._meta
-    return M.map_blocks(_lognorm_block, already_log, target_sum, dtype=meta.dtype, meta=meta)
+    return M.map_blocks(_lognorm_block, already_log=already_log, target_sum=target_sum, dtype=meta.dtype, meta=meta)
 
 
 def _csr_float32(block) -> sp.csr_matrix:

@@ -102,11 +102,16 @@ def pseudo_labels(
     labels = pd.Categorical([rename[v] for v in raw], categories=[f"c{i}" for i in range(len(sizes))])
     adata.obs[key_added] = pd.Series(labels, index=adata.obs_names)
     adata.obsm["X_pca"] = pcs
-    set_record(
-        adata, _keys.STEP_LABELS,
-        params={"method": method, "n_clusters": int(n_clusters), "n_pcs": n_comps, "resolution": float(resolution), "min_size": int(min_size), "random_state": int(random_state), "key_added": key_added},
-        metrics={"n_labels": len(sizes), "sizes": sizes.to_numpy()},
-    )  # fmt: skip
+    params = {
+        "method": method,
+        "n_clusters": int(n_clusters),
+        "n_pcs": n_comps,
+        "resolution": float(resolution),
+        "min_size": int(min_size),
+        "random_state": int(random_state),
+        "key_added": key_added,
+    }
+    set_record(adata, _keys.STEP_LABELS, params=params, metrics={"n_labels": len(sizes), "sizes": sizes.to_numpy()})
     return adata if copy else None
 
 

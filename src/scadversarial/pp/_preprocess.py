@@ -10,7 +10,16 @@ from anndata import AnnData
 
 from .. import _keys
 from .._settings import logger
-from .._validate import check_adata, check_finite, check_nonnegative, get_matrix, matrix_name, set_record, uns_root
+from .._validate import (
+    check_adata,
+    check_finite,
+    check_nonnegative,
+    get_matrix,
+    matrix_name,
+    negative_min,
+    set_record,
+    uns_root,
+)
 from . import _dask
 from ._chunked import dense_columns, mean_std, scale_into
 
@@ -23,10 +32,10 @@ def _looks_like_counts(X) -> bool:
 
 def _check_not_scaled(M) -> None:
     """Raise when log-normalized input has negative values (scaled data passed by mistake)."""
-    data = M.data if sp.issparse(M) else np.asarray(M)
-    if data.size and data.min() < 0:
+    low = negative_min(M)
+    if low is not None:
         msg = (
-            f"The matrix has negative values (min {data.min():g}): it looks scaled already. Pass counts or "
+            f"The matrix has negative values (min {low:g}): it looks scaled already. Pass counts or "
             "log-normalized values (e.g. `adata.raw.to_adata()` or a counts layer with `layer=`)."
         )
         raise ValueError(msg)
@@ -201,10 +210,15 @@ def preprocess(
             hvg = res["highly_variable"].to_numpy()
         genes = adata.var_names[hvg] if subset else adata.var_names
         params = {
-            "layer": layer or "X", "already_log": bool(already_log), "target_sum": float(target_sum),
-            "n_top_genes": -1 if n_top_genes is None else int(n_top_genes), "flavor": flavor,
-            "max_value": max_value, "subset": bool(subset), "n_genes_kept": int(len(genes)),
-        }  # fmt: skip
+            "layer": layer or "X",
+            "already_log": bool(already_log),
+            "target_sum": float(target_sum),
+            "n_top_genes": -1 if n_top_genes is None else int(n_top_genes),
+            "flavor": flavor,
+            "max_value": max_value,
+            "subset": bool(subset),
+            "n_genes_kept": int(len(genes)),
+        }
         mean = std = None
 
     lognorm_full = work.X

@@ -76,11 +76,16 @@ def split(
     if copy:
         adata = adata.copy()
     adata.obs[key_added] = pd.Categorical(out, categories=list(_keys.SPLITS))
+    params = {
+        "labels_key": labels_key,
+        "train_size": train_size,
+        "val_size": val_size,
+        "random_state": int(random_state),
+        "key_added": key_added,
+    }
     set_record(
-        adata, _keys.STEP_SPLIT,
-        params={"labels_key": labels_key, "train_size": train_size, "val_size": val_size, "random_state": int(random_state), "key_added": key_added},
-        metrics={"n_train": len(train), "n_val": len(val), "n_test": len(test)},
-    )  # fmt: skip
+        adata, _keys.STEP_SPLIT, params=params, metrics={"n_train": len(train), "n_val": len(val), "n_test": len(test)}
+    )
     return adata if copy else None
 
 
