@@ -100,7 +100,7 @@ def test_max_change_and_random_walk_linear_equal_plain(lr_workload):
     plain = max_change_search(plain_o, genes, random_state=3, method="plain")
     np.testing.assert_array_equal(fast.kept, plain.kept)
     assert (fast.call, fast.score) == (plain.call, plain.score)
-    assert "HB0" in lin_o._lin  # answered by the incremental update
+    assert lin_o._incremental is not None  # answered by the incremental update
     rows = np.flatnonzero(lr["labels"] == "B")
     mods = ["perc1", "perc99", "positive_aberrant"]
     lin_o, _, plain_o = _oracles(_linear(lr["W"], lr["b"]), lr["classes"], lr["X"], rows, mods)
@@ -146,7 +146,7 @@ def test_decided_matches_every_completion():
     """The call is settled by the known counts exactly when every type of the unknown cells gives the same answer."""
     from itertools import combinations_with_replacement
 
-    from scadversarial.attacks._oracle import _decided, cluster_call
+    from scadversarial.attacks._oracle import cluster_call, decided
 
     rng = np.random.default_rng(0)
     for _ in range(300):
@@ -160,7 +160,7 @@ def test_decided_matches_every_completion():
         for extra in combinations_with_replacement(range(k), rest):
             types = np.concatenate([np.repeat(np.arange(k), counts), np.array(extra, dtype=int)])
             answers.add(bool(cluster_call(types, k)[0] != orig))
-        got = _decided(counts.tolist(), rest, orig)
+        got = decided(counts.tolist(), rest, orig)
         if len(answers) == 1:
             assert got in (None, next(iter(answers)))  # None only where it cannot tell cheaply
             if rest == 0:
@@ -190,7 +190,7 @@ def test_no_rounding_bound_for_coarse_products(lr_workload):
     try:
         torch.set_float32_matmul_precision("medium")
         lin_o, _, plain_o = _oracles(_linear(lr["W"], lr["b"]), lr["classes"], lr["X"], rows, ["perc99"])
-        assert lin_o._linear_state()["gamma"] == np.inf
+        assert lin_o.linear.bounds.gamma == np.inf
         genes = np.arange(0, 2000, 9)
         fast = max_change_search(lin_o, genes, random_state=1, method="fast")
         plain = max_change_search(plain_o, genes, random_state=1, method="plain")
@@ -211,7 +211,7 @@ def test_with_values_reuses_the_unmodified_call(lr_workload):
     calls = fn.n_calls
     second = first.with_values(V2)
     assert fn.n_calls == calls
-    assert second._lin0 is first._lin0
+    assert second.linear.unmod is first.linear.unmod
     assert second.n_evaluated == 0
     fresh = ClusterOracle(ClassifierAdapter(_linear(lr["W"], lr["b"]), lr["classes"]), lr["X"][rows], V2)
     genes = np.arange(0, 2000, 11)
@@ -226,8 +226,8 @@ def test_max_change_layout_reads_every_half_as_a_slice(lr_workload):
     rows = np.flatnonzero(lr["labels"] == "NK")
     genes = np.random.default_rng(0).permutation(2000)[:777]  # not a power of two, not in gene order
     lin_o, _, _ = _oracles(_linear(lr["W"], lr["b"]), lr["classes"], lr["X"], rows, ["perc99"])
-    lin_o.linear_layout(genes)
-    slot = lin_o._lin["slot"]
+    lin_o.incremental.lay_out(genes)
+    slot = lin_o.incremental.layout.slot
     np.testing.assert_array_equal(np.sort(slot), np.arange(2000))
     lists, todo = [], [genes]
     while todo:
@@ -238,18 +238,18 @@ def test_max_change_layout_reads_every_half_as_a_slice(lr_workload):
                 if len(half) > 1:
                     todo.append(half)
     K = len(lr["classes"])
-    H0 = lin_o.linear_start()[:K]
+    H0 = lin_o.incremental.start()[:K]
     for half in lists:
         s = slot[half]
         assert s.max() - s.min() + 1 == len(half)  # consecutive slots
     for half in lists[:: max(len(lists) // 40, 1)]:
-        H = lin_o.modified(half).astype(np.float64) @ lin_o._head.weight.T + lin_o._head.bias
+        H = lin_o.modified(half).astype(np.float64) @ lin_o.linear.head.weight.T + lin_o.linear.head.bias
         # (the changes v - x are rounded to the matrix's float32 once: within ~1e-7 of the exact logits)
-        np.testing.assert_allclose(H0 + lin_o.linear_delta(half)[:K], H.T, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(H0 + lin_o.incremental.delta(half)[:K], H.T, rtol=1e-6, atol=1e-6)
     # a second half taken as its list's change less the first half's: the same within float64 rounding
     lst = genes[1::2]
-    d = lin_o.linear_delta(lst) - lin_o.linear_delta(lst[0::2])
-    np.testing.assert_allclose(d, lin_o.linear_delta(lst[1::2]), rtol=1e-9, atol=1e-9)
+    d = lin_o.incremental.delta(lst) - lin_o.incremental.delta(lst[0::2])
+    np.testing.assert_allclose(d, lin_o.incremental.delta(lst[1::2]), rtol=1e-9, atol=1e-9)
     with pytest.raises(ValueError, match="repeated"):
         max_change_search(lin_o, np.array([1, 2, 2, 3]))
     with pytest.raises(IndexError, match="0 <= g < 2000"):
@@ -310,3 +310,41 @@ def test_huge_terms_of_other_genes_do_not_decide():
         call, score, flipped = lin_o.evaluate_many([cand])
         assert (int(call[0]), float(score[0])) == plain_o.evaluate_one(cand)
         assert bool(flipped[0]) == (plain_o.evaluate_one(cand)[0] != plain_o.orig_call)
+
+
+def test_every_engine_types_rows_as_the_reference(lr_workload):
+    """The engine interface: what an engine types plus the classifier's types of the rows it leaves is the reference.
+
+    A class within float32 rounding of another makes cells too close to call; the candidates cover small and large
+    gene sets, several modifications, a fully modified cluster and a subset of the rows.
+    """
+    lr = lr_workload
+    rng = np.random.default_rng(4)
+    near = lr["W"][:, 1:2] * (1 + rng.choice([-1, 1], size=(lr["W"].shape[0], 1)) * 2.0**-23)
+    W = np.concatenate([near, lr["W"]], axis=1).astype(np.float32)
+    b = np.concatenate([lr["b"][1:2], lr["b"]])
+    rows = np.flatnonzero(lr["labels"] == lr["classes"][1])
+    lin_o, _, _ = _oracles(_linear(W, b), ["near", *lr["classes"]], lr["X"], rows, ["perc99", "positive_aberrant"])
+    perm = rng.permutation(2000)
+    cands = [
+        [(perm[:5], 0)],
+        [(perm[:40], 1)],
+        [(perm[:300], 0)],
+        [(perm[:1500], 0)],
+        [(np.arange(2000), 0)],
+        [(perm[:30], 0), (perm[30:90], 1)],
+    ]
+    n, K = lin_o.n_cells, lin_o.n_classes
+    some = np.arange(0, n, 3)
+    jobs = [(c, lin_o.cells.all_rows) for c in cands] + [(c, some) for c in cands[:3]]
+    ref = [lin_o.reference.types(pairs) for pairs, _ in jobs]
+    left_any = 0
+    for engine in (lin_o.reference, lin_o.stacked, lin_o.linear, lin_o.incremental):
+        typed = engine.type_rows(jobs)
+        for j, (_, r) in enumerate(jobs):
+            left = typed.left[j]
+            assert np.isin(left, r).all()
+            got = typed.counts[j] + np.bincount(ref[j][left], minlength=K)
+            np.testing.assert_array_equal(got, np.bincount(ref[j][r], minlength=K))
+            left_any += len(left)
+    assert left_any > 0  # (the near class leaves some cells to the classifier)

@@ -79,6 +79,30 @@ class CGDResult:
     n_genes_visited: int = 0
 
 
+@dataclass(frozen=True)
+class _Steps:
+    """The search's fixed settings: step sizes, the original call, the excluded targets and when to stop."""
+
+    alpha: float
+    epsilon: float
+    orig: int
+    excl: tuple[int, ...]
+    stop_at_switch: bool
+
+
+@dataclass(frozen=True)
+class _WorkBuffer:
+    """The fast search's one buffer.
+
+    Rows ``[0, n)`` are the matrix being modified, the rows after them the stacked rows of each call
+    (``block`` rows per forward pass of the classifier).
+    """
+
+    W: np.ndarray
+    n: int
+    block: int
+
+
 def _choose_new_target(counts: np.ndarray, P: np.ndarray, orig: int, excl: Sequence[int]) -> int:
     """The new target from the per-class cell counts ``counts`` (``np.bincount(types)``) and probabilities ``P``."""
     cand = counts.tolist()  # a few classes: Python lists beat numpy calls
@@ -209,17 +233,18 @@ def cgd_search(
     K = P.shape[1]
     counts = np.bincount(types, minlength=K)
     orig = int(counts.argmax())
-    excl = [int(e) for e in exclude_new_targets]
+    excl = tuple(int(e) for e in exclude_new_targets)
     new = int(new_target) if new_target is not None else _choose_new_target(counts, P, orig, excl)
+    steps = _Steps(alpha=alpha, epsilon=epsilon, orig=orig, excl=excl, stop_at_switch=stop_at_switch)
     res = CGDResult(X=M, orig_call=orig, orig_types=types.copy())
     res.summary.append(_summary_row(0, -1, 0, types, counts, P, orig, new))
     # progress: genes visited (one classifier call each); the search may stop early, at the switch
     with progress(total=len(genes), desc="CGD", unit="gene") as bar:
         if method == "plain":
-            _plain(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res, bar)
+            _plain(proba_fn, M, genes, P=P, types=types, new=new, steps=steps, res=res, bar=bar)
         else:
-            args = (genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res, bar)
-            _fast(proba_fn, W, n, block, ready, *args)
+            buf = _WorkBuffer(W, n, block)
+            _fast(proba_fn, buf, genes, ready=ready, P=P, types=types, new=new, steps=steps, res=res, bar=bar)
     return res
 
 
@@ -238,11 +263,13 @@ def _whole_blocks(rows: int, block: int) -> int:
     return -(-rows // block) * block
 
 
-def _after_commit(P, types, orig, new, excl, order, gene, n_mod, res, stop_at_switch) -> tuple[int, bool]:
+def _after_commit(P, types, steps: _Steps, *, order: int, gene: int, n_mod: int, res: CGDResult) -> tuple[int, bool]:
+    """The new target after a gene's committed steps, its summary row, and whether the search stops."""
     counts = np.bincount(types, minlength=P.shape[1])
-    new = _choose_new_target(counts, P, orig, excl)
+    orig = steps.orig
+    new = _choose_new_target(counts, P, orig, steps.excl)
     res.summary.append(_summary_row(order, gene, n_mod, types, counts, P, orig, new))
-    stop = bool(stop_at_switch and counts[new] > counts[orig])
+    stop = bool(steps.stop_at_switch and counts[new] > counts[orig])
     return new, stop
 
 
@@ -252,7 +279,9 @@ def _finish(res, P, types, orig, new) -> None:
     res.switched = bool((types == new).sum() > (types == orig).sum())
 
 
-def _plain(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res, bar) -> None:
+def _plain(proba_fn, M, genes, *, P, types, new: int, steps: _Steps, res: CGDResult, bar) -> None:
+    """Two classifier calls per gene on the whole cluster (the trial, then the committed state), as the R package."""
+    alpha, epsilon, orig = steps.alpha, steps.epsilon, steps.orig
     stopped = False
     for i, g in enumerate(genes, start=1):
         cells = np.flatnonzero(types != new)
@@ -275,7 +304,7 @@ def _plain(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_a
         M[minus, g] = _step(M[minus, g], alpha, epsilon, -1)
         P = np.asarray(proba_fn(M))
         types = P.argmax(axis=1)
-        new, stopped = _after_commit(P, types, orig, new, excl, i, g, len(plus) + len(minus), res, stop_at_switch)
+        new, stopped = _after_commit(P, types, steps, order=i, gene=g, n_mod=len(plus) + len(minus), res=res)
         if stopped:
             break
     if not stopped:
@@ -285,8 +314,11 @@ def _plain(proba_fn, M, genes, P, types, orig, new, excl, alpha, epsilon, stop_a
 
 
 def _fast(
-    proba_fn, W, n, block, ready, genes, P, types, orig, new, excl, alpha, epsilon, stop_at_switch, res, bar
+    proba_fn, buf: _WorkBuffer, genes, *, ready: int, P, types, new: int, steps: _Steps, res: CGDResult, bar
 ) -> None:
+    """One classifier call per gene, on the rows that can change (see the module docstring)."""
+    W, n, block = buf.W, buf.n, buf.block
+    alpha, epsilon, orig = steps.alpha, steps.epsilon, steps.orig
     # rows [0, n) of the work buffer W are the committed matrix itself (a trial steps a column in place, then the
     # committed column, or the unchanged one, replaces it), rows [n, n + #opposite) the previous gene's cells that
     # took the opposite step; rows [0, ready) hold values (rows past the stacked ones are classified with their
@@ -322,7 +354,7 @@ def _fast(
             if len(minus):
                 P[minus] = out_m
             types = P.argmax(axis=1)
-            new, stop = _after_commit(P, types, orig, new, excl, pi, pg, len(plus) + len(minus), res, stop_at_switch)
+            new, stop = _after_commit(P, types, steps, order=pi, gene=pg, n_mod=len(plus) + len(minus), res=res)
             pending = None
             if stop:
                 if g is not None:

@@ -6,17 +6,17 @@ with the genes kept so far when the union still keeps it, otherwise it is split 
 more than ``max_split_size`` genes); a half that flips the call is split again. The kept set,
 modified as a whole, keeps the call by construction; its complement is the cluster's signature.
 
-``method='plain'`` runs the recursion with one classifier call per question (the reference).
-``method='fast'`` runs the same search as a resumable state machine. With a linear classifier it
-updates the logits incrementally: each half's change is computed once and added to the unmodified
-logits (the half alone) and to the kept genes' logits (the union), and only cells whose type the
-change could alter are looked at again (see :meth:`ClusterOracle.linear_flipped
-<scadversarial.attacks._oracle.ClusterOracle.linear_flipped>`); cells too close to call are classified
-a few questions later, many at once, the answers guessed meanwhile from their float64 logits (a
-wrong guess sends the search back to that question). With any other classifier it speculates: it
-predicts the answers of the next questions, classifies all of them in one stacked
-call, then replays the search with the true answers up to the first wrong guess. Both give the
-plain search's result and consume the random generator identically.
+The search is encoded once, as a state machine that asks questions and takes answers (:class:`_Search`);
+the methods differ only in how they answer. ``method='plain'`` answers each question with one classifier
+call (the reference). ``method='fast'`` with a linear classifier updates the logits incrementally: each
+half's change is computed once and added to the unmodified logits (the half alone) and to the kept
+genes' logits (the union), and only cells whose type the change could alter are looked at again (see
+:meth:`ClusterOracle.linear_flipped <scadversarial.attacks._oracle.ClusterOracle.linear_flipped>`); cells
+too close to call are classified a few questions later, many at once, the answers guessed meanwhile from
+their float64 logits (a wrong guess sends the search back to that question). With any other classifier it
+speculates: it predicts the answers of the next questions, classifies all of them in one stacked call, then
+replays the search with the true answers up to the first wrong guess. All give the plain search's result
+and consume the random generator identically.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._settings import progress
-from ._oracle import ClusterOracle, _one_blas_thread
+from ._oracle import CertifiedSet, ClusterOracle, one_blas_thread
 
 __all__ = ["MaxChangeResult", "max_change_search"]
 
@@ -86,10 +86,17 @@ class _Orders:
             del self.perms[n_draws:]
 
 
-class _Machine:
-    """The max-change recursion as an explicit, copyable state machine."""
+class _Search:
+    """The max-change recursion as an explicit, copyable state machine: the one encoding of the search.
 
-    __slots__ = ("stack", "kept", "n_kept", "n_draws", "pending", "orders", "max_split")
+    The recursion asks two kinds of question about a half of a split list: ``'alone'`` (does modifying the half
+    alone keep the call?) and, when it does and genes are kept already, ``'union'`` (does the half together with
+    the kept genes keep it?). :meth:`question` gives the next question, :meth:`answer` takes its answer. Every
+    method drives this one search; they differ only in how they answer its questions (:func:`_ask_plain`,
+    :func:`_ask_speculative`, :func:`_ask_incremental`).
+    """
+
+    __slots__ = ("kept", "max_split", "n_draws", "n_kept", "orders", "pending", "stack")
 
     def __init__(self, genes: np.ndarray, max_split: int, orders: _Orders) -> None:
         self.stack: list[np.ndarray] = []
@@ -101,8 +108,9 @@ class _Machine:
         self.max_split = max_split
         self._dichot(genes)
 
-    def copy(self) -> _Machine:
-        new = object.__new__(_Machine)
+    def copy(self) -> _Search:
+        """An independent copy (the gene arrays are shared: they are never written)."""
+        new = object.__new__(_Search)
         new.stack, new.kept = list(self.stack), list(self.kept)
         new.n_kept, new.n_draws, new.pending = self.n_kept, self.n_draws, self.pending
         new.orders, new.max_split = self.orders, self.max_split
@@ -133,56 +141,58 @@ class _Machine:
             return kind, half
         return kind, np.concatenate([*self.kept, half])
 
-    def answer(self, keeps: bool) -> None:
+    def answer(self, *, keeps: bool) -> bool:
+        """Take the answer to the pending question; returns whether its half joined the kept genes."""
         kind, half = self.pending
         self.pending = None
         if keeps and kind == "alone" and not self.kept:
             self.kept.append(half)
             self.n_kept += len(half)
-        elif keeps and kind == "alone":
+            return True
+        if keeps and kind == "alone":
             self.pending = ("union", half)
         elif keeps:  # the union keeps the call: merge
             self.kept.append(half)
             self.n_kept += len(half)
+            return True
         elif len(half) > self.max_split:
             self._dichot(half)
+        return False
+
+    def restore(self, saved: _Search) -> None:
+        """Go back to a state saved with :meth:`copy`."""
+        self.stack, self.kept = list(saved.stack), list(saved.kept)
+        self.n_kept, self.n_draws, self.pending = saved.n_kept, saved.n_draws, saved.pending
+
+    def kept_genes(self) -> list[int]:
+        """The kept genes, in search order."""
+        return np.concatenate(self.kept).tolist() if self.kept else []
 
 
-def _plain(oracle: ClusterOracle, genes: np.ndarray, max_split: int, orders: _Orders, bar) -> tuple[list, int]:
-    orig = oracle.orig_call
-    kept: list[int] = []
-    n = [0, 0]  # questions, draws
+@dataclass(frozen=True)
+class _Tally:
+    """What answering a search's questions cost: questions asked, candidates evaluated, questions asked again."""
 
-    def keeps(lst) -> bool:
-        n[0] += 1
-        return oracle.evaluate_one(lst)[0] == orig
+    n_questions: int
+    n_tested: int
+    n_rewound: int = 0
 
-    def dichot(lst: np.ndarray) -> None:
-        halves = (lst[0::2], lst[1::2])
-        perm = orders[n[1]]
-        n[1] += 1
-        for h in perm:
-            split(halves[h])
 
-    def split(half: np.ndarray) -> None:
-        if len(half) == 0:
-            return
-        if keeps(half):
-            if not kept:
-                kept.extend(half.tolist())
-                bar.update(len(half))
-                return
-            if keeps(np.asarray(kept + half.tolist())):
-                kept.extend(half.tolist())
-                bar.update(len(half))
-                return
-        if len(half) > max_split:
-            dichot(half)
-        else:
-            bar.update(len(half))
+def _advance(bar, settled: int) -> None:
+    """Move the progress bar to ``settled`` genes (never back: a rewound search settles them again)."""
+    if settled > bar.n:
+        bar.update(settled - bar.n)
 
-    dichot(genes)
-    return kept, n[0]
+
+def _ask_plain(search: _Search, oracle: ClusterOracle, bar) -> _Tally:
+    """Answer each question with one classifier call on the whole modified cluster (the reference)."""
+    orig, n_total = oracle.orig_call, search.remaining()
+    n_questions = 0
+    while (q := search.question()) is not None:
+        search.answer(keeps=oracle.evaluate_one(q[1])[0] == orig)
+        n_questions += 1
+        _advance(bar, n_total - search.remaining())
+    return _Tally(n_questions, n_questions)
 
 
 class _Predictor:
@@ -196,7 +206,7 @@ class _Predictor:
         self.stats: dict[tuple[str, int], list[int]] = {}
         self.confidence = confidence
 
-    def update(self, kind: str, size: int, keeps: bool) -> None:
+    def update(self, kind: str, size: int, *, keeps: bool) -> None:
         s = self.stats.setdefault((kind, size), [0, 0])
         s[0] += int(keeps)
         s[1] += 1
@@ -213,15 +223,17 @@ class _Predictor:
         return None
 
 
-def _fast(
-    oracle: ClusterOracle, genes: np.ndarray, max_split: int, orders: _Orders, lookahead: int, bar
-) -> tuple[list, int, int]:
-    state = _Machine(genes, max_split, orders)
+def _ask_speculative(search: _Search, oracle: ClusterOracle, lookahead: int, bar) -> _Tally:
+    """Answer questions ahead on guesses, classify them in one stacked call, keep the answers up to the first wrong guess.
+
+    For any classifier: the guesses come from past answers to questions of the same kind and size (:class:`_Predictor`).
+    """
     predict = _Predictor()
+    n_total = search.remaining()
     n_questions = n_tested = 0
     while True:
         # speculate: run ahead on confident guesses, up to (and including) the first question without one
-        spec = state.copy()
+        spec = search.copy()
         qs, guesses = [], []
         while len(qs) < lookahead:
             q = spec.question()
@@ -232,7 +244,7 @@ def _fast(
             guesses.append(g)
             if g is None:
                 break
-            spec.answer(g)
+            spec.answer(keeps=g)
         if not qs:
             break
         unions = np.array([q[0] == "union" for q in qs])
@@ -241,22 +253,14 @@ def _fast(
         # replay the true answers up to (and including) the first wrong or missing guess
         for (kind, _), g, f in zip(qs, guesses, flipped, strict=True):
             keeps = not bool(f)
-            state.question()
-            predict.update(kind, len(state.pending[1]), keeps)
-            state.answer(keeps)
+            search.question()
+            predict.update(kind, len(search.pending[1]), keeps=keeps)
+            search.answer(keeps=keeps)
             n_questions += 1
             if keeps != g:
                 break
-        _advance(bar, len(genes) - state.remaining())  # once per stacked call
-    kept = np.concatenate(state.kept).tolist() if state.kept else []
-    orders.settle(state.n_draws)
-    return kept, n_questions, n_tested
-
-
-def _advance(bar, settled: int) -> None:
-    """Move the progress bar to ``settled`` genes (never back: a rewound search settles them again)."""
-    if settled > bar.n:
-        bar.update(settled - bar.n)
+        _advance(bar, n_total - search.remaining())  # once per stacked call
+    return _Tally(n_questions, n_tested)
 
 
 def _answers(flipped: np.ndarray) -> tuple[bool, ...]:
@@ -275,28 +279,36 @@ _BAR_EVERY = 64
 _DEFER = 16  # most questions answered on a guess before the cells too close to call are classified
 
 
-def _fast_linear(
-    oracle: ClusterOracle, genes: np.ndarray, max_split: int, orders: _Orders, bar
-) -> tuple[list, int, int, int]:
-    """The search with a linear classifier: one update per half, shared by its two questions.
+@dataclass(frozen=True)
+class _Saved:
+    """The search as it was before a guessed answer: where a wrong guess sends it back."""
+
+    search: _Search
+    kept: CertifiedSet | None
+    kept_same: np.ndarray | None
+    n_questions: int
+
+
+def _ask_incremental(search: _Search, oracle: ClusterOracle, bar) -> _Tally:
+    """Answer with a linear classifier's incremental update: one update per half, shared by its two questions.
 
     A half's change of the logits is computed once; the half alone adds it to the unmodified logits, the
     union with the kept genes to the kept set's logits (kept up to date at every merge, with their per-cell
     types and slack). Both questions are answered in one evaluation (the union is asked only when the half
     alone keeps the call). The update is laid out so that every half is read as a slice
-    (:meth:`~scadversarial.attacks._oracle.ClusterOracle.linear_layout`). (A half's change is not taken as its
-    list's change less the other half's: the rounding of that difference scales with the other half's terms,
-    which the bound on the candidate's own terms does not cover.)
+    (:meth:`~scadversarial.attacks._oracle._incremental.IncrementalEngine.lay_out`). (A half's change is not
+    taken as its list's change less the other half's: the rounding of that difference scales with the other
+    half's terms, which the bound on the candidate's own terms does not cover.)
 
     An answer that depends on cells too close to call is first guessed from their float64 logits; the search
     goes on, and the cells of up to ``_DEFER`` guessed questions are classified in one call. At the first wrong
     guess the search returns to that question (its state was kept) and goes on with the true answer, so it
     asks exactly the plain search's questions. Fewer questions are guessed at once after a wrong guess.
     """
-    state = _Machine(genes, max_split, orders)
-    oracle.linear_layout(genes)
-    start = oracle.linear_base(oracle.linear_start())
-    kept = kept_same = None  # the kept genes' LinearBase, and their unchanged cells
+    inc = oracle.incremental
+    n_total = search.remaining()
+    start = inc.certify(inc.start())
+    kept = kept_same = None  # the kept genes' CertifiedSet, and their unchanged cells
     n_questions = n_tested = 0
     guessed: list[tuple] = []  # (state before the answer, question, guessed answers, deferred cells), in order
     depth = _DEFER
@@ -305,19 +317,17 @@ def _fast_linear(
 
     def answer(half: np.ndarray, delta: np.ndarray, bases: list, sames: list, flipped: np.ndarray) -> None:
         nonlocal kept, kept_same, n_questions
-        merged = not state.kept and not flipped[0]
-        state.answer(not flipped[0])
+        merged = search.answer(keeps=not flipped[0])
         n_questions += 1
-        if state.pending is not None:  # the union question (state.question() would only build its gene list)
-            merged = not flipped[1]
-            state.answer(merged)
+        if search.pending is not None:  # the union question (search.question() would only build its gene list)
+            merged = search.answer(keeps=not flipped[1])
             n_questions += 1
         if merged:
-            kept = oracle.linear_base(bases[-1].HB + delta)
+            kept = inc.certify(bases[-1].hbz + delta)
             kept_same = sames[-1]
 
     while True:
-        more = state.question() is not None
+        more = search.question() is not None
         if guessed and (not more or len(guessed) >= depth):
             truth = iter(oracle.linear_resolve([item for g in guessed for item in g[3]]))
             wrong = None
@@ -330,38 +340,37 @@ def _fast_linear(
                     break
             guessed.clear()
             if wrong is not None:  # back to the wrongly guessed question, answered truly
-                (state, kept, kept_same, n_questions), question, true = wrong
+                saved, question, true = wrong
+                search.restore(saved.search)
+                kept, kept_same, n_questions = saved.kept, saved.kept_same, saved.n_questions
                 answer(*question, true)
                 depth = max(depth // 2, 1)
                 n_rewound += 1
                 continue
             depth = min(2 * depth, _DEFER)
-            _advance(bar, len(genes) - state.remaining())  # once per resolved block of guesses
+            _advance(bar, n_total - search.remaining())  # once per resolved block of guesses
         if not more:
             break
-        half = state.pending[1]
-        delta = oracle.linear_delta(half)
-        same = oracle.unchanged(half)
+        half = search.pending[1]
+        delta = inc.delta(half)
+        same = oracle.cells.unchanged(half)
         bases, sames, sets = [start], [same], [lambda half=half: half]
-        if state.kept:
+        if search.kept:
             bases.append(kept)
             sames.append(_both(kept_same, same))
-            sets.append(lambda parts=[*state.kept, half]: np.concatenate(parts))
+            sets.append(lambda parts=[*search.kept, half]: np.concatenate(parts))
         items: list = []
         flipped = oracle.linear_flipped(bases, delta, sames, sets, deferred=items)
         n_tested += len(bases)
         question = (half, delta, bases, sames)
         if items:
-            saved = (state.copy(), kept, kept_same, n_questions)
-            guessed.append((saved, question, flipped, items))
+            guessed.append((_Saved(search.copy(), kept, kept_same, n_questions), question, flipped, items))
         answer(*question, flipped)
         n_steps += 1
         if not n_steps % _BAR_EVERY:
-            _advance(bar, len(genes) - state.remaining())
-    _advance(bar, len(genes) - state.remaining())
-    kept_genes = np.concatenate(state.kept).tolist() if state.kept else []
-    orders.settle(state.n_draws)
-    return kept_genes, n_questions, n_tested, n_rewound
+            _advance(bar, n_total - search.remaining())
+    _advance(bar, n_total - search.remaining())
+    return _Tally(n_questions, n_tested, n_rewound)
 
 
 def max_change_search(
@@ -407,20 +416,28 @@ def max_change_search(
         msg = "genes has repeated indices; pass each gene once (e.g. genes=np.unique(genes))."
         raise ValueError(msg)
     orders = _Orders(np.random.default_rng(random_state))
-    n_r = 0
-    # progress: genes settled (kept, or in a flipping half too small to split), updated once per block of questions
+    search = _Search(genes, max_split, orders)
+    # progress: genes settled (kept, or in a flipping half too small to split)
     with progress(total=len(genes), desc="max-change", unit="gene") as bar:
         if method == "plain":
-            kept, n_q = _plain(oracle, genes, max_split, orders, bar)
-            n_t = n_q
+            tally = _ask_plain(search, oracle, bar)
         elif oracle.is_linear:
-            with _one_blas_thread():  # many small products
-                kept, n_q, n_t, n_r = _fast_linear(oracle, genes, max_split, orders, bar)
+            with one_blas_thread():  # many small products
+                oracle.incremental.lay_out(genes)
+                tally = _ask_incremental(search, oracle, bar)
         else:
-            kept, n_q, n_t = _fast(oracle, genes, max_split, orders, int(lookahead), bar)
-    kept = np.asarray(kept, dtype=np.intp)
+            tally = _ask_speculative(search, oracle, int(lookahead), bar)
+    orders.settle(search.n_draws)  # (speculation and rewinds may have drawn more)
+    kept = np.asarray(search.kept_genes(), dtype=np.intp)
     if len(kept):
         call, score = oracle.evaluate_one(kept)
     else:
         call, score = oracle.orig_call, oracle.orig_score
-    return MaxChangeResult(kept=kept, call=int(call), score=float(score), n_tested=n_t, n_questions=n_q, n_rewound=n_r)
+    return MaxChangeResult(
+        kept=kept,
+        call=int(call),
+        score=float(score),
+        n_tested=tally.n_tested,
+        n_questions=tally.n_questions,
+        n_rewound=tally.n_rewound,
+    )

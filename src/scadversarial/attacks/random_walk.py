@@ -7,11 +7,11 @@ redrawn with probability ``step_change_ratio``; an unmodified gene gets a modifi
 probability that shrinks with the number of unmodified genes), always with fewer modified genes and
 never tried before; it replaces the best when it still flips the call.
 
-``method='plain'`` classifies one assignment per call; ``method='fast'`` classifies the seeds in growing
-stacked batches and speculates on the walk: proposals are drawn ahead from the current best (on a copy
-of the generator; more of them while improvements are rare), classified together, and the generator is
-replayed up to the first improvement.
-Both consume the generator identically and return the same walk.
+The walk is encoded once; the methods differ only in how they classify a batch of assignments.
+``method='plain'`` classifies one assignment per call, in batches of one; ``method='fast'`` classifies the
+seeds in growing stacked batches and speculates on the walk: proposals are drawn ahead from the current
+best (more of them while improvements are rare), classified together, and the generator is replayed up to
+the first improvement. Both consume the generator identically and return the same walk.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class RandomWalkResult:
     n_tested: int = 0
 
 
-def _flip_ok(call: int, orig: int, not_na: bool, na_idx: set[int]) -> bool:
+def _flip_ok(call: int, orig: int, *, not_na: bool, na_idx: set[int]) -> bool:
     return call != orig and (not not_na or call not in na_idx)
 
 
@@ -71,6 +71,36 @@ def _propose(best: np.ndarray, n_mods: int, ratio: float, rng: np.random.Generat
             seen.add(key)
             return cand
     return None
+
+
+class _OneByOne:
+    """Classifies each assignment in its own classifier call (``method='plain'``, the reference): batches of one."""
+
+    def __init__(self, oracle: ClusterOracle) -> None:
+        self.oracle = oracle
+
+    def calls(self, assignments: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Calls and scores of ``assignments``, one classifier call each."""
+        out = [self.oracle.evaluate_assignment(a) for a in assignments]
+        return np.array([c for c, _ in out], dtype=np.int64), np.array([s for _, s in out])
+
+    def wider(self, width: int) -> int:
+        """The next batch's size: always one (``width`` is the last batch's)."""
+        del width
+        return 1
+
+
+class _Stacked(_OneByOne):
+    """Classifies batches of assignments in stacked calls (``method='fast'``); the batches grow while nothing flips."""
+
+    def calls(self, assignments: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Exact calls and scores of ``assignments``, in stacked calls."""
+        calls, scores, _ = self.oracle.evaluate_assignments(assignments)
+        return calls, scores
+
+    def wider(self, width: int) -> int:
+        """The next batch's size after one without a flip: twice as many, up to one stacked call."""
+        return min(2 * width, max(self.oracle.chunk_size(), 1))
 
 
 def random_walk_search(
@@ -119,6 +149,7 @@ def random_walk_search(
     if method not in ("fast", "plain"):
         msg = f"method must be 'fast' or 'plain', got {method!r}."
         raise ValueError(msg)
+    ask = _Stacked(oracle) if method == "fast" else _OneByOne(oracle)
     rng = np.random.default_rng(random_state)
     genes = np.asarray(genes, dtype=np.intp)
     n_mods = len(oracle.Vs)
@@ -130,55 +161,40 @@ def random_walk_search(
         out[genes] = a
         return out
 
-    # step 1: the seed
+    def first_flip(calls: np.ndarray) -> int | None:
+        return next((j for j, c in enumerate(calls) if _flip_ok(int(c), orig, not_na=not_na, na_idx=na_idx)), None)
+
+    # step 1: the seed, the first of the random assignments that flips (classified in batches that grow while
+    # none flips: an early seed costs little, a late one few calls)
     seeds = rng.integers(-1, n_mods, size=(int(first_batch), len(genes)))
     seen = {s.tobytes() for s in seeds}
     first = None
-    if method == "plain":
-        for i, s in enumerate(seeds):
-            call, score = oracle.evaluate_assignment(full(s))
-            res.n_tested += 1
-            if _flip_ok(call, orig, not_na, na_idx):
-                first = (i, call, score)
-                break
-    else:
-        start, step = 0, 1
-        while start < len(seeds):  # growing batches: an early seed costs little, a late one few calls
-            calls, scores, _ = oracle.evaluate_assignments([full(s) for s in seeds[start : start + step]])
-            res.n_tested += len(calls)
-            ok = [j for j, c in enumerate(calls) if _flip_ok(int(c), orig, not_na, na_idx)]
-            if ok:
-                j = ok[0]
-                first = (start + j, int(calls[j]), float(scores[j]))
-                break
-            start += step
-            step = min(2 * step, max(oracle.chunk_size(), 1))
+    start, step = 0, 1
+    while start < len(seeds):
+        calls, scores = ask.calls([full(s) for s in seeds[start : start + step]])
+        res.n_tested += len(calls)
+        j = first_flip(calls)
+        if j is not None:
+            first = (start + j, int(calls[j]), float(scores[j]))
+            break
+        start += step
+        step = ask.wider(step)
     if first is None:
         return res
     best = seeds[first[0]].copy()
     res.best_call, res.best_score = first[1], first[2]
     res.history.append({"step": 0, "n_genes": int((best >= 0).sum()), "call": first[1], "score": first[2]})
 
-    # step 2: the walk (progress: steps walked, updated once per stacked batch, or per step in the plain walk)
+    # step 2: the walk. Proposals are drawn ahead from the current best (speculating that they all fail, so
+    # that they are drawn from the same best), classified together; at the first improvement the generator and
+    # the seen set are replayed up to it. (Batches of one, the plain walk, never replay.) Progress: steps
+    # walked, updated once per batch.
     with progress(total=int(walk_length), desc="random walk", unit="step") as bar:
         t, width = 0, 1
         while t < walk_length:
-            if method == "plain":
-                cand = _propose(best, n_mods, step_change_ratio, rng, seen, max_tries)
-                if cand is None:
-                    break
-                call, score = oracle.evaluate_assignment(full(cand))
-                res.n_tested += 1
-                t += 1
-                bar.update(1)
-                if _flip_ok(call, orig, not_na, na_idx):
-                    best, res.best_call, res.best_score = cand, call, score
-                    res.history.append({"step": t, "n_genes": int((best >= 0).sum()), "call": call, "score": score})
-                continue
-            # fast: speculate that the next proposals all fail (they are then drawn from the same best)
-            state = rng.bit_generator.state
-            seen_before = set(seen)
             k = min(walk_length - t, width)
+            state = rng.bit_generator.state
+            seen_before = set(seen) if k > 1 else None
             cands = []
             for _ in range(k):
                 c = _propose(best, n_mods, step_change_ratio, rng, seen, max_tries)
@@ -187,24 +203,23 @@ def random_walk_search(
                 cands.append(c)
             if not cands:
                 break
-            calls, scores, _ = oracle.evaluate_assignments([full(c) for c in cands])
+            calls, scores = ask.calls([full(c) for c in cands])
             res.n_tested += len(cands)
-            ok = [j for j, c in enumerate(calls) if _flip_ok(int(c), orig, not_na, na_idx)]
-            if not ok:
+            j = first_flip(calls)
+            if j is None:
                 t += len(cands)
                 bar.update(len(cands))
                 if len(cands) < k:
                     break
-                width = min(2 * width, max(oracle.chunk_size(), 1))  # improvements are rare: look further ahead
+                width = ask.wider(width)  # improvements are rare: look further ahead
                 continue
             width = max(width // 2, 1)
-            j = ok[0]
-            # replay the generator and the seen set up to the improvement
-            rng.bit_generator.state = state
-            seen.clear()
-            seen.update(seen_before)
-            for _ in range(j + 1):
-                _propose(best, n_mods, step_change_ratio, rng, seen, max_tries)
+            if j < k - 1:  # proposals drawn past the improvement (or a failed one): replay up to it
+                rng.bit_generator.state = state
+                seen.clear()
+                seen.update(seen_before)
+                for _ in range(j + 1):
+                    _propose(best, n_mods, step_change_ratio, rng, seen, max_tries)
             t += j + 1
             bar.update(j + 1)
             best, res.best_call, res.best_score = cands[j], int(calls[j]), float(scores[j])

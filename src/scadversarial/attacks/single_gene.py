@@ -51,7 +51,7 @@ def _bins(genes: np.ndarray, first_dichot: int) -> list[np.ndarray]:
     return [genes[s::first_dichot] for s in range(first_dichot) if len(genes[s::first_dichot])]
 
 
-def _accept(call: int, orig: int, n_genes: int, max_split_size: int, not_na: bool, na_idx: set[int]) -> str:
+def _accept(call: int, orig: int, n_genes: int, max_split_size: int, *, not_na: bool, na_idx: set[int]) -> str:
     """'record', 'split' or 'drop' for one classified half."""
     if call == orig:
         return "drop"
@@ -72,7 +72,7 @@ def _plain(oracle, bins, max_split_size, first_found, not_na, na_idx, bar) -> Si
                 continue
             call, score = oracle.evaluate_one(half)
             res.n_tested += 1
-            action = _accept(call, orig, len(half), max_split_size, not_na, na_idx)
+            action = _accept(call, orig, len(half), max_split_size, not_na=not_na, na_idx=na_idx)
             if action == "record":
                 res.genes.append(half)
                 res.calls.append(call)
@@ -107,7 +107,7 @@ def _fast_bfs(oracle, roots, max_split_size, not_na, na_idx, bar) -> tuple[list,
         frontier = []
         settled = 0  # genes of the halves not split further
         for (path, half), call, score in zip(cands, calls, scores, strict=True):
-            action = _accept(int(call), orig, len(half), max_split_size, not_na, na_idx)
+            action = _accept(int(call), orig, len(half), max_split_size, not_na=not_na, na_idx=na_idx)
             if action == "record":
                 records.append((path, half, int(call), float(score)))
             if action == "split":
