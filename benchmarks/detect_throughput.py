@@ -70,14 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     frozen = det.classifier  # same weights as clf, parameters frozen: the cheapest input-gradient loop
 
     def bare():
-        xg = x.detach().requires_grad_(True)
+        xg = x.detach().requires_grad_(requires_grad=True)
         logits = frozen(xg)
         loss = F.cross_entropy(logits, logits.detach().argmax(1), reduction="sum")
         (g,) = torch.autograd.grad(loss, xg)
         return g
 
     def bare_params():
-        xg = x.detach().requires_grad_(True)
+        xg = x.detach().requires_grad_(requires_grad=True)
         logits = clf(xg)
         loss = F.cross_entropy(logits, logits.detach().argmax(1), reduction="sum")
         loss.backward()

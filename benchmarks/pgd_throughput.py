@@ -27,20 +27,20 @@ from scadversarial.attacks.whitebox import IterConfig, ThreatArrays, attack_arra
 def bare_pgd(model, X, y, *, eps, alpha, steps, batch_size, transform=None):
     """The minimal L-inf PGD loop: forward (through ``transform`` first, if given), input gradient, signed step, projection."""
     for p in model.parameters():
-        p.requires_grad_(False)
+        p.requires_grad_(requires_grad=False)
     out = []
     for start in range(0, len(X), batch_size):
         x0 = torch.from_numpy(X[start : start + batch_size])
         yb = torch.from_numpy(y[start : start + batch_size])
         x = x0.clone()
         for _ in range(steps):
-            x.requires_grad_(True)
+            x.requires_grad_(requires_grad=True)
             loss = F.cross_entropy(model(x if transform is None else transform(x)), yb, reduction="sum")
             (g,) = torch.autograd.grad(loss, x)
             x = torch.min(torch.max(x.detach() + alpha * g.sign(), x0 - eps), x0 + eps)
         out.append(x.numpy())
     for p in model.parameters():
-        p.requires_grad_(True)
+        p.requires_grad_(requires_grad=True)
     return np.concatenate(out)
 
 

@@ -108,9 +108,9 @@ def run_seed(
         out["variants"][name] = res
         if transfer and name == "full":
             out["transfer"] = {}
-            for tname, (method, eps, kw) in TRANSFER.items():
-                akey = f"sad_t_{method}_{'obs' if kw else 'free'}"
-                sad.tl.attack(a, method, eps=eps, alpha=0.02, steps=10, random_state=seed, key_added=akey, **kw)
+            for tname, (method, eps, akw) in TRANSFER.items():
+                akey = f"sad_t_{method}_{'obs' if akw else 'free'}"
+                sad.tl.attack(a, method, eps=eps, alpha=0.02, steps=10, random_state=seed, key_added=akey, **akw)
                 tt = sad.tl.evaluate(a, akey, labels_key=key, detector_key=dkey, rescore=True)
                 out["transfer"][tname] = {
                     "flip_any": _get(tt, "attack", "flip_rate", "any"),
@@ -125,7 +125,7 @@ def run_seed(
     return out
 
 
-def _ms(values, pct: bool = False) -> str:
+def _ms(values, *, pct: bool = False) -> str:
     v = np.asarray(values, dtype=float) * (100 if pct else 1)
     sd = v.std(ddof=1) if len(v) > 1 else 0.0
     return f"{v.mean():.2f}% ± {sd:.2f}" if pct else f"{v.mean():.4f} ± {sd:.4f}"
@@ -155,25 +155,30 @@ def main(argv: list[str] | None = None) -> int:
     lines = []
     w = lines.append
     w(f"scadversarial {sad.__version__} seed protocol on {Path(args.data).name}")
-    w(f"labels: {args.labels or 'MiniBatchKMeans-10 pseudo-labels on 50 PCs'}; seeds {args.seeds}; "
-      f"cells {[r['n_cells'] for r in runs]} (dropped from classes < 10 cells: {[r['n_dropped'] for r in runs]}); "
-      f"classes {[r['n_classes'] for r in runs]}")  # fmt: skip
+    w(
+        f"labels: {args.labels or 'MiniBatchKMeans-10 pseudo-labels on 50 PCs'}; seeds {args.seeds}; "
+        f"cells {[r['n_cells'] for r in runs]} (dropped from classes < 10 cells: {[r['n_dropped'] for r in runs]}); "
+        f"classes {[r['n_classes'] for r in runs]}"
+    )
     w(
         "split 40% train / 10% val / 50% test; PGD L-inf eps 0.05/0.1/0.15, alpha 0.02, 10 steps (predicted-label target);"
     )
-    w(f"detector meta-trained on 25% of the training split ({[r['variants'][args.variants[0]]['n_meta_train'] for r in runs]} cells"
-      " x 4 versions), calibrated on the val split; metrics on held-out test cells, pooled over the three eps.")  # fmt: skip
+    n_meta = [r["variants"][args.variants[0]]["n_meta_train"] for r in runs]
+    w(
+        f"detector meta-trained on 25% of the training split ({n_meta} cells x 4 versions), calibrated on the val "
+        "split; metrics on held-out test cells, pooled over the three eps."
+    )
     w("")
     full = args.variants[0]
     v = {m: [r["variants"][full][m] for r in runs] for m in runs[0]["variants"][full]}
     ours = {
-        "clean accuracy": _ms([r["clean_accuracy"] for r in runs], True),
-        "flip rate (any eps)": _ms([r["flip_any"] for r in runs], True),
+        "clean accuracy": _ms([r["clean_accuracy"] for r in runs], pct=True),
+        "flip rate (any eps)": _ms([r["flip_any"] for r in runs], pct=True),
         "detector AUROC": _ms(v["auroc"]),
         "TPR at 5% FPR": _ms(v["tpr_at_5fpr"]),
-        "clean-detection accuracy": _ms(v["clean_accuracy"], True),
-        "adversarial-detection accuracy": _ms(v["adversarial_accuracy"], True),
-        "overall detection accuracy": _ms(v["accuracy"], True),
+        "clean-detection accuracy": _ms(v["clean_accuracy"], pct=True),
+        "adversarial-detection accuracy": _ms(v["adversarial_accuracy"], pct=True),
+        "overall detection accuracy": _ms(v["accuracy"], pct=True),
     }
     w(f"{'metric':34s} {'study':32s} ours ({full}, mean ± sd over {len(runs)} seeds)")
     for k, s in STUDY.items():
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     w("")
     w(
         "flip rate per eps (test cells): "
-        + ", ".join(f"eps {e:g}: {_ms([r[f'flip eps{e:g}'] for r in runs], True)}" for e in EPS)
+        + ", ".join(f"eps {e:g}: {_ms([r[f'flip eps{e:g}'] for r in runs], pct=True)}" for e in EPS)
     )
     w("detector AUROC per eps: " + ", ".join(f"eps {e:g}: {_ms(v[f'auroc eps{e:g}'])}" for e in EPS))
     w("detector TPR at 5% FPR per eps: " + ", ".join(f"eps {e:g}: {_ms(v[f'tpr_at_5fpr eps{e:g}'])}" for e in EPS))
@@ -200,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         w(f"{hdr[0]:31s} " + " ".join(f"{h:>17s}" for h in hdr[1:]))
         for tname in runs[0]["transfer"]:
             tv = {m: [r["transfer"][tname][m] for r in runs] for m in runs[0]["transfer"][tname]}
-            cells = [_ms(tv["flip_any"], True)] + [
+            cells = [_ms(tv["flip_any"], pct=True)] + [
                 _ms(tv[m]) for m in ("auroc", "tpr_at_5fpr", "clean_accuracy", "adversarial_accuracy")
             ]
             w(f"{tname:31s} " + " ".join(f"{c:>17s}" for c in cells))

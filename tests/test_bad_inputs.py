@@ -142,13 +142,13 @@ def _first_label(a: AnnData, key: str) -> str:
 
 
 STEPS: dict[str, Callable[..., object]] = {
-    "preprocess": lambda a, **kw: sad.pp.preprocess(a, **kw),
+    "preprocess": sad.pp.preprocess,
     "pseudo_labels": lambda a, **kw: sad.pp.pseudo_labels(a, n_clusters=3, **kw),
     "split": lambda a, labels_key=LABELS: sad.pp.split(a, labels_key),
     "train_classifier": lambda a, labels_key=LABELS: sad.tl.train_classifier(
         a, labels_key, max_epochs=1, hidden=(8,), dropout=(0.1,)
     ),
-    "predict": lambda a, **kw: sad.tl.predict(a, **kw),
+    "predict": sad.tl.predict,
     "attack": lambda a, **kw: sad.tl.attack(a, "fgsm", eps=0.1, **kw),
     "single_gene_attack": lambda a, labels_key=LABELS: sad.tl.single_gene_attack(
         a, groupby=labels_key, target=_first_label(a, labels_key)

@@ -64,7 +64,7 @@ def test_score_logit_gradient_is_finite_nonzero_and_matches_finite_differences(t
     a, det = trained68k
     M = _matrices(a)
     x = torch.as_tensor(np.concatenate([M[None][:4], M["sad_pgd_eps0.1"][:4], M["sad_pgd_eps0.5"][:4]]))
-    xg = x.clone().requires_grad_(True)
+    xg = x.clone().requires_grad_(requires_grad=True)
     (g,) = torch.autograd.grad(det.score_logit(xg).sum(), xg)
     assert torch.isfinite(g).all()
     assert (g.abs().sum(1) > 0).all()
@@ -77,7 +77,7 @@ def test_score_logit_gradient_is_finite_nonzero_and_matches_finite_differences(t
     far = ((pool - det64.input_ref.min_value).abs() > det64.input_ref.tol + 10 * h).all(1)
     assert far.sum() >= 3
     x64 = pool[far][:6]
-    xg64 = x64.clone().requires_grad_(True)
+    xg64 = x64.clone().requires_grad_(requires_grad=True)
     (g64,) = torch.autograd.grad(det64.score_logit(xg64, width=1e12).sum(), xg64)
     with torch.no_grad():
         for i in range(len(x64)):
@@ -87,7 +87,7 @@ def test_score_logit_gradient_is_finite_nonzero_and_matches_finite_differences(t
             fd = float((plus - minus) / (2 * h))
             assert fd == pytest.approx(float(g64[i].norm()), rel=1e-3)
     # the same cells in float32: the float32 gradient points the same way
-    xg = x64.float().requires_grad_(True)
+    xg = x64.float().requires_grad_(requires_grad=True)
     (g,) = torch.autograd.grad(det.score_logit(xg, width=1e12).sum(), xg)
     cos = torch.nn.functional.cosine_similarity(g.double(), g64, dim=1)
     assert (cos > 0.99).all()
@@ -117,7 +117,7 @@ def test_step_features_get_a_smooth_gradient(trained68k):
     a, det = trained68k
     M = _matrices(a)
     # clean cells sit at the top of the frac_at_min bump (zero slope); attacked cells are on its flanks
-    x = torch.as_tensor(np.concatenate([M[None][:8], M["sad_pgd_eps0.1"][:8]])).requires_grad_(True)
+    x = torch.as_tensor(np.concatenate([M[None][:8], M["sad_pgd_eps0.1"][:8]])).requires_grad_(requires_grad=True)
     f = det.input_ref.differentiable(x)
     with torch.no_grad():
         torch.testing.assert_close(f, det.input_ref(x.detach()))

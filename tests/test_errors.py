@@ -127,9 +127,9 @@ def test_no_classifier_yet(pbmc68k):
     a = pbmc68k.copy()
     with pytest.raises(KeyError, match="train_classifier"):
         sad.tl.predict(a)
+    sad.pp.preprocess(a)
+    sad.pp.pseudo_labels(a)
     with pytest.raises(KeyError, match="sad.pp.split"):
-        sad.pp.preprocess(a)
-        sad.pp.pseudo_labels(a)
         sad.tl.train_classifier(a)
 
 

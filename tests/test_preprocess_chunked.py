@@ -99,10 +99,15 @@ def _preprocess_before(
             hvg = res["highly_variable"].to_numpy()
         genes = adata.var_names[hvg] if subset else adata.var_names
         params = {
-            "layer": layer or "X", "already_log": bool(already_log), "target_sum": float(target_sum),
-            "n_top_genes": -1 if n_top_genes is None else int(n_top_genes), "flavor": flavor,
-            "max_value": max_value, "subset": bool(subset), "n_genes_kept": int(len(genes)),
-        }  # fmt: skip
+            "layer": layer or "X",
+            "already_log": bool(already_log),
+            "target_sum": float(target_sum),
+            "n_top_genes": -1 if n_top_genes is None else int(n_top_genes),
+            "flavor": flavor,
+            "max_value": max_value,
+            "subset": bool(subset),
+            "n_genes_kept": int(len(genes)),
+        }
         mean = std = None
 
     lognorm_full = work.X

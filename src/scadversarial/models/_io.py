@@ -102,9 +102,12 @@ def save_model(model: SadModel, path: str | Path) -> Path:
         (tmp / WEIGHTS).write_bytes(weights)  # mode from the umask, like the metadata beside it
         config = {k: v for k, v in model.config.items() if k != "var_names"}
         meta = {
-            "format_version": FORMAT_VERSION, "class": type(model).__name__, "id": register(model),
-            "weights_sha256": hashlib.sha256(weights).hexdigest(), "config": config,
-        }  # fmt: skip
+            "format_version": FORMAT_VERSION,
+            "class": type(model).__name__,
+            "id": register(model),
+            "weights_sha256": hashlib.sha256(weights).hexdigest(),
+            "config": config,
+        }
         (tmp / CONFIG).write_text(json.dumps(meta, indent=1))
         if "var_names" in model.config:
             (tmp / GENES).write_text("\n".join(model.config["var_names"]) + "\n")
