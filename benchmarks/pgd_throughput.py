@@ -67,12 +67,12 @@ def main() -> None:
     n = len(X)
     kw = {"eps": 0.1, "alpha": 0.02, "steps": args.steps}
     log_view = model.for_space("log")
-    log_cfg = IterConfig(alpha=kw["alpha"], steps=args.steps)
+    log_cfg = IterConfig(alpha=kw["alpha"], steps=args.steps, batch_size=args.batch_size)
 
     def sad_log():
-        return run_attack(
-            log_view, L, y, eps=kw["eps"], threat=ThreatArrays(space="log"), config=log_cfg, batch_size=args.batch_size
-        ).adversarial[kw["eps"]]
+        return run_attack(log_view, L, y, eps=kw["eps"], threat=ThreatArrays(space="log"), config=log_cfg).adversarial[
+            kw["eps"]
+        ]
 
     rows = {
         "scaled": (

@@ -138,7 +138,7 @@ def _square_attack(c):
     """Square Attack (L-inf, scaled space) through the array-level ``score_attack``: probabilities only."""
     import torch
 
-    from scadversarial.attacks.score_based import score_attack
+    from scadversarial.attacks.score_based import ScoreConfig, score_attack
 
     clf = sad.tl.get_model(c, "classifier")
     X = np.asarray(c.X, dtype=np.float32)
@@ -147,7 +147,9 @@ def _square_attack(c):
         return torch.softmax(torch.from_numpy(clf.predict_arrays(np.asarray(Z, dtype=np.float32))[0]), 1).numpy()
 
     y = proba(X).argmax(1)
-    res = score_attack(proba, X, y, method="square", eps=SQUARE_EPS, max_queries=SQUARE_QUERIES, random_state=0)
+    res = score_attack(
+        proba, X, y, method="square", eps=SQUARE_EPS, config=ScoreConfig(max_queries=SQUARE_QUERIES, random_state=0)
+    )
     c.layers["bench_square"] = res.X_adv
     return {"bench_square": "scaled"}
 

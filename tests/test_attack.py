@@ -107,3 +107,27 @@ def test_attack_refuses_x_that_was_not_scaled(pipeline3k):
     with pytest.raises(ValueError, match="sad.pp.preprocess"):
         sad.tl.attack(a, eps=0.1)
     assert set(a.layers) == before
+
+
+def test_classifier_keyword_and_deprecated_model(pipeline3k):
+    """`classifier=` names the attacked model, as in the black-box attacks; `model=` still works, with a warning."""
+    a = pipeline3k[:50].copy()
+    clf = sad.get.model(a)
+    sad.tl.attack(a, eps=0.1, classifier=clf, key_added="new")
+    with pytest.warns(FutureWarning, match="pass classifier= instead"):
+        sad.tl.attack(a, eps=0.1, model=clf, key_added="old")
+    np.testing.assert_array_equal(a.layers["old_eps0.1"], a.layers["new_eps0.1"])
+    with pytest.warns(FutureWarning, match="pass classifier= instead"):
+        opts = sad.tl.AttackOptions(model=clf)
+    assert opts.classifier is clf
+    with pytest.warns(FutureWarning), pytest.raises(TypeError, match="once"):
+        sad.tl.attack(a, eps=0.1, model=clf, classifier=clf)
+
+
+def test_string_options_are_checked(pipeline3k):
+    a = pipeline3k[:20].copy()
+    with pytest.raises(ValueError, match="method='pgdd' is not one of .*did you mean 'pgd'"):
+        sad.tl.attack(a, "pgdd", eps=0.1)
+    with pytest.raises(ValueError, match="space='logs' is not one of"):
+        sad.tl.ThreatModel(space="logs")
+    assert "sad_pgdd" not in a.uns["sad"].get("attacks", {})

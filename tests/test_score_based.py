@@ -11,7 +11,7 @@ from sklearn.ensemble import RandomForestClassifier
 
 import scadversarial as sad
 from scadversarial.attacks._protocol import ClassifierAdapter
-from scadversarial.attacks.score_based import ScoreAttackResult, score_attack
+from scadversarial.attacks.score_based import ScoreAttackResult, ScoreConfig, score_attack
 
 N_CELLS = 60  # test-split cells attacked: enough for a flip rate, seconds per attack
 
@@ -76,7 +76,7 @@ def _check_result(res: ScoreAttackResult, fn, X, y, *, eps, mask=None, lower=-np
 
 def test_square_flips_mlp_within_budget(mlp_case):
     fn, X, y = mlp_case
-    res = score_attack(fn, X, y, eps=1.0, max_queries=300)
+    res = score_attack(fn, X, y, eps=1.0, config=ScoreConfig(max_queries=300))
     _check_result(res, fn, X, y, eps=1.0)
     assert res.success.mean() >= 0.45
     assert (res.n_queries <= 300).all()
@@ -95,7 +95,7 @@ def test_square_flips_mlp_within_budget(mlp_case):
 
 def test_nes_flips_mlp_within_budget(mlp_case):
     fn, X, y = mlp_case
-    res = score_attack(fn, X, y, method="nes", eps=1.0, max_queries=300)
+    res = score_attack(fn, X, y, method="nes", eps=1.0, config=ScoreConfig(max_queries=300))
     _check_result(res, fn, X, y, eps=1.0)
     assert res.success.mean() >= 0.7
     assert (res.n_queries <= 300).all()
@@ -106,7 +106,7 @@ def test_random_forest_expressed_constraint(rf_case, method):
     """The 'expressed' threat model on a random forest: zeros stay zero, results >= 0, within eps log units."""
     fn, X, y = rf_case
     mask = X > 0
-    res = score_attack(fn, X, y, method=method, eps=1.0, mask=mask, lower=0, max_queries=500)
+    res = score_attack(fn, X, y, method=method, eps=1.0, mask=mask, lower=0, config=ScoreConfig(max_queries=500))
     _check_result(res, fn, X, y, eps=1.0, mask=mask, lower=0)
     assert res.success.mean() >= 0.4
 
@@ -123,7 +123,16 @@ def test_queries_counted_per_cell_and_batched(rf_case, method):
     tagged = np.hstack([X, np.arange(n, dtype=np.float32)[:, None]])
     mask = np.hstack([X > 0, np.zeros((n, 1), dtype=bool)])
     counter = _Counter(lambda Z: fn(Z[:, :-1]))
-    res = score_attack(counter, tagged, y, method=method, eps=1.0, mask=mask, lower=0, max_queries=60, batch_size=25)
+    res = score_attack(
+        counter,
+        tagged,
+        y,
+        method=method,
+        eps=1.0,
+        mask=mask,
+        lower=0,
+        config=ScoreConfig(max_queries=60, batch_size=25),
+    )
     rows = np.concatenate([z[:, -1] for z in counter.calls]).astype(np.int64)
     np.testing.assert_array_equal(res.n_queries, np.bincount(rows, minlength=n))
     assert (res.n_queries <= 60).all()
@@ -138,7 +147,7 @@ def test_queries_counted_per_cell_and_batched(rf_case, method):
 def test_already_flipped_cells_cost_one_query(rf_case):
     fn, X, y = rf_case
     wrong = (y + 1) % len(fn.classes)
-    res = score_attack(fn, X, wrong, eps=1.0, max_queries=50)
+    res = score_attack(fn, X, wrong, eps=1.0, config=ScoreConfig(max_queries=50))
     assert res.success.all()
     assert (res.n_queries == 1).all()
     np.testing.assert_array_equal(res.X_adv, X)
@@ -147,10 +156,10 @@ def test_already_flipped_cells_cost_one_query(rf_case):
 @pytest.mark.parametrize("method", ["square", "nes"])
 def test_deterministic_for_a_seed(rf_case, method):
     fn, X, y = rf_case
-    kw = {"method": method, "eps": 1.0, "mask": X > 0, "lower": 0, "max_queries": 100}
-    a = score_attack(fn, X, y, random_state=3, **kw)
-    b = score_attack(fn, X, y, random_state=3, **kw)
-    c = score_attack(fn, X, y, random_state=4, **kw)
+    kw = {"method": method, "eps": 1.0, "mask": X > 0, "lower": 0}
+    a = score_attack(fn, X, y, config=ScoreConfig(max_queries=100, random_state=3), **kw)
+    b = score_attack(fn, X, y, config=ScoreConfig(max_queries=100, random_state=3), **kw)
+    c = score_attack(fn, X, y, config=ScoreConfig(max_queries=100, random_state=4), **kw)
     np.testing.assert_array_equal(a.X_adv, b.X_adv)
     np.testing.assert_array_equal(a.n_queries, b.n_queries)
     np.testing.assert_array_equal(a.success, b.success)
@@ -161,7 +170,7 @@ def test_targeted_reaches_the_runner_up(mlp_case):
     """Targeted mode: cells pulled to their second most likely class reach it."""
     fn, X, _ = mlp_case
     target = np.argsort(fn(X), axis=1)[:, -2]
-    res = score_attack(fn, X, target, eps=1.0, max_queries=150, targeted=True)
+    res = score_attack(fn, X, target, eps=1.0, targeted=True, config=ScoreConfig(max_queries=150))
     _check_result(res, fn, X, target, eps=1.0, targeted=True)
     assert res.success.mean() >= 0.1
     np.testing.assert_array_equal(res.pred[res.success], target[res.success])
@@ -172,7 +181,7 @@ def test_per_entry_bounds_and_mask_on_real_cells(mlp_case):
     fn, X, y = mlp_case
     lower, upper = X.min(0), X.max(0)
     mask = np.random.default_rng(0).random(X.shape) < 0.5
-    res = score_attack(fn, X, y, eps=0.5, lower=lower, upper=upper, mask=mask, max_queries=50)
+    res = score_attack(fn, X, y, eps=0.5, lower=lower, upper=upper, mask=mask, config=ScoreConfig(max_queries=50))
     _check_result(res, fn, X, y, eps=0.5, mask=mask, lower=lower, upper=upper)
 
 
@@ -221,10 +230,8 @@ def test_constraints_hold_exactly(seed, n, g, eps, method, bound_kind, mask_kind
         lower=lower,
         upper=upper,
         mask=mask,
-        max_queries=max_queries,
         targeted=targeted,
-        random_state=seed,
-        batch_size=5,
+        config=ScoreConfig(max_queries=max_queries, random_state=seed, batch_size=5),
     )
     _check_result(
         res,
@@ -245,8 +252,8 @@ def test_constraints_hold_exactly(seed, n, g, eps, method, bound_kind, mask_kind
     [
         ({"method": "pgd"}, "method='pgd' is not one of"),
         ({"eps": 0.0}, "eps"),
-        ({"max_queries": 0}, "max_queries"),
-        ({"p_init": 1.5}, "p_init"),
+        ({"config": ScoreConfig(max_queries=0)}, "max_queries"),
+        ({"config": ScoreConfig(p_init=1.5)}, "p_init"),
         ({"mask": np.ones(3, dtype=bool)}, "mask"),
         ({"mask": np.ones(4)}, "boolean"),
         ({"lower": np.zeros(7)}, "lower"),
@@ -278,7 +285,7 @@ def rf_adata(pipeline68k):
 def test_tl_attack_square_on_a_random_forest(rf_adata):
     """sad.tl.attack with a foreign classifier: flips, zeros kept, predictions from the classifier, a full record."""
     a, rf = rf_adata
-    sad.tl.attack(a, "square", eps=1.0, model=rf, layer="sad_lognorm", constraint="expressed", max_queries=200)
+    sad.tl.attack(a, "square", eps=1.0, classifier=rf, layer="sad_lognorm", constraint="expressed", max_queries=200)
     name = "sad_square_eps1"
     L, adv = _dense(a.layers["sad_lognorm"]), _dense(a.layers[name])
     zero = L == 0
@@ -306,4 +313,4 @@ def test_tl_attack_square_on_a_random_forest(rf_adata):
 def test_tl_attack_whitebox_on_a_random_forest_raises(rf_adata, method):
     a, rf = rf_adata
     with pytest.raises(ValueError, match="score-based method"):
-        sad.tl.attack(a.copy(), method, eps=1.0, model=rf, layer="sad_lognorm")
+        sad.tl.attack(a.copy(), method, eps=1.0, classifier=rf, layer="sad_lognorm")

@@ -166,7 +166,7 @@ def test_bad_threats(cells3k):
     a = cells3k[:20].copy()
     with pytest.raises(ValueError, match="needs space='counts'"):
         sad.tl.attack(a, space="log", constraint="counts")
-    with pytest.raises(ValueError, match="Unknown constraint"):
+    with pytest.raises(ValueError, match="constraint=.biological. is not one of"):
         sad.tl.attack(a, constraint="biological")
     with pytest.raises(TypeError, match="ThreatModel"):
         sad.tl.attack(a, epsilon=0.1)
@@ -222,7 +222,8 @@ def test_detector_aware_pgd_lowers_the_detector_logit(cells3k):
 
 def test_detector_aware_pgd_with_the_trained_detector(pipeline68k):
     a = pipeline68k.copy()
-    det = sad.tl.train_detector(a, triplet_epochs=2, epochs=4, random_state=0)
+    sad.tl.train_detector(a, config=sad.detection.DetectorConfig(triplet_epochs=2, epochs=4), random_state=0)
+    det = sad.get.model(a, "detector")
     test = a[a.obs["sad_split"] == "test"].copy()
     sad.tl.attack(test, eps=0.5, key_added="plain")
     sad.tl.attack(test, eps=0.5, detector=det, detector_weight=(1.0, 10.0), key_added="aware")

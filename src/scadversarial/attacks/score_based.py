@@ -30,7 +30,7 @@ row passed to ``proba_fn`` counts as one query of its cell, the first query bein
 Examples
 --------
 >>> import numpy as np
->>> from scadversarial.attacks.score_based import score_attack
+>>> from scadversarial.attacks.score_based import ScoreConfig, score_attack
 >>> rng = np.random.default_rng(0)
 >>> W = rng.normal(size=(20, 3))
 >>> def proba(Z):
@@ -39,7 +39,7 @@ Examples
 ...     return e / e.sum(1, keepdims=True)
 >>> X = rng.normal(size=(50, 20)).astype(np.float32)
 >>> y = proba(X).argmax(1)
->>> res = score_attack(proba, X, y, eps=0.5, max_queries=200)
+>>> res = score_attack(proba, X, y, eps=0.5, config=ScoreConfig(max_queries=200))
 >>> bool(np.abs(res.X_adv.astype(float) - X).max() <= 0.5)
 True
 >>> res.success.mean() > 0.5
@@ -57,7 +57,7 @@ import numpy as np
 from .._settings import progress
 from .._validate import check_choice
 
-__all__ = ["ScoreAttackParams", "ScoreAttackResult", "score_attack"]
+__all__ = ["ScoreAttackParams", "ScoreAttackResult", "ScoreConfig", "score_attack"]
 
 ScoreMethod = Literal["square", "nes"]
 
@@ -84,8 +84,35 @@ _NES_MOMENTUM = 0.9  # Ilyas et al.'s momentum on the gradient estimate
 
 
 @dataclass(frozen=True)
-class ScoreAttackParams:
-    """Settings of one :func:`score_attack` run (h5ad-safe through :meth:`as_dict`).
+class ScoreConfig:
+    """How :func:`score_attack` spends its queries.
+
+    Attributes
+    ----------
+    max_queries
+        Query budget per cell, the clean query included. A cell is no longer queried once it succeeds.
+    p_init
+        Square Attack: initial fraction of each cell's movable genes changed per step (its schedule
+        halves it at fixed fractions of the budget, down to ``p_init / 512``, at least one gene).
+    batch_size
+        Cells attacked together: each iteration is one ``proba_fn`` call on the chunk's unfinished cells
+        (NES stacks each cell's ``1 + 20`` sample points in that call).
+    random_state
+        Seed of the local :func:`numpy.random.default_rng` (results depend on it and on ``batch_size``).
+
+    """
+
+    max_queries: int = 1000
+    p_init: float = 0.05
+    batch_size: int = 256
+    random_state: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreAttackParams(ScoreConfig):
+    """Settings of one :func:`score_attack` run: its :class:`ScoreConfig`, method, budget and goal.
+
+    Written to ``.uns`` through :meth:`as_dict` (h5ad-safe).
 
     Attributes
     ----------
@@ -93,26 +120,14 @@ class ScoreAttackParams:
         ``'square'`` or ``'nes'``.
     eps
         L-inf budget per entry.
-    max_queries
-        Query budget per cell (the clean query included).
     targeted
         Whether ``y`` was the target class (else the class to move away from).
-    p_init
-        Square Attack's initial fraction of the movable genes changed per step.
-    batch_size
-        Cells attacked together.
-    random_state
-        Seed of the local generator.
 
     """
 
     method: str
     eps: float
-    max_queries: int
     targeted: bool
-    p_init: float
-    batch_size: int
-    random_state: int
 
     def as_dict(self) -> dict[str, str | float | int | bool]:
         """The settings as a dict of str, numbers and bools (writable to ``.uns``)."""
@@ -122,6 +137,8 @@ class ScoreAttackParams:
 @dataclass(frozen=True)
 class ScoreAttackResult:
     """Result of :func:`score_attack`.
+
+    One entry per cell in each array; nothing is written to an AnnData.
 
     Attributes
     ----------
@@ -180,9 +197,10 @@ def _entry_mask(mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _check_inputs(
-    X: np.ndarray, y: np.ndarray, method: str, eps: float, max_queries: int, p_init: float, batch_size: int
+    X: np.ndarray, y: np.ndarray, method: str, eps: float, config: ScoreConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     check_choice("method", method, ScoreMethod)
+    max_queries, p_init, batch_size = config.max_queries, config.p_init, config.batch_size
     X = np.asarray(X)
     if X.ndim != 2 or not np.issubdtype(X.dtype, np.number):
         msg = f"`X` must be a numeric cells x genes matrix, got shape {X.shape} and dtype {X.dtype}."
@@ -251,7 +269,7 @@ def _query(proba_fn: Callable[[np.ndarray], np.ndarray], Z: np.ndarray, n_classe
     return P
 
 
-def _margin(P: np.ndarray, y: np.ndarray, targeted: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _margin(P: np.ndarray, y: np.ndarray, *, targeted: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Margin loss (lower is better for the attacker), argmax and success of each row of ``P``."""
     lp = np.log(np.maximum(P.astype(np.float64), _PROBA_FLOOR))
     rows = np.arange(len(y))
@@ -307,15 +325,9 @@ class _Chunk:
 
 
 def _square_chunk(
-    state: _Chunk,
-    proba_fn: Callable,
-    n_classes: int,
-    targeted: bool,
-    max_queries: int,
-    p_init: float,
-    rng: np.random.Generator,
-    bar,
+    state: _Chunk, proba_fn: Callable, n_classes: int, params: ScoreAttackParams, rng: np.random.Generator, bar
 ) -> None:
+    max_queries, p_init = params.max_queries, params.p_init
     n_allowed = state.movable.sum(1)
     for it in range(max_queries - 1):
         idx = state.active(max_queries)
@@ -345,21 +357,15 @@ def _square_chunk(
             prop[same] = np.where(flip, np.where(cur[same] == hi[same], lo[same], hi[same]), cur[same])
         P = _query(proba_fn, prop, n_classes)
         state.n_queries[idx] += 1
-        loss, pred, ok = _margin(P, state.y[idx], targeted)
+        loss, pred, ok = _margin(P, state.y[idx], targeted=params.targeted)
         state.update(idx, prop, loss, pred, ok)
         bar.update(1)
 
 
 def _nes_chunk(
-    state: _Chunk,
-    proba_fn: Callable,
-    n_classes: int,
-    targeted: bool,
-    max_queries: int,
-    eps: float,
-    rng: np.random.Generator,
-    bar,
+    state: _Chunk, proba_fn: Callable, n_classes: int, params: ScoreAttackParams, rng: np.random.Generator, bar
 ) -> None:
+    max_queries, eps = params.max_queries, params.eps
     sigma = _NES_SIGMA_FRACTION * eps
     step = _NES_STEP_FRACTION * eps
     cur = state.best.copy()  # the PGD iterate of each cell (the best point is kept apart)
@@ -384,7 +390,7 @@ def _nes_chunk(
         n_rows = Z.shape[0]
         P = _query(proba_fn, Z.reshape(-1, x.shape[1]), n_classes)
         state.n_queries[idx] += n_rows
-        loss, pred, ok = _margin(P, np.tile(state.y[idx], n_rows), targeted)
+        loss, pred, ok = _margin(P, np.tile(state.y[idx], n_rows), targeted=params.targeted)
         loss, pred, ok = (a.reshape(n_rows, idx.size) for a in (loss, pred, ok))
         # each cell's best evaluated point: its first success, else its lowest loss
         pick = np.where(ok.any(0), ok.argmax(0), loss.argmin(0))
@@ -413,11 +419,8 @@ def score_attack(
     lower: np.ndarray | float | None = None,
     upper: np.ndarray | float | None = None,
     mask: np.ndarray | None = None,
-    max_queries: int = 1000,
     targeted: bool = False,
-    p_init: float = 0.05,
-    batch_size: int = 256,
-    random_state: int = 0,
+    config: ScoreConfig | None = None,
 ) -> ScoreAttackResult:
     """Score-based black-box L-inf attack (Square Attack or NES) on a classifier that gives probabilities.
 
@@ -444,18 +447,11 @@ def score_attack(
         Boolean, per gene ``(n_genes,)`` or per entry ``(n_cells, n_genes)``: the entries allowed to
         move (None: all). The others are returned exactly as in ``X`` (as float32).
         For the ``'expressed'`` threat model pass ``mask=X > 0, lower=0``.
-    max_queries
-        Query budget per cell, the clean query included. A cell is no longer queried once it succeeds.
     targeted
         Reach class ``y`` instead of leaving it.
-    p_init
-        Square Attack: initial fraction of each cell's movable genes changed per step (its schedule
-        halves it at fixed fractions of the budget, down to ``p_init / 512``, at least one gene).
-    batch_size
-        Cells attacked together: each iteration is one ``proba_fn`` call on the chunk's unfinished cells
-        (NES stacks each cell's ``1 + 20`` sample points in that call).
-    random_state
-        Seed of the local :func:`numpy.random.default_rng` (results depend on it and on ``batch_size``).
+    config
+        Query budget per cell, Square Attack's ``p_init``, cells per chunk and the seed
+        (:class:`ScoreConfig`; default ``ScoreConfig()``).
 
     Returns
     -------
@@ -477,8 +473,9 @@ def score_attack(
     >>> bool((res.X_adv >= 0).all())
     True
     """
-    X, y = _check_inputs(X, y, method, eps, max_queries, p_init, batch_size)
-    eps, max_queries, batch_size = float(eps), int(max_queries), int(batch_size)
+    config = ScoreConfig() if config is None else config
+    X, y = _check_inputs(X, y, method, eps, config)
+    eps, max_queries, batch_size = float(eps), int(config.max_queries), int(config.batch_size)
     shape = X.shape
     allowed = _entry_mask(mask, shape)
     lower_ = _entrywise(lower, shape, "lower", -np.inf)
@@ -494,13 +491,13 @@ def score_attack(
     params = ScoreAttackParams(
         method=method,
         eps=eps,
-        max_queries=max_queries,
         targeted=bool(targeted),
-        p_init=float(p_init),
+        max_queries=max_queries,
+        p_init=float(config.p_init),
         batch_size=batch_size,
-        random_state=int(random_state),
+        random_state=int(config.random_state),
     )
-    rng = np.random.default_rng(random_state)
+    rng = np.random.default_rng(config.random_state)
     n = shape[0]
     X_adv = X.copy()
     n_queries = np.zeros(n, dtype=np.int64)
@@ -519,7 +516,7 @@ def score_attack(
                 if ((y < 0) | (y >= n_classes)).any():
                     msg = f"`y` holds classes outside 0..{n_classes - 1} (the classifier has {n_classes} classes)."
                     raise ValueError(msg)
-            loss, pc, ok = _margin(P, yc, targeted)
+            loss, pc, ok = _margin(P, yc, targeted=targeted)
             lo, hi = _box(Xc, eps, lower_[sl], upper_[sl], allowed[sl])
             state = _Chunk(
                 y=yc,
@@ -534,10 +531,8 @@ def score_attack(
             )
             bar.update(1)
             done = bar.n
-            if method == "square":
-                _square_chunk(state, proba_fn, n_classes, targeted, max_queries, p_init, rng, bar)
-            else:
-                _nes_chunk(state, proba_fn, n_classes, targeted, max_queries, eps, rng, bar)
+            chunk = _square_chunk if method == "square" else _nes_chunk
+            chunk(state, proba_fn, n_classes, params, rng, bar)
             bar.update(max(done + per_chunk - bar.n, 0))  # a chunk whose cells all succeeded early
             bar.set_postfix(success=f"{(success[:start].sum() + state.success.sum()) / sl.stop:.0%}")
             X_adv[sl], n_queries[sl], success[sl], pred[sl] = state.best, state.n_queries, state.success, state.pred

@@ -17,6 +17,7 @@ import torch
 Norm = Literal["linf", "l2"]
 NORMS: tuple[str, ...] = ("linf", "l2")
 _TINY = 1e-12  # keeps the L2 normalisation of an all-zero vector finite
+_L2_SLACK = 1e-6  # float32 rounding of an L2 norm: a rounded change exactly on the ball's surface stays inside
 
 
 def _rows(t: torch.Tensor | None, sl: slice) -> torch.Tensor | None:
@@ -100,10 +101,7 @@ class Projection:
         nearest = x0 + torch.round(d)
         trunc = x0 + torch.trunc(d)
         dn = nearest - x0
-        if self.norm == "linf":
-            bad = (dn.abs() > self.eps).any(1)
-        else:
-            bad = dn.norm(dim=1) > self.eps * (1 + 1e-6)
+        bad = (dn.abs() > self.eps).any(1) if self.norm == "linf" else dn.norm(dim=1) > self.eps * (1 + _L2_SLACK)
         if self.lower is not None:
             bad |= (nearest < self.lower).any(1)
         if self.upper is not None:

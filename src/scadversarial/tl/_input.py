@@ -30,8 +30,10 @@ import torch
 from anndata import AnnData
 
 from .. import _keys
+from .._docs import doc_params
 from .._settings import logger
-from .._validate import matrix_for_genes
+from .._validate import MissingPolicy, matrix_for_genes
+from ._fragments import doc_example_classifier
 from ._space import scaled_matrix, space_model, to_scaled
 
 #: cells read by the check: per-gene statistics of a few hundred cells are plenty, and the cost stays flat
@@ -81,6 +83,7 @@ def _var_stats_problem(adata: AnnData, model: torch.nn.Module, mean: np.ndarray,
     )
 
 
+@doc_params(doc_example_classifier=doc_example_classifier)
 def input_space_problem(adata: AnnData, model: torch.nn.Module, X: np.ndarray) -> str | None:
     """Why ``X`` (cells x the model's genes) is not in the model's scaled input space, or ``None``.
 
@@ -100,12 +103,7 @@ def input_space_problem(adata: AnnData, model: torch.nn.Module, X: np.ndarray) -
 
     Examples
     --------
-    >>> import scadversarial as sad
-    >>> adata = sad.datasets.pbmc68k_reduced()
-    >>> sad.pp.preprocess(adata)
-    >>> sad.pp.pseudo_labels(adata, n_clusters=4)
-    >>> sad.pp.split(adata)
-    >>> clf = sad.tl.train_classifier(adata, max_epochs=2)
+    {doc_example_classifier}
     >>> sad.tl.input_space_problem(adata, clf, adata.X) is None
     True
     >>> sad.tl.input_space_problem(adata, clf, adata.layers["sad_lognorm"]).startswith("X is non-negative")
@@ -138,7 +136,7 @@ def input_space_problem(adata: AnnData, model: torch.nn.Module, X: np.ndarray) -
     return None
 
 
-def _lognorm_scaled(adata: AnnData, model: torch.nn.Module, missing: str) -> np.ndarray:
+def _lognorm_scaled(adata: AnnData, model: torch.nn.Module, missing: MissingPolicy) -> np.ndarray:
     """``.layers['sad_lognorm']`` through the model's transform; missing genes (``'fill'``) at the training mean."""
     clf = model if hasattr(model, "transform") else model.classifier
     L = matrix_for_genes(adata, model.var_names, _keys.LAYER_LOGNORM, missing=missing, fill_value=np.nan)
@@ -148,8 +146,9 @@ def _lognorm_scaled(adata: AnnData, model: torch.nn.Module, missing: str) -> np.
     return to_scaled(space_model(adata, clf, "log"), L)
 
 
+@doc_params(doc_example_classifier=doc_example_classifier)
 def classifier_input(
-    adata: AnnData, model: torch.nn.Module, layer: str | None = None, *, missing: str = "raise"
+    adata: AnnData, model: torch.nn.Module, layer: str | None = None, *, missing: MissingPolicy = "raise"
 ) -> np.ndarray:
     """``X`` or a layer as the model's scaled input; ``X`` is first checked to be in the model's input space.
 
@@ -171,16 +170,12 @@ def classifier_input(
 
     Returns
     -------
-    Cells x the model's genes, float32.
+    Cells x the model's genes, float32: ``X`` once checked (or ``.layers['sad_lognorm']`` through the
+    model's transform), or the layer converted from the space it was made in.
 
     Examples
     --------
-    >>> import scadversarial as sad
-    >>> adata = sad.datasets.pbmc68k_reduced()
-    >>> sad.pp.preprocess(adata)
-    >>> sad.pp.pseudo_labels(adata, n_clusters=4)
-    >>> sad.pp.split(adata)
-    >>> clf = sad.tl.train_classifier(adata, max_epochs=2)
+    {doc_example_classifier}
     >>> sad.tl.classifier_input(adata, clf).shape
     (700, 765)
 

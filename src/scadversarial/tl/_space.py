@@ -14,9 +14,11 @@ import torch
 from anndata import AnnData
 
 from .. import _keys
+from .._docs import doc_params
 from .._settings import logger, settings
-from .._validate import matrix_for_genes
+from .._validate import MissingPolicy, check_choice, matrix_for_genes
 from ..models.classifier import SPACES, Space, SpaceClassifier
+from ._fragments import doc_example_classifier
 
 #: the matrix holding each space's clean values (``None``: ``X``)
 SPACE_LAYER: dict[str, str | None] = {"scaled": None, "log": _keys.LAYER_LOGNORM, "counts": _keys.LAYER_COUNTS}
@@ -26,9 +28,7 @@ TOTAL_COUNT_KEYS = ("total_counts", "n_counts")
 
 def space_layer(space: Space) -> str | None:
     """The layer holding the clean values of ``space`` (``None`` for ``X``)."""
-    if space not in SPACES:
-        msg = f"Unknown space {space!r}; choose one of {SPACES}."
-        raise ValueError(msg)
+    check_choice("space", space, Space)
     return SPACE_LAYER[space]
 
 
@@ -138,9 +138,7 @@ def other_counts(adata: AnnData, var_names) -> np.ndarray:
 
 def space_model(adata: AnnData, model: torch.nn.Module, space: Space) -> SpaceClassifier:
     """The classifier fed ``space``'s matrix through its own transform (count space: with the preprocessing's target sum)."""
-    if space not in SPACES:
-        msg = f"Unknown space {space!r}; choose one of {SPACES}."
-        raise ValueError(msg)
+    check_choice("space", space, Space)
     ts = target_sum(adata) if space == "counts" else None
     return SpaceClassifier(model, space, target_sum=ts)
 
@@ -162,8 +160,9 @@ def to_scaled(
     return out
 
 
+@doc_params(doc_example_classifier=doc_example_classifier)
 def scaled_matrix(
-    adata: AnnData, model: torch.nn.Module, layer: str | None = None, *, missing: str = "raise"
+    adata: AnnData, model: torch.nn.Module, layer: str | None = None, *, missing: MissingPolicy = "raise"
 ) -> np.ndarray:
     """``X`` or a layer as the classifier's scaled input, converted from the space it was made in.
 
@@ -188,12 +187,7 @@ def scaled_matrix(
 
     Examples
     --------
-    >>> import scadversarial as sad
-    >>> adata = sad.datasets.pbmc68k_reduced()
-    >>> sad.pp.preprocess(adata)
-    >>> sad.pp.pseudo_labels(adata, n_clusters=4)
-    >>> sad.pp.split(adata)
-    >>> clf = sad.tl.train_classifier(adata, max_epochs=2)
+    {doc_example_classifier}
     >>> Z = sad.tl.scaled_matrix(adata, clf, "sad_lognorm")
     >>> bool(abs(Z - adata.X).max() < 1e-5)
     True

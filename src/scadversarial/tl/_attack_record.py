@@ -1,0 +1,161 @@
+"""What ``sad.tl.attack`` writes: the attacked layers, their predictions, the flip table and the run record."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import _keys
+from .._validate import get_matrix, h5ad_safe, uns_root
+from ._attack_options import SCORE_METHODS, method_norm
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from ..attacks.whitebox import AttackRun
+    from ._attack_options import AttackCall
+
+#: the metrics a run may add beyond the flip table, in the order the record lists them
+EXTRA_METRICS = ("target_rate", "flip_rate_continuous", "detector", "queries")
+
+
+def flip_table(target: np.ndarray, preds: dict[str, np.ndarray], classes: list[str]) -> dict:
+    """Flip rates (prediction differs from the attacked class) per layer, any layer, and per class."""
+    flips = {k: p != target for k, p in preds.items()}
+    any_flip = np.logical_or.reduce(list(flips.values()))
+    per_class = np.full((len(flips), len(classes)), np.nan)
+    for i, f in enumerate(flips.values()):
+        for c in range(len(classes)):
+            sel = target == c
+            if sel.any():
+                per_class[i, c] = f[sel].mean()
+    any_class = np.array([any_flip[target == c].mean() if (target == c).any() else np.nan for c in range(len(classes))])
+    return {
+        "flip_rate": {k: float(f.mean()) for k, f in flips.items()},
+        "flip_rate_any": float(any_flip.mean()),
+        "per_class": {
+            "classes": list(classes),
+            "layers": list(flips),
+            "flip_rate": per_class,
+            "flip_rate_any": any_class,
+        },
+    }
+
+
+def _target_rate(pred: np.ndarray, goal: np.ndarray, source: np.ndarray) -> float:
+    """Fraction of the cells sent to another class that reached it."""
+    moved = goal != source
+    return float((pred == goal)[moved].mean()) if moved.any() else 1.0
+
+
+def _write_layer(adata: AnnData, name: str, Xa: np.ndarray, layer: str | None, genes: pd.Index) -> None:
+    """Write an attacked matrix of ``genes``; other genes of ``adata`` keep their values of ``layer``."""
+    if adata.var_names.equals(genes):
+        adata.layers[name] = Xa
+        return
+    full = get_matrix(adata, layer, copy=True)
+    full[:, adata.var_names.get_indexer(genes)] = Xa
+    adata.layers[name] = full
+
+
+def write_layers(
+    adata: AnnData,
+    prefix: str,
+    run: AttackRun,
+    *,
+    layer: str | None,
+    genes: pd.Index,
+    predict: Callable[[float, str, np.ndarray], np.ndarray],
+    source: np.ndarray,
+    goal: np.ndarray | None,
+) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """Write ``.layers['<prefix>_eps<eps>']`` per budget and, through ``predict(eps, name, X_adv)``, its predictions.
+
+    Returns the predicted classes per layer (in budget order) and the ``target_rate`` metric.
+    """
+    preds: dict[str, np.ndarray] = {}
+    target_rate: dict[str, float] = {}
+    for e, Xa in run.adversarial.items():
+        name = f"{prefix}_eps{e:g}"
+        _write_layer(adata, name, Xa, layer, genes)
+        preds[name] = predict(e, name, Xa)
+        if goal is not None:
+            target_rate[name] = _target_rate(preds[name], goal, source)
+    return preds, {"target_rate": target_rate}
+
+
+def store_record(
+    adata: AnnData,
+    prefix: str,
+    *,
+    source: np.ndarray,
+    preds: dict[str, np.ndarray],
+    classes: list[str],
+    extra: dict[str, dict],
+    params: dict,
+    kind: str,
+) -> None:
+    """Write the run record ``.uns['sad']['attacks'][prefix]``: params, layers, budgets and metrics."""
+    layers = list(preds)
+    metrics = flip_table(source, preds, classes)
+    metrics["flip_rate_per_eps"] = np.array([metrics["flip_rate"][n] for n in layers])
+    metrics.update({k: extra[k] for k in EXTRA_METRICS if extra.get(k)})
+    root = uns_root(adata)
+    root.setdefault(_keys.STEP_ATTACKS, {})
+    root[_keys.STEP_ATTACKS][prefix] = h5ad_safe(
+        {"params": params, "layers": layers, "eps": params["eps"], "metrics": metrics, "kind": kind}
+    )
+
+
+def detector_logits(detector: torch.nn.Module, Xs: np.ndarray, bs: int, dev: torch.device) -> np.ndarray:
+    """The detector's logit of scaled cells (its scoring may need input gradients, so grad stays on)."""
+    out = []
+    with torch.enable_grad():
+        for s in range(0, len(Xs), bs):
+            xb = torch.as_tensor(np.ascontiguousarray(Xs[s : s + bs]), device=dev)
+            out.append(detector.score_logit(xb).detach().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def record_params(call: AttackCall, *, space: str, layer: str | None, n_genes: int) -> dict:
+    """The record's ``params``: the threat (space, constraint, budget, norm, fold change, target) and the settings."""
+    method, eps_list, threat, options = call.method, call.eps, call.threat, call.options
+    target_class, detector = call.target_class, call.detector
+    mask_name = threat.mask if isinstance(threat.mask, str) else ("custom" if threat.mask is not None else "none")
+    one_or_per_cell = str(target_class) if isinstance(target_class, str) else "per_cell"
+    target_name = "none" if target_class is None else one_or_per_cell
+    custom = "custom" if threat.bounds is not None else "none"
+    bounds = "observed" if threat.constraint == "observed" else custom
+    params = {
+        "method": method,
+        "eps": eps_list,
+        "norm": method_norm(method),
+        "space": space,
+        "constraint": threat.constraint or "none",
+        "max_log_fc": -1.0 if threat.max_log_fc is None else float(threat.max_log_fc),
+        "layer": layer or "X",
+        "target": target_name,
+        "labels_key": options.labels_key or "predicted",
+        "mask": mask_name,
+        "bounds": bounds,
+        "random_state": int(options.random_state),
+        "detector": "none" if detector is None else str(getattr(detector, "_sad_id", type(detector).__name__)),
+        "detector_weight": list(np.atleast_1d(options.detector_weight).astype(float)) if detector is not None else [],
+    }
+    if method in SCORE_METHODS:
+        params["max_queries"] = int(options.max_queries)
+    else:
+        params["alpha"] = [options.step_size(method, e, space=space, n_genes=n_genes) for e in eps_list]
+        params["steps"] = options.n_steps(method)
+    if method == "cw":
+        params.update(cw_c=options.cw_c, cw_search_steps=options.cw_search_steps, cw_confidence=options.cw_confidence)
+    if method == "deepfool":
+        params["overshoot"] = options.overshoot
+    return params
+
+
+__all__ = ["detector_logits", "flip_table", "record_params", "store_record", "write_layers"]
