@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 
 import scadversarial as sad
+from scadversarial.tl._blackbox import CGDOptions, MaxChangeOptions, OverviewOptions, SingleGeneOptions
 
 SHARED = Path(__file__).resolve().parents[1] / "tests" / "data"  # shipped with the repository
 DATA = SHARED / "lr_oracle"
@@ -84,30 +85,45 @@ def load(kind: str):
 
 
 def runs(order):
-    sg = sad.tl.single_gene_attack
+    """Per workload: the attack, its arguments, and its options object given the search method."""
+    sg, mc, cgd = sad.tl.single_gene_attack, sad.tl.max_change_attack, sad.tl.cgd_attack
+    sg_opts = lambda m: SingleGeneOptions(method=m)
     return {
-        "single-gene B perc99": (sg, {"target": "B", "modification": "perc99"}),
-        "single-gene B positive_aberrant": (sg, {"target": "B", "modification": "positive_aberrant"}),
-        "single-gene NK perc99": (sg, {"target": "NK", "modification": "perc99"}),
-        "single-gene NK positive_aberrant": (sg, {"target": "NK", "modification": "positive_aberrant"}),
-        "max-change CD14+ Mono perc99": (sad.tl.max_change_attack, {"target": "CD14+ Mono", "modification": "perc99"}),
-        "CGD CD8 T alpha=eps=1": (sad.tl.cgd_attack, {"target": "CD8 T", "alpha": 1.0, "epsilon": 1.0, "genes": order}),
+        "single-gene B perc99": (sg, {"target": "B", "modification": "perc99"}, sg_opts),
+        "single-gene B positive_aberrant": (sg, {"target": "B", "modification": "positive_aberrant"}, sg_opts),
+        "single-gene NK perc99": (sg, {"target": "NK", "modification": "perc99"}, sg_opts),
+        "single-gene NK positive_aberrant": (sg, {"target": "NK", "modification": "positive_aberrant"}, sg_opts),
+        "max-change CD14+ Mono perc99": (
+            mc,
+            {"target": "CD14+ Mono", "modification": "perc99"},
+            lambda m: MaxChangeOptions(method=m),
+        ),
+        "CGD CD8 T alpha=eps=1": (
+            cgd,
+            {"target": "CD8 T", "genes": order},
+            lambda m: CGDOptions(alpha=1.0, epsilon=1.0, method=m),
+        ),
         "CGD CD8 T alpha=eps=10": (
-            sad.tl.cgd_attack,
-            {"target": "CD8 T", "alpha": 10.0, "epsilon": 10.0, "genes": order},
+            cgd,
+            {"target": "CD8 T", "genes": order},
+            lambda m: CGDOptions(alpha=10.0, epsilon=10.0, method=m),
         ),
         "overview 9 clusters x {perc1, perc99}": (
             sad.tl.attack_overview,
-            {"modifications": ["perc1", "perc99"], "modes": ["single_gene"], "max_split_size": 100},
+            {"modifications": ["perc1", "perc99"]},
+            lambda m: OverviewOptions(modes=("single_gene",), max_split_size=100, method=m),
         ),
     }
 
 
 def timed(fn, a, clf, classes, kw, method):
     a = a.copy()
+    kw, options = kw
+    spec = sad.tl.ClassifierSpec(clf, classes=classes)
     t = time.perf_counter()
-    df = fn(a, groupby="cluster", classifier=clf, classes=classes, method=method, key_added="bench", **kw)
+    fn(a, groupby="cluster", classifier=spec, options=options(method), key_added="bench", **kw)
     wall = time.perf_counter() - t
+    df = sad.get.attack_table(a, "bench")
     rec = a.uns["sad"]["attacks"]["bench"]
     extra = {k: v for k, v in rec.items() if k == "modified_genes"}
     if "sad_cgd" in "".join(a.layers.keys()) or "bench" in a.layers:
@@ -153,9 +169,10 @@ def pbmc3k_findings(clusters: list[str], json_path: str | None) -> None:
             for cl in clusters:
                 b = a.copy()
                 t = time.perf_counter()
-                df = sad.tl.single_gene_attack(
+                sad.tl.single_gene_attack(
                     b, groupby="seurat_cell_type", target=cl, classifier=clf, modification=mod, key_added="k"
                 )
+                df = sad.get.attack_table(b, "k")
                 m = b.uns["sad"]["attacks"]["k"]["metrics"]
                 rows.append({"classifier": name, "modification": mod, "cluster": cl, "orig_call": m["orig_call"],
                              "n_genes_flipping": len(df), "calls": int(m["n_calls"]), "seconds": time.perf_counter() - t})  # fmt: skip
@@ -167,15 +184,16 @@ def pbmc3k_findings(clusters: list[str], json_path: str | None) -> None:
         for method in ("fast", "plain"):
             b = a.copy()
             t = time.perf_counter()
-            df = sad.tl.single_gene_attack(
+            sad.tl.single_gene_attack(
                 b,
                 groupby="seurat_cell_type",
                 target="B",
                 classifier=clf,
                 modification="perc99",
-                method=method,
+                options=SingleGeneOptions(method=method),
                 key_added="k",
             )
+            df = sad.get.attack_table(b, "k")
             res[method] = (time.perf_counter() - t, int(b.uns["sad"]["attacks"]["k"]["metrics"]["n_calls"]), df)
         speed.append({"classifier": name, "fast_s": res["fast"][0], "fast_calls": res["fast"][1], "plain_s": res["plain"][0],
                       "plain_calls": res["plain"][1], "speedup_vs_plain": res["plain"][0] / res["fast"][0],
@@ -209,7 +227,7 @@ def main() -> None:
         return
     a, clf, classes, order = load(args.classifier)
     rows = []
-    for name, (fn, kw) in runs(order).items():
+    for name, (fn, *kw) in runs(order).items():
         if args.only and args.only not in name:
             continue
         fast = min((timed(fn, a, clf, classes, kw, "fast") for _ in range(args.repeat)), key=lambda r: r[0])

@@ -18,6 +18,8 @@ import torch
 import scadversarial as sad
 from scadversarial.attacks._protocol import ClassifierAdapter, ClassifierSpec, TiedScoresWarning
 
+table = sad.get.attack_table
+
 celltypist = pytest.importorskip("celltypist", reason="celltypist is not installed: pip install 'scadversarial[test]'")
 
 N_HVG = 300  # model genes: enough for a 9-class PBMC model (~93% agreement with the Seurat labels), quick to fit
@@ -81,9 +83,10 @@ def test_celltypist_single_gene_attack(lognorm3k, ct_model):
     """The adapter attacks a CellTypist model: genes aligned by name from an AnnData with more (shuffled) genes."""
     b, hv = lognorm3k
     a = b.copy()
-    df = sad.tl.single_gene_attack(
+    sad.tl.single_gene_attack(
         a, groupby="cluster", target="NK", classifier=ClassifierSpec(ct_model, output="logits"), modification="perc99"
     )
+    df = table(a, "single_gene_NK_perc99")
     rec = a.uns["sad"]["attacks"]["single_gene_NK_perc99"]
     assert rec["params"]["classifier"] == "celltypist"
     assert rec["params"]["output"] == "logits"
@@ -94,10 +97,10 @@ def test_celltypist_single_gene_attack(lognorm3k, ct_model):
     assert rec["params"]["n_genes_searched"] == N_HVG
     # the same search on the model's genes in the model's order gives the same records
     c = b[:, hv].copy()
-    df2 = sad.tl.single_gene_attack(
+    sad.tl.single_gene_attack(
         c, groupby="cluster", target="NK", classifier=ClassifierSpec(ct_model, output="logits"), modification="perc99"
     )
-    pd.testing.assert_frame_equal(df, df2)
+    pd.testing.assert_frame_equal(df, table(c, "single_gene_NK_perc99"))
 
 
 def test_tied_probabilities_warn_and_logits_fix_them(lognorm3k, ct_model):
@@ -109,11 +112,13 @@ def test_tied_probabilities_warn_and_logits_fix_them(lognorm3k, ct_model):
     a = b.copy()
     kw = {"groupby": "cluster", "target": "DC", "modification": "negative_aberrant"}
     with pytest.warns(TiedScoresWarning, match=r"cell rows classified had tied top probabilities.*output='logits'"):
-        tied = sad.tl.max_change_attack(a, classifier=ct_model, key_added="tied", **kw)
+        sad.tl.max_change_attack(a, classifier=ct_model, key_added="tied", **kw)
+    tied = table(a, "tied")
     assert a.uns["sad"]["attacks"]["tied"]["metrics"]["n_tied_rows"] > 0
     with warnings.catch_warnings():
         warnings.simplefilter("error", TiedScoresWarning)
-        fixed = sad.tl.max_change_attack(a, classifier=ClassifierSpec(ct_model, output="logits"), **kw)
+        sad.tl.max_change_attack(a, classifier=ClassifierSpec(ct_model, output="logits"), **kw)
+    fixed = table(a, "max_change_DC_negative_aberrant")
     assert a.uns["sad"]["attacks"]["max_change_DC_negative_aberrant"]["metrics"]["n_tied_rows"] == 0
     assert tied["signature"].sum() != fixed["signature"].sum()
     # one-vs-rest log-probabilities saturate at 0 too: only decision values are safe
@@ -155,11 +160,19 @@ def test_sklearn_pipeline_with_feature_names(lognorm3k):
     a = b.copy()  # 500 shuffled genes; the pipeline reads 60 of them
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "X does not have valid feature names" at every call
-        out = sad.tl.single_gene_attack(a, groupby="cluster", target="B", classifier=pipe, modification="perc1")
+        sad.tl.single_gene_attack(
+            a, groupby="cluster", target="B", classifier=pipe, modification="perc1", key_added="k"
+        )
     ref = sad.tl.single_gene_attack(
-        b[:, genes].copy(), groupby="cluster", target="B", classifier=pipe, modification="perc1"
+        b[:, genes].copy(),
+        groupby="cluster",
+        target="B",
+        classifier=pipe,
+        modification="perc1",
+        key_added="k",
+        copy=True,
     )
-    pd.testing.assert_frame_equal(out, ref)
+    pd.testing.assert_frame_equal(table(a, "k"), table(ref, "k"))
     # decision values of a pipeline
     S = ClassifierAdapter(pipe, output="logits")(df.to_numpy()[:5])
     np.testing.assert_allclose(S, pipe.decision_function(df.iloc[:5]))
@@ -202,7 +215,8 @@ def test_torch_module_with_its_own_transform(pbmc3k_raw):
     Z = (logx - mean) / std
     weight = np.stack([Z[y == k].mean(0) for k in range(len(classes))])  # nearest-centroid weights
     net = _CountsNet(genes, classes, mean, std, weight)
-    df = sad.tl.single_gene_attack(a, groupby="cluster", target="B", classifier=net, modification="perc99")
+    sad.tl.single_gene_attack(a, groupby="cluster", target="B", classifier=net, modification="perc99")
+    df = table(a, "single_gene_B_perc99")
     rec = a.uns["sad"]["attacks"]["single_gene_B_perc99"]
     assert rec["params"]["classifier"] == "torch"
     assert rec["params"]["n_genes_searched"] == len(genes)
@@ -215,7 +229,7 @@ def test_torch_module_with_its_own_transform(pbmc3k_raw):
         with torch.no_grad():
             return torch.softmax(net(torch.as_tensor(X, dtype=torch.float32)), 1).numpy()
 
-    df2 = sad.tl.single_gene_attack(
+    sad.tl.single_gene_attack(
         a,
         groupby="cluster",
         target="B",
@@ -224,7 +238,7 @@ def test_torch_module_with_its_own_transform(pbmc3k_raw):
         key_added="callable",
     )
     assert set(seen) == {len(genes)}
-    np.testing.assert_array_equal(df2["gene"].to_numpy(), df["gene"].to_numpy())
+    np.testing.assert_array_equal(table(a, "callable")["gene"].to_numpy(), df["gene"].to_numpy())
 
 
 def test_output_option_and_spec_errors():

@@ -12,6 +12,9 @@ import pandas as pd
 import pytest
 
 import scadversarial as sad
+from scadversarial.tl._blackbox import CGDOptions, GridOptions, MaxChangeOptions, RandomWalkOptions, SingleGeneOptions
+
+table = sad.get.attack_table
 
 pytestmark = [
     pytest.mark.slow,
@@ -55,40 +58,65 @@ def test_every_mode_runs_and_fast_equals_plain(pipeline3k, models3k, name):
     kw = {"groupby": "seurat_cell_type", "classifier": clf}
     calls = {}
     for method in ("plain", "fast"):
-        m = {"method": method, **kw}
-        out = {
-            "single_gene": sad.tl.single_gene_attack(
-                a, target="NK", modification="positive_aberrant", genes=genes, key_added=f"sg_{method}", **m
-            ),
-            "max_change": sad.tl.max_change_attack(
-                a, target="NK", modification="perc99", genes=genes, key_added=f"mc_{method}", **m
-            ),
-            "cgd": sad.tl.cgd_attack(
-                a, target="NK", genes=genes[:25], alpha=1.0, epsilon=1.0, key_added=f"cgd_{method}", **m
-            ),
-            "random_walk": sad.tl.random_walk_attack(
-                a, target="NK", genes=genes[:20], walk_length=15, first_batch=20, key_added=f"rw_{method}", **m
-            ),
-            "grid": sad.tl.grid_attack(
-                a,
-                target="NK",
-                genes=genes[:3],
-                modifications=["perc1", "positive_aberrant"],
-                key_added=f"gr_{method}",
-                **m,
-            ),
+        sad.tl.single_gene_attack(
+            a,
+            target="NK",
+            modification="positive_aberrant",
+            genes=genes,
+            options=SingleGeneOptions(method=method),
+            key_added=f"sg_{method}",
+            **kw,
+        )
+        sad.tl.max_change_attack(
+            a,
+            target="NK",
+            modification="perc99",
+            genes=genes,
+            options=MaxChangeOptions(method=method),
+            key_added=f"mc_{method}",
+            **kw,
+        )
+        sad.tl.cgd_attack(
+            a,
+            target="NK",
+            genes=genes[:25],
+            options=CGDOptions(alpha=1.0, epsilon=1.0, method=method),
+            key_added=f"cgd_{method}",
+            **kw,
+        )
+        sad.tl.random_walk_attack(
+            a,
+            target="NK",
+            genes=genes[:20],
+            options=RandomWalkOptions(walk_length=15, first_batch=20, method=method),
+            key_added=f"rw_{method}",
+            **kw,
+        )
+        sad.tl.grid_attack(
+            a,
+            target="NK",
+            genes=genes[:3],
+            modifications=["perc1", "positive_aberrant"],
+            options=GridOptions(method=method),
+            key_added=f"gr_{method}",
+            **kw,
+        )
+        keys = {"single_gene": "sg", "max_change": "mc", "cgd": "cgd", "random_walk": "rw", "grid": "gr"}
+        out = {mode: table(a, f"{k}_{method}") for mode, k in keys.items()}
+        calls[method] = {
+            mode: sad.get.attack_record(a, f"{keys[mode]}_{method}")["metrics"]["n_calls"]
+            for mode in ("single_gene", "max_change")
         }
-        calls[method] = {k: a.uns["sad"]["attacks"][v]["metrics"]["n_calls"] for k, v in
-                         [("single_gene", f"sg_{method}"), ("max_change", f"mc_{method}")]}  # fmt: skip
         calls[method + "_out"] = out
     for mode, df in calls["fast_out"].items():
         pd.testing.assert_frame_equal(df, calls["plain_out"][mode], obj=f"{name} {mode}")
     np.testing.assert_array_equal(a.layers["cgd_fast"], a.layers["cgd_plain"])
     assert calls["fast"]["single_gene"] < calls["plain"]["single_gene"]
-    ov = sad.tl.attack_overview(a, clusters=["NK", "B"], modifications=["perc99"], **kw)
+    sad.tl.attack_overview(a, clusters=["NK", "B"], modifications=["perc99"], **kw)
+    ov = table(a, "overview")
     assert len(ov) == 2
     assert ov["orig_call"].notna().all()
-    sg = sad.tl.sign_genes(a[:, genes].copy(), groupby="seurat_cell_type")
+    sg = table(sad.tl.sign_genes(a[:, genes].copy(), groupby="seurat_cell_type", copy=True), "sign_genes")
     assert len(sg) == len(genes)
 
 
@@ -99,10 +127,16 @@ def test_qualitative_findings(pipeline3k, models3k):
     n = {}
     for name in ("mlp", "rf", "lr"):
         for mod in ("perc1", "perc99", "positive_aberrant"):
-            df = sad.tl.single_gene_attack(
-                a, groupby="seurat_cell_type", target="DC", classifier=models3k[name], modification=mod, genes=genes
+            sad.tl.single_gene_attack(
+                a,
+                groupby="seurat_cell_type",
+                target="DC",
+                classifier=models3k[name],
+                modification=mod,
+                genes=genes,
+                key_added="sg",
             )
-            n[name, mod] = len(df)
+            n[name, mod] = len(table(a, "sg"))
     assert n["rf", "positive_aberrant"] < n["mlp", "positive_aberrant"]
     for name in ("mlp", "lr"):
         assert n[name, "positive_aberrant"] > max(n[name, "perc1"], n[name, "perc99"])

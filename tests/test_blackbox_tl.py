@@ -10,6 +10,17 @@ import pandas as pd
 import pytest
 
 import scadversarial as sad
+from scadversarial.tl._blackbox import (
+    CGDOptions,
+    GridOptions,
+    MaxChangeOptions,
+    Modification,
+    OverviewOptions,
+    RandomWalkOptions,
+    SingleGeneOptions,
+)
+
+table = sad.get.attack_table
 
 
 @pytest.fixture(scope="session")
@@ -48,9 +59,9 @@ def _state(a):
 
 def test_single_gene_attack_table_record_h5ad(small, tmp_path):
     a, proba, classes = small
-    df = sad.tl.single_gene_attack(
-        a, groupby="cluster", target="NK", classifier=proba, classes=classes, modification="positive_aberrant"
-    )
+    clf = sad.tl.ClassifierSpec(proba, classes=classes)
+    sad.tl.single_gene_attack(a, groupby="cluster", target="NK", classifier=clf, modification="positive_aberrant")
+    df = table(a, "single_gene_NK_positive_aberrant")
     assert list(df.columns) == ["gene", "n_genes", "new_call", "score", "cluster", "modification", "orig_call"]
     assert len(df) > 10
     assert (df["new_call"] != "NK").all()
@@ -63,17 +74,16 @@ def test_single_gene_attack_table_record_h5ad(small, tmp_path):
     assert rec["metrics"]["n_found"] == len(df)
     assert rec["metrics"]["n_calls"] >= 2
     np.testing.assert_array_equal(rec["table"]["gene"], df["gene"].to_numpy())
-    plain = sad.tl.single_gene_attack(
+    sad.tl.single_gene_attack(
         a,
         groupby="cluster",
         target="NK",
-        classifier=proba,
-        classes=classes,
+        classifier=clf,
         modification="positive_aberrant",
-        method="plain",
+        options=SingleGeneOptions(method="plain"),
         key_added="p",
     )
-    pd.testing.assert_frame_equal(plain, df)
+    pd.testing.assert_frame_equal(table(a, "p"), df)
     assert a.uns["sad"]["attacks"]["p"]["metrics"]["n_calls"] > rec["metrics"]["n_calls"]
     path = tmp_path / "a.h5ad"
     a.write_h5ad(path)
@@ -84,58 +94,45 @@ def test_single_gene_attack_table_record_h5ad(small, tmp_path):
 def test_single_gene_genes_and_first_found(small):
     a, proba, classes = small
     genes = list(a.var_names[50:120])
-    df = sad.tl.single_gene_attack(
-        a,
-        groupby="cluster",
-        target="B",
-        classifier=proba,
-        classes=classes,
-        modification="positive_aberrant",
-        genes=genes,
-    )
+    kw = {
+        "groupby": "cluster",
+        "target": "B",
+        "classifier": sad.tl.ClassifierSpec(proba, classes=classes),
+        "modification": "positive_aberrant",
+        "genes": genes,
+    }
+    sad.tl.single_gene_attack(a, key_added="all", **kw)
+    df = table(a, "all")
     assert set(df["gene"]) <= set(genes)
     assert len(df) > 0
-    first = sad.tl.single_gene_attack(
-        a,
-        groupby="cluster",
-        target="B",
-        classifier=proba,
-        classes=classes,
-        modification="positive_aberrant",
-        genes=genes,
-        return_first_found=True,
-    )
+    sad.tl.single_gene_attack(a, options=SingleGeneOptions(return_first_found=True), key_added="first", **kw)
+    first = table(a, "first")
     assert len(first) == 1
     assert first["gene"].iloc[0] == df["gene"].iloc[0]
-    excl = sad.tl.single_gene_attack(
-        a,
-        groupby="cluster",
-        target="B",
-        classifier=proba,
-        classes=classes,
-        modification="positive_aberrant",
-        genes=genes,
-        exclude_genes=df["gene"][:3],
-    )
+    sad.tl.single_gene_attack(a, options=SingleGeneOptions(exclude_genes=df["gene"][:3]), key_added="excl", **kw)
+    excl = table(a, "excl")
     assert not set(df["gene"][:3]) & set(excl["gene"])
 
 
 def test_max_change_cgd_walk_grid_overview_sign(small, tmp_path):
     a, proba, classes = small
-    kw = {"groupby": "cluster", "classifier": proba, "classes": classes}
-    mc = sad.tl.max_change_attack(a, target="CD14+ Mono", modification="perc99", random_state=1, **kw)
+    kw = {"groupby": "cluster", "classifier": sad.tl.ClassifierSpec(proba, classes=classes)}
+    sad.tl.max_change_attack(
+        a, target="CD14+ Mono", modification="perc99", options=MaxChangeOptions(random_state=1), **kw
+    )
+    mc = table(a, "max_change_CD14+ Mono_perc99")
     assert len(mc) == a.n_vars
     assert mc["kept"].sum() > 0
     assert (mc["kept"] == ~mc["signature"]).all()
     m = a.uns["sad"]["attacks"]["max_change_CD14+ Mono_perc99"]["metrics"]
     assert m["call"] == m["orig_call"]  # the kept genes modified together keep the call
-    mc2 = sad.tl.max_change_attack(
-        a, target="CD14+ Mono", modification="perc99", random_state=1, method="plain", key_added="mcp", **kw
-    )
-    pd.testing.assert_frame_equal(mc, mc2)
+    plain = MaxChangeOptions(random_state=1, method="plain")
+    sad.tl.max_change_attack(a, target="CD14+ Mono", modification="perc99", options=plain, key_added="mcp", **kw)
+    pd.testing.assert_frame_equal(mc, table(a, "mcp"))
 
     before = a.X.copy()
-    cg = sad.tl.cgd_attack(a, target="CD8 T", alpha=10, epsilon=10, **kw)
+    sad.tl.cgd_attack(a, target="CD8 T", options=CGDOptions(alpha=10, epsilon=10), **kw)
+    cg = table(a, "sad_cgd_CD8 T")
     assert cg["order"].iloc[0] == 0
     assert len(cg) > 1
     layer = a.layers["sad_cgd_CD8 T"]
@@ -148,26 +145,33 @@ def test_max_change_cgd_walk_grid_overview_sign(small, tmp_path):
     assert rec["metrics"]["orig_call"] in classes
     assert len(rec["modified_genes"]) == rec["metrics"]["n_modified_genes"]
 
-    rw = sad.tl.random_walk_attack(
-        a, target="B", genes=list(a.var_names[:30]), modifications=["perc1", "positive_aberrant"], walk_length=20, **kw
+    sad.tl.random_walk_attack(
+        a,
+        target="B",
+        genes=list(a.var_names[:30]),
+        modifications=["perc1", "positive_aberrant"],
+        options=RandomWalkOptions(walk_length=20),
+        **kw,
     )
+    rw = table(a, "random_walk_B")
     assert set(rw.columns) >= {"gene", "modification", "new_call", "score", "cluster"}
     assert len(rw) > 0
     assert (rw["new_call"] != "B").all()
 
-    gr = sad.tl.grid_attack(
-        a, target="NK", genes=list(a.var_names[:3]), modifications=["perc1", "positive_aberrant"], **kw
-    )
+    sad.tl.grid_attack(a, target="NK", genes=list(a.var_names[:3]), modifications=["perc1", "positive_aberrant"], **kw)
+    gr = table(a, "grid_NK")
     assert len(gr) == 3**3 - 1
     assert list(gr.columns[:3]) == list(a.var_names[:3])
     assert set(gr.iloc[:, 0]) == {"none", "perc1", "positive_aberrant"}
 
-    ov = sad.tl.attack_overview(a, clusters=["B", "NK"], modifications=["perc1", "positive_aberrant"], **kw)
+    sad.tl.attack_overview(a, clusters=["B", "NK"], modifications=["perc1", "positive_aberrant"], **kw)
+    ov = table(a, "overview")
     assert len(ov) == 4
     assert {"single_gene_n_found", "max_change_n_kept"} <= set(ov.columns)
     assert (ov.loc[ov["modification"] == "positive_aberrant", "single_gene_n_found"] > 0).all()
 
-    sg = sad.tl.sign_genes(a, groupby="cluster")
+    sad.tl.sign_genes(a, groupby="cluster")
+    sg = table(a, "sign_genes")
     assert sg["gene"].is_unique
     assert len(sg) == a.n_vars
     assert sg["rank"].iloc[0] == 1
@@ -184,7 +188,6 @@ def test_max_change_cgd_walk_grid_overview_sign(small, tmp_path):
         ({"groupby": "nope"}, KeyError, "nope"),
         ({"target": "Martian"}, ValueError, "Martian"),
         ({"modification": "perc50"}, ValueError, "Unknown modification"),
-        ({"method": "slow"}, ValueError, "method"),
         ({"genes": ["NOT_A_GENE"]}, KeyError, "NOT_A_GENE"),
         ({"classes": ["a", "b"]}, ValueError, "probability columns"),
         ({"classifier": "wrong_shape"}, ValueError, "300-gene matrix"),
@@ -196,30 +199,87 @@ def test_bad_input_leaves_adata_unchanged(small, kwargs, err, match):
     if kw["classifier"] == "wrong_shape":
         W = np.ones((500, 3))
         kw["classifier"], kw["classes"] = (lambda Z: np.asarray(Z) @ W), ["a", "b", "c"]
+    kw["classifier"] = sad.tl.ClassifierSpec(kw["classifier"], classes=kw.pop("classes"))
     before = _state(a)
     with pytest.raises(err, match=match):
         sad.tl.single_gene_attack(a, **kw)
     assert _state(a) == before
 
 
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: SingleGeneOptions(method="slow"), "method='slow' is not one of 'fast', 'plain'"),
+        (lambda: SingleGeneOptions(change_type="na"), "change_type"),
+        (lambda: CGDOptions(sign_method="anova"), "sign_method"),
+        (lambda: OverviewOptions(modes=("single_gene", "grid")), "modes='grid'"),
+        (lambda: OverviewOptions(modes=()), "at least one"),
+        (lambda: Modification("perc99", 2.0), "takes no value"),
+        (lambda: Modification("perc50"), "Unknown modification"),
+    ],
+)
+def test_bad_options_fail_when_made(make, match):
+    """String options are checked once, when their options object is made: before anything is read."""
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.filterwarnings("ignore::scadversarial.attacks._protocol.TiedScoresWarning")  # (GaussianNB at 5)
+def test_options_record_every_argument_and_copy(small):
+    """params come from the call's own arguments (max_tries included); copy=True returns the written copy."""
+    a, proba, classes = small
+    clf = sad.tl.ClassifierSpec(proba, classes=classes)
+    opts = RandomWalkOptions(max_tries=77, walk_length=5, first_batch=10)
+    out = sad.tl.random_walk_attack(
+        a,
+        groupby="cluster",
+        target="B",
+        classifier=clf,
+        genes=list(a.var_names[:20]),
+        modifications=[Modification("fixed", 5.0), "positive_aberrant"],
+        options=opts,
+        copy=True,
+    )
+    assert "sad" not in a.uns
+    params = sad.get.attack_record(out, "random_walk_B")["params"]
+    assert params["max_tries"] == 77
+    assert params["walk_length"] == 5
+    assert list(params["modifications"]) == ["fixed", "positive_aberrant"]
+    assert list(params["modification_values"]) == [5.0, 1e4]
+    assert params["classifier"] == "sklearn"
+    assert params["layer"] == "X"
+    assert sad.tl.sign_genes(a, groupby="cluster") is None
+    # a Modification's value reaches the modified values: fixed at 5 is the same search as a callable setting 5
+    kw = {"groupby": "cluster", "target": "NK", "classifier": clf, "genes": list(a.var_names[:60])}
+    sad.tl.single_gene_attack(a, modification=Modification("fixed", 5.0), key_added="f", **kw)
+
+    def five(x_target, x_all):
+        return np.full_like(x_target, 5.0)
+
+    sad.tl.single_gene_attack(a, modification=five, key_added="c", **kw)
+    f, c = table(a, "f"), table(a, "c")
+    np.testing.assert_array_equal(f["gene"], c["gene"])
+    assert sad.get.attack_record(a, "f")["params"]["modification_value"] == 5.0
+
+
 def test_nan_and_cgd_errors(small):
     a, proba, classes = small
     b = a.copy()
     b.X[3, 4] = np.nan
+    clf = sad.tl.ClassifierSpec(proba, classes=classes)
     with pytest.raises(ValueError, match="NaN"):
-        sad.tl.max_change_attack(b, groupby="cluster", target="NK", classifier=proba, classes=classes)
+        sad.tl.max_change_attack(b, groupby="cluster", target="NK", classifier=clf)
     before = _state(a)
     with pytest.raises(ValueError, match="new_target"):
-        sad.tl.cgd_attack(a, groupby="cluster", target="NK", classifier=proba, classes=classes, new_target="Martian")
+        sad.tl.cgd_attack(a, groupby="cluster", target="NK", classifier=clf, options=CGDOptions(new_target="Martian"))
     with pytest.raises(ValueError, match="max_combinations"):
         sad.tl.grid_attack(
             a,
             groupby="cluster",
             target="NK",
-            classifier=proba,
-            classes=classes,
+            classifier=clf,
             genes=list(a.var_names[:12]),
-            max_combinations=1000,
+            options=GridOptions(max_combinations=1000),
         )
     assert _state(a) == before
 
@@ -246,18 +306,19 @@ def test_sad_classifier_by_default(pipeline68k, one_torch_thread):
         "modification": "positive_aberrant",
         "genes": list(clf.var_names[:150]),
     }
-    fast = sad.tl.single_gene_attack(a, **kw)
-    plain = sad.tl.single_gene_attack(a, method="plain", key_added="plain", **kw)
-    pd.testing.assert_frame_equal(fast, plain)
+    sad.tl.single_gene_attack(a, key_added="fast", **kw)
+    sad.tl.single_gene_attack(a, options=SingleGeneOptions(method="plain"), key_added="plain", **kw)
+    fast = table(a, "fast")
+    pd.testing.assert_frame_equal(fast, table(a, "plain"))
     assert set(fast["gene"]) <= set(clf.var_names)
     # a torch module passed explicitly gives the same table
-    again = sad.tl.single_gene_attack(a, classifier=clf, key_added="explicit", **kw)
-    pd.testing.assert_frame_equal(again, fast)
+    sad.tl.single_gene_attack(a, classifier=clf, key_added="explicit", **kw)
+    pd.testing.assert_frame_equal(table(a, "explicit"), fast)
     assert a.uns["sad"]["attacks"]["plain"]["params"]["classifier"] == "sad classifier"
     # genes aligned by name: a shuffled AnnData gives the same attack
     b = a[:, a.var_names[::-1]].copy()
-    shuffled = sad.tl.single_gene_attack(b, **kw)
-    pd.testing.assert_frame_equal(shuffled, fast)
+    sad.tl.single_gene_attack(b, key_added="fast", **kw)
+    pd.testing.assert_frame_equal(table(b, "fast"), fast)
 
 
 def test_finite_check_and_private_matrix():
@@ -299,9 +360,9 @@ def test_finite_check_and_private_matrix():
             np.testing.assert_array_equal(M, get_matrix(a, layer))
     view = ad.AnnData(rng.random((6, 4), dtype=np.float32))[1:4]
     assert not np.shares_memory(get_matrix(view, copy=True), view.X)
+    bad = ad.AnnData(np.ones((3, 2), dtype=np.float32))
+    bad.X[1, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        bad = ad.AnnData(np.ones((3, 2), dtype=np.float32))
-        bad.X[1, 1] = np.nan
         get_matrix(bad, copy=True)
 
 
@@ -310,14 +371,19 @@ def test_cgd_layer_is_a_private_copy(small):
     import scipy.sparse as sp
 
     a, proba, classes = small
-    kw = {"groupby": "cluster", "classifier": proba, "classes": classes, "target": "CD8 T", "alpha": 10, "epsilon": 10}
-    ref = sad.tl.cgd_attack(a.copy(), genes=list(a.var_names[:40]), key_added="k", **kw)
+    kw = {
+        "groupby": "cluster",
+        "classifier": sad.tl.ClassifierSpec(proba, classes=classes),
+        "target": "CD8 T",
+        "options": CGDOptions(alpha=10, epsilon=10),
+    }
+    ref = table(sad.tl.cgd_attack(a, genes=list(a.var_names[:40]), key_added="k", copy=True, **kw), "k")
     for X in (a.X, a.X.astype(np.float64), sp.csr_matrix(a.X)):
         b = a.copy()
         b.X = X.copy()
         before = b.X.copy()
-        df = sad.tl.cgd_attack(b, genes=list(a.var_names[:40]), key_added="k", **kw)
-        pd.testing.assert_frame_equal(df, ref)
+        sad.tl.cgd_attack(b, genes=list(a.var_names[:40]), key_added="k", **kw)
+        pd.testing.assert_frame_equal(table(b, "k"), ref)
         layer = b.layers["k"]
         assert isinstance(layer, np.ndarray)
         assert layer.dtype == np.float32
@@ -352,10 +418,16 @@ def test_cgd_whole_matrix_fast_equals_plain(lr_adata, lr_workload, kind, one_tor
     for method in ("fast", "plain"):
         b = a.copy()
         before = b.X.copy()
-        df = sad.tl.cgd_attack(
-            b, groupby="cluster", target="CD8 T", classifier=clf, classes=classes, genes=genes, alpha=10,
-            epsilon=10, method=method, key_added="k",
-        )  # fmt: skip
+        sad.tl.cgd_attack(
+            b,
+            groupby="cluster",
+            target="CD8 T",
+            classifier=sad.tl.ClassifierSpec(clf, classes=classes),
+            genes=genes,
+            options=CGDOptions(alpha=10, epsilon=10, method=method),
+            key_added="k",
+        )
+        df = table(b, "k")
         layer = b.layers["k"]
         assert layer.dtype == np.float32
         assert not np.shares_memory(layer, b.X)
@@ -365,12 +437,17 @@ def test_cgd_whole_matrix_fast_equals_plain(lr_adata, lr_workload, kind, one_tor
         out[method] = (df, layer)
     pd.testing.assert_frame_equal(out["fast"][0], out["plain"][0])
     np.testing.assert_array_equal(out["fast"][1], out["plain"][1])
-    b = a.copy()  # bad input once the copy has started: the error, nothing written
-    kw = {"groupby": "cluster", "classifier": clf, "classes": classes, "genes": genes, "key_added": "k"}
+    b = a.copy()  # bad input: the error, nothing written
+    kw = {
+        "groupby": "cluster",
+        "classifier": sad.tl.ClassifierSpec(clf, classes=classes),
+        "genes": genes,
+        "key_added": "k",
+    }
     with pytest.raises(ValueError, match="not found"):
         sad.tl.cgd_attack(b, target="Martian", **kw)
     with pytest.raises(ValueError, match="new_target"):
-        sad.tl.cgd_attack(b, target="CD8 T", new_target="Martian", **kw)
+        sad.tl.cgd_attack(b, target="CD8 T", options=CGDOptions(new_target="Martian"), **kw)
     assert "k" not in b.layers
     assert "sad" not in b.uns
     # a NaN: in the cluster, refused before the search; elsewhere, by the copy's check, before anything is written
@@ -392,22 +469,23 @@ def test_cgd_whole_matrix_fast_equals_plain(lr_adata, lr_workload, kind, one_tor
 
 def test_string_categories_and_gene_names_looked_up_alike(small):
     """Cluster labels taken by category code, genes looked up in adata.var_names: as the generic paths."""
-    from scadversarial.tl._blackbox import _gene_indices, _setup
+    from scadversarial.tl._blackbox._setup import gene_indices as _gene_indices
+    from scadversarial.tl._blackbox._setup import setup as _setup
 
     a, proba, classes = small
-    kw = {"groupby": "cluster", "target": "NK", "classifier": proba, "classes": classes, "layer": None}
+    kw = {"groupby": "cluster", "target": "NK", "classifier": sad.tl.ClassifierSpec(proba, classes=classes)}
     b = a.copy()
     b.obs["cluster"] = b.obs["cluster"].cat.add_categories(["unused"])
-    by_code = _setup(b, batch_size=None, **kw)
+    by_code = _setup(b, layer=None, **kw)
     b.obs["cluster"] = b.obs["cluster"].astype(object)
-    generic = _setup(b, batch_size=None, **kw)
+    generic = _setup(b, layer=None, **kw)
     assert by_code.labels.dtype == generic.labels.dtype == object
     np.testing.assert_array_equal(by_code.labels, generic.labels)
     with pytest.raises(ValueError, match="clusters: \\['B', "):  # the clusters present, not the unused category
-        _setup(b.copy(), batch_size=None, **{**kw, "target": "unused"})
+        _setup(b.copy(), layer=None, **{**kw, "target": "unused"})
     b.obs["cluster"] = pd.Categorical(b.obs["cluster"]).remove_categories(["B"])
     with pytest.raises(ValueError, match=f"{int((a.obs['cluster'] == 'B').sum())} cells have no cluster"):
-        _setup(b, batch_size=None, **kw)
+        _setup(b, layer=None, **kw)
     names = list(a.var_names[[5, 2, 5, 9]]) + [a.var_names[0]]
     np.testing.assert_array_equal(_gene_indices(generic, names, None, index=a.var_names), [5, 2, 9, 0])
     np.testing.assert_array_equal(_gene_indices(generic, names, None), [5, 2, 9, 0])
@@ -420,7 +498,12 @@ def test_string_categories_and_gene_names_looked_up_alike(small):
 def test_progress_bars_follow_the_setting(small, capsys):
     """Searches show a tqdm bar with an ETA (genes settled) when sad.settings.progress is on, nothing when off."""
     a, clf, classes = small
-    kw = {"groupby": "cluster", "target": "NK", "classifier": clf, "classes": classes, "modification": "perc99"}
+    kw = {
+        "groupby": "cluster",
+        "target": "NK",
+        "classifier": sad.tl.ClassifierSpec(clf, classes=classes),
+        "modification": "perc99",
+    }
     sad.settings.progress = True
     try:
         sad.tl.single_gene_attack(a, **kw)
@@ -449,7 +532,12 @@ def test_max_change_over_many_genes_warns_with_an_estimate(pbmc3k_raw, caplog):
     lin.classes = ["Platelet", "DC"]
     with caplog.at_level(logging.WARNING, logger="scadversarial"):
         sad.tl.max_change_attack(
-            a, groupby="seurat_cell_type", target="Platelet", classifier=lin, modification="perc99", max_split_size=500
+            a,
+            groupby="seurat_cell_type",
+            target="Platelet",
+            classifier=lin,
+            modification="perc99",
+            options=MaxChangeOptions(max_split_size=500),
         )
     msg = " ".join(r.getMessage() for r in caplog.records)
     assert "searches 13714 genes on 14 cells: expect roughly" in msg

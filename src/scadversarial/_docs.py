@@ -115,9 +115,11 @@ modification
 
 doc_modifications = """\
 modifications
-    The modifications a gene can take, each as ``modification`` of
-    :func:`~scadversarial.tl.single_gene_attack`: a name, a callable or a
-    :class:`~scadversarial.tl.Modification`."""
+    The modifications a gene can take, each a name (``'perc1'``, ``'perc99'``, ``'decile+N'`` /
+    ``'decile-N'``, ``'random'``, ``'positive_aberrant'``, ``'negative_aberrant'``, ``'fixed'``), a
+    callable ``fn(x_target, x_all)`` (see :mod:`scadversarial.attacks.modifications`) or a
+    :class:`~scadversarial.tl.Modification` giving the name and its value (the value of
+    ``'fixed'``, default 3; the factor of the gene's max of the aberrant ones, default 1e4)."""
 
 doc_genes_search = """\
 genes

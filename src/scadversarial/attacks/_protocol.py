@@ -42,6 +42,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ._linear_head import LinearHead, linear_head
+
 __all__ = ["ClassifierAdapter", "ClassifierSpec", "LinearHead", "TiedScoresWarning", "as_proba_fn", "check_output"]
 
 Output = Literal["proba", "logits", "log_proba"]
@@ -84,6 +86,8 @@ class ClassifierSpec:
     output
         Scores the searches read: ``'proba'``, ``'logits'`` (decision values; no ties from underflow)
         or ``'log_proba'``. For a callable, what it returns.
+    batch_size
+        Rows per forward pass of a torch module (default 128, see :class:`ClassifierAdapter`).
 
     Examples
     --------
@@ -102,67 +106,10 @@ class ClassifierSpec:
     classes: Sequence[str] | None = None
     genes: Sequence[str] | None = None
     output: Output = "proba"
+    batch_size: int | None = None
 
     def __post_init__(self) -> None:
         check_output(self.output)
-
-
-@dataclass(frozen=True)
-class LinearHead:
-    """A classifier whose per-cell type is the first argmax of ``X @ weight.T + bias``.
-
-    Attributes
-    ----------
-    weight
-        ``(n_classes, n_genes)`` float64 weights.
-    bias
-        ``(n_classes,)`` float64 bias.
-    unit_roundoff
-        Unit roundoff of the arithmetic the classifier itself uses (``2**-24`` for float32).
-
-    """
-
-    weight: np.ndarray
-    bias: np.ndarray
-    unit_roundoff: float
-
-
-def _linear_head(classifier: Any, kind: str) -> LinearHead | None:
-    """The :class:`LinearHead` of a linear classifier whose probabilities keep the order of its logits, or None."""
-    if kind == "torch":
-        import torch
-
-        lin = classifier
-        if isinstance(lin, torch.nn.Sequential) and len(lin) == 1:
-            lin = lin[0]
-        if type(lin) is not torch.nn.Linear or not lin.weight.dtype.is_floating_point:
-            return None
-        w = lin.weight.detach().cpu().double().numpy()
-        b = lin.bias.detach().cpu().double().numpy() if lin.bias is not None else np.zeros(w.shape[0])
-        u = float(torch.finfo(lin.weight.dtype).eps) / 2
-        if lin.weight.dtype == torch.float32:  # float32 products may run in TF32 (10 bits) or bfloat16 (7 bits)
-            precision = torch.get_float32_matmul_precision()
-            if precision != "highest" or (lin.weight.is_cuda and torch.backends.cuda.matmul.allow_tf32):
-                u = max(u, 2.0**-8 if precision == "medium" else 2.0**-11)
-        return LinearHead(w, b, u)
-    if kind == "sklearn":
-        from sklearn.linear_model import LogisticRegression
-
-        if type(classifier) is not LogisticRegression or not hasattr(classifier, "coef_"):
-            return None
-        coef = np.asarray(classifier.coef_, dtype=np.float64)
-        inter = np.broadcast_to(np.asarray(classifier.intercept_, dtype=np.float64), (coef.shape[0],))
-        n_classes = len(classifier.classes_)
-        eps = float(np.finfo(np.result_type(classifier.coef_.dtype, np.float32)).eps) / 2
-        if n_classes == 2 and coef.shape[0] == 1:  # p(class 1) = expit(d): logits (0, d) keep the order
-            return LinearHead(np.vstack([np.zeros_like(coef), coef]), np.array([0.0, inter[0]]), eps)
-        # one-vs-rest probabilities (older scikit-learn, liblinear) saturate and can tie: not linear here
-        if getattr(classifier, "multi_class", "auto") == "ovr" or getattr(classifier, "solver", "") == "liblinear":
-            return None
-        if coef.shape[0] != n_classes:
-            return None
-        return LinearHead(coef, np.array(inter), eps)
-    return None
 
 
 def _is_celltypist(obj: Any) -> bool:
@@ -215,9 +162,9 @@ class ClassifierAdapter:
     ----------
     classifier
         A torch module returning logits, a CellTypist ``Model``, an estimator with ``predict_proba``, a
-        callable ``X -> probabilities``, or a :class:`ClassifierSpec` (its ``classes``, ``genes`` and
-        ``output`` are used unless given here). An existing :class:`ClassifierAdapter` is wrapped again
-        (sharing the same classifier, with its own call counter).
+        callable ``X -> probabilities``, or a :class:`ClassifierSpec` (its ``classes``, ``genes``,
+        ``output`` and ``batch_size`` are used unless given here). An existing :class:`ClassifierAdapter`
+        is wrapped again (sharing the same classifier, with its own call counter).
     classes
         Class names, in the order of the probability columns. Required for a callable or a torch
         module without a ``classes`` attribute unless integer class names ``0..K-1`` are fine.
@@ -278,6 +225,7 @@ class ClassifierAdapter:
             classes = classifier.classes if classes is None else classes
             genes = classifier.genes if genes is None else genes
             output = classifier.output if output is None else output
+            batch_size = classifier.batch_size if batch_size is None else batch_size
             classifier = classifier.model
         self.output = check_output("proba" if output is None else output)
         self.classifier = classifier
@@ -382,7 +330,7 @@ class ClassifierAdapter:
         """
         if self._linear is False:
             # (log-probabilities round their own way: no certified shortcut for them)
-            self._linear = None if self.output == "log_proba" else _linear_head(self.classifier, self.kind)
+            self._linear = None if self.output == "log_proba" else linear_head(self.classifier, self.kind)
         return self._linear
 
     def count(self, n_rows: int) -> None:
