@@ -67,3 +67,17 @@ def meta_key(layer: str | None) -> str:
 def triplet_key(layer: str | None) -> str:
     """``.obsm`` key of the detector's triplet embedding of ``layer`` (``'X_sad_triplet'`` for ``X``)."""
     return OBSM_TRIPLET if layer is None else f"{OBSM_TRIPLET}_{layer}"
+
+
+# randomized-smoothing certification (sad.tl.certify): record and prefix of its .obs columns
+STEP_CERTIFY = "sad_certified"
+
+
+def certified_pred_key(key: str = STEP_CERTIFY) -> str:
+    """``.obs`` key of the smoothed predictions of ``certify(key_added=key)`` (``'sad_certified_pred'``)."""
+    return f"{key}_pred"
+
+
+def certified_radius_key(key: str = STEP_CERTIFY) -> str:
+    """``.obs`` key of the certified L2 radii of ``certify(key_added=key)`` (``'sad_certified_radius'``)."""
+    return f"{key}_radius"

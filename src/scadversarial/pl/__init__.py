@@ -7,6 +7,7 @@ figure) and returns the Axes (``show=False``) or the Figure (``return_fig=True``
 from ._attack import flip_rate, perturbation, robustness
 from ._benchmark import benchmark
 from ._cell import cell
+from ._certify import certified_accuracy
 from ._classifier import class_accuracy, confusion
 from ._detect import roc, score_distribution
 from ._embedding import embedding, embedding_adata
@@ -25,4 +26,5 @@ __all__ = [
     "cell",
     "attack_overview",
     "benchmark",
+    "certified_accuracy",
 ]

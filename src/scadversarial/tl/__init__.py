@@ -13,6 +13,7 @@ from ._blackbox import (
     sign_genes,
     single_gene_attack,
 )
+from ._certify import CertifyOptions, certify
 from ._classifier import predict, train_classifier
 from ._detect import detect, meta_features, train_detector
 from ._evaluate import evaluate
@@ -27,6 +28,7 @@ __all__ = [
     "AuditReport",
     "BenchmarkOptions",
     "BenignShift",
+    "CertifyOptions",
     "ClassifierSpec",
     "ThreatModel",
     "attack",
@@ -34,6 +36,7 @@ __all__ = [
     "audit",
     "benchmark_detectors",
     "benign_shift",
+    "certify",
     "cgd_attack",
     "classifier_input",
     "detect",
