@@ -7,15 +7,14 @@ import sys
 import anndata as ad
 import numpy as np
 
+import scadversarial as sad
 from scadversarial.cli import main
 
 
 def test_cli_run_end_to_end(tmp_path):
     out = tmp_path / "out"
-    rc = subprocess.run(
-        [sys.executable, "-m", "scadversarial.cli", "run", "--data", "pbmc68k_reduced", "--out", str(out), "--epochs", "10", "--no-progress"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    cmd = [sys.executable, "-m", "scadversarial.cli", "run", "--data", "pbmc68k_reduced", "--out", str(out)]
+    rc = subprocess.run([*cmd, "--epochs", "10", "--no-progress"], capture_output=True, text=True, check=False)
     assert rc.returncode == 0, rc.stderr
     assert "classifier accuracy" in rc.stdout
     assert "PGD flip rate" in rc.stdout
@@ -40,7 +39,7 @@ def test_cli_run_end_to_end(tmp_path):
     assert "counts: not available for this data" in rc.stdout  # pbmc68k_reduced has no counts
     assert "trained on the seed threat" in rc.stdout
     assert "what it misses" in rc.stdout
-    assert "benchmark" in a.uns["sad"]
+    assert sad.get.benchmark_table(a)["threat"].tolist() == threats  # the full table is in out/adata.h5ad
 
 
 def test_cli_bad_data_is_a_clear_error(capsys, tmp_path):

@@ -7,11 +7,18 @@ import math
 import time
 from pathlib import Path
 
+import pandas as pd
 from anndata import AnnData
 
-from . import _keys, datasets, pp, tl
+from . import _keys, datasets, get, pp, tl
 from ._settings import logger
 
+#: Classifier epochs cap of ``scadversarial run`` (and of the app's demo pipeline).
+MAX_EPOCHS = 60
+#: PGD budgets of ``scadversarial run`` (scaled units); the middle one is the threat benchmark's seed threat.
+EPS = (0.05, 0.1, 0.15)
+#: Key of the pipeline's PGD attack (``sad.tl.attack``'s default for PGD): its layers are ``sad_pgd_eps<eps>``.
+ATTACK_KEY = "sad_pgd"
 #: Budget of the observed-range threat: the seed threat's largest L-inf budget (scaled units), kept inside
 #: each gene's observed range (issue 12: 50-59 % of PBMC3k test cells flipped and not flagged).
 OBSERVED_EPS = 0.15
@@ -32,9 +39,21 @@ HONEST_NOTE = (
 )
 #: Columns of the benchmark table kept in the report, per threat row.
 THREAT_COLUMNS = (
-    "threat", "kind", "detector", "space", "constraint", "n_cells", "flip_rate", "auroc", "flagged", "evasion",
-    "fpr", "pred_changed",
-)  # fmt: skip
+    "threat",
+    "kind",
+    "detector",
+    "space",
+    "constraint",
+    "n_cells",
+    "flip_rate",
+    "auroc",
+    "flagged",
+    "evasion",
+    "fpr",
+    "pred_changed",
+)
+#: The columns of :data:`THREAT_COLUMNS` that hold numbers.
+NUMERIC_COLUMNS = ("n_cells", "flip_rate", "auroc", "flagged", "evasion", "fpr", "pred_changed")
 
 
 def load_data(data: str, *, labels: str | None = None) -> tuple[AnnData, str | None]:
@@ -57,9 +76,9 @@ def run_pipeline(
     *,
     labels_key: str | None = None,
     out: str | Path | None = None,
-    eps: tuple[float, ...] = (0.05, 0.1, 0.15),
+    eps: tuple[float, ...] = EPS,
     random_state: int = 0,
-    max_epochs: int = 60,
+    max_epochs: int = MAX_EPOCHS,
     threats: bool = True,
     baselines: bool = False,
 ) -> dict:
@@ -119,9 +138,9 @@ def run_pipeline(
         labels_key = _keys.OBS_LABEL
     step("split", pp.split, adata, labels_key, random_state=random_state)
     step("train_classifier", tl.train_classifier, adata, labels_key, random_state=random_state, max_epochs=max_epochs)
-    step("attack", tl.attack, adata, "pgd", eps=eps, random_state=random_state)
+    step("attack", tl.attack, adata, "pgd", eps=eps, random_state=random_state, key_added=ATTACK_KEY)
     step("train_detector", tl.train_detector, adata, random_state=random_state)
-    table = step("evaluate", tl.evaluate, adata)
+    step("evaluate", tl.evaluate, adata, attack_key=ATTACK_KEY)
     threat_report = None
     if threats:
         seed_eps = sorted(eps)[len(eps) // 2]
@@ -129,9 +148,8 @@ def run_pipeline(
             "threats", threat_benchmark, adata, seed_eps=seed_eps, baselines=baselines, random_state=random_state
         )
 
-    root = adata.uns[_keys.UNS]
-    clf = root[_keys.STEP_CLASSIFIER]["metrics"]
-    atk = root[_keys.STEP_ATTACKS]["sad_pgd"]["metrics"]
+    clf = get.record(adata, _keys.STEP_CLASSIFIER)["metrics"]
+    atk = get.attack_record(adata, ATTACK_KEY)["metrics"]
     report = {
         "data": {"n_cells": adata.n_obs, "n_genes": adata.n_vars, "labels_key": labels_key},
         "classifier": {
@@ -144,7 +162,7 @@ def run_pipeline(
             "flip_rate": dict(atk["flip_rate"]),
             "flip_rate_any": atk["flip_rate_any"],
         },
-        "detection": _detection_rows(table),
+        "detection": _detection_rows(get.evaluation_table(adata)),
         "timings_s": timings,
     }
     if threat_report is not None:
@@ -224,40 +242,59 @@ def threat_benchmark(
         f"seed PGD eps={seed_eps:g}": {"method": "pgd", "eps": seed_eps, **seed},
         f"observed PGD eps={OBSERVED_EPS:g}": {"method": "pgd", "eps": OBSERVED_EPS, "constraint": "observed", **seed},
         f"expressed log {LOG_EPS:g}": log_threat,
-    }  # fmt: skip
+    }
     benign: dict = {}
     not_available: dict[str, str] = {}
     if _keys.LAYER_COUNTS in adata.layers:
         attacks[f"counts +-{UMI_EPS:g} UMI"] = {
-            "method": "pgd", "eps": UMI_EPS, "space": "counts", "constraint": "counts", "mask": _keys.LAYER_COUNTS,
+            "method": "pgd",
+            "eps": UMI_EPS,
+            "space": "counts",
+            "constraint": "counts",
+            "mask": _keys.LAYER_COUNTS,
             **seed,
-        }  # fmt: skip
+        }
         benign[f"thinning {THINNING:.0%}"] = tl.BenignShift("thinning", THINNING)
     else:
         reason = f"not available for this data (no .layers[{_keys.LAYER_COUNTS!r}])"
         not_available = {"counts": reason, "benign shifts": reason}
-    detector = tl.get_model(adata, _keys.STEP_DETECTOR)
+    detector = get.model(adata, _keys.STEP_DETECTOR)
     attacks[f"detector-aware log {LOG_EPS:g}"] = {
         **log_threat,
         "detector": detector,
         "detector_weight": DETECTOR_WEIGHTS,
     }
     detectors = ("sad", *BASELINES) if baselines else ("sad",)
-    table = tl.benchmark_detectors(
-        adata, attacks=attacks, detectors=detectors, benign=benign,
+    tl.benchmark_detectors(
+        adata,
+        attacks=attacks,
+        detectors=detectors,
+        benign=benign,
         options=tl.BenchmarkOptions(random_state=random_state),
-    )  # fmt: skip
+    )
+    table = get.benchmark_table(adata)
     return {
         "detector": "sad",
-        "rows": [_threat_row(row) for row in table[list(THREAT_COLUMNS)].to_dict("records")],
+        "rows": _threat_rows(table),
         "not_available": not_available,
         "note": HONEST_NOTE,
     }
 
 
-def _threat_row(row: dict) -> dict:
-    """One benchmark row with JSON-safe values: ``None`` where a metric does not apply (NaN in the table)."""
-    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+def _threat_rows(table: pd.DataFrame) -> list[dict]:
+    """The benchmark rows with JSON-safe values: ``None`` where a metric does not apply.
+
+    The table read back from ``.uns`` holds a metric that applies to no row as the text ``'None'``
+    (the record stores an all-``None`` column as strings), so the numeric columns are read as numbers
+    first and every missing value becomes ``NaN``, then ``None``.
+    """
+    table = table[list(THREAT_COLUMNS)].copy()
+    for col in NUMERIC_COLUMNS:
+        table[col] = pd.to_numeric(table[col], errors="coerce")
+    return [
+        {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+        for row in table.to_dict("records")
+    ]
 
 
 def _to_builtin(obj):
