@@ -85,36 +85,39 @@ def free_port() -> int:
 def start_app(adata: Path, models: Path | None, log: Path, *, timeout: float = 120) -> tuple[subprocess.Popen, str]:
     """Start the app with :func:`scadversarial.app.launch` on a free loopback port; wait until healthy."""
     port = free_port()
-    fh = open(log, "w")
-    proc = sad_app.launch(
-        adata, models, port, address="127.0.0.1", headless=True, wait=False,
-        streamlit_args=["--server.fileWatcherType", "none", "--server.runOnSave", "false"],
-        popen_kwargs={"stdout": fh, "stderr": subprocess.STDOUT},
-    )  # fmt: skip
+    # the server writes to its own copy of the log's file descriptor: this one can be closed at once
+    with log.open("w") as fh:
+        proc = sad_app.launch(
+            adata,
+            models,
+            port,
+            address="127.0.0.1",
+            headless=True,
+            wait=False,
+            streamlit_args=["--server.fileWatcherType", "none", "--server.runOnSave", "false"],
+            popen_kwargs={"stdout": fh, "stderr": subprocess.STDOUT},
+        )
     assert isinstance(proc, subprocess.Popen), "streamlit is not installed"
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            fh.close()
             msg = f"the app exited with code {proc.returncode}:\n{log.read_text()[-3000:]}"
             raise RuntimeError(msg)
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
                 if r.read().decode().strip() == "ok":
-                    proc._sad_log = fh  # closed by stop_app
                     return proc, url
         except OSError:
             pass
         time.sleep(0.25)
     stop_app(proc)
-    fh.close()
     msg = f"the app did not answer on {url}/_stcore/health within {timeout} s:\n{log.read_text()[-3000:]}"
     raise RuntimeError(msg)
 
 
 def stop_app(proc: subprocess.Popen) -> None:
-    """Terminate the app's process (and close its log)."""
+    """Terminate the app's process."""
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -122,9 +125,6 @@ def stop_app(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    fh = getattr(proc, "_sad_log", None)
-    if fh is not None:
-        fh.close()
 
 
 def open_browser(playwright, chromium: str):
@@ -223,8 +223,8 @@ def test_app_in_browser(chromium, app_url, browser_pipeline_dir, screenshot_dir)
     from playwright.sync_api import expect, sync_playwright
 
     pipe = logic.load_pipeline(browser_pipeline_dir / "adata.h5ad")
-    eps = pipe.attack_defaults["eps"]
-    method = pipe.attack_defaults["method"]
+    eps = pipe.attack_defaults.eps
+    method = pipe.attack_defaults.method
     # a held-out cell whose attack succeeds makes the most telling screenshot (any cell works for the test)
     held_out = np.flatnonzero(pipe.split == "test")[:30] if pipe.split is not None else np.arange(30)
     held_out = held_out[held_out > 0]  # not the default cell 0: the test must change the cell
@@ -250,11 +250,15 @@ def test_app_in_browser(chromium, app_url, browser_pipeline_dir, screenshot_dir)
             expect(page.locator("[data-testid='stException']")).to_have_count(0)
             page.screenshot(path=str(screenshot_dir / "app_attack.png"), full_page=True)
 
-            # cell changes with the attack on, measured in the browser (input -> page updated)
-            times = measure_cell_changes(page, [cell + k for k in (1, 2, 3, 4, 5)])
-            print(f"browser cell change (pbmc68k_reduced): {[round(1000 * t) for t in times]} ms")
-            assert np.median(times) < 3.0  # the target is < 1 s; loose here for a busy shared CI machine
-            expect(attack_panel).to_contain_text("Detector verdict:")
+            # cell changes with the attack on: each new cell is shown, attacked, with logic's numbers
+            # (their latency is measured by `python tests/test_app_browser.py --adata ...`, not asserted here)
+            for nxt in (cell + 1, cell + 2, cell + 3):
+                select_cell(page, nxt)
+                c, a = logic.clean_cell(pipe, nxt), logic.attack_cell(pipe, nxt, method=method, eps=eps)
+                expect(clean_panel).to_contain_text(f"Cell {nxt} ({c.name})")
+                expect(attack_panel).to_contain_text(f"Predicted label: {a.predicted} (probability {a.confidence:.2f})")
+                expect(attack_panel).to_contain_text(f"Detector verdict: {a.verdict(pipe.threshold)}")
+            expect(status_line(page)).to_contain_text(f"Cell {cell + 3} (")
         finally:
             browser.close()
 

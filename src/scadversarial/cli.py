@@ -7,6 +7,13 @@ import logging
 import sys
 import time
 
+from ._pipeline import MAX_EPOCHS
+
+#: What ``scadversarial app --help`` (and ``python -m scadversarial.app --help``) says first.
+APP_DESCRIPTION = (
+    "Clean vs. adversarial predictions of single cells in the browser (also: python -m scadversarial.app)."
+)
+
 
 def _run(args: argparse.Namespace) -> int:
     from ._pipeline import format_report, load_data, run_pipeline
@@ -42,12 +49,18 @@ def _audit(args: argparse.Namespace) -> int:
         random_state=args.seed,
     )
     report = audit(
-        adata, groupby=args.groupby, out=args.out, classifier=classifier, layer=args.layer, output=args.output,
+        adata,
+        groupby=args.groupby,
+        out=args.out,
+        classifier=classifier,
+        layer=args.layer,
+        output=args.output,
         options=options,
-    )  # fmt: skip
+    )
     s = report.summary
+    kind = s["classifier"]["kind"].removesuffix(" classifier")
     print(
-        f"audited the {s['classifier']['kind'].removesuffix(' classifier')} classifier on {s['n_cells']} cells, {len(s['clusters'])} clusters, "
+        f"audited the {kind} classifier on {s['n_cells']} cells, {len(s['clusters'])} clusters, "
         f"{s['n_genes_searched']} genes"
     )
     print(f"wrote {report.html}, {report.json} and {len(report.figures)} figures in {time.perf_counter() - t0:.1f} s")
@@ -57,7 +70,33 @@ def _audit(args: argparse.Namespace) -> int:
 def _app(args: argparse.Namespace) -> int:
     from .app import launch
 
-    return launch(adata=args.adata, models=args.models, port=args.port, address=args.address, headless=args.headless)
+    demo = {"cache_dir": args.cache_dir, "max_epochs": args.epochs}
+    return launch(args.adata, args.models, args.port, address=args.address, headless=args.headless, **demo)
+
+
+def add_app_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``scadversarial app`` (and of ``python -m scadversarial.app``, which runs it)."""
+    parser.add_argument(
+        "--adata", default=None, help="FILE.h5ad written by `scadversarial run` (default: build a demo)"
+    )
+    parser.add_argument("--models", default=None, help="models directory (default: models/ next to the .h5ad)")
+    parser.add_argument("--port", type=int, default=None, help="port to serve on (default 8501)")
+    parser.add_argument(
+        "--address", default="127.0.0.1", help="address to bind (default loopback only; 0.0.0.0 to share)"
+    )
+    parser.add_argument("--headless", action="store_true", help="do not open a browser window")
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="folder of the cached demo pipeline (default: app-pbmc68k_reduced in $SCADVERSARIAL_CACHE_DIR, "
+        "else in ~/.cache/scadversarial)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"maximum classifier epochs of the demo pipeline (default {MAX_EPOCHS})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--labels", default=None, help=".obs column with cell types (default: KMeans pseudo-labels)")
     run.add_argument("--out", default="out", help="output directory (default: out)")
     run.add_argument("--seed", type=int, default=0, help="random seed of every step")
-    run.add_argument("--epochs", type=int, default=60, help="maximum classifier epochs")
+    run.add_argument("--epochs", type=int, default=MAX_EPOCHS, help=f"maximum classifier epochs (default {MAX_EPOCHS})")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument(
         "--baselines", action="store_true", help="also score the threat rows with every baseline detector (slower)"
@@ -110,12 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--seed", type=int, default=0, help="random seed of the searches")
     aud.add_argument("--no-progress", action="store_true", help="hide progress bars")
     aud.set_defaults(func=_audit)
-    app = sub.add_parser("app", help="start the interactive Streamlit app")
-    app.add_argument("--adata", default=None, help="FILE.h5ad written by `scadversarial run` (default: build a demo)")
-    app.add_argument("--models", default=None, help="models directory (default: next to the .h5ad)")
-    app.add_argument("--port", type=int, default=None, help="port to serve on (default 8501)")
-    app.add_argument("--address", default="127.0.0.1", help="address to bind (default loopback only; 0.0.0.0 to share)")
-    app.add_argument("--headless", action="store_true", help="do not open a browser window")
+    app = sub.add_parser("app", help="start the interactive Streamlit app", description=APP_DESCRIPTION)
+    add_app_arguments(app)
     app.set_defaults(func=_app)
     return parser
 

@@ -1,7 +1,7 @@
 """The interactive demo app (Streamlit): clean vs. adversarial predictions of single cells.
 
-Start it with ``scadversarial app [--adata FILE.h5ad] [--models DIR]``, ``python -m
-scadversarial.app`` or :func:`launch`. The page is ``streamlit_app.py``; all of its
+Start it with ``scadversarial app [--adata FILE.h5ad] [--models DIR]`` (``python -m
+scadversarial.app`` takes the same options) or :func:`launch`. The page is ``streamlit_app.py``; all of its
 computations live in :mod:`scadversarial.app.logic`, which needs no Streamlit.
 """
 
@@ -92,7 +92,7 @@ def launch(
     cache_dir
         Folder of the cached demo pipeline.
     max_epochs
-        Classifier epochs cap when the demo pipeline is built (default 60).
+        Classifier epochs cap when the demo pipeline is built (default: ``scadversarial run``'s, 60).
     streamlit_args
         More ``streamlit run`` options, e.g. ``['--theme.base', 'dark']``.
     wait
@@ -114,9 +114,15 @@ def launch(
         )
         return 1
     cmd = command(
-        adata, models, port, address=address, headless=headless, cache_dir=cache_dir,
-        max_epochs=max_epochs, streamlit_args=streamlit_args,
-    )  # fmt: skip
+        adata,
+        models,
+        port,
+        address=address,
+        headless=headless,
+        cache_dir=cache_dir,
+        max_epochs=max_epochs,
+        streamlit_args=streamlit_args,
+    )
     proc = subprocess.Popen(cmd, **(popen_kwargs or {}))
     if not wait:
         return proc
@@ -132,21 +138,21 @@ def launch(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m scadversarial.app [--adata FILE.h5ad] [--models DIR] [--port N] ...``."""
-    import argparse
+    """``python -m scadversarial.app [OPTIONS]``: the same command as ``scadversarial app [OPTIONS]``.
 
-    parser = argparse.ArgumentParser(prog="python -m scadversarial.app", description=__doc__.splitlines()[0])
-    parser.add_argument("--adata", default=None, help="adata.h5ad written by `scadversarial run` (default: a demo)")
-    parser.add_argument("--models", default=None, help="models folder (default: models/ next to the .h5ad)")
-    parser.add_argument("--port", type=int, default=None, help="port to serve on (default 8501)")
-    parser.add_argument("--address", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
-    parser.add_argument("--headless", action="store_true", help="do not open a browser")
-    parser.add_argument("--cache-dir", default=None, help="folder of the cached demo pipeline")
-    args = parser.parse_args(argv)
-    rc = launch(
-        args.adata, args.models, args.port, address=args.address, headless=args.headless, cache_dir=args.cache_dir
-    )
-    return int(rc)
+    Parameters
+    ----------
+    argv
+        The options (default ``sys.argv[1:]``); see ``scadversarial app --help``.
+
+    Returns
+    -------
+    The exit code.
+
+    """
+    from ..cli import main as cli_main
+
+    return cli_main(["app", *(sys.argv[1:] if argv is None else argv)])
 
 
 __all__ = ["launch", "command", "main", "streamlit_available", "SCRIPT", "INSTALL_HINT"]

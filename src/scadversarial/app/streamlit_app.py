@@ -17,11 +17,14 @@ import inspect
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
+import scadversarial as sad
+from scadversarial._pipeline import MAX_EPOCHS
 from scadversarial._settings import logger
 from scadversarial.app import logic
 
@@ -31,22 +34,51 @@ PICK_INDEX, PICK_LABEL = "index", "label"
 STRETCH = {} if "width" in inspect.signature(st.vega_lite_chart).parameters else {"use_container_width": True}
 
 
-def _config() -> dict:
+@dataclass(frozen=True)
+class Config:
+    """What the page opens: a pipeline's ``.h5ad`` and models folder, or the cached demo."""
+
+    adata: str | None
+    models: str | None
+    cache_dir: str | None
+    max_epochs: int
+
+
+@dataclass(frozen=True)
+class Options:
+    """The sidebar's settings."""
+
+    index: int
+    attack_on: bool
+    method: str
+    eps: float
+    steps: int
+    alpha: float
+    threshold: float | None
+    show_genes: bool
+
+    def attack(self) -> dict:
+        """The attack's keywords of :func:`~scadversarial.app.logic.evaluate_iter`."""
+        return {"method": self.method, "eps": self.eps, "alpha": self.alpha, "steps": self.steps}
+
+
+def _config() -> Config:
     """Paths and settings from the script arguments (under ``streamlit run``) or the environment."""
-    env = {
-        "adata": os.environ.get("SCADVERSARIAL_APP_ADATA") or None,
-        "models": os.environ.get("SCADVERSARIAL_APP_MODELS") or None,
-        "cache_dir": os.environ.get("SCADVERSARIAL_APP_CACHE_DIR") or None,
-        "max_epochs": int(os.environ.get("SCADVERSARIAL_APP_EPOCHS") or 60),
-    }
+    env = Config(
+        adata=os.environ.get("SCADVERSARIAL_APP_ADATA") or None,
+        models=os.environ.get("SCADVERSARIAL_APP_MODELS") or None,
+        cache_dir=os.environ.get("SCADVERSARIAL_APP_CACHE_DIR") or None,
+        max_epochs=int(os.environ.get("SCADVERSARIAL_APP_EPOCHS") or MAX_EPOCHS),
+    )
     if sys.argv and Path(sys.argv[0]).name == Path(__file__).name:
+        # the arguments that scadversarial.app.command passes after "--"
         parser = argparse.ArgumentParser(add_help=False)
-        parser.add_argument("--adata", default=env["adata"])
-        parser.add_argument("--models", default=env["models"])
-        parser.add_argument("--cache-dir", dest="cache_dir", default=env["cache_dir"])
-        parser.add_argument("--max-epochs", dest="max_epochs", type=int, default=env["max_epochs"])
+        parser.add_argument("--adata", default=env.adata)
+        parser.add_argument("--models", default=env.models)
+        parser.add_argument("--cache-dir", dest="cache_dir", default=env.cache_dir)
+        parser.add_argument("--max-epochs", dest="max_epochs", type=int, default=env.max_epochs)
         args, _ = parser.parse_known_args(sys.argv[1:])
-        return vars(args)
+        return Config(**vars(args))
     return env
 
 
@@ -69,61 +101,6 @@ def clean(_pipe: logic.Pipeline, token: str, index: int):
 
 
 # ----------------------------------------------------------------------------------------------
-def proba_chart(cell: logic.CellResult, classes: list[str], title: str) -> dict:
-    """Vega-Lite spec of the class-probability bars, the predicted class highlighted."""
-    df = cell.proba_frame(classes)
-    df["predicted"] = df["class"] == cell.predicted
-    return {
-        "data": {"values": df.to_dict("records")},
-        "mark": {"type": "bar"},
-        "title": title,
-        "height": {"step": 22},
-        "encoding": {
-            "y": {"field": "class", "type": "nominal", "sort": None, "title": None, "axis": {"labelOverlap": False, "labelLimit": 160}},
-            "x": {"field": "probability", "type": "quantitative", "scale": {"domain": [0, 1]}},
-            "color": {
-                "field": "predicted", "type": "nominal", "legend": None,
-                "scale": {"domain": [False, True], "range": ["#9db4cc", "#d62728" if cell.attacked else "#1f77b4"]},
-            },
-            "tooltip": [{"field": "class"}, {"field": "probability", "format": ".3f"}],
-        },
-    }  # fmt: skip
-
-
-def umap_spec(pipe: logic.Pipeline) -> dict:
-    """Vega-Lite spec of the cells' UMAP, coloured by label, the ``selected`` cell highlighted.
-
-    The spec holds no data and does not depend on the cell: the page passes the cells as a
-    DataFrame, so a cell change only sends new data to the chart already drawn.
-    """
-    color = "label" if pipe.labels is not None else "predicted"
-    selected = {"filter": "datum.selected"}
-    return {
-        "height": 440,
-        "layer": [
-            {
-                "mark": {"type": "circle", "size": 14, "opacity": 0.55},
-                "encoding": {
-                    "x": {"field": "x", "type": "quantitative", "title": f"{pipe.umap_key} 1", "axis": {"labels": False, "ticks": False}, "scale": {"zero": False, "padding": 12}},
-                    "y": {"field": "y", "type": "quantitative", "title": f"{pipe.umap_key} 2", "axis": {"labels": False, "ticks": False}, "scale": {"zero": False, "padding": 12}},
-                    "color": {"field": color, "type": "nominal", "title": "true label" if color == "label" else "predicted"},
-                    "tooltip": [{"field": "index"}, {"field": "cell"}, {"field": "label"}, {"field": "predicted"}],
-                },
-            },
-            {
-                "transform": [selected],
-                "mark": {"type": "point", "shape": "diamond", "size": 320, "filled": True, "color": "black", "stroke": "white", "strokeWidth": 2},
-                "encoding": {"x": {"field": "x", "type": "quantitative"}, "y": {"field": "y", "type": "quantitative"}},
-            },
-            {
-                "transform": [selected],
-                "mark": {"type": "text", "dy": -16, "fontWeight": "bold", "fontSize": 13},
-                "encoding": {"x": {"field": "x", "type": "quantitative"}, "y": {"field": "y", "type": "quantitative"}, "text": {"field": "cell"}},
-            },
-        ],
-    }  # fmt: skip
-
-
 def show_verdict(cell: logic.CellResult, threshold: float | None) -> None:
     """Detector score and verdict of one cell."""
     if cell.score is None:
@@ -139,7 +116,7 @@ def show_verdict(cell: logic.CellResult, threshold: float | None) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-def sidebar(pipe: logic.Pipeline) -> dict:
+def sidebar(pipe: logic.Pipeline) -> Options:
     """The sidebar widgets; returns the chosen settings."""
     sb = st.sidebar
     sb.header("Cell")
@@ -167,19 +144,24 @@ def sidebar(pipe: logic.Pipeline) -> dict:
 
     attack_on = sb.toggle("Attack this cell", value=False, key="attack_on")
     method = sb.selectbox(
-        "Attack method", METHODS, index=METHODS.index(d["method"]) if d["method"] in METHODS else 0, key="method"
+        "Attack method", METHODS, index=METHODS.index(d.method) if d.method in METHODS else 0, key="method"
     )
     eps = sb.slider(
-        "Epsilon", min_value=0.01, max_value=2.0, value=float(min(max(d["eps"], 0.01), 2.0)), step=0.01, key="eps"
+        "Epsilon", min_value=0.01, max_value=2.0, value=float(min(max(d.eps, 0.01), 2.0)), step=0.01, key="eps"
     )
     with sb.expander("PGD settings"):
-        steps = int(st.number_input("Steps", min_value=1, max_value=200, value=int(d["steps"]), key="steps"))
+        steps = int(st.number_input("Steps", min_value=1, max_value=200, value=int(d.steps), key="steps"))
         alpha = float(
             st.number_input(
                 "Step size (alpha; 0 = 2.5 x epsilon / steps)",
-                min_value=0.0, max_value=2.0, value=0.0, step=0.005, format="%.3f", key="alpha",
+                min_value=0.0,
+                max_value=2.0,
+                value=0.0,
+                step=0.005,
+                format="%.3f",
+                key="alpha",
             )
-        )  # fmt: skip
+        )
         st.caption("FGSM takes one step of size epsilon. Steps default to the pipeline's recorded attack.")
 
     sb.header("Detection")
@@ -194,8 +176,16 @@ def sidebar(pipe: logic.Pipeline) -> dict:
         threshold = float(threshold)
     sb.header("Display")
     show_genes = sb.toggle("Show gene vector", value=False, key="show_genes")
-    return {"index": index, "attack_on": attack_on, "method": method, "eps": float(eps), "steps": steps, "alpha": alpha,
-            "threshold": threshold, "show_genes": show_genes}  # fmt: skip
+    return Options(
+        index=index,
+        attack_on=attack_on,
+        method=method,
+        eps=float(eps),
+        steps=steps,
+        alpha=alpha,
+        threshold=threshold,
+        show_genes=show_genes,
+    )
 
 
 def page(pipe: logic.Pipeline) -> None:
@@ -203,7 +193,7 @@ def page(pipe: logic.Pipeline) -> None:
     t0 = time.perf_counter()
     token = f"{pipe.source}|{id(pipe)}"  # one loaded pipeline: cached cells never leak between pipelines
     opts = sidebar(pipe)
-    i, thr = opts["index"], opts["threshold"]
+    i, thr = opts.index, opts.threshold
     for w in pipe.warnings:
         st.warning(w)
 
@@ -218,7 +208,7 @@ def page(pipe: logic.Pipeline) -> None:
             st.caption(f"Split: {c.split}{role}")
         st.markdown(f"True label: **{c.true_label if c.true_label is not None else 'unknown'}**")
         st.markdown(f"Predicted label: **{c.predicted}** (probability {c.confidence:.2f})")
-        st.vega_lite_chart(proba_chart(c, pipe.classes, "class probabilities, clean"), **STRETCH)
+        st.vega_lite_chart(logic.proba_chart(c, pipe.classes, "class probabilities, clean"), **STRETCH)
         show_verdict(c, thr)
         if c.role in ("reference", "meta_train", "calibration"):
             st.caption(
@@ -227,20 +217,20 @@ def page(pipe: logic.Pipeline) -> None:
             )
     with right, st.container(key="attack_panel", border=True):
         st.subheader("Attacked cell")
-        if not opts["attack_on"]:
+        if not opts.attack_on:
             st.info("Turn on **Attack this cell** in the sidebar to attack this cell.")
         else:
-            a = attacked(pipe, token, i, opts["method"], opts["eps"], opts["alpha"], opts["steps"])
+            a = attacked(pipe, token, i, opts.method, opts.eps, opts.alpha, opts.steps)
             st.markdown(f"Attack: **{a.method}**, epsilon **{a.eps:g}**, against the predicted class")
             st.markdown(f"Predicted label: **{a.predicted}** (probability {a.confidence:.2f})")
             if a.success:
                 st.warning(f"Attack succeeded: the prediction flipped from {a.clean_predicted} to {a.predicted}.")
             else:
                 st.info(f"Attack failed: the prediction stays {a.predicted}.")
-            st.vega_lite_chart(proba_chart(a, pipe.classes, "class probabilities, attacked"), **STRETCH)
+            st.vega_lite_chart(logic.proba_chart(a, pipe.classes, "class probabilities, attacked"), **STRETCH)
             show_verdict(a, thr)
 
-    if opts["show_genes"]:
+    if opts.show_genes:
         st.subheader("Gene vector")
         table = logic.gene_table(pipe, c, a)
         if a is not None:
@@ -254,7 +244,7 @@ def page(pipe: logic.Pipeline) -> None:
         st.dataframe(table, height=300, hide_index=True, **STRETCH)
 
     st.subheader("Cells")
-    st.vega_lite_chart(logic.umap_frame(pipe, i), umap_spec(pipe), key="umap", **STRETCH)
+    st.vega_lite_chart(logic.umap_frame(pipe, i), logic.umap_spec(pipe), key="umap", **STRETCH)
     st.caption(f"{pipe.umap_key}; the selected cell is the black diamond.")
 
     evaluation(pipe, opts)
@@ -265,21 +255,18 @@ def page(pipe: logic.Pipeline) -> None:
         st.caption(f"Cell {i} ({c.name}) shown; {attack}; computed in {1000 * (time.perf_counter() - t0):.0f} ms.")
 
 
-def evaluation(pipe: logic.Pipeline, opts: dict) -> None:
+def evaluation(pipe: logic.Pipeline, opts: Options) -> None:
     """The global section: evaluation table on a button press, computed in batches."""
     st.subheader("Global evaluation")
     where = "test" if pipe.split is not None and (pipe.split == "test").any() else "all"
     st.caption(
-        f"Attacks every {where}-split cell with the sidebar's attack ({opts['method']}, epsilon {opts['eps']:g}) "
+        f"Attacks every {where}-split cell with the sidebar's attack ({opts.method}, epsilon {opts.eps:g}) "
         "and scores clean and attacked cells at the sidebar's threshold."
     )
     if st.button("Run evaluation", key="run_eval"):
         bar = st.progress(0.0, text="Evaluating ...")
         result = None
-        for frac, res in logic.evaluate_iter(
-            pipe, method=opts["method"], eps=opts["eps"], alpha=opts["alpha"], steps=opts["steps"],
-            threshold=opts["threshold"], split=where,
-        ):  # fmt: skip
+        for frac, res in logic.evaluate_iter(pipe, **opts.attack(), threshold=opts.threshold, split=where):
             bar.progress(frac, text=f"Evaluating: {frac:.0%}")
             result = res or result
         bar.empty()
@@ -303,7 +290,7 @@ def main() -> None:
     st.title("scadversarial: clean vs. adversarial cells")
     try:
         cfg = _config()
-        pipe = load(cfg["adata"], cfg["models"], cfg["cache_dir"], int(cfg["max_epochs"]))
+        pipe = load(cfg.adata, cfg.models, cfg.cache_dir, int(cfg.max_epochs))
     except logic.AppError as e:
         st.error(f"Could not open the pipeline. {e}")
         st.stop()
@@ -311,7 +298,7 @@ def main() -> None:
         logger.exception("app: loading failed")
         st.error(f"Could not open the pipeline ({type(e).__name__}: {e}).")
         st.stop()
-    clf = pipe.adata.uns.get("sad", {}).get("classifier", {}).get("metrics", {}).get("accuracy", {})
+    clf = sad.get.record(pipe.adata, "classifier").get("metrics", {}).get("accuracy", {})
     acc = f", classifier test accuracy {clf['test']:.3f}" if "test" in clf else ""
     st.caption(f"{pipe.source}: {pipe.n_cells} cells x {len(pipe.genes)} genes, {len(pipe.classes)} classes{acc}.")
     try:
