@@ -24,7 +24,8 @@ def test_tutorial_executes(path: Path, monkeypatch, request):
     monkeypatch.setenv("SAD_TUTORIAL_FAST", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(path, as_version=4)
-    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), "first cell must be a '# Title'"
+    assert nb.cells[0].cell_type == "markdown", "first cell must be a '# Title'"
+    assert nb.cells[0].source.startswith("# "), "first cell must be a '# Title'"
     assert any(o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])), (
         "commit the notebook with outputs"
     )
