@@ -7,10 +7,12 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import _keys
+from .._docs import doc_copy, doc_params, doc_returns_copy
 from .._settings import logger
 from .._validate import check_adata, get_matrix, set_record
 
 
+@doc_params(doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
 def pseudo_labels(
     adata: AnnData,
     *,
@@ -50,12 +52,11 @@ def pseudo_labels(
         Seed of PCA and clustering.
     key_added
         ``.obs`` key of the labels.
-    copy
-        Return a new AnnData instead of modifying ``adata``.
+    {doc_copy}
 
     Returns
     -------
-    ``None``, or the new AnnData when ``copy=True``. Sets ``.obs[key_added]`` (categorical,
+    {doc_returns_copy} Sets ``.obs[key_added]`` (categorical,
     ``'c0'``, ``'c1'``, ... ordered by cluster size), ``.obsm['X_pca']`` and
     ``.uns['sad']['pseudo_labels']``.
 

@@ -9,6 +9,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .. import _keys
+from .._docs import doc_copy, doc_params, doc_returns_copy
 from .._settings import logger
 from .._validate import (
     check_adata,
@@ -64,6 +65,7 @@ def _check_input(M, where: str, *, already_log: bool | None, uns_log: bool) -> b
     return bool(already_log)
 
 
+@doc_params(doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
 def preprocess(
     adata: AnnData,
     *,
@@ -114,12 +116,11 @@ def preprocess(
     reference
         A preprocessed AnnData whose genes, per-gene mean/std and parameters are reused, so that
         new data are scaled exactly like the training data.
-    copy
-        Return a new AnnData instead of modifying ``adata``.
+    {doc_copy}
 
     Returns
     -------
-    ``None``, or the new AnnData when ``copy=True``. Sets:
+    {doc_returns_copy} Sets:
 
     ``.X``
         Scaled values (float32, dense).

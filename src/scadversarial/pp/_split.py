@@ -7,9 +7,11 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import _keys
+from .._docs import doc_copy, doc_params, doc_returns_copy
 from .._validate import check_adata, check_labels, check_obs_key, set_record
 
 
+@doc_params(doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
 def split(
     adata: AnnData,
     labels_key: str = _keys.OBS_LABEL,
@@ -34,8 +36,7 @@ def split(
         Seed; the same seed and data give the same split.
     key_added
         ``.obs`` key of the split.
-    copy
-        Return a new AnnData instead of modifying ``adata``.
+    {doc_copy}
 
     Each class is split on its own (its cells shuffled with ``random_state``, then cut by the
     largest-remainder rounding of the fractions), so every class with at least one cell per split
@@ -43,7 +44,7 @@ def split(
 
     Returns
     -------
-    ``None``, or the new AnnData when ``copy=True``. Sets ``.obs[key_added]`` (categorical
+    {doc_returns_copy} Sets ``.obs[key_added]`` (categorical
     ``'train'``/``'val'``/``'test'``) and ``.uns['sad']['split']``.
 
     Examples
@@ -52,7 +53,7 @@ def split(
     >>> adata = sad.datasets.pbmc68k_reduced()
     >>> sad.pp.split(adata, "bulk_labels", train_size=0.4, val_size=0.1)
     >>> adata.obs["sad_split"].value_counts().to_dict()
-    {'test': 350, 'train': 280, 'val': 70}
+    {{'test': 350, 'train': 280, 'val': 70}}
 
     """
     check_adata(adata, min_obs=3)
