@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     a, det = _setup(args.data, args.seed)
     dev = sad.settings.torch_device()
     det.eval().to(dev)
-    clf = sad.tl.get_model(a).eval().to(dev)
+    clf = sad.get.model(a).eval().to(dev)
     n = args.batch
-    X = np.concatenate([a.X, *(a.layers[k] for k in a.uns["sad"]["attacks"]["sad_pgd"]["layers"])])
+    X = np.concatenate([a.X, *(a.layers[k] for k in sad.get.attack_record(a, "sad_pgd")["layers"])])
     rows = np.random.default_rng(args.seed).choice(len(X), n, replace=len(X) < n)
     x = torch.as_tensor(X[rows], dtype=torch.float32, device=dev)
 

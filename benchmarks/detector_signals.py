@@ -68,11 +68,11 @@ def _members(target_sum: float, *, everything: bool) -> dict:
 
 def signals(a, seed: int) -> tuple[dict, dict[str, float]]:
     """Every candidate signal, fitted on training cells and calibrated on validation cells; fit+calibrate seconds."""
-    clf = sad.tl.get_model(a, "classifier")
+    clf = sad.get.model(a, "classifier")
     split = a.obs["sad_split"].astype(str).to_numpy()
     X = np.asarray(a.X, dtype=np.float32)
     y = a.obs[LABELS].astype(str).to_numpy()
-    ts = float(a.uns["sad"]["preprocess"]["params"]["target_sum"])
+    ts = float(sad.get.record(a, "preprocess")["params"]["target_sum"])
     out, secs = {}, {}
     train, val = split == "train", split == "val"
     for name, det in _members(ts, everything=True).items():

@@ -26,18 +26,17 @@ def run(path: str, labels: str | None, seed: int) -> dict:
     sad.tl.train_classifier(a, labels, random_state=seed)
     sad.tl.attack(a, eps=(0.05, 0.1, 0.15), alpha=0.02, steps=10, random_state=seed)
     test = (a.obs["sad_split"] == "test").to_numpy()
-    out = {"test_accuracy": a.uns["sad"]["classifier"]["metrics"]["accuracy"]["test"]}
+    out = {"test_accuracy": sad.get.record(a, "classifier")["metrics"]["accuracy"]["test"]}
+    pgd = sad.get.attack_record(a, "sad_pgd")
     clean = a.obs["sad_pred"].astype(str).to_numpy()
     any_flip = np.zeros(a.n_obs, bool)
-    for layer in a.uns["sad"]["attacks"]["sad_pgd"]["layers"]:
+    for layer in pgd["layers"]:
         flip = a.obs[f"{layer}_pred"].astype(str).to_numpy() != clean
         any_flip |= flip
         out[f"flip {layer.rsplit('_', 1)[-1]} (test)"] = flip[test].mean()
-        out[f"flip {layer.rsplit('_', 1)[-1]} (all)"] = a.uns["sad"]["attacks"]["sad_pgd"]["metrics"]["flip_rate"][
-            layer
-        ]
+        out[f"flip {layer.rsplit('_', 1)[-1]} (all)"] = pgd["metrics"]["flip_rate"][layer]
     out["flip any eps (test)"] = any_flip[test].mean()
-    out["flip any eps (all)"] = a.uns["sad"]["attacks"]["sad_pgd"]["metrics"]["flip_rate_any"]
+    out["flip any eps (all)"] = pgd["metrics"]["flip_rate_any"]
     return out
 
 

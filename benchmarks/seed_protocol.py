@@ -116,7 +116,7 @@ def run_seed(
                     "flip_any": _get(tt, "attack", "flip_rate", "any"),
                     **{m: _get(tt, "detector", m, "pooled") for m in DET_METRICS},
                 }
-                for lay in a.uns["sad"]["attacks"][akey]["layers"]:
+                for lay in sad.get.attack_record(a, akey)["layers"]:
                     del a.layers[lay]
         out["clean_accuracy"] = _get(table, "classifier", "accuracy", "overall")
         out["flip_any"] = _get(table, "attack", "flip_rate", "any")
