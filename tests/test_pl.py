@@ -397,3 +397,5 @@ def test_perturbation_into_given_axes(pipeline68k):
     assert "genes changed most consistently" in axs[0].get_title()
     with pytest.raises(ValueError, match="3 Axes"):
         sad.pl.perturbation(pipeline68k, "sad_pgd_eps0.1", ax=axs[:2], show=False)
+    with pytest.raises(ValueError, match=r"pass 3 Axes \(got 1\)"):  # a single Axes is one panel, not three
+        sad.pl.perturbation(pipeline68k, "sad_pgd_eps0.1", ax=axs[0], show=False)
