@@ -5,6 +5,7 @@ from __future__ import annotations
 import anndata as ad
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -18,6 +19,7 @@ from scadversarial.tl._benchmark import (
     benchmark_detectors,
     benchmark_table,
 )
+from scadversarial.tl._benchmark_defences import CertifiedRows
 from scadversarial.tl._shifts import BenignShift, benign_shift, library_counts
 
 N_CELLS = 700  # enough cells for every Seurat type in each split, small enough for seconds per test
@@ -238,3 +240,43 @@ def test_observed_range_is_taken_over_all_cells(bench3k):
     row = tab[tab["threat"] == "observed"].iloc[0]
     assert row["constraint"] == "observed"
     assert row["flip_rate"] > 0
+
+
+def test_accuracy_column_matches_the_classifier_record(table3k):
+    a, tab = table3k
+    clean = tab[tab["kind"] == "clean"]
+    np.testing.assert_allclose(clean["accuracy"], a.uns["sad"]["classifier"]["metrics"]["accuracy"]["test"])
+    att = tab[tab["kind"] == "attack"].groupby("threat", sort=False)["accuracy"].first()
+    assert att["sweep"] <= min(att["pgd eps=0.05"], clean["accuracy"].iloc[0])  # worst case over the sweep
+
+
+def test_defence_rows_certified_and_hardened(bench3k):
+    a = bench3k.copy()
+    # any second classifier will do for the mechanics; benchmarks/threats.py passes the adversarially trained one
+    sad.tl.train_classifier(a, LABELS, max_epochs=5, random_state=1, key_added="hardened")
+    spec = CertifiedRows(sigmas=(0.25,), radii=(0.0, 0.1), n_samples=100)
+    opts = BenchmarkOptions(certified=spec, hardened_key="hardened")
+    pgd = {"method": "pgd", "eps": 0.1}
+    tab = benchmark_detectors(a, attacks={"pgd": pgd}, detectors=("sad",), benign=TWO_SHIFTS, options=opts)
+    n_test = int((a.obs["sad_split"] == "test").sum())
+    cert = tab[tab["kind"] == "certified"].set_index("threat")
+    assert list(cert.index) == ["certified σ=0.25 r=0", "certified σ=0.25 r=0.1"]
+    assert (cert["detector"] == "none").all()
+    assert (cert["n_cells"] == n_test).all()
+    assert cert["accuracy"].iloc[1] <= cert["accuracy"].iloc[0] <= 1
+    assert cert["flagged"].between(0, 1).all()
+    assert cert[["auroc", "evasion", "fpr", "flip_rate"]].isna().all().all()
+    hard = tab[tab["kind"] == "hardened"].set_index("threat")
+    assert list(hard.index) == ["clean", "pgd", *TWO_SHIFTS]
+    np.testing.assert_allclose(hard.loc["clean", "accuracy"], a.uns["sad"]["hardened"]["metrics"]["accuracy"]["test"])
+    # the hardened row's attack is made against the hardened classifier: the same attack, run directly, agrees
+    test = a[(a.obs["sad_split"] == "test").to_numpy()].copy()
+    model = sad.get.model(a, "hardened")
+    sad.tl.attack(test, "pgd", eps=0.1, classifier=model, key_added="direct")
+    clean = model.predict_arrays(np.asarray(test.X))[0].argmax(1)
+    adv = model.predict_arrays(np.asarray(test.layers["direct_eps0.1"]))[0].argmax(1)
+    np.testing.assert_allclose(hard.loc["pgd", "flip_rate"], (adv != clean).mean())
+    assert hard.loc[list(TWO_SHIFTS), "pred_changed"].between(0, 1).all()
+    # the standard rows are those of a run without the defences
+    plain = benchmark_detectors(a, attacks={"pgd": pgd}, detectors=("sad",), benign=TWO_SHIFTS)
+    pd.testing.assert_frame_equal(tab[tab["kind"].isin(["clean", "attack", "benign"])], plain)

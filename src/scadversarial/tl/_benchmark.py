@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -13,16 +12,24 @@ from anndata import AnnData
 
 from .. import _keys
 from .._settings import logger, settings
-from .._validate import check_adata, check_choice, check_obs_key, get_record, h5ad_safe, matrix_for_genes, uns_root
+from .._validate import check_adata, check_choice, check_obs_key, get_record, h5ad_safe, uns_root
 from ..detection import tpr_at_fpr
 from ..models.classifier import CellClassifier
 from ..models.detector import AdversarialDetector
+from ._benchmark_defences import CertifiedRows, HardenedRows, accuracy, certified_rows, true_codes
+from ._benchmark_threats import (
+    ThreatSpec,
+    _Inputs,
+    _layer_record,
+    _observed_over_all_cells,
+    _record_space,
+    _run_threat,
+)
+from ._certify import CertifyOptions
 from ._input import classifier_input
 from ._models import get_model
 from ._shifts import DEFAULT_SHIFTS, BenignShift, benign_shift
-from ._space import other_counts, space_layer, space_model, to_scaled
 
-Space = Literal["scaled", "log", "counts"]
 Subset = Literal["test", "val", "train"]
 
 #: False-positive rate of the reported TPR (the rate the honest-evaluation rules report).
@@ -31,12 +38,23 @@ REPORTED_FPR = 0.05
 SAD_DETECTOR = "sad"
 #: Columns of the benchmark table, in order (see :func:`benchmark_detectors`).
 COLUMNS = (
-    "threat", "kind", "detector", "space", "constraint", "n_cells", "flip_rate", "auroc", "auroc_flipped",
-    "tpr_at_5fpr", "flagged", "evasion", "fpr", "pred_changed", "threshold",
-)  # fmt: skip
-#: A spec of one threat: keyword arguments of :func:`~scadversarial.tl.attack`, a list of them (a sweep whose
-#: layers are pooled worst case per cell), or a callable that writes attacked layers on the cells and names them.
-ThreatSpec = Mapping[str, Any] | Sequence[Mapping[str, Any]] | Callable[[AnnData], Sequence[str] | Mapping[str, Space]]
+    "threat",
+    "kind",
+    "detector",
+    "space",
+    "constraint",
+    "n_cells",
+    "flip_rate",
+    "auroc",
+    "auroc_flipped",
+    "tpr_at_5fpr",
+    "flagged",
+    "evasion",
+    "fpr",
+    "pred_changed",
+    "threshold",
+    "accuracy",
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,14 @@ class BenchmarkOptions:
         Cells per batch (default ``sad.settings.batch_size``).
     device
         Torch device (default ``sad.settings.device``).
+    certified
+        Rows of the randomized-smoothing certificate (:class:`CertifiedRows`: noise levels, radii,
+        draws), or ``None`` for none.
+    hardened_key
+        Run record of a hardened classifier (``sad.tl.train_classifier(..., adversarial=...,
+        key_added=hardened_key)``): its clean accuracy, and its flip rate and accuracy under every
+        threat attacked anew against it (white box), or ``None`` for none. Callable threats and
+        detector-aware specs are not rerun (they are tied to the standard classifier and its detector).
 
     """
 
@@ -69,6 +95,8 @@ class BenchmarkOptions:
     random_state: int = 0
     batch_size: int | None = None
     device: str | None = None
+    certified: CertifiedRows | None = None
+    hardened_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,55 +113,6 @@ class _Outcome:
 
     pred: np.ndarray  # class index per cell
     scores: dict[str, np.ndarray]  # per detector
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.]+", "_", str(name)).strip("_") or "threat"
-
-
-def _record_space(rec: Mapping | None) -> tuple[str, str]:
-    """``(space, constraint)`` an attack record states (older records: from their ``layer`` and ``bounds``)."""
-    params = dict(rec.get("params", {})) if rec is not None else {}
-    space = params.get("space")
-    if space is None:
-        layer = str(params.get("layer", "X"))
-        space = {_keys.LAYER_LOGNORM: "log", _keys.LAYER_COUNTS: "counts"}.get(layer, "scaled")
-    constraint = params.get("constraint")
-    if constraint is None:
-        bounds = str(params.get("bounds", "none"))
-        constraint = bounds if bounds != "none" else "none"
-    return str(space), str(constraint)
-
-
-def _layer_record(adata: AnnData, layer: str) -> tuple[str | None, dict | None]:
-    for key, rec in adata.uns.get(_keys.UNS, {}).get(_keys.STEP_ATTACKS, {}).items():
-        if layer in [str(x) for x in np.atleast_1d(rec.get("layers", []))]:
-            return key, rec
-    return None, None
-
-
-class _Inputs:
-    """Turns a matrix of the benchmarked cells in any space into the classifier's scaled input.
-
-    Log and count layers go through the classifier's own transform, exactly as the attacks saw them
-    (count space: each cell's library includes its counts of the genes ``preprocess`` dropped).
-    """
-
-    def __init__(self, cells: AnnData, clf: CellClassifier) -> None:
-        self.cells, self.clf = cells, clf
-        self._other: np.ndarray | None = None
-
-    def scaled(self, layer: str | None, space: str) -> np.ndarray:
-        check_choice("space", space, Space)
-        if layer is None and space == "scaled":  # X: checked to be in the classifier's scaled space
-            return classifier_input(self.cells, self.clf)
-        M = matrix_for_genes(self.cells, self.clf.var_names, layer)
-        if space == "scaled":
-            return M
-        if space == "counts" and self._other is None:
-            self._other = other_counts(self.cells, self.clf.var_names)
-        other = self._other if space == "counts" else None
-        return to_scaled(space_model(self.cells, self.clf, space), M, other)
 
 
 def _baseline_names() -> tuple[str, ...]:
@@ -154,9 +133,8 @@ def _scorers(
     out: dict[str, _Scorer] = {}
     train, val = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
     X_train = X_val = X_adv = None
-    for name, det in items:
-        if isinstance(det, str) and det == SAD_DETECTOR:
-            det = get_model(adata, opts.detector_key)
+    for name, given in items:
+        det = get_model(adata, opts.detector_key) if isinstance(given, str) and given == SAD_DETECTOR else given
         if isinstance(det, AdversarialDetector):
             out[name] = _Scorer(
                 lambda X, d=det: d.score_arrays(X, batch_size=bs, device=dev, progress_bar=False)[2],
@@ -211,6 +189,14 @@ def _outcome(inputs: _Inputs, X: np.ndarray, scorers: Mapping[str, _Scorer]) -> 
     return _Outcome(logits.argmax(1), {name: np.asarray(s.score(X), dtype=np.float64) for name, s in scorers.items()})
 
 
+def _row(threat: str, kind: str, detector: str, meta: tuple[str, str], n_cells: int, **values) -> dict:
+    """One row of the table: the given values, NaN in the other metric columns."""
+    row = dict.fromkeys(COLUMNS, np.nan)
+    row.update(threat=threat, kind=kind, detector=detector, space=meta[0], constraint=meta[1], n_cells=n_cells)
+    row.update(values)
+    return row
+
+
 def _auroc(clean: np.ndarray, attacked: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score
 
@@ -240,6 +226,7 @@ def _attack_rows(
     clean: _Outcome,
     scorers: Mapping[str, _Scorer],
     meta: tuple[str, str],
+    acc: float,
 ) -> list[dict]:
     rows = []
     for name, s in scorers.items():
@@ -250,115 +237,46 @@ def _attack_rows(
         c = clean.scores[name]
         flagged = score >= s.threshold
         y = np.r_[np.zeros(len(c)), np.ones(len(score))]
-        rows.append({
-            "threat": threat, "kind": "attack", "detector": name, "space": meta[0], "constraint": meta[1],
-            "n_cells": len(score), "flip_rate": float(flipped.mean()), "auroc": _auroc(c, score),
-            "auroc_flipped": _auroc(c, score[flipped]), "tpr_at_5fpr": tpr_at_fpr(y, np.r_[c, score], REPORTED_FPR),
-            "flagged": float(flagged.mean()), "evasion": float((flipped & ~flagged).mean()),
-            "fpr": float((c >= s.threshold).mean()), "pred_changed": np.nan, "threshold": s.threshold,
-        })  # fmt: skip
+        rows.append(
+            _row(
+                threat,
+                "attack",
+                name,
+                meta,
+                len(score),
+                flip_rate=float(flipped.mean()),
+                auroc=_auroc(c, score),
+                auroc_flipped=_auroc(c, score[flipped]),
+                tpr_at_5fpr=tpr_at_fpr(y, np.r_[c, score], REPORTED_FPR),
+                flagged=float(flagged.mean()),
+                evasion=float((flipped & ~flagged).mean()),
+                fpr=float((c >= s.threshold).mean()),
+                threshold=s.threshold,
+                accuracy=acc,
+            )
+        )
     return rows
 
 
-def _clean_rows(clean: _Outcome, scorers: Mapping[str, _Scorer]) -> list[dict]:
+def _clean_rows(clean: _Outcome, scorers: Mapping[str, _Scorer], acc: float) -> list[dict]:
     rows = []
     for name, s in scorers.items():
         fp = float((clean.scores[name] >= s.threshold).mean())
-        rows.append({
-            "threat": "clean", "kind": "clean", "detector": name, "space": "scaled", "constraint": "none",
-            "n_cells": len(clean.pred), "flip_rate": np.nan, "auroc": np.nan, "auroc_flipped": np.nan,
-            "tpr_at_5fpr": np.nan, "flagged": fp, "evasion": np.nan, "fpr": fp, "pred_changed": 0.0,
-            "threshold": s.threshold,
-        })  # fmt: skip
+        meta = ("scaled", "none")
+        values = {"flagged": fp, "fpr": fp, "pred_changed": 0.0, "threshold": s.threshold, "accuracy": acc}
+        rows.append(_row("clean", "clean", name, meta, len(clean.pred), **values))
     return rows
 
 
-def _benign_rows(threat: str, out: _Outcome, clean: _Outcome, scorers: Mapping[str, _Scorer]) -> list[dict]:
+def _benign_rows(threat: str, out: _Outcome, clean: _Outcome, scorers: Mapping[str, _Scorer], acc: float) -> list[dict]:
     rows = []
     changed = float((out.pred != clean.pred).mean())
     for name, s in scorers.items():
         fp = float((out.scores[name] >= s.threshold).mean())
-        rows.append({
-            "threat": threat, "kind": "benign", "detector": name, "space": "counts", "constraint": "benign",
-            "n_cells": len(out.pred), "flip_rate": np.nan, "auroc": _auroc(clean.scores[name], out.scores[name]),
-            "auroc_flipped": np.nan, "tpr_at_5fpr": np.nan, "flagged": fp, "evasion": np.nan, "fpr": fp,
-            "pred_changed": changed, "threshold": s.threshold,
-        })  # fmt: skip
+        auroc = _auroc(clean.scores[name], out.scores[name])
+        values = {"auroc": auroc, "flagged": fp, "fpr": fp, "pred_changed": changed, "threshold": s.threshold}
+        rows.append(_row(threat, "benign", name, ("counts", "benign"), len(out.pred), **values, accuracy=acc))
     return rows
-
-
-def _run_threat(
-    cells: AnnData, name: str, spec: ThreatSpec, index: int
-) -> list[tuple[str, list[tuple[str, str]], tuple[str, str]]]:
-    """Run one threat on the benchmarked cells.
-
-    Returns ``[(row name, [(layer, its space)] pooled in that row, (space, constraint) of the row)]``.
-    """
-    from ._attack import attack
-
-    if callable(spec):
-        written = spec(cells)
-        if isinstance(written, Mapping):  # {layer: space}
-            layers = {str(k): (str(v), "custom") for k, v in written.items()}
-        else:  # layer names: their attack record states the space
-            layers = {str(k): _record_space(_layer_record(cells, str(k))[1]) for k in written}
-        missing = [x for x in layers if x not in cells.layers]
-        if not layers or missing:
-            msg = (
-                f"Threat {name!r}: its callable must write attacked layers and return their names (or "
-                f"{{layer: space}}); missing: {missing or list(layers)}."
-            )
-            raise ValueError(msg)
-        return [(name if len(layers) == 1 else f"{name} {lay}", [(lay, meta[0])], meta) for lay, meta in layers.items()]
-    sweep = not isinstance(spec, Mapping)
-    specs = list(spec) if sweep else [spec]
-    if not specs or not all(isinstance(s, Mapping) for s in specs):
-        msg = (
-            f"Threat {name!r} must be a dict of `sad.tl.attack` arguments, a non-empty list of them (a sweep), "
-            f"or a callable writing layers; got {type(spec).__name__}."
-        )
-        raise TypeError(msg)
-    done = []
-    for j, s in enumerate(specs):
-        if "copy" in s or "key_added" in s:
-            msg = f"Threat {name!r}: leave `copy` and `key_added` out of the attack spec; the benchmark sets them."
-            raise ValueError(msg)
-        key = f"sad_bench{index}_{j}_{_slug(name)}"
-        attack(cells, **s, key_added=key)
-        rec = cells.uns[_keys.UNS][_keys.STEP_ATTACKS][key]
-        done.append((rec, [str(x) for x in np.atleast_1d(rec["layers"])]))
-    if sweep:
-        metas = {_record_space(rec) for rec, _ in done}
-        meta = metas.pop() if len(metas) == 1 else ("mixed", "mixed")
-        return [(name, [(lay, _record_space(rec)[0]) for rec, layers in done for lay in layers], meta)]
-    rec, layers = done[0]
-    eps = np.atleast_1d(rec.get("eps", [])).astype(float)
-    rows = []
-    for i, lay in enumerate(layers):
-        label = f"eps={eps[i]:g}" if len(eps) == len(layers) else lay
-        meta = _record_space(rec)
-        rows.append((name if len(layers) == 1 else f"{name} {label}", [(lay, meta[0])], meta))
-    return rows
-
-
-def _observed_over_all_cells(adata: AnnData, spec: ThreatSpec, genes) -> tuple[ThreatSpec, bool]:
-    """``spec`` with ``constraint='observed'`` turned into each gene's range over *all* cells of ``adata``.
-
-    The benchmark attacks a copy of the test cells, where ``attack`` would take the range of those
-    cells alone (a tighter box than the documented threat). Returns the spec and whether it changed.
-    """
-    if callable(spec):
-        return spec, False
-    if not isinstance(spec, Mapping):
-        pairs = [_observed_over_all_cells(adata, s, genes) for s in spec]
-        return [p[0] for p in pairs], any(p[1] for p in pairs)
-    observed = spec.get("constraint") == "observed" or spec.get("bounds") == "observed"
-    if not observed:
-        return spec, False
-    layer = spec.get("layer", space_layer(spec.get("space") or "scaled"))
-    M = matrix_for_genes(adata, genes, layer)
-    out = {k: v for k, v in spec.items() if k not in ("constraint", "bounds")}
-    return {**out, "bounds": (M.min(0), M.max(0))}, True
 
 
 def _check_options(subset: str, opts: BenchmarkOptions) -> None:
@@ -428,10 +346,19 @@ def benchmark_detectors(
     cells), ``auroc_flipped`` (clean vs flipped cells), ``tpr_at_5fpr``, ``flagged`` (fraction
     flagged at the threshold), ``evasion`` (flipped and not flagged), ``fpr`` (clean or shifted
     cells flagged; on attack rows the clean cells'), ``pred_changed`` (benign rows: predictions
-    changed by the shift) and ``threshold``.
+    changed by the shift), ``threshold`` and ``accuracy`` (the classifier's calls that match the
+    true labels of its training column, NaN without them; a sweep: right under every version).
+
+    The defences' rows follow, with ``detector='none'``: with ``options.certified``, kind
+    ``'certified'``, one row per noise level and radius (``'certified σ=0.25 r=0.1'``): ``accuracy``
+    is the certified accuracy (:func:`certify`: correct and certified at least that L2 radius in log
+    space), ``flagged`` the abstentions, ``pred_changed`` the smoothed calls that differ from the clean
+    ones; with ``options.hardened_key``, kind ``'hardened'``, the hardened classifier's ``clean`` row,
+    a row per attack row (attacked anew against it; ``flip_rate``, ``accuracy``) and per benign
+    shift (``pred_changed``, ``accuracy``).
 
     Writes ``.uns['sad'][key_added]``: ``params`` (threats, detectors, benign shifts, subset, target
-    FPR, seed), ``metrics`` (``n_cells``, ``n_fit``, ``n_calibration``) and ``table`` (the columns as arrays).
+    FPR, seed, ``hardened_key``, ``certified``), ``metrics`` (``n_cells``, ``n_fit``, ``n_calibration``) and ``table`` (the columns as arrays).
 
     Examples
     --------
@@ -441,7 +368,8 @@ def benchmark_detectors(
     >>> sad.pp.split(adata, "seurat_cell_type")  # doctest: +SKIP
     >>> sad.tl.train_classifier(adata, "seurat_cell_type")  # doctest: +SKIP
     >>> sad.tl.attack(adata)  # doctest: +SKIP
-    >>> det = sad.tl.train_detector(adata)  # doctest: +SKIP
+    >>> sad.tl.train_detector(adata)  # doctest: +SKIP
+    >>> det = sad.get.model(adata, "detector")  # doctest: +SKIP
     >>> threats = {  # doctest: +SKIP
     ...     "seed PGD": {"method": "pgd", "eps": (0.05, 0.1, 0.15)},
     ...     "expressed log": {"method": "pgd", "eps": 0.5, "space": "log", "constraint": "expressed"},
@@ -482,38 +410,57 @@ def benchmark_detectors(
         msg = f"The {opts.classifier_key!r} model is a {type(clf).__name__}; the benchmark needs a CellClassifier (`sad.tl.train_classifier`)."
         raise TypeError(msg)
     scorers = _scorers(adata, detectors, clf, split, opts)
+    hard = None if opts.hardened_key is None else HardenedRows(adata, opts.hardened_key)
+    labels_key = get_record(adata, opts.classifier_key, producer="sad.tl.train_classifier")["params"].get("labels_key")
 
     cells = adata[sel].copy()
     cells.uns[_keys.UNS].pop(_keys.STEP_ATTACKS, None)  # the benchmark's own attack records only
     inputs = _Inputs(cells, clf)
+    truth = true_codes(cells, clf, labels_key)
     clean = _outcome(inputs, inputs.scaled(None, "scaled"), scorers)
-    rows = _clean_rows(clean, scorers)
-    for i, (name, spec) in enumerate(attacks.items()):
-        spec, observed = _observed_over_all_cells(adata, spec, clf.var_names)
-        for row, layers, meta in _run_threat(cells, str(name), spec, i):
-            meta = (meta[0], "observed") if observed else meta
+    rows = _clean_rows(clean, scorers, accuracy(clean.pred, truth))
+    if hard is not None:
+        hard.start(cells, labels_key)
+    for i, (name, given) in enumerate(attacks.items()):
+        spec, observed = _observed_over_all_cells(adata, given, clf.var_names)
+        for row, layers, (space, constraint) in _run_threat(cells, str(name), spec, i):
+            meta = (space, "observed" if observed else constraint)
             outs = [_outcome(inputs, inputs.scaled(lay, space), scorers) for lay, space in layers]
-            rows += _attack_rows(row, outs, clean, scorers, meta)
+            rows += _attack_rows(row, outs, clean, scorers, meta, accuracy([o.pred for o in outs], truth))
             logger.info("benchmark: %s done (%d layers)", row, len(layers))
+        if hard is not None:
+            hard.attack(cells, str(name), spec, i, observed=observed)
     for j, (name, shift) in enumerate(benign.items()):
         shifted = benign_shift(cells, shift.kind, amount=shift.amount, random_state=opts.random_state + j)
         out = _outcome(_Inputs(shifted, clf), classifier_input(shifted, clf), scorers)
-        rows += _benign_rows(str(name), out, clean, scorers)
+        rows += _benign_rows(str(name), out, clean, scorers, accuracy(out.pred, truth))
+        if hard is not None:
+            hard.shift(str(name), shifted)
+    if opts.certified is not None:
+        cert_opts = CertifyOptions(
+            split=None, labels_key=labels_key, random_state=opts.random_state, device=opts.device
+        )
+        rows += certified_rows(cells, clf, clean_pred=clean.pred, truth=truth, spec=opts.certified, options=cert_opts)
+    rows += [] if hard is None else hard.rows
     table = pd.DataFrame(rows, columns=list(COLUMNS))
 
-    root = uns_root(adata)
-    root[key_added] = h5ad_safe({
-        "params": {
-            "threats": [str(k) for k in attacks], "detectors": list(scorers), "benign": list(benign),
-            "benign_kind": [s.kind for s in benign.values()], "benign_amount": [float(s.amount) for s in benign.values()],
-            "split_key": split_key, "subset": subset, "target_fpr": opts.target_fpr,
-            "random_state": int(opts.random_state), "detector_key": opts.detector_key,
-        },
-        "metrics": {
-            "n_cells": len(sel), "n_fit": int((split == "train").sum()), "n_calibration": int((split == "val").sum()),
-        },
-        "table": table,
-    })  # fmt: skip
+    params = {
+        "threats": [str(k) for k in attacks],
+        "detectors": list(scorers),
+        "benign": list(benign),
+        "benign_kind": [s.kind for s in benign.values()],
+        "benign_amount": [float(s.amount) for s in benign.values()],
+        "split_key": split_key,
+        "subset": subset,
+        "target_fpr": opts.target_fpr,
+        "random_state": int(opts.random_state),
+        "detector_key": opts.detector_key,
+        "hardened_key": opts.hardened_key,
+        "certified": None if opts.certified is None else asdict(opts.certified),
+    }
+    n_fit, n_cal = int((split == "train").sum()), int((split == "val").sum())
+    metrics = {"n_cells": len(sel), "n_fit": n_fit, "n_calibration": n_cal}
+    uns_root(adata)[key_added] = h5ad_safe({"params": params, "metrics": metrics, "table": table})
     return table
 
 
