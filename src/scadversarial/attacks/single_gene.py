@@ -60,7 +60,10 @@ def _accept(call: int, orig: int, n_genes: int, max_split_size: int, *, not_na: 
     return "split"
 
 
-def _plain(oracle, bins, max_split_size, first_found, not_na, na_idx, bar) -> SingleGeneResult:
+def _plain(
+    oracle, bins, *, max_split_size: int, first_found: bool, not_na: bool, na_idx: set[int], bar
+) -> SingleGeneResult:
+    """Depth-first, one classifier call per half (the reference)."""
     res = SingleGeneResult()
     orig = oracle.orig_call
 
@@ -88,7 +91,7 @@ def _plain(oracle, bins, max_split_size, first_found, not_na, na_idx, bar) -> Si
     return res
 
 
-def _fast_bfs(oracle, roots, max_split_size, not_na, na_idx, bar) -> tuple[list, int]:
+def _fast_bfs(oracle, roots, *, max_split_size: int, not_na: bool, na_idx: set[int], bar) -> tuple[list, int]:
     """Level-by-level search below ``roots`` (list of (path, genes)); returns [(path, genes, call, score)]."""
     orig = oracle.orig_call
     records = []
@@ -119,18 +122,22 @@ def _fast_bfs(oracle, roots, max_split_size, not_na, na_idx, bar) -> tuple[list,
     return records, n_tested
 
 
-def _fast(oracle, bins, max_split_size, first_found, not_na, na_idx, bar) -> SingleGeneResult:
+def _fast(
+    oracle, bins, *, max_split_size: int, first_found: bool, not_na: bool, na_idx: set[int], bar
+) -> SingleGeneResult:
+    """Level by level, each level's halves in stacked calls."""
     res = SingleGeneResult()
     roots = [((s,), b) for s, b in enumerate(bins)]
+    opts = {"max_split_size": max_split_size, "not_na": not_na, "na_idx": na_idx, "bar": bar}
     if not first_found:
-        records, res.n_tested = _fast_bfs(oracle, roots, max_split_size, not_na, na_idx, bar)
+        records, res.n_tested = _fast_bfs(oracle, roots, **opts)
     else:
         # windows of bins of growing size; the first record in depth-first order of the first window with
         # a record is the plain search's first record
         records, start, width = [], 0, 1
         while start < len(roots) and not records:
             window = roots[start : start + width]
-            records, n = _fast_bfs(oracle, window, max_split_size, not_na, na_idx, bar)
+            records, n = _fast_bfs(oracle, window, **opts)
             res.n_tested += n
             start += width
             width *= 2
@@ -194,5 +201,11 @@ def single_gene_search(
     # progress: genes settled (in a half that keeps the call, or recorded), updated once per level or bin
     with progress(total=len(genes), desc="single-gene", unit="gene") as bar:
         return fn(
-            oracle, bins, int(max_split_size), bool(return_first_found), change_type == "not_na", set(na_classes), bar
+            oracle,
+            bins,
+            max_split_size=int(max_split_size),
+            first_found=bool(return_first_found),
+            not_na=change_type == "not_na",
+            na_idx=set(na_classes),
+            bar=bar,
         )
