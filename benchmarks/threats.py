@@ -26,6 +26,17 @@ Threats (a threat whose option this version of ``sad.tl.attack`` lacks is skippe
   0/0.1/1/10, worst case per cell (a cell evades when any weight's iterate flipped and was not flagged);
 - benign shifts: counts thinned to 50 % and 25 %, 10 % ambient RNA, expressed-gene noise.
 
+Defences (issue 14; ``--no-defences`` leaves them out), rows with ``detector='none'``:
+
+- certified radius: ``sad.tl.certify`` (randomized smoothing in log space) on the test cells at noise
+  0.25 and 0.5 log units, 1,000 draws per cell: certified accuracy at L2 radii 0.1, 0.25 and 0.5
+  log units, abstentions;
+- hardened classifier: the variant ``benchmarks/hardening.py`` chose on validation cells (its
+  ``VARIANTS['hardened']``: adversarial training in count space plus thinning augmentation), trained
+  on the same split with the same seed: its clean accuracy, and
+  its flip rate and accuracy under every threat above, attacked anew against it (white box), but the
+  callable and detector-aware ones, and the predictions the benign shifts change.
+
 Usage::
 
     python benchmarks/threats.py                      # 3 seeds, both label sets
@@ -47,6 +58,8 @@ import pandas as pd
 
 import scadversarial as sad
 from scadversarial.tl._benchmark import benchmark_detectors
+from scadversarial.tl._benchmark_defences import CertifiedRows
+from scadversarial.tl._blackbox import SingleGeneOptions
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = (REPO / "tests" / "data" / "pbmc3k.h5ad", REPO.parent / "shared" / "data" / "pbmc3k.h5ad")
@@ -57,23 +70,35 @@ LOG_EPS = (0.1, 0.25, 0.5, 1.0)  # log units of the expressed log-space threat (
 UMI_EPS = (1.0, 2.0)  # at most this many UMI per expressed gene (issue 14: +-1 UMI flips 92 %)
 L2_EPS = 5.0  # CW / DeepFool budget in scaled units: ~ the L2 norm of an L-inf 0.1 change of 2,000 genes (4.5)
 ABERRANT_FACTOR = 1e4  # single_gene_attack's default aberrant_factor: the gene at 10,000 x its max
-LAMBDAS = (
-    0.0,
-    0.1,
-    1.0,
-    10.0,
-)  # detector weights, a decade apart; 0: the plain attacker keeping its least-suspect iterate
+# detector weights, a decade apart; 0: the plain attacker keeping its least-suspect iterate
+LAMBDAS = (0.0, 0.1, 1.0, 10.0)
 SQUARE_EPS = 0.15  # the score-based attack gets the seed threat's largest L-inf budget
 SQUARE_QUERIES = 1000  # queries per cell (Andriushchenko et al. report most flips within a few hundred)
 CGD_GENES = 500  # CGD visits the top of adverSCarial's sign-gene ranking: all 2,000 take ~10 s per cluster here
 ADAPTIVE_EPS = 0.5  # the expressed log threat the detector-aware attacker works in
-COLUMNS = ("flip_rate", "auroc", "auroc_flipped", "tpr_at_5fpr", "flagged", "evasion", "fpr", "pred_changed")
+COLUMNS = ["flip_rate", "auroc", "auroc_flipped", "tpr_at_5fpr", "flagged", "evasion", "fpr", "pred_changed"]
+COLUMNS += ["accuracy"]  # the classifier's calls that match the labels (on the defences' rows, certified accuracy)
+DEFENCE_KINDS = ("certified", "hardened")  # row kinds of the defences (detector 'none'), printed apart
+HARDENED_KEY = "classifier_hardened"  # run record of the hardened classifier
 CGD_WARNINGS: list[str] = []  # warnings of the CGD runs (ties of top probabilities), summarized at the end
 KEY_ROWS = (
-    "seed PGD eps=0.15", "observed PGD", "expressed log eps=0.25", "expressed log eps=0.5", "counts eps=1",
-    "counts eps=2", "CW", "DeepFool", "score-based", "CGD", "single-gene aberrant", "detector-aware (λ sweep)",
-    "thinning 50%", "thinning 25%", "ambient 10%", "noise 0.2",
-)  # fmt: skip
+    "seed PGD eps=0.15",
+    "observed PGD",
+    "expressed log eps=0.25",
+    "expressed log eps=0.5",
+    "counts eps=1",
+    "counts eps=2",
+    "CW",
+    "DeepFool",
+    "score-based",
+    "CGD",
+    "single-gene aberrant",
+    "detector-aware (λ sweep)",
+    "thinning 50%",
+    "thinning 25%",
+    "ambient 10%",
+    "noise 0.2",
+)
 
 
 def _attack_options() -> tuple[set[str], tuple[str, ...]]:
@@ -122,10 +147,15 @@ def _cgd(c, cluster):
 def _single_gene(c, cluster):
     if (c.obs["sad_pred"].astype(str) == cluster).sum() < 2:
         return None
-    tab = sad.tl.single_gene_attack(
-        c, groupby="sad_pred", target=cluster, modification="positive_aberrant", return_first_found=True,
+    sad.tl.single_gene_attack(
+        c,
+        groupby="sad_pred",
+        target=cluster,
+        modification="positive_aberrant",
+        options=SingleGeneOptions(return_first_found=True),
         key_added=f"bench_sg_{cluster}",
-    )  # fmt: skip
+    )
+    tab = sad.get.attack_table(c, f"bench_sg_{cluster}")
     if len(tab) == 0:
         return None
     X = np.asarray(c.X, dtype=np.float32).copy()
@@ -191,7 +221,17 @@ def threats(adata, det, notes: list[str]) -> dict:
     return out
 
 
-def run_one(raw, labels: str, seed: int, notes: list[str]) -> pd.DataFrame:
+def _hardened_variant(notes: list[str]) -> dict | None:
+    """``train_classifier`` arguments of the hardened classifier: the variant ``benchmarks/hardening.py`` chose."""
+    try:
+        from hardening import VARIANTS  # benchmarks/ is on sys.path when this script runs
+    except ImportError:
+        notes.append("hardened classifier: benchmarks/hardening.py (its VARIANTS) not found")
+        return None
+    return VARIANTS["hardened"]
+
+
+def run_one(raw, labels: str, seed: int, notes: list[str], *, defences: bool = True) -> pd.DataFrame:
     """The default pipeline and the benchmark for one label set and seed."""
     a = raw.copy()
     sad.pp.preprocess(a)
@@ -208,13 +248,21 @@ def run_one(raw, labels: str, seed: int, notes: list[str]) -> pd.DataFrame:
     sad.pp.split(a, key, random_state=seed)
     sad.tl.train_classifier(a, key, random_state=seed)
     sad.tl.attack(a, "pgd", eps=PGD_EPS, random_state=seed)
-    det = sad.tl.train_detector(a, random_state=seed)
+    sad.tl.train_detector(a, random_state=seed)
+    det = sad.get.model(a, "detector")
     from scadversarial import detection
 
     dets = ("sad", *getattr(detection, "BASELINES", ()))
     if len(dets) == 1:
         notes.append("baseline detectors: scadversarial.detection has no BASELINES yet")
-    opts = sad.tl.BenchmarkOptions(random_state=seed) if hasattr(sad.tl, "BenchmarkOptions") else None
+    variant = _hardened_variant(notes) if defences else None
+    if variant is not None:
+        sad.tl.train_classifier(a, key, random_state=seed, key_added=HARDENED_KEY, **variant)
+    opts = sad.tl.BenchmarkOptions(
+        random_state=seed,
+        certified=CertifiedRows() if defences else None,
+        hardened_key=HARDENED_KEY if variant is not None else None,
+    )
     tab = benchmark_detectors(a, attacks=threats(a, det, notes), detectors=dets, options=opts)
     return tab.assign(labels=labels, seed=seed)
 
@@ -238,12 +286,34 @@ def summarize(tab: pd.DataFrame) -> pd.DataFrame:
     return out.reindex([i for i in idx if i in out.index])
 
 
+def _print_defences(tab: pd.DataFrame) -> None:
+    """The certified-radius and hardened-classifier rows, per label set, mean ± sd over seeds."""
+    cols = {
+        "certified": ["accuracy", "flagged", "pred_changed"],
+        "hardened": ["accuracy", "flip_rate", "pred_changed"],
+    }
+    heads = {
+        "certified": "certified accuracy (correct and certified at radius r, L2 log units); flagged: abstentions",
+        "hardened": "hardened classifier, each threat attacked anew against it (white box)",
+    }
+    for kind, names in cols.items():
+        part = tab[tab["kind"] == kind]
+        if part.empty:
+            continue
+        print(f"=== {heads[kind]} ===")
+        for labels, sub in part.groupby("labels", sort=False):
+            print(f"labels: {labels}")
+            print(summarize(sub)[["kind", *names]].droplevel("detector").to_string())
+        print()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default=None, help="PBMC3k counts (.h5ad); default tests/data, else ../shared/data")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--labels", nargs="+", default=list(LABEL_SETS), choices=list(LABEL_SETS))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--no-defences", action="store_true", help="leave out the certified and hardened rows")
     args = p.parse_args(argv)
     sad.settings.progress = False
     if args.threads:
@@ -264,7 +334,7 @@ def main(argv=None) -> int:
     for labels in args.labels:
         for seed in args.seeds:
             t0 = time.perf_counter()
-            tables.append(run_one(raw, labels, seed, notes))
+            tables.append(run_one(raw, labels, seed, notes, defences=not args.no_defences))
             print(f"[{labels} seed {seed}: {time.perf_counter() - t0:.0f} s]", flush=True)
     tab = pd.concat(tables, ignore_index=True)
     print(
@@ -272,10 +342,12 @@ def main(argv=None) -> int:
     )
     print("flip_rate: prediction changed by the attack; evasion: flipped and not flagged; fpr: clean (attack rows)")
     print("or shifted (benign rows) cells flagged; pred_changed: predictions a benign shift changed\n")
+    defence = tab["kind"].isin(DEFENCE_KINDS)
     for labels in args.labels:
         print(f"=== labels: {labels} ({LABEL_SETS[labels]}) ===")
-        print(summarize(tab[tab["labels"] == labels]).to_string())
+        print(summarize(tab[(tab["labels"] == labels) & ~defence]).to_string())
         print()
+    _print_defences(tab[defence])
     print("=== key rows, pooled over label sets and seeds ===")
     key = tab[tab["threat"].isin(KEY_ROWS) | tab["threat"].str.startswith(KEY_ROWS)]
     cols = ["flip_rate", "auroc", "tpr_at_5fpr", "flagged", "evasion", "fpr", "pred_changed"]
