@@ -26,6 +26,8 @@ OTHER_GENES = "_sad_other_genes"
 class BenignShift:
     """A benign technical shift of the counts.
 
+    :func:`benign_shift` applies it to every cell; the threat benchmark scores detectors on the result.
+
     Attributes
     ----------
     kind
@@ -81,10 +83,11 @@ def library_counts(adata: AnnData) -> tuple[np.ndarray, np.ndarray]:
     total per cell (float64 integers, from :func:`~scadversarial.tl.other_counts`).
 
     """
-    if _keys.LAYER_COUNTS not in adata.layers or _keys.LAYER_LOGNORM not in adata.layers:
+    missing = [key for key in (_keys.LAYER_COUNTS, _keys.LAYER_LOGNORM) if key not in adata.layers]
+    if missing:
         msg = (
             f"Benign shifts work on counts: adata needs .layers[{_keys.LAYER_COUNTS!r}] and "
-            f".layers[{_keys.LAYER_LOGNORM!r}], written by `sad.pp.preprocess` from raw counts. "
+            f".layers[{_keys.LAYER_LOGNORM!r}], written by `sad.pp.preprocess` from raw counts (missing: {missing}). "
             "Preprocess the counts (not log-normalized data), or leave out the benign shifts (`benign={}`)."
         )
         raise KeyError(msg)
