@@ -31,7 +31,8 @@ PRODUCERS: dict[str, str] = {
 
 
 def _root(adata: AnnData) -> dict:
-    check_adata(adata)
+    # The accessors read `.uns` only, which a backed AnnData holds in memory.
+    check_adata(adata, allow_backed=True)
     return adata.uns.get(_keys.UNS, {})
 
 
