@@ -50,7 +50,9 @@ def prepped_base(counts_base) -> AnnData:
     a = counts_base.copy()
     sad.pp.preprocess(a)
     sad.pp.split(a, LABELS)
-    sad.tl.train_classifier(a, LABELS, max_epochs=2, hidden=(16,), dropout=(0.1,))
+    sad.tl.train_classifier(
+        a, LABELS, max_epochs=2, config=sad.models.training.TrainingConfig(hidden=(16,), dropout=(0.1,))
+    )
     sad.tl.attack(a, "fgsm", eps=0.1)
     sad.tl.train_detector(a, ATTACK, triplet_epochs=1, epochs=2)
     return a
@@ -146,7 +148,7 @@ STEPS: dict[str, Callable[..., object]] = {
     "pseudo_labels": lambda a, **kw: sad.pp.pseudo_labels(a, n_clusters=3, **kw),
     "split": lambda a, labels_key=LABELS: sad.pp.split(a, labels_key),
     "train_classifier": lambda a, labels_key=LABELS: sad.tl.train_classifier(
-        a, labels_key, max_epochs=1, hidden=(8,), dropout=(0.1,)
+        a, labels_key, max_epochs=1, config=sad.models.training.TrainingConfig(hidden=(8,), dropout=(0.1,))
     ),
     "predict": sad.tl.predict,
     "attack": lambda a, **kw: sad.tl.attack(a, "fgsm", eps=0.1, **kw),

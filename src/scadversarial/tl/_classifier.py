@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
+
 import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
 
 from .. import _keys
-from .._settings import logger, settings
+from .._docs import doc_copy, doc_params, doc_returns_copy
+from .._settings import logger
 from .._validate import check_adata, check_labels, check_obs_key, get_matrix, h5ad_safe, set_record
+from ..models._adversarial import AdversarialTraining, ThinningAugmentation, TrainingInputs
 from ..models.classifier import CellClassifier
-from ..models.training import fit_classifier
+from ..models.training import TrainingConfig, fit_classifier
 from ._input import classifier_input
 from ._metrics import classification_metrics
 from ._models import get_model, set_model_reference
+from ._shifts import library_counts
+from ._space import target_sum
 
 
 def _split_masks(adata: AnnData, split_key: str) -> dict[str, np.ndarray]:
@@ -45,31 +51,27 @@ def _check_train_classes(
         raise ValueError(msg)
 
 
+@doc_params(doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
 def train_classifier(
     adata: AnnData,
     labels_key: str = _keys.OBS_LABEL,
     *,
     layer: str | None = None,
-    split_key: str = _keys.OBS_SPLIT,
-    hidden: tuple[int, ...] = (256, 128, 64),
-    dropout: tuple[float, ...] = (0.4, 0.4, 0.3),
-    lr: float = 1e-3,
-    weight_decay: float = 1e-3,
-    batch_size: int = 64,
-    max_epochs: int = 60,
-    patience: int = 5,
-    label_smoothing: float = 0.0,
+    max_epochs: int | None = None,
     random_state: int = 0,
-    device: str | None = None,
-    save_dir: str | None = None,
+    config: TrainingConfig | None = None,
+    adversarial: AdversarialTraining | None = None,
+    augment: ThinningAugmentation | None = None,
     key_added: str = _keys.STEP_CLASSIFIER,
     copy: bool = False,
-) -> CellClassifier | AnnData:
+) -> AnnData | None:
     """Train the MLP cell-type classifier on the training split, with early stopping on validation accuracy.
 
     Architecture ``genes -> 256 -> 128 -> 64 -> classes`` (ReLU, dropout 0.4/0.4/0.3); AdamW;
-    the weights of the epoch with the best validation accuracy are kept. Clean predictions of
-    every cell are then written (see :func:`predict`).
+    the weights of the epoch with the best (clean) validation accuracy are kept. Clean predictions
+    of every cell are then written (see :func:`predict`). Optionally hardened: adversarial training
+    in log or count space (``adversarial``) and binomial thinning of the training cells' counts
+    (``augment``), see :mod:`scadversarial.models._adversarial`.
 
     Parameters
     ----------
@@ -78,86 +80,149 @@ def train_classifier(
     labels_key
         ``.obs`` column with the cell types (e.g. ``'sad_label'`` from :func:`~scadversarial.pp.pseudo_labels`).
     layer
-        Matrix to train on (default the scaled ``X``).
-    split_key
-        ``.obs`` column with ``'train'``/``'val'``/``'test'``.
-    hidden, dropout
-        Hidden layer widths (the last is the embedding size) and their dropout.
-    lr, weight_decay, batch_size
-        AdamW learning rate, weight decay and mini-batch size.
-    max_epochs, patience
-        At most ``max_epochs`` epochs; stop after ``patience`` epochs without a better validation accuracy.
-    label_smoothing
-        Label smoothing of the cross-entropy loss.
+        Matrix to train on (default the scaled ``X``; hardening needs ``X``).
+    max_epochs
+        At most this many epochs (``None``: ``config.max_epochs``, 60).
     random_state
-        Seed of the weight initialisation and batch order (a local :class:`torch.Generator`).
-    device
-        Torch device (default ``sad.settings.device``).
-    save_dir
-        If given, the model is also saved to ``save_dir/<key_added>/``.
+        Seed of the weight initialisation, batch order, thinning draws and attack starts (torch's
+        generator, forked: the global random state is left unchanged).
+    config
+        Architecture, optimiser, early stopping, split column, device and save folder
+        (:class:`~scadversarial.models.training.TrainingConfig`; default its defaults).
+    adversarial
+        Adversarial training (:class:`~scadversarial.models._adversarial.AdversarialTraining`):
+        PGD-AT or TRADES against an L-inf attack on the expressed genes' log values or counts.
+        Needs ``.layers['sad_lognorm']`` (log space) or ``.layers['counts']`` (count space).
+    augment
+        Thinning augmentation (:class:`~scadversarial.models._adversarial.ThinningAugmentation`):
+        a share of each batch's cells thinned to 25-100 % of their depth and re-normalized with the
+        reference's gene mean and std, as real shallower data. Needs ``.layers['counts']``.
     key_added
-        Name of the run record in ``.uns['sad']``.
-    copy
-        Work on (and return) a copy of ``adata``.
+        Name of the run record in ``.uns['sad']``; the model is read back with
+        ``sad.get.model(adata, key_added)``.
+    {doc_copy}
 
     Returns
     -------
-    The trained :class:`~scadversarial.models.CellClassifier` (or the new AnnData when ``copy=True``). Sets:
+    {doc_returns_copy} Sets:
 
     ``.obs['sad_pred']``, ``.obs['sad_confidence']``
         Predicted class and its probability, for every cell.
     ``.obsm['sad_proba']``, ``.obsm['X_sad_embedding']``
         Class probabilities and the 64-d embedding.
     ``.uns['sad'][key_added]``
-        ``params``, ``metrics`` (accuracy per split, per-class accuracy and confusion matrix on
-        the test split, training history) and ``model`` (the reference).
+        ``params`` (``labels_key``, ``layer``, the :class:`TrainingConfig` fields but ``device`` and
+        ``save_dir``, ``random_state``, and ``adversarial`` / ``augment`` with their fields when
+        given), ``metrics`` (accuracy per split, per-class accuracy and confusion matrix on the
+        test split, training history) and ``model`` (the reference).
+
+    Examples
+    --------
+    >>> import scadversarial as sad
+    >>> from scadversarial.models._adversarial import AdversarialTraining, ThinningAugmentation
+    >>> adata = sad.datasets.pbmc3k("pbmc3k.h5ad")  # doctest: +SKIP
+    >>> sad.pp.preprocess(adata)  # doctest: +SKIP
+    >>> sad.pp.split(adata, "seurat_cell_type")  # doctest: +SKIP
+    >>> sad.tl.train_classifier(
+    ...     adata,
+    ...     "seurat_cell_type",
+    ...     adversarial=AdversarialTraining("trades", eps=2.0),
+    ...     augment=ThinningAugmentation(),
+    ... )  # doctest: +SKIP
+    >>> model = sad.get.model(adata)  # doctest: +SKIP
 
     """
+    config = config or TrainingConfig()
+    if max_epochs is not None:
+        config = replace(config, max_epochs=int(max_epochs))
     check_adata(adata, min_obs=3)
     labels = check_obs_key(adata, labels_key, producer="sad.pp.pseudo_labels")
     cat = check_labels(labels, key=labels_key)
-    masks = _split_masks(adata, split_key)
+    masks = _split_masks(adata, config.split_key)
     X = get_matrix(adata, layer)
     classes = [str(c) for c in cat.categories]
     y = cat.codes.astype(np.int64)
-    _check_train_classes(classes, y, masks["train"], labels_key=labels_key, split_key=split_key)
+    _check_train_classes(classes, y, masks["train"], labels_key=labels_key, split_key=config.split_key)
+    inputs = _hardening_inputs(adata, masks["train"], layer=layer, adversarial=adversarial, augment=augment)
     if copy:
         adata = adata.copy()
 
-    dev = settings.torch_device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(random_state))
-        model = CellClassifier(adata.var_names, classes, hidden=hidden, dropout=dropout)
+        model = CellClassifier(adata.var_names, classes, hidden=config.hidden, dropout=config.dropout)
     if _keys.VAR_MEAN in adata.var and layer is None:
         model.transform.set(adata.var[_keys.VAR_MEAN].to_numpy(), adata.var[_keys.VAR_STD].to_numpy())
     val_mask = masks["val"] if masks["val"].any() else masks["train"]
     if not masks["val"].any():
         logger.warning("No validation cells: early stopping monitors training accuracy.")
     history = fit_classifier(
-        model, X[masks["train"]], y[masks["train"]], X[val_mask], y[val_mask],
-        lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs, patience=patience,
-        label_smoothing=label_smoothing, random_state=random_state, device=dev,
-    )  # fmt: skip
+        model,
+        (X[masks["train"]], y[masks["train"]]),
+        (X[val_mask], y[val_mask]),
+        config=config,
+        random_state=random_state,
+        adversarial=adversarial,
+        augment=augment,
+        inputs=inputs,
+    )
     best_epoch = history.pop("best_epoch")
 
+    fields = {k: v for k, v in asdict(config).items() if k not in ("device", "save_dir")}
     params = {
-        "labels_key": labels_key, "layer": layer or "X", "split_key": split_key, "hidden": list(hidden), "dropout": list(dropout),
-        "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "max_epochs": max_epochs, "patience": patience,
-        "label_smoothing": label_smoothing, "random_state": int(random_state),
-    }  # fmt: skip
+        "labels_key": labels_key,
+        "layer": layer or "X",
+        **fields,
+        "hidden": list(config.hidden),
+        "dropout": list(config.dropout),
+        "random_state": int(random_state),
+        "adversarial": asdict(adversarial) if adversarial is not None else None,
+        "augment": asdict(augment) if augment is not None else None,
+    }
     set_record(adata, key_added, params=params)
-    set_model_reference(adata, key_added, model, save_dir=save_dir)
+    set_model_reference(adata, key_added, model, save_dir=config.save_dir)
     _write_predictions(adata, model, X, layer=None)
     pred = pd.Categorical(adata.obs[_keys.OBS_PRED], categories=classes).codes
     metrics = {s: classification_metrics(y[m], pred[m], classes) for s, m in masks.items() if m.any()}
     metrics = {
         "accuracy": {s: m["accuracy"] for s, m in metrics.items()},
         "test": metrics.get("test", metrics.get("val", metrics["train"])),
-        "best_epoch": best_epoch, "epochs_run": len(history["loss"]), "history": history,
-    }  # fmt: skip
+        "best_epoch": best_epoch,
+        "epochs_run": len(history["loss"]),
+        "history": history,
+    }
     adata.uns[_keys.UNS][key_added]["metrics"] = h5ad_safe(metrics)
     logger.info("classifier: test accuracy %.4f (best epoch %d)", metrics["test"]["accuracy"], best_epoch)
-    return adata if copy else model
+    return adata if copy else None
+
+
+def _hardening_inputs(
+    adata: AnnData,
+    train: np.ndarray,
+    *,
+    layer: str | None,
+    adversarial: AdversarialTraining | None,
+    augment: ThinningAugmentation | None,
+) -> TrainingInputs | None:
+    """The training cells' counts or log values that adversarial training and thinning work on."""
+    if adversarial is None and augment is None:
+        return None
+    if layer is not None or _keys.VAR_MEAN not in adata.var:
+        msg = (
+            "Adversarial training and thinning reach the classifier through its own transform: train on X "
+            f"scaled by `sad.pp.preprocess` (layer=None, adata.var[{_keys.VAR_MEAN!r}] present)."
+        )
+        raise ValueError(msg)
+    if augment is not None or adversarial.space == "counts":
+        if _keys.LAYER_COUNTS not in adata.layers or _keys.LAYER_LOGNORM not in adata.layers:
+            msg = (
+                f"Thinning and count-space adversarial training need .layers[{_keys.LAYER_COUNTS!r}] and "
+                f".layers[{_keys.LAYER_LOGNORM!r}] from `sad.pp.preprocess` on raw counts; with log-normalized "
+                "data use adversarial=AdversarialTraining(space='log') and no augment."
+            )
+            raise KeyError(msg)
+        counts, other = library_counts(adata)
+        return TrainingInputs(counts=counts[train], other=other[train], target_sum=target_sum(adata))
+    return TrainingInputs(lognorm=np.asarray(get_matrix(adata, _keys.LAYER_LOGNORM))[train])
 
 
 def _write_predictions(adata: AnnData, model: CellClassifier, X: np.ndarray, *, layer: str | None) -> np.ndarray:
@@ -224,4 +289,4 @@ def predict(
     return adata if copy else None
 
 
-__all__ = ["train_classifier", "predict"]
+__all__ = ["AdversarialTraining", "ThinningAugmentation", "TrainingConfig", "predict", "train_classifier"]
