@@ -548,3 +548,22 @@ def test_max_change_over_many_genes_warns_with_an_estimate(pbmc3k_raw, caplog):
             a, groupby="seurat_cell_type", target="Platelet", classifier=lin, genes=list(a.var_names[:4000])
         )
     assert "expect roughly" not in " ".join(r.getMessage() for r in caplog.records)
+
+
+def test_docstrings_explain_every_shared_parameter():
+    """help() of every black-box attack writes out the classifier, layer and key_added: no "as in"."""
+    for fn in (
+        sad.tl.single_gene_attack,
+        sad.tl.max_change_attack,
+        sad.tl.cgd_attack,
+        sad.tl.random_walk_attack,
+        sad.tl.grid_attack,
+        sad.tl.attack_overview,
+    ):
+        doc = fn.__doc__
+        assert "{doc_" not in doc
+        assert "As in" not in doc
+        assert "a CellTypist ``Model``" in doc  # the classifier fragment
+        assert "    classifier\n        The classifier to attack" in doc  # at the docstring's indentation
+    for cls in (SingleGeneOptions, GridOptions, RandomWalkOptions):
+        assert "    method\n        ``'fast'``" in cls.__doc__
