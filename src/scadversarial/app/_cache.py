@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -37,8 +38,13 @@ def default_cache_dir() -> Path:
     return Path(xdg) / "scadversarial" / f"app-{DEFAULT_DATA}"
 
 
+@functools.cache
 def _code_sha256() -> str:
-    """SHA-256 of the package's Python sources: a cached pipeline is only reused by the code that built it."""
+    """SHA-256 of the package's Python sources: a cached pipeline is only reused by the code that built it.
+
+    Hashed once per process: the code a process runs is the code it imported, even when the files
+    change on disk while it runs (a long-running app server, a test session during an edit).
+    """
     import hashlib
 
     root = Path(__file__).resolve().parents[1]
