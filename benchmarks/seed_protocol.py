@@ -93,7 +93,8 @@ def run_seed(
         dkey = "detector_" + name.replace(" ", "_").replace("-", "_")
         sad.tl.train_detector(a, meta_fraction=0.25, random_state=seed, key_added=dkey, **kw)
         t_train = time.perf_counter() - t0
-        table = sad.tl.evaluate(a, labels_key=key, detector_key=dkey, rescore=True)
+        sad.tl.evaluate(a, labels_key=key, detector_key=dkey, rescore=True)
+        table = sad.get.evaluation_table(a)
         role = a.obs["sad_detector_role"].astype(str).to_numpy()
         split = a.obs["sad_split"].astype(str).to_numpy()
         if (role[split == "test"] != "unused").any():
@@ -111,7 +112,8 @@ def run_seed(
             for tname, (method, eps, akw) in TRANSFER.items():
                 akey = f"sad_t_{method}_{'obs' if akw else 'free'}"
                 sad.tl.attack(a, method, eps=eps, alpha=0.02, steps=10, random_state=seed, key_added=akey, **akw)
-                tt = sad.tl.evaluate(a, akey, labels_key=key, detector_key=dkey, rescore=True)
+                sad.tl.evaluate(a, akey, labels_key=key, detector_key=dkey, rescore=True)
+                tt = sad.get.evaluation_table(a)
                 out["transfer"][tname] = {
                     "flip_any": _get(tt, "attack", "flip_rate", "any"),
                     **{m: _get(tt, "detector", m, "pooled") for m in DET_METRICS},

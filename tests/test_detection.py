@@ -245,7 +245,8 @@ def test_pbmc3k_detection_quality(pipeline3k):
     a = pipeline3k.copy()
     sad.tl.attack(a, eps=(0.05, 0.1, 0.15))
     sad.tl.train_detector(a, random_state=0)
-    table = sad.tl.evaluate(a)
+    sad.tl.evaluate(a)
+    table = sad.get.evaluation_table(a)
     det = table[(table.section == "detector") & (table.group == "pooled")].set_index("metric").value
     assert det["auroc"] >= 0.99
     assert det["tpr_at_5fpr"] >= 0.95

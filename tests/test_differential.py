@@ -321,25 +321,33 @@ _TORCH_ROWS = (
 )
 
 
+# Not strict: whether these examples differ depends on the CPU's BLAS kernels (they do on this project's
+# CI machines); where the kernels round alike, fast equals plain and the example passes.
+
+
 def explicit_only():
     """Hypothesis settings of a regression test: its ``@example`` cases only."""
     return settings(deadline=None, database=None, phases=[Phase.explicit])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_TORCH_ROWS)
 @pytest.mark.parametrize(("width", "dtype"), [(5, torch.float32), (38, torch.float32), (17, torch.float64)])
-def test_torch_rows_do_not_depend_on_their_position(width, dtype):
-    """The adapter's promise: a cell's scores are the same wherever it sits in a call of the default blocks."""
+def test_torch_rows_agree_to_rounding_wherever_they_sit(width, dtype):
+    """What the adapter can promise for BLAS-backed models: a row's scores agree to rounding wherever it sits.
+
+    Bit-for-bit equality does not hold at some widths (the kernels' tail handling); that is why fast can differ
+    from plain on cells within a few ulps of a tie (the regression examples below, and docs/contributing.md).
+    """
     rng = np.random.default_rng(0)
     lin = torch_linear(rng.normal(size=(width, 8)), rng.normal(size=8), dtype)
     X = rng.normal(size=(DEFAULT_TORCH_BATCH, width)).astype(np.float32 if dtype == torch.float32 else np.float64)
     fn = ClassifierAdapter(lin)
     P = fn(X)
+    rounding = 64 * np.finfo(P.dtype).eps  # a dot product of `width` terms rounds by at most ~width ulps
     for r in range(len(X)):
-        np.testing.assert_array_equal(fn(X[r : r + 1])[0], P[r])
+        np.testing.assert_allclose(fn(X[r : r + 1])[0], P[r], rtol=rounding, atol=rounding)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_TORCH_ROWS)
+@pytest.mark.xfail(strict=False, raises=AssertionError, reason=_TORCH_ROWS)
 @explicit_only()
 @example(
     case=Case(
@@ -369,7 +377,7 @@ def test_single_gene_torch_blocks_regression(real, case, mod, opts):
     _single_gene(real, case, mod, opts)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_TORCH_ROWS)
+@pytest.mark.xfail(strict=False, raises=AssertionError, reason=_TORCH_ROWS)
 @explicit_only()
 @example(
     case=Case(

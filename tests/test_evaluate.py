@@ -17,8 +17,9 @@ LAYERS = ["sad_pgd_eps0.1", "sad_pgd_eps0.5"]
 @pytest.fixture(scope="module")
 def evaluated(pipeline68k):
     a = pipeline68k.copy()
-    sad.tl.train_detector(a, triplet_epochs=4, epochs=12)
-    table = sad.tl.evaluate(a)
+    sad.tl.train_detector(a, config=sad.detection.DetectorConfig(triplet_epochs=4, epochs=12))
+    assert sad.tl.evaluate(a) is None  # scanpy's convention: results in the AnnData, read with sad.get
+    table = sad.get.evaluation_table(a)
     return a, table
 
 
@@ -85,7 +86,9 @@ def test_stored_and_h5ad_writable(evaluated, tmp_path):
 
 def test_without_detector_and_errors(pipeline68k):
     a = pipeline68k.copy()
-    table = sad.tl.evaluate(a, detector_key=None)
+    out = sad.tl.evaluate(a, detector_key=None, copy=True)
+    assert "evaluate" not in a.uns["sad"]  # copy=True leaves the input as it was
+    table = sad.get.evaluation_table(out)
     assert set(table.section) == {"classifier", "attack"}
     b = pipeline68k.copy()
     with pytest.raises(KeyError, match="train_detector"):
@@ -98,15 +101,16 @@ def test_without_detector_and_errors(pipeline68k):
 def test_scores_of_a_replaced_detector_are_computed_again(pipeline68k, caplog):
     """detect -> train_detector again -> evaluate: the table describes the current detector (issue 15)."""
     a = pipeline68k.copy()
-    sad.tl.train_detector(a, triplet_epochs=2, epochs=4, random_state=0)
+    sad.tl.train_detector(a, config=sad.detection.DetectorConfig(triplet_epochs=2, epochs=4), random_state=0)
     sad.tl.detect(a, [None, *LAYERS])
     old = a.obs["sad_score"].to_numpy().copy()
-    sad.tl.train_detector(a, triplet_epochs=2, epochs=4, random_state=1)
+    sad.tl.train_detector(a, config=sad.detection.DetectorConfig(triplet_epochs=2, epochs=4), random_state=1)
     fresh = a.copy()
     sad.tl.detect(fresh, [None, *LAYERS])
     assert not np.allclose(fresh.obs["sad_score"], old)  # the two detectors do score differently
     with caplog.at_level(logging.INFO, logger="scadversarial"):
-        table = sad.tl.evaluate(a)
+        sad.tl.evaluate(a)
+    table = sad.get.evaluation_table(a)
     assert "scoring it again" in caplog.text
     new_id = a.uns["sad"]["detector"]["model"]["id"]
     assert {a.uns["sad"]["detect"]["metrics"][n]["detector_id"] for n in ("X", *LAYERS)} == {new_id}

@@ -7,10 +7,13 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import _keys
+from .._docs import doc_params
 from .._settings import logger
 from .._validate import check_adata, check_obs_key, get_record, set_record
 from ..detection import detection_metrics
+from ..get import attack_record, record
 from ._detect import _attack_layers, detect
+from ._fragments import doc_example_classifier
 
 COLUMNS = ("section", "metric", "group", "value", "n_cells")
 
@@ -38,6 +41,7 @@ def _stale_scores(adata: AnnData, layers: list[str | None], detector_key: str) -
     return stale
 
 
+@doc_params(doc_example_classifier=doc_example_classifier)
 def evaluate(
     adata: AnnData,
     attack_key: str = "sad_pgd",
@@ -50,8 +54,11 @@ def evaluate(
     fpr_max: float = 0.05,
     key_added: str = _keys.STEP_EVALUATE,
     copy: bool = False,
-) -> pd.DataFrame | AnnData:
+) -> AnnData | None:
     """Evaluate the classifier, the attack and the detector on held-out cells, in one long table.
+
+    The table is written to ``.uns['sad'][key_added]`` and read back with
+    :func:`scadversarial.get.evaluation_table`.
 
     Rows (``section``, ``metric``, ``group``):
 
@@ -88,28 +95,28 @@ def evaluate(
     key_added
         Name of the run record in ``.uns['sad']``.
     copy
-        Work on a copy of ``adata`` and return it (the table is then in its ``.uns``).
+        Work on a copy of ``adata`` and return it.
 
     Returns
     -------
-    The table as a :class:`pandas.DataFrame` with columns ``section``, ``metric``, ``group``,
-    ``value``, ``n_cells`` (or the new AnnData when ``copy=True``). Sets
-    ``.uns['sad'][key_added]`` (``params`` and ``table``, the columns as arrays), and, when
-    scores are missing, stale or ``rescore=True``, what :func:`detect` writes for ``X`` and each
-    adversarial layer (``.obs['sad_score*']``, ``.obs['sad_adversarial*']``, ``.obsm['sad_meta*']``,
-    ``.obsm['X_sad_triplet*']``, ``.uns['sad']['detect']``).
+    ``None``, or the new AnnData when ``copy=True``. Sets
+
+    ``.uns['sad'][key_added]``
+        ``params`` (``attack_key``, ``labels_key``, ``split_key``, ``subset``, ``detector_key``,
+        ``fpr_max``) and ``table``: the columns ``section``, ``metric``, ``group``, ``value`` and
+        ``n_cells`` as arrays (:func:`scadversarial.get.evaluation_table` gives the DataFrame).
+
+    and, when scores are missing, stale or ``rescore=True``, what :func:`detect` writes for ``X`` and
+    each adversarial layer (``.obs['sad_score*']``, ``.obs['sad_adversarial*']``,
+    ``.obsm['sad_meta*']``, ``.obsm['X_sad_triplet*']``, ``.uns['sad']['detect']``).
 
     Examples
     --------
-    >>> import scadversarial as sad
-    >>> adata = sad.datasets.pbmc68k_reduced()
-    >>> sad.pp.preprocess(adata)
-    >>> sad.pp.pseudo_labels(adata, n_clusters=6)
-    >>> sad.pp.split(adata)
-    >>> clf = sad.tl.train_classifier(adata, max_epochs=10)
+    {doc_example_classifier}
     >>> sad.tl.attack(adata, eps=(0.1, 0.5))
-    >>> det = sad.tl.train_detector(adata, epochs=5)
-    >>> table = sad.tl.evaluate(adata)
+    >>> sad.tl.train_detector(adata, config=sad.detection.DetectorConfig(epochs=5))
+    >>> sad.tl.evaluate(adata)
+    >>> table = sad.get.evaluation_table(adata)
     >>> sorted(set(table["section"]))
     ['attack', 'classifier', 'detector']
 
@@ -120,7 +127,7 @@ def evaluate(
     labels = check_obs_key(adata, labels_key).astype(str).to_numpy()
     pred = check_obs_key(adata, _keys.OBS_PRED, producer="sad.tl.train_classifier").astype(str).to_numpy()
     layers = _attack_layers(adata, attack_key, None)
-    att_params = adata.uns[_keys.UNS][_keys.STEP_ATTACKS][attack_key].get("params", {})
+    att_params = attack_record(adata, attack_key).get("params", {})
     att_labels = str(att_params.get("labels_key", "predicted"))
     target = pred if att_labels == "predicted" else check_obs_key(adata, att_labels).astype(str).to_numpy()
     for lay in layers:
@@ -165,7 +172,7 @@ def evaluate(
             )
         s0 = adata.obs[_keys.score_key(None)].to_numpy(np.float64)[mask]
         f0 = adata.obs[_keys.flag_key(None)].to_numpy(bool)[mask]
-        thr = float(adata.uns[_keys.UNS][_keys.STEP_DETECT]["metrics"]["X"]["threshold"])
+        thr = float(record(adata, _keys.STEP_DETECT)["metrics"]["X"]["threshold"])
         groups = {lay: [lay] for lay in layers}
         groups["pooled"] = layers
         tpr_name = f"tpr_at_{round(fpr_max * 100):d}fpr"
@@ -176,21 +183,28 @@ def evaluate(
             m = detection_metrics(yy, np.r_[s0, s1], thr, fpr_max=fpr_max)
             clean_acc, adv_acc = float((~f0).mean()), float(f1.mean())
             vals = {
-                "auroc": m["auroc"], "average_precision": m["average_precision"], tpr_name: m[tpr_name],
-                "clean_accuracy": clean_acc, "adversarial_accuracy": adv_acc,
-                "accuracy": float(((~f0).sum() + f1.sum()) / (len(f0) + len(f1))), "threshold": thr,
-            }  # fmt: skip
+                "auroc": m["auroc"],
+                "average_precision": m["average_precision"],
+                tpr_name: m[tpr_name],
+                "clean_accuracy": clean_acc,
+                "adversarial_accuracy": adv_acc,
+                "accuracy": float(((~f0).sum() + f1.sum()) / (len(f0) + len(f1))),
+                "threshold": thr,
+            }
             for k, v in vals.items():
                 rows.append(("detector", k, g, v, len(yy)))
 
     table = pd.DataFrame(rows, columns=list(COLUMNS))
-    set_record(
-        adata, key_added,
-        params={"attack_key": attack_key, "labels_key": labels_key, "split_key": split_key, "subset": subset or "all",
-                "detector_key": detector_key or "none", "fpr_max": fpr_max},
-        table=table,
-    )  # fmt: skip
-    return adata if copy else table
+    params = {
+        "attack_key": attack_key,
+        "labels_key": labels_key,
+        "split_key": split_key,
+        "subset": subset or "all",
+        "detector_key": detector_key or "none",
+        "fpr_max": fpr_max,
+    }
+    set_record(adata, key_added, params=params, table=table)
+    return adata if copy else None
 
 
 __all__ = ["evaluate"]
