@@ -48,6 +48,9 @@ _WHITEBOX_EPS = (0.1, 0.5)
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pt", ".pth")
 # figure resolution: sharp in a browser, a few hundred kB per figure
 _DPI = 110
+# records the audit writes in .uns['sad']['attacks'] (and the prefix of its PGD layers)
+_OVERVIEW_KEY = "audit_overview"
+_PGD_KEY = "audit_pgd"
 
 
 @dataclass(frozen=True)
@@ -190,7 +193,7 @@ def _budget_genes(adata: AnnData, genes: list[str], layer: str | None, max_genes
     if max_genes <= 0 or len(genes) <= max_genes:
         return list(genes)
     if "highly_variable" in adata.var:
-        hv = adata.var["highly_variable"].reindex(genes).fillna(False).to_numpy(dtype=bool)
+        hv = adata.var["highly_variable"].reindex(genes).fillna(value=False).to_numpy(dtype=bool)
         if hv.sum() >= min(max_genes, len(genes)) // 2:  # enough marked genes to stand for the data's variation
             pool = np.asarray(genes)[hv]
             if len(pool) <= max_genes:
@@ -219,13 +222,14 @@ def _whitebox(adata: AnnData, model: Any, eps: Sequence[float], groupby: str) ->
 
     if not isinstance(model, CellClassifier):
         return None, "the classifier has no gradients sad can use (not a sad classifier): black-box only"
+    from ..get import attack_record
     from ._attack import attack
 
     try:
-        attack(adata, "pgd", eps=tuple(eps), model=model, key_added="audit_pgd")
+        attack(adata, "pgd", eps=tuple(eps), classifier=model, key_added=_PGD_KEY)
     except (KeyError, ValueError, RuntimeError) as err:
         return None, f"white-box attack skipped: {err}"
-    rec = uns_root(adata)[_keys.STEP_ATTACKS]["audit_pgd"]
+    rec = attack_record(adata, _PGD_KEY)
     # flip rate per budget, from the record's per-layer rates (layer '<key>_eps<eps>')
     layers = [str(x) for x in np.atleast_1d(rec.get("layers", []))]
     rates = dict(rec.get("metrics", {}).get("flip_rate", {}))
@@ -287,7 +291,8 @@ def audit(
 
     """
     from .. import pl
-    from ._blackbox import attack_overview
+    from ..get import attack_record, attack_table
+    from ._blackbox import OverviewOptions, attack_overview
 
     t0 = time.perf_counter()
     options = AuditOptions() if options is None else options
@@ -306,7 +311,7 @@ def audit(
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
 
-    table = attack_overview(
+    attack_overview(
         adata,
         groupby=groupby,
         classifier=spec,
@@ -314,17 +319,17 @@ def audit(
         clusters=None if options.clusters is None else list(options.clusters),
         genes=searched,
         modifications=list(options.modifications),
-        max_split_size=options.max_split_size,
-        random_state=options.random_state,
-        key_added="audit_overview",
+        options=OverviewOptions(max_split_size=options.max_split_size, random_state=options.random_state),
+        key_added=_OVERVIEW_KEY,
     )
-    rec = uns_root(adata)[_keys.STEP_ATTACKS]["audit_overview"]
+    table = attack_table(adata, _OVERVIEW_KEY)
+    rec = attack_record(adata, _OVERVIEW_KEY)
     whitebox, why = _whitebox(adata, model, options.whitebox_eps, groupby)
     if whitebox is None:
         logger.info("audit: %s", why)
 
     figures: list[tuple[str, str, bytes]] = []  # (file name, caption, png)
-    fig = pl.attack_overview(adata, "audit_overview", return_fig=True)
+    fig = pl.attack_overview(adata, _OVERVIEW_KEY, return_fig=True)
     figures.append(
         (
             "overview.png",
@@ -336,7 +341,7 @@ def audit(
     caption = "Signature size per cluster: searched genes that max-change could not modify without a flip."
     figures.append(("signature.png", caption, _signature_png(table, len(searched))))
     if whitebox is not None:
-        fig = pl.flip_rate(adata, "audit_pgd", return_fig=True)
+        fig = pl.flip_rate(adata, _PGD_KEY, return_fig=True)
         figures.append(("whitebox_flip_rate.png", "White-box PGD flip rate per class and budget.", _figure_png(fig)))
     paths = []
     for name, _, png in figures:
