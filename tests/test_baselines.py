@@ -16,7 +16,7 @@ from scadversarial.detection import (
     make_baseline,
     reference_split,
 )
-from scadversarial.detection.baselines import _clean_quantile_threshold
+from scadversarial.detection._calibrated import _clean_quantile_threshold
 
 TARGET_FPR = 0.05
 

@@ -70,7 +70,8 @@ def test_impossible_inputs_get_their_reason(rules3k):
     }
     for reason, Z in cases.items():
         rep = rules.explain(Z)
-        assert rep.reason[0] == reason and rep.score[0] >= rules.threshold, reason
+        assert rep.reason[0] == reason, reason
+        assert rep.score[0] >= rules.threshold, reason
         assert rep.counts[0, RULES.index(reason)] == 1
         assert (rep.score[1:] == 0).all()  # the other cells are untouched
     beyond = Xt.copy()

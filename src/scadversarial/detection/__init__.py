@@ -17,6 +17,16 @@ from ._features import (
     meta_feature_tensor,
     straight_through,
 )
+from ._fit import DetectorConfig, DetectorFeatures, DetectorFit, FeatureSpec, fit_detector
+from ._rule_layer import (
+    REASONS,
+    RuleFit,
+    fit_rules,
+    non_integer_counts,
+    reason_key,
+    rule_counts,
+    rule_reasons,
+)
 from ._rules import RULES, Lattice, PlausibilityRules, RuleReport, Transform, fit_lattice
 from ._stability import KNNConsistency, ThinningStability
 from ._training import sample_triplets, train_residual, train_triplet
@@ -35,6 +45,18 @@ from .baselines import (
 )
 
 __all__ = [
+    "DetectorConfig",
+    "DetectorFeatures",
+    "DetectorFit",
+    "FeatureSpec",
+    "fit_detector",
+    "REASONS",
+    "RuleFit",
+    "fit_rules",
+    "non_integer_counts",
+    "reason_key",
+    "rule_counts",
+    "rule_reasons",
     "CountModelDetector",
     "EnsembleDetector",
     "EnsembleReport",
@@ -49,7 +71,6 @@ __all__ = [
     "RuleReport",
     "Transform",
     "fit_lattice",
-    *baselines.__all__,
     "FEATURE_GROUPS",
     "SURROGATE_WIDTH",
     "InputConsistency",
@@ -68,3 +89,4 @@ __all__ = [
     "train_residual",
     "train_triplet",
 ]
+__all__ += baselines.__all__

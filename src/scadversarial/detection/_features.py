@@ -289,6 +289,37 @@ def _grad_stats(mean_abs, var_abs, l2):
     return torch.stack([torch.log(mean_abs + 1e-12), torch.log(var_abs + 1e-24), torch.log(l2 + 1e-12)], dim=1)
 
 
+def _first_layer(
+    x: torch.Tensor,
+    lin1: nn.Linear,
+    input_ref: InputConsistency | None,
+    fused: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first layer's output and, with ``fused``, the PCA projection from the same matrix product."""
+    if fused is None or input_ref is None:
+        return lin1(x), None
+    hp = F.linear(x, *fused)
+    n_h, n_p = lin1.out_features, input_ref.components.shape[0] + 1
+    return hp[:, :n_h].contiguous(), hp[:, n_h : n_h + n_p]
+
+
+def _assemble(
+    emb: torch.Tensor,
+    logits: torch.Tensor,
+    soft: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    grad: torch.Tensor | None,
+    inputs: torch.Tensor | None,
+) -> torch.Tensor:
+    """The meta-feature columns in :func:`feature_names`' order: internal signals, then the optional groups."""
+    proba, logp, _, pred = soft
+    entropy = -(proba * logp).sum(1, keepdim=True)
+    top1 = logits.gather(1, pred[:, None])
+    margin = top1 - logits.scatter(1, pred[:, None], float("-inf")).amax(1, keepdim=True)
+    parts = [emb, logits, proba, margin, entropy]
+    parts += [p for p in (grad, inputs) if p is not None]
+    return torch.cat(parts, dim=1)
+
+
 def meta_feature_tensor(
     classifier: nn.Module,
     x: torch.Tensor,
@@ -317,15 +348,9 @@ def meta_feature_tensor(
     proj = None
     if gradient and lin1 is not None:
         with torch.no_grad():
-            if fused is not None and input_ref is not None:
-                hp = F.linear(x, *fused)
-                n_h = lin1.out_features
-                n_p = input_ref.components.shape[0] + 1
-                h, proj = hp[:, :n_h].contiguous(), hp[:, n_h : n_h + n_p]
-            else:
-                h = lin1(x)
+            h, proj = _first_layer(x, lin1, input_ref, fused)
         with torch.enable_grad():
-            hg = h.requires_grad_(True)
+            hg = h.requires_grad_(requires_grad=True)
             emb = classifier.body[1:](hg)
             logits = classifier.head(emb)
         soft = _softmax_parts(logits.detach())
@@ -349,7 +374,7 @@ def meta_feature_tensor(
             grad = _grad_stats(mean_abs, var_abs, l2)
     elif gradient:
         with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
+            xg = x.detach().requires_grad_(requires_grad=True)
             emb, logits = classifier.forward_with_embedding(xg)
         soft = _softmax_parts(logits.detach())
         (g,) = torch.autograd.grad(logits, xg, grad_outputs=soft[2])
@@ -366,16 +391,8 @@ def meta_feature_tensor(
             emb, logits = classifier.forward_with_embedding(x)
         soft = _softmax_parts(logits)
     with torch.no_grad():
-        proba, logp, _, pred = soft
-        entropy = -(proba * logp).sum(1, keepdim=True)
-        top1 = logits.gather(1, pred[:, None])
-        margin = top1 - logits.scatter(1, pred[:, None], float("-inf")).amax(1, keepdim=True)
-        parts = [emb, logits, proba, margin, entropy]
-        if gradient:
-            parts.append(grad)
-        if input_ref is not None:
-            parts.append(input_ref(x, proj))
-        return torch.cat(parts, dim=1)
+        inputs = input_ref(x, proj) if input_ref is not None else None
+        return _assemble(emb, logits, soft, grad if gradient else None, inputs)
 
 
 def _softmax_parts_differentiable(
@@ -403,11 +420,11 @@ def differentiable_meta_features(
     classifier: nn.Module,
     x: torch.Tensor,
     *,
+    width: float = SURROGATE_WIDTH,
     gradient: bool = True,
     input_ref: InputConsistency | None = None,
     grad_basis: torch.Tensor | None = None,
     fused: tuple[torch.Tensor, torch.Tensor] | None = None,
-    width: float = SURROGATE_WIDTH,
 ) -> torch.Tensor:
     """Meta-features of :func:`meta_feature_tensor`, differentiable with respect to the scaled input ``x``.
 
@@ -435,26 +452,21 @@ def differentiable_meta_features(
     if not torch.is_grad_enabled():  # e.g. under torch.no_grad(): the gradient features still need autograd
         with torch.enable_grad():
             # no graph is wanted: the input gradient's own graph (double backprop) is not kept either
-            args = (classifier, x.detach(), gradient, input_ref, grad_basis, fused, width, False)
-            return _differentiable_meta_features(*args).detach()
-    return _differentiable_meta_features(classifier, x, gradient, input_ref, grad_basis, fused, width, True)
+            args = (classifier, x.detach(), gradient, input_ref, grad_basis, fused, width)
+            return _differentiable_meta_features(*args, create_graph=False).detach()
+    args = (classifier, x, gradient, input_ref, grad_basis, fused, width)
+    return _differentiable_meta_features(*args, create_graph=True)
 
 
 def _differentiable_meta_features(
-    classifier, x, gradient, input_ref, grad_basis, fused, width, create_graph: bool
+    classifier, x, gradient, input_ref, grad_basis, fused, width, *, create_graph: bool
 ) -> torch.Tensor:
     lin1 = first_linear(classifier) if grad_basis is not None else None
     proj = None
     if gradient and lin1 is not None:
-        if fused is not None and input_ref is not None:
-            hp = F.linear(x, *fused)
-            n_h = lin1.out_features
-            n_p = input_ref.components.shape[0] + 1
-            h, proj = hp[:, :n_h].contiguous(), hp[:, n_h : n_h + n_p]
-        else:
-            h = lin1(x)
+        h, proj = _first_layer(x, lin1, input_ref, fused)
         if not h.requires_grad:  # a constant input: the gradient features still need a graph to h
-            h = h.detach().requires_grad_(True)
+            h = h.detach().requires_grad_(requires_grad=True)
         emb = classifier.body[1:](h)
         logits = classifier.head(emb)
         soft = _softmax_parts_differentiable(logits)
@@ -467,7 +479,7 @@ def _differentiable_meta_features(
         var = gs.square().mean(1) - mean_abs.square()
         grad = _grad_stats(mean_abs, straight_through(var.clamp_min(0), var), l2)
     elif gradient:
-        xg = x if x.requires_grad else x.detach().requires_grad_(True)
+        xg = x if x.requires_grad else x.detach().requires_grad_(requires_grad=True)
         emb, logits = classifier.forward_with_embedding(xg)
         soft = _softmax_parts_differentiable(logits)
         (g,) = torch.autograd.grad(logits, xg, grad_outputs=soft[2], create_graph=create_graph)
@@ -479,16 +491,8 @@ def _differentiable_meta_features(
     else:
         emb, logits = classifier.forward_with_embedding(x)
         soft = _softmax_parts_differentiable(logits)
-    proba, logp, _, pred = soft
-    entropy = -(proba * logp).sum(1, keepdim=True)
-    top1 = logits.gather(1, pred[:, None])
-    margin = top1 - logits.scatter(1, pred[:, None], float("-inf")).amax(1, keepdim=True)
-    parts = [emb, logits, proba, margin, entropy]
-    if gradient:
-        parts.append(grad)
-    if input_ref is not None:
-        parts.append(input_ref.differentiable(x, proj, width=width))
-    return torch.cat(parts, dim=1)
+    inputs = input_ref.differentiable(x, proj, width=width) if input_ref is not None else None
+    return _assemble(emb, logits, soft, grad if gradient else None, inputs)
 
 
 def compute_meta_features(

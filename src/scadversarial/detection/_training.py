@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import nn
 
 from .._settings import progress
 from ..models.training import fit_early_stopping
+
+if TYPE_CHECKING:
+    from ._fit import DetectorConfig
+
+#: Margin of the triplet loss (TripletMarginLoss on L2-normalized embeddings: distances lie in [0, 2]).
+TRIPLET_MARGIN = 1.0
+#: Smallest decrease of the calibration loss that counts as an improvement for early stopping.
+MIN_DELTA = 1e-6
 
 
 def sample_triplets(
@@ -42,22 +52,21 @@ def train_triplet(
     F_adv: torch.Tensor,
     cls_adv: np.ndarray,
     *,
-    epochs: int = 15,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-2,
-    margin: float = 1.0,
-    batch_size: int = 128,
+    config: DetectorConfig,
     rng: np.random.Generator,
+    margin: float = TRIPLET_MARGIN,
 ) -> list[float]:
     """Train the triplet network (anchor/positive: clean cells of one class; negative: an adversarial cell).
 
-    ``F_clean`` and ``F_adv`` are standardized meta-features; the caller seeds torch. Returns the
+    ``F_clean`` and ``F_adv`` are standardized meta-features; ``config`` gives the epochs
+    (``triplet_epochs``), AdamW settings and batch size; the caller seeds torch. Returns the
     mean loss of each epoch; ``net`` is left in eval mode.
     """
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     loss_fn = nn.TripletMarginLoss(margin=margin)
+    batch_size = config.batch_size
     history = []
-    for _ in progress(range(epochs), desc="triplet net", unit="epoch"):
+    for _ in progress(range(config.triplet_epochs), desc="triplet net", unit="epoch"):
         net.train()
         a, p, n = (torch.as_tensor(i) for i in sample_triplets(cls_clean, cls_adv, rng))
         total = 0.0
@@ -80,14 +89,12 @@ def train_residual(
     Z_val: torch.Tensor,
     y_val: torch.Tensor,
     *,
-    epochs: int = 30,
-    patience: int = 5,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-2,
-    batch_size: int = 128,
+    config: DetectorConfig,
     balance: bool = True,
 ) -> dict:
     """Train the residual detector with BCE-with-logits and early stopping on the validation loss.
+
+    ``config`` gives the maximum epochs, the patience, the AdamW settings and the batch size.
 
     With ``balance=True`` positives are weighted by ``n_clean / n_adversarial`` so both classes
     count equally. The weights of the best validation epoch are kept. The caller seeds torch.
@@ -102,7 +109,18 @@ def train_residual(
     pw = torch.tensor((len(y_train) - n_pos) / max(n_pos, 1.0)) if balance else None
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=pw)
     return fit_early_stopping(
-        net, loss_fn, Z_train, y_train, lambda m: loss_fn(m(Z_val), y_val),
-        higher_is_better=False, min_delta=1e-6, val_name="val_loss", lr=lr, weight_decay=weight_decay,
-        batch_size=batch_size, max_epochs=epochs, patience=patience, desc="meta-detector",
-    )  # fmt: skip
+        net,
+        loss_fn,
+        Z_train,
+        y_train,
+        lambda m: loss_fn(m(Z_val), y_val),
+        higher_is_better=False,
+        min_delta=MIN_DELTA,
+        val_name="val_loss",
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        batch_size=config.batch_size,
+        max_epochs=config.epochs,
+        patience=config.patience,
+        desc="meta-detector",
+    )

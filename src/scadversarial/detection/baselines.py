@@ -44,8 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._docs import doc_params
 from ._calibrated import RngLike, _as_float32, _Baseline, _batches, _class_codes, _eval_mode, _rng
-from ._calibrated import _clean_quantile_threshold as _clean_quantile_threshold  # re-exported for the tests
 from ._features import straight_through
 
 if TYPE_CHECKING:
@@ -113,6 +113,14 @@ def _mc_dropout_proba(classifier: nn.Module, x: torch.Tensor, n_samples: int, ge
                 h = m(h)
         probs.append(torch.softmax(classifier.head(h), 1))
     return torch.stack(probs)
+
+
+#: Docstring fragment of the detectors that keep a reference of clean training cells.
+_DOC_REFERENCE = """\
+n_reference
+    Largest number of reference cells.
+batch_size, device
+    Scoring batches and torch device."""
 
 
 @runtime_checkable
@@ -324,6 +332,7 @@ class _FeatureBaseline(_Baseline):
         return _combine(self._features(self._check_input(X)), self.model_, self.center_, self.scale_)
 
 
+@doc_params(doc_reference=_DOC_REFERENCE)
 class LIDDetector(_FeatureBaseline):
     """Local intrinsic dimensionality (Ma et al. 2018) of the classifier's layers.
 
@@ -338,10 +347,7 @@ class LIDDetector(_FeatureBaseline):
     ----------
     k
         Nearest neighbours of the LID estimate.
-    n_reference
-        Largest number of reference cells.
-    batch_size, device
-        Scoring batches and torch device.
+    {doc_reference}
 
     Examples
     --------
@@ -411,6 +417,7 @@ def _combine(F: np.ndarray, model, center: np.ndarray, scale: np.ndarray) -> np.
 
 
 # ----------------------------------------------------------------------------- KD + BU
+@doc_params(doc_reference=_DOC_REFERENCE)
 class KernelDensityDetector(_FeatureBaseline):
     """Kernel density and Bayesian uncertainty (Feinman et al. 2017).
 
@@ -429,10 +436,7 @@ class KernelDensityDetector(_FeatureBaseline):
         :data:`BANDWIDTH_NEIGHBORS`-th nearest other reference cell.
     n_samples
         MC-dropout passes.
-    n_reference
-        Largest number of reference cells.
-    batch_size, device
-        Scoring batches and torch device.
+    {doc_reference}
 
     Examples
     --------

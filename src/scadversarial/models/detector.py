@@ -9,6 +9,7 @@ threshold. Saving it (safetensors + ``config.json``) and loading it reproduces i
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -16,7 +17,6 @@ from torch import nn
 
 from .._settings import settings
 from ..detection._features import (
-    FEATURE_GROUPS,
     SURROGATE_WIDTH,
     InputConsistency,
     differentiable_meta_features,
@@ -24,6 +24,9 @@ from ..detection._features import (
     gradient_basis,
     meta_feature_tensor,
 )
+from ..detection._fit import FeatureSpec
+from ..detection._rule_layer import RULE_LOGIT, RULE_SCORE, RuleFit, rule_counts
+from ..detection._rules import RULES
 from ._base import SadModel, register_model_class
 from .classifier import CellClassifier
 
@@ -64,9 +67,63 @@ class ResidualDetector(nn.Module):
         return self.out(self.blocks(self.inp(z))).squeeze(1)
 
 
+@dataclass(frozen=True)
+class DetectorArchitecture:
+    """Sizes of the detector's networks.
+
+    Parameters
+    ----------
+    use_triplet
+        Put the triplet network between the standardized features and the residual detector.
+    triplet_hidden, triplet_dim
+        Hidden width and output size of the triplet network.
+    hidden, n_blocks, dropout
+        Width, residual blocks and dropout of the residual detector.
+    """
+
+    use_triplet: bool = True
+    triplet_hidden: int = 256
+    triplet_dim: int = 64
+    hidden: int = 128
+    n_blocks: int = 2
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class DetectorReport:
+    """What the detector makes of a batch of cells (:meth:`AdversarialDetector.explain_arrays`).
+
+    Attributes
+    ----------
+    meta
+        Raw meta-features (cells x features, float32).
+    embedding
+        Triplet embedding, or the standardized meta-features without a triplet network (float32).
+    score
+        The detector's score (float32): the learned score, or ``1 + log1p(violations)`` for a cell
+        that breaks a plausibility rule (above every learned score).
+    learned
+        The learned detector's score, a probability (float32).
+    rule_counts
+        Cells x :data:`~scadversarial.detection.RULES`: violating entries per rule (int64; zeros
+        for a detector without rules).
+    """
+
+    meta: np.ndarray
+    embedding: np.ndarray
+    score: np.ndarray
+    learned: np.ndarray
+    rule_counts: np.ndarray
+
+
 @register_model_class
 class AdversarialDetector(SadModel):
-    """Composite detector: classifier copy -> meta-features -> standardize -> (triplet net) -> residual detector.
+    """Composite detector: plausibility rules, then classifier copy -> meta-features -> (triplet net) -> residual detector.
+
+    The rules (with ``rules=True``, the default detector of :func:`~scadversarial.tl.train_detector`)
+    are a hard first layer: a cell whose scaled input no preprocessing of integer counts can
+    produce (:func:`~scadversarial.detection.rule_counts`) scores ``1 + log1p(violations)``, above
+    every learned score (a probability), and is always flagged. Other cells get the learned score.
 
     Parameters
     ----------
@@ -76,22 +133,15 @@ class AdversarialDetector(SadModel):
         Classes of the classifier.
     classifier
         Config of the watched :class:`~scadversarial.models.CellClassifier` (``hidden``, ``dropout``, ``clip``).
-    groups
-        Meta-feature groups: any of ``'internal'`` (embedding, logits, probabilities, margin,
-        entropy), ``'gradient'`` (statistics of the input gradient of the loss at the predicted
-        label) and ``'input'`` (input-consistency features).
-    use_triplet
-        Put the triplet network between the standardized features and the detector.
-    n_pcs, n_reference, n_neighbors
-        Shape of the input-consistency reference (PCA components, reference cells, k of the kNN distance).
-    tol
-        Tolerance, in input units, for a value to sit at a gene's minimum (unexpressed) value.
-    grad_genes
-        Genes (a fixed random subset) on which the mean and variance of ``|grad|`` are estimated;
-        the L2 norm stays exact. ``0``: all genes, forming the full input gradient (slower; see
-        :func:`~scadversarial.detection.meta_feature_tensor`).
-    triplet_hidden, triplet_dim, hidden, n_blocks, dropout
-        Sizes of the triplet network and of the residual detector.
+    features
+        Meta-feature groups and the shape of the input-consistency reference
+        (:class:`~scadversarial.detection.FeatureSpec`; default: every group).
+    architecture
+        Sizes of the triplet network and of the residual detector (:class:`DetectorArchitecture`).
+    n_reference
+        Number of reference cells of the input-consistency features.
+    rules
+        Put the plausibility rules in front (their bound is set by :meth:`set_rules`).
     classifier_id
         Id of the classifier the detector was trained against (for the record).
 
@@ -104,56 +154,86 @@ class AdversarialDetector(SadModel):
         var_names: Sequence[str],
         classes: Sequence[str],
         classifier: dict,
-        groups: Sequence[str] = FEATURE_GROUPS,
-        use_triplet: bool = True,
-        n_pcs: int = 30,
+        *,
+        features: FeatureSpec | None = None,
+        architecture: DetectorArchitecture | None = None,
         n_reference: int = 0,
-        n_neighbors: int = 1,
-        tol: float = 1e-4,
-        triplet_hidden: int = 256,
-        triplet_dim: int = 64,
-        hidden: int = 128,
-        n_blocks: int = 2,
-        dropout: float = 0.1,
-        grad_genes: int = 128,
+        rules: bool = False,
         classifier_id: str = "",
     ) -> None:
         var_names, classes = [str(v) for v in var_names], [str(c) for c in classes]
-        groups = [str(g) for g in groups]
-        unknown = sorted(set(groups) - set(FEATURE_GROUPS))
-        if unknown or not groups or "internal" not in groups:
-            msg = f"Feature groups must include 'internal' and be among {FEATURE_GROUPS}; got {groups}."
-            raise ValueError(msg)
-        groups = [g for g in FEATURE_GROUPS if g in groups]
+        spec, arch = features or FeatureSpec(), architecture or DetectorArchitecture()
+        groups = spec.groups
         clf_cfg = {k: classifier[k] for k in ("hidden", "dropout", "clip") if k in classifier}
         super().__init__(
             {
-                "var_names": var_names, "classes": classes, "classifier": clf_cfg, "groups": groups,
-                "use_triplet": bool(use_triplet), "n_pcs": int(n_pcs), "n_reference": int(n_reference),
-                "n_neighbors": int(n_neighbors), "tol": float(tol), "triplet_hidden": int(triplet_hidden),
-                "triplet_dim": int(triplet_dim), "hidden": int(hidden), "n_blocks": int(n_blocks),
-                "dropout": float(dropout), "grad_genes": int(grad_genes), "classifier_id": str(classifier_id),
+                "var_names": var_names,
+                "classes": classes,
+                "classifier": clf_cfg,
+                "groups": groups,
+                "n_pcs": int(spec.n_pcs),
+                "n_reference": int(n_reference),
+                "n_neighbors": int(spec.n_neighbors),
+                "tol": float(spec.tol),
+                "grad_genes": int(spec.grad_genes),
+                **{f.name: getattr(arch, f.name) for f in fields(arch)},
+                "rules": bool(rules),
+                "classifier_id": str(classifier_id),
             }
-        )  # fmt: skip
+        )
         self.var_names, self.classes = var_names, classes
         self.classifier = CellClassifier(var_names, classes, **clf_cfg)
         for p in self.classifier.parameters():
-            p.requires_grad_(False)
+            p.requires_grad_(requires_grad=False)
         n_emb = self.classifier.config["hidden"][-1]
         self.feature_names = feature_names(groups, n_emb, classes)
         n_feat = len(self.feature_names)
         self.input_ref = (
-            InputConsistency(len(var_names), n_pcs, n_reference, n_neighbors, tol) if "input" in groups else None
+            InputConsistency(len(var_names), spec.n_pcs, n_reference, spec.n_neighbors, spec.tol)
+            if spec.input
+            else None
         )
         self.register_buffer("feat_mean", torch.zeros(n_feat))
         self.register_buffer("feat_std", torch.ones(n_feat))
         self.register_buffer("threshold", torch.tensor(0.5))
-        n_sub = min(int(grad_genes), len(var_names)) if "gradient" in groups and grad_genes > 0 else 0
+        if rules:  # a detector saved before the rules existed has neither buffer
+            self.register_buffer("rule_zero_bound", torch.tensor(0.0, dtype=torch.float64))
+            self.register_buffer("rule_lattice", torch.tensor(data=False))
+        n_sub = min(int(spec.grad_genes), len(var_names)) if spec.gradient and spec.grad_genes > 0 else 0
         h1 = self.classifier.config["hidden"][0]
         self.register_buffer("grad_index", torch.arange(n_sub, dtype=torch.long))
         self.register_buffer("grad_basis", torch.zeros((h1, h1 + n_sub) if n_sub else (0, 0)))
-        self.triplet = TripletNet(n_feat, triplet_hidden, triplet_dim) if use_triplet else None
-        self.detector = ResidualDetector(triplet_dim if use_triplet else n_feat, hidden, n_blocks, dropout)
+        n_z = arch.triplet_dim if arch.use_triplet else n_feat
+        self.triplet = TripletNet(n_feat, arch.triplet_hidden, arch.triplet_dim) if arch.use_triplet else None
+        self.detector = ResidualDetector(n_z, arch.hidden, arch.n_blocks, arch.dropout)
+
+    @classmethod
+    def from_config(cls, config: dict) -> AdversarialDetector:
+        """Rebuild from the flat config a saved detector stores (older ones lack ``'rules'``: no rules)."""
+        c = dict(config)
+        groups = c.get("groups", ["internal", "gradient", "input"])
+        unknown = sorted(set(groups) - {"internal", "gradient", "input"})
+        if unknown or "internal" not in groups:
+            msg = (
+                f"Feature groups must include 'internal' and be among ('internal', 'gradient', 'input'); got {groups}."
+            )
+            raise ValueError(msg)
+        spec = FeatureSpec(
+            gradient="gradient" in groups,
+            input="input" in groups,
+            **{k: c[k] for k in ("n_pcs", "n_neighbors", "grad_genes", "tol") if k in c},
+        )
+        arch = DetectorArchitecture(**{f.name: c[f.name] for f in fields(DetectorArchitecture) if f.name in c})
+        return cls(
+            c["var_names"],
+            c["classes"],
+            c["classifier"],
+            features=spec,
+            architecture=arch,
+            n_reference=int(c.get("n_reference", 0)),
+            rules=bool(c.get("rules", False)),
+            classifier_id=str(c.get("classifier_id", "")),
+        )
 
     # ------------------------------------------------------------------
     @property
@@ -212,26 +292,66 @@ class AdversarialDetector(SadModel):
         z = self.standardize(f)
         return self.triplet(z) if self.triplet is not None else z
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(meta_features, embedding, score)`` of scaled input ``x``; ``score`` is a probability."""
+    @property
+    def has_rules(self) -> bool:
+        """Whether the plausibility rules are the detector's first layer."""
+        return bool(self.config.get("rules", False))
+
+    def set_rules(self, fit: RuleFit) -> None:
+        """Set the rules' bound and lattice switch (:func:`~scadversarial.detection.fit_rules` on clean training cells)."""
+        if not self.has_rules:
+            msg = "This detector was built without rules (rules=False); build it with rules=True."
+            raise ValueError(msg)
+        self.rule_zero_bound.fill_(float(fit.zero_bound))
+        self.rule_lattice.fill_(bool(fit.lattice))
+
+    def rule_counts(self, x: torch.Tensor) -> torch.Tensor:
+        """Violating entries per cell and rule of scaled input ``x`` (cells x RULES, int64; not differentiable)."""
+        if not self.has_rules:
+            return torch.zeros((x.shape[0], len(RULES)), dtype=torch.long, device=x.device)
+        t = self.classifier.transform
+        clip = None if t.clip is None else float(t.clip)
+        fit = RuleFit(float(self.rule_zero_bound), bool(self.rule_lattice))
+        return rule_counts(x, t.mean, t.std, clip, fit)
+
+    def _parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(meta_features, embedding, learned score, rule counts)`` of scaled input ``x``."""
         f = self.meta_features(x)
         with torch.no_grad():
             z = self.embed(f)
-            score = torch.sigmoid(self.detector(z))
-        return f, z, score
+            learned = torch.sigmoid(self.detector(z))
+        return f, z, learned, self.rule_counts(x)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(meta_features, embedding, score)`` of scaled input ``x``.
+
+        ``score`` is the learned probability, or ``1 + log1p(violations)`` for a cell that breaks a rule.
+        """
+        f, z, learned, counts = self._parts(x)
+        n = counts.sum(1).to(learned.dtype)
+        return f, z, torch.where(n > 0, RULE_SCORE + torch.log1p(n), learned)
 
     def score_logit(self, x: torch.Tensor, *, width: float = SURROGATE_WIDTH) -> torch.Tensor:
         """Detector logit of scaled input ``x`` (cells x genes), differentiable with respect to ``x``.
 
-        ``sigmoid(score_logit(x))`` equals the score of the fast path (:meth:`forward`,
-        :meth:`score_arrays`, :func:`~scadversarial.tl.detect`) up to float rounding (1e-5), and
-        ``score_logit(x) >= logit(threshold)`` is the detector's flag. Unlike the fast path, the
-        meta-features keep their graph (:func:`~scadversarial.detection.differentiable_meta_features`):
-        the gradient features by double backpropagation, the step-function input features
-        (``frac_at_min``, ``frac_below_min``) with smooth stand-ins of width ``width`` (scaled units)
-        in the backward pass only. This is the path for a detector-aware (adaptive) attacker, e.g.
-        PGD on ``loss - weight * det.score_logit(x)``. It runs in evaluation mode (dropout off,
+        For a cell no plausibility rule objects to, ``sigmoid(score_logit(x))`` equals the score of
+        the fast path (:meth:`forward`, :meth:`score_arrays`, :func:`~scadversarial.tl.detect`) up to
+        float rounding (1e-5), and ``score_logit(x) >= logit(threshold)`` is the detector's flag.
+        Unlike the fast path, the meta-features keep their graph
+        (:func:`~scadversarial.detection.differentiable_meta_features`): the gradient features by
+        double backpropagation, the step-function input features (``frac_at_min``,
+        ``frac_below_min``) with smooth stand-ins of width ``width`` (scaled units) in the backward
+        pass only. This is the path for a detector-aware (adaptive) attacker, e.g. PGD on
+        ``loss - weight * det.score_logit(x)``. It runs in evaluation mode (dropout off,
         deterministic) whatever the module's mode, and costs about 2-3x the fast path.
+
+        **The rules are not differentiable.** They count entries that no preprocessing can
+        produce, a step function of ``x``. A cell that breaks one gets the value
+        ``1e4 + log1p(violations)`` (far above any learned logit, so it is always flagged and an
+        attacker choosing among its iterates sees it), but the gradient stays the learned
+        detector's: the rules give an attacker no direction to follow, only a verdict. The
+        probability ``sigmoid`` of that value is 1, while :meth:`forward` scores the cell
+        ``1 + log1p(violations)``.
 
         Parameters
         ----------
@@ -264,12 +384,20 @@ class AdversarialDetector(SadModel):
                 fused=fused,
                 width=width,
             )
-            return self.detector(self.embed(f))
+            logit = self.detector(self.embed(f))
+            if not self.has_rules:
+                return logit
+            n = self.rule_counts(x).sum(1).to(logit.dtype)
+            hard = RULE_LOGIT + torch.log1p(n)
+            # the value of the rules, the gradient of the learned detector (straight through)
+            return torch.where(n > 0, logit + (hard - logit).detach(), logit)
         finally:
             self.train(was_training)
 
     def score_differentiable(self, x: torch.Tensor, *, width: float = SURROGATE_WIDTH) -> torch.Tensor:
         """Detector score (probability) of scaled input ``x``: ``sigmoid(score_logit(x))``, differentiable.
+
+        The rules enter as a value, not a gradient (see :meth:`score_logit`): a rule-breaking cell scores 1.
 
         Examples
         --------
@@ -278,16 +406,14 @@ class AdversarialDetector(SadModel):
         """
         return torch.sigmoid(self.score_logit(x, width=width))
 
-    def score_arrays(
+    def explain_arrays(
         self, X: np.ndarray, *, batch_size: int | None = None, device=None, progress_bar: bool = True
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Meta-features, embedding and score of a scaled matrix, in evaluation mode and batches.
+    ) -> DetectorReport:
+        """Meta-features, embedding, scores and rule counts of a scaled matrix, in evaluation mode and batches.
 
         Returns
         -------
-        ``(meta_features, embedding, score)`` as float32 arrays (the embedding is the triplet
-        embedding, or the standardized meta-features without a triplet network).
-
+        A :class:`DetectorReport`.
         """
         from .._settings import progress
 
@@ -296,27 +422,43 @@ class AdversarialDetector(SadModel):
         dev = settings.torch_device(device)
         self.to(dev)
         bs = int(batch_size or settings.batch_size)
-        feats, embs, scores = [], [], []
+        parts: list[list[np.ndarray]] = [[], [], [], []]
         try:
             starts = range(0, X.shape[0], bs)
             for start in progress(
                 starts, desc="detect", unit="batch", disable=not (progress_bar and settings.progress)
             ):
                 xb = torch.as_tensor(np.ascontiguousarray(X[start : start + bs]), dtype=torch.float32, device=dev)
-                f, z, s = self(xb)
-                feats.append(f.cpu().numpy())
-                embs.append(z.cpu().numpy())
-                scores.append(s.cpu().numpy())
+                for out, t in zip(parts, self._parts(xb), strict=True):
+                    out.append(t.cpu().numpy())
         finally:
             self.train(was_training)
-        if not feats:
+        if not parts[0]:
             n_z = self.config["triplet_dim"] if self.triplet is not None else len(self.feature_names)
-            return (
-                np.zeros((0, len(self.feature_names)), np.float32),
-                np.zeros((0, n_z), np.float32),
-                np.zeros(0, np.float32),
-            )
-        return np.concatenate(feats), np.concatenate(embs), np.concatenate(scores)
+            parts = [
+                [np.zeros((0, len(self.feature_names)), np.float32)],
+                [np.zeros((0, n_z), np.float32)],
+                [np.zeros(0, np.float32)],
+                [np.zeros((0, len(RULES)), np.int64)],
+            ]
+        f, z, learned, counts = (np.concatenate(p) for p in parts)
+        n = counts.sum(1).astype(np.float32)
+        score = np.where(n > 0, np.float32(RULE_SCORE) + np.log1p(n), learned).astype(np.float32)
+        return DetectorReport(f, z, score, learned, counts)
+
+    def score_arrays(
+        self, X: np.ndarray, *, batch_size: int | None = None, device=None, progress_bar: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(meta_features, embedding, score)`` of a scaled matrix as float32 arrays (:meth:`explain_arrays`)."""
+        rep = self.explain_arrays(X, batch_size=batch_size, device=device, progress_bar=progress_bar)
+        return rep.meta, rep.embedding, rep.score
 
 
-__all__ = ["AdversarialDetector", "ResidualDetector", "TripletNet", "ResBlock"]
+__all__ = [
+    "AdversarialDetector",
+    "DetectorArchitecture",
+    "DetectorReport",
+    "ResBlock",
+    "ResidualDetector",
+    "TripletNet",
+]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -10,24 +12,33 @@ import torch
 from anndata import AnnData
 
 from .. import _keys
+from .._docs import doc_copy, doc_params, doc_returns_copy
 from .._settings import logger, settings
-from .._validate import check_adata, check_obs_key, set_record, uns_root
+from .._validate import check_adata, check_choice, check_obs_key, matrix_for_genes, set_record, uns_root
 from ..detection import (
-    choose_threshold,
+    DetectorConfig,
+    DetectorFeatures,
+    FeatureSpec,
     compute_meta_features,
-    detection_metrics,
     feature_names,
+    fit_detector,
     fit_input_reference,
-    train_residual,
-    train_triplet,
+    fit_rules,
+    non_integer_counts,
+    reason_key,
+    rule_reasons,
 )
+from ..detection._fit import Calibration
+from ..detection._rule_layer import LEARNED, NON_INTEGER, REASONS, combine
 from ..models.classifier import CellClassifier
-from ..models.detector import AdversarialDetector
+from ..models.detector import AdversarialDetector, DetectorArchitecture, DetectorReport
 from ._input import classifier_input
 from ._models import get_model, set_model_reference
-from ._space import scaled_matrix
+from ._space import layer_space, scaled_matrix
 
+#: Role of each cell in ``.obs['sad_detector_role']``.
 ROLES = ("meta_train", "calibration", "reference", "unused")
+Missing = Literal["raise", "fill"]
 
 
 def _attack_layers(adata: AnnData, attack_key: str, layers: Sequence[str] | None) -> list[str]:
@@ -66,50 +77,156 @@ def _detector_features(det: AdversarialDetector, X: np.ndarray, dev: torch.devic
     return torch.cat(out) if out else torch.zeros(0, len(det.feature_names))
 
 
+@dataclass(frozen=True)
+class DetectorCells:
+    """Which cells :func:`train_detector` reads, and the role each plays.
+
+    Parameters
+    ----------
+    split_key
+        ``.obs`` column with ``'train'``/``'val'``/``'test'``.
+    meta_fraction
+        Fraction of training-split cells in the meta-training set.
+    calibration
+        ``'val'``: calibrate on the validation split (falls back to ``'train'`` when it is empty);
+        ``'train'``: on another ``meta_fraction`` of the training split.
+    n_reference
+        Maximum number of reference cells of the input-consistency features.
+    labels_key
+        Classes for the triplets (default: the classifier's clean predictions, no label needed).
+    """
+
+    split_key: str = _keys.OBS_SPLIT
+    meta_fraction: float = 0.25
+    calibration: Calibration = "val"
+    n_reference: int = 1000
+    labels_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.meta_fraction < 1:
+            msg = f"meta_fraction must be in (0, 1), got {self.meta_fraction}."
+            raise ValueError(msg)
+        check_choice("calibration", self.calibration, Calibration)
+
+
+@dataclass(frozen=True)
+class _Roles:
+    meta: np.ndarray
+    calibration: np.ndarray
+    reference: np.ndarray
+    calibration_source: str
+
+
+def _roles(split: np.ndarray, cells: DetectorCells, rng: np.random.Generator, *, reference_needed: bool) -> _Roles:
+    """Meta-training, calibration and reference cells, all from the training and validation splits."""
+    train_idx = np.flatnonzero(split == "train")
+    val_idx = np.flatnonzero(split == "val")
+    perm = rng.permutation(train_idx)
+    n_meta = max(2, round(cells.meta_fraction * len(train_idx)))
+    meta_idx = np.sort(perm[:n_meta])
+    source = "val" if cells.calibration == "val" and len(val_idx) >= 2 else "train"
+    if source == "val":
+        cal_idx, rest = val_idx, perm[n_meta:]
+    else:
+        cal_idx, rest = np.sort(perm[n_meta : 2 * n_meta]), perm[2 * n_meta :]
+    n_ref = cells.n_reference
+    ref_idx = np.sort(rest if len(rest) <= n_ref else rng.choice(rest, n_ref, replace=False))
+    if reference_needed and len(ref_idx) < 2:
+        msg = (
+            f"Only {len(ref_idx)} training-split cells are left for the input-consistency reference. "
+            "Lower `meta_fraction`, use more training cells (`sad.pp.split(train_size=...)`), "
+            "or pass features=FeatureSpec(input=False)."
+        )
+        raise ValueError(msg)
+    if len(cal_idx) < 2:
+        msg = "Too few cells to calibrate the detector. Use a validation split (`sad.pp.split(val_size=...)`) or more cells."
+        raise ValueError(msg)
+    if (split[np.concatenate([meta_idx, cal_idx, ref_idx])] == "test").any():  # cannot happen by construction
+        msg = "Internal error: a test-split cell was selected for detector training."
+        raise RuntimeError(msg)
+    return _Roles(meta_idx, cal_idx, ref_idx, source)
+
+
+def _watched_classifier(adata: AnnData, classifier_key: str) -> CellClassifier:
+    clf = get_model(adata, classifier_key)
+    if not isinstance(clf, CellClassifier):
+        msg = f"The {classifier_key!r} model is a {type(clf).__name__}; the detector needs a CellClassifier (`sad.tl.train_classifier`)."
+        raise TypeError(msg)
+    return clf
+
+
+def _record_params(
+    attack_key: str,
+    layers: list[str],
+    cells: DetectorCells,
+    features: FeatureSpec,
+    config: DetectorConfig,
+    roles: _Roles,
+    classifier_key: str,
+    random_state: int,
+) -> dict:
+    """The run record's ``params``: the call's own arguments, flat (the keys of earlier versions)."""
+    return {
+        "attack_key": attack_key,
+        "layers": layers,
+        "split_key": cells.split_key,
+        "meta_fraction": cells.meta_fraction,
+        "calibration": roles.calibration_source,
+        "use_triplet": config.use_triplet,
+        "gradient_features": features.gradient,
+        "input_features": features.input,
+        "groups": features.groups,
+        "labels_key": cells.labels_key or "predicted",
+        "n_pcs": features.n_pcs,
+        "n_neighbors": features.n_neighbors,
+        "n_reference": cells.n_reference,
+        "grad_genes": features.grad_genes,
+        "triplet_epochs": config.triplet_epochs,
+        "epochs": config.epochs,
+        "patience": config.patience,
+        "lr": config.lr,
+        "weight_decay": config.weight_decay,
+        "batch_size": config.batch_size,
+        "target_fpr": -1.0 if config.target_fpr is None else float(config.target_fpr),
+        "rules": config.rules,
+        "classifier_key": classifier_key,
+        "random_state": int(random_state),
+    }
+
+
+@doc_params(doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
 def train_detector(
     adata: AnnData,
     attack_key: str = "sad_pgd",
     *,
     layers: Sequence[str] | None = None,
-    split_key: str = _keys.OBS_SPLIT,
-    meta_fraction: float = 0.25,
-    calibration: str = "val",
-    use_triplet: bool = True,
-    gradient_features: bool = True,
-    input_features: bool = True,
-    labels_key: str | None = None,
-    n_pcs: int = 30,
-    n_neighbors: int = 1,
-    n_reference: int = 1000,
-    grad_genes: int = 128,
-    triplet_epochs: int = 15,
-    epochs: int = 30,
-    patience: int = 5,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-2,
-    batch_size: int = 128,
-    target_fpr: float | None = None,
+    cells: DetectorCells | None = None,
+    features: FeatureSpec | None = None,
+    config: DetectorConfig | None = None,
     classifier_key: str = _keys.STEP_CLASSIFIER,
     random_state: int = 0,
-    device: str | None = None,
-    save_dir: str | None = None,
     key_added: str = _keys.STEP_DETECTOR,
     copy: bool = False,
-) -> AdversarialDetector | AnnData:
-    """Train the adversarial-cell detector on training-split cells and calibrate its threshold.
+) -> AnnData | None:
+    """Train the default adversarial-cell detector on training-split cells and calibrate its threshold.
 
-    The training-split cells are shuffled (``random_state``) and divided: a ``meta_fraction``
-    part is the meta-training set (each clean cell labelled 0 and its perturbed versions in
-    every adversarial layer labelled 1); the rest is the clean reference of the
-    input-consistency features (PCA basis, kNN cells, per-gene minima). Early stopping and the
-    threshold use the calibration cells: the validation split (``calibration='val'``, the
-    default when it has cells), otherwise another ``meta_fraction`` of the training split.
-    **Test-split cells are never read.** Meta-features are standardized with meta-training
+    The detector has two layers. The **plausibility rules** (``config.rules``, on by default) flag
+    a cell whose scaled input no preprocessing of integer counts can produce: a value beyond the
+    clip, a negative log-expression, a value off the cell's lattice ``log1p(k * target_sum / N)``
+    (see :func:`~scadversarial.detection.rule_counts`). They learn only the smallest positive
+    value of the clean training cells and whether those lie on the lattice; each cell's unit
+    ``target_sum / N`` is estimated from its own values. The **learned detector** scores every
+    cell: the training-split cells are shuffled (``random_state``) and divided: a
+    ``cells.meta_fraction`` part is the meta-training set (each clean cell labelled 0 and its
+    perturbed versions in every adversarial layer labelled 1); the rest is the clean reference
+    of the input-consistency features (PCA basis, kNN cells, per-gene minima). Early stopping and
+    the threshold use the calibration cells: the validation split (``cells.calibration='val'``,
+    the default when it has cells), otherwise another ``meta_fraction`` of the training split.
+    **Test-split cells are never read.** The training itself is
+    :func:`~scadversarial.detection.fit_detector`: meta-features standardized with meta-training
     statistics, embedded by the triplet network (``features -> 256 -> 64``, L2-normalized,
-    TripletMarginLoss with margin 1; anchor and positive: clean cells of one predicted class;
-    negative: an adversarial cell of that class) and scored by the residual detector
-    (``64 -> 128 -> ResBlock -> ResBlock -> 1``, BCE with logits balanced between classes,
-    early stopping on the calibration loss).
+    TripletMarginLoss with margin 1) and scored by the residual detector
+    (``64 -> 128 -> ResBlock -> ResBlock -> 1``, BCE with logits balanced between classes).
 
     Parameters
     ----------
@@ -119,194 +236,112 @@ def train_detector(
         Attack record in ``.uns['sad']['attacks']`` whose layers are the positives.
     layers
         Adversarial layers to use instead of the attack record's.
-    split_key
-        ``.obs`` column with ``'train'``/``'val'``/``'test'``.
-    meta_fraction
-        Fraction of training-split cells in the meta-training set.
-    calibration
-        ``'val'``: calibrate on the validation split (falls back to ``'train'`` when it is empty);
-        ``'train'``: on another ``meta_fraction`` of the training split.
-    use_triplet
-        Put the triplet network before the detector (``False``: detector on standardized meta-features).
-    gradient_features, input_features
-        Use the input-gradient and the input-consistency feature groups (the internal signals are always used).
+    cells
+        The split column and the roles of its cells (:class:`DetectorCells`).
+    features
+        Meta-feature groups and input-consistency sizes (:class:`~scadversarial.detection.FeatureSpec`).
         A detector without gradient features scores without a backward pass (``detect(low_latency=True)``).
-    labels_key
-        Classes for the triplets (default: the classifier's clean predictions, no label needed).
-    n_pcs, n_neighbors, n_reference
-        PCA components, neighbours and maximum number of reference cells of the input-consistency features.
-    grad_genes
-        Size of the fixed random gene subset on which the mean and variance of ``|grad|`` are
-        estimated (the gradient L2 norm is exact); ``0`` forms the full input gradient (exact, slower).
-    triplet_epochs, epochs, patience
-        Epochs of the triplet network; maximum epochs and early-stopping patience of the detector.
-    lr, weight_decay, batch_size
-        AdamW settings and mini-batch size of both networks.
-    target_fpr
-        ``None``: threshold maximising Youden's J on the calibration cells; a fraction: the
-        threshold with the best TPR at that false-positive rate on calibration clean cells.
+    config
+        Training, threshold, rules and device settings (:class:`~scadversarial.detection.DetectorConfig`).
     classifier_key
         Run record of the classifier to watch.
     random_state
         Seed of the cell partition, weight initialisation, triplet sampling and batch order
         (local generators; global random state is left unchanged).
-    device
-        Torch device (default ``sad.settings.device``).
-    save_dir
-        If given, the detector is also saved to ``save_dir/<key_added>/``.
     key_added
         Name of the run record in ``.uns['sad']``.
-    copy
-        Work on (and return) a copy of ``adata``.
+    {doc_copy}
 
     Returns
     -------
-    The trained :class:`~scadversarial.models.AdversarialDetector` (or the new AnnData when ``copy=True``). Sets:
+    {doc_returns_copy} The detector is read back with ``sad.get.model(adata, key_added)``. Sets:
 
     ``.obs['sad_detector_role']``
         Categorical ``'meta_train'``, ``'calibration'``, ``'reference'`` or ``'unused'`` (all
         test-split cells are ``'unused'``).
     ``.uns['sad'][key_added]``
         ``params``; ``metrics`` (threshold and its TPR/FPR on the calibration cells, calibration
-        AUROC etc., training histories, cell counts); ``model`` (the reference); ``feature_names``.
+        AUROC etc. of the learned score, training histories, cell counts, the rules' bound);
+        ``model`` (the reference); ``feature_names``.
 
     """
     check_adata(adata, min_obs=4)
-    if not 0 < meta_fraction < 1:
-        msg = f"meta_fraction must be in (0, 1), got {meta_fraction}."
-        raise ValueError(msg)
-    if calibration not in ("val", "train"):
-        msg = f"calibration must be 'val' or 'train', got {calibration!r}."
-        raise ValueError(msg)
-    clf = get_model(adata, classifier_key)
-    if not isinstance(clf, CellClassifier):
-        msg = f"The {classifier_key!r} model is a {type(clf).__name__}; the detector needs a CellClassifier (`sad.tl.train_classifier`)."
-        raise TypeError(msg)
+    cells, features, config = cells or DetectorCells(), features or FeatureSpec(), config or DetectorConfig()
+    clf = _watched_classifier(adata, classifier_key)
     layers = _attack_layers(adata, attack_key, layers)
-    split = _split_array(adata, split_key)
+    split = _split_array(adata, cells.split_key)
     rng = np.random.default_rng(random_state)
-    train_idx = np.flatnonzero(split == "train")
-    val_idx = np.flatnonzero(split == "val")
-    perm = rng.permutation(train_idx)
-    n_meta = max(2, round(meta_fraction * len(train_idx)))
-    meta_idx = np.sort(perm[:n_meta])
-    cal_source = "val" if calibration == "val" and len(val_idx) >= 2 else "train"
-    if cal_source == "val":
-        cal_idx, rest = val_idx, perm[n_meta:]
-    else:
-        cal_idx, rest = np.sort(perm[n_meta : 2 * n_meta]), perm[2 * n_meta :]
-    ref_idx = np.sort(rest if len(rest) <= n_reference else rng.choice(rest, n_reference, replace=False))
-    if input_features and len(ref_idx) < 2:
-        msg = (
-            f"Only {len(ref_idx)} training-split cells are left for the input-consistency reference. "
-            "Lower `meta_fraction`, use more training cells (`sad.pp.split(train_size=...)`), or pass input_features=False."
-        )
-        raise ValueError(msg)
-    if len(cal_idx) < 2:
-        msg = "Too few cells to calibrate the detector. Use a validation split (`sad.pp.split(val_size=...)`) or more cells."
-        raise ValueError(msg)
-    if labels_key is not None:
-        labels = check_obs_key(adata, labels_key).astype(str).to_numpy()
+    roles = _roles(split, cells, rng, reference_needed=features.input)
+    labels = check_obs_key(adata, cells.labels_key).astype(str).to_numpy() if cells.labels_key else None
 
-    dev = settings.torch_device(device)
+    dev = settings.torch_device(config.device)
     X = classifier_input(adata, clf)
-    advs = {name: scaled_matrix(adata, clf, name) for name in layers}  # each layer read in its own space
-    rows = np.concatenate([meta_idx, cal_idx, ref_idx])
-    if (split[rows] == "test").any():  # cannot happen by construction; never train on test cells
-        msg = "Internal error: a test-split cell was selected for detector training."
-        raise RuntimeError(msg)
-
-    groups = ["internal"] + (["gradient"] if gradient_features else []) + (["input"] if input_features else [])
-    ref = fit_input_reference(X[ref_idx], n_pcs=n_pcs, n_neighbors=n_neighbors) if input_features else None
+    advs = [scaled_matrix(adata, clf, name) for name in layers]  # each layer read in its own space
+    ref = (
+        fit_input_reference(X[roles.reference], n_pcs=features.n_pcs, n_neighbors=features.n_neighbors)
+        if features.input
+        else None
+    )
+    spec = replace(features, n_pcs=ref.components.shape[0]) if ref is not None else features
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(int(random_state))
         det = AdversarialDetector(
-            clf.var_names, clf.classes, clf.config, groups=groups, use_triplet=use_triplet,
-            n_pcs=ref.components.shape[0] if ref is not None else n_pcs,
-            n_reference=len(ref_idx) if ref is not None else 0, n_neighbors=n_neighbors, grad_genes=grad_genes,
+            clf.var_names,
+            clf.classes,
+            clf.config,
+            features=spec,
+            architecture=DetectorArchitecture(use_triplet=config.use_triplet),
+            n_reference=len(roles.reference) if ref is not None else 0,
+            rules=config.rules,
             classifier_id=str(getattr(clf, "_sad_id", "")),
-        )  # fmt: skip
+        )
         det.set_classifier(clf, rng=rng)
         if ref is not None:
             det.input_ref.load_state_dict(ref.state_dict())
-        det.eval()
+        if config.rules:  # clean training cells only: the ones the detector reads anyway
+            det.set_rules(fit_rules(clf, X[np.sort(np.concatenate([roles.meta, roles.reference]))]))
         bs = settings.batch_size
-
-        def feats(idx):
-            return [_detector_features(det, M[idx], dev, bs) for M in (X, *advs.values())]
-
-        F_meta, F_cal = feats(meta_idx), feats(cal_idx)
-        F_tr = torch.cat(F_meta)
-        mean, std = F_tr.mean(0), F_tr.std(0)
-        std = torch.where(std > 1e-6, std, torch.ones_like(std))
-        det.feat_mean.copy_(mean.to(dev))
-        det.feat_std.copy_(std.to(dev))
-        det.to(dev)
-        S_meta = [det.standardize(f.to(dev)) for f in F_meta]
-        S_cal = [det.standardize(f.to(dev)) for f in F_cal]
-        logits_meta = det.classifier.predict_arrays(X[meta_idx], device=dev)[0]
-        cls_meta = labels[meta_idx] if labels_key is not None else logits_meta.argmax(1)
-        cls_meta = pd.Categorical(cls_meta).codes
-        hist: dict = {}
-        if use_triplet:
-            hist["triplet_loss"] = train_triplet(
-                det.triplet, S_meta[0], cls_meta, torch.cat(S_meta[1:]), np.tile(cls_meta, len(layers)),
-                epochs=triplet_epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, rng=rng,
-            )  # fmt: skip
-            with torch.no_grad():
-                Z_meta = [det.triplet(s) for s in S_meta]
-                Z_cal = [det.triplet(s) for s in S_cal]
-        else:
-            Z_meta, Z_cal = S_meta, S_cal
-
-        def xy(Z):
-            y = torch.cat([torch.zeros(len(Z[0]))] + [torch.ones(len(z)) for z in Z[1:]]).to(dev)
-            return torch.cat(Z), y
-
-        res = train_residual(
-            det.detector, *xy(Z_meta), *xy(Z_cal), epochs=epochs, patience=patience, lr=lr,
-            weight_decay=weight_decay, batch_size=batch_size,
-        )  # fmt: skip
-        hist.update(detector_loss=res["loss"], detector_val_loss=res["val_loss"], best_epoch=res["best_epoch"])
-        with torch.no_grad():
-            Zc, yc = xy(Z_cal)
-            cal_scores = torch.sigmoid(det.detector(Zc)).cpu().numpy()
-        yc = yc.cpu().numpy()
-        thr = choose_threshold(yc, cal_scores, target_fpr=target_fpr)
-        det.threshold.fill_(thr["threshold"])
-    det.eval()
+        data = DetectorFeatures(
+            *([_detector_features(det, M[idx], dev, bs) for M in (X, *advs)] for idx in (roles.meta, roles.calibration))
+        )
+        if labels is None:
+            labels = np.empty(adata.n_obs, dtype=np.int64)
+            labels[roles.meta] = det.classifier.predict_arrays(X[roles.meta], device=dev)[0].argmax(1)
+        fit = fit_detector(det, data, labels[roles.meta], replace(config, device=str(dev)), rng=rng)
 
     if copy:
         adata = adata.copy()
     role = np.full(adata.n_obs, "unused", dtype=object)
-    role[ref_idx] = "reference"
-    role[cal_idx] = "calibration"
-    role[meta_idx] = "meta_train"
+    role[roles.reference] = "reference"
+    role[roles.calibration] = "calibration"
+    role[roles.meta] = "meta_train"
     adata.obs[_keys.OBS_DETECTOR_ROLE] = pd.Categorical(role, categories=list(ROLES))
-    cal_metrics = detection_metrics(yc, cal_scores, thr["threshold"])
-    params = {
-        "attack_key": attack_key, "layers": layers, "split_key": split_key, "meta_fraction": meta_fraction,
-        "calibration": cal_source, "use_triplet": use_triplet, "gradient_features": gradient_features,
-        "input_features": input_features, "groups": groups, "labels_key": labels_key or "predicted",
-        "n_pcs": n_pcs, "n_neighbors": n_neighbors, "n_reference": n_reference, "grad_genes": grad_genes,
-        "triplet_epochs": triplet_epochs,
-        "epochs": epochs, "patience": patience, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
-        "target_fpr": -1.0 if target_fpr is None else float(target_fpr), "classifier_key": classifier_key,
-        "random_state": int(random_state),
-    }  # fmt: skip
+    thr = fit.threshold
     metrics = {
-        "threshold": thr["threshold"], "threshold_method": thr["method"], "calibration_tpr": thr["tpr"],
-        "calibration_fpr": thr["fpr"], "calibration": cal_metrics, "history": hist,
-        "n_meta_train": len(meta_idx), "n_calibration": len(cal_idx), "n_reference": len(ref_idx),
-        "n_meta_examples": len(meta_idx) * (1 + len(layers)),
-    }  # fmt: skip
+        "threshold": thr["threshold"],
+        "threshold_method": thr["method"],
+        "calibration_tpr": thr["tpr"],
+        "calibration_fpr": thr["fpr"],
+        "calibration": fit.calibration,
+        "history": fit.history,
+        "n_meta_train": len(roles.meta),
+        "n_calibration": len(roles.calibration),
+        "n_reference": len(roles.reference),
+        "n_meta_examples": len(roles.meta) * (1 + len(layers)),
+    }
+    if config.rules:
+        metrics["rules"] = {"zero_bound": float(det.rule_zero_bound), "lattice": bool(det.rule_lattice)}
+    params = _record_params(attack_key, layers, cells, features, config, roles, classifier_key, random_state)
     set_record(adata, key_added, params=params, metrics=metrics, feature_names=det.feature_names)
-    set_model_reference(adata, key_added, det, save_dir=save_dir)
+    set_model_reference(adata, key_added, det, save_dir=config.save_dir)
     logger.info(
         "detector: threshold %.4f, calibration AUROC %.4f, TPR %.3f at FPR %.3f",
-        thr["threshold"], cal_metrics["auroc"], thr["tpr"], thr["fpr"],
-    )  # fmt: skip
-    return adata if copy else det
+        thr["threshold"],
+        fit.calibration["auroc"],
+        thr["tpr"],
+        thr["fpr"],
+    )
+    return adata if copy else None
 
 
 def _layer_list(layer) -> list[str | None]:
@@ -315,6 +350,35 @@ def _layer_list(layer) -> list[str | None]:
     return list(layer)
 
 
+_DOC_SCORING = """\
+missing
+    ``'raise'``: a :class:`KeyError` names genes the model needs and ``adata`` lacks; ``'fill'``:
+    fill them with the training mean (logged).
+batch_size
+    Cells per batch (default ``sad.settings.batch_size``).
+device
+    Torch device (default ``sad.settings.device``)."""
+
+
+def _non_integer(adata: AnnData, model: AdversarialDetector, layer: str | None) -> np.ndarray:
+    """Per cell, the non-integer entries of a count-space layer on the model's genes (zeros for other spaces)."""
+    if layer_space(adata, layer) != "counts":
+        return np.zeros(adata.n_obs, dtype=np.int64)
+    return non_integer_counts(matrix_for_genes(adata, model.var_names, layer))
+
+
+def _scores_and_reasons(rep: DetectorReport, non_integer: np.ndarray, thr: float) -> tuple[np.ndarray, np.ndarray]:
+    """Combined score and reason of each cell; non-integer counts rank with the rules (before the lattice)."""
+    counts = rep.rule_counts
+    n = counts.sum(1) + non_integer
+    score = np.where(non_integer > 0, combine(rep.learned, n), rep.score).astype(np.float32)
+    reason = rule_reasons(counts)
+    reason = np.where((non_integer > 0) & np.isin(reason, ["", "off lattice"]), NON_INTEGER, reason)
+    reason = np.where((reason == "") & (score >= thr), LEARNED, reason)
+    return score, reason
+
+
+@doc_params(doc_scoring=_DOC_SCORING, doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
 def detect(
     adata: AnnData,
     layer: str | Sequence[str] | None = None,
@@ -323,16 +387,24 @@ def detect(
     detector_key: str = _keys.STEP_DETECTOR,
     low_latency: bool = False,
     threshold: float | None = None,
-    missing: str = "raise",
+    missing: Missing = "raise",
     batch_size: int | None = None,
     device: str | None = None,
     copy: bool = False,
 ) -> AnnData | None:
-    """Score every cell: was its expression profile adversarially manipulated?
+    """Score every cell: was its expression profile adversarially manipulated, and why is it flagged?
 
-    Computes the meta-features of ``X`` (or of ``layer``) under the detector's feature spec, the
-    triplet embedding and the detector score (a probability), and flags cells whose score
-    reaches the calibrated threshold. Genes are aligned by name to the detector's genes.
+    The default detector (:func:`train_detector`) has two layers. First the **plausibility
+    rules**: a value beyond the classifier's clip, a negative log-expression, a value off the
+    cell's count lattice ``log1p(k * target_sum / N)`` (or, for a layer in count space,
+    non-integer counts) cannot come from preprocessing real counts; such a cell is flagged
+    whatever the learned detector says, and scores ``1 + log1p(violations)``, above every cell
+    the rules pass (so the score keeps growing with the number of impossible entries). Then the
+    **learned detector**: meta-features under the detector's feature spec, the triplet embedding
+    and the residual detector's probability, flagged at the threshold calibrated on validation
+    cells. The rules need no information beyond the scored matrix: each cell's library unit
+    ``target_sum / N`` is estimated from its own values, and the bound on the smallest positive
+    value was fitted on clean training cells. Genes are aligned by name to the detector's genes.
 
     Parameters
     ----------
@@ -346,39 +418,39 @@ def detect(
     detector_key
         Run record of the detector.
     low_latency
-        Score without a backward pass and write only scores and flags (no ``.obsm``). Needs a
-        detector trained with ``gradient_features=False``.
+        Score without a backward pass and write only scores, flags and reasons (no ``.obsm``).
+        Needs a detector trained with ``features=FeatureSpec(gradient=False)``.
     threshold
-        Decision threshold instead of the calibrated one.
-    missing
-        ``'raise'``: a :class:`KeyError` names missing genes; ``'fill'``: fill them with the training mean (logged).
-    batch_size
-        Cells per batch (default ``sad.settings.batch_size``).
-    device
-        Torch device (default ``sad.settings.device``).
-    copy
-        Return a new AnnData instead of modifying ``adata``.
+        Decision threshold of the learned score instead of the calibrated one.
+    {doc_scoring}
+    {doc_copy}
 
     Returns
     -------
-    ``None``, or the new AnnData when ``copy=True``. For each scored matrix (``X``; a layer ``L``):
+    {doc_returns_copy} For each scored matrix (``X``; a layer ``L``):
 
     ``.obs['sad_score']`` / ``.obs['sad_score_L']``
-        Detector score in [0, 1].
+        Detector score: the learned probability in [0, 1], or ``1 + log1p(violations)`` (above 1)
+        for a cell that breaks a rule.
     ``.obs['sad_adversarial']`` / ``.obs['sad_adversarial_L']``
-        ``score >= threshold``.
+        ``score >= threshold`` (every rule-breaking cell).
+    ``.obs['sad_reason']`` / ``.obs['sad_reason_L']``
+        Why a cell is flagged: ``'beyond clip'``, ``'negative'``, ``'non-integer counts'``,
+        ``'off lattice'`` (the first rule it breaks), ``'learned'`` (the learned detector alone),
+        ``''`` when not flagged (categorical).
     ``.obsm['sad_meta']`` / ``.obsm['sad_meta_L']``
         Raw meta-features (column names in ``.uns['sad']['detect']['feature_names']``); not with ``low_latency``.
     ``.obsm['X_sad_triplet']`` / ``.obsm['X_sad_triplet_L']``
         Triplet embedding (standardized meta-features for a detector without triplet net); not with ``low_latency``.
     ``.uns['sad']['detect']``
         ``params``, ``feature_names`` and per matrix (``metrics['X']``, ``metrics['L']``) the
-        threshold, fraction flagged, number of cells and the id of the detector that made the scores
-        (``detector_id``, as in ``.uns['sad'][detector_key]['model']['id']``; ``''`` for an
-        unregistered model) with its ``detector_key``.
+        threshold, fraction flagged, fraction flagged by the rules, number of cells and the id of
+        the detector that made the scores (``detector_id``, as in
+        ``.uns['sad'][detector_key]['model']['id']``; ``''`` for an unregistered model) with its ``detector_key``.
 
     """
     check_adata(adata)
+    check_choice("missing", missing, Missing)
     if model is None:
         model = get_model(adata, detector_key)
     if not isinstance(model, AdversarialDetector):
@@ -386,52 +458,57 @@ def detect(
         raise TypeError(msg)
     if low_latency and model.uses_gradient:
         msg = (
-            "low_latency=True skips the backward pass, but this detector uses gradient features. "
-            "Train one with `sad.tl.train_detector(adata, gradient_features=False)`, or pass low_latency=False."
+            "low_latency=True skips the backward pass, but this detector uses gradient features. Train one with "
+            "`sad.tl.train_detector(adata, features=FeatureSpec(gradient=False))`, or pass low_latency=False."
         )
         raise ValueError(msg)
     layers = _layer_list(layer)
     mats = {lay: classifier_input(adata, model, lay, missing=missing) for lay in layers}
+    non_integer = {lay: _non_integer(adata, model, lay) for lay in layers}
     thr = float(model.threshold) if threshold is None else float(threshold)
     detector_id = str(getattr(model, "_sad_id", ""))  # scores name their detector, so a stale one is never reused
-    results = {
-        lay: model.score_arrays(M, batch_size=batch_size, device=settings.torch_device(device))
-        for lay, M in mats.items()
-    }
+    dev = settings.torch_device(device)
+    reports = {lay: model.explain_arrays(M, batch_size=batch_size, device=dev) for lay, M in mats.items()}
     if copy:
         adata = adata.copy()
     per = {}
-    for lay, (f, z, s) in results.items():
-        adata.obs[_keys.score_key(lay)] = s
-        adata.obs[_keys.flag_key(lay)] = s >= thr
+    for lay, rep in reports.items():
+        score, reason = _scores_and_reasons(rep, non_integer[lay], thr)
+        adata.obs[_keys.score_key(lay)] = score
+        adata.obs[_keys.flag_key(lay)] = score >= thr
+        adata.obs[reason_key(lay)] = pd.Categorical(reason, categories=list(REASONS))
         if not low_latency:
-            adata.obsm[_keys.meta_key(lay)] = f
-            adata.obsm[_keys.triplet_key(lay)] = z
+            adata.obsm[_keys.meta_key(lay)] = rep.meta
+            adata.obsm[_keys.triplet_key(lay)] = rep.embedding
         per[lay or "X"] = {
-            "threshold": thr, "fraction_flagged": float((s >= thr).mean()), "n_cells": len(s),
-            "detector_id": detector_id, "detector_key": detector_key,
-        }  # fmt: skip
-    root = uns_root(adata)
-    prev = root.get(_keys.STEP_DETECT, {}).get("metrics", {})
-    set_record(
-        adata, _keys.STEP_DETECT,
-        params={"detector_key": detector_key, "low_latency": low_latency, "threshold": thr, "layers": [v or "X" for v in layers]},
-        metrics={**prev, **per}, feature_names=model.feature_names,
-    )  # fmt: skip
+            "threshold": thr,
+            "fraction_flagged": float((score >= thr).mean()),
+            "fraction_rules": float(np.isin(reason, REASONS[:4]).mean()),
+            "n_cells": len(score),
+            "detector_id": detector_id,
+            "detector_key": detector_key,
+        }
+    prev = uns_root(adata).get(_keys.STEP_DETECT, {}).get("metrics", {})
+    params = {
+        "detector_key": detector_key,
+        "low_latency": low_latency,
+        "threshold": thr,
+        "layers": [v or "X" for v in layers],
+        "rules": model.has_rules,
+    }
+    set_record(adata, _keys.STEP_DETECT, params=params, metrics={**prev, **per}, feature_names=model.feature_names)
     return adata if copy else None
 
 
+@doc_params(doc_scoring=_DOC_SCORING, doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
 def meta_features(
     adata: AnnData,
     layer: str | Sequence[str] | None = None,
     *,
     model: AdversarialDetector | CellClassifier | None = None,
-    gradient_features: bool = True,
-    input_features: bool = True,
+    features: FeatureSpec | None = None,
     split_key: str = _keys.OBS_SPLIT,
-    n_pcs: int = 30,
-    n_neighbors: int = 1,
-    missing: str = "raise",
+    missing: Missing = "raise",
     batch_size: int | None = None,
     device: str | None = None,
     copy: bool = False,
@@ -459,28 +536,23 @@ def meta_features(
     model
         An :class:`~scadversarial.models.AdversarialDetector` or a classifier (default: the
         referenced detector, else the referenced classifier).
-    gradient_features, input_features
-        Feature groups, when no detector sets them.
+    features
+        Feature groups and input-consistency sizes when no detector sets them
+        (:class:`~scadversarial.detection.FeatureSpec`).
     split_key
         ``.obs`` split whose training cells fit the input-consistency reference (no detector).
-    n_pcs, n_neighbors
-        Input-consistency PCA components and neighbours (no detector).
-    missing
-        ``'raise'`` or ``'fill'`` for genes the model needs and ``adata`` lacks.
-    batch_size
-        Cells per batch (default ``sad.settings.batch_size``).
-    device
-        Torch device (default ``sad.settings.device``).
-    copy
-        Return a new AnnData instead of modifying ``adata``.
+    {doc_scoring}
+    {doc_copy}
 
     Returns
     -------
-    ``None``, or the new AnnData when ``copy=True``. Sets ``.obsm['sad_meta']`` (for a layer
-    ``L``: ``.obsm['sad_meta_L']``) and ``.uns['sad']['meta_features']`` (``params``, ``feature_names``).
+    {doc_returns_copy} Sets ``.obsm['sad_meta']`` (for a layer ``L``: ``.obsm['sad_meta_L']``)
+    and ``.uns['sad']['meta_features']`` (``params``, ``feature_names``).
 
     """
     check_adata(adata)
+    check_choice("missing", missing, Missing)
+    spec = features or FeatureSpec()
     if model is None:
         root = adata.uns.get(_keys.UNS, {})
         has_det = isinstance(root.get(_keys.STEP_DETECTOR), dict) and "model" in root[_keys.STEP_DETECTOR]
@@ -494,15 +566,15 @@ def meta_features(
         names, groups, source = model.feature_names, model.groups, "detector"
     elif isinstance(model, CellClassifier):
         ref = None
-        if input_features:
+        if spec.input:
             split = _split_array(adata, split_key)
             X = mats[None] if None in mats else classifier_input(adata, model, missing=missing)
-            ref = fit_input_reference(X[split == "train"], n_pcs=n_pcs, n_neighbors=n_neighbors)
+            ref = fit_input_reference(X[split == "train"], n_pcs=spec.n_pcs, n_neighbors=spec.n_neighbors)
         out = {
-            lay: compute_meta_features(model, M, gradient=gradient_features, input_ref=ref, batch_size=bs, device=dev)
+            lay: compute_meta_features(model, M, gradient=spec.gradient, input_ref=ref, batch_size=bs, device=dev)
             for lay, M in mats.items()
         }
-        groups = ["internal"] + (["gradient"] if gradient_features else []) + (["input"] if input_features else [])
+        groups = spec.groups
         names, source = feature_names(groups, model.config["hidden"][-1], model.classes), "classifier"
     else:
         msg = f"model must be an AdversarialDetector or a CellClassifier, got {type(model).__name__}."
@@ -511,12 +583,16 @@ def meta_features(
         adata = adata.copy()
     for lay, f in out.items():
         adata.obsm[_keys.meta_key(lay)] = f
-    set_record(
-        adata, _keys.STEP_META,
-        params={"layers": [v or "X" for v in layers], "groups": groups, "source": source, "split_key": split_key, "n_pcs": n_pcs, "n_neighbors": n_neighbors},
-        feature_names=names,
-    )  # fmt: skip
+    params = {
+        "layers": [v or "X" for v in layers],
+        "groups": groups,
+        "source": source,
+        "split_key": split_key,
+        "n_pcs": spec.n_pcs,
+        "n_neighbors": spec.n_neighbors,
+    }
+    set_record(adata, _keys.STEP_META, params=params, feature_names=names)
     return adata if copy else None
 
 
-__all__ = ["train_detector", "detect", "meta_features"]
+__all__ = ["DetectorCells", "detect", "meta_features", "train_detector"]
