@@ -55,7 +55,7 @@ def main() -> None:
     sad.pp.split(a, "seurat_cell_type")
     sad.tl.train_classifier(a, "seurat_cell_type", max_epochs=10)
     sad.tl.attack(a, eps=(0.1,))
-    sad.tl.train_detector(a, triplet_epochs=5, epochs=10)
+    sad.tl.train_detector(a, config=sad.detection.DetectorConfig(triplet_epochs=5, epochs=10))
     t0 = time.perf_counter()
     p = logic.load_pipeline(a)
     t_load = time.perf_counter() - t0

@@ -41,7 +41,8 @@ def _setup(path: str | None, seed: int):
     sad.tl.train_classifier(a, random_state=seed)
     sad.tl.attack(a, random_state=seed)
     # training length does not change the cost of scoring: few epochs keep the benchmark short
-    det = sad.tl.train_detector(a, triplet_epochs=3, epochs=5, random_state=seed)
+    sad.tl.train_detector(a, config=sad.detection.DetectorConfig(triplet_epochs=3, epochs=5), random_state=seed)
+    det = sad.get.model(a, "detector")
     return a, det
 
 

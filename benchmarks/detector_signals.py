@@ -114,7 +114,8 @@ def run_one(raw, seed: int) -> tuple[pd.DataFrame, dict[str, float]]:
     sad.pp.split(a, LABELS, random_state=seed)
     sad.tl.train_classifier(a, LABELS, random_state=seed)
     sad.tl.attack(a, "pgd", eps=T.PGD_EPS, random_state=seed)
-    det = sad.tl.train_detector(a, random_state=seed)
+    sad.tl.train_detector(a, random_state=seed)
+    det = sad.get.model(a, "detector")
     mine, secs = signals(a, seed)
     dets = {"sad": "sad", **{b: b for b in BASELINES}, **mine}
     tab = benchmark_detectors(

@@ -36,10 +36,10 @@ import scadversarial as sad
 EPS = (0.05, 0.1, 0.15)
 VARIANTS = {
     "full": {},
-    "no triplet": {"use_triplet": False},
-    "no gradient features": {"gradient_features": False},
-    "no input-consistency features": {"input_features": False},
-    "internal signals only": {"gradient_features": False, "input_features": False},
+    "no triplet": {"config": sad.detection.DetectorConfig(use_triplet=False)},
+    "no gradient features": {"features": sad.detection.FeatureSpec(gradient=False)},
+    "no input-consistency features": {"features": sad.detection.FeatureSpec(input=False)},
+    "internal signals only": {"features": sad.detection.FeatureSpec(gradient=False, input=False)},
 }
 STUDY = {
     "clean accuracy": "85.85%",
@@ -91,7 +91,7 @@ def run_seed(
     for name, kw in variants.items():
         t0 = time.perf_counter()
         dkey = "detector_" + name.replace(" ", "_").replace("-", "_")
-        sad.tl.train_detector(a, meta_fraction=0.25, random_state=seed, key_added=dkey, **kw)
+        sad.tl.train_detector(a, random_state=seed, key_added=dkey, **kw)
         t_train = time.perf_counter() - t0
         sad.tl.evaluate(a, labels_key=key, detector_key=dkey, rescore=True)
         table = sad.get.evaluation_table(a)

@@ -54,7 +54,7 @@ def prepped_base(counts_base) -> AnnData:
         a, LABELS, max_epochs=2, config=sad.models.training.TrainingConfig(hidden=(16,), dropout=(0.1,))
     )
     sad.tl.attack(a, "fgsm", eps=0.1)
-    sad.tl.train_detector(a, ATTACK, triplet_epochs=1, epochs=2)
+    sad.tl.train_detector(a, ATTACK, config=sad.detection.DetectorConfig(triplet_epochs=1, epochs=2))
     return a
 
 
@@ -158,7 +158,9 @@ STEPS: dict[str, Callable[..., object]] = {
     "max_change_attack": lambda a, labels_key=LABELS: sad.tl.max_change_attack(
         a, groupby=labels_key, target=_first_label(a, labels_key)
     ),
-    "train_detector": lambda a: sad.tl.train_detector(a, ATTACK, triplet_epochs=1, epochs=2),
+    "train_detector": lambda a: sad.tl.train_detector(
+        a, ATTACK, config=sad.detection.DetectorConfig(triplet_epochs=1, epochs=2)
+    ),
     "detect": lambda a, layer=ATTACK_LAYER: sad.tl.detect(a, layer),
     "evaluate": lambda a, labels_key=LABELS: sad.tl.evaluate(a, ATTACK, labels_key=labels_key, detector_key=None),
 }

@@ -42,7 +42,7 @@ def bench3k(pbmc3k_raw) -> ad.AnnData:
     sad.pp.split(a, LABELS)
     sad.tl.train_classifier(a, LABELS, max_epochs=10)
     sad.tl.attack(a, eps=(0.1,))
-    sad.tl.train_detector(a, triplet_epochs=2, epochs=4)
+    sad.tl.train_detector(a, config=sad.detection.DetectorConfig(triplet_epochs=2, epochs=4))
     return a
 
 

@@ -13,14 +13,15 @@ from scadversarial import _keys
 from scadversarial.detection import differentiable_meta_features, meta_feature_tensor, straight_through
 
 LAYERS = ["sad_pgd_eps0.1", "sad_pgd_eps0.5"]
-FAST = {"triplet_epochs": 4, "epochs": 12}
+FAST = {"config": sad.detection.DetectorConfig(triplet_epochs=4, epochs=12)}
 TOL = 1e-5  # the bound on |sigmoid(score_logit) - detect's score|
 
 
 @pytest.fixture(scope="module")
 def trained68k(pipeline68k):
     a = pipeline68k.copy()
-    det = sad.tl.train_detector(a, random_state=0, **FAST)
+    sad.tl.train_detector(a, random_state=0, **FAST)
+    det = sad.get.model(a, "detector")
     return a, det.eval()
 
 
@@ -152,7 +153,8 @@ def test_score_logit_pbmc3k_attacked_layers(pipeline3k):
     keep = np.sort(np.r_[rng.choice(keep, 600, replace=False), np.flatnonzero(split == "test")[:200]])
     a = a[keep].copy()
     sad.tl.attack(a, eps=(0.1,))
-    det = sad.tl.train_detector(a, random_state=0, **FAST).eval()
+    sad.tl.train_detector(a, random_state=0, **FAST)
+    det = sad.get.model(a, "detector").eval()
     b = a[a.obs["sad_split"].astype(str).to_numpy() == "test"].copy()
     sad.tl.detect(b, [None, "sad_pgd_eps0.1"])
     for name, key in ((None, "sad_score"), ("sad_pgd_eps0.1", "sad_score_sad_pgd_eps0.1")):

@@ -24,7 +24,7 @@ def small3k(pbmc3k_raw):
     sad.pp.split(a, LABELS)
     sad.tl.train_classifier(a, LABELS, max_epochs=10)
     sad.tl.attack(a, eps=(0.1,))
-    sad.tl.train_detector(a, triplet_epochs=2, epochs=4)
+    sad.tl.train_detector(a, config=sad.detection.DetectorConfig(triplet_epochs=2, epochs=4))
     return a, threat_benchmark(a, seed_eps=0.1)
 
 

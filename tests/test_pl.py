@@ -304,7 +304,7 @@ def test_default_palette_matches_scanpy(pipeline68k):
 @pytest.fixture(scope="module")
 def detected68k(pipeline68k):
     a = pipeline68k.copy()
-    sad.tl.train_detector(a, triplet_epochs=2, epochs=3, random_state=0)
+    sad.tl.train_detector(a, config=sad.detection.DetectorConfig(triplet_epochs=2, epochs=3), random_state=0)
     sad.tl.detect(a, [None, *LAYERS])
     return a
 
