@@ -425,7 +425,7 @@ def benchmark_detectors(
         spec, observed = _observed_over_all_cells(adata, given, clf.var_names)
         for row, layers, (space, constraint) in _run_threat(cells, str(name), spec, i):
             meta = (space, "observed" if observed else constraint)
-            outs = [_outcome(inputs, inputs.scaled(lay, space), scorers) for lay, space in layers]
+            outs = [_outcome(inputs, inputs.scaled(lay, sp), scorers) for lay, sp in layers]
             rows += _attack_rows(row, outs, clean, scorers, meta, accuracy([o.pred for o in outs], truth))
             logger.info("benchmark: %s done (%d layers)", row, len(layers))
         if hard is not None:
