@@ -124,7 +124,7 @@ def test_certified_cells_survive_l2_pgd_within_the_radius(certified68k):
 
     The attack is on the base classifier (the smoothed one has no gradient); the theorem covers any change
     within the radius. At ``||x' - x|| <= R / 2`` the top class keeps probability at least
-    ``Phi(Phi^-1(p_lower) / 2)``, >= 0.75 for the cells chosen (``p_lower >= 0.91``), so its Monte-Carlo vote of
+    ``Phi(Phi^-1(p_lower) / 2)``, about 0.75 for the cells chosen (``p_lower >= 0.91``), so its Monte-Carlo vote of
     1,000 draws stays a majority except with probability < 1e-50; each certificate holds with probability
     1 - alpha (0.999). The test fails wrongly with probability below ``ROBUST_CELLS * alpha`` (< 1 %).
     """
