@@ -118,10 +118,8 @@ def run_one(raw, seed: int) -> tuple[pd.DataFrame, dict[str, float]]:
     det = sad.get.model(a, "detector")
     mine, secs = signals(a, seed)
     dets = {"sad": "sad", **{b: b for b in BASELINES}, **mine}
-    tab = benchmark_detectors(
-        a, attacks=threats(det), detectors=dets, options=sad.tl.BenchmarkOptions(random_state=seed)
-    )
-    return tab.assign(seed=seed), secs
+    benchmark_detectors(a, attacks=threats(det), detectors=dets, options=sad.tl.BenchmarkOptions(random_state=seed))
+    return sad.get.benchmark_table(a).assign(seed=seed), secs
 
 
 def _ms(v: pd.Series) -> str:

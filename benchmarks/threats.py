@@ -263,8 +263,8 @@ def run_one(raw, labels: str, seed: int, notes: list[str], *, defences: bool = T
         certified=CertifiedRows() if defences else None,
         hardened_key=HARDENED_KEY if variant is not None else None,
     )
-    tab = benchmark_detectors(a, attacks=threats(a, det, notes), detectors=dets, options=opts)
-    return tab.assign(labels=labels, seed=seed)
+    benchmark_detectors(a, attacks=threats(a, det, notes), detectors=dets, options=opts)
+    return sad.get.benchmark_table(a).assign(labels=labels, seed=seed)
 
 
 def _ms(v: pd.Series) -> str:

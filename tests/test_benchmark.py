@@ -17,7 +17,6 @@ from scadversarial.tl._benchmark import (
     _Outcome,
     _worst_case,
     benchmark_detectors,
-    benchmark_table,
 )
 from scadversarial.tl._benchmark_defences import CertifiedRows
 from scadversarial.tl._shifts import BenignShift, benign_shift, library_counts
@@ -53,8 +52,14 @@ def table3k(bench3k) -> tuple[ad.AnnData, object]:
         "pgd": {"method": "pgd", "eps": (0.05, 0.15)},
         "sweep": [{"method": "pgd", "eps": 0.05}, {"method": "fgsm", "eps": 0.1}],
     }
-    tab = benchmark_detectors(a, attacks=attacks, detectors=TABLE_DETECTORS, benign=TWO_SHIFTS)
+    tab = _table(a, attacks=attacks, detectors=TABLE_DETECTORS, benign=TWO_SHIFTS)
     return a, tab
+
+
+def _table(adata, **kwargs) -> pd.DataFrame:
+    """Run the benchmark on ``adata`` and read its table back."""
+    benchmark_detectors(adata, **kwargs)
+    return sad.get.benchmark_table(adata, kwargs.get("key_added", "benchmark"))
 
 
 def test_thinning_at_one_reproduces_x(bench3k):
@@ -126,7 +131,7 @@ def test_table_shape_columns_and_record(table3k, tmp_path):
     # the record round-trips through h5ad and gives the same table back
     path = tmp_path / "bench.h5ad"
     a.write_h5ad(path)
-    back = benchmark_table(ad.read_h5ad(path))
+    back = sad.get.benchmark_table(ad.read_h5ad(path))
     np.testing.assert_allclose(back["auroc"].to_numpy(float), tab["auroc"].to_numpy(float), equal_nan=True)
     assert list(back["threat"]) == list(tab["threat"])
 
@@ -150,7 +155,7 @@ def test_sweep_row_is_worst_case_of_its_layers(bench3k):
         "fgsm": {"method": "fgsm", "eps": 0.1},
         "both": [{"method": "pgd", "eps": 0.05}, {"method": "fgsm", "eps": 0.1}],
     }
-    tab = benchmark_detectors(a, attacks=attacks, detectors=("sad",), benign={}).set_index("threat")
+    tab = _table(a, attacks=attacks, detectors=("sad",), benign={}).set_index("threat")
     assert tab.loc["both", "flip_rate"] >= max(tab.loc["weak", "flip_rate"], tab.loc["fgsm", "flip_rate"])
     assert tab.loc["both", "evasion"] >= max(tab.loc["weak", "evasion"], tab.loc["fgsm", "evasion"])
 
@@ -159,14 +164,14 @@ def test_no_test_cell_is_used_to_fit_or_calibrate(bench3k):
     """Test cells' values in the training layers are NaN and their clean X is scrambled: the fits must not notice."""
     dets = ("sad", *_baselines())
     attacks = {"pgd": {"method": "pgd", "eps": 0.1}}
-    ref = benchmark_detectors(bench3k.copy(), attacks=attacks, detectors=dets, benign={})
+    ref = _table(bench3k.copy(), attacks=attacks, detectors=dets, benign={})
     poisoned = bench3k.copy()
     test = (poisoned.obs["sad_split"] == "test").to_numpy()
     poisoned.layers["sad_pgd_eps0.1"][test] = np.nan  # a fit reading these rows would fail
     # every test cell gets another test cell's profile: fits and thresholds see the same training/validation cells
     rows = np.flatnonzero(test)
     poisoned.X[rows] = poisoned.X[np.roll(rows, 1)]
-    out = benchmark_detectors(poisoned, attacks=attacks, detectors=dets, benign={})
+    out = _table(poisoned, attacks=attacks, detectors=dets, benign={})
     np.testing.assert_array_equal(out["threshold"].to_numpy(), ref["threshold"].to_numpy())
     rec = poisoned.uns["sad"]["benchmark"]["metrics"]
     assert rec["n_cells"] == test.sum()
@@ -182,7 +187,7 @@ def test_callable_threat_reads_its_own_layer(bench3k):
         cells.layers["one_gene"] = M
         return ["one_gene"]
 
-    tab = benchmark_detectors(a, attacks={"aberrant": one_gene_aberrant}, detectors=("sad",), benign={})
+    tab = _table(a, attacks={"aberrant": one_gene_aberrant}, detectors=("sad",), benign={})
     row = tab[tab["threat"] == "aberrant"].iloc[0]
     assert row["space"] == "scaled"
     assert 0 <= row["evasion"] <= row["flip_rate"]
@@ -234,7 +239,7 @@ def test_observed_range_is_taken_over_all_cells(bench3k):
     np.testing.assert_array_equal(spec["bounds"][1], a.X.max(0))
     test = a.obs["sad_split"].astype(str).to_numpy() == "test"
     assert (a.X[test].max(0) < a.X.max(0)).any()  # the test cells alone give a tighter box
-    tab = benchmark_detectors(
+    tab = _table(
         a, attacks={"observed": {"method": "pgd", "eps": 0.15, "constraint": "observed"}}, detectors=("sad",), benign={}
     )
     row = tab[tab["threat"] == "observed"].iloc[0]
@@ -257,7 +262,7 @@ def test_defence_rows_certified_and_hardened(bench3k):
     spec = CertifiedRows(sigmas=(0.25,), radii=(0.0, 0.1), n_samples=100)
     opts = BenchmarkOptions(certified=spec, hardened_key="hardened")
     pgd = {"method": "pgd", "eps": 0.1}
-    tab = benchmark_detectors(a, attacks={"pgd": pgd}, detectors=("sad",), benign=TWO_SHIFTS, options=opts)
+    tab = _table(a, attacks={"pgd": pgd}, detectors=("sad",), benign=TWO_SHIFTS, options=opts)
     n_test = int((a.obs["sad_split"] == "test").sum())
     cert = tab[tab["kind"] == "certified"].set_index("threat")
     assert list(cert.index) == ["certified σ=0.25 r=0", "certified σ=0.25 r=0.1"]
@@ -278,5 +283,5 @@ def test_defence_rows_certified_and_hardened(bench3k):
     np.testing.assert_allclose(hard.loc["pgd", "flip_rate"], (adv != clean).mean())
     assert hard.loc[list(TWO_SHIFTS), "pred_changed"].between(0, 1).all()
     # the standard rows are those of a run without the defences
-    plain = benchmark_detectors(a, attacks={"pgd": pgd}, detectors=("sad",), benign=TWO_SHIFTS)
+    plain = _table(a, attacks={"pgd": pgd}, detectors=("sad",), benign=TWO_SHIFTS)
     pd.testing.assert_frame_equal(tab[tab["kind"].isin(["clean", "attack", "benign"])], plain)

@@ -117,7 +117,7 @@ def benchmark(
     Examples
     --------
     >>> import scadversarial as sad
-    >>> table = sad.tl.benchmark_detectors(adata, attacks={{"pgd": {{"method": "pgd", "eps": 0.1}}}})  # doctest: +SKIP
+    >>> sad.tl.benchmark_detectors(adata, attacks={{"pgd": {{"method": "pgd", "eps": 0.1}}}})  # doctest: +SKIP
     >>> sad.pl.benchmark(adata, metric="auroc")  # doctest: +SKIP
 
     """

@@ -296,7 +296,8 @@ def benchmark_detectors(
     subset: Subset = "test",
     options: BenchmarkOptions | None = None,
     key_added: str = "benchmark",
-) -> pd.DataFrame:
+    copy: bool = False,
+) -> AnnData | None:
     """Every detector against every threat and benign shift, on held-out cells, in one tidy table.
 
     The cells of ``subset`` (held-out test cells by default) are copied and attacked there with
@@ -337,10 +338,14 @@ def benchmark_detectors(
         A :class:`BenchmarkOptions` (target FPR, baselines' training layers, records, seed, device).
     key_added
         Name of the record in ``.uns['sad']``.
+    copy
+        Return a copy of ``adata`` with the record instead of writing to ``adata``.
 
     Returns
     -------
-    The table as a DataFrame, one row per threat x detector, with columns ``threat``, ``kind``
+    ``None``, or the copy with ``copy=True``. The attacks run on a copy of the benchmarked cells, so
+    ``adata`` gains only the record; read its table with :func:`scadversarial.get.benchmark_table`:
+    a DataFrame, one row per threat x detector, with columns ``threat``, ``kind``
     (``'clean'``, ``'attack'`` or ``'benign'``), ``detector``, ``space``, ``constraint``, ``n_cells``,
     ``flip_rate`` (prediction differs from the clean one), ``auroc`` (clean vs attacked or shifted
     cells), ``auroc_flipped`` (clean vs flipped cells), ``tpr_at_5fpr``, ``flagged`` (fraction
@@ -385,7 +390,8 @@ def benchmark_detectors(
     ...         for w in (0.0, 1.0, 10.0)
     ...     ],
     ... }
-    >>> table = sad.tl.benchmark_detectors(adata, attacks=threats)  # doctest: +SKIP
+    >>> sad.tl.benchmark_detectors(adata, attacks=threats)  # doctest: +SKIP
+    >>> table = sad.get.benchmark_table(adata)  # doctest: +SKIP
     >>> sad.pl.benchmark(table, metric="evasion")  # doctest: +SKIP
 
     """
@@ -460,14 +466,9 @@ def benchmark_detectors(
     }
     n_fit, n_cal = int((split == "train").sum()), int((split == "val").sum())
     metrics = {"n_cells": len(sel), "n_fit": n_fit, "n_calibration": n_cal}
-    uns_root(adata)[key_added] = h5ad_safe({"params": params, "metrics": metrics, "table": table})
-    return table
+    out = adata.copy() if copy else adata
+    uns_root(out)[key_added] = h5ad_safe({"params": params, "metrics": metrics, "table": table})
+    return out if copy else None
 
 
-def benchmark_table(adata: AnnData, key: str = "benchmark") -> pd.DataFrame:
-    """The table :func:`benchmark_detectors` recorded in ``.uns['sad'][key]``, as a DataFrame."""
-    rec = get_record(adata, key, producer="sad.tl.benchmark_detectors")
-    return pd.DataFrame({c: np.asarray(rec["table"][c]) for c in COLUMNS if c in rec["table"]})
-
-
-__all__ = ["BenchmarkOptions", "benchmark_detectors", "benchmark_table"]
+__all__ = ["BenchmarkOptions", "benchmark_detectors"]
