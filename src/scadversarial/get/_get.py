@@ -30,6 +30,10 @@ PRODUCERS: dict[str, str] = {
 }
 
 
+#: The benchmark table's text columns; every other column is a number (NaN where it does not apply).
+TEXT_COLUMNS = ("threat", "kind", "detector", "space", "constraint")
+
+
 def _root(adata: AnnData) -> dict:
     # The accessors read `.uns` only, which a backed AnnData holds in memory.
     check_adata(adata, allow_backed=True)
@@ -154,7 +158,11 @@ def benchmark_table(adata: AnnData, key: str = "benchmark") -> pd.DataFrame:
     from ..tl._benchmark import COLUMNS
 
     table = record(adata, key)["table"]
-    return pd.DataFrame({c: np.asarray(table[c]) for c in COLUMNS if c in table})
+    frame = pd.DataFrame({c: np.asarray(table[c]) for c in COLUMNS if c in table})
+    # An all-missing number column comes back from the record as the strings "None"/"nan".
+    for c in frame.columns.difference(TEXT_COLUMNS):
+        frame[c] = pd.to_numeric(frame[c], errors="coerce")
+    return frame
 
 
 def evaluation_table(adata: AnnData, key: str = _keys.STEP_EVALUATE) -> pd.DataFrame:
