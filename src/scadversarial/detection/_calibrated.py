@@ -109,7 +109,24 @@ class _Baseline:
         y: np.ndarray | None = None,
         rng: RngLike = None,
     ) -> Self:
-        """Keep ``classifier`` and fit on clean training cells (parameters: :meth:`~scadversarial.detection.BaselineDetector.fit`).
+        """Keep ``classifier`` and fit on clean training cells (and adversarial ones where the method uses them).
+
+        Parameters
+        ----------
+        classifier
+            The watched classifier (kept by reference, not copied).
+        X_clean
+            Clean training-split cells, scaled classifier input (cells x genes).
+        X_adv
+            Adversarial examples made from training-split cells (``'lid'`` and ``'kd_bu'`` fit a
+            logistic regression on them; the others ignore them). Rows stacked as attacked copies
+            of ``X_clean`` (a multiple of its length) are paired with their sources, see
+            :func:`~scadversarial.detection.reference_split`.
+        y
+            Class of each ``X_clean`` row (class names or indices of ``classifier.classes``);
+            ``None``: the classifier's predictions (``'mahalanobis'``, ``'kd_bu'``).
+        rng
+            Seed or generator of the reference subsets and MC-dropout masks.
 
         Returns
         -------

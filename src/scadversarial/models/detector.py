@@ -1,9 +1,10 @@
 """Torch modules of the adversarial-cell detector.
 
-:class:`AdversarialDetector` is one self-contained model: a frozen copy of the classifier it
-watches, the input-consistency reference (fitted on clean training cells), the feature
-standardization, the optional triplet network, the residual meta-detector and the decision
-threshold. Saving it (safetensors + ``config.json``) and loading it reproduces its scores exactly.
+:class:`AdversarialDetector` is one self-contained model: the plausibility rules' bound (fitted on
+clean training cells), a frozen copy of the classifier it watches, the input-consistency reference
+(fitted on clean training cells), the feature standardization, the optional triplet network, the
+residual meta-detector and the decision threshold. Saving it (safetensors + ``config.json``) and
+loading it reproduces its scores exactly; a detector saved before the rules existed loads without them.
 """
 
 from __future__ import annotations
