@@ -374,9 +374,9 @@ class LinearEngine:
         t = np.broadcast_to(bd.types0, (len(gene_sets), n))
         close = np.zeros((len(gene_sets), n), dtype=bool)
         if open_.any():
-            HB = upd[open_]
-            HB += bd.h_beta0_x
-            t_open, close[open_] = self.guard(HB, np.broadcast_to(self.unmod.h_beta[K], (len(HB), n)))
+            hb_open = upd[open_]  # the open candidates' [H; beta]: the unmodified ones plus the change
+            hb_open += bd.h_beta0_x
+            t_open, close[open_] = self.guard(hb_open, np.broadcast_to(self.unmod.h_beta[K], (len(hb_open), n)))
             t = t.copy()
             t[open_] = t_open
         return t, close
