@@ -23,7 +23,7 @@ import scadversarial  # noqa: E402
 
 project = "scadversarial"
 author = "scadversarial developers"
-copyright = f"{date.today().year}, {author}"  # noqa: A001
+copyright = f"{date.today().year}, {author}"
 version = release = scadversarial.__version__
 
 extensions = [
