@@ -13,7 +13,7 @@ from scadversarial import _keys
 from scadversarial.detection import differentiable_meta_features, meta_feature_tensor, straight_through
 
 LAYERS = ["sad_pgd_eps0.1", "sad_pgd_eps0.5"]
-FAST = {"config": sad.detection.DetectorConfig(triplet_epochs=4, epochs=12)}
+FAST = {"config": sad.detection.DetectorConfig(triplet_epochs=4, epochs=12, rules=False)}  # the learned path
 TOL = 1e-5  # the bound on |sigmoid(score_logit) - detect's score|
 
 

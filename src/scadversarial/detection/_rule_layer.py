@@ -7,7 +7,8 @@ the entries that can break a rule (every value but the image of a zero count), a
 (about a tenth of the entries of a PBMC3k cell) are checked in float64. The lattice fit
 tries the divisors ``2..MAX_DIVISOR`` only for cells the first divisor leaves with violations
 (a divisor with none is the best one) and that break no other rule (their verdict and reason are
-settled), so flags and reasons equal the reference's exactly.
+settled), so flags and reasons equal the reference's. A cell whose entries a scaled-space attack
+moved almost all off zero is checked in whole rows instead (gathering its entries would cost more).
 
 What the rules assume (and where it comes from):
 
@@ -40,6 +41,9 @@ RULE_REASONS: dict[str, str] = {
     "off_zero": "off lattice",
     "off_lattice": "off lattice",
 }
+#: A cell with more than this fraction of its entries off the image of a zero count (a scaled-space
+#: attack moved its unexpressed genes) is checked in whole rows, without gathering its entries.
+HEAVY_FRACTION = 0.5
 #: Reason of a count-space layer whose counts are not integers (checked before the transform).
 NON_INTEGER = "non-integer counts"
 #: Reason of a cell flagged by the learned detector alone.
@@ -111,6 +115,55 @@ def _lattice_off(rows: torch.Tensor, logv: torch.Tensor, n: int, todo: torch.Ten
     return best.long()
 
 
+def _bounds(clip: float | None) -> tuple[float, float]:
+    """``(beyond, invertible)``: ``|x|`` above the first is beyond the clip, below the second invertible."""
+    if clip is None:
+        return float("inf"), float("inf")
+    return clip * (1 + CLIP_RTOL), clip * (1 - CLIP_RTOL)
+
+
+def _dense_counts(
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float | None, bound: float
+) -> torch.Tensor:
+    """Counts of the first three rules of whole rows, in the batch's precision (rows with most entries moved)."""
+    big, small = _bounds(clip)
+    ax = x.abs()
+    oor = ax > big
+    lv = torch.addcmul(mean, x, std)
+    neg = (lv < -LOG_TOL) & ~oor
+    off_zero = (lv > LOG_TOL) & (lv < bound) & (ax < small)
+    return torch.stack([oor.sum(1), neg.sum(1), off_zero.sum(1)], 1)
+
+
+def _sparse_counts(
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float | None, fit: RuleFit
+) -> torch.Tensor:
+    """Counts of every rule, checking in float64 only the entries that are not the image of a zero count."""
+    n = x.shape[0]
+    out = torch.zeros((n, len(RULES)), dtype=torch.long, device=x.device)
+    zero = (torch.zeros_like(mean) - mean) / std
+    if clip is not None:
+        zero = zero.clamp(-clip, clip)
+    rows, cols = (x != zero.to(x.dtype)).nonzero(as_tuple=True)
+    # flat indices and index_select: several times cheaper than two-dimensional fancy indexing
+    xv = x.reshape(-1).index_select(0, rows * x.shape[1] + cols).double()
+    lv = torch.addcmul(mean.double().index_select(0, cols), xv, std.double().index_select(0, cols))
+    ax = xv.abs()
+    big, small = _bounds(clip)
+    inv = ax < small
+    # the first three rules exclude each other: one code per entry (3: none), one count per cell and code
+    code = torch.full_like(rows, 3)
+    code = torch.where(inv & (lv > LOG_TOL) & (lv < fit.zero_bound), 2, code)
+    code = torch.where(lv < -LOG_TOL, 1, code)
+    code = torch.where(ax > big, 0, code)
+    out[:, :3] = torch.bincount(rows * 4 + code, minlength=4 * n).view(n, 4)[:, :3]
+    if fit.lattice:
+        checked = (inv & (lv >= fit.zero_bound)).nonzero().squeeze(1)
+        settled = out[:, :3].sum(1) > 0
+        out[:, 3] = _lattice_off(rows.index_select(0, checked), lv.index_select(0, checked), n, ~settled)
+    return out
+
+
 def rule_counts(
     x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float | None, fit: RuleFit
 ) -> torch.Tensor:
@@ -118,37 +171,29 @@ def rule_counts(
 
     Equal to :meth:`PlausibilityRules.explain(x).counts <scadversarial.detection.PlausibilityRules.explain>`
     of rules fitted to the same bound for every cell that breaks none of the first three rules.
-    For a cell that does (it is flagged, with that reason, whatever its lattice count), the
-    lattice column is the count at the first divisor: an upper bound of the reference's, which
-    saves trying the other divisors on cells whose verdict is settled. Not differentiable.
+    A cell that does is flagged, with that reason, whatever its lattice count, so its lattice
+    column is only the count at the first divisor (an upper bound of the reference's) or, for a
+    cell with most entries moved off the image of a zero count (scaled-space attacks), not
+    counted (0); the first three counts of such a cell are taken in the batch's precision
+    (float32 rounding, below 1e-6 log units, can only move an entry that close to a bound).
+    Flags and reasons are the reference's. Not differentiable.
     """
     n = x.shape[0]
+    out = torch.zeros((n, len(RULES)), dtype=torch.long, device=x.device)
     with torch.no_grad():
         x = x.detach()
-        # an unexpressed entry holds exactly the transform's image of 0 (clipped): skip those; every
-        # other entry is checked in float64 (an image computed otherwise only costs time, not exactness)
         zero = (torch.zeros_like(mean) - mean) / std
         if clip is not None:
             zero = zero.clamp(-clip, clip)
-        # flat indices and index_select: several times cheaper than two-dimensional fancy indexing
-        rows, cols = (x != zero.to(x.dtype)).nonzero(as_tuple=True)
-        xv = x.reshape(-1).index_select(0, rows * x.shape[1] + cols).double()
-        lv = torch.addcmul(mean.double().index_select(0, cols), xv, std.double().index_select(0, cols))
-        ax = xv.abs()
-        big = float("inf") if clip is None else clip * (1 + CLIP_RTOL)
-        small = float("inf") if clip is None else clip * (1 - CLIP_RTOL)
-        inv = ax < small
-        # the first three rules exclude each other: one code per entry (3: none), one count per cell and code
-        code = torch.full_like(rows, 3)
-        code = torch.where(inv & (lv > LOG_TOL) & (lv < fit.zero_bound), 2, code)
-        code = torch.where(lv < -LOG_TOL, 1, code)
-        code = torch.where(ax > big, 0, code)
-        out = torch.bincount(rows * 4 + code, minlength=4 * n).view(n, 4).clone()
-        out[:, 3] = 0
-        if fit.lattice:
-            checked = (inv & (lv >= fit.zero_bound)).nonzero().squeeze(1)
-            settled = out[:, :3].sum(1) > 0
-            out[:, 3] = _lattice_off(rows.index_select(0, checked), lv.index_select(0, checked), n, ~settled)
+        heavy = (x != zero.to(x.dtype)).sum(1) > HEAVY_FRACTION * x.shape[1]
+        if bool(heavy.any()):
+            idx = heavy.nonzero().squeeze(1)
+            dense = _dense_counts(x.index_select(0, idx), mean.to(x.dtype), std.to(x.dtype), clip, fit.zero_bound)
+            out[idx, :3] = dense
+            heavy[idx[dense.sum(1) == 0]] = False  # no verdict yet: the exact path, lattice included
+        light = (~heavy).nonzero().squeeze(1)
+        if len(light):
+            out[light] = _sparse_counts(x.index_select(0, light), mean, std, clip, fit)
     return out
 
 
