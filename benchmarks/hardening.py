@@ -67,9 +67,15 @@ VARIANTS = {
     "trades-log": {"adversarial": AdversarialTraining("trades", space="log", eps=0.25)},
 }
 COLUMNS = (
-    "accuracy", "flip counts 1", "flip counts 2", "flip counts 1 strong", "flip log 0.25",
-    "changed thin 50%", "changed thin 25%", "train s",
-)  # fmt: skip
+    "accuracy",
+    "flip counts 1",
+    "flip counts 2",
+    "flip counts 1 strong",
+    "flip log 0.25",
+    "changed thin 50%",
+    "changed thin 25%",
+    "train s",
+)
 
 
 def prepare(raw, labels: str, seed: int):
