@@ -1,5 +1,6 @@
 """AnnData-facing tools: classifier, attacks, detection and evaluation (``sad.tl``)."""
 
+from ..detection._fit import DetectorConfig, FeatureSpec
 from ._attack import AttackOptions, ThreatModel, attack
 from ._audit import AuditOptions, AuditReport, audit
 from ._benchmark import BenchmarkOptions, benchmark_detectors
@@ -22,7 +23,7 @@ from ._blackbox import (
 )
 from ._certify import CertifyOptions, certify
 from ._classifier import predict, train_classifier
-from ._detect import detect, meta_features, train_detector
+from ._detect import DetectorCells, detect, meta_features, train_detector
 from ._evaluate import evaluate
 from ._input import classifier_input, input_space_problem
 from ._models import get_model, load_models, save_models
@@ -37,6 +38,9 @@ __all__ = [
     "BenignShift",
     "CGDOptions",
     "CertifyOptions",
+    "DetectorCells",
+    "DetectorConfig",
+    "FeatureSpec",
     "ClassifierSpec",
     "GridOptions",
     "MaxChangeOptions",
