@@ -136,9 +136,7 @@ def timed(fn, a, clf, classes, kw, method):
 def same(r1, r2) -> bool:
     if not r1[3].equals(r2[3]):
         return False
-    if "layer" in r1[4] and not np.array_equal(r1[4]["layer"], r2[4]["layer"]):
-        return False
-    return True
+    return "layer" not in r1[4] or np.array_equal(r1[4]["layer"], r2[4]["layer"])
 
 
 def pbmc3k_findings(clusters: list[str], json_path: str | None) -> None:
@@ -174,8 +172,17 @@ def pbmc3k_findings(clusters: list[str], json_path: str | None) -> None:
                 )
                 df = sad.get.attack_table(b, "k")
                 m = b.uns["sad"]["attacks"]["k"]["metrics"]
-                rows.append({"classifier": name, "modification": mod, "cluster": cl, "orig_call": m["orig_call"],
-                             "n_genes_flipping": len(df), "calls": int(m["n_calls"]), "seconds": time.perf_counter() - t})  # fmt: skip
+                rows.append(
+                    {
+                        "classifier": name,
+                        "modification": mod,
+                        "cluster": cl,
+                        "orig_call": m["orig_call"],
+                        "n_genes_flipping": len(df),
+                        "calls": int(m["n_calls"]),
+                        "seconds": time.perf_counter() - t,
+                    }
+                )
                 print(rows[-1], flush=True)
     # fast vs plain, per classifier (same results, wall time)
     speed = []
@@ -195,9 +202,17 @@ def pbmc3k_findings(clusters: list[str], json_path: str | None) -> None:
             )
             df = sad.get.attack_table(b, "k")
             res[method] = (time.perf_counter() - t, int(b.uns["sad"]["attacks"]["k"]["metrics"]["n_calls"]), df)
-        speed.append({"classifier": name, "fast_s": res["fast"][0], "fast_calls": res["fast"][1], "plain_s": res["plain"][0],
-                      "plain_calls": res["plain"][1], "speedup_vs_plain": res["plain"][0] / res["fast"][0],
-                      "same": res["fast"][2].equals(res["plain"][2])})  # fmt: skip
+        speed.append(
+            {
+                "classifier": name,
+                "fast_s": res["fast"][0],
+                "fast_calls": res["fast"][1],
+                "plain_s": res["plain"][0],
+                "plain_calls": res["plain"][1],
+                "speedup_vs_plain": res["plain"][0] / res["fast"][0],
+                "same": res["fast"][2].equals(res["plain"][2]),
+            }
+        )
         print(speed[-1], flush=True)
     df = pd.DataFrame(rows)
     piv = df.pivot_table(index=["classifier", "cluster"], columns="modification", values="n_genes_flipping")

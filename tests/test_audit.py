@@ -55,9 +55,24 @@ def test_audit_command_report_opens_in_browser(saved68k, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install '.[test]'")
     d, clusters = saved68k
     out = tmp_path / "audit"
-    argv = ["audit", "--data", str(d / "adata.h5ad"), "--classifier", str(d / "models" / "classifier"),
-            "--groupby", "sad_label", "--out", str(out), "--max-genes", "60", "--modifications", "perc99",
-            "--clusters", ",".join(clusters), "--no-progress"]  # fmt: skip
+    argv = [
+        "audit",
+        "--data",
+        str(d / "adata.h5ad"),
+        "--classifier",
+        str(d / "models" / "classifier"),
+        "--groupby",
+        "sad_label",
+        "--out",
+        str(out),
+        "--max-genes",
+        "60",
+        "--modifications",
+        "perc99",
+        "--clusters",
+        ",".join(clusters),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["classifier"]["kind"] == "sad classifier"

@@ -254,9 +254,18 @@ def test_every_whitebox_attack_respects_its_threat(cells3k, method, space, const
     rng = np.random.default_rng(seed)
     mask = rng.random(a.n_vars) < 0.5
     sad.tl.attack(
-        a, method, eps=eps, space=space, constraint=constraint, max_log_fc=fc, mask=mask, steps=3,
-        cw_search_steps=2, random_state=seed, key_added="h",
-    )  # fmt: skip
+        a,
+        method,
+        eps=eps,
+        space=space,
+        constraint=constraint,
+        max_log_fc=fc,
+        mask=mask,
+        steps=3,
+        cw_search_steps=2,
+        random_state=seed,
+        key_added="h",
+    )
     base = {"scaled": a.X, "log": a.layers["sad_lognorm"], "counts": _dense(a.layers["counts"])}[space]
     A = a.layers[f"h_eps{eps:g}"]
     d = A - base
