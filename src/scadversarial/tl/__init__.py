@@ -22,7 +22,7 @@ from ._blackbox import (
     single_gene_attack,
 )
 from ._certify import CertifyOptions, certify
-from ._classifier import predict, train_classifier
+from ._classifier import AdversarialTraining, ThinningAugmentation, TrainingConfig, predict, train_classifier
 from ._detect import DetectorCells, detect, meta_features, train_detector
 from ._evaluate import evaluate
 from ._input import classifier_input, input_space_problem
@@ -31,6 +31,7 @@ from ._shifts import BenignShift, benign_shift
 from ._space import layer_space, other_counts, scaled_matrix, space_layer
 
 __all__ = [
+    "AdversarialTraining",
     "AttackOptions",
     "AuditOptions",
     "AuditReport",
@@ -48,7 +49,9 @@ __all__ = [
     "OverviewOptions",
     "RandomWalkOptions",
     "SingleGeneOptions",
+    "ThinningAugmentation",
     "ThreatModel",
+    "TrainingConfig",
     "attack",
     "attack_overview",
     "audit",
