@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .._settings import progress
-from ..models.training import fit_early_stopping
+from ..models.training import Monitor, TrainingConfig, fit
 
 if TYPE_CHECKING:
     from ._fit import DetectorConfig
@@ -108,19 +108,20 @@ def train_residual(
     n_pos = float(y_train.sum())
     pw = torch.tensor((len(y_train) - n_pos) / max(n_pos, 1.0)) if balance else None
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=pw)
-    return fit_early_stopping(
-        net,
-        loss_fn,
-        Z_train,
-        y_train,
-        lambda m: loss_fn(m(Z_val), y_val),
-        higher_is_better=False,
-        min_delta=MIN_DELTA,
-        val_name="val_loss",
+    fit_config = TrainingConfig(
         lr=config.lr,
         weight_decay=config.weight_decay,
         batch_size=config.batch_size,
         max_epochs=config.epochs,
         patience=config.patience,
+    )
+    return fit(
+        net,
+        lambda m, bi: loss_fn(m(Z_train[bi]), y_train[bi]),
+        len(y_train),
+        lambda m: loss_fn(m(Z_val), y_val),
+        config=fit_config,
+        monitor=Monitor("val_loss", higher_is_better=False, min_delta=MIN_DELTA),
+        device=y_train.device,
         desc="meta-detector",
     )

@@ -142,39 +142,6 @@ def fit(
     return history
 
 
-def fit_early_stopping(  # noqa: PLR0913  the old signature, kept for detection/_training.py until it calls `fit`
-    net: nn.Module,
-    loss_fn: nn.Module,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    val_metric: Callable[[nn.Module], float],
-    *,
-    higher_is_better: bool,
-    min_delta: float = 0.0,
-    val_name: str = "val",
-    lr: float = 1e-3,
-    weight_decay: float = 1e-3,
-    batch_size: int = 64,
-    max_epochs: int = 60,
-    patience: int = 5,
-    desc: str = "train",
-) -> dict:
-    """:func:`fit` on ``loss_fn(net(X[batch]), y[batch])``, its settings as separate keywords."""
-    config = TrainingConfig(
-        lr=lr, weight_decay=weight_decay, batch_size=batch_size, max_epochs=max_epochs, patience=patience
-    )
-    return fit(
-        net,
-        lambda m, bi: loss_fn(m(X[bi]), y[bi]),
-        len(y),
-        val_metric,
-        config=config,
-        monitor=Monitor(val_name, higher_is_better=higher_is_better, min_delta=min_delta),
-        device=y.device,
-        desc=desc,
-    )
-
-
 def fit_classifier(
     model: CellClassifier,
     train: tuple[np.ndarray, np.ndarray],
@@ -229,4 +196,4 @@ def fit_classifier(
         )
 
 
-__all__ = ["BatchLoss", "Monitor", "TrainingConfig", "fit", "fit_classifier", "fit_early_stopping"]
+__all__ = ["BatchLoss", "Monitor", "TrainingConfig", "fit", "fit_classifier"]
