@@ -155,13 +155,13 @@ class ClusterOracle:
 
     @property
     def n_cells(self) -> int:
-        """Number of target cells."""
-        return self.base.shape[0]
+        """Number of target cells (those of :attr:`cells`)."""
+        return self.cells.n_cells
 
     @property
     def n_genes(self) -> int:
-        """Number of genes."""
-        return self.base.shape[1]
+        """Number of genes (those of :attr:`cells`)."""
+        return self.cells.n_genes
 
     # -- one candidate, one classifier call (the reference) --------------------------------------------------
 

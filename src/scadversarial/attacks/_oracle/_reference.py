@@ -6,22 +6,19 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._engine import CellValues, Job, Pairs, RowTypes
+from ..._docs import doc_params
+from ._engine import CellValues, Job, Pairs, RowTypes, doc_engine_params
 
 __all__ = ["ReferenceEngine"]
 
 
+@doc_params(doc_engine_params=doc_engine_params)
 class ReferenceEngine:
     """Classifies each candidate's whole modified cluster in its own call (what ``method='plain'`` does).
 
     Parameters
     ----------
-    proba_fn
-        ``proba_fn(X) -> (n_cells, n_classes)`` probabilities.
-    cells
-        The target cells and their modified values.
-    n_classes
-        Number of classes.
+    {doc_engine_params}
 
     """
 

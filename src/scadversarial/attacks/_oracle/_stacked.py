@@ -6,13 +6,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..._docs import doc_params
 from .._protocol import ClassifierAdapter
 from ._counts import stacked_counts
-from ._engine import CellValues, Job, Pairs, RowTypes
+from ._engine import CellValues, Job, Pairs, RowTypes, doc_engine_params
 
 __all__ = ["StackedEngine"]
 
 
+@doc_params(doc_engine_params=doc_engine_params)
 class StackedEngine:
     """Classifies the asked rows of many candidates in calls of at most ``batch_bytes`` bytes.
 
@@ -21,12 +23,7 @@ class StackedEngine:
 
     Parameters
     ----------
-    proba_fn
-        ``proba_fn(X) -> (n_cells, n_classes)`` probabilities.
-    cells
-        The target cells and their modified values.
-    n_classes
-        Number of classes.
+    {doc_engine_params}
     batch_bytes
         Upper bound on the size of one call (rows x genes x itemsize).
 
