@@ -159,3 +159,10 @@ the search options), ``metrics`` (``orig_call``, ``orig_score``, ``n_calls``, ``
 ``n_tied_rows`` of the classifier, ``seconds`` and ``setup_seconds``, the part of ``seconds``
 spent on the modified values and the unmodified call, and the mode's own figures) and ``table``
 (the result table's columns as arrays, read back with :func:`~scadversarial.get.attack_table`)."""
+
+# ----------------------------------------------------------------------------------------------
+# the searches of sad.attacks (on a ClusterOracle)
+# ----------------------------------------------------------------------------------------------
+doc_oracle_values = """\
+oracle
+    The cluster and its modified values (one matrix per modification, ``oracle.Vs``)."""

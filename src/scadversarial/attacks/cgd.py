@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._settings import progress
-from .._validate import check_finite
+from .._validate import check_choice, check_finite
 from ._protocol import ClassifierAdapter
 
 __all__ = ["CGDResult", "cgd_search"]
@@ -195,9 +195,7 @@ def cgd_search(
     :class:`CGDResult`.
 
     """
-    if method not in ("fast", "plain"):
-        msg = f"method must be 'fast' or 'plain', got {method!r}."
-        raise ValueError(msg)
+    check_choice("method", method, ("fast", "plain"))
     X_target = np.asarray(X_target)
     dtype = np.result_type(X_target.dtype, np.float32)
     genes = np.asarray(genes).ravel()

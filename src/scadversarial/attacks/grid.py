@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._docs import doc_oracle_values, doc_params
 from .._settings import progress
+from .._validate import check_choice
 from ._oracle import ClusterOracle
 
 __all__ = ["GridResult", "grid_combinations", "grid_search"]
@@ -57,6 +59,7 @@ def grid_combinations(n_genes: int, n_mods: int, *, max_combinations: int = 100_
     return combos[np.argsort(size, kind="stable")]
 
 
+@doc_params(doc_oracle_values=doc_oracle_values)
 def grid_search(
     oracle: ClusterOracle,
     genes: Sequence[int] | np.ndarray,
@@ -71,8 +74,7 @@ def grid_search(
 
     Parameters
     ----------
-    oracle
-        The cluster and its modified values (one matrix per modification, ``oracle.Vs``).
+    {doc_oracle_values}
     genes
         Indices of the few genes of the grid.
     return_first_found
@@ -91,9 +93,7 @@ def grid_search(
     :class:`GridResult` over the combinations classified.
 
     """
-    if method not in ("fast", "plain"):
-        msg = f"method must be 'fast' or 'plain', got {method!r}."
-        raise ValueError(msg)
+    check_choice("method", method, ("fast", "plain"))
     genes = np.asarray(genes, dtype=np.intp)
     combos = grid_combinations(len(genes), len(oracle.Vs), max_combinations=max_combinations)
     na_idx = np.asarray(sorted(set(na_classes)), dtype=np.int64)

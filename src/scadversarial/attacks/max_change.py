@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._settings import progress
+from .._validate import check_choice
 from ._oracle import CertifiedSet, ClusterOracle, one_blas_thread
 
 __all__ = ["MaxChangeResult", "max_change_search"]
@@ -404,9 +405,7 @@ def max_change_search(
     :class:`MaxChangeResult`.
 
     """
-    if method not in ("fast", "plain"):
-        msg = f"method must be 'fast' or 'plain', got {method!r}."
-        raise ValueError(msg)
+    check_choice("method", method, ("fast", "plain"))
     max_split = max(int(max_split_size), 1)
     genes = np.arange(oracle.n_genes) if genes is None else np.asarray(genes, dtype=np.intp)
     if len(genes) and not 0 <= genes.min() <= genes.max() < oracle.n_genes:

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._docs import doc_oracle_values, doc_params
 from .._settings import progress
+from .._validate import check_choice
 from ._oracle import ClusterOracle
 
 __all__ = ["RandomWalkResult", "random_walk_search"]
@@ -103,6 +105,7 @@ class _Stacked(_OneByOne):
         return min(2 * width, max(self.oracle.chunk_size(), 1))
 
 
+@doc_params(doc_oracle_values=doc_oracle_values)
 def random_walk_search(
     oracle: ClusterOracle,
     genes: Sequence[int] | np.ndarray,
@@ -120,8 +123,7 @@ def random_walk_search(
 
     Parameters
     ----------
-    oracle
-        The cluster and its modified values (one matrix per modification, ``oracle.Vs``).
+    {doc_oracle_values}
     genes
         Indices of the genes the walk may modify.
     first_batch
@@ -146,9 +148,7 @@ def random_walk_search(
     :class:`RandomWalkResult`; ``best`` covers all genes of the oracle (genes outside ``genes`` are -1).
 
     """
-    if method not in ("fast", "plain"):
-        msg = f"method must be 'fast' or 'plain', got {method!r}."
-        raise ValueError(msg)
+    check_choice("method", method, ("fast", "plain"))
     ask = _Stacked(oracle) if method == "fast" else _OneByOne(oracle)
     rng = np.random.default_rng(random_state)
     genes = np.asarray(genes, dtype=np.intp)

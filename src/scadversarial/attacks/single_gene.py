@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._settings import progress
+from .._validate import check_choice
 from ._oracle import ClusterOracle
 
 __all__ = ["SingleGeneResult", "single_gene_search"]
@@ -186,12 +187,8 @@ def single_gene_search(
     :class:`SingleGeneResult`.
 
     """
-    if change_type not in ("any", "not_na"):
-        msg = f"change_type must be 'any' or 'not_na', got {change_type!r}."
-        raise ValueError(msg)
-    if method not in ("fast", "plain"):
-        msg = f"method must be 'fast' or 'plain', got {method!r}."
-        raise ValueError(msg)
+    check_choice("change_type", change_type, ("any", "not_na"))
+    check_choice("method", method, ("fast", "plain"))
     if int(first_dichot) < 1 or int(max_split_size) < 1:
         msg = f"first_dichot and max_split_size must be >= 1, got {first_dichot} and {max_split_size}."
         raise ValueError(msg)
