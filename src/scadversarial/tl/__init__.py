@@ -1,6 +1,7 @@
 """AnnData-facing tools: classifier, attacks, detection and evaluation (``sad.tl``)."""
 
 from ..detection._fit import DetectorConfig, FeatureSpec
+from . import _blackbox
 from ._attack import AttackOptions, ThreatModel, attack
 from ._audit import AuditOptions, AuditReport, audit
 from ._benchmark import BenchmarkOptions, benchmark_detectors
@@ -37,46 +38,33 @@ __all__ = [
     "AuditReport",
     "BenchmarkOptions",
     "BenignShift",
-    "CGDOptions",
     "CertifyOptions",
     "DetectorCells",
     "DetectorConfig",
     "FeatureSpec",
-    "ClassifierSpec",
-    "GridOptions",
-    "MaxChangeOptions",
-    "Modification",
-    "OverviewOptions",
-    "RandomWalkOptions",
-    "SingleGeneOptions",
     "ThinningAugmentation",
     "ThreatModel",
     "TrainingConfig",
     "attack",
-    "attack_overview",
     "audit",
     "benchmark_detectors",
     "benign_shift",
     "certify",
-    "cgd_attack",
     "classifier_input",
     "detect",
     "evaluate",
     "get_model",
-    "grid_attack",
     "input_space_problem",
     "layer_space",
     "load_models",
-    "max_change_attack",
     "meta_features",
     "other_counts",
     "predict",
-    "random_walk_attack",
     "save_models",
     "scaled_matrix",
-    "sign_genes",
-    "single_gene_attack",
     "space_layer",
     "train_classifier",
     "train_detector",
 ]
+# the black-box attacks' names, listed once in their package
+__all__ += _blackbox.__all__
