@@ -56,6 +56,10 @@ copy
     Work on a copy of ``adata`` and return it, leaving ``adata`` unchanged (default: write into
     ``adata`` and return ``None``)."""
 
+doc_device = """\
+device
+    Torch device (default ``sad.settings.device``)."""
+
 doc_random_state = """\
 random_state
     Seed (an int) or :class:`numpy.random.Generator`; converted locally, never seeding global

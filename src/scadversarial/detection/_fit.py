@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._docs import doc_device, doc_params
 from .._settings import settings
 from ._calibration import choose_threshold, detection_metrics
 from ._training import train_residual, train_triplet
@@ -67,6 +68,7 @@ class FeatureSpec:
         return ["internal"] + (["gradient"] if self.gradient else []) + (["input"] if self.input else [])
 
 
+@doc_params(doc_device=doc_device)
 @dataclass(frozen=True)
 class DetectorConfig:
     """How the default detector is trained and calibrated (as scvi-tools' training configs).
@@ -88,8 +90,7 @@ class DetectorConfig:
     rules
         Put the plausibility rules in front of the learned detector (the default detector; see
         :func:`~scadversarial.detection.rule_counts`).
-    device
-        Torch device (default ``sad.settings.device``).
+    {doc_device}
     save_dir
         If given, :func:`~scadversarial.tl.train_detector` also saves the detector to ``save_dir/<key_added>/``.
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .. import _keys
+from .._docs import doc_device, doc_params
 from .._settings import progress, settings
 from .classifier import CellClassifier
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 BatchLoss = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 
+@doc_params(doc_device=doc_device)
 @dataclass(frozen=True)
 class TrainingConfig:
     """How the classifier is built and trained (as scvi-tools' training configs).
@@ -39,8 +41,7 @@ class TrainingConfig:
     split_key
         ``.obs`` column with ``'train'``/``'val'``/``'test'`` (:func:`~scadversarial.tl.train_classifier`):
         the cells trained on and the cells early stopping watches.
-    device
-        Torch device (default ``sad.settings.device``).
+    {doc_device}
     save_dir
         If given, :func:`~scadversarial.tl.train_classifier` also saves the model to ``save_dir/<key_added>/``.
 

@@ -5,23 +5,7 @@ from . import _blackbox
 from ._attack import AttackOptions, ThreatModel, attack
 from ._audit import AuditOptions, AuditReport, audit
 from ._benchmark import BenchmarkOptions, benchmark_detectors
-from ._blackbox import (
-    CGDOptions,
-    ClassifierSpec,
-    GridOptions,
-    MaxChangeOptions,
-    Modification,
-    OverviewOptions,
-    RandomWalkOptions,
-    SingleGeneOptions,
-    attack_overview,
-    cgd_attack,
-    grid_attack,
-    max_change_attack,
-    random_walk_attack,
-    sign_genes,
-    single_gene_attack,
-)
+from ._blackbox import *  # noqa: F403 (the names of its __all__, added to ours below)
 from ._certify import CertifyOptions, certify
 from ._classifier import AdversarialTraining, ThinningAugmentation, TrainingConfig, predict, train_classifier
 from ._detect import DetectorCells, detect, meta_features, train_detector
