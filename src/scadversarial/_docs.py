@@ -170,3 +170,12 @@ spent on the modified values and the unmodified call, and the mode's own figures
 doc_oracle_values = """\
 oracle
     The cluster and its modified values (one matrix per modification, ``oracle.Vs``)."""
+
+# the parameters every engine of a ClusterOracle is made with
+doc_engine_params = """\
+proba_fn
+    ``proba_fn(X) -> (n_cells, n_classes)`` probabilities.
+cells
+    The target cells and their modified values.
+n_classes
+    Number of classes."""

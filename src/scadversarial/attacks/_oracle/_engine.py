@@ -55,16 +55,6 @@ class Engine(Protocol):
         ...
 
 
-#: the parameters every engine is made with (a ``doc_params`` fragment)
-doc_engine_params = """\
-proba_fn
-    ``proba_fn(X) -> (n_cells, n_classes)`` probabilities.
-cells
-    The target cells and their modified values.
-n_classes
-    Number of classes."""
-
-
 @dataclass(frozen=True)
 class CellValues:
     """The target cells and the values their genes take under each modification (read by every engine).

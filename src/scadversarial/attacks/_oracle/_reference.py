@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..._docs import doc_params
-from ._engine import CellValues, Job, Pairs, RowTypes, doc_engine_params
+from ..._docs import doc_engine_params, doc_params
+from ._engine import CellValues, Job, Pairs, RowTypes
 
 __all__ = ["ReferenceEngine"]
 

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..._docs import doc_params
+from ..._docs import doc_engine_params, doc_params
 from .._protocol import ClassifierAdapter
 from ._counts import stacked_counts
-from ._engine import CellValues, Job, Pairs, RowTypes, doc_engine_params
+from ._engine import CellValues, Job, Pairs, RowTypes
 
 __all__ = ["StackedEngine"]
 
