@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -399,6 +400,24 @@ def test_rules_flag_impossible_cells_with_their_reason(rules3k):
     b.layers["beyond10"] = more
     sad.tl.detect(b, "beyond10")
     assert (b.obs["sad_score_beyond10"].to_numpy() > b.obs["sad_score_beyond"].to_numpy()).all()
+
+
+def test_rule_flags_hold_at_any_threshold_and_only_with_rules(rules3k):
+    """A broken rule flags the cell even above an explicit threshold; a detector without rules applies none."""
+    a, test = rules3k
+    b = test.copy()
+    sad.tl.detect(b, "sad_pgd_eps0.1", threshold=5.0)
+    ruled = b.obs["sad_reason_sad_pgd_eps0.1"].astype(str).isin(["beyond clip", "negative", "off lattice"])
+    assert ruled.any()
+    assert b.obs["sad_adversarial_sad_pgd_eps0.1"][ruled].all()
+    no_rules = a.copy()
+    sad.tl.train_detector(no_rules, random_state=0, config=dataclasses.replace(FAST_CONFIG, rules=False))
+    counts = b.layers["counts"]
+    counts = np.asarray(counts.toarray() if hasattr(counts, "toarray") else counts)
+    b.layers["counts"] = counts + 0.5 * (counts > 0)
+    sad.tl.detect(b, "counts", model=sad.get.model(no_rules, "detector"))
+    assert set(b.obs["sad_reason_counts"].astype(str)) <= {"", "learned"}
+    assert (b.obs["sad_score_counts"].to_numpy() <= 1).all()
 
 
 def test_rules_pass_clean_and_thinned_cells(rules3k):

@@ -361,8 +361,8 @@ device
 
 
 def _non_integer(adata: AnnData, model: AdversarialDetector, layer: str | None) -> np.ndarray:
-    """Per cell, the non-integer entries of a count-space layer on the model's genes (zeros for other spaces)."""
-    if layer_space(adata, layer) != "counts":
+    """Per cell, non-integer entries of a count-space layer on the model's genes (0: other spaces, no rules)."""
+    if not model.has_rules or layer_space(adata, layer) != "counts":
         return np.zeros(adata.n_obs, dtype=np.int64)
     return non_integer_counts(matrix_for_genes(adata, model.var_names, layer))
 
@@ -433,7 +433,7 @@ def detect(
         Detector score: the learned probability in [0, 1], or ``1 + log1p(violations)`` (above 1)
         for a cell that breaks a rule.
     ``.obs['sad_adversarial']`` / ``.obs['sad_adversarial_L']``
-        ``score >= threshold`` (every rule-breaking cell).
+        ``score >= threshold``, or a broken rule (whatever the threshold).
     ``.obs['sad_reason']`` / ``.obs['sad_reason_L']``
         Why a cell is flagged: ``'beyond clip'``, ``'negative'``, ``'non-integer counts'``,
         ``'off lattice'`` (the first rule it breaks), ``'learned'`` (the learned detector alone),
@@ -474,15 +474,16 @@ def detect(
     per = {}
     for lay, rep in reports.items():
         score, reason = _scores_and_reasons(rep, non_integer[lay], thr)
+        flag = (score >= thr) | np.isin(reason, REASONS[:4])
         adata.obs[_keys.score_key(lay)] = score
-        adata.obs[_keys.flag_key(lay)] = score >= thr
+        adata.obs[_keys.flag_key(lay)] = flag
         adata.obs[reason_key(lay)] = pd.Categorical(reason, categories=list(REASONS))
         if not low_latency:
             adata.obsm[_keys.meta_key(lay)] = rep.meta
             adata.obsm[_keys.triplet_key(lay)] = rep.embedding
         per[lay or "X"] = {
             "threshold": thr,
-            "fraction_flagged": float((score >= thr).mean()),
+            "fraction_flagged": float(flag.mean()),
             "fraction_rules": float(np.isin(reason, REASONS[:4]).mean()),
             "n_cells": len(score),
             "detector_id": detector_id,
