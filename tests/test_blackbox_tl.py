@@ -224,6 +224,16 @@ def test_bad_options_fail_when_made(make, match):
         make()
 
 
+def test_another_modes_options_are_refused(small):
+    """Options of another mode would be recorded without being used: refused, naming the right class."""
+    a, proba, classes = small
+    clf = sad.tl.ClassifierSpec(proba, classes=classes)
+    before = _state(a)
+    with pytest.raises(TypeError, match=r"options must be a MaxChangeOptions.*got a SingleGeneOptions"):
+        sad.tl.max_change_attack(a, groupby="cluster", target="NK", classifier=clf, options=SingleGeneOptions())
+    assert _state(a) == before
+
+
 @pytest.mark.filterwarnings("ignore::scadversarial.attacks._protocol.TiedScoresWarning")  # (GaussianNB at 5)
 def test_options_record_every_argument_and_copy(small):
     """params come from the call's own arguments (max_tries included); copy=True returns the written copy."""

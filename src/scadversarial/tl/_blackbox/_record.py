@@ -132,6 +132,12 @@ class Run:
     def begin(cls, call: dict[str, Any], default_options: type) -> Run:
         """Start a run from the public function's ``locals()`` at entry."""
         options = call.get("options")
+        if options is not None and not isinstance(options, default_options):
+            msg = (
+                f"options must be a {default_options.__name__} for this attack, got a {type(options).__name__}. "
+                f"Pass options=sad.tl.{default_options.__name__}(...)."
+            )
+            raise TypeError(msg)
         return cls(call, begin(call["adata"], copy=call["copy"]), default_options() if options is None else options)
 
     def setup(self, *, check_matrix: bool = True) -> Ctx:
