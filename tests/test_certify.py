@@ -71,7 +71,7 @@ def test_tiny_sigma_gives_the_base_prediction(certified68k):
     np.testing.assert_allclose(a.obs["tiny_radius"], 1e-5 * stats.norm.ppf(0.001 ** (1 / 100)), rtol=1e-6)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, derandomize=True)
 @given(n=st.integers(1, 5000), alpha=st.sampled_from([1e-3, 1e-2, 0.05]), sigma=st.floats(0.01, 2.0))
 def test_radius_is_monotone_in_p_lower(n, alpha, sigma):
     count = np.arange(n + 1)
@@ -195,6 +195,10 @@ def test_certify_errors_name_the_fix(certified68k):
         sad.tl.certify(a, layer="nope")
     with pytest.raises(TypeError, match="CellClassifier"):
         sad.tl.certify(a, classifier=torch.nn.Linear(3, 2))
+    with pytest.raises(KeyError, match="labels_key='nope' is not a column"):
+        sad.tl.certify(a, options=sad.tl.CertifyOptions(labels_key="nope"))
+    with pytest.raises(ValueError, match="No cell of adata.obs"):
+        sad.tl.certify(a, options=sad.tl.CertifyOptions(split="holdout"))
 
 
 def test_certified_accuracy_plot(certified68k):

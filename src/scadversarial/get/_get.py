@@ -27,6 +27,7 @@ PRODUCERS: dict[str, str] = {
     _keys.STEP_META: "sad.tl.meta_features",
     _keys.STEP_EVALUATE: "sad.tl.evaluate",
     "benchmark": "sad.tl.benchmark_detectors",
+    _keys.STEP_CERTIFY: "sad.tl.certify",
 }
 
 

@@ -27,7 +27,7 @@ from .._docs import doc_copy, doc_params, doc_returns_copy
 from .._settings import logger, progress, settings
 from .._validate import check_adata, h5ad_safe, matrix_for_genes, uns_root
 from ..models.classifier import CellClassifier, SpaceClassifier
-from ._models import get_model
+from ._models import _model_refs, get_model
 from ._space import layer_space
 
 #: Category of ``.obs['<key>_pred']`` for cells the smoothed classifier does not call.
@@ -228,29 +228,46 @@ def _classifier(adata: AnnData, classifier) -> CellClassifier:
     return model
 
 
-def _metrics(adata: AnnData, cert: Certificate, classes: list[str], opts: CertifyOptions) -> dict:
-    """Abstention and certified accuracy on the cells of ``opts.split`` (all cells when ``None``)."""
+def _measured(adata: AnnData, classifier, clf: CellClassifier, opts: CertifyOptions) -> tuple[np.ndarray, str | None]:
+    """The cells of ``opts.split`` (all when ``None``) and the labels to measure on, checked before any work.
+
+    By default the labels are those the certified classifier was trained on (its own run record).
+    """
     cells = np.ones(adata.n_obs, dtype=bool)
     if opts.split is not None:
         if opts.split_key not in adata.obs:
             msg = f"options.split={opts.split!r} needs adata.obs[{opts.split_key!r}] (`sad.pp.split`); or split=None."
             raise KeyError(msg)
         cells = adata.obs[opts.split_key].astype(str).to_numpy() == opts.split
-    labels_key = opts.labels_key
-    if labels_key is None:
-        params = adata.uns.get(_keys.UNS, {}).get(_keys.STEP_CLASSIFIER, {}).get("params", {})
-        labels_key = params.get("labels_key")
+        if not cells.any():
+            msg = f"No cell of adata.obs[{opts.split_key!r}] is {opts.split!r}; pass options=CertifyOptions(split=...)."
+            raise ValueError(msg)
+    if opts.labels_key is not None:
+        if opts.labels_key not in adata.obs:
+            msg = f"options.labels_key={opts.labels_key!r} is not a column of adata.obs; pass an existing one or None."
+            raise KeyError(msg)
+        return cells, opts.labels_key
+    if classifier is None or isinstance(classifier, str):
+        key = _keys.STEP_CLASSIFIER if classifier is None else classifier
+    else:
+        key = next((k for k, ref in _model_refs(adata).items() if ref["id"] == getattr(clf, "_sad_id", None)), None)
+    params = adata.uns.get(_keys.UNS, {}).get(key, {}).get("params", {}) if key is not None else {}
+    return cells, params.get("labels_key")
+
+
+def _metrics(
+    cert: Certificate, classes: list[str], truth: np.ndarray | None, cells: np.ndarray, opts: CertifyOptions
+) -> dict:
+    """Abstention and certified accuracy on ``cells``; accuracy only with the true labels ``truth``."""
     out = {
         "n_cells": int(cells.sum()),
         "abstention": float((cert.pred[cells] < 0).mean()) if cells.any() else float("nan"),
         "mean_radius": float(cert.radius[cells].mean()) if cells.any() else float("nan"),
         "radii": np.asarray(opts.radii, dtype=np.float64),
     }
-    if labels_key is not None and labels_key in adata.obs:
-        truth = adata.obs[labels_key].astype(str).to_numpy()[cells]
+    if truth is not None:
         called = np.asarray([*classes, ABSTAIN], dtype=object)[cert.pred[cells]]
-        correct = called == truth
-        out["labels_key"] = str(labels_key)
+        correct = called == truth[cells]
         out["smoothed_accuracy"] = float(correct.mean()) if cells.any() else float("nan")
         out["certified_accuracy"] = certified_accuracy(correct, cert.radius[cells], opts.radii)
     return out
@@ -352,6 +369,8 @@ def certify(
         msg = f"adata.layers[{layer!r}] is in {layer_space(adata, layer)!r} space; certify needs a log-space layer."
         raise ValueError(msg)
     X = matrix_for_genes(adata, clf.var_names, layer)
+    cells, labels_key = _measured(adata, classifier, clf, opts)
+    truth = None if labels_key not in adata.obs else adata.obs[labels_key].astype(str).to_numpy()
     if copy:
         adata = adata.copy()
 
@@ -378,7 +397,9 @@ def certify(
     pred = pd.Categorical.from_codes(codes, categories=[*classes, ABSTAIN])
     adata.obs[_keys.certified_pred_key(key_added)] = pd.Series(pred, index=adata.obs_names)
     adata.obs[_keys.certified_radius_key(key_added)] = cert.radius
-    metrics = {**_metrics(adata, cert, classes, opts), "seconds": seconds}
+    metrics = {**_metrics(cert, classes, truth, cells, opts), "seconds": seconds}
+    if truth is not None:
+        metrics["labels_key"] = str(labels_key)
     fields = {k: v for k, v in asdict(opts).items() if k != "device"}
     params = {"sigma": float(sigma), "n_samples": int(n_samples), "alpha": float(alpha), "layer": layer}
     uns_root(adata)[key_added] = h5ad_safe({"params": {**params, **fields, "classes": classes}, "metrics": metrics})
