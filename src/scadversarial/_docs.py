@@ -139,7 +139,9 @@ doc_method = """\
 method
     ``'fast'`` (stacked classifier calls and, for a linear classifier, logits updated from the
     modified genes alone) or ``'plain'`` (one classifier call per question, the reference). Both
-    return exactly the same result."""
+    return exactly the same result for a classifier whose output for a cell does not depend on the
+    other cells in the call. BLAS-backed models (torch, scikit-learn) round a row by its place in a
+    block, so a cell within a few float ulps of a tie can get another call between the two."""
 
 doc_exclude_genes = """\
 exclude_genes
