@@ -109,7 +109,7 @@ def test_predict_refuses_x_that_was_not_preprocessed(pipeline3k, pbmc3k_raw):
     for new, problem in cases:
         before = new.obs.copy()
         with pytest.raises(ValueError, match=problem) as err:
-            sad.tl.predict(new, model=clf)
+            sad.tl.predict(new, classifier=clf)
         assert "sad.pp.preprocess(adata, reference=" in str(err.value)
         pd.testing.assert_frame_equal(new.obs, before)  # nothing written
 
@@ -118,7 +118,7 @@ def test_predict_reads_lognorm_through_the_model_when_x_is_not_scaled(pipeline3k
     clf = sad.tl.get_model(pipeline3k)
     counts, labels = _test_cells(pipeline3k, pbmc3k_raw)
     good = sad.pp.preprocess(counts, reference=pipeline3k, copy=True)
-    sad.tl.predict(good, model=clf)
+    sad.tl.predict(good, classifier=clf)
     assert _accuracy(good, labels) > 0.8
     unscaled = good.copy()
     unscaled.X = unscaled.layers["sad_lognorm"].copy()  # X left log-normalized
@@ -129,7 +129,7 @@ def test_predict_reads_lognorm_through_the_model_when_x_is_not_scaled(pipeline3k
     for new, problem in ((unscaled, "non-negative"), (own, "differ from the classifier's training statistics")):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="scadversarial"):
-            sad.tl.predict(new, model=clf)
+            sad.tl.predict(new, classifier=clf)
         assert problem in caplog.text
         assert "sad_lognorm" in caplog.text
         np.testing.assert_array_equal(new.obs["sad_pred"].to_numpy(), good.obs["sad_pred"].to_numpy())
@@ -152,7 +152,7 @@ def test_correctly_preprocessed_data_is_never_flagged(pipeline3k, pbmc3k_raw, pi
     new68 = sad.pp.preprocess(pbmc68k[:40].copy(), reference=pipeline68k, copy=True)
     for a in (pipeline68k, new68, new68[:1].copy()):
         assert sad.tl.input_space_problem(a, clf68, sad.tl.scaled_matrix(a, clf68)) is None
-    sad.tl.predict(new68, model=clf68)
+    sad.tl.predict(new68, classifier=clf68)
     same = pipeline68k.obs["sad_pred"].to_numpy()[:40]
     assert (new68.obs["sad_pred"].to_numpy() == same).all()
 
@@ -169,3 +169,15 @@ def test_train_classifier_refuses_a_class_without_training_cells(pipeline68k):
     assert "sad.pp.split(adata, 'sad_label')" in str(err.value)
     assert "drop or merge" in str(err.value)
     assert repr(sorted(a.uns["sad"]["classifier"])) == uns_before
+
+
+def test_predict_model_keyword_is_deprecated(pipeline68k):
+    """``predict(model=)`` still works for one release, with a FutureWarning naming ``classifier=``."""
+    a = pipeline68k.copy()
+    clf = sad.get.model(a)
+    with pytest.warns(FutureWarning, match="pass classifier= instead"):
+        sad.tl.predict(a, model=clf)
+    with pytest.raises(TypeError, match="both classifier= and model="):
+        sad.tl.predict(a, classifier=clf, model=clf)
+    with pytest.raises(ValueError, match="missing='zero' is not one of"):
+        sad.tl.predict(a, missing="zero")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, replace
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -12,7 +14,7 @@ from anndata import AnnData
 from .. import _keys
 from .._docs import doc_copy, doc_params, doc_returns_copy
 from .._settings import logger
-from .._validate import check_adata, check_labels, check_obs_key, get_matrix, h5ad_safe, set_record
+from .._validate import check_adata, check_choice, check_labels, check_obs_key, get_matrix, h5ad_safe, set_record
 from ..models._adversarial import AdversarialTraining, ThinningAugmentation, TrainingInputs
 from ..models.classifier import CellClassifier
 from ..models.training import TrainingConfig, fit_classifier
@@ -242,11 +244,12 @@ def _write_predictions(adata: AnnData, model: CellClassifier, X: np.ndarray, *, 
 
 def predict(
     adata: AnnData,
-    model: CellClassifier | None = None,
+    classifier: CellClassifier | None = None,
     *,
     layer: str | None = None,
-    missing: str = "raise",
+    missing: Literal["raise", "fill"] = "raise",
     copy: bool = False,
+    model: CellClassifier | None = None,
 ) -> AnnData | None:
     """Apply a trained classifier to ``adata`` (the training data or a new AnnData).
 
@@ -262,7 +265,7 @@ def predict(
     ----------
     adata
         AnnData to classify.
-    model
+    classifier
         A classifier; by default the one referenced in ``adata.uns['sad']['classifier']``.
     layer
         Matrix to classify (default ``X``), e.g. an attack layer.
@@ -271,6 +274,8 @@ def predict(
         lacks; ``'fill'``: fill them with the training mean (logged).
     copy
         Return a new AnnData instead of modifying ``adata``.
+    model
+        Deprecated spelling of ``classifier`` (a :class:`FutureWarning`; removed in the next release).
 
     Returns
     -------
@@ -280,8 +285,14 @@ def predict(
 
     """
     check_adata(adata)
-    if model is None:
-        model = get_model(adata, _keys.STEP_CLASSIFIER)
+    check_choice("missing", missing, ("raise", "fill"))
+    if model is not None:
+        if classifier is not None:
+            msg = "predict got both classifier= and model=; pass classifier= only."
+            raise TypeError(msg)
+        warnings.warn("predict(model=...) is deprecated: pass classifier= instead.", FutureWarning, stacklevel=2)
+        classifier = model
+    model = get_model(adata, _keys.STEP_CLASSIFIER) if classifier is None else classifier
     X = classifier_input(adata, model, layer, missing=missing)
     if copy:
         adata = adata.copy()
