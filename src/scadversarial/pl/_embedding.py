@@ -18,6 +18,25 @@ from . import _utils as u
 BASES = ("triplet", "classifier")
 
 
+_DOC_INPUTS = """\
+adata
+    AnnData with ``.obsm['X_sad_triplet']`` and ``.obsm['X_sad_triplet_<layer>']``
+    (:func:`~scadversarial.tl.detect` on ``X`` and the layer) for ``basis='triplet'``, or a
+    classifier (:func:`~scadversarial.tl.train_classifier`) for ``basis='classifier'``.
+layer
+    Attack layer whose cells to add (default: the largest epsilon of the first white-box
+    attack that has the needed embedding; ``None`` without attacks: clean cells only).
+basis
+    ``'triplet'``: the detector's triplet embedding; ``'classifier'``: the classifier's 64-d
+    embedding (``.obsm['X_sad_embedding']``; attacked cells are embedded by the classifier)."""
+
+_DOC_GRAPH = """\
+n_neighbors
+    Neighbours of the kNN graph.
+random_state
+    Seed of the UMAP layout."""
+
+
 def _adv_embedding(adata: AnnData, layer: str, basis: str, fn: str) -> np.ndarray:
     if basis == "triplet":
         key = _keys.triplet_key(layer)
@@ -31,6 +50,7 @@ def _adv_embedding(adata: AnnData, layer: str, basis: str, fn: str) -> np.ndarra
     return model.predict_arrays(classifier_input(adata, model, layer))[1]  # each layer read in its own space
 
 
+@doc_params(doc_inputs=_DOC_INPUTS, doc_labels_key=u.doc_labels_key, doc_split=u.doc_split, doc_graph=_DOC_GRAPH)
 def embedding_adata(
     adata: AnnData,
     layer: str | None = None,
@@ -47,8 +67,10 @@ def embedding_adata(
 
     Parameters
     ----------
-    adata, layer, basis, labels_key, split, n_neighbors, random_state
-        As in :func:`embedding`.
+    {doc_inputs}
+    {doc_labels_key}
+    {doc_split}
+    {doc_graph}
 
     Returns
     -------
@@ -117,7 +139,13 @@ def embedding_adata(
     return emb
 
 
-@doc_params(doc_labels_key=u.doc_labels_key, doc_split=u.doc_split, doc_show=u.doc_show)
+@doc_params(
+    doc_inputs=_DOC_INPUTS,
+    doc_labels_key=u.doc_labels_key,
+    doc_split=u.doc_split,
+    doc_graph=_DOC_GRAPH,
+    doc_show=u.doc_show,
+)
 def embedding(  # noqa: PLR0913  scanpy's plot signature: ax, show, return_fig beside the plot's options
     adata: AnnData,
     layer: str | None = None,
@@ -142,25 +170,13 @@ def embedding(  # noqa: PLR0913  scanpy's plot signature: ax, show, return_fig b
 
     Parameters
     ----------
-    adata
-        AnnData with ``.obsm['X_sad_triplet']`` and ``.obsm['X_sad_triplet_<layer>']``
-        (:func:`~scadversarial.tl.detect` on ``X`` and the layer) for ``basis='triplet'``, or a
-        classifier (:func:`~scadversarial.tl.train_classifier`) for ``basis='classifier'``.
-    layer
-        Attack layer whose cells to add (default: the largest epsilon of the first white-box
-        attack that has the needed embedding; ``None`` without attacks: clean cells only).
-    basis
-        ``'triplet'``: the detector's triplet embedding; ``'classifier'``: the classifier's 64-d
-        embedding (``.obsm['X_sad_embedding']``; attacked cells are embedded by the classifier).
+    {doc_inputs}
     color
         ``'state'`` (clean / adversarial), ``'label'`` (true labels), ``'prediction'``,
         ``'score'`` (detector score), ``'flagged'`` (detector verdict), or a list of them (one panel each).
     {doc_labels_key}
     {doc_split}
-    n_neighbors
-        Neighbours of the kNN graph.
-    random_state
-        Seed of the UMAP layout.
+    {doc_graph}
     ax
         Axes to draw into (a single ``color`` only).
     {doc_show}

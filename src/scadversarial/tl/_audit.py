@@ -263,9 +263,9 @@ def audit(
     out
         Output directory (created).
     classifier
-        As in :func:`~scadversarial.tl.single_gene_attack` (``None``: the sad classifier of ``adata``);
-        a CellTypist ``Model``, an estimator, a torch module, a callable or a
-        :class:`~scadversarial.attacks._protocol.ClassifierSpec`.
+        The classifier to audit (``None``: the sad classifier of ``adata``): a CellTypist ``Model``,
+        a scikit-learn estimator with ``predict_proba``, a torch module, a callable returning
+        probabilities, or a :class:`~scadversarial.tl.ClassifierSpec` (classes, genes, output kind).
     layer
         Matrix the classifier reads (default ``X``).
     output
