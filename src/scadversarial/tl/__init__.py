@@ -5,6 +5,7 @@ from . import _blackbox
 from ._attack import AttackOptions, ThreatModel, attack
 from ._audit import AuditOptions, AuditReport, audit
 from ._benchmark import BenchmarkOptions, benchmark_detectors
+from ._benchmark_defences import CertifiedRows
 from ._blackbox import *  # noqa: F403 (the names of its __all__, added to ours below)
 from ._certify import CertifyOptions, certify
 from ._classifier import AdversarialTraining, ThinningAugmentation, TrainingConfig, predict, train_classifier
@@ -22,6 +23,7 @@ __all__ = [
     "AuditReport",
     "BenchmarkOptions",
     "BenignShift",
+    "CertifiedRows",
     "CertifyOptions",
     "DetectorCells",
     "DetectorConfig",

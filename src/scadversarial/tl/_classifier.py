@@ -73,7 +73,7 @@ def train_classifier(
     the weights of the epoch with the best (clean) validation accuracy are kept. Clean predictions
     of every cell are then written (see :func:`predict`). Optionally hardened: adversarial training
     in log or count space (``adversarial``) and binomial thinning of the training cells' counts
-    (``augment``), see :mod:`scadversarial.models._adversarial`.
+    (``augment``), see :class:`~scadversarial.tl.AdversarialTraining` and :class:`~scadversarial.tl.ThinningAugmentation`.
 
     Parameters
     ----------
@@ -92,11 +92,11 @@ def train_classifier(
         Architecture, optimiser, early stopping, split column, device and save folder
         (:class:`~scadversarial.models.training.TrainingConfig`; default its defaults).
     adversarial
-        Adversarial training (:class:`~scadversarial.models._adversarial.AdversarialTraining`):
+        Adversarial training (:class:`~scadversarial.tl.AdversarialTraining`):
         PGD-AT or TRADES against an L-inf attack on the expressed genes' log values or counts.
         Needs ``.layers['sad_lognorm']`` (log space) or ``.layers['counts']`` (count space).
     augment
-        Thinning augmentation (:class:`~scadversarial.models._adversarial.ThinningAugmentation`):
+        Thinning augmentation (:class:`~scadversarial.tl.ThinningAugmentation`):
         a share of each batch's cells thinned to 25-100 % of their depth and re-normalized with the
         reference's gene mean and std, as real shallower data. Needs ``.layers['counts']``.
     key_added
@@ -121,15 +121,14 @@ def train_classifier(
     Examples
     --------
     >>> import scadversarial as sad
-    >>> from scadversarial.models._adversarial import AdversarialTraining, ThinningAugmentation
     >>> adata = sad.datasets.pbmc3k("pbmc3k.h5ad")  # doctest: +SKIP
     >>> sad.pp.preprocess(adata)  # doctest: +SKIP
     >>> sad.pp.split(adata, "seurat_cell_type")  # doctest: +SKIP
     >>> sad.tl.train_classifier(
     ...     adata,
     ...     "seurat_cell_type",
-    ...     adversarial=AdversarialTraining("trades", eps=2.0),
-    ...     augment=ThinningAugmentation(),
+    ...     adversarial=sad.tl.AdversarialTraining("trades", eps=2.0),
+    ...     augment=sad.tl.ThinningAugmentation(),
     ... )  # doctest: +SKIP
     >>> model = sad.get.model(adata)  # doctest: +SKIP
 
