@@ -38,14 +38,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from threats import LABEL_SETS, prepare  # benchmarks/ is on sys.path when this script runs
 
 import scadversarial as sad
-from scadversarial.models._adversarial import AdversarialTraining, ThinningAugmentation
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data" / "pbmc3k.h5ad"
-LABEL_SETS = {"seurat": "seurat_cell_type", "kmeans": "sad_label"}
-MIN_CELLS = 10  # as threats.py: a class needs cells in train, val and test
 UMI_EPS = (1.0, 2.0)  # the count threat of issue 14: +-1 UMI flips 92 % of the standard classifier's calls
 LOG_EPS = (0.25,)  # the expressed log-space threat of issue 14's hardening target (0.25 log units)
 THIN = (0.5, 0.25)  # depth kept by the benign thinning shifts
@@ -53,18 +51,18 @@ STRONG_STEPS = 30  # the stronger +-1 UMI attack: 3x threats.py's 10 PGD steps, 
 #: the hardened variant: PGD-AT in count space at the larger budget of the count threat (2 UMI), 2 inner steps
 #: (the cost a 2-core machine shared by 8 jobs allowed: ~3x a standard epoch), plus thinning augmentation
 HARDENED = {
-    "adversarial": AdversarialTraining("pgd", space="counts", eps=2.0, steps=2),
-    "augment": ThinningAugmentation(),
+    "adversarial": sad.tl.AdversarialTraining("pgd", space="counts", eps=2.0, steps=2),
+    "augment": sad.tl.ThinningAugmentation(),
 }
 VARIANTS = {
     "standard": {},
-    "thinning": {"augment": ThinningAugmentation()},
+    "thinning": {"augment": sad.tl.ThinningAugmentation()},
     "hardened": HARDENED,
     "trades": {
-        "adversarial": AdversarialTraining("trades", space="counts", eps=2.0),
-        "augment": ThinningAugmentation(),
+        "adversarial": sad.tl.AdversarialTraining("trades", space="counts", eps=2.0),
+        "augment": sad.tl.ThinningAugmentation(),
     },
-    "trades-log": {"adversarial": AdversarialTraining("trades", space="log", eps=0.25)},
+    "trades-log": {"adversarial": sad.tl.AdversarialTraining("trades", space="log", eps=0.25)},
 }
 COLUMNS = (
     "accuracy",
@@ -76,24 +74,6 @@ COLUMNS = (
     "changed thin 25%",
     "train s",
 )
-
-
-def prepare(raw, labels: str, seed: int):
-    """Preprocessed, labelled and split PBMC3k, as ``threats.py`` prepares it."""
-    a = raw.copy()
-    sad.pp.preprocess(a)
-    key = LABEL_SETS[labels]
-    if labels == "kmeans":
-        sad.pp.pseudo_labels(a, n_clusters=10, random_state=seed)
-    else:
-        a = a[a.obs[key].notna().to_numpy()].copy()
-    counts = a.obs[key].value_counts()
-    keep = a.obs[key].isin(counts.index[counts >= MIN_CELLS]).to_numpy()
-    if not keep.all():
-        a = a[keep].copy()
-        a.obs[key] = a.obs[key].astype(str).astype("category")
-    sad.pp.split(a, key, random_state=seed)
-    return a, key
 
 
 def _flip(ev, name: str, eps: float, threat, steps: int | None = None, *, random_start: bool = False) -> float:

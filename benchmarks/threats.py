@@ -231,8 +231,8 @@ def _hardened_variant(notes: list[str]) -> dict | None:
     return VARIANTS["hardened"]
 
 
-def run_one(raw, labels: str, seed: int, notes: list[str], *, defences: bool = True) -> pd.DataFrame:
-    """The default pipeline and the benchmark for one label set and seed."""
+def prepare(raw, labels: str, seed: int):
+    """Preprocessed, labelled and split PBMC3k (also used by ``hardening.py``); returns it and its label key."""
     a = raw.copy()
     sad.pp.preprocess(a)
     key = LABEL_SETS[labels]
@@ -246,6 +246,12 @@ def run_one(raw, labels: str, seed: int, notes: list[str], *, defences: bool = T
         a = a[keep].copy()
         a.obs[key] = a.obs[key].astype(str).astype("category")
     sad.pp.split(a, key, random_state=seed)
+    return a, key
+
+
+def run_one(raw, labels: str, seed: int, notes: list[str], *, defences: bool = True) -> pd.DataFrame:
+    """The default pipeline and the benchmark for one label set and seed."""
+    a, key = prepare(raw, labels, seed)
     sad.tl.train_classifier(a, key, random_state=seed)
     sad.tl.attack(a, "pgd", eps=PGD_EPS, random_state=seed)
     sad.tl.train_detector(a, random_state=seed)
