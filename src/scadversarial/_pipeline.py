@@ -270,13 +270,10 @@ def threat_benchmark(
 def _threat_rows(table: pd.DataFrame) -> list[dict]:
     """The benchmark rows with JSON-safe values: ``None`` where a metric does not apply.
 
-    The table read back from ``.uns`` holds a metric that applies to no row as the text ``'None'``
-    (the record stores an all-``None`` column as strings), so the numeric columns are read as numbers
-    first and every missing value becomes ``NaN``, then ``None``.
+    :func:`scadversarial.get.benchmark_table` already gives the number columns as numbers (NaN where a
+    metric does not apply); NaN becomes ``None``.
     """
-    table = table[list(THREAT_COLUMNS)].copy()
-    for col in NUMERIC_COLUMNS:
-        table[col] = pd.to_numeric(table[col], errors="coerce")
+    table = table[list(THREAT_COLUMNS)]
     return [
         {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
         for row in table.to_dict("records")
