@@ -181,3 +181,9 @@ cells
     The target cells and their modified values.
 n_classes
     Number of classes."""
+
+doc_example_pbmc3k = """\
+>>> import scadversarial as sad
+>>> adata = sad.datasets.pbmc3k("pbmc3k.h5ad")  # doctest: +SKIP
+>>> sad.pp.preprocess(adata)  # doctest: +SKIP
+>>> sad.pp.split(adata, "seurat_cell_type")  # doctest: +SKIP"""

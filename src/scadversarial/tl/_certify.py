@@ -23,7 +23,7 @@ from anndata import AnnData
 from scipy import stats
 
 from .. import _keys
-from .._docs import doc_copy, doc_params, doc_returns_copy
+from .._docs import doc_copy, doc_example_pbmc3k, doc_params, doc_returns_copy
 from .._settings import logger, progress, settings
 from .._validate import check_adata, h5ad_safe, matrix_for_genes, uns_root
 from ..models.classifier import CellClassifier, SpaceClassifier
@@ -273,7 +273,7 @@ def _metrics(
     return out
 
 
-@doc_params(doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
+@doc_params(doc_copy=doc_copy, doc_returns_copy=doc_returns_copy, doc_example_pbmc3k=doc_example_pbmc3k)
 def certify(
     adata: AnnData,
     *,
@@ -346,10 +346,7 @@ def certify(
 
     Examples
     --------
-    >>> import scadversarial as sad
-    >>> adata = sad.datasets.pbmc3k("pbmc3k.h5ad")  # doctest: +SKIP
-    >>> sad.pp.preprocess(adata)  # doctest: +SKIP
-    >>> sad.pp.split(adata, "seurat_cell_type")  # doctest: +SKIP
+    {doc_example_pbmc3k}
     >>> sad.tl.train_classifier(adata, "seurat_cell_type")  # doctest: +SKIP
     >>> test = adata[adata.obs["sad_split"] == "test"].copy()  # doctest: +SKIP
     >>> sad.tl.certify(test, sigma=0.25, n_samples=1000)  # doctest: +SKIP

@@ -12,7 +12,7 @@ import torch
 from anndata import AnnData
 
 from .. import _keys
-from .._docs import doc_copy, doc_params, doc_returns_copy
+from .._docs import doc_copy, doc_example_pbmc3k, doc_params, doc_returns_copy
 from .._settings import logger
 from .._validate import check_adata, check_choice, check_labels, check_obs_key, get_matrix, h5ad_safe, set_record
 from ..models._adversarial import AdversarialTraining, ThinningAugmentation, TrainingInputs
@@ -53,7 +53,7 @@ def _check_train_classes(
         raise ValueError(msg)
 
 
-@doc_params(doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
+@doc_params(doc_copy=doc_copy, doc_returns_copy=doc_returns_copy, doc_example_pbmc3k=doc_example_pbmc3k)
 def train_classifier(
     adata: AnnData,
     labels_key: str = _keys.OBS_LABEL,
@@ -120,10 +120,7 @@ def train_classifier(
 
     Examples
     --------
-    >>> import scadversarial as sad
-    >>> adata = sad.datasets.pbmc3k("pbmc3k.h5ad")  # doctest: +SKIP
-    >>> sad.pp.preprocess(adata)  # doctest: +SKIP
-    >>> sad.pp.split(adata, "seurat_cell_type")  # doctest: +SKIP
+    {doc_example_pbmc3k}
     >>> sad.tl.train_classifier(
     ...     adata,
     ...     "seurat_cell_type",
