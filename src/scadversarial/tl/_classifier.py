@@ -3,26 +3,47 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import Literal
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
 from .. import _keys
 from .._docs import doc_copy, doc_example_pbmc3k, doc_params, doc_returns_copy
-from .._settings import logger
-from .._validate import check_adata, check_choice, check_labels, check_obs_key, get_matrix, h5ad_safe, set_record
+from .._settings import logger, settings
+from .._validate import (
+    check_adata,
+    check_choice,
+    check_finite,
+    check_labels,
+    check_obs_key,
+    get_matrix,
+    h5ad_safe,
+    matrix_name,
+    set_record,
+)
 from ..models._adversarial import AdversarialTraining, ThinningAugmentation, TrainingInputs
-from ..models.classifier import CellClassifier
-from ..models.training import TrainingConfig, fit_classifier
+from ..models.classifier import CellClassifier, SpaceClassifier
+from ..models.training import (
+    VAL_STREAM,
+    InputSpace,
+    MatrixRows,
+    TrainingConfig,
+    fit_classifier,
+    stratified_quota,
+    stratified_sample,
+)
+from ._chunks import is_backed, is_chunked, is_dask, iter_chunks, map_chunks, x_is_lognorm
 from ._input import classifier_input
 from ._metrics import classification_metrics
 from ._models import get_model, set_model_reference
 from ._shifts import library_counts
-from ._space import target_sum
+from ._space import target_sum, to_scaled
 
 
 def _split_masks(adata: AnnData, split_key: str) -> dict[str, np.ndarray]:
@@ -133,14 +154,23 @@ def train_classifier(
     config = config or TrainingConfig()
     if max_epochs is not None:
         config = replace(config, max_epochs=int(max_epochs))
-    check_adata(adata, min_obs=3)
+    check_adata(adata, min_obs=3, allow_backed=True)
     labels = check_obs_key(adata, labels_key, producer="sad.pp.pseudo_labels")
     cat = check_labels(labels, key=labels_key)
     masks = _split_masks(adata, config.split_key)
-    X = get_matrix(adata, layer)
     classes = [str(c) for c in cat.categories]
     y = cat.codes.astype(np.int64)
     _check_train_classes(classes, y, masks["train"], labels_key=labels_key, split_key=config.split_key)
+    if not masks["val"].any():
+        logger.warning("No validation cells: early stopping monitors training accuracy.")
+    data = _training_data(adata, layer, masks, y, config=config, random_state=random_state)
+    if (adversarial is not None or augment is not None) and data.from_file:
+        msg = (
+            "Adversarial training and thinning read the training cells' counts or log values in memory; X here is "
+            "backed or a dask array. Train hardened classifiers on an in-memory AnnData (e.g. `adata.to_memory()`, "
+            "or a sample of cells), or train without `adversarial=` / `augment=`."
+        )
+        raise ValueError(msg)
     inputs = _hardening_inputs(adata, masks["train"], layer=layer, adversarial=adversarial, augment=augment)
     if copy:
         adata = adata.copy()
@@ -150,18 +180,16 @@ def train_classifier(
         model = CellClassifier(adata.var_names, classes, hidden=config.hidden, dropout=config.dropout)
     if _keys.VAR_MEAN in adata.var and layer is None:
         model.transform.set(adata.var[_keys.VAR_MEAN].to_numpy(), adata.var[_keys.VAR_STD].to_numpy())
-    val_mask = masks["val"] if masks["val"].any() else masks["train"]
-    if not masks["val"].any():
-        logger.warning("No validation cells: early stopping monitors training accuracy.")
     history = fit_classifier(
         model,
-        (X[masks["train"]], y[masks["train"]]),
-        (X[val_mask], y[val_mask]),
+        (data.train, y[data.train_rows]),
+        (data.X_val, y[data.val_rows]),
         config=config,
         random_state=random_state,
         adversarial=adversarial,
         augment=augment,
         inputs=inputs,
+        input_space=data.space,
     )
     best_epoch = history.pop("best_epoch")
 
@@ -178,7 +206,7 @@ def train_classifier(
     }
     set_record(adata, key_added, params=params)
     set_model_reference(adata, key_added, model, save_dir=config.save_dir)
-    _write_predictions(adata, model, X, layer=None)
+    _write_outputs(adata, model, *_training_outputs(adata, model, layer, data.space), layer=None)
     pred = pd.Categorical(adata.obs[_keys.OBS_PRED], categories=classes).codes
     metrics = {s: classification_metrics(y[m], pred[m], classes) for s, m in masks.items() if m.any()}
     metrics = {
@@ -187,10 +215,93 @@ def train_classifier(
         "best_epoch": best_epoch,
         "epochs_run": len(history["loss"]),
         "history": history,
+        "cells": data.record(y, classes, config),
     }
     adata.uns[_keys.UNS][key_added]["metrics"] = h5ad_safe(metrics)
     logger.info("classifier: test accuracy %.4f (best epoch %d)", metrics["test"]["accuracy"], best_epoch)
     return adata if copy else None
+
+
+@dataclass(frozen=True, eq=False)
+class _TrainingData:
+    """The cells training reads: training rows (densified a mini-batch at a time) and the validation sample."""
+
+    train: MatrixRows
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    n_val: int
+    X_val: np.ndarray
+    space: InputSpace
+    from_file: bool
+
+    def record(self, y: np.ndarray, classes: list[str], config: TrainingConfig) -> dict:
+        """The cells trained on per epoch and watched by early stopping, per class (``metrics['cells']``)."""
+        n_class = len(classes)
+        counts = np.bincount(y[self.train_rows], minlength=n_class)
+        cap = config.max_cells_per_epoch
+        quota = stratified_quota(counts, len(self.train_rows) if cap is None else int(cap))
+        per_val = np.bincount(y[self.val_rows], minlength=n_class)
+        return {
+            "train": len(self.train_rows),
+            "per_epoch": int(quota.sum()),
+            "per_epoch_per_class": {c: int(q) for c, q in zip(classes, quota, strict=True)},
+            "val": len(self.val_rows),
+            "val_of": self.n_val,
+            "val_per_class": {c: int(q) for c, q in zip(classes, per_val, strict=True)},
+        }
+
+
+def _training_data(
+    adata: AnnData,
+    layer: str | None,
+    masks: dict[str, np.ndarray],
+    y: np.ndarray,
+    *,
+    config: TrainingConfig,
+    random_state: int,
+) -> _TrainingData:
+    """The training rows as a :class:`MatrixRows` (no dense copy) and the dense validation sample.
+
+    An in-memory matrix (dense or sparse) is read in place; a backed or dask one has its training
+    rows read once, chunk by chunk, into memory as stored (sparse stays sparse). ``X`` that
+    ``sad.pp.preprocess(output='lognorm')`` left log-normalized is read in log space (the model's
+    transform scales it).
+    """
+    train_rows = np.flatnonzero(masks["train"])
+    val_rows = np.flatnonzero(masks["val"] if masks["val"].any() else masks["train"])
+    n_val = len(val_rows)
+    if config.max_val_cells is not None and n_val > int(config.max_val_cells):
+        rng = np.random.default_rng((int(random_state), VAL_STREAM))
+        val_rows = val_rows[stratified_sample(y[val_rows], int(config.max_val_cells), rng)]
+    space: InputSpace = "log" if layer is None and x_is_lognorm(adata) else "scaled"
+    M = adata.X if layer is None else adata.layers.get(layer)
+    from_file = M is not None and (is_backed(M) or is_dask(M))
+    if not from_file:
+        M = get_matrix(adata, layer, dense=False)  # checked finite; nothing densified or copied
+        train = MatrixRows(M, train_rows)
+        X_val = MatrixRows(M, val_rows).take(np.arange(len(val_rows)))
+    else:
+        train = MatrixRows(_read_rows(adata, layer, train_rows))
+        X_val = MatrixRows(_read_rows(adata, layer, val_rows)).take(np.arange(len(val_rows)))
+    return _TrainingData(train, train_rows, val_rows, n_val, X_val, space, from_file)
+
+
+def _read_rows(adata: AnnData, layer: str | None, rows: np.ndarray):
+    """Rows of a backed or dask ``X`` (or layer) read chunk by chunk into memory, sparse kept sparse (float32)."""
+    parts = []
+    for _, chunk in iter_chunks(adata, layers=_layers(layer), rows=rows):
+        part = chunk.X if layer is None else chunk.layers[layer]
+        check_finite(part, matrix_name(layer))
+        parts.append(part.astype(np.float32, copy=False) if sp.issparse(part) else np.asarray(part, np.float32))
+    if not parts:
+        return np.zeros((0, adata.n_vars), np.float32)
+    if all(sp.issparse(p) for p in parts):
+        return sp.vstack(parts, format="csr")
+    return np.concatenate([p.toarray() if sp.issparse(p) else p for p in parts])
+
+
+def _layers(layer: str | None) -> tuple[str, ...]:
+    return () if layer in (None, "X") else (layer,)
 
 
 def _hardening_inputs(
@@ -224,7 +335,13 @@ def _hardening_inputs(
 
 
 def _write_predictions(adata: AnnData, model: CellClassifier, X: np.ndarray, *, layer: str | None) -> np.ndarray:
-    logits, emb = model.predict_arrays(X)
+    return _write_outputs(adata, model, *model.predict_arrays(X), layer=layer)
+
+
+def _write_outputs(
+    adata: AnnData, model: CellClassifier, logits: np.ndarray, emb: np.ndarray, *, layer: str | None
+) -> np.ndarray:
+    """Write the predictions of ``X`` (class, confidence, probabilities, embedding) or of a layer (class)."""
     proba = torch.softmax(torch.from_numpy(logits), 1).numpy()
     pred_idx = proba.argmax(1)
     pred = pd.Categorical.from_codes(pred_idx, categories=model.classes)
@@ -236,6 +353,46 @@ def _write_predictions(adata: AnnData, model: CellClassifier, X: np.ndarray, *, 
     else:
         adata.obs[_keys.pred_key(layer)] = pd.Series(pred, index=adata.obs_names)
     return pred_idx
+
+
+def _joined(parts: list[tuple[np.ndarray, np.ndarray]], model: CellClassifier) -> tuple[np.ndarray, np.ndarray]:
+    """The chunks' ``(logits, embedding)`` joined in cell order."""
+    if not parts:
+        return model.predict_arrays(np.zeros((0, model.n_genes), np.float32))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _forward_options() -> dict:
+    """Batch size and device for chunks computed elsewhere (dask workers keep their own ``sad.settings``)."""
+    return {"batch_size": int(settings.batch_size), "device": str(settings.torch_device())}
+
+
+def _matrix_outputs(
+    chunk: AnnData, *, model: CellClassifier, layer: str | None, space: InputSpace, batch_size: int, device: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(logits, embedding)`` of a chunk's training matrix (log values through the model's transform)."""
+    X = get_matrix(chunk, layer)
+    if space == "log":
+        X = to_scaled(SpaceClassifier(model, "log"), X, batch_size=batch_size)
+    return model.predict_arrays(X, batch_size=batch_size, device=device)
+
+
+def _training_outputs(
+    adata: AnnData, model: CellClassifier, layer: str | None, space: InputSpace
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(logits, embedding)`` of every cell's training matrix; chunked (:mod:`._chunks`) when ``adata`` is large."""
+    if not is_chunked(adata, layers=_layers(layer)):
+        return _matrix_outputs(adata, model=model, layer=layer, space=space, **_forward_options())
+    fn = partial(_matrix_outputs, model=model, layer=layer, space=space, **_forward_options())
+    return _joined(map_chunks(adata, fn, layers=_layers(layer)), model)
+
+
+def _input_outputs(
+    chunk: AnnData, *, model: CellClassifier, layer: str | None, missing: str, batch_size: int, device: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(logits, embedding)`` of a chunk's ``X`` or layer read as the classifier's input (:func:`classifier_input`)."""
+    X = classifier_input(chunk, model, layer, missing=missing)
+    return model.predict_arrays(X, batch_size=batch_size, device=device)
 
 
 def predict(
@@ -280,7 +437,7 @@ def predict(
     layer sets ``.obs['<layer>_pred']``.
 
     """
-    check_adata(adata)
+    check_adata(adata, allow_backed=True)
     check_choice("missing", missing, ("raise", "fill"))
     if model is not None:
         if classifier is not None:
@@ -289,10 +446,14 @@ def predict(
         warnings.warn("predict(model=...) is deprecated: pass classifier= instead.", FutureWarning, stacklevel=2)
         classifier = model
     model = get_model(adata, _keys.STEP_CLASSIFIER) if classifier is None else classifier
-    X = classifier_input(adata, model, layer, missing=missing)
+    if is_chunked(adata, layers=_layers(layer)):
+        fn = partial(_input_outputs, model=model, layer=layer, missing=missing, **_forward_options())
+        outputs = _joined(map_chunks(adata, fn, layers=_layers(layer)), model)
+    else:
+        outputs = model.predict_arrays(classifier_input(adata, model, layer, missing=missing))
     if copy:
         adata = adata.copy()
-    _write_predictions(adata, model, X, layer=layer)
+    _write_outputs(adata, model, *outputs, layer=layer)
     return adata if copy else None
 
 
