@@ -27,19 +27,24 @@ def row_chunks(n_obs: int, n_cols: int, *, chunk_bytes: int = CHUNK_BYTES) -> It
         yield slice(start, min(start + step, n_obs))
 
 
-def add_rows(acc: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def _dense(rows):
+    """A chunk of rows as a dense array (a sparse chunk is densified: the statistics see the same values)."""
+    return rows.toarray() if sp.issparse(rows) else rows
+
+
+def add_rows(acc: np.ndarray, rows) -> np.ndarray:
     """``acc + rows[0] + rows[1] + ...`` in float64, added in row order as numpy's axis-0 sum adds them."""
     buf = np.empty((rows.shape[0] + 1, rows.shape[1]))
     buf[0] = acc
-    buf[1:] = rows
+    buf[1:] = _dense(rows)
     return buf.sum(0)
 
 
-def add_squared_deviations(acc: np.ndarray, rows: np.ndarray, mean: np.ndarray) -> np.ndarray:
+def add_squared_deviations(acc: np.ndarray, rows, mean: np.ndarray) -> np.ndarray:
     """``acc + sum_i (rows[i] - mean) ** 2`` in float64, in row order (numpy's ``_var`` second pass)."""
     buf = np.empty((rows.shape[0] + 1, rows.shape[1]))
     buf[0] = acc
-    dev = np.subtract(rows, mean, out=buf[1:])
+    dev = np.subtract(_dense(rows), mean, out=buf[1:])
     np.multiply(dev, dev, out=dev)
     return buf.sum(0)
 
@@ -51,11 +56,12 @@ def finish_mean_std(total: np.ndarray, squares: np.ndarray | None, n_obs: int) -
     return (total / n_obs).astype(np.float32), std.astype(np.float32)
 
 
-def mean_std(X: np.ndarray, *, chunk_bytes: int = CHUNK_BYTES) -> tuple[np.ndarray, np.ndarray]:
+def mean_std(X, *, chunk_bytes: int = CHUNK_BYTES) -> tuple[np.ndarray, np.ndarray]:
     """Per-gene mean and standard deviation (ddof=1, as :func:`scanpy.pp.scale`) as float32; 0 std becomes 1.
 
-    Two passes over dense ``X`` by row chunks with float64 accumulators per gene (no N x genes temporary);
-    bit-identical to ``X.mean(0, dtype=np.float64)`` and ``X.std(0, ddof=1, dtype=np.float64)``.
+    Two passes over ``X`` (dense, or CSR densified one chunk at a time) by row chunks with float64
+    accumulators per gene (no N x genes temporary); bit-identical to ``X.mean(0, dtype=np.float64)`` and
+    ``X.std(0, ddof=1, dtype=np.float64)`` of the dense matrix.
     """
     n_obs, n_vars = X.shape
     chunks = list(row_chunks(n_obs, n_vars, chunk_bytes=chunk_bytes))
@@ -103,3 +109,78 @@ def scale_into(
         if max_value is not None:
             np.clip(block, -max_value, max_value, out=block)
     return out
+
+
+def lognorm_block(block, *, already_log: bool, target_sum: float):
+    """One block of cells normalized to ``target_sum`` and log1p'd with scanpy (unchanged when ``already_log``).
+
+    Both steps act on each cell alone, so a block gives the rows of the whole-matrix result bit for bit.
+    Sparse blocks become float32 (as the in-memory path's ``astype``), dense ones keep their dtype.
+    """
+    import scanpy as sc
+    from anndata import AnnData
+
+    work = AnnData(block.astype(np.float32) if sp.issparse(block) else np.array(block, copy=True))
+    if not already_log:
+        sc.pp.normalize_total(work, target_sum=target_sum)
+        sc.pp.log1p(work)
+    return work.X
+
+
+def block_summary(block) -> np.ndarray:
+    """``[[number of non-finite values, min of the finite ones]]`` of one block's stored values."""
+    data = block.data if sp.issparse(block) else np.asarray(block)
+    finite = np.isfinite(data) if data.dtype.kind in "fc" else np.ones(data.shape, bool)
+    low = float(data[finite].min()) if finite.any() else np.inf
+    return np.array([[float(data.size - finite.sum()), low]])
+
+
+def sparse_columns(M, col: np.ndarray | None, *, chunk_bytes: int = CHUNK_BYTES) -> sp.csr_matrix:
+    """``M[:, col]`` (all columns for ``None``) as float32 CSR with sorted indices: the ``output='lognorm'`` ``X``.
+
+    A CSR ``M`` is indexed at once (scipy's column indexing allocates only the result); a dense ``M`` is
+    converted by row chunks, so no dense copy of the kept columns is made.
+    """
+    if sp.issparse(M):
+        out = sp.csr_matrix(M if col is None else M[:, col], dtype=np.float32)
+    else:
+        n_out = M.shape[1] if col is None else len(col)
+        blocks = [
+            sp.csr_matrix(dense_columns(M[sl], col, chunk_bytes=chunk_bytes))
+            for sl in row_chunks(M.shape[0], n_out, chunk_bytes=chunk_bytes)
+        ]
+        out = stack_rows(blocks)
+    out.sort_indices()
+    return out
+
+
+def stack_rows(blocks: list):
+    """Blocks of consecutive rows (all CSR, or all dense) as one matrix; empties ``blocks`` as it copies them.
+
+    Each block is released as soon as it is copied, so the peak is the result plus one block, where
+    :func:`scipy.sparse.vstack` holds the blocks and the result together (twice the result).
+    """
+    n_obs = sum(b.shape[0] for b in blocks)
+    n_cols = blocks[0].shape[1]
+    if not sp.issparse(blocks[0]):
+        out = np.empty((n_obs, n_cols), dtype=blocks[0].dtype)
+        row = 0
+        while blocks:
+            b = blocks.pop(0)
+            out[row : row + b.shape[0]] = b
+            row += b.shape[0]
+        return out
+    nnz = sum(int(b.indptr[-1]) for b in blocks)
+    idx = np.int32 if max(nnz, n_cols) <= np.iinfo(np.int32).max else np.int64
+    data = np.empty(nnz, dtype=blocks[0].dtype)
+    indices = np.empty(nnz, dtype=idx)
+    indptr = np.empty(n_obs + 1, dtype=idx)
+    indptr[0] = row = pos = 0
+    while blocks:
+        b = blocks.pop(0)
+        n, k = b.shape[0], int(b.indptr[-1])
+        data[pos : pos + k] = b.data[:k]
+        indices[pos : pos + k] = b.indices[:k]
+        indptr[row + 1 : row + 1 + n] = b.indptr[1:].astype(idx) + idx(pos)
+        row, pos = row + n, pos + k
+    return sp.csr_matrix((data, indices, indptr), shape=(n_obs, n_cols))

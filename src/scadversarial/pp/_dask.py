@@ -16,7 +16,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from ._chunked import add_rows, add_squared_deviations, dense_columns, finish_mean_std, scale_into
+from ._chunked import (
+    add_rows,
+    add_squared_deviations,
+    block_summary,
+    dense_columns,
+    finish_mean_std,
+    lognorm_block,
+    scale_into,
+    sparse_columns,
+)
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -32,19 +41,11 @@ def _one_gene_chunk(M: da.Array) -> da.Array:
     return M if len(M.chunks[1]) == 1 else M.rechunk({1: -1})
 
 
-def _block_summary(block) -> np.ndarray:
-    """``[number of non-finite values, min of the finite ones]`` of one block's stored values."""
-    data = block.data if sp.issparse(block) else np.asarray(block)
-    finite = np.isfinite(data) if data.dtype.kind in "fc" else np.ones(data.shape, bool)
-    low = float(data[finite].min()) if finite.any() else np.inf
-    return np.array([[float(data.size - finite.sum()), low]])
-
-
 def summarize(M: da.Array) -> tuple[int, float]:
     """The number of non-finite values of ``M`` and the minimum of the others, in one pass over the blocks."""
     import dask
 
-    parts = [dask.delayed(_block_summary)(b) for b in _one_gene_chunk(M).to_delayed().ravel()]
+    parts = [dask.delayed(block_summary)(b) for b in _one_gene_chunk(M).to_delayed().ravel()]
     table = np.concatenate(dask.compute(*parts))
     return int(table[:, 0].sum()), float(table[:, 1].min())
 
@@ -54,22 +55,11 @@ def first_block(M: da.Array):
     return _one_gene_chunk(M).blocks[0, 0].compute()
 
 
-def _lognorm_block(block, *, already_log: bool, target_sum: float):
-    import scanpy as sc
-    from anndata import AnnData
-
-    work = AnnData(block.astype(np.float32) if sp.issparse(block) else np.array(block, copy=True))
-    if not already_log:
-        sc.pp.normalize_total(work, target_sum=target_sum)
-        sc.pp.log1p(work)
-    return work.X
-
-
 def lognorm(M: da.Array, *, already_log: bool, target_sum: float) -> da.Array:
     """Log-normalized ``M`` block by block (float32 for sparse blocks, the input's dtype for dense ones)."""
     M = _one_gene_chunk(M)
     meta = M._meta.astype(np.float32) if sp.issparse(M._meta) else M._meta
-    return M.map_blocks(_lognorm_block, already_log=already_log, target_sum=target_sum, dtype=meta.dtype, meta=meta)
+    return M.map_blocks(lognorm_block, already_log=already_log, target_sum=target_sum, dtype=meta.dtype, meta=meta)
 
 
 def _csr_float32(block) -> sp.csr_matrix:
@@ -95,8 +85,20 @@ def dense(lognorm_full: da.Array, keep: np.ndarray | None) -> da.Array:
     )
 
 
+def sparse(lognorm_full: da.Array, keep: np.ndarray | None) -> da.Array:
+    """The ``output='lognorm'`` ``X``: the kept genes (all for ``None``) of each block as float32 CSR."""
+    n_out = lognorm_full.shape[1] if keep is None else len(keep)
+    return lognorm_full.map_blocks(
+        sparse_columns,
+        keep,
+        dtype=np.float32,
+        chunks=(lognorm_full.chunks[0], (n_out,)),
+        meta=sp.csr_matrix((0, 0), dtype=np.float32),
+    )
+
+
 def mean_std(X: da.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Per-gene mean and std of dense dask ``X``, bit-identical to :func:`._chunked.mean_std` on ``X`` in memory.
+    """Per-gene mean and std of dask ``X`` (dense or CSR blocks), bit-identical to :func:`._chunked.mean_std` on ``X`` in memory.
 
     Each pass is one graph: the blocks are computed in parallel, their rows added to a float64 accumulator
     in cell order (a chain of small tasks), so no block-wise re-association changes a bit.

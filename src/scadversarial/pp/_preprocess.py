@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -13,6 +14,7 @@ from .._docs import doc_copy, doc_params, doc_returns_copy
 from .._settings import logger
 from .._validate import (
     check_adata,
+    check_choice,
     check_finite,
     check_nonnegative,
     get_matrix,
@@ -21,14 +23,25 @@ from .._validate import (
     set_record,
     uns_root,
 )
-from . import _dask
-from ._chunked import dense_columns, mean_std, scale_into
+from . import _backed, _dask
+from ._chunked import dense_columns, mean_std, scale_into, sparse_columns
+
+Output = Literal["scaled", "lognorm"]
+
+#: Stored values (rows of a dense matrix) read to tell counts from log-normalized data: enough to meet a
+#: non-integer value in any log-normalized matrix, few enough to cost nothing beside the whole matrix.
+COUNTS_SAMPLE = 200_000
 
 
 def _looks_like_counts(X) -> bool:
     data = X.data if sp.issparse(X) else np.asarray(X)
-    sample = data[: min(data.size, 200_000)]
+    sample = data[: min(data.size, COUNTS_SAMPLE)]
     return bool(np.all(sample == np.round(sample)))
+
+
+def _summary(n_bad: int, low: float) -> np.ndarray:
+    """A small array with ``n_bad`` non-finite values and minimum ``low``: all the shared checks read."""
+    return np.array([np.nan] * n_bad + [low if np.isfinite(low) else 0.0])
 
 
 def _check_not_scaled(M) -> None:
@@ -42,31 +55,75 @@ def _check_not_scaled(M) -> None:
         raise ValueError(msg)
 
 
+def _check_sign(summary, where: str, *, already_log: bool) -> None:
+    """Counts must be non-negative; log-normalized data must not be scaled (negative) already."""
+    if already_log:
+        _check_not_scaled(summary)
+    else:
+        check_nonnegative(summary, where)
+
+
 def _check_input(M, where: str, *, already_log: bool | None, uns_log: bool) -> bool:
     """Check the input matrix (finite; counts non-negative; log data not scaled); return ``already_log``.
 
     ``None`` decides from the data: ``uns_log`` (``uns['log1p']`` set for ``X``) or non-integer values mean
     log-normalized. A dask matrix is summarized in one pass over its blocks (its non-finite values and
     minimum, which is all the shared checks read) and its first block is the counts-or-log sample.
+    A backed matrix is only sampled here; it is checked while it is read (:func:`._backed.lognorm`).
     """
+    if _backed.is_backed(M):
+        return (
+            bool(already_log) if already_log is not None else uns_log or not _backed.looks_like_counts(M, COUNTS_SAMPLE)
+        )
     if _dask.is_dask(M):
-        n_bad, low = _dask.summarize(M)
-        summary = np.array([np.nan] * n_bad + [low])
+        summary = _summary(*_dask.summarize(M))
         sample = _dask.first_block(M)
     else:
         summary = sample = M
-    check_finite(summary, where)
+    check_finite(summary, where)  # before the sample is read: a NaN is reported as such
     if already_log is None:
         already_log = uns_log or not _looks_like_counts(sample)
-    if already_log:
-        _check_not_scaled(summary)
-    else:
-        check_nonnegative(summary, where)
+    _check_sign(summary, where, already_log=bool(already_log))
     return bool(already_log)
 
 
+def _lognorm_full(M, where: str, *, already_log: bool, target_sum: float):
+    """The log-normalized matrix of all genes: lazily for dask, read by chunks when backed, else in memory."""
+    if _dask.is_dask(M):
+        return _dask.lognorm(M, already_log=already_log, target_sum=target_sum)
+    if _backed.is_backed(M):
+        lognorm, n_bad, low = _backed.lognorm(M, already_log=already_log, target_sum=target_sum)
+        summary = _summary(n_bad, low)
+        check_finite(summary, where)
+        _check_sign(summary, where, already_log=already_log)
+        return lognorm
+    import scanpy as sc
+
+    work = AnnData(M.astype(np.float32) if sp.issparse(M) else M.copy())
+    if not already_log:
+        sc.pp.normalize_total(work, target_sum=target_sum)
+        sc.pp.log1p(work)
+    return work.X
+
+
+def _check_backed(adata: AnnData, layer: str | None, *, copy: bool) -> None:
+    """Raise when backed ``adata`` cannot be preprocessed as asked: its ``X`` cannot be written in place."""
+    if not adata.isbacked:
+        return
+    if not copy:
+        msg = (
+            f"adata is backed (opened with backed='r' from {str(adata.filename)!r}) and preprocess cannot write "
+            "into the file. Use `sad.pp.preprocess(adata, copy=True)` (reads X by chunks of cells and returns "
+            "an in-memory AnnData; `output='lognorm'` keeps it sparse), or read X lazily as a dask array with "
+            "`anndata.experimental.read_elem_lazy` and preprocess that."
+        )
+        raise ValueError(msg)
+    if layer is None:
+        _backed.check_readable(adata.X)
+
+
 @doc_params(doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
-def preprocess(
+def preprocess(  # noqa: PLR0913  scanpy's recipe options, reference, output and copy; grouping them would churn every caller
     adata: AnnData,
     *,
     layer: str | None = None,
@@ -77,6 +134,7 @@ def preprocess(
     max_value: float | None = 10.0,
     subset: bool = True,
     reference: AnnData | None = None,
+    output: Output = "scaled",
     copy: bool = False,
 ) -> AnnData | None:
     """Normalize, log-transform, select highly variable genes and scale, as the seed pipeline.
@@ -84,14 +142,24 @@ def preprocess(
     Steps: :func:`scanpy.pp.normalize_total` to ``target_sum``, :func:`scanpy.pp.log1p`, the top
     ``n_top_genes`` highly variable genes (:func:`scanpy.pp.highly_variable_genes`), and per-gene
     scaling to zero mean and unit variance clipped at ``max_value``. Data that are already
-    log-normalized skip the first two steps.
+    log-normalized skip the first two steps. With ``output='lognorm'`` the scaling statistics are
+    computed but not applied: ``X`` stays the sparse log-normalized values, and the classifier scales
+    them on the fly (its input transform), so no dense cells x genes matrix is ever made.
 
     Memory: besides the outputs, one float32 copy of the input's non-zeros (the log-normalized matrix, kept
-    in ``.raw``) and chunk-sized temporaries: statistics and scaling run by chunks of cells, with the values
-    of whole-matrix numpy operations bit for bit. A dask ``X`` (or ``layer``), e.g. from
-    :func:`anndata.experimental.read_elem_lazy`, is processed block by block of cells, also on a
-    ``dask.distributed`` cluster: the outputs are dask arrays that compute to the in-memory outputs, and only
-    per-gene statistics are computed here. A backed AnnData must be loaded first (``adata.to_memory()``).
+    in ``.raw``), scanpy's temporary copy of it for the gene selection, and chunk-sized temporaries:
+    statistics, scaling and densifying run by chunks of cells, with the values of whole-matrix numpy
+    operations bit for bit. The outputs are, per cell, 8 bytes per kept gene for each dense matrix
+    (``output='scaled'``: ``X`` and ``.layers['sad_lognorm']``), or about 8 bytes per stored value of the
+    kept genes for the sparse ``X`` (``output='lognorm'``, shared with ``.layers['sad_lognorm']``), plus the
+    counts of the kept genes and ``.raw``.
+
+    A dask ``X`` (or ``layer``), e.g. from :func:`anndata.experimental.read_elem_lazy`, is processed block
+    by block of cells, also on a ``dask.distributed`` cluster: the outputs are dask arrays that compute to
+    the in-memory outputs (``output='lognorm'``: CSR blocks), and only per-gene statistics are computed here.
+    A backed AnnData (``anndata.read_h5ad(path, backed='r')``) needs ``copy=True``: ``X`` is read from the
+    file by chunks of cells (the counts are never all in memory) and an in-memory AnnData with the
+    outputs is returned, equal to the in-memory result bit for bit (its ``.raw`` is not carried over).
 
     Parameters
     ----------
@@ -116,6 +184,9 @@ def preprocess(
     reference
         A preprocessed AnnData whose genes, per-gene mean/std and parameters are reused, so that
         new data are scaled exactly like the training data.
+    output
+        What ``X`` holds: ``'scaled'``, the dense scaled values; ``'lognorm'``, the sparse
+        log-normalized values (bounded memory for large data; the scaling is applied by the classifier).
     {doc_copy}
 
     Returns
@@ -123,17 +194,18 @@ def preprocess(
     {doc_returns_copy} Sets:
 
     ``.X``
-        Scaled values (float32, dense).
+        ``output='scaled'``: scaled values (float32, dense). ``output='lognorm'``: log-normalized
+        values of the kept genes (float32 CSR), the same object as ``.layers['sad_lognorm']``.
     ``.raw``
         All genes, log-normalized (when ``subset=True``).
     ``.layers['counts']``
         Raw counts of the kept genes (when the input held counts).
     ``.layers['sad_lognorm']``
-        Log-normalized values of the kept genes.
+        Log-normalized values of the kept genes (float32; dense for ``output='scaled'``).
     ``.var['sad_mean']``, ``.var['sad_std']``, ``.var['highly_variable']``
-        Scaling statistics and the gene selection.
+        Scaling statistics (the same for both outputs) and the gene selection.
     ``.uns['sad']['preprocess']``
-        Parameters of this call.
+        Parameters of this call; ``['params']['output']`` says what ``X`` holds.
 
     Examples
     --------
@@ -142,6 +214,19 @@ def preprocess(
     >>> sad.pp.preprocess(adata, n_top_genes=500)
     >>> adata.layers["sad_lognorm"].shape
     (700, 500)
+
+    Sparse log-normalized ``X`` for large data; the scaled values are ``X`` scaled with the statistics:
+
+    >>> adata = sad.datasets.pbmc68k_reduced()
+    >>> sad.pp.preprocess(adata, n_top_genes=500, output="lognorm")
+    >>> adata.X.format, adata.X is adata.layers["sad_lognorm"], adata.uns["sad"]["preprocess"]["params"]["output"]
+    ('csr', True, 'lognorm')
+
+    A backed ``.h5ad``, read by chunks of cells into an in-memory result:
+
+    >>> import anndata as ad  # doctest: +SKIP
+    >>> backed = ad.read_h5ad("pbmc3k.h5ad", backed="r")  # doctest: +SKIP
+    >>> adata = sad.pp.preprocess(backed, output="lognorm", copy=True)  # doctest: +SKIP
 
     With dask (the ``dask`` extra), blocks of cells read lazily from an ``.h5ad``:
 
@@ -153,9 +238,18 @@ def preprocess(
     dask.array<...>
 
     """
-    check_adata(adata)
-    M = get_matrix(adata, layer, dense=False, check=False)  # checked once, just below
-    lazy = _dask.is_dask(M)
+    check_adata(adata, allow_backed=True)
+    output = check_choice("output", output, Output)
+    _check_backed(adata, layer, copy=copy)
+    if adata.isbacked:  # the file's X is read by chunks below; everything else is copied to memory
+        source = adata.X if layer is None else None
+        adata = _backed.in_memory_shell(adata)
+        M = source if source is not None else get_matrix(adata, layer, dense=False, check=False)
+    else:
+        M = get_matrix(adata, layer, dense=False, check=False)  # checked once, just below
+        if copy:
+            adata = adata.copy()
+    lazy, backed = _dask.is_dask(M), _backed.is_backed(M)
     already_log = _check_input(
         M, matrix_name(layer), already_log=already_log, uns_log=("log1p" in adata.uns and layer is None)
     )
@@ -171,27 +265,16 @@ def preprocess(
 
     import scanpy as sc
 
-    if copy:
-        adata = adata.copy()
-    # Memory: the input, its float32 log-normalized copy (-> .raw) and, at the end, the two dense outputs.
-    # No other full-size copy: counts are read from the input after the gene subset, statistics and scaling
-    # run by chunks of cells (``_chunked``), bit-identical to the whole-matrix numpy operations.
+    # Memory: the input, its float32 log-normalized copy (-> .raw) and, at the end, the outputs. No other
+    # full-size copy: counts are read from the input after the gene subset, statistics and scaling run by
+    # chunks of cells (``_chunked``), bit-identical to the whole-matrix numpy operations.
     # Dask input: the same steps block by block of cells, lazily (``_dask``); only per-gene statistics are computed.
-    if lazy:
-        work = AnnData(
-            _dask.lognorm(M, already_log=already_log, target_sum=target_sum),
-            obs=adata.obs[[]].copy(),
-            var=adata.var[[]].copy(),
-        )
-    else:
-        work = AnnData(
-            M.astype(np.float32) if sp.issparse(M) else M.copy(),
-            obs=adata.obs[[]].copy(),
-            var=adata.var[[]].copy(),
-        )
-        if not already_log:
-            sc.pp.normalize_total(work, target_sum=target_sum)
-            sc.pp.log1p(work)
+    # Backed input: X read by chunks of cells (``_backed``); the counts are never all in memory.
+    work = AnnData(
+        _lognorm_full(M, matrix_name(layer), already_log=already_log, target_sum=target_sum),
+        obs=adata.obs[[]].copy(),
+        var=adata.var[[]].copy(),
+    )
 
     if reference is not None:
         genes = reference.var_names
@@ -221,9 +304,12 @@ def preprocess(
             "n_genes_kept": int(len(genes)),
         }
         mean = std = None
+    params["output"] = output  # also over a reference's: the marker of what this X holds
 
     lognorm_full = work.X
-    del work, M  # the input is released as soon as adata's own matrix is subset below
+    del work  # the input is released as soon as adata's own matrix is subset below
+    if not backed:
+        del M
     keep = None  # columns of lognorm_full kept; None: all
     if subset or reference is not None:
         if subset:
@@ -231,16 +317,17 @@ def preprocess(
         keep = adata.var_names.get_indexer(genes)
         adata._inplace_subset_var(keep)  # also subsets the input matrix: its kept genes are the counts
         gc.collect(1)  # the subset leaves the full input in young reference cycles: free it before the dense outputs
-    counts = None
-    if not already_log:
-        counts = get_matrix(adata, layer, dense=False, check=False)
-        if lazy:
-            counts = _dask.counts(counts)
-        elif sp.issparse(counts):  # float32 CSR as before; a new object unless adata.X (replaced below) held it
-            counts = sp.csr_matrix(counts, dtype=np.float32, copy=layer is not None)
-        else:
-            counts = np.array(counts) if layer is not None else np.asarray(counts)
-    if lazy:
+    counts = None if already_log else _kept_counts(adata, layer, M if backed else None, keep, lazy=lazy)
+    if backed:
+        del M
+    if output == "lognorm":
+        lognorm = _dask.sparse(lognorm_full, keep) if lazy else sparse_columns(lognorm_full, keep)
+        del lognorm_full  # .raw holds it (subset=True); else it is replaced by the sparse X
+        if mean is None:
+            mean, std = _dask.mean_std(lognorm) if lazy else mean_std(lognorm)
+        adata.X = lognorm
+        lognorm = adata.X  # X and the layer: one object
+    elif lazy:
         lognorm = _dask.dense(lognorm_full, keep)
         if mean is None:
             mean, std = _dask.mean_std(lognorm)
@@ -260,3 +347,15 @@ def preprocess(
     set_record(adata, _keys.STEP_PREPROCESS, params={**params, "max_value": -1 if max_value is None else max_value})
     logger.info("preprocess: %d cells x %d genes", adata.n_obs, adata.n_vars)
     return adata if copy else None
+
+
+def _kept_counts(adata: AnnData, layer: str | None, backed_X, keep: np.ndarray | None, *, lazy: bool):
+    """The counts layer: the input's kept genes (adata is subset already; a backed X is read again by chunks)."""
+    if backed_X is not None:
+        return _backed.kept_counts(backed_X, keep)
+    counts = get_matrix(adata, layer, dense=False, check=False)
+    if lazy:
+        return _dask.counts(counts)
+    if sp.issparse(counts):  # float32 CSR as before; a new object unless adata.X (replaced below) held it
+        return sp.csr_matrix(counts, dtype=np.float32, copy=layer is not None)
+    return np.array(counts) if layer is not None else np.asarray(counts)
