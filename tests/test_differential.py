@@ -292,10 +292,15 @@ def test_cgd_fast_equals_plain(real, case, opts):
         "stop_at_switch": opts.stop_at_switch,
     }
     X, rows = (built.X, built.rows) if opts.rows else (built.X[built.rows], None)
-    out = {
-        method: cgd_search(built.adapter(), X, genes, method=method, rows=rows, **kw) for method in ("plain", "fast")
-    }
+    adapters = {method: built.adapter() for method in ("plain", "fast")}
+    out = {method: cgd_search(fn, X, genes, method=method, rows=rows, **kw) for method, fn in adapters.items()}
     plain, fast = out["plain"], out["fast"]
+    # plain asks one call per question: the start, each visited gene's trial, each commit, and the final cluster
+    # unless it stopped at the switch (the R package's calls); fast at most as many
+    stopped = opts.stop_at_switch and plain.switched
+    questions = 1 + plain.n_genes_visited + len(plain.modified_genes) + (not stopped)
+    assert adapters["plain"].n_calls == questions
+    assert adapters["fast"].n_calls <= questions
     np.testing.assert_array_equal(fast.X, plain.X)
     assert fast.X.dtype == plain.X.dtype
     assert fast.modified_genes == plain.modified_genes

@@ -48,14 +48,19 @@ def cgd_search_copying(
 
     Parameters
     ----------
-    proba_fn, X, genes
-        As in :func:`~scadversarial.attacks.cgd.cgd_search`.
+    proba_fn
+        ``proba_fn(X) -> probabilities``, the classifier the search asks.
+    X
+        The matrix that holds the cluster's cells (its rows ``search['rows']``).
+    genes
+        Gene indices, in the order the search visits them.
     src
         The matrix to copy (a float32 array: see :func:`copies_aside`).
     where
         The matrix's name in the error a NaN or infinite value of the copy raises.
     search
-        The search's keyword arguments.
+        The keyword arguments of :func:`~scadversarial.attacks.cgd.cgd_search` (step sizes, targets, ``method``,
+        ``rows``).
 
     Returns
     -------

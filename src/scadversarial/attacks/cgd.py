@@ -10,11 +10,14 @@ the original type (class order breaks ties; with a single predicted type, the cl
 probability). The search stops when more cells are called the new target than the original type
 (unless ``stop_at_switch=False``).
 
-``method='plain'`` classifies the whole cluster twice per gene (trial, then committed state), like the
-R package. ``method='fast'`` classifies once per gene, only the rows that can change: the trial rows
-of this gene stacked with the rows of the previous gene's cells that took the opposite step (the
-cells that took the trial step already have their probabilities). Per-cell classifiers give both
-methods the same result.
+The search is encoded once (:func:`_search`); the methods differ only in how they answer its two questions
+per gene: the trial's probabilities, and the committed cluster's. ``method='plain'`` (:class:`_OneByOne`)
+answers each with one classifier call on the whole cluster: two calls per gene with committed steps, one per
+gene without, one at the start and one on the final cluster unless the search stopped at the switch, as the
+R package. ``method='fast'`` (:class:`_Stacked`) makes one call per gene, on the rows that can change: the
+trial rows of the next gene stacked with the rows of this gene's cells that took the opposite step (the cells
+that took the trial step already have their probabilities). Per-cell classifiers give both methods the same
+result.
 """
 
 from __future__ import annotations
@@ -80,27 +83,20 @@ class CGDResult:
 
 
 @dataclass(frozen=True)
-class _Steps:
-    """The search's fixed settings: step sizes, the original call, the excluded targets and when to stop."""
+class _Sizes:
+    """The step sizes: ``x -> (1 + alpha*sign(x))*x + epsilon`` and its opposite."""
 
     alpha: float
     epsilon: float
-    orig: int
-    excl: tuple[int, ...]
-    stop_at_switch: bool
 
 
 @dataclass(frozen=True)
-class _WorkBuffer:
-    """The fast search's one buffer.
+class _Steps:
+    """The search's fixed settings: the original call, the excluded targets and when to stop."""
 
-    Rows ``[0, n)`` are the matrix being modified, the rows after them the stacked rows of each call
-    (``block`` rows per forward pass of the classifier).
-    """
-
-    W: np.ndarray
-    n: int
-    block: int
+    orig: int
+    excl: tuple[int, ...]
+    stop_at_switch: bool
 
 
 def _choose_new_target(counts: np.ndarray, P: np.ndarray, orig: int, excl: Sequence[int]) -> int:
@@ -119,9 +115,9 @@ def _choose_new_target(counts: np.ndarray, P: np.ndarray, orig: int, excl: Seque
     return int(order[0])
 
 
-def _step(x: np.ndarray, alpha: float, epsilon: float, sign: int) -> np.ndarray:
+def _step(x: np.ndarray, sizes: _Sizes, sign: int) -> np.ndarray:
     """``(1 + sign*alpha*sign(x))*x + sign*epsilon``."""
-    return (1 + sign * alpha * np.sign(x)) * x + sign * epsilon
+    return (1 + sign * sizes.alpha * np.sign(x)) * x + sign * sizes.epsilon
 
 
 def _mean(x: np.ndarray) -> float:
@@ -184,7 +180,8 @@ def cgd_search(
     stop_at_switch
         Stop as soon as the new target is called for more cells than the original type.
     method
-        ``'fast'`` (one call per gene, changed rows only) or ``'plain'`` (two calls per gene, whole cluster).
+        ``'fast'`` (one call per gene, changed rows only) or ``'plain'`` (one call per question on the whole
+        cluster: two per gene, as the R package).
     rows
         Indices (``0 <= i < len(X_target)``) of the cluster's cells among the rows of ``X_target`` (default: all
         its rows, in order). They are copied straight into the search's own matrix: a large ``X_target`` is not
@@ -205,44 +202,20 @@ def cgd_search(
         if rows.dtype.kind not in "iu" or (len(rows) and not 0 <= rows.min() <= rows.max() < len(X_target)):
             msg = f"rows must be indices 0 <= i < {len(X_target)} of rows of X_target."
             raise IndexError(msg)
-    n = X_target.shape[0] if rows is None else len(rows)
-    if method == "plain":
-        M = np.array(X_target, dtype=dtype, copy=True) if rows is None else X_target[rows].astype(dtype, copy=False)
-        check_finite(M, _WHERE)
-        P = np.asarray(proba_fn(M))
-    else:
-        # one work buffer: rows [0, n) are the matrix being modified (``res.X`` is a view of them), the rows after
-        # them hold the stacked rows of each call; calls take whole blocks of rows, so nothing is padded or copied.
-        # Rows past n are set when first classified (np.empty: no pass over the whole buffer, no page never used)
-        block = _block_rows(proba_fn)
-        W = np.empty((_whole_blocks(2 * n, block), X_target.shape[1]), dtype=dtype)
-        M = W[:n]
-        if rows is None:
-            M[...] = X_target
-        elif X_target.dtype == dtype and X_target.flags.c_contiguous:  # (rows checked above: clip = raise, unbuffered)
-            np.take(X_target, rows, axis=0, out=M, mode="clip")
-        else:
-            M[...] = X_target[rows]
-        check_finite(M, _WHERE)
-        ready = _whole_blocks(n, block)
-        W[n:ready] = 0
-        P = np.asarray(_classify(proba_fn, W[:ready], n))[:n]
+    answers = _OneByOne if method == "plain" else _Stacked
+    ask = answers(proba_fn, X_target, rows, dtype, _Sizes(alpha=alpha, epsilon=epsilon))
+    P = ask.start()
     types = P.argmax(axis=1)
-    K = P.shape[1]
-    counts = np.bincount(types, minlength=K)
+    counts = np.bincount(types, minlength=P.shape[1])
     orig = int(counts.argmax())
     excl = tuple(int(e) for e in exclude_new_targets)
     new = int(new_target) if new_target is not None else _choose_new_target(counts, P, orig, excl)
-    steps = _Steps(alpha=alpha, epsilon=epsilon, orig=orig, excl=excl, stop_at_switch=stop_at_switch)
-    res = CGDResult(X=M, orig_call=orig, orig_types=types.copy())
+    steps = _Steps(orig=orig, excl=excl, stop_at_switch=stop_at_switch)
+    res = CGDResult(X=ask.X, orig_call=orig, orig_types=types.copy())
     res.summary.append(_summary_row(0, -1, 0, types, counts, P, orig, new))
-    # progress: genes visited (one classifier call each); the search may stop early, at the switch
+    # progress: genes visited; the search may stop early, at the switch
     with progress(total=len(genes), desc="CGD", unit="gene") as bar:
-        if method == "plain":
-            _plain(proba_fn, M, genes, P=P, types=types, new=new, steps=steps, res=res, bar=bar)
-        else:
-            buf = _WorkBuffer(W, n, block)
-            _fast(proba_fn, buf, genes, ready=ready, P=P, types=types, new=new, steps=steps, res=res, bar=bar)
+        _search(ask, genes, P=P, types=types, new=new, steps=steps, res=res, bar=bar)
     return res
 
 
@@ -271,15 +244,9 @@ def _after_commit(P, types, steps: _Steps, *, order: int, gene: int, n_mod: int,
     return new, stop
 
 
-def _finish(res, P, types, orig, new) -> None:
-    res.new_target = new
-    res.types = types
-    res.switched = bool((types == new).sum() > (types == orig).sum())
-
-
-def _plain(proba_fn, M, genes, *, P, types, new: int, steps: _Steps, res: CGDResult, bar) -> None:
-    """Two classifier calls per gene on the whole cluster (the trial, then the committed state), as the R package."""
-    alpha, epsilon, orig = steps.alpha, steps.epsilon, steps.orig
+def _search(ask: _OneByOne, genes: list[int], *, P, types, new: int, steps: _Steps, res: CGDResult, bar) -> None:
+    """The CGD search, the one encoding of both methods: ``ask`` answers its questions (see the module docstring)."""
+    orig = steps.orig
     stopped = False
     for i, g in enumerate(genes, start=1):
         cells = np.flatnonzero(types != new)
@@ -287,98 +254,169 @@ def _plain(proba_fn, M, genes, *, P, types, new: int, steps: _Steps, res: CGDRes
             break
         res.n_genes_visited = i
         bar.update(1)
-        T = M.copy()
-        T[cells, g] = _step(M[cells, g], alpha, epsilon, +1)
-        Pt = np.asarray(proba_fn(T))
+        Pt = ask.trial(g, cells)
         d_new = Pt[cells, new] - P[cells, new]
         d_or = Pt[cells, orig] - P[cells, orig]
         plus, minus = cells[d_new > d_or], cells[d_new < d_or]
         if len(plus) + len(minus) == 0:
-            row = dict(res.summary[-1], order=i, gene=g, n_modified_cells=0)
-            res.summary.append(row)
+            ask.reject(g)
+            res.summary.append(dict(res.summary[-1], order=i, gene=g, n_modified_cells=0))
             continue
         res.modified_genes.append(g)
-        M[plus, g] = _step(M[plus, g], alpha, epsilon, +1)
-        M[minus, g] = _step(M[minus, g], alpha, epsilon, -1)
-        P = np.asarray(proba_fn(M))
+        P = ask.commit(g, plus, minus, P=P, Pt=Pt, next_gene=genes[i] if i < len(genes) else None)
         types = P.argmax(axis=1)
         new, stopped = _after_commit(P, types, steps, order=i, gene=g, n_mod=len(plus) + len(minus), res=res)
         if stopped:
             break
-    if not stopped:
-        P = np.asarray(proba_fn(M))  # final classification, as the R package
-        types = P.argmax(axis=1)
-    _finish(res, P, types, orig, new)
+    P = ask.end(P, stopped=stopped)
+    types = P.argmax(axis=1)
+    res.new_target = new
+    res.types = types
+    res.switched = bool((types == new).sum() > (types == orig).sum())
 
 
-def _fast(
-    proba_fn, buf: _WorkBuffer, genes, *, ready: int, P, types, new: int, steps: _Steps, res: CGDResult, bar
-) -> None:
-    """One classifier call per gene, on the rows that can change (see the module docstring)."""
-    W, n, block = buf.W, buf.n, buf.block
-    alpha, epsilon, orig = steps.alpha, steps.epsilon, steps.orig
-    # rows [0, n) of the work buffer W are the committed matrix itself (a trial steps a column in place, then the
-    # committed column, or the unchanged one, replaces it), rows [n, n + #opposite) the previous gene's cells that
-    # took the opposite step; rows [0, ready) hold values (rows past the stacked ones are classified with their
-    # block, their outputs dropped)
-    P = P.copy()
-    X = W[:n]
-    pending = None  # (gene index i, gene, plus cells, minus cells, trial probabilities of the plus cells)
-    i = 0
-    while True:
-        g = genes[i] if i < len(genes) else None
-        n_minus = 0 if pending is None else len(pending[3])
-        if n_minus:  # committed opposite steps of the previous gene, gathered without a temporary
-            np.take(X, pending[3], axis=0, out=W[n : n + n_minus], mode="clip")  # (valid indices: clip = raise)
-        if g is None and not n_minus:
-            if pending is None:
-                break
-            out_t, out_m = None, np.zeros((0, P.shape[1]))
-        elif g is None:
-            out_t, out_m = None, np.asarray(proba_fn(W[n : n + n_minus]))  # (only after the last gene)
-        else:  # trial of this gene on every cell; only the cells not called the new target are used
-            called = _whole_blocks(n + n_minus, block)
-            if called > ready:
-                W[max(ready, n + n_minus) : called] = 0
-                ready = called
-            col = X[:, g].copy()
-            trial = _step(col, alpha, epsilon, +1)
-            X[:, g] = trial  # until the committed column replaces it (or col is put back)
-            out = np.asarray(_classify(proba_fn, W[:called], n + n_minus))
-            out_t, out_m = out[:n], out[n : n + n_minus]
-        if pending is not None:
-            pi, pg, plus, minus, P_plus = pending
-            P[plus] = P_plus
-            if len(minus):
-                P[minus] = out_m
-            types = P.argmax(axis=1)
-            new, stop = _after_commit(P, types, steps, order=pi, gene=pg, n_mod=len(plus) + len(minus), res=res)
-            pending = None
-            if stop:
-                if g is not None:
-                    X[:, g] = col
-                break
-        if g is None:
-            break
-        i += 1
-        cells = np.flatnonzero(types != new)
-        if len(cells) == 0:
-            X[:, g] = col
-            break
-        res.n_genes_visited = i
-        bar.update(1)
-        d_new = out_t[:, new][cells] - P[:, new][cells]
-        d_or = out_t[:, orig][cells] - P[:, orig][cells]
-        plus, minus = cells[d_new > d_or], cells[d_new < d_or]
-        if len(plus) + len(minus) == 0:
-            X[:, g] = col
-            res.summary.append(dict(res.summary[-1], order=i, gene=g, n_modified_cells=0))
-            continue
-        res.modified_genes.append(g)
+class _OneByOne:
+    """Answers each question with one classifier call on the whole cluster (``method='plain'``, the R package's calls).
+
+    A trial classifies a copy of the cluster with the step on the asked cells, a commit the committed cluster, and
+    a search that did not stop at the switch ends with a last call on the final cluster, as the R package.
+    """
+
+    def __init__(self, proba_fn, X_target: np.ndarray, rows: np.ndarray | None, dtype, sizes: _Sizes) -> None:
+        self.proba_fn, self.sizes = proba_fn, sizes
+        X = np.array(X_target, dtype=dtype, copy=True) if rows is None else X_target[rows].astype(dtype, copy=False)
+        check_finite(X, _WHERE)
+        self.X = X  # the matrix being modified
+
+    def start(self) -> np.ndarray:
+        """Probabilities of the unmodified cluster."""
+        return np.asarray(self.proba_fn(self.X))
+
+    def trial(self, g: int, cells: np.ndarray) -> np.ndarray:
+        """Probabilities of the cluster with the trial step of gene ``g`` on ``cells`` (only their rows are read)."""
+        T = self.X.copy()
+        T[cells, g] = _step(self.X[cells, g], self.sizes, +1)
+        return np.asarray(self.proba_fn(T))
+
+    def reject(self, g: int) -> None:
+        """The trial of gene ``g`` changed no cell: nothing to undo (it classified a copy)."""
+
+    def commit(self, g: int, plus, minus, *, P, Pt, next_gene: int | None) -> np.ndarray:
+        """Commit gene ``g``'s steps (trial on ``plus``, opposite on ``minus``); the committed cluster's probabilities.
+
+        ``P`` and ``Pt`` (the probabilities before and under the trial) and ``next_gene`` (the gene whose trial
+        comes next, None after the last) are what a faster answer can use; one call on the whole cluster needs none.
+        """
+        del P, Pt, next_gene
+        X = self.X
+        X[plus, g] = _step(X[plus, g], self.sizes, +1)
+        X[minus, g] = _step(X[minus, g], self.sizes, -1)
+        return np.asarray(self.proba_fn(X))
+
+    def end(self, P: np.ndarray, *, stopped: bool) -> np.ndarray:
+        """The final probabilities: classified once more unless the search stopped at the switch, as the R package."""
+        return P if stopped else np.asarray(self.proba_fn(self.X))
+
+
+class _Stacked(_OneByOne):
+    """Answers a gene's trial and the previous gene's commit in one call, on the rows that can change (``'fast'``).
+
+    One work buffer ``W``: rows ``[0, n)`` are the matrix being modified (``res.X`` is a view of them), the rows
+    after them hold the stacked rows of a call; calls take whole blocks of rows (``block`` per forward pass of the
+    classifier), so nothing is padded or copied. A trial steps the gene's whole column in place (only the asked
+    cells' rows are read), then the committed column, or the unchanged one, replaces it. A commit needs new
+    probabilities only for the cells that took the opposite step (those that took the trial step have theirs from
+    the trial, the others are unchanged): their rows are stacked after the next gene's trial, answered ahead in the
+    same call. Per-cell classifiers give the same probabilities as one call on the whole cluster.
+    """
+
+    def __init__(self, proba_fn, X_target: np.ndarray, rows: np.ndarray | None, dtype, sizes: _Sizes) -> None:
+        self.proba_fn, self.sizes = proba_fn, sizes
+        n = X_target.shape[0] if rows is None else len(rows)
+        self.n, self.block = n, _block_rows(proba_fn)
+        # rows past n are set when first classified (np.empty: no pass over the whole buffer, no page never used)
+        W = np.empty((_whole_blocks(2 * n, self.block), X_target.shape[1]), dtype=dtype)
+        X = W[:n]
+        if rows is None:
+            X[...] = X_target
+        elif X_target.dtype == dtype and X_target.flags.c_contiguous:  # (rows checked: clip = raise, unbuffered)
+            np.take(X_target, rows, axis=0, out=X, mode="clip")
+        else:
+            X[...] = X_target[rows]
+        check_finite(X, _WHERE)
+        self.W, self.X = W, X
+        self.ready = 0  # rows [0, ready) of W hold values
+        self.open: tuple[int, np.ndarray, np.ndarray] | None = None  # (gene, unmodified column, trial column)
+        self.ahead: np.ndarray | None = None  # the probabilities of the open trial, answered ahead
+
+    def _zero_to(self, called: int, filled: int) -> None:
+        """Rows ``[0, called)`` of ``W`` hold values: rows ``[filled, called)`` not yet set are zeroed."""
+        if called > self.ready:
+            self.W[max(self.ready, filled) : called] = 0
+            self.ready = called
+
+    def start(self) -> np.ndarray:
+        """Probabilities of the unmodified cluster (a copy: the commits write into it)."""
+        n = self.n
+        called = _whole_blocks(n, self.block)
+        self._zero_to(called, n)
+        return np.asarray(_classify(self.proba_fn, self.W[:called], n))[:n].copy()
+
+    def _call(self, g: int, n_stacked: int) -> np.ndarray:
+        """One call: gene ``g``'s trial on every row, and the ``n_stacked`` rows after them (set by the caller)."""
+        n, X = self.n, self.X
+        called = _whole_blocks(n + n_stacked, self.block)
+        self._zero_to(called, n + n_stacked)
+        col = X[:, g].copy()
+        trial = _step(col, self.sizes, +1)
+        X[:, g] = trial  # until the committed column replaces it (or col is put back)
+        self.open = (g, col, trial)
+        return np.asarray(_classify(self.proba_fn, self.W[:called], n + n_stacked))
+
+    def trial(self, g: int, cells: np.ndarray) -> np.ndarray:
+        """Probabilities of every row with the trial step of gene ``g`` (answered ahead when the last gene committed)."""
+        del cells
+        if self.ahead is not None:
+            out, self.ahead = self.ahead, None
+            return out
+        return self._call(g, 0)[: self.n]
+
+    def reject(self, g: int) -> None:
+        """Put back gene ``g``'s unmodified column."""
+        self.X[:, g] = self.open[1]
+        self.open = None
+
+    def commit(self, g: int, plus, minus, *, P, Pt, next_gene: int | None) -> np.ndarray:
+        """Commit gene ``g``'s steps; ``P`` updated in place to the committed cluster's probabilities.
+
+        The rows of ``minus`` are classified stacked after ``next_gene``'s trial, whose answer waits for
+        :meth:`trial`.
+        """
+        n, X, W = self.n, self.X, self.W
+        _, col, trial = self.open
+        self.open = None
         # the committed column: the trial step where it helped (elementwise: the same values), the opposite step
         # where it hurt
         col[plus] = trial[plus]
-        col[minus] = _step(col[minus], alpha, epsilon, -1)
+        col[minus] = _step(col[minus], self.sizes, -1)
         X[:, g] = col
-        pending = (i, g, plus, minus, out_t[plus])
-    _finish(res, P, types, orig, new)
+        P[plus] = Pt[plus]
+        n_minus = len(minus)
+        if n_minus:  # the committed rows of the opposite steps, gathered without a temporary (before the next trial)
+            np.take(X, minus, axis=0, out=W[n : n + n_minus], mode="clip")  # (valid indices: clip = raise)
+        if next_gene is not None:
+            out = self._call(next_gene, n_minus)
+            self.ahead = out[:n]
+            if n_minus:
+                P[minus] = out[n : n + n_minus]
+        elif n_minus:  # (only after the last gene)
+            P[minus] = np.asarray(self.proba_fn(W[n : n + n_minus]))
+        return P
+
+    def end(self, P: np.ndarray, *, stopped: bool) -> np.ndarray:
+        """The final probabilities (those of the last commit); a trial answered ahead and not asked is undone."""
+        del stopped
+        if self.open is not None:
+            self.X[:, self.open[0]] = self.open[1]
+            self.open = self.ahead = None
+        return P
