@@ -164,6 +164,21 @@ def test_cgd_no_stop_runs_all_genes(lr_oracle):
     np.testing.assert_array_equal(out["plain"].X, out["fast"].X)
 
 
+def test_cgd_nothing_to_do_asks_no_trial(lr_oracle):
+    """Every cell already called the new target: no gene is visited, and no trial is classified."""
+    P = lr_oracle["proba"](lr_oracle["X"])
+    rows = np.flatnonzero((lr_oracle["labels"] == "CD8 T") & (P.argmax(1) == lr_oracle["classes"].index("CD8 T")))
+    X, genes = lr_oracle["X"][rows], lr_oracle["cgd_order"][:10]
+    calls = {}
+    for method in ("plain", "fast"):
+        fn = ClassifierAdapter(lr_oracle["proba"], lr_oracle["classes"])
+        res = cgd_search(fn, X, genes, new_target=lr_oracle["classes"].index("CD8 T"), method=method)
+        assert (res.n_genes_visited, res.modified_genes, len(res.summary)) == (0, [], 1)
+        np.testing.assert_array_equal(res.X, X)
+        calls[method] = fn.n_calls
+    assert calls == {"plain": 2, "fast": 1}  # plain: the start and the final cluster, as the R package
+
+
 def test_random_walk_fast_equals_plain(lr_oracle):
     genes = np.arange(40, 80)
     out = {}
