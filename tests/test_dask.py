@@ -51,6 +51,20 @@ def test_dask_preprocess_equals_in_memory(pbmc3k_raw, mem3k, rows):
     assert_lazy_equals(lazy, mem3k)
 
 
+@pytest.mark.parametrize("chunks", [(700, 4000), (128, -1)], ids=["gene_chunks", "128_cells"])
+def test_dask_preprocess_lognorm_equals_in_memory(pbmc3k_raw, chunks):
+    """``output='lognorm'``: X is a dask array of CSR blocks, the same object as the lognorm layer."""
+    mem = pbmc3k_raw[:1200].copy()
+    sad.pp.preprocess(mem, n_top_genes=500, output="lognorm")
+    lazy = pbmc3k_raw[:1200].copy()
+    lazy.X = da.from_array(lazy.X, chunks=chunks)
+    sad.pp.preprocess(lazy, n_top_genes=500, output="lognorm")
+    assert lazy.X is lazy.layers["sad_lognorm"]
+    assert sp.issparse(lazy.X._meta)
+    assert lazy.uns["sad"]["preprocess"]["params"]["output"] == "lognorm"
+    assert_lazy_equals(lazy, mem)
+
+
 def test_dask_preprocess_on_local_cluster(pbmc3k_raw, pbmc3k_path, mem3k):
     """Blocks read lazily from the .h5ad by two workers (scverse's own lazy reader), as on a real cluster."""
     import anndata as ad
@@ -68,16 +82,17 @@ def test_dask_preprocess_on_local_cluster(pbmc3k_raw, pbmc3k_path, mem3k):
         assert_lazy_equals(lazy, mem3k)
 
 
-def test_dask_preprocess_dense_reference_and_checks(pbmc3k_raw):
+@pytest.mark.parametrize("output", ["scaled", "lognorm"])
+def test_dask_preprocess_dense_reference_and_checks(pbmc3k_raw, output):
     train = pbmc3k_raw[:600].copy()
     sad.pp.preprocess(train, n_top_genes=300)
     query = pbmc3k_raw[600:900].copy()
     query.X = query.X.toarray()
     mem = query.copy()
-    sad.pp.preprocess(mem, reference=train)
+    sad.pp.preprocess(mem, reference=train, output=output)
     lazy = query.copy()
     lazy.X = da.from_array(lazy.X, chunks=(128, -1))
-    sad.pp.preprocess(lazy, reference=train)
+    sad.pp.preprocess(lazy, reference=train, output=output)
     assert_lazy_equals(lazy, mem)
 
     bad = pbmc3k_raw[:200].copy()
