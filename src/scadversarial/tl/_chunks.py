@@ -15,6 +15,7 @@ equal the whole-matrix path bit for bit.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -195,9 +196,14 @@ def iter_chunks(
 
 
 def _run_chunk(fn: Callable[[AnnData], R], mats: dict, obs: pd.DataFrame, var: pd.DataFrame, uns) -> R:
-    """One task: ``fn`` on the chunk made of computed blocks (on a dask worker, or here)."""
+    """One task: a copy of ``fn`` on the chunk made of computed blocks (on a dask worker, or here).
+
+    Tasks may run at once in threads of one process (dask's default scheduler, a worker with several
+    threads) and a worker may reuse one unpickled ``fn`` for many tasks: each task calls its own deep
+    copy, so no mutable state (a model's workspace buffers, its train/eval mode) is shared between them.
+    """
     mats = {k: v.to_memory() if hasattr(v, "to_memory") else v for k, v in mats.items()}
-    return fn(_chunk_adata(mats, obs, var, uns))
+    return copy.deepcopy(fn)(_chunk_adata(mats, obs, var, uns))
 
 
 def _dask_slices(mats: dict, n: int, size: int, bs: int) -> list[slice]:
@@ -226,8 +232,9 @@ def map_chunks(
     when every dask matrix has the same ones and their boundaries are multiples of ``batch_size``,
     otherwise :func:`chunk_cells` consecutive cells (the blocks are re-chunked). ``fn`` must then be
     picklable (a closure is fine; ``sad.settings`` of the workers are their own, so pass ``batch_size``
-    and ``device`` explicitly) and its results are sent back to this process. Otherwise ``fn`` runs here,
-    one chunk in memory at a time.
+    and ``device`` explicitly); each task calls its own deep copy of it (tasks may run at once in
+    threads), and its results are sent back to this process. Otherwise ``fn`` runs here, one chunk in
+    memory at a time.
 
     Parameters
     ----------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -14,27 +15,34 @@ from anndata import AnnData
 from .. import _keys
 from .._docs import doc_copy, doc_params, doc_returns_copy
 from .._settings import logger, settings
-from .._validate import check_adata, check_choice, check_obs_key, matrix_for_genes, set_record, uns_root
+from .._validate import check_adata, check_choice, check_obs_key, set_record, uns_root
 from ..detection import (
     DetectorConfig,
     DetectorFeatures,
     FeatureSpec,
-    compute_meta_features,
     feature_names,
     fit_detector,
     fit_input_reference,
     fit_rules,
-    non_integer_counts,
     reason_key,
-    rule_reasons,
 )
 from ..detection._fit import Calibration
-from ..detection._rule_layer import LEARNED, NON_INTEGER, REASONS, combine
+from ..detection._rule_layer import REASONS
 from ..models.classifier import CellClassifier
-from ..models.detector import AdversarialDetector, DetectorArchitecture, DetectorReport
-from ._input import classifier_input
+from ..models.detector import AdversarialDetector, DetectorArchitecture
+from ._chunks import map_chunks
+from ._detect_score import (
+    DOC_SCORING,
+    check_copy,
+    chunk_layers,
+    chunk_reader,
+    concat_reports,
+    detect_chunk,
+    layer_list,
+    meta_chunk,
+    scores_and_reasons,
+)
 from ._models import get_model, set_model_reference
-from ._space import layer_space, scaled_matrix
 
 #: Role of each cell in ``.obs['sad_detector_role']``.
 ROLES = ("meta_train", "calibration", "reference", "unused")
@@ -275,10 +283,15 @@ def train_detector(
     labels = check_obs_key(adata, cells.labels_key).astype(str).to_numpy() if cells.labels_key else None
 
     dev = settings.torch_device(config.device)
-    X = classifier_input(adata, clf)
-    advs = [scaled_matrix(adata, clf, name) for name in layers]  # each layer read in its own space
+    # only the cells the detector reads, chunk by chunk, each layer in its own space; ``local``: their rows there
+    needed = np.unique(np.concatenate([roles.meta, roles.calibration, roles.reference]))
+    reader = chunk_reader(adata, clf, [None, *layers], missing="raise", batch_size=None, device=config.device)
+    parts = map_chunks(adata, reader.inputs, layers=chunk_layers(adata, reader.layers, reader.source), rows=needed)
+    X, *advs = (np.concatenate([p[i] for p in parts]) for i in range(len(reader.layers)))
+    del parts
+    local = _Roles(*(np.searchsorted(needed, r) for r in (roles.meta, roles.calibration, roles.reference)), "")
     ref = (
-        fit_input_reference(X[roles.reference], n_pcs=features.n_pcs, n_neighbors=features.n_neighbors)
+        fit_input_reference(X[local.reference], n_pcs=features.n_pcs, n_neighbors=features.n_neighbors)
         if features.input
         else None
     )
@@ -299,14 +312,14 @@ def train_detector(
         if ref is not None:
             det.input_ref.load_state_dict(ref.state_dict())
         if config.rules:  # clean training cells only: the ones the detector reads anyway
-            det.set_rules(fit_rules(clf, X[np.sort(np.concatenate([roles.meta, roles.reference]))]))
+            det.set_rules(fit_rules(clf, X[np.sort(np.concatenate([local.meta, local.reference]))]))
         bs = settings.batch_size
         data = DetectorFeatures(
-            *([_detector_features(det, M[idx], dev, bs) for M in (X, *advs)] for idx in (roles.meta, roles.calibration))
+            *([_detector_features(det, M[idx], dev, bs) for M in (X, *advs)] for idx in (local.meta, local.calibration))
         )
         if labels is None:
             labels = np.empty(adata.n_obs, dtype=np.int64)
-            labels[roles.meta] = det.classifier.predict_arrays(X[roles.meta], device=dev)[0].argmax(1)
+            labels[roles.meta] = det.classifier.predict_arrays(X[local.meta], device=dev)[0].argmax(1)
         fit = fit_detector(det, data, labels[roles.meta], replace(config, device=str(dev)), rng=rng)
 
     if copy:
@@ -344,41 +357,7 @@ def train_detector(
     return adata if copy else None
 
 
-def _layer_list(layer) -> list[str | None]:
-    if layer is None or isinstance(layer, str):
-        return [layer]
-    return list(layer)
-
-
-_DOC_SCORING = """\
-missing
-    ``'raise'``: a :class:`KeyError` names genes the model needs and ``adata`` lacks; ``'fill'``:
-    fill them with the training mean (logged).
-batch_size
-    Cells per batch (default ``sad.settings.batch_size``).
-device
-    Torch device (default ``sad.settings.device``)."""
-
-
-def _non_integer(adata: AnnData, model: AdversarialDetector, layer: str | None) -> np.ndarray:
-    """Per cell, non-integer entries of a count-space layer on the model's genes (0: other spaces, no rules)."""
-    if not model.has_rules or layer_space(adata, layer) != "counts":
-        return np.zeros(adata.n_obs, dtype=np.int64)
-    return non_integer_counts(matrix_for_genes(adata, model.var_names, layer))
-
-
-def _scores_and_reasons(rep: DetectorReport, non_integer: np.ndarray, thr: float) -> tuple[np.ndarray, np.ndarray]:
-    """Combined score and reason of each cell; non-integer counts rank with the rules (before the lattice)."""
-    counts = rep.rule_counts
-    n = counts.sum(1) + non_integer
-    score = np.where(non_integer > 0, combine(rep.learned, n), rep.score).astype(np.float32)
-    reason = rule_reasons(counts)
-    reason = np.where((non_integer > 0) & np.isin(reason, ["", "off lattice"]), NON_INTEGER, reason)
-    reason = np.where((reason == "") & (score >= thr), LEARNED, reason)
-    return score, reason
-
-
-@doc_params(doc_scoring=_DOC_SCORING, doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
+@doc_params(doc_scoring=DOC_SCORING, doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
 def detect(
     adata: AnnData,
     layer: str | Sequence[str] | None = None,
@@ -449,7 +428,8 @@ def detect(
         ``.uns['sad'][detector_key]['model']['id']``; ``''`` for an unregistered model) with its ``detector_key``.
 
     """
-    check_adata(adata)
+    check_adata(adata, allow_backed=True)
+    check_copy(adata, copy=copy, name="detect")
     check_choice("missing", missing, Missing)
     if model is None:
         model = get_model(adata, detector_key)
@@ -462,18 +442,25 @@ def detect(
             "`sad.tl.train_detector(adata, features=FeatureSpec(gradient=False))`, or pass low_latency=False."
         )
         raise ValueError(msg)
-    layers = _layer_list(layer)
-    mats = {lay: classifier_input(adata, model, lay, missing=missing) for lay in layers}
-    non_integer = {lay: _non_integer(adata, model, lay) for lay in layers}
+    layers = layer_list(layer)
     thr = float(model.threshold) if threshold is None else float(threshold)
     detector_id = str(getattr(model, "_sad_id", ""))  # scores name their detector, so a stale one is never reused
-    dev = settings.torch_device(device)
-    reports = {lay: model.explain_arrays(M, batch_size=batch_size, device=dev) for lay, M in mats.items()}
+    reader = chunk_reader(adata, model, layers, missing=missing, batch_size=batch_size, device=device)
+    parts = map_chunks(
+        adata,
+        partial(detect_chunk, reader=reader),
+        layers=chunk_layers(adata, layers, reader.source),
+        batch_size=reader.batch_size,
+    )
+    reports = {
+        lay: (concat_reports([p[i][0] for p in parts]), np.concatenate([p[i][1] for p in parts]))
+        for i, lay in enumerate(layers)
+    }
     if copy:
         adata = adata.copy()
     per = {}
-    for lay, rep in reports.items():
-        score, reason = _scores_and_reasons(rep, non_integer[lay], thr)
+    for lay, (rep, non_int) in reports.items():
+        score, reason = scores_and_reasons(rep, non_int, thr)
         flag = (score >= thr) | np.isin(reason, REASONS[:4])
         adata.obs[_keys.score_key(lay)] = score
         adata.obs[_keys.flag_key(lay)] = flag
@@ -501,7 +488,7 @@ def detect(
     return adata if copy else None
 
 
-@doc_params(doc_scoring=_DOC_SCORING, doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
+@doc_params(doc_scoring=DOC_SCORING, doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
 def meta_features(
     adata: AnnData,
     layer: str | Sequence[str] | None = None,
@@ -551,35 +538,44 @@ def meta_features(
     and ``.uns['sad']['meta_features']`` (``params``, ``feature_names``).
 
     """
-    check_adata(adata)
+    check_adata(adata, allow_backed=True)
+    check_copy(adata, copy=copy, name="meta_features")
     check_choice("missing", missing, Missing)
     spec = features or FeatureSpec()
     if model is None:
         root = adata.uns.get(_keys.UNS, {})
         has_det = isinstance(root.get(_keys.STEP_DETECTOR), dict) and "model" in root[_keys.STEP_DETECTOR]
         model = get_model(adata, _keys.STEP_DETECTOR if has_det else _keys.STEP_CLASSIFIER)
-    layers = _layer_list(layer)
-    bs = int(batch_size or settings.batch_size)
-    dev = settings.torch_device(device)
-    mats = {lay: classifier_input(adata, model, lay, missing=missing) for lay in layers}
-    if isinstance(model, AdversarialDetector):
-        out = {lay: model.score_arrays(M, batch_size=bs, device=dev)[0] for lay, M in mats.items()}
-        names, groups, source = model.feature_names, model.groups, "detector"
-    elif isinstance(model, CellClassifier):
-        ref = None
-        if spec.input:
-            split = _split_array(adata, split_key)
-            X = mats[None] if None in mats else classifier_input(adata, model, missing=missing)
-            ref = fit_input_reference(X[split == "train"], n_pcs=spec.n_pcs, n_neighbors=spec.n_neighbors)
-        out = {
-            lay: compute_meta_features(model, M, gradient=spec.gradient, input_ref=ref, batch_size=bs, device=dev)
-            for lay, M in mats.items()
-        }
-        groups = spec.groups
-        names, source = feature_names(groups, model.config["hidden"][-1], model.classes), "classifier"
-    else:
+    if not isinstance(model, AdversarialDetector | CellClassifier):
         msg = f"model must be an AdversarialDetector or a CellClassifier, got {type(model).__name__}."
         raise TypeError(msg)
+    layers = layer_list(layer)
+    reader = chunk_reader(adata, model, layers, missing=missing, batch_size=batch_size, device=device)
+    ref = None
+    if isinstance(model, AdversarialDetector):
+        names, groups, source = model.feature_names, model.groups, "detector"
+    else:
+        if spec.input:  # the one cross-cell step: the reference is fitted on all training-split cells at once
+            train = np.flatnonzero(_split_array(adata, split_key) == "train")
+            x_only = replace(reader, layers=(None,))
+            X = map_chunks(
+                adata,
+                x_only.inputs,
+                layers=chunk_layers(adata, [None], reader.source),
+                rows=train,
+                batch_size=reader.batch_size,
+            )
+            ref = fit_input_reference(np.concatenate([p[0] for p in X]), n_pcs=spec.n_pcs, n_neighbors=spec.n_neighbors)
+            del X
+        groups = spec.groups
+        names, source = feature_names(groups, model.config["hidden"][-1], model.classes), "classifier"
+    parts = map_chunks(
+        adata,
+        partial(meta_chunk, reader=reader, gradient=spec.gradient, input_ref=ref),
+        layers=chunk_layers(adata, layers, reader.source),
+        batch_size=reader.batch_size,
+    )
+    out = {lay: np.concatenate([p[i] for p in parts]) for i, lay in enumerate(layers)}
     if copy:
         adata = adata.copy()
     for lay, f in out.items():

@@ -32,9 +32,10 @@ from anndata import AnnData
 from .. import _keys
 from .._docs import doc_params
 from .._settings import logger
-from .._validate import MissingPolicy, matrix_for_genes
+from .._validate import MissingPolicy
+from ._chunks import iter_chunks
 from ._fragments import doc_example_classifier
-from ._space import scaled_matrix, space_model, to_scaled
+from ._space import layer_space, log_scaled, scaled_matrix
 
 #: cells read by the check: per-gene statistics of a few hundred cells are plenty, and the cost stays flat
 SAMPLE_CELLS = 1000
@@ -117,8 +118,7 @@ def input_space_problem(adata: AnnData, model: torch.nn.Module, X: np.ndarray) -
     problem = _var_stats_problem(adata, model, mean, std)
     if problem is not None:
         return problem
-    rows = np.unique(np.linspace(0, X.shape[0] - 1, min(X.shape[0], SAMPLE_CELLS)).astype(np.int64))
-    S = np.asarray(X[rows], dtype=np.float64)
+    S = np.asarray(X[sample_rows(X.shape[0])], dtype=np.float64)
     if S.min() >= 0 and (mean > 0).any():
         kind = "integer-valued (raw counts?)" if np.all(np.round(S) == S) else "not scaled (log-normalized values?)"
         return (
@@ -136,14 +136,62 @@ def input_space_problem(adata: AnnData, model: torch.nn.Module, X: np.ndarray) -
     return None
 
 
-def _lognorm_scaled(adata: AnnData, model: torch.nn.Module, missing: MissingPolicy) -> np.ndarray:
-    """``.layers['sad_lognorm']`` through the model's transform; missing genes (``'fill'``) at the training mean."""
-    clf = model if hasattr(model, "transform") else model.classifier
-    L = matrix_for_genes(adata, model.var_names, _keys.LAYER_LOGNORM, missing=missing, fill_value=np.nan)
-    absent = np.isnan(L).all(0) if L.size else np.zeros(L.shape[1], bool)
-    if absent.any():  # filled genes sit at the training mean, i.e. 0 once scaled, as missing='fill' does for X
-        L[:, absent] = clf.transform.mean.detach().cpu().numpy()[absent]
-    return to_scaled(space_model(adata, clf, "log"), L)
+def sample_rows(n_obs: int) -> np.ndarray:
+    """Positions of the cells :func:`input_space_problem` reads: at most :data:`SAMPLE_CELLS`, spread evenly."""
+    if n_obs == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.linspace(0, n_obs - 1, min(n_obs, SAMPLE_CELLS)).astype(np.int64))
+
+
+def _fallback(adata: AnnData, problem: str) -> str:
+    """``.layers['sad_lognorm']`` (with a warning) when ``X`` is not the model's input, else the error naming the fix."""
+    if _keys.LAYER_LOGNORM in adata.layers:
+        logger.warning(
+            "%s. Reading adata.layers[%r] through the classifier's own transform instead.",
+            problem,
+            _keys.LAYER_LOGNORM,
+        )
+        return _keys.LAYER_LOGNORM
+    msg = (
+        f"{problem}. The classifier takes X scaled with its training statistics: run "
+        "`sad.pp.preprocess(adata, reference=training_adata)` on this AnnData first (it keeps the model's genes "
+        "and scales them like the training data), or pass `layer=` naming a matrix in the classifier's space."
+    )
+    raise ValueError(msg)
+
+
+def x_source(adata: AnnData, model: torch.nn.Module, *, missing: MissingPolicy = "raise") -> str | None:
+    """The matrix that stands for ``X`` when a chunked reader feeds ``model``: ``None`` (``X`` itself) or ``'sad_lognorm'``.
+
+    The decision :func:`classifier_input` takes on the whole of ``X``, taken once on the cells
+    :func:`input_space_problem` reads (:func:`sample_rows`, read in one chunk), so a chunked caller
+    reads each chunk with :func:`read_input` without checking it again. ``X`` in log space
+    (``sad.pp.preprocess(output='lognorm')``) is read through the model's transform, unchecked.
+    Raises the :class:`ValueError` of :func:`classifier_input` when ``X`` is not the model's input
+    and there is no ``.layers['sad_lognorm']`` to read instead.
+    """
+    if layer_space(adata, None) != "scaled" or _transform_stats(model) is None:
+        return None
+    _, chunk = next(iter_chunks(adata, rows=sample_rows(adata.n_obs)))
+    problem = input_space_problem(adata, model, scaled_matrix(chunk, model, None, missing=missing))
+    return None if problem is None else _fallback(adata, problem)
+
+
+def read_input(
+    adata: AnnData,
+    model: torch.nn.Module,
+    layer: str | None = None,
+    *,
+    source: str | None = None,
+    missing: MissingPolicy = "raise",
+) -> np.ndarray:
+    """``X`` or a layer as the model's scaled input, ``X`` read from ``source`` (:func:`x_source`), without checks.
+
+    For a chunk of cells: equal, row for row, to :func:`classifier_input` on the whole AnnData.
+    """
+    if layer not in (None, "X") or source is None:
+        return scaled_matrix(adata, model, layer, missing=missing)
+    return log_scaled(adata, model, source, missing=missing)
 
 
 @doc_params(doc_example_classifier=doc_example_classifier)
@@ -171,7 +219,8 @@ def classifier_input(
     Returns
     -------
     Cells x the model's genes, float32: ``X`` once checked (or ``.layers['sad_lognorm']`` through the
-    model's transform), or the layer converted from the space it was made in.
+    model's transform), or the layer converted from the space it was made in. ``X`` left log-normalized
+    by ``sad.pp.preprocess(output='lognorm')`` goes through the model's transform, unchecked.
 
     Examples
     --------
@@ -181,24 +230,12 @@ def classifier_input(
 
     """
     X = scaled_matrix(adata, model, layer, missing=missing)
-    if layer not in (None, "X"):
+    if layer not in (None, "X") or layer_space(adata, None) != "scaled":
         return X
     problem = input_space_problem(adata, model, X)
     if problem is None:
         return X
-    if _keys.LAYER_LOGNORM in adata.layers:
-        logger.warning(
-            "%s. Reading adata.layers[%r] through the classifier's own transform instead.",
-            problem,
-            _keys.LAYER_LOGNORM,
-        )
-        return _lognorm_scaled(adata, model, missing)
-    msg = (
-        f"{problem}. The classifier takes X scaled with its training statistics: run "
-        "`sad.pp.preprocess(adata, reference=training_adata)` on this AnnData first (it keeps the model's genes "
-        "and scales them like the training data), or pass `layer=` naming a matrix in the classifier's space."
-    )
-    raise ValueError(msg)
+    return log_scaled(adata, model, _fallback(adata, problem), missing=missing)
 
 
-__all__ = ["classifier_input", "input_space_problem"]
+__all__ = ["classifier_input", "input_space_problem", "read_input", "sample_rows", "x_source"]

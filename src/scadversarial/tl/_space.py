@@ -1,7 +1,8 @@
 """Feature spaces of the matrices on an AnnData: which space a layer is in, and its scaled values.
 
-``'scaled'`` is the classifier's input (``X``), ``'log'`` the log-normalized values of the kept genes
-(``.layers['sad_lognorm']``) and ``'counts'`` their raw counts (``.layers['counts']``). An attack
+``'scaled'`` is the classifier's input (``X``, unless ``sad.pp.preprocess(output='lognorm')`` left ``X``
+log-normalized), ``'log'`` the log-normalized values of the kept genes (``.layers['sad_lognorm']``) and
+``'counts'`` their raw counts (``.layers['counts']``). An attack
 layer is in the space it was made in (its record's ``params['space']``). Every consumer (predict,
 detect, evaluate, the plots) reads a layer through :func:`scaled_matrix`, which converts a log or
 count layer with the classifier's own transform, exactly as the attack saw it.
@@ -18,6 +19,7 @@ from .._docs import doc_params
 from .._settings import logger, settings
 from .._validate import MissingPolicy, check_choice, matrix_for_genes
 from ..models.classifier import SPACES, Space, SpaceClassifier
+from ._chunks import x_is_lognorm
 from ._fragments import doc_example_classifier
 
 #: the matrix holding each space's clean values (``None``: ``X``)
@@ -35,7 +37,8 @@ def space_layer(space: Space) -> str | None:
 def layer_space(adata: AnnData, layer: str | None) -> Space:
     """The feature space of ``X`` or of a layer: ``'scaled'``, ``'log'`` or ``'counts'``.
 
-    ``X`` is scaled; ``.layers['sad_lognorm']`` log-normalized; ``.layers['counts']`` counts; an
+    ``X`` is scaled, or log-normalized when ``sad.pp.preprocess(output='lognorm')`` made it
+    (``.uns['sad']['preprocess']['params']['output'] == 'lognorm'``); ``.layers['sad_lognorm']`` log-normalized; ``.layers['counts']`` counts; an
     attack layer is in the space of its record (``.uns['sad']['attacks'][key]['params']['space']``,
     or for records without one, the space of the matrix it attacked, ``params['layer']``). Any other
     layer is taken as scaled.
@@ -61,7 +64,7 @@ def layer_space(adata: AnnData, layer: str | None) -> Space:
 
     """
     if layer in (None, "X"):
-        return "scaled"
+        return "log" if x_is_lognorm(adata) else "scaled"
     for space, lay in SPACE_LAYER.items():
         if lay is not None and layer == lay:
             return space  # type: ignore[return-value]
@@ -75,7 +78,9 @@ def layer_space(adata: AnnData, layer: str | None) -> Space:
             if space in SPACES:
                 return space  # type: ignore[return-value]
             base = str(params.get("layer", "X"))
-            return "scaled" if base in ("X", "", layer) else layer_space(adata, base)
+            if base == layer:
+                return "scaled"
+            return layer_space(adata, None if base in ("X", "") else base)
     return "scaled"
 
 
@@ -179,7 +184,8 @@ def scaled_matrix(
     layer
         ``None`` for ``X``, else a layer name.
     missing
-        ``'raise'`` or ``'fill'`` for genes the model needs and ``adata`` lacks (scaled space only).
+        ``'raise'`` or ``'fill'`` for genes the model needs and ``adata`` lacks (scaled and log space;
+        a filled gene sits at the training mean, 0 once scaled).
 
     Returns
     -------
@@ -197,9 +203,34 @@ def scaled_matrix(
     clf = model if hasattr(model, "transform") else model.classifier  # a detector scores with its classifier copy
     if space == "scaled":
         return matrix_for_genes(adata, model.var_names, layer, missing=missing)
+    if space == "log":
+        return log_scaled(adata, model, layer, missing=missing)
     X = matrix_for_genes(adata, model.var_names, layer)
-    other = other_counts(adata, model.var_names) if space == "counts" else None
-    return to_scaled(space_model(adata, clf, space), X, other)
+    return to_scaled(space_model(adata, clf, space), X, other_counts(adata, model.var_names))
+
+
+def log_scaled(
+    adata: AnnData, model: torch.nn.Module, layer: str | None, *, missing: MissingPolicy = "raise"
+) -> np.ndarray:
+    """A log-space matrix (``X`` or a layer) through the model's transform; missing genes (``'fill'``) at the training mean."""
+    clf = model if hasattr(model, "transform") else model.classifier
+    L = matrix_for_genes(adata, model.var_names, layer, missing=missing, fill_value=np.nan)
+    absent = np.isnan(L).all(0) if missing == "fill" and L.size else np.zeros(L.shape[1], bool)
+    if absent.any():  # filled genes sit at the training mean, i.e. 0 once scaled, as missing='fill' does for X
+        L[:, absent] = clf.transform.mean.detach().cpu().numpy()[absent]
+    return to_scaled(space_model(adata, clf, "log"), L)
+
+
+def source_layers(adata: AnnData, layer: str | None) -> tuple[str, ...]:
+    """The layers :func:`scaled_matrix` reads for ``X`` or ``layer``, besides ``X`` (what a chunk must hold).
+
+    A count-space layer also needs ``.layers['counts']`` and ``.layers['sad_lognorm']``, from which each
+    cell's counts outside the kept genes are recovered (:func:`other_counts`).
+    """
+    own = () if layer in (None, "X") else (layer,)
+    if layer_space(adata, layer) == "counts":
+        return (*own, *(k for k in (_keys.LAYER_COUNTS, _keys.LAYER_LOGNORM) if k not in own))
+    return own
 
 
 def expressed_mask(adata: AnnData, var_names, space: Space, X: np.ndarray) -> np.ndarray:
@@ -216,4 +247,14 @@ def expressed_mask(adata: AnnData, var_names, space: Space, X: np.ndarray) -> np
     return matrix_for_genes(adata, var_names, _keys.LAYER_LOGNORM) != 0
 
 
-__all__ = ["layer_space", "space_layer", "scaled_matrix", "other_counts", "space_model", "to_scaled", "expressed_mask"]
+__all__ = [
+    "layer_space",
+    "space_layer",
+    "scaled_matrix",
+    "log_scaled",
+    "source_layers",
+    "other_counts",
+    "space_model",
+    "to_scaled",
+    "expressed_mask",
+]

@@ -1,0 +1,194 @@
+"""Scoring cells chunk by chunk for ``sad.tl.detect``, ``sad.tl.meta_features`` and ``sad.tl.train_detector``.
+
+Each function here runs on one chunk of cells (:func:`~scadversarial.tl._chunks.map_chunks`: in this
+process, or as a dask task on a worker) and returns per-cell arrays; the callers concatenate them in cell
+order. A chunk is read as the whole matrix would be (:func:`~scadversarial.tl._input.read_input` with
+the source of ``X`` decided once on the whole AnnData), and its boundaries are multiples of the forward
+batch size, so the concatenated results equal the whole-matrix ones bit for bit. There is no cross-cell
+step in scoring: every forward batch, meta-feature and rule reads only its own cells (the
+input-consistency reference is fitted beforehand and travels with the model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from anndata import AnnData
+
+from .._settings import settings
+from .._validate import matrix_for_genes
+from ..detection import compute_meta_features, non_integer_counts
+from ..detection._features import InputConsistency
+from ..detection._rule_layer import LEARNED, NON_INTEGER, combine, rule_reasons
+from ..models.detector import AdversarialDetector, DetectorReport
+from ._chunks import is_chunked
+from ._input import read_input, x_source
+from ._space import layer_space, source_layers
+
+
+@dataclass(frozen=True)
+class ChunkReader:
+    """How every chunk is read and scored (picklable: it travels to dask workers with the model).
+
+    Parameters
+    ----------
+    model
+        The detector or classifier whose scaled input the matrices are read as.
+    layers
+        The matrices to read (``None``: ``X``).
+    source
+        The matrix standing for ``X`` (:func:`~scadversarial.tl._input.x_source`).
+    missing
+        ``'raise'`` or ``'fill'`` for genes the model needs and the data lack.
+    batch_size
+        Cells per forward batch.
+    device
+        Torch device of the forward passes.
+    progress
+        Show the per-batch progress bar (one chunk: the whole matrix).
+    """
+
+    model: torch.nn.Module
+    layers: tuple[str | None, ...]
+    source: str | None
+    missing: str
+    batch_size: int
+    device: torch.device
+    progress: bool = False
+
+    def inputs(self, chunk: AnnData) -> list[np.ndarray]:
+        """The chunk's matrices as the model's scaled input, one per layer."""
+        return [read_input(chunk, self.model, lay, source=self.source, missing=self.missing) for lay in self.layers]
+
+
+def layer_list(layer) -> list[str | None]:
+    """``layer`` of ``detect`` / ``meta_features`` as a list (``None``: ``X``)."""
+    if layer is None or isinstance(layer, str):
+        return [layer]
+    return list(layer)
+
+
+def chunk_reader(
+    adata: AnnData, model, layers, *, missing: str, batch_size: int | None, device: str | None
+) -> ChunkReader:
+    """How :func:`detect` and :func:`meta_features` read ``layers`` chunk by chunk (``X``'s source decided once)."""
+    source = x_source(adata, model, missing=missing) if any(lay in (None, "X") for lay in layers) else None
+    return ChunkReader(
+        model,
+        tuple(layers),
+        source,
+        missing,
+        int(batch_size or settings.batch_size),
+        settings.torch_device(device),
+        progress=not is_chunked(adata, layers=[lay for lay in layers if lay is not None]),
+    )
+
+
+DOC_SCORING = """\
+missing
+    ``'raise'``: a :class:`KeyError` names genes the model needs and ``adata`` lacks; ``'fill'``:
+    fill them with the training mean (logged).
+batch_size
+    Cells per batch (default ``sad.settings.batch_size``).
+device
+    Torch device (default ``sad.settings.device``)."""
+
+
+def chunk_layers(adata: AnnData, layers, source: str | None) -> tuple[str, ...]:
+    """The layers a chunk must hold to read ``layers`` (and ``X`` from ``source``)."""
+    need: list[str] = []
+    for lay in layers:
+        need += source_layers(adata, lay)
+        if lay in (None, "X") and source is not None:
+            need.append(source)
+    return tuple(dict.fromkeys(need))
+
+
+def non_integer(adata: AnnData, model: AdversarialDetector, layer: str | None) -> np.ndarray:
+    """Per cell, non-integer entries of a count-space layer on the model's genes (0: other spaces, no rules)."""
+    if not model.has_rules or layer_space(adata, layer) != "counts":
+        return np.zeros(adata.n_obs, dtype=np.int64)
+    return non_integer_counts(matrix_for_genes(adata, model.var_names, layer))
+
+
+def detect_chunk(chunk: AnnData, reader: ChunkReader) -> list[tuple[DetectorReport, np.ndarray]]:
+    """Per layer, the detector's report on one chunk and its non-integer counts (one matrix dense at a time)."""
+    out = []
+    for lay in reader.layers:
+        M = read_input(chunk, reader.model, lay, source=reader.source, missing=reader.missing)
+        rep = reader.model.explain_arrays(
+            M, batch_size=reader.batch_size, device=reader.device, progress_bar=reader.progress
+        )
+        out.append((rep, non_integer(chunk, reader.model, lay)))
+    return out
+
+
+def meta_chunk(
+    chunk: AnnData, reader: ChunkReader, *, gradient: bool = True, input_ref: InputConsistency | None = None
+) -> list[np.ndarray]:
+    """Per layer, the meta-features of one chunk: the detector's own, or the classifier's with ``input_ref``."""
+    out = []
+    for lay in reader.layers:
+        M = read_input(chunk, reader.model, lay, source=reader.source, missing=reader.missing)
+        if isinstance(reader.model, AdversarialDetector):
+            f = reader.model.score_arrays(
+                M, batch_size=reader.batch_size, device=reader.device, progress_bar=reader.progress
+            )[0]
+        else:
+            f = compute_meta_features(
+                reader.model,
+                M,
+                gradient=gradient,
+                input_ref=input_ref,
+                batch_size=reader.batch_size,
+                device=reader.device,
+            )
+        out.append(f)
+    return out
+
+
+def concat_reports(reports: list[DetectorReport]) -> DetectorReport:
+    """The reports of consecutive chunks as one, in cell order."""
+    if len(reports) == 1:
+        return reports[0]
+    return DetectorReport(*(np.concatenate([getattr(r, f.name) for r in reports]) for f in fields(DetectorReport)))
+
+
+def scores_and_reasons(rep: DetectorReport, non_int: np.ndarray, thr: float) -> tuple[np.ndarray, np.ndarray]:
+    """Combined score and reason of each cell; non-integer counts rank with the rules (before the lattice)."""
+    counts = rep.rule_counts
+    n = counts.sum(1) + non_int
+    score = np.where(non_int > 0, combine(rep.learned, n), rep.score).astype(np.float32)
+    reason = rule_reasons(counts)
+    reason = np.where((non_int > 0) & np.isin(reason, ["", "off lattice"]), NON_INTEGER, reason)
+    reason = np.where((reason == "") & (score >= thr), LEARNED, reason)
+    return score, reason
+
+
+def check_copy(adata: AnnData, *, copy: bool, name: str) -> None:
+    """Refuse ``copy=True`` on a backed AnnData (a copy would load or duplicate the file), naming what works."""
+    if copy and adata.isbacked:
+        msg = (
+            f"{name}(copy=True) cannot copy a backed AnnData (opened with backed='r' from "
+            f"{str(adata.filename)!r}): it would load the whole matrix. Call `{name}(adata)` without copy: the "
+            "cells are read from the file chunk by chunk and the results are written to adata.obs / .obsm / "
+            ".uns in memory (the file is not changed); or load it first with `adata = adata.to_memory()`."
+        )
+        raise ValueError(msg)
+
+
+__all__ = [
+    "DOC_SCORING",
+    "ChunkReader",
+    "chunk_reader",
+    "layer_list",
+    "check_copy",
+    "chunk_layers",
+    "concat_reports",
+    "detect_chunk",
+    "meta_chunk",
+    "non_integer",
+    "scores_and_reasons",
+]
