@@ -95,9 +95,10 @@ def kept_counts(X, keep: np.ndarray | None):
     return stack_rows(blocks)
 
 
-def in_memory_shell(adata: AnnData) -> AnnData:
-    """An in-memory copy of backed ``adata`` without ``X`` (``preprocess`` writes its own); ``.raw`` is not copied."""
+def in_memory_shell(adata: AnnData, X=None) -> AnnData:
+    """An in-memory copy of backed ``adata`` with ``X`` (``None``: the file's ``X`` is read by chunks); no ``.raw``."""
     return AnnData(
+        X=X,
         obs=adata.obs.copy(),
         var=adata.var.copy(),
         uns=_copy.deepcopy(dict(adata.uns)),

@@ -242,9 +242,9 @@ def preprocess(  # noqa: PLR0913  scanpy's recipe options, reference, output and
     output = check_choice("output", output, Output)
     _check_backed(adata, layer, copy=copy)
     if adata.isbacked:  # the file's X is read by chunks below; everything else is copied to memory
-        source = adata.X if layer is None else None
-        adata = _backed.in_memory_shell(adata)
-        M = source if source is not None else get_matrix(adata, layer, dense=False, check=False)
+        source = adata.X if layer is None else None  # a backed view's X is read already: in memory
+        adata = _backed.in_memory_shell(adata, None if _backed.is_backed(source) else source)
+        M = source if _backed.is_backed(source) else get_matrix(adata, layer, dense=False, check=False)
     else:
         M = get_matrix(adata, layer, dense=False, check=False)  # checked once, just below
         if copy:
