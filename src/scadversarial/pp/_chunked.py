@@ -1,5 +1,8 @@
 """Bounded-memory building blocks of ``sad.pp.preprocess``: per-gene statistics, densifying and scaling by row chunks.
 
+Also the per-block steps shared by the dask and backed paths: log-normalizing a block of cells, the kept
+genes as float32 CSR (``output='lognorm'``) and stacking blocks of rows without a second copy.
+
 Each function walks the cells in chunks of about :data:`CHUNK_BYTES`, so its temporaries stay the size of one
 chunk whatever the number of cells. The arithmetic is ordered exactly as numpy's whole-matrix reductions
 (rows added one after another in float64, two passes for the variance), so the results are bit-identical to

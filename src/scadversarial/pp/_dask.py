@@ -6,7 +6,8 @@ folds over the blocks in cell order (:mod:`._chunked`), so they are bit-identica
 chunked. The highly-variable-gene statistics are scanpy's own dask reductions (:func:`scanpy.pp.highly_variable_genes`
 accepts dask arrays); their float64 sums are associated per block, so they may differ in the last bits from the
 in-memory sums, which moves a gene across the selection threshold only at an exact tie.
-Only per-gene vectors and small per-block summaries are ever computed; the outputs stay dask arrays.
+Only per-gene vectors and small per-block summaries are ever computed; the outputs stay dask arrays
+(``output='lognorm'``: ``X`` of float32 CSR blocks, whose statistics are folded from the blocks densified one at a time).
 """
 
 from __future__ import annotations

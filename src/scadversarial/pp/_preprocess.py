@@ -147,7 +147,7 @@ def preprocess(  # noqa: PLR0913  scanpy's recipe options, reference, output and
     them on the fly (its input transform), so no dense cells x genes matrix is ever made.
 
     Memory: besides the outputs, one float32 copy of the input's non-zeros (the log-normalized matrix, kept
-    in ``.raw``), scanpy's temporary copy of it for the gene selection, and chunk-sized temporaries:
+    in ``.raw``), scanpy's temporary copies of it for the gene selection (two, briefly), and chunk-sized temporaries:
     statistics, scaling and densifying run by chunks of cells, with the values of whole-matrix numpy
     operations bit for bit. The outputs are, per cell, 8 bytes per kept gene for each dense matrix
     (``output='scaled'``: ``X`` and ``.layers['sad_lognorm']``), or about 8 bytes per stored value of the
