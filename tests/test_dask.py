@@ -73,7 +73,7 @@ def test_dask_preprocess_on_local_cluster(pbmc3k_raw, pbmc3k_path, mem3k):
     distributed = pytest.importorskip("distributed")
     with (
         h5py.File(pbmc3k_path, "r") as f,
-        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster,
         distributed.Client(cluster),
     ):
         lazy = pbmc3k_raw.copy()
