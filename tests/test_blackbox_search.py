@@ -87,12 +87,13 @@ def test_single_gene_options_agree(lr_oracle):
         fast = single_gene_search(o2, genes, method="fast", **kw)
         assert _records(fast) == _records(plain), kw
         assert all(set(g) <= set(genes) for g in plain.genes)
-    # first found = the first record of the full search, with fewer calls
-    o, fn = _oracle(lr_oracle, "B", "positive_aberrant")
+    # first found = the first record of the full search, with fewer calls (plain stops at it: depth-first)
+    o, fn_full = _oracle(lr_oracle, "B", "positive_aberrant")
     full = single_gene_search(o, genes, method="plain")
     o, fn = _oracle(lr_oracle, "B", "positive_aberrant")
     first = single_gene_search(o, genes, method="plain", return_first_found=True)
     assert _records(first) == _records(full)[:1]
+    assert fn.n_calls == first.n_tested + 1 < fn_full.n_calls  # + 1: the unmodified cluster's call
 
 
 def test_single_gene_not_na(lr_oracle):

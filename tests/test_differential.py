@@ -129,6 +129,12 @@ def _single_gene(real, case: Case, mod: Modification, opts: SingleGeneOptions) -
     fast = single_gene_search(fast_oracle, genes, method="fast", **kw)
     _note(fast_oracle)
     assert _records(fast) == _records(plain)
+    # one search, answered a question at a time or a level at a time: fast asks every question plain asks (with
+    # return_first_found, those up to the first record, and maybe some after it that its level held)
+    if opts.return_first_found:
+        assert fast.n_tested >= plain.n_tested
+    else:
+        assert fast.n_tested == plain.n_tested
 
 
 @bounded(25)
