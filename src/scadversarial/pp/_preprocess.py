@@ -241,14 +241,13 @@ def preprocess(  # noqa: PLR0913  scanpy's recipe options, reference, output and
     check_adata(adata, allow_backed=True)
     output = check_choice("output", output, Output)
     _check_backed(adata, layer, copy=copy)
-    if adata.isbacked:  # the file's X is read by chunks below; everything else is copied to memory
+    copied = adata.isbacked  # a backed adata is copied to memory here; others below, after the checks
+    if copied:  # the file's X is read by chunks below; everything else is copied to memory
         source = adata.X if layer is None else None  # a backed view's X is read already: in memory
         adata = _backed.in_memory_shell(adata, None if _backed.is_backed(source) else source)
         M = source if _backed.is_backed(source) else get_matrix(adata, layer, dense=False, check=False)
     else:
         M = get_matrix(adata, layer, dense=False, check=False)  # checked once, just below
-        if copy:
-            adata = adata.copy()
     lazy, backed = _dask.is_dask(M), _backed.is_backed(M)
     already_log = _check_input(
         M, matrix_name(layer), already_log=already_log, uns_log=("log1p" in adata.uns and layer is None)
@@ -265,6 +264,8 @@ def preprocess(  # noqa: PLR0913  scanpy's recipe options, reference, output and
 
     import scanpy as sc
 
+    if copy and not copied:
+        adata = adata.copy()
     # Memory: the input, its float32 log-normalized copy (-> .raw) and, at the end, the outputs. No other
     # full-size copy: counts are read from the input after the gene subset, statistics and scaling run by
     # chunks of cells (``_chunked``), bit-identical to the whole-matrix numpy operations.
