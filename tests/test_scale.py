@@ -1,4 +1,4 @@
-"""``benchmarks/scale.py`` at a tiny size: the synthetic counts look like PBMC3k and the stages run.
+"""``benchmarks/scale.py`` at a tiny size: the synthetic counts look like PBMC3k and every stage runs.
 
 The measured runs (1e4-1e6 cells) live in the benchmark, never in the suite.
 """
@@ -49,15 +49,34 @@ def test_synthetic_counts_resemble_pbmc3k(scale, model, pbmc3k_raw):
 
 @pytest.mark.filterwarnings("ignore:zero-centering a sparse:UserWarning")  # scanpy's scale on CSR, as in its tutorial
 def test_scale_stages_run_on_a_small_file(scale, pbmc3k_path, tmp_path, monkeypatch):
-    monkeypatch.setattr(scale, "GEN_CHUNK", 150)  # several appended chunks
-    path = scale.generate(400, seed=1, data=pbmc3k_path, cache=tmp_path)
+    """Every stage of the issue's table, in order, each on the files the stage before wrote."""
     import anndata as ad
 
-    a = ad.read_h5ad(path)
-    assert a.shape == (400, 13714)
+    monkeypatch.setattr(scale, "GEN_CHUNK", 150)  # several appended chunks
+    monkeypatch.setattr(scale, "LAZY_ROWS", 128)  # several lazy blocks
+    for name, value in [("ATTACK_CELLS", 120), ("DETECTOR_CELLS", 400), ("MAX_CELLS_PER_EPOCH", 300)]:
+        monkeypatch.setattr(scale, name, value)
+    monkeypatch.setattr(scale, "MAX_EPOCHS", 2)
+    files = scale.Files(scale.generate(1000, seed=1, data=pbmc3k_path, cache=tmp_path))
+    a = ad.read_h5ad(files.counts)
+    assert a.shape == (1000, 13714)
     assert "cell_type" in a.obs
-    lazy = ("sad_dask",) if importlib.util.find_spec("dask") else ()  # the dask extra is optional
-    for stage in ("scanpy", "sad_before", "sad", *lazy):
-        r = scale.run_stage(stage, path)
+    results = {}
+    for stage in scale.STAGES:
+        r = scale.run_stage(stage, files)
         assert not r["error"], r
         assert r["rss_peak_kib"] >= r["rss_loaded_kib"] > 0
+        results[stage] = r
+    assert results["attack"]["n_obs"] == 120
+    assert results["detect"]["n_obs"] == results["preprocess"]["n_obs"] == 1000
+
+    # the preprocessed file holds X as CSR log-normalized values of the kept genes, and the marker
+    pp = ad.read_h5ad(files.lognorm)
+    assert sp.issparse(pp.X)
+    assert pp.X.dtype == np.float32
+    assert pp.n_vars == 2000
+    assert pp.uns["sad"]["preprocess"]["params"]["output"] == "lognorm"
+
+    lines = scale.summary({100_000: results, 1_000_000: results})
+    assert all("1.00x" in line for line in lines[:-1])
+    assert "yes" in lines[-1]
