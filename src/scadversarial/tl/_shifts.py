@@ -180,7 +180,14 @@ def benign_shift(
     records = adata.uns.get(_keys.UNS, {})
     new.uns[_keys.UNS] = {k: deepcopy(v) for k, v in records.items() if isinstance(v, dict) and "model" in v}
     params = get_record(adata, _keys.STEP_PREPROCESS, producer="sad.pp.preprocess")["params"]
-    preprocess(new, reference=adata, already_log=False, subset=False, target_sum=float(params["target_sum"]))
+    preprocess(
+        new,
+        reference=adata,
+        already_log=False,
+        subset=False,
+        target_sum=float(params["target_sum"]),
+        output=params.get("output", "scaled"),  # the same kind of X as the original
+    )
     new.uns[_keys.UNS]["benign_shift"] = {
         "params": {"kind": shift.kind, "amount": float(shift.amount), "random_state": int(random_state)}
     }
