@@ -306,7 +306,7 @@ class AttackRun:
     detector_weight: dict[float, np.ndarray] = field(default_factory=dict)
 
 
-def run_attack(
+def run_attack(  # noqa: PLR0913  first_row places a chunk's batches in the whole matrix; the rest are grouped already
     model: nn.Module,
     X: np.ndarray,
     y: np.ndarray,
@@ -318,8 +318,15 @@ def run_attack(
     targeted: bool = False,
     other: np.ndarray | None = None,
     evasion: Evasion | None = None,
+    first_row: int = 0,
 ) -> AttackRun:
     """Attack ``X`` (cells x genes of one space) under a threat model, one result per budget.
+
+    Cells are attacked in batches of ``config.batch_size``; a random start is drawn from a generator
+    seeded by ``config.random_state``, the batch's index in the whole matrix and the budget
+    (:func:`batch_seed`), so the rows of a chunk attacked on their own (``first_row``: its first row, a
+    multiple of the batch size) equal those rows of the whole matrix's attack bit for bit, and each
+    budget's result does not depend on the other budgets of the call.
 
     Parameters
     ----------
@@ -343,6 +350,9 @@ def run_attack(
     evasion
         A detector with ``score_logit(x_scaled)`` (and a ``threshold``) to evade, and the weight(s) of
         its logit in PGD's objective (:class:`Evasion`); PGD methods only.
+    first_row
+        Position of ``X``'s first row in the whole matrix a chunk was cut from (a multiple of
+        ``config.batch_size``): the random starts of its batches are those of the whole matrix.
 
     Returns
     -------
@@ -367,13 +377,17 @@ def run_attack(
         raise ValueError(msg)
     dev = torch.device(config.device)
     bs = int(config.batch_size)
+    if first_row < 0 or first_row % bs:
+        msg = (
+            f"first_row must be a non-negative multiple of the batch size {bs} (a chunk's first row), got {first_row}."
+        )
+        raise ValueError(msg)
     mods = [model] + ([evasion.detector] if evasion is not None else [])
     state = [(m, m.training, [p.requires_grad for p in m.parameters()]) for m in mods]
     for m in mods:
         m.eval().to(dev)
         for p in m.parameters():
             p.requires_grad_(requires_grad=False)
-    gen = torch.Generator().manual_seed(int(config.random_state))
     steps = config.n_steps(method)
     run = AttackRun({e: np.empty(X.shape, dtype=np.float32) for e in eps_list})
     if threat.integer:
@@ -395,6 +409,7 @@ def run_attack(
             for e in eps_list:
                 proj = threat.projection(batch.x, sl, e)
                 alpha = config.step_size(method, e, space=threat.space, n_genes=X.shape[1])
+                gen = torch.Generator().manual_seed(batch_seed(config.random_state, (first_row + sl.start) // bs, e))
                 job = _Job(method, model, batch, proj, alpha=alpha, steps=steps, config=config, generator=gen)
                 if evasion is None:
                     adv, _ = job(None)
@@ -414,6 +429,18 @@ def run_attack(
                 p.requires_grad_(g)
             m.train(was_training)
     return run
+
+
+def batch_seed(random_state: int, batch: int, eps: float) -> int:
+    """The seed of one batch's random start: ``random_state``, the batch's index in the whole matrix and the budget.
+
+    One generator per batch and budget (not one for the whole run) makes a batch's random start
+    independent of the batches and budgets attacked before it: a chunk, or one budget, attacked on
+    its own gets the bits it gets inside the whole run.
+    """
+    eps_bits = int(np.float64(eps).view(np.uint64))
+    entropy = [int(random_state) % 2**64, int(batch), eps_bits]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 @dataclass(frozen=True)
@@ -529,6 +556,7 @@ __all__ = [
     "Method",
     "ThreatArrays",
     "attack_arrays",
+    "batch_seed",
     "cw_batch",
     "deepfool_batch",
     "pgd_batch",

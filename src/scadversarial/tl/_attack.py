@@ -1,14 +1,16 @@
 """``sad.tl.attack``: white-box adversarial attacks under a threat model, written to layers.
 
 The options live in :mod:`._attack_options` (:class:`ThreatModel`, :class:`AttackOptions`), their
-translation to arrays in :mod:`._attack_threat`, the score-based dispatch in :mod:`._attack_score` and
-what is written (layers, predictions, the run record) in :mod:`._attack_record`.
+translation to arrays in :mod:`._attack_threat`, the attack of a chunk of cells (in memory, backed or dask)
+in :mod:`._attack_chunks`, the score-based dispatch in :mod:`._attack_score` and what is written (layers,
+predictions, the run record) in :mod:`._attack_record`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -17,18 +19,43 @@ from anndata import AnnData
 
 from .. import _keys
 from .._docs import doc_params
-from .._validate import check_adata, check_choice, matrix_for_genes
-from ..attacks.whitebox import DETECTOR_METHODS, Evasion, run_attack
+from .._settings import settings
+from .._validate import check_adata, check_choice
+from ..attacks.whitebox import DETECTOR_METHODS, Evasion
 from ..models.classifier import CellClassifier
+from ._attack_chunks import Plan, is_lazy, lazy_layer, run_chunks, whole_range
 from ._attack_options import SCORE_METHODS, AttackCall, AttackMethod, AttackOptions, ThreatModel, resolve_options
-from ._attack_record import detector_logits, flip_table, record_params, store_record, write_layers
-from ._attack_score import attack_foreign, score_run, view_proba
-from ._attack_threat import check_threat, source_codes, target_codes, threat_arrays
-from ._classifier import _write_predictions
+from ._attack_record import (
+    Storage,
+    attacked_key,
+    flip_table,
+    record_params,
+    stack_dense,
+    stack_rows,
+    store_record,
+    write_chunked_layers,
+)
+from ._attack_score import attack_foreign
+from ._attack_threat import check_threat, resolve_cells, resolve_mask, source_codes, target_codes
+from ._chunks import is_backed, is_dask
 from ._fragments import doc_example_classifier
-from ._input import classifier_input
 from ._models import get_model
-from ._space import other_counts, space_model, to_scaled
+
+if TYPE_CHECKING:
+    from ..models.classifier import Space
+
+
+def _check_foreign_input(adata: AnnData, options: AttackOptions) -> None:
+    """Another classifier's score-based attack reads its whole matrix in memory: refuse what that cannot serve."""
+    mats = [adata.X, *adata.layers.values()]
+    lazy = adata.isbacked or any(is_dask(M) or is_backed(M) for M in mats)
+    if options.cells is not None or lazy:
+        msg = (
+            "A score-based attack on another classifier reads its whole matrix in memory: cells=, backed and dask "
+            "input are supported for the package's CellClassifier only. Attack a sample in memory instead: "
+            "sub = adata[cells].copy() (adata[cells].to_memory() when backed); sad.tl.attack(sub, ...)."
+        )
+        raise ValueError(msg)
 
 
 def _check_detector(detector, model: CellClassifier, method: str) -> None:
@@ -68,6 +95,15 @@ def attack(
     Each cell is pushed away from its clean prediction (or its label in ``labels_key``), or toward
     ``target_class``, inside a budget ``eps`` of the matrix of the threat's space, and through the
     classifier's own differentiable transform from that space.
+
+    Large inputs are read a chunk of cells at a time (:mod:`~scadversarial.tl._chunks`): a backed
+    AnnData (``X`` stays on disk; pass ``classifier=``), a sparse log-normalized ``X``
+    (``sad.pp.preprocess(output='lognorm')``: scaled space reads it through the classifier's transform)
+    and dask arrays in ``X`` / the layers. With dask input each budget's layer is a dask array: its
+    blocks are attacked when they are computed or written (e.g. ``adata.write_zarr``), on the active
+    scheduler, bit for bit as the in-memory attack on CPU (the attack runs once here for the predictions
+    and the record, and again when the layer is computed). ``AttackOptions(cells=...)`` attacks only a
+    sample of the cells and stores only their rows.
 
     Every field of :class:`ThreatModel` (``space``, ``constraint``, ``max_log_fc``, ``mask``,
     ``bounds``, ``layer``) and of :class:`AttackOptions` (``alpha``, ``steps``, ``detector_weight``,
@@ -115,13 +151,21 @@ def attack(
 
     ``.layers['<key_added>_eps<eps>']``
         The attacked matrix, in the threat's space (scaled values, log-normalized values or counts),
-        e.g. ``.layers['sad_pgd_eps0.1']``.
+        e.g. ``.layers['sad_pgd_eps0.1']``: dense; a dask array for dask input; with ``cells=`` a CSR
+        matrix holding the attacked cells' rows only (the other rows are empty, not attacks).
     ``.obs['<key_added>_eps<eps>_pred']``
-        The classifier's prediction on it (through its transform from that space).
+        The classifier's prediction on it (through its transform from that space); missing for cells
+        not attacked.
+    ``.obs['<key_added>_attacked']``
+        With ``cells=``: whether the cell was attacked (its row of the layers holds an attack).
 
     ``.uns['sad']['attacks'][key_added]``
         ``kind`` (``'whitebox'``, or ``'score_based'`` for ``square``/``nes``), ``layers``, ``eps``;
-        ``params``: ``method``, ``eps``, ``norm``, ``space``, ``constraint``, ``max_log_fc`` (``-1``:
+        ``storage`` (``'dense'``, ``'lazy'``: dask layers computed when read or written, or ``'rows'``:
+        CSR layers of the attacked rows); ``cells``: ``n_cells`` attacked and ``obs_key`` (the
+        ``.obs`` column marking them, ``''`` when every cell was attacked); the metrics are over the
+        attacked cells; ``params``: ``cells`` (``'all'``, the ``.obs`` column, ``'mask'`` or
+        ``'indices'``), ``method``, ``eps``, ``norm``, ``space``, ``constraint``, ``max_log_fc`` (``-1``:
         none), ``layer`` (the matrix attacked), ``target`` (``'none'``, a class, or ``'per_cell'``),
         ``labels_key``, ``mask``, ``bounds``, ``detector`` and ``detector_weight``, ``random_state``,
         and ``alpha`` (per budget) and ``steps`` (gradient methods), ``max_queries`` (score-based),
@@ -157,7 +201,13 @@ def attack(
     ... )
 
     """
-    check_adata(adata)
+    check_adata(adata, allow_backed=True)  # a backed X is read chunk by chunk; layers and .obs are written in memory
+    if copy and adata.isbacked:
+        msg = (
+            "copy=True on a backed AnnData would copy the whole file into memory. Attack it in place (copy=False: the "
+            "layers and .obs columns are added in memory, X stays on disk), or load it first with adata.to_memory()."
+        )
+        raise ValueError(msg)
     threat, options = resolve_options(threat, options, kwargs)
     check_choice("method", method, AttackMethod)
     eps_list = [float(e) for e in np.atleast_1d(eps)]
@@ -179,92 +229,114 @@ def attack(
                 "cgd_attack, grid_attack, random_walk_attack)."
             )
             raise ValueError(msg)
+        _check_foreign_input(adata, options)
         adata = adata.copy() if copy else adata
         attack_foreign(adata, call)
         return adata if copy else None
     space, layer = check_threat(adata, threat, method)
+    if adata.isbacked and options.classifier is None:
+        msg = (
+            "On a backed AnnData pass the classifier explicitly, classifier=<CellClassifier> (e.g. "
+            "sad.tl.load_models(...) or the model trained in this session); it is not looked up from a backed file."
+        )
+        raise ValueError(msg)
     model = options.classifier if options.classifier is not None else get_model(adata, _keys.STEP_CLASSIFIER)
     _check_detector(detector, model, method)
-    # X is checked to be in the classifier's scaled space (a raw or unscaled X would be attacked silently)
-    X = classifier_input(adata, model) if layer is None else matrix_for_genes(adata, model.var_names, layer)
-    view = space_model(adata, model, space)
-    other = other_counts(adata, model.var_names) if space == "counts" else None
-    config = options.iter_config()
-    dev, bs = config.device, config.batch_size
-    X_clean = to_scaled(view, X, other, batch_size=bs)
-    classes = list(model.classes)
-    source = source_codes(
-        adata, options.labels_key, classes, lambda: model.predict_arrays(X_clean, device=dev)[0].argmax(1)
-    )
-    goal = target_codes(adata, target_class, classes)
-    tarr = threat_arrays(adata, threat, space, method, X, model)
-    y = source if goal is None else goal
-    queries: dict[float, float] = {}
-    weights = tuple(float(w) for w in np.atleast_1d(options.detector_weight))
-    if method in SCORE_METHODS:
-        was_training, home = model.training, next(model.parameters()).device
-        model.eval().to(dev)
-        try:
-            run, queries = score_run(
-                view_proba(view, bs),
-                X,
-                y,
-                method=method,
-                eps_list=eps_list,
-                tarr=tarr,
-                targeted=goal is not None,
-                options=options,
-                bs=bs,
-            )
-        finally:  # the caller's model comes back as it was: mode and device
-            model.train(was_training).to(home)
-    else:
-        run = run_attack(
-            view,
-            X,
-            y,
-            method=method,
-            eps=eps_list,
-            threat=tarr,
-            config=config,
-            targeted=goal is not None,
-            other=other,
-            evasion=None if detector is None else Evasion(detector, weights),
-        )
-
+    plan = _plan(adata, call, space, layer, model)
+    idx = resolve_cells(adata, options.cells)
+    lazy = idx is None and method not in SCORE_METHODS and is_lazy(adata, plan)
+    # score-based methods draw from one generator over all the cells they attack: one chunk of them
+    results = run_chunks(adata, plan, idx, keep=not lazy, single=method in SCORE_METHODS)
     if copy:
         adata = adata.copy()
+    storage: Storage = "rows" if idx is not None else ("lazy" if lazy else "dense")
+    layers = {}
+    for e in eps_list:
+        if storage == "lazy":
+            layers[e] = lazy_layer(adata, plan, e)
+        elif storage == "rows":
+            layers[e] = stack_rows([r.adversarial[e] for r in results], idx, adata.n_obs)
+        else:
+            layers[e] = stack_dense([r.adversarial[e] for r in results])
+    source = np.concatenate([r.source for r in results])
+    preds = {e: np.concatenate([r.preds[e] for r in results]) for e in eps_list}
+    goal = None if plan.goal is None else (plan.goal if idx is None else plan.goal[idx])
+    names, extra = write_chunked_layers(
+        adata, prefix, layers, preds=preds, classes=list(model.classes), cells=idx, goal=goal, source=source
+    )
+    extra.update(_run_metrics(results, names, source, detector, plan))
+    params = record_params(call, space=space, layer=layer, n_genes=len(model.var_names))
+    kind = "score_based" if method in SCORE_METHODS else "whitebox"
+    cells = {"n_cells": len(source), "obs_key": attacked_key(prefix) if idx is not None else ""}
+    pred_names = dict(zip(names, (preds[e] for e in eps_list), strict=True))
+    store_record(
+        adata,
+        prefix,
+        source=source,
+        preds=pred_names,
+        classes=list(model.classes),
+        extra=extra,
+        params=params,
+        kind=kind,
+        storage=storage,
+        cells=cells,
+    )
+    return adata if copy else None
+
+
+def _plan(adata: AnnData, call: AttackCall, space: Space, layer: str | None, model: CellClassifier) -> Plan:
+    """What every chunk's attack needs: the options resolved, labels, targets and the mask checked on all cells."""
+    options, threat = call.options, call.threat
+    classes = list(model.classes)
+    labels = None
+    if options.labels_key is not None:
+        labels = source_codes(adata, options.labels_key, classes, lambda: np.zeros(0, np.int64))
+    mask = None
+    if threat.mask is not None and not isinstance(threat.mask, str):
+        resolve_mask(adata, threat.mask, pd.Index(model.var_names))  # checked once, on all cells
+        mask = np.asarray(threat.mask) if np.ndim(threat.mask) == 2 else None
+    weights = tuple(float(w) for w in np.atleast_1d(options.detector_weight))
+    plan = Plan(
+        method=call.method,
+        eps=tuple(call.eps),
+        threat=threat,
+        space=space,
+        layer=layer,
+        model=model,
+        config=options.iter_config(),
+        options=options,
+        predict_batch=int(settings.batch_size),
+        labels=labels,
+        goal=target_codes(adata, call.target_class, classes),
+        mask=mask,
+        evasion=None if call.detector is None else Evasion(call.detector, weights),
+    )
+    if threat.constraint == "observed":  # the range of every cell, whichever cells are attacked
+        plan = replace(plan, observed=whole_range(adata, plan))
+    return plan
+
+
+def _run_metrics(results: list, names: list[str], source: np.ndarray, detector, plan: Plan) -> dict[str, Any]:
+    """The metrics beyond the flip table: flips before rounding, the detector's flags, queries (over attacked cells)."""
     continuous: dict[str, float] = {}
     evaded: dict[str, Any] = {}
-
-    def predict(e: float, name: str, Xa: np.ndarray) -> np.ndarray:
-        Xs = to_scaled(view, Xa, other, batch_size=bs)
-        codes = _write_predictions(adata, model, Xs, layer=name)
-        if e in run.continuous:
-            p_cont = model.predict_arrays(to_scaled(view, run.continuous[e], other, batch_size=bs), device=dev)[0]
-            continuous[name] = float((p_cont.argmax(1) != source).mean())
+    queries: dict[str, float] = {}
+    for e, name in zip(plan.eps, names, strict=True):
+        if e in results[0].continuous:
+            continuous[name] = float(np.concatenate([r.continuous[e] for r in results]).mean())
+        if e in results[0].queries:
+            queries[name] = results[0].queries[e]  # score-based methods run in one chunk
         if detector is not None:
-            thr = float(detector.threshold)
-            flagged = detector_logits(detector, Xs, bs, dev) >= float(np.log(thr / (1 - thr)))
-            flipped = codes != source
-            chosen = [(run.detector_weight[e] == np.float32(w)).sum() for w in weights]
+            flagged = np.concatenate([r.flagged[e] for r in results])
+            flipped = np.concatenate([r.preds[e] for r in results]) != source
+            chosen = np.concatenate([r.weight[e] for r in results])
             evaded[name] = {
                 "flagged": float(flagged.mean()),
                 "evasion": float((flipped & ~flagged).mean()),
-                "weight_chosen": np.array(chosen),
+                "weight_chosen": np.array([(chosen == np.float32(w)).sum() for w in plan.evasion.weights]),
             }
-            evaded["threshold"] = thr
-        return codes
-
-    genes = pd.Index(model.var_names)
-    preds, extra = write_layers(adata, prefix, run, layer=layer, genes=genes, predict=predict, source=source, goal=goal)
-    extra["flip_rate_continuous"] = continuous
-    extra["detector"] = evaded
-    extra["queries"] = {name: queries[e] for e, name in zip(run.adversarial, preds, strict=True) if e in queries}
-    params = record_params(call, space=space, layer=layer, n_genes=X.shape[1])
-    kind = "score_based" if method in SCORE_METHODS else "whitebox"
-    store_record(adata, prefix, source=source, preds=preds, classes=classes, extra=extra, params=params, kind=kind)
-    return adata if copy else None
+            evaded["threshold"] = float(detector.threshold)
+    return {"flip_rate_continuous": continuous, "detector": evaded, "queries": queries}
 
 
 __all__ = ["AttackOptions", "ThreatModel", "attack", "flip_table"]

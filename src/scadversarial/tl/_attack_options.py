@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Sequence
 from dataclasses import InitVar, dataclass
 from typing import Any, Literal, get_args
 
@@ -122,6 +123,12 @@ class AttackOptions(IterConfig):
         estimator with ``predict_proba``, a CellTypist ``Model``, a callable ``X -> probabilities`` or a
         :class:`~scadversarial.tl.ClassifierSpec` (classes, declared genes, output). Such a classifier
         reads ``layer`` (default ``X``), its genes aligned by name when it declares them.
+    cells
+        The cells to attack (default: all): the name of a boolean ``.obs`` column, a boolean mask over
+        cells or cell positions. Only their rows are read, attacked and stored: each layer is then a
+        CSR matrix over all cells whose other rows are empty, and ``.obs['<key_added>_attacked']`` says
+        which rows hold an attack (their ``_pred`` column is missing elsewhere). For a sample of a large
+        (backed, dask or sparse) AnnData, e.g. the test split, without a dense layer over every cell.
     model
         Deprecated spelling of ``classifier`` (a :class:`FutureWarning`; removed in the next release).
 
@@ -129,6 +136,7 @@ class AttackOptions(IterConfig):
     --------
     >>> import scadversarial as sad
     >>> opts = sad.tl.AttackOptions(steps=20, detector_weight=(0.1, 1.0, 10.0))
+    >>> sample = sad.tl.AttackOptions(cells="is_test")  # a boolean .obs column
 
     """
 
@@ -140,6 +148,7 @@ class AttackOptions(IterConfig):
     classifier: CellClassifier | ClassifierSpec | torch.nn.Module | Any | None = dataclasses.field(
         default=None, compare=False, repr=False
     )
+    cells: str | np.ndarray | Sequence[int] | None = dataclasses.field(default=None, compare=False, repr=False)
     model: InitVar[Any] = None
 
     def __post_init__(self, model: Any) -> None:

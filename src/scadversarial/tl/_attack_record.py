@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 
 from .. import _keys
@@ -21,6 +22,44 @@ if TYPE_CHECKING:
 
 #: the metrics a run may add beyond the flip table, in the order the record lists them
 EXTRA_METRICS = ("target_rate", "flip_rate_continuous", "detector", "queries")
+#: how a record's layers are stored (``record['storage']``)
+Storage = Literal["dense", "rows", "lazy"]
+
+
+def attacked_key(prefix: str) -> str:
+    """``.obs`` column saying which cells ``attack(key_added=prefix, cells=...)`` attacked."""
+    return f"{prefix}_attacked"
+
+
+def attacked_cells(adata: AnnData, layer: str) -> np.ndarray | None:
+    """Per cell, whether the attack layer ``layer`` holds an attack in its row; ``None`` when every row does.
+
+    An attack run with ``AttackOptions(cells=...)`` stores rows for those cells only (the others are
+    empty rows of a CSR layer, not attacks): readers of attack layers score and count those cells only.
+
+    Examples
+    --------
+    >>> import scadversarial as sad
+    >>> from scadversarial.tl._attack_record import attacked_cells
+    >>> adata = sad.datasets.pbmc68k_reduced()
+    >>> attacked_cells(adata, "sad_pgd_eps0.1") is None
+    True
+
+    """
+    attacks = adata.uns.get(_keys.UNS, {}).get(_keys.STEP_ATTACKS, {})
+    for rec in attacks.values():
+        if not isinstance(rec, dict) or layer not in {str(v) for v in np.atleast_1d(rec.get("layers", []))}:
+            continue
+        key = str(rec.get("cells", {}).get("obs_key", ""))
+        if not key:
+            return None
+        if key not in adata.obs:
+            msg = (
+                f"Attack layer {layer!r} holds rows for the cells in adata.obs[{key!r}] only, and that column is gone."
+            )
+            raise KeyError(msg)
+        return adata.obs[key].to_numpy(bool)
+    return None
 
 
 def flip_table(target: np.ndarray, preds: dict[str, np.ndarray], classes: list[str]) -> dict:
@@ -62,6 +101,62 @@ def _write_layer(adata: AnnData, name: str, Xa: np.ndarray, layer: str | None, g
     adata.layers[name] = full
 
 
+def stack_dense(blocks: list[np.ndarray]) -> np.ndarray:
+    """The attacked matrix of every cell from its chunks (one chunk: that array itself, no copy)."""
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+
+
+def stack_rows(blocks: list[np.ndarray], idx: np.ndarray, n_obs: int) -> sp.csr_matrix:
+    """A CSR matrix over all ``n_obs`` cells holding the attacked rows ``idx`` (increasing); other rows are empty."""
+    parts = [sp.csr_matrix(b, dtype=np.float32) for b in blocks]
+    counts = np.zeros(n_obs, dtype=np.int64)
+    counts[idx] = np.concatenate([np.diff(p.indptr) for p in parts])
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    data = np.concatenate([p.data for p in parts])
+    indices = np.concatenate([p.indices for p in parts])
+    return sp.csr_matrix((data, indices, indptr), shape=(n_obs, parts[0].shape[1]))
+
+
+def write_chunked_layers(
+    adata: AnnData,
+    prefix: str,
+    layers: dict[float, object],
+    *,
+    preds: dict[float, np.ndarray],
+    classes: list[str],
+    cells: np.ndarray | None,
+    goal: np.ndarray | None,
+    source: np.ndarray,
+) -> tuple[list[str], dict[str, dict]]:
+    """Write ``.layers['<prefix>_eps<eps>']`` and their ``_pred`` columns (missing for cells not attacked).
+
+    ``layers`` hold every cell's row (dense or dask) or, with ``cells`` (the attacked positions), a CSR
+    matrix whose other rows are empty; ``.obs['<prefix>_attacked']`` then marks the attacked cells.
+    ``preds``, ``goal`` and ``source`` are those of the attacked cells. Returns the layer names and the
+    ``target_rate`` metric.
+    """
+    names: list[str] = []
+    target_rate: dict[str, float] = {}
+    for e, M in layers.items():
+        name = f"{prefix}_eps{e:g}"
+        names.append(name)
+        adata.layers[name] = M
+        codes = preds[e]
+        if cells is not None:
+            codes = np.full(adata.n_obs, -1, dtype=np.int64)  # -1: missing, the cell was not attacked
+            codes[cells] = preds[e]
+        adata.obs[_keys.pred_key(name)] = pd.Series(
+            pd.Categorical.from_codes(codes, categories=classes), index=adata.obs_names
+        )
+        if goal is not None:
+            target_rate[name] = _target_rate(preds[e], goal, source)
+    if cells is not None:
+        attacked = np.zeros(adata.n_obs, dtype=bool)
+        attacked[cells] = True
+        adata.obs[attacked_key(prefix)] = attacked
+    return names, {"target_rate": target_rate}
+
+
 def write_layers(
     adata: AnnData,
     prefix: str,
@@ -98,17 +193,24 @@ def store_record(
     extra: dict[str, dict],
     params: dict,
     kind: str,
+    storage: Storage = "dense",
+    cells: dict | None = None,
 ) -> None:
-    """Write the run record ``.uns['sad']['attacks'][prefix]``: params, layers, budgets and metrics."""
+    """Write the run record ``.uns['sad']['attacks'][prefix]``: params, layers, budgets and metrics.
+
+    ``source`` and ``preds`` are those of the attacked cells; ``cells`` (``n_cells``, ``obs_key``) says
+    which cells those are (default: all, ``obs_key`` empty), ``storage`` how the layers are stored.
+    """
     layers = list(preds)
     metrics = flip_table(source, preds, classes)
     metrics["flip_rate_per_eps"] = np.array([metrics["flip_rate"][n] for n in layers])
     metrics.update({k: extra[k] for k in EXTRA_METRICS if extra.get(k)})
     root = uns_root(adata)
     root.setdefault(_keys.STEP_ATTACKS, {})
-    root[_keys.STEP_ATTACKS][prefix] = h5ad_safe(
-        {"params": params, "layers": layers, "eps": params["eps"], "metrics": metrics, "kind": kind}
-    )
+    rec = {"params": params, "layers": layers, "eps": params["eps"], "metrics": metrics, "kind": kind}
+    rec["storage"] = storage
+    rec["cells"] = cells or {"n_cells": len(source), "obs_key": ""}
+    root[_keys.STEP_ATTACKS][prefix] = h5ad_safe(rec)
 
 
 def detector_logits(detector: torch.nn.Module, Xs: np.ndarray, bs: int, dev: torch.device) -> np.ndarray:
@@ -121,6 +223,15 @@ def detector_logits(detector: torch.nn.Module, Xs: np.ndarray, bs: int, dev: tor
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+def cells_name(cells) -> str:
+    """How the attacked cells were chosen, for ``params['cells']``: ``'all'``, the ``.obs`` column, ``'mask'`` or ``'indices'``."""
+    if cells is None:
+        return "all"
+    if isinstance(cells, str):
+        return cells
+    return "mask" if np.asarray(cells).dtype == bool else "indices"
+
+
 def record_params(call: AttackCall, *, space: str, layer: str | None, n_genes: int) -> dict:
     """The record's ``params``: the threat (space, constraint, budget, norm, fold change, target) and the settings."""
     method, eps_list, threat, options = call.method, call.eps, call.threat, call.options
@@ -131,6 +242,7 @@ def record_params(call: AttackCall, *, space: str, layer: str | None, n_genes: i
     custom = "custom" if threat.bounds is not None else "none"
     bounds = "observed" if threat.constraint == "observed" else custom
     params = {
+        "cells": cells_name(options.cells),
         "method": method,
         "eps": eps_list,
         "norm": method_norm(method),
@@ -158,4 +270,17 @@ def record_params(call: AttackCall, *, space: str, layer: str | None, n_genes: i
     return params
 
 
-__all__ = ["detector_logits", "flip_table", "record_params", "store_record", "write_layers"]
+__all__ = [
+    "Storage",
+    "attacked_cells",
+    "attacked_key",
+    "cells_name",
+    "detector_logits",
+    "flip_table",
+    "record_params",
+    "stack_dense",
+    "stack_rows",
+    "store_record",
+    "write_chunked_layers",
+    "write_layers",
+]

@@ -6,7 +6,7 @@ Everything here reads the AnnData and checks it; nothing is written. The result 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from ..models.classifier import CellClassifier, Space
     from ._attack_options import ThreatModel
 
+#: per gene, the ``(min, max)`` of the attacked space's clean values over all cells
+Observed = tuple[np.ndarray, np.ndarray]
 #: where each space's clean values come from, for the message when that layer is missing
 _LAYER_PRODUCER = {"log": "`sad.pp.preprocess`", "counts": "`sad.pp.preprocess` on raw counts"}
 
@@ -60,8 +62,11 @@ def check_max_log_fc(max_log_fc: float | None) -> None:
         raise ValueError(msg)
 
 
-def _resolve_mask(adata: AnnData, mask, genes: pd.Index) -> np.ndarray | None:
-    """The mask as a boolean array over the model's genes (1-d) or cells x genes (2-d)."""
+def resolve_mask(adata: AnnData, mask, genes: pd.Index, *, require_any: bool = True) -> np.ndarray | None:
+    """The mask as a boolean array over the model's genes (1-d) or cells x genes (2-d).
+
+    ``require_any=False`` for a chunk of cells, whose rows of a valid mask may all be ``False``.
+    """
     if mask is None:
         return None
     name = None
@@ -85,7 +90,7 @@ def _resolve_mask(adata: AnnData, mask, genes: pd.Index) -> np.ndarray | None:
         raise ValueError(msg)
     if not adata.var_names.equals(genes):
         mask = mask[..., adata.var_names.get_indexer(genes)]
-    if not mask.any():
+    if require_any and not mask.any():
         msg = "mask allows no entry to change; pass None or a mask with at least one True."
         raise ValueError(msg)
     return mask
@@ -110,23 +115,57 @@ def tighter(a, b, pick):
 
 
 def base_box(
-    adata: AnnData, threat: ThreatModel, X: np.ndarray, genes: pd.Index
+    adata: AnnData,
+    threat: ThreatModel,
+    X: np.ndarray,
+    genes: pd.Index,
+    *,
+    observed: Observed | None = None,
+    whole: bool = True,
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """``(lower, upper, mask)`` from the custom bounds, the observed range of ``X`` and the mask (any classifier)."""
+    """``(lower, upper, mask)`` from the custom bounds, the observed range of ``X`` and the mask (any classifier).
+
+    ``observed``: the per-gene ``(min, max)`` over all cells when ``X`` is only a chunk of them
+    (:func:`observed_range`); default: the range of ``X``. ``whole=False``: ``X`` is a chunk, whose
+    rows of a valid cells x genes mask may all be ``False``.
+    """
     lower = upper = None
     if threat.bounds is not None:
         lower, upper = _custom_bounds(threat.bounds, X.shape[1])
     if threat.constraint == "observed":
-        lower, upper = tighter(lower, X.min(0), np.maximum), tighter(upper, X.max(0), np.minimum)
-    return lower, upper, _resolve_mask(adata, threat.mask, genes)
+        lo, hi = observed if observed is not None else (X.min(0), X.max(0))
+        lower, upper = tighter(lower, lo, np.maximum), tighter(upper, hi, np.minimum)
+    return lower, upper, resolve_mask(adata, threat.mask, genes, require_any=whole)
+
+
+def observed_range(chunks: Iterable[np.ndarray]) -> Observed:
+    """Per gene, the ``(min, max)`` over the rows of every chunk (the ``'observed'`` constraint of chunked input)."""
+    lo = hi = None
+    for X in chunks:
+        if not len(X):
+            continue
+        lo = X.min(0) if lo is None else np.minimum(lo, X.min(0))
+        hi = X.max(0) if hi is None else np.maximum(hi, X.max(0))
+    if lo is None:
+        msg = "The observed range needs at least one cell."
+        raise ValueError(msg)
+    return lo, hi
 
 
 def threat_arrays(
-    adata: AnnData, threat: ThreatModel, space: Space, method: str, X: np.ndarray, model: CellClassifier
+    adata: AnnData,
+    threat: ThreatModel,
+    space: Space,
+    method: str,
+    X: np.ndarray,
+    model: CellClassifier,
+    *,
+    observed: Observed | None = None,
+    whole: bool = True,
 ) -> ThreatArrays:
-    """The array-level threat of ``X`` (the model's genes, in ``space``)."""
+    """The array-level threat of ``X`` (the model's genes, in ``space``; ``observed``, ``whole``: see :func:`base_box`)."""
     genes = pd.Index(model.var_names)
-    lower, upper, mask = base_box(adata, threat, X, genes)
+    lower, upper, mask = base_box(adata, threat, X, genes, observed=observed, whole=whole)
     if space == "counts":
         lower = tighter(lower, np.float32(0), np.maximum)  # the transform's log needs counts >= 0
     if threat.constraint == "expressed":
@@ -166,6 +205,38 @@ def source_codes(
     return pd.Categorical(labels, categories=classes).codes.astype(np.int64)
 
 
+def resolve_cells(adata: AnnData, cells) -> np.ndarray | None:
+    """The positions of the cells to attack, increasing (``None``: all cells).
+
+    ``cells``: the name of a boolean ``.obs`` column, a boolean mask over cells, or cell positions.
+    """
+    if cells is None:
+        return None
+    what = "cells"
+    if isinstance(cells, str):
+        what = f"adata.obs[{cells!r}]"
+        cells = check_obs_key(adata, cells).to_numpy()
+    idx = np.asarray(cells)
+    if idx.dtype == bool:
+        if idx.shape != (adata.n_obs,):
+            msg = f"A boolean {what} needs one value per cell ({adata.n_obs}), got shape {idx.shape}."
+            raise ValueError(msg)
+        idx = np.flatnonzero(idx)
+    elif idx.dtype.kind not in "iu" or idx.ndim != 1:
+        msg = (
+            f"{what} must be a boolean .obs column name, a boolean mask over cells or integer cell positions; "
+            f"got {idx.dtype} with shape {idx.shape}."
+        )
+        raise ValueError(msg)
+    elif idx.size and (idx.min() < 0 or idx.max() >= adata.n_obs):
+        msg = f"Cell positions must lie in [0, {adata.n_obs}), got {idx.min()} .. {idx.max()}."
+        raise ValueError(msg)
+    if idx.size == 0:
+        msg = f"{what} selects no cell; select at least one cell to attack, or pass cells=None for all."
+        raise ValueError(msg)
+    return np.unique(idx).astype(np.int64)  # the layer stores rows in the cells' order
+
+
 def target_codes(adata: AnnData, target_class, classes: list[str]) -> np.ndarray | None:
     """Per cell, the class to reach (``None``: untargeted)."""
     if target_class is None:
@@ -185,4 +256,15 @@ def target_codes(adata: AnnData, target_class, classes: list[str]) -> np.ndarray
     return pd.Categorical(names.astype(str), categories=classes).codes.astype(np.int64)
 
 
-__all__ = ["base_box", "check_threat", "source_codes", "target_codes", "threat_arrays", "tighter"]
+__all__ = [
+    "Observed",
+    "base_box",
+    "check_threat",
+    "observed_range",
+    "resolve_mask",
+    "resolve_cells",
+    "source_codes",
+    "target_codes",
+    "threat_arrays",
+    "tighter",
+]
