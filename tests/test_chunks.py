@@ -19,6 +19,7 @@ from scadversarial import _keys
 from scadversarial.detection import DetectorConfig
 from scadversarial.tl import _chunks
 from scadversarial.tl._chunks import chunk_cells, is_chunked, iter_chunks, map_chunks
+from scadversarial.tl._detect_score import referenced_model
 from scadversarial.tl._input import read_input, x_source
 
 da = pytest.importorskip("dask.array")
@@ -188,33 +189,50 @@ def test_detect_on_a_local_cluster_equals_in_memory(scored):
     assert_same_detection(lazy, scored)
 
 
-def _lognorm_x(a: ad.AnnData) -> ad.AnnData:
-    """``a`` with X the sparse log-normalized values, as ``sad.pp.preprocess(output='lognorm')`` leaves it."""
-    b = a.copy()
-    b.X = sp.csr_matrix(_dense(a.layers[_keys.LAYER_LOGNORM]), dtype=np.float32)
-    b.layers[_keys.LAYER_LOGNORM] = b.X
-    b.uns["sad"]["preprocess"]["params"]["output"] = "lognorm"
-    return b
-
-
-def test_lognorm_x_equals_scaled_x_up_to_rounding(scored, small_chunks):
+def test_lognorm_x_equals_scaled_x_up_to_rounding(scored, pbmc68k, small_chunks):
     """X kept sparse log-normalized goes through the classifier's transform: the scaled X up to float rounding."""
-    lognorm = _lognorm_x(scored)
+    lognorm = pbmc68k.copy()
+    sad.pp.preprocess(lognorm, output="lognorm")
+    assert sp.issparse(lognorm.X)
     assert sad.tl.layer_space(lognorm, None) == "log"
     assert sad.tl.layer_space(scored, None) == "scaled"
     assert is_chunked(lognorm)
-    clf = sad.tl.get_model(scored, "classifier")
-    got = sad.tl.classifier_input(lognorm, clf)
-    np.testing.assert_allclose(got, _dense(scored.X), rtol=0, atol=INPUT_ATOL)
-    before = lognorm.obs.copy()
-    sad.tl.detect(lognorm, LAYERS, batch_size=BATCH)
-    for k in (_keys.score_key(None), _keys.score_key(LAYER)):  # the attack layer is read as before: equal
-        np.testing.assert_allclose(lognorm.obs[k], scored.obs[k], rtol=SCORE_RTOL, atol=SCORE_ATOL, err_msg=k)
+    for k in (LAYER, "sad_split"):  # the pipeline's attack layer and split, to score the same cells
+        (lognorm.layers if k == LAYER else lognorm.obs)[k] = (scored.layers if k == LAYER else scored.obs)[k]
+    lognorm.uns["sad"]["attacks"] = scored.uns["sad"]["attacks"]
+    clf, model = sad.tl.get_model(scored, "classifier"), sad.tl.get_model(scored, "detector")
+    np.testing.assert_allclose(sad.tl.classifier_input(lognorm, clf), scored.X, rtol=0, atol=INPUT_ATOL)
+    sad.tl.detect(lognorm, LAYERS, model=model, batch_size=BATCH)
+    got, ref = lognorm.obs[_keys.score_key(None)], scored.obs[_keys.score_key(None)]
+    np.testing.assert_allclose(got, ref, rtol=SCORE_RTOL, atol=SCORE_ATOL)
+    # the attack layer is read as before: equal
     np.testing.assert_array_equal(lognorm.obs[_keys.score_key(LAYER)], scored.obs[_keys.score_key(LAYER)])
-    pd.testing.assert_index_equal(lognorm.obs.index, before.index)
-    # the same lognorm X, lazily: chunked results equal the in-memory lognorm ones bit for bit
+    np.testing.assert_array_equal(lognorm.obsm[_keys.meta_key(LAYER)], scored.obsm[_keys.meta_key(LAYER)])
+    # the same lognorm X, lazily (CSR blocks): chunked results equal the in-memory lognorm ones bit for bit
     lazy = lognorm.copy()
     lazy.X = da.from_array(lognorm.X, chunks=(BATCH, -1)).map_blocks(sp.csr_matrix)
     lazy.layers[_keys.LAYER_LOGNORM] = lazy.X
-    sad.tl.detect(lazy, LAYERS, batch_size=BATCH)
+    sad.tl.detect(lazy, LAYERS, model=model, batch_size=BATCH)
     assert_same_detection(lazy, lognorm)
+
+
+def test_train_detector_on_backed_and_dask_equals_in_memory(scored, tmp_path, small_chunks):
+    """The detector trained on the cells read chunk by chunk is the one trained in memory, weight for weight."""
+    config = DetectorConfig(triplet_epochs=1, epochs=2)
+    backed_path = tmp_path / "scored.h5ad"
+    scored.write_h5ad(backed_path)
+    lazy = scored.copy()
+    lazy.X = da.from_array(scored.X, chunks=(100, -1))
+    lazy.layers[LAYER] = da.from_array(scored.layers[LAYER], chunks=(BATCH, -1))
+    detectors, roles = [], []
+    for a in (scored.copy(), ad.read_h5ad(backed_path, backed="r"), lazy):
+        sad.tl.train_detector(a, layers=[LAYER], random_state=0, config=config, key_added="small")
+        detectors.append(referenced_model(a, "small"))
+        roles.append(a.obs["sad_detector_role"])
+    for role in roles[1:]:
+        pd.testing.assert_series_equal(role, roles[0])
+    ref = detectors[0].state_dict()
+    for det in detectors[1:]:
+        assert det.threshold == detectors[0].threshold
+        for k, v in det.state_dict().items():
+            torch.testing.assert_close(v, ref[k], rtol=0, atol=0, msg=k)

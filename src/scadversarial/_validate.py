@@ -114,7 +114,13 @@ def shown_names(names) -> str:
 
 
 def _read_backed(X):
-    """An in-memory copy of a backed matrix (an h5py dataset or anndata's backed sparse dataset), else ``X``."""
+    """An in-memory copy of a backed or lazy matrix (h5py dataset, anndata's backed sparse dataset, dask array), else ``X``.
+
+    A dask array is computed as a whole (``np.asarray`` of one with sparse blocks would be a 0-d object array);
+    functions that read big matrices read them in chunks instead (``tl/_chunks.py``).
+    """
+    if type(X).__module__.split(".")[0] == "dask":
+        X = X.compute()
     if hasattr(X, "to_memory"):  # anndata's backed CSR/CSC dataset
         return X.to_memory()
     if type(X).__module__.startswith("h5py"):  # a dense backed X

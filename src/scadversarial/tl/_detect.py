@@ -40,9 +40,10 @@ from ._detect_score import (
     detect_chunk,
     layer_list,
     meta_chunk,
+    referenced_model,
     scores_and_reasons,
 )
-from ._models import get_model, set_model_reference
+from ._models import set_model_reference
 
 #: Role of each cell in ``.obs['sad_detector_role']``.
 ROLES = ("meta_train", "calibration", "reference", "unused")
@@ -156,7 +157,7 @@ def _roles(split: np.ndarray, cells: DetectorCells, rng: np.random.Generator, *,
 
 
 def _watched_classifier(adata: AnnData, classifier_key: str) -> CellClassifier:
-    clf = get_model(adata, classifier_key)
+    clf = referenced_model(adata, classifier_key)
     if not isinstance(clf, CellClassifier):
         msg = f"The {classifier_key!r} model is a {type(clf).__name__}; the detector needs a CellClassifier (`sad.tl.train_classifier`)."
         raise TypeError(msg)
@@ -273,7 +274,8 @@ def train_detector(
         ``model`` (the reference); ``feature_names``.
 
     """
-    check_adata(adata, min_obs=4)
+    check_adata(adata, min_obs=4, allow_backed=True)
+    check_copy(adata, copy=copy, name="train_detector")
     cells, features, config = cells or DetectorCells(), features or FeatureSpec(), config or DetectorConfig()
     clf = _watched_classifier(adata, classifier_key)
     layers = _attack_layers(adata, attack_key, layers)
@@ -432,7 +434,7 @@ def detect(
     check_copy(adata, copy=copy, name="detect")
     check_choice("missing", missing, Missing)
     if model is None:
-        model = get_model(adata, detector_key)
+        model = referenced_model(adata, detector_key)
     if not isinstance(model, AdversarialDetector):
         msg = f"Expected an AdversarialDetector, got {type(model).__name__}. Train one with `sad.tl.train_detector`."
         raise TypeError(msg)
@@ -545,7 +547,7 @@ def meta_features(
     if model is None:
         root = adata.uns.get(_keys.UNS, {})
         has_det = isinstance(root.get(_keys.STEP_DETECTOR), dict) and "model" in root[_keys.STEP_DETECTOR]
-        model = get_model(adata, _keys.STEP_DETECTOR if has_det else _keys.STEP_CLASSIFIER)
+        model = referenced_model(adata, _keys.STEP_DETECTOR if has_det else _keys.STEP_CLASSIFIER)
     if not isinstance(model, AdversarialDetector | CellClassifier):
         msg = f"model must be an AdversarialDetector or a CellClassifier, got {type(model).__name__}."
         raise TypeError(msg)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
+import pandas as pd
 import torch
 from anndata import AnnData
 
@@ -25,6 +26,7 @@ from ..detection._rule_layer import LEARNED, NON_INTEGER, combine, rule_reasons
 from ..models.detector import AdversarialDetector, DetectorReport
 from ._chunks import is_chunked
 from ._input import read_input, x_source
+from ._models import get_model
 from ._space import layer_space, source_layers
 
 
@@ -167,6 +169,17 @@ def scores_and_reasons(rep: DetectorReport, non_int: np.ndarray, thr: float) -> 
     return score, reason
 
 
+def referenced_model(adata: AnnData, key: str) -> torch.nn.Module:
+    """The model referenced in ``adata.uns['sad'][key]``, also for a backed AnnData.
+
+    :func:`~scadversarial.tl.get_model` refuses backed AnnData although it reads ``.uns`` only; it is
+    given an in-memory AnnData holding ``adata``'s names and ``.uns`` (no matrix) instead.
+    """
+    if adata.isbacked:
+        adata = AnnData(obs=pd.DataFrame(index=adata.obs_names), var=pd.DataFrame(index=adata.var_names), uns=adata.uns)
+    return get_model(adata, key)
+
+
 def check_copy(adata: AnnData, *, copy: bool, name: str) -> None:
     """Refuse ``copy=True`` on a backed AnnData (a copy would load or duplicate the file), naming what works."""
     if copy and adata.isbacked:
@@ -190,5 +203,6 @@ __all__ = [
     "detect_chunk",
     "meta_chunk",
     "non_integer",
+    "referenced_model",
     "scores_and_reasons",
 ]
