@@ -113,13 +113,14 @@ def shown_names(names) -> str:
     return ", ".join(repr(str(n)) for n in names[:N_SHOWN]) + (", ..." if len(names) > N_SHOWN else "")
 
 
-def _read_backed(X):
-    """An in-memory copy of a backed or lazy matrix (h5py dataset, anndata's backed sparse dataset, dask array), else ``X``.
+def _read_backed(X, *, dense: bool):
+    """An in-memory copy of a backed matrix (h5py dataset, anndata's backed sparse dataset), else ``X``.
 
-    A dask array is computed as a whole (``np.asarray`` of one with sparse blocks would be a 0-d object array);
-    functions that read big matrices read them in chunks instead (``tl/_chunks.py``).
+    With ``dense``, a dask array is computed as a whole (``np.asarray`` of one with sparse blocks would be a 0-d
+    object array); otherwise it is returned lazy (``sad.pp.preprocess`` reads it block by block). Functions that
+    read big matrices read them in chunks instead (``tl/_chunks.py``).
     """
-    if type(X).__module__.split(".")[0] == "dask":
+    if dense and type(X).__module__.split(".")[0] == "dask":
         X = X.compute()
     if hasattr(X, "to_memory"):  # anndata's backed CSR/CSC dataset
         return X.to_memory()
@@ -153,7 +154,7 @@ def get_matrix(
             )
             raise KeyError(msg)
         X = adata.layers[layer]
-    X = _read_backed(X)
+    X = _read_backed(X, dense=dense)
     if X is None:
         msg = "adata.X is None. Set adata.X or pass layer=..."
         raise ValueError(msg)
