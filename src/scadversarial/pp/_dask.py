@@ -74,28 +74,27 @@ def counts(M: da.Array) -> da.Array:
     return M.map_blocks(_csr_float32, dtype=np.float32, meta=sp.csr_matrix((0, 0), dtype=np.float32))
 
 
-def dense(lognorm_full: da.Array, keep: np.ndarray | None) -> da.Array:
-    """The dense float32 log-normalized layer: the kept genes (all for ``None``) of each block."""
+def _kept_columns(lognorm_full: da.Array, keep: np.ndarray | None, *, as_sparse: bool) -> da.Array:
+    """The kept genes (all for ``None``) of each block, float32: CSR blocks or dense ones."""
     n_out = lognorm_full.shape[1] if keep is None else len(keep)
+    meta = sp.csr_matrix((0, 0), dtype=np.float32) if as_sparse else np.empty((0, 0), dtype=np.float32)
     return lognorm_full.map_blocks(
-        dense_columns,
+        sparse_columns if as_sparse else dense_columns,
         keep,
         dtype=np.float32,
         chunks=(lognorm_full.chunks[0], (n_out,)),
-        meta=np.empty((0, 0), dtype=np.float32),
+        meta=meta,
     )
+
+
+def dense(lognorm_full: da.Array, keep: np.ndarray | None) -> da.Array:
+    """The dense float32 log-normalized layer: the kept genes (all for ``None``) of each block."""
+    return _kept_columns(lognorm_full, keep, as_sparse=False)
 
 
 def sparse(lognorm_full: da.Array, keep: np.ndarray | None) -> da.Array:
     """The ``output='lognorm'`` ``X``: the kept genes (all for ``None``) of each block as float32 CSR."""
-    n_out = lognorm_full.shape[1] if keep is None else len(keep)
-    return lognorm_full.map_blocks(
-        sparse_columns,
-        keep,
-        dtype=np.float32,
-        chunks=(lognorm_full.chunks[0], (n_out,)),
-        meta=sp.csr_matrix((0, 0), dtype=np.float32),
-    )
+    return _kept_columns(lognorm_full, keep, as_sparse=True)
 
 
 def mean_std(X: da.Array) -> tuple[np.ndarray, np.ndarray]:
