@@ -109,6 +109,18 @@ def test_lognorm_x_trains_the_model_of_scaled_x(scaled3k, lognorm3k, trained3k):
     np.testing.assert_allclose(b.obsm["sad_proba"], trained3k.obsm["sad_proba"], atol=1e-6)
 
 
+def test_hardening_on_lognorm_x_equals_scaled_x(scaled3k, lognorm3k):
+    """Log-space adversarial training reads the same log values either way; only validation reads X."""
+    config = replace(SMALL, max_epochs=1)
+    adversarial = sad.tl.AdversarialTraining("pgd", space="log", eps=0.5, steps=1)
+    models = []
+    for a in (scaled3k, lognorm3k):
+        b = a.copy()
+        sad.tl.train_classifier(b, LABELS, config=config, adversarial=adversarial, random_state=3)
+        models.append(sad.get.model(b))
+    _assert_same_weights(*models)
+
+
 @pytest.mark.parametrize("store", ["backed", "dask"])
 def test_training_on_backed_and_dask_x_equals_in_memory(lognorm3k, trained3k, tmp_path, store):
     b = _stored(lognorm3k, store, tmp_path)
@@ -117,6 +129,12 @@ def test_training_on_backed_and_dask_x_equals_in_memory(lognorm3k, trained3k, tm
     np.testing.assert_array_equal(b.obs["sad_pred"].to_numpy(), trained3k.obs["sad_pred"].to_numpy())
     with pytest.raises(ValueError, match="in-memory AnnData"):
         sad.tl.train_classifier(b, LABELS, config=SMALL, augment=sad.tl.ThinningAugmentation())
+    # with a cap, each epoch's sample is read from the store before the epoch: the in-memory model again
+    capped = replace(SMALL, max_cells_per_epoch=300)
+    mem = lognorm3k.copy()
+    sad.tl.train_classifier(mem, LABELS, config=capped, random_state=3)
+    sad.tl.train_classifier(b, LABELS, config=capped, random_state=3)
+    _assert_same_weights(sad.get.model(b.to_memory() if b.isbacked else b), sad.get.model(mem))
 
 
 def test_max_cells_per_epoch_trains_on_a_stratified_sample(scaled3k, trained3k):

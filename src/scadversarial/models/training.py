@@ -189,6 +189,54 @@ class MatrixRows:
         return np.asarray(part, dtype=np.float32)
 
 
+class StreamedRows:
+    """Training cells read from a store (a file, a dask array) an epoch at a time.
+
+    Before each epoch :meth:`load` reads that epoch's cells with ``read(positions)`` (sorted positions
+    in, an in-memory dense or sparse matrix of those cells out); mini-batches are then densified from
+    them as by :class:`MatrixRows`. Memory holds one epoch's cells as stored, not the training split.
+
+    Parameters
+    ----------
+    read
+        ``positions -> matrix`` of those training cells, rows in the order given.
+    n
+        Number of training cells.
+
+    Examples
+    --------
+    >>> X = np.arange(12, dtype=np.float32).reshape(6, 2)
+    >>> rows = StreamedRows(lambda pos: X[pos], 6)
+    >>> rows.load(np.array([1, 4]))
+    >>> rows.take(np.array([4, 1])).tolist()
+    [[8.0, 9.0], [2.0, 3.0]]
+
+    """
+
+    def __init__(self, read: Callable[[np.ndarray], object], n: int) -> None:
+        self.read, self.n = read, int(n)
+        self._rows: np.ndarray | None = None
+        self._loaded: MatrixRows | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def load(self, rows: np.ndarray) -> None:
+        """Read the cells ``rows`` (positions below ``n``) for the coming epoch, dropping the last epoch's first."""
+        self._loaded = None
+        self._rows = np.sort(np.asarray(rows, dtype=np.int64))
+        self._loaded = MatrixRows(self.read(self._rows))
+
+    def take(self, i: np.ndarray) -> np.ndarray:
+        """Cells ``i`` (positions among the training cells, all loaded) as a dense float32 array, in that order."""
+        i = np.asarray(i, dtype=np.int64)
+        at = np.searchsorted(self._rows, i) if self._rows is not None else None
+        if at is None or (at >= len(self._rows)).any() or (self._rows[np.minimum(at, len(self._rows) - 1)] != i).any():
+            msg = "StreamedRows.take asked for cells that were not loaded for this epoch; call load() first."
+            raise RuntimeError(msg)
+        return self._loaded.take(at)
+
+
 @dataclass(frozen=True)
 class Monitor:
     """What early stopping watches: the metric's name, its direction and the smallest improvement."""
@@ -264,7 +312,7 @@ def fit(
 
 def fit_classifier(
     model: CellClassifier,
-    train: tuple[np.ndarray | MatrixRows, np.ndarray],
+    train: tuple[np.ndarray | MatrixRows | StreamedRows, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
     *,
     config: TrainingConfig | None = None,
@@ -278,7 +326,8 @@ def fit_classifier(
 
     ``train`` and ``val`` are ``(X, y)``: inputs and class codes. The training ``X`` may be a
     :class:`MatrixRows` (a dense or sparse matrix read a mini-batch at a time, so a million cells
-    need no dense copy); ``input_space='log'`` says ``X`` holds log-normalized values, which pass
+    need no dense copy) or a :class:`StreamedRows` (each epoch's cells read from a store before the
+    epoch); ``input_space='log'`` says ``X`` holds log-normalized values, which pass
     through the model's own transform (its per-gene scaling) before the network. With
     ``config.max_cells_per_epoch`` each epoch trains on a new stratified sample of the training
     cells (:func:`stratified_sample`). With ``adversarial`` or ``augment`` each mini-batch goes
@@ -313,12 +362,16 @@ def fit_classifier(
         )
     epoch_rows = None
     cap = config.max_cells_per_epoch
-    if cap is not None and int(cap) < len(yt):
+    capped = cap is not None and int(cap) < len(yt)
+    if capped or isinstance(X_train, StreamedRows):
         y_codes = np.asarray(y_train)
         rng = np.random.default_rng((int(random_state), EPOCH_STREAM))
 
         def epoch_rows(_epoch: int) -> np.ndarray:  # a new sample at every call, one call per epoch
-            return stratified_sample(y_codes, int(cap), rng)
+            rows = stratified_sample(y_codes, int(cap), rng) if capped else np.arange(len(y_codes))
+            if isinstance(X_train, StreamedRows):
+                X_train.load(rows)
+            return rows
 
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(int(random_state))
@@ -337,7 +390,7 @@ def fit_classifier(
 
 def _clean_loss(
     model: CellClassifier,
-    X_train: np.ndarray | MatrixRows,
+    X_train: np.ndarray | MatrixRows | StreamedRows,
     yt: torch.Tensor,
     *,
     config: TrainingConfig,
@@ -347,7 +400,7 @@ def _clean_loss(
     """Cross-entropy of a mini-batch: rows of a tensor of all training cells, or read from a :class:`MatrixRows`."""
     ce = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     scale = model.transform if input_space == "log" else nn.Identity()
-    if not isinstance(X_train, MatrixRows):
+    if not isinstance(X_train, MatrixRows | StreamedRows):
         Xt = torch.as_tensor(X_train, device=device)
 
         def batch_loss(net: nn.Module, bi: torch.Tensor) -> torch.Tensor:
@@ -366,6 +419,7 @@ __all__ = [
     "BatchLoss",
     "MatrixRows",
     "Monitor",
+    "StreamedRows",
     "TrainingConfig",
     "fit",
     "fit_classifier",

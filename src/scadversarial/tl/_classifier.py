@@ -33,6 +33,7 @@ from ..models.training import (
     VAL_STREAM,
     InputSpace,
     MatrixRows,
+    StreamedRows,
     TrainingConfig,
     fit_classifier,
     stratified_quota,
@@ -96,22 +97,36 @@ def train_classifier(
     in log or count space (``adversarial``) and binomial thinning of the training cells' counts
     (``augment``), see :class:`~scadversarial.tl.AdversarialTraining` and :class:`~scadversarial.tl.ThinningAugmentation`.
 
+    Memory: mini-batches are densified one at a time from the matrix as it is stored, so nothing of
+    size cells x genes is made. ``X`` left sparse log-normalized by ``sad.pp.preprocess(output='lognorm')``
+    is scaled batch by batch by the model's own transform (the same model as training on the scaled
+    ``X``); a backed or dask ``X`` has its validation sample and training cells read into memory as
+    stored (sparse stays sparse): all training cells once, or with ``config.max_cells_per_epoch``
+    each epoch's sample before the epoch, so memory follows the cap, not the data (hardening then
+    raises: it needs an in-memory AnnData). ``config.max_cells_per_epoch`` trains each epoch on a
+    new sample of the training cells stratified by label, and early stopping watches at most ``config.max_val_cells``
+    validation cells (a seeded sample stratified by label when the split is larger). The
+    predictions of every cell are computed chunk by chunk for large, backed or dask data.
+
     Parameters
     ----------
     adata
-        Preprocessed AnnData (:func:`~scadversarial.pp.preprocess`) with a split (:func:`~scadversarial.pp.split`).
+        Preprocessed AnnData (:func:`~scadversarial.pp.preprocess`) with a split (:func:`~scadversarial.pp.split`);
+        ``X`` may be backed (``backed='r'``) or a dask array.
     labels_key
         ``.obs`` column with the cell types (e.g. ``'sad_label'`` from :func:`~scadversarial.pp.pseudo_labels`).
     layer
-        Matrix to train on (default the scaled ``X``; hardening needs ``X``).
+        Matrix to train on (default ``X``, scaled or log-normalized as the preprocessing record says;
+        hardening needs ``X``).
     max_epochs
         At most this many epochs (``None``: ``config.max_epochs``, 60).
     random_state
         Seed of the weight initialisation, batch order, thinning draws and attack starts (torch's
-        generator, forked: the global random state is left unchanged).
+        generator, forked: the global random state is left unchanged), and of the validation and
+        per-epoch samples (NumPy generators of their own).
     config
-        Architecture, optimiser, early stopping, split column, device and save folder
-        (:class:`~scadversarial.models.training.TrainingConfig`; default its defaults).
+        Architecture, optimiser, early stopping, split column, cells per epoch, validation sample,
+        device and save folder (:class:`~scadversarial.models.training.TrainingConfig`; default its defaults).
     adversarial
         Adversarial training (:class:`~scadversarial.tl.AdversarialTraining`):
         PGD-AT or TRADES against an L-inf attack on the expressed genes' log values or counts.
@@ -137,7 +152,9 @@ def train_classifier(
         ``params`` (``labels_key``, ``layer``, the :class:`TrainingConfig` fields but ``device`` and
         ``save_dir``, ``random_state``, and ``adversarial`` / ``augment`` with their fields when
         given), ``metrics`` (accuracy per split, per-class accuracy and confusion matrix on the
-        test split, training history) and ``model`` (the reference).
+        test split, training history, and ``cells``: the training cells ``train``, the cells of each
+        epoch ``per_epoch`` and ``per_epoch_per_class``, the validation cells watched ``val`` of
+        ``val_of`` and ``val_per_class``) and ``model`` (the reference).
 
     Examples
     --------
@@ -226,7 +243,7 @@ def train_classifier(
 class _TrainingData:
     """The cells training reads: training rows (densified a mini-batch at a time) and the validation sample."""
 
-    train: MatrixRows
+    train: MatrixRows | StreamedRows
     train_rows: np.ndarray
     val_rows: np.ndarray
     n_val: int
@@ -263,7 +280,8 @@ def _training_data(
     """The training rows as a :class:`MatrixRows` (no dense copy) and the dense validation sample.
 
     An in-memory matrix (dense or sparse) is read in place; a backed or dask one has its training
-    rows read once, chunk by chunk, into memory as stored (sparse stays sparse). ``X`` that
+    rows read once into memory as stored (sparse stays sparse), or, with ``max_cells_per_epoch``,
+    each epoch's sample read before the epoch (:class:`StreamedRows`). ``X`` that
     ``sad.pp.preprocess(output='lognorm')`` left log-normalized is read in log space (the model's
     transform scales it).
     """
@@ -281,13 +299,31 @@ def _training_data(
         train = MatrixRows(M, train_rows)
         X_val = MatrixRows(M, val_rows).take(np.arange(len(val_rows)))
     else:
-        train = MatrixRows(_read_rows(adata, layer, train_rows))
+        cap = config.max_cells_per_epoch
+        if cap is not None and int(cap) < len(train_rows):  # memory for one epoch's cells, read before each epoch
+            train = StreamedRows(partial(_read_train_rows, adata, layer, train_rows), len(train_rows))
+        else:  # every epoch reads all training cells: read them once
+            train = MatrixRows(_read_rows(adata, layer, train_rows))
         X_val = MatrixRows(_read_rows(adata, layer, val_rows)).take(np.arange(len(val_rows)))
     return _TrainingData(train, train_rows, val_rows, n_val, X_val, space, from_file)
 
 
+def _read_train_rows(adata: AnnData, layer: str | None, train_rows: np.ndarray, positions: np.ndarray):
+    """The training cells at ``positions`` (among ``train_rows``), read into memory (:func:`_read_rows`)."""
+    return _read_rows(adata, layer, train_rows[positions])
+
+
 def _read_rows(adata: AnnData, layer: str | None, rows: np.ndarray):
-    """Rows of a backed or dask ``X`` (or layer) read chunk by chunk into memory, sparse kept sparse (float32)."""
+    """Rows of a backed or dask ``X`` (or layer) read into memory, sparse kept sparse (float32).
+
+    A backed matrix is read chunk by chunk (:func:`iter_chunks`); a dask one in one computation, so
+    that each block is read once however the rows spread over the blocks.
+    """
+    M = adata.X if layer is None else adata.layers[layer]
+    if is_dask(M):
+        part = M[np.asarray(rows)].compute()
+        check_finite(part, matrix_name(layer))
+        return part.astype(np.float32, copy=False) if sp.issparse(part) else np.asarray(part, np.float32)
     parts = []
     for _, chunk in iter_chunks(adata, layers=_layers(layer), rows=rows):
         part = chunk.X if layer is None else chunk.layers[layer]
@@ -331,7 +367,8 @@ def _hardening_inputs(
             raise KeyError(msg)
         counts, other = library_counts(adata)
         return TrainingInputs(counts=counts[train], other=other[train], target_sum=target_sum(adata))
-    return TrainingInputs(lognorm=np.asarray(get_matrix(adata, _keys.LAYER_LOGNORM))[train])
+    lognorm = get_matrix(adata, _keys.LAYER_LOGNORM, dense=False)[train]  # densify the training cells only
+    return TrainingInputs(lognorm=np.asarray(lognorm.toarray() if sp.issparse(lognorm) else lognorm, np.float32))
 
 
 def _write_predictions(adata: AnnData, model: CellClassifier, X: np.ndarray, *, layer: str | None) -> np.ndarray:
@@ -413,6 +450,10 @@ def predict(
     to be scaled with the model's statistics (:func:`input_space_problem`): raw counts,
     unscaled log values or another scaling are read from ``.layers['sad_lognorm']`` through the
     model's transform when that layer exists (a warning says so), else refused with the fix.
+    Large, backed (``backed='r'``) or dask data, and ``X`` left log-normalized by
+    ``sad.pp.preprocess(output='lognorm')``, are read chunk by chunk (dask: one task per block, on a
+    ``dask.distributed`` cluster when a client is active); the results equal the whole-matrix path
+    bit for bit on CPU (chunks hold whole forward batches).
 
     Parameters
     ----------
@@ -446,6 +487,9 @@ def predict(
         warnings.warn("predict(model=...) is deprecated: pass classifier= instead.", FutureWarning, stacklevel=2)
         classifier = model
     model = get_model(adata, _keys.STEP_CLASSIFIER) if classifier is None else classifier
+    if copy and adata.isbacked:
+        msg = "predict(copy=True) needs an in-memory AnnData: load it with `adata.to_memory()`, or pass copy=False."
+        raise ValueError(msg)
     if is_chunked(adata, layers=_layers(layer)):
         fn = partial(_input_outputs, model=model, layer=layer, missing=missing, **_forward_options())
         outputs = _joined(map_chunks(adata, fn, layers=_layers(layer)), model)
