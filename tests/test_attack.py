@@ -131,3 +131,13 @@ def test_string_options_are_checked(pipeline3k):
     with pytest.raises(ValueError, match="space='logs' is not one of"):
         sad.tl.ThreatModel(space="logs")
     assert "sad_pgdd" not in a.uns["sad"].get("attacks", {})
+
+
+def test_random_start_seeded_per_batch_and_budget(pipeline3k):
+    """A budget attacked alone gets the random starts it gets inside a sweep (each batch and budget seeded apart)."""
+    a = pipeline3k[:300].copy()
+    sad.tl.attack(a, "pgd_rs", eps=(0.05, 0.1), steps=2, batch_size=128, key_added="both")
+    sad.tl.attack(a, "pgd_rs", eps=0.1, steps=2, batch_size=128, key_added="one")
+    np.testing.assert_array_equal(a.layers["both_eps0.1"], a.layers["one_eps0.1"])
+    sad.tl.attack(a, "pgd_rs", eps=0.1, steps=2, batch_size=128, random_state=1, key_added="other")
+    assert not np.array_equal(a.layers["other_eps0.1"], a.layers["one_eps0.1"])
