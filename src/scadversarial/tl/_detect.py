@@ -32,16 +32,19 @@ from ..models.classifier import CellClassifier
 from ..models.detector import AdversarialDetector, DetectorArchitecture
 from ._chunks import map_chunks
 from ._detect_score import (
+    DOC_CHUNKED,
     DOC_SCORING,
     check_copy,
     chunk_layers,
     chunk_reader,
     concat_reports,
     detect_chunk,
+    detector_features,
     layer_list,
     meta_chunk,
     referenced_model,
     scores_and_reasons,
+    watched_classifier,
 )
 from ._models import set_model_reference
 
@@ -74,16 +77,6 @@ def _split_array(adata: AnnData, split_key: str) -> np.ndarray:
         msg = f"No 'train' cells in adata.obs[{split_key!r}]. Run `sad.pp.split(adata)`."
         raise ValueError(msg)
     return split
-
-
-def _detector_features(det: AdversarialDetector, X: np.ndarray, dev: torch.device, batch_size: int) -> torch.Tensor:
-    """Raw meta-features of ``X`` under the detector's spec, as a CPU tensor."""
-    det.eval().to(dev)
-    out = []
-    for s in range(0, X.shape[0], batch_size):
-        xb = torch.as_tensor(np.ascontiguousarray(X[s : s + batch_size]), dtype=torch.float32, device=dev)
-        out.append(det.meta_features(xb).cpu())
-    return torch.cat(out) if out else torch.zeros(0, len(det.feature_names))
 
 
 @dataclass(frozen=True)
@@ -156,14 +149,6 @@ def _roles(split: np.ndarray, cells: DetectorCells, rng: np.random.Generator, *,
     return _Roles(meta_idx, cal_idx, ref_idx, source)
 
 
-def _watched_classifier(adata: AnnData, classifier_key: str) -> CellClassifier:
-    clf = referenced_model(adata, classifier_key)
-    if not isinstance(clf, CellClassifier):
-        msg = f"The {classifier_key!r} model is a {type(clf).__name__}; the detector needs a CellClassifier (`sad.tl.train_classifier`)."
-        raise TypeError(msg)
-    return clf
-
-
 def _record_params(
     attack_key: str,
     layers: list[str],
@@ -231,7 +216,8 @@ def train_detector(
     of the input-consistency features (PCA basis, kNN cells, per-gene minima). Early stopping and
     the threshold use the calibration cells: the validation split (``cells.calibration='val'``,
     the default when it has cells), otherwise another ``meta_fraction`` of the training split.
-    **Test-split cells are never read.** The training itself is
+    **Test-split cells are never read**: only the meta-training, calibration and reference cells are
+    read, chunk by chunk from a backed, dask or sparse log-normalized input. The training itself is
     :func:`~scadversarial.detection.fit_detector`: meta-features standardized with meta-training
     statistics, embedded by the triplet network (``features -> 256 -> 64``, L2-normalized,
     TripletMarginLoss with margin 1) and scored by the residual detector
@@ -277,7 +263,7 @@ def train_detector(
     check_adata(adata, min_obs=4, allow_backed=True)
     check_copy(adata, copy=copy, name="train_detector")
     cells, features, config = cells or DetectorCells(), features or FeatureSpec(), config or DetectorConfig()
-    clf = _watched_classifier(adata, classifier_key)
+    clf = watched_classifier(adata, classifier_key)
     layers = _attack_layers(adata, attack_key, layers)
     split = _split_array(adata, cells.split_key)
     rng = np.random.default_rng(random_state)
@@ -317,7 +303,7 @@ def train_detector(
             det.set_rules(fit_rules(clf, X[np.sort(np.concatenate([local.meta, local.reference]))]))
         bs = settings.batch_size
         data = DetectorFeatures(
-            *([_detector_features(det, M[idx], dev, bs) for M in (X, *advs)] for idx in (local.meta, local.calibration))
+            *([detector_features(det, M[idx], dev, bs) for M in (X, *advs)] for idx in (local.meta, local.calibration))
         )
         if labels is None:
             labels = np.empty(adata.n_obs, dtype=np.int64)
@@ -359,7 +345,7 @@ def train_detector(
     return adata if copy else None
 
 
-@doc_params(doc_scoring=DOC_SCORING, doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
+@doc_params(doc_scoring=DOC_SCORING, doc_chunked=DOC_CHUNKED, doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
 def detect(
     adata: AnnData,
     layer: str | Sequence[str] | None = None,
@@ -386,6 +372,8 @@ def detect(
     cells. The rules need no information beyond the scored matrix: each cell's library unit
     ``target_sum / N`` is estimated from its own values, and the bound on the smallest positive
     value was fitted on clean training cells. Genes are aligned by name to the detector's genes.
+
+    {doc_chunked}
 
     Parameters
     ----------
@@ -490,7 +478,7 @@ def detect(
     return adata if copy else None
 
 
-@doc_params(doc_scoring=DOC_SCORING, doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
+@doc_params(doc_scoring=DOC_SCORING, doc_chunked=DOC_CHUNKED, doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
 def meta_features(
     adata: AnnData,
     layer: str | Sequence[str] | None = None,
@@ -515,7 +503,9 @@ def meta_features(
     With a trained detector (``model`` or the one referenced in ``.uns['sad']['detector']``)
     its own feature spec and reference are used, so the values are the detector's inputs.
     Otherwise the classifier is used and the input-consistency reference is fitted on the
-    training-split cells of ``X``.
+    training-split cells of ``X`` (the one step that reads them together).
+
+    {doc_chunked}
 
     Parameters
     ----------

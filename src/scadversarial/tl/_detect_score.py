@@ -23,6 +23,7 @@ from .._validate import matrix_for_genes
 from ..detection import compute_meta_features, non_integer_counts
 from ..detection._features import InputConsistency
 from ..detection._rule_layer import LEARNED, NON_INTEGER, combine, rule_reasons
+from ..models.classifier import CellClassifier
 from ..models.detector import AdversarialDetector, DetectorReport
 from ._chunks import is_chunked
 from ._input import read_input, x_source
@@ -70,6 +71,16 @@ def layer_list(layer) -> list[str | None]:
     if layer is None or isinstance(layer, str):
         return [layer]
     return list(layer)
+
+
+DOC_CHUNKED = """\
+Big inputs are read a chunk of cells at a time, never densified whole: an AnnData opened with
+``anndata.read_h5ad(path, backed='r')`` (rows read from the file; the results are written to
+``.obs`` / ``.obsm`` / ``.uns`` in memory and the file is not changed; ``copy=True`` is refused),
+dask arrays in ``X`` or the layers (one task per block of cells on the active dask scheduler, e.g. a
+``dask.distributed`` cluster), a sparse log-normalized ``X`` (``sad.pp.preprocess(output='lognorm')``,
+read through the classifier's transform) or many cells. Chunks are whole forward batches, so the
+results equal those of the whole matrix bit for bit."""
 
 
 def chunk_reader(
@@ -180,6 +191,25 @@ def referenced_model(adata: AnnData, key: str) -> torch.nn.Module:
     return get_model(adata, key)
 
 
+def watched_classifier(adata: AnnData, classifier_key: str) -> CellClassifier:
+    """The classifier the detector watches (a :class:`~scadversarial.models.CellClassifier`), also for a backed AnnData."""
+    clf = referenced_model(adata, classifier_key)
+    if not isinstance(clf, CellClassifier):
+        msg = f"The {classifier_key!r} model is a {type(clf).__name__}; the detector needs a CellClassifier (`sad.tl.train_classifier`)."
+        raise TypeError(msg)
+    return clf
+
+
+def detector_features(det: AdversarialDetector, X: np.ndarray, dev: torch.device, batch_size: int) -> torch.Tensor:
+    """Raw meta-features of ``X`` under the detector's spec, as a CPU tensor."""
+    det.eval().to(dev)
+    out = []
+    for s in range(0, X.shape[0], batch_size):
+        xb = torch.as_tensor(np.ascontiguousarray(X[s : s + batch_size]), dtype=torch.float32, device=dev)
+        out.append(det.meta_features(xb).cpu())
+    return torch.cat(out) if out else torch.zeros(0, len(det.feature_names))
+
+
 def check_copy(adata: AnnData, *, copy: bool, name: str) -> None:
     """Refuse ``copy=True`` on a backed AnnData (a copy would load or duplicate the file), naming what works."""
     if copy and adata.isbacked:
@@ -193,6 +223,7 @@ def check_copy(adata: AnnData, *, copy: bool, name: str) -> None:
 
 
 __all__ = [
+    "DOC_CHUNKED",
     "DOC_SCORING",
     "ChunkReader",
     "chunk_reader",
@@ -200,9 +231,11 @@ __all__ = [
     "check_copy",
     "chunk_layers",
     "concat_reports",
+    "detector_features",
     "detect_chunk",
     "meta_chunk",
     "non_integer",
     "referenced_model",
     "scores_and_reasons",
+    "watched_classifier",
 ]
