@@ -80,6 +80,20 @@ def test_chunks_are_multiples_of_the_batch_size(pbmc68k, small_chunks):
     assert map_chunks(lazy, lambda c: c.n_obs, batch_size=BATCH) == [128] * 5 + [60]
     lazy.X = da.from_array(_dense(pbmc68k.X), chunks=(100, -1))  # unaligned: re-chunked to whole batches
     assert map_chunks(lazy, lambda c: c.n_obs, batch_size=BATCH) == [256, 256, 188]
+    # X in memory, a dask layer, chosen rows in reverse: both read for the same cells, in the order asked
+    mixed = pbmc68k.copy()
+    mixed.layers["twice"] = da.from_array(2 * _dense(pbmc68k.X), chunks=(BATCH, -1))
+    rows = np.arange(pbmc68k.n_obs)[::-2]
+    parts = map_chunks(
+        mixed,
+        lambda c: (c.obs_names, _dense(c.layers["twice"]) - 2 * _dense(c.X)),
+        layers=["twice"],
+        rows=rows,
+        batch_size=BATCH,
+    )
+    assert [len(names) for names, _ in parts] == [256, 94]
+    assert list(np.concatenate([names for names, _ in parts])) == list(pbmc68k.obs_names[rows])
+    assert all(not diff.any() for _, diff in parts)
     with pytest.raises(ValueError, match="positive"):
         chunk_cells(-1)
 

@@ -267,9 +267,8 @@ def map_chunks(
     import dask
 
     idx = _positions(adata.n_obs, rows)
-    if idx is not None:
-        mats = {k: M[idx] for k, M in mats.items()}  # lazy for dask; in memory or backed: read here
-        mats = {k: M if is_dask(M) else _take(M, slice(None), None) for k, M in mats.items()}
+    if idx is not None:  # dask matrices take the rows lazily; the others are read chunk by chunk below
+        mats = {k: M[idx] if is_dask(M) else M for k, M in mats.items()}
     n = adata.n_obs if idx is None else len(idx)
     bs = int(batch_size or settings.batch_size)
     slices = _dask_slices(mats, n, chunk_cells(bs), bs)
@@ -284,7 +283,7 @@ def map_chunks(
                     block = block.rechunk({1: -1})
                 parts[k] = block.rechunk({0: -1}) if block.numblocks[0] != 1 else block
             else:
-                parts[k] = _take(M, sl, None)
+                parts[k] = _take(M, sl, idx)
         tasks.append(dask.delayed(_run_chunk)(fn, parts, obs, adata.var, adata.uns))
     return list(dask.compute(*tasks))
 
