@@ -356,10 +356,13 @@ def matrix_for_genes(
             "or pass `missing='fill'` to fill them with the training mean."
         )
         raise KeyError(msg)
-    X = get_matrix(adata, layer, check=check)
+    X = get_matrix(adata, layer, dense=False, check=check)
     out = np.full((adata.n_obs, len(var_names)), fill_value, dtype=np.float32)
     ok = idx >= 0
-    out[:, ok] = X[:, idx[ok]]
+    cols = X[:, idx[ok]]  # the model's genes only, before densifying: a chunk of all genes would be large
+    if type(cols).__module__.split(".")[0] == "dask":
+        cols = cols.compute()
+    out[:, ok] = cols.toarray() if sp.issparse(cols) else np.asarray(cols)
     if len(absent):
         logger.warning("Filled %d missing genes with %g: %s", len(absent), fill_value, list(absent[:N_SHOWN]))
     return out
