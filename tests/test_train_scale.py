@@ -129,6 +129,10 @@ def test_training_on_backed_and_dask_x_equals_in_memory(lognorm3k, trained3k, tm
     np.testing.assert_array_equal(b.obs["sad_pred"].to_numpy(), trained3k.obs["sad_pred"].to_numpy())
     with pytest.raises(ValueError, match="in-memory AnnData"):
         sad.tl.train_classifier(b, LABELS, config=SMALL, augment=sad.tl.ThinningAugmentation())
+    if b.isbacked:
+        for step in (sad.tl.train_classifier, sad.tl.predict):
+            with pytest.raises(ValueError, match=r"to_memory\(\)"):
+                step(b, LABELS if step is sad.tl.train_classifier else sad.get.model(trained3k), copy=True)
     # with a cap, each epoch's sample is read from the store before the epoch: the in-memory model again
     capped = replace(SMALL, max_cells_per_epoch=300)
     mem = lognorm3k.copy()

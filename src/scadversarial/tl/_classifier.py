@@ -172,6 +172,9 @@ def train_classifier(
     if max_epochs is not None:
         config = replace(config, max_epochs=int(max_epochs))
     check_adata(adata, min_obs=3, allow_backed=True)
+    if copy and adata.isbacked:
+        msg = "train_classifier(copy=True) needs an in-memory AnnData: load it with `adata.to_memory()`, or pass copy=False."
+        raise ValueError(msg)
     labels = check_obs_key(adata, labels_key, producer="sad.pp.pseudo_labels")
     cat = check_labels(labels, key=labels_key)
     masks = _split_masks(adata, config.split_key)
