@@ -106,11 +106,14 @@ def test_dask_layers_are_lazy_and_equal_in_memory(cells3k, tmp_path, method, eps
 def test_dask_blocks_not_aligned_with_batches(cells3k):
     """Blocks of 100 cells do not hold whole batches: the attack re-cuts them and still equals the in-memory one."""
     mem = cells3k.copy()
-    sad.tl.attack(mem, "pgd_rs", eps=0.1, **QUICK)
     lazy = cells3k.copy()
     lazy.X = da.from_array(lazy.X, chunks=(100, -1))
-    sad.tl.attack(lazy, "pgd_rs", eps=0.1, **QUICK)
+    for a in (mem, lazy):
+        sad.tl.attack(a, "pgd_rs", eps=0.1, **QUICK)
+        # the observed range is that of every cell, read from the dask blocks
+        sad.tl.attack(a, "pgd", eps=0.5, constraint="observed", key_added="obs", **QUICK)
     _same_attack(lazy, mem, "sad_pgd_rs")
+    _same_attack(lazy, mem, "obs")
 
 
 @pytest.mark.usefixtures("small_batches")
