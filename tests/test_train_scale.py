@@ -125,7 +125,7 @@ def test_hardening_on_lognorm_x_equals_scaled_x(scaled3k, lognorm3k):
 def test_training_on_backed_and_dask_x_equals_in_memory(lognorm3k, trained3k, tmp_path, store):
     b = _stored(lognorm3k, store, tmp_path)
     sad.tl.train_classifier(b, LABELS, config=SMALL, random_state=3)
-    _assert_same_weights(sad.get.model(b.to_memory() if b.isbacked else b), sad.get.model(trained3k))
+    _assert_same_weights(sad.get.model(b), sad.get.model(trained3k))
     np.testing.assert_array_equal(b.obs["sad_pred"].to_numpy(), trained3k.obs["sad_pred"].to_numpy())
     with pytest.raises(ValueError, match="in-memory AnnData"):
         sad.tl.train_classifier(b, LABELS, config=SMALL, augment=sad.tl.ThinningAugmentation())
@@ -138,7 +138,7 @@ def test_training_on_backed_and_dask_x_equals_in_memory(lognorm3k, trained3k, tm
     mem = lognorm3k.copy()
     sad.tl.train_classifier(mem, LABELS, config=capped, random_state=3)
     sad.tl.train_classifier(b, LABELS, config=capped, random_state=3)
-    _assert_same_weights(sad.get.model(b.to_memory() if b.isbacked else b), sad.get.model(mem))
+    _assert_same_weights(sad.get.model(b), sad.get.model(mem))
 
 
 def test_max_cells_per_epoch_trains_on_a_stratified_sample(scaled3k, trained3k):

@@ -40,7 +40,7 @@ def get_model(adata: AnnData, key: str = _keys.STEP_CLASSIFIER) -> SadModel:
     The model (a :class:`torch.nn.Module`).
 
     """
-    check_adata(adata)
+    check_adata(adata, allow_backed=True)  # reads .uns only
     refs = _model_refs(adata)
     if key not in refs:
         producer = "sad.tl.train_detector" if "detector" in key else "sad.tl.train_classifier"
