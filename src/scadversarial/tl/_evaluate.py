@@ -12,6 +12,7 @@ from .._settings import logger
 from .._validate import check_adata, check_obs_key, get_record, set_record
 from ..detection import detection_metrics
 from ..get import attack_record, record
+from ._attack_record import attacked_cells
 from ._detect import _attack_layers, detect
 from ._fragments import doc_example_classifier
 
@@ -72,6 +73,12 @@ def evaluate(
       (group ``'pooled'``). Accuracies use the flags written by :func:`detect` at the detector's
       calibrated threshold.
 
+    An attack of a sample of cells (:func:`attack` with ``cells=``) holds rows for those cells only
+    (``.obs['<attack_key>_attacked']``; the other rows of its layers are empty, not attacks): the
+    ``attack`` and ``detector`` rows cover the evaluated cells that were attacked, both their clean
+    and their attacked versions, while the ``classifier`` rows cover every evaluated cell. The
+    ``n_cells`` column gives the cells behind each row.
+
     Parameters
     ----------
     adata
@@ -82,7 +89,7 @@ def evaluate(
         True labels (default: the classifier's ``labels_key``).
     split_key, subset
         Evaluate cells with ``.obs[split_key] == subset`` (default the held-out ``'test'`` split);
-        ``subset=None``: all cells.
+        ``subset=None``: all cells. Of a sampled attack, the attacked ones among them.
     detector_key
         Detector run record; ``None`` skips the detector rows.
     rescore
@@ -127,7 +134,8 @@ def evaluate(
     labels = check_obs_key(adata, labels_key).astype(str).to_numpy()
     pred = check_obs_key(adata, _keys.OBS_PRED, producer="sad.tl.train_classifier").astype(str).to_numpy()
     layers = _attack_layers(adata, attack_key, None)
-    att_params = attack_record(adata, attack_key).get("params", {})
+    att_rec = attack_record(adata, attack_key)
+    att_params = att_rec.get("params", {})
     att_labels = str(att_params.get("labels_key", "predicted"))
     target = pred if att_labels == "predicted" else check_obs_key(adata, att_labels).astype(str).to_numpy()
     for lay in layers:
@@ -139,6 +147,15 @@ def evaluate(
         if not mask.any():
             msg = f"No cells with adata.obs[{split_key!r}] == {subset!r}. Pass another subset, or subset=None for all cells."
             raise ValueError(msg)
+    att = attacked_cells(adata, layers[0])  # one record: its layers hold the same rows
+    amask = mask if att is None else mask & att  # the cells whose attack layers hold an attack
+    if not amask.any():
+        msg = (
+            f"Attack {attack_key!r} attacked no cell with adata.obs[{split_key!r}] == {subset!r} "
+            f"(its cells: adata.obs[{att_rec['cells']['obs_key']!r}]). Attack cells of that subset, "
+            "or pass another subset (subset=None for all cells)."
+        )
+        raise ValueError(msg)
     if copy:
         adata = adata.copy()
 
@@ -149,8 +166,8 @@ def evaluate(
         sel = y == c
         rows.append(("classifier", "accuracy", c, float((p[sel] == c).mean()), int(sel.sum())))
 
-    t = target[mask]
-    flips = {lay: adata.obs[_keys.pred_key(lay)].astype(str).to_numpy()[mask] != t for lay in layers}
+    t = target[amask]
+    flips = {lay: adata.obs[_keys.pred_key(lay)].astype(str).to_numpy()[amask] != t for lay in layers}
     flips["any"] = np.logical_or.reduce(list(flips.values()))
     for g, f in flips.items():
         rows.append(("attack", "flip_rate", g, float(f.mean()), len(f)))
@@ -166,19 +183,19 @@ def evaluate(
                 logger.info("evaluate: %s %s: scoring it again with the current %r detector.", name, why, detector_key)
             detect(adata, [None, *layers], detector_key=detector_key)
         role = adata.obs.get(_keys.OBS_DETECTOR_ROLE)
-        if role is not None and (role.astype(str).to_numpy()[mask] != "unused").any():
+        if role is not None and (role.astype(str).to_numpy()[amask] != "unused").any():
             logger.warning(
                 "Some evaluated cells were used to train or calibrate the detector: the detector rows are optimistic."
             )
-        s0 = adata.obs[_keys.score_key(None)].to_numpy(np.float64)[mask]
-        f0 = adata.obs[_keys.flag_key(None)].to_numpy(bool)[mask]
+        s0 = adata.obs[_keys.score_key(None)].to_numpy(np.float64)[amask]
+        f0 = adata.obs[_keys.flag_key(None)].to_numpy(bool)[amask]
         thr = float(record(adata, _keys.STEP_DETECT)["metrics"]["X"]["threshold"])
         groups = {lay: [lay] for lay in layers}
         groups["pooled"] = layers
         tpr_name = f"tpr_at_{round(fpr_max * 100):d}fpr"
         for g, lays in groups.items():
-            s1 = np.concatenate([adata.obs[_keys.score_key(v)].to_numpy(np.float64)[mask] for v in lays])
-            f1 = np.concatenate([adata.obs[_keys.flag_key(v)].to_numpy(bool)[mask] for v in lays])
+            s1 = np.concatenate([adata.obs[_keys.score_key(v)].to_numpy(np.float64)[amask] for v in lays])
+            f1 = np.concatenate([adata.obs[_keys.flag_key(v)].to_numpy(bool)[amask] for v in lays])
             yy = np.r_[np.zeros(len(s0)), np.ones(len(s1))]
             m = detection_metrics(yy, np.r_[s0, s1], thr, fpr_max=fpr_max)
             clean_acc, adv_acc = float((~f0).mean()), float(f1.mean())
