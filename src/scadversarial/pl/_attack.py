@@ -49,6 +49,7 @@ def flip_rate(
     The flip rate of a class is the fraction of the cells attacked away from that class (their
     clean prediction, or the attack's ``labels_key``) whose prediction changed. With
     ``split=None`` the bars equal ``.uns['sad']['attacks'][attack]['metrics']['per_class']``.
+    An attack of a sample of cells (``cells=``) counts those cells only.
 
     Parameters
     ----------
@@ -68,11 +69,11 @@ def flip_rate(
     check_adata(adata)
     fn = "flip_rate"
     name, rec = next(iter(u.whitebox_records(adata, fn, attack).items()))
+    le = u.layers_eps(rec)
     target = _target(adata, rec, fn)
-    mask = u.cell_mask(adata, split, fn)
+    mask = u.attacked_mask(adata, [x for x, _ in le], u.cell_mask(adata, split, fn), fn)
     target = target[mask]
     classes = [c for c in map(str, np.atleast_1d(rec["metrics"]["per_class"]["classes"])) if (target == c).any()]
-    le = u.layers_eps(rec)
     fig, ax_ = u.new_axes(ax, (max(4.5, 0.45 * len(classes) * len(le) + 1.8), 3.6))
     width = 0.8 / len(le)
     x = np.arange(len(classes))
@@ -107,6 +108,8 @@ def robustness(
 
     Each point compares the predictions on an attack layer (at epsilon 0 the clean predictions) with
     the true labels of the ``split`` cells; one line per attack, or one per class with ``per_class``.
+    The line of an attack of a sample of cells (``cells=``) covers the attacked cells of the split,
+    its epsilon 0 their clean accuracy.
 
     Parameters
     ----------
@@ -130,24 +133,28 @@ def robustness(
     labels_key = u.labels_key(adata, labels_key, fn)
     recs = u.whitebox_records(adata, fn, attacks)
     clean = u.obs_key(adata, _keys.OBS_PRED, fn, "sad.tl.train_classifier")
-    mask = u.cell_mask(adata, split, fn)
-    truth = adata.obs[labels_key][mask].astype(str).to_numpy()
+    split_mask = u.cell_mask(adata, split, fn)
+    labels = adata.obs[labels_key].astype(str).to_numpy()
 
-    def acc(key, sel=slice(None)):
-        p = adata.obs[key][mask].astype(str).to_numpy()
-        return float((p[sel] == truth[sel]).mean())
+    def acc(key, cells):
+        return float((adata.obs[key].astype(str).to_numpy()[cells] == labels[cells]).mean())
+
+    def cells_of(rec):  # the split's cells the attack attacked (all of them but after cells=)
+        return u.attacked_mask(adata, [x for x, _ in u.layers_eps(rec)], split_mask, fn)
 
     fig, ax_ = u.new_axes(ax, (4.6, 3.6))
     if per_class:
         name, rec = next(iter(recs.items()))
         le = u.layers_eps(rec)
+        mask = cells_of(rec)
+        truth = labels[mask]
         classes = list(pd.unique(truth))
         col = adata.obs[labels_key]
         if isinstance(col.dtype, pd.CategoricalDtype):
             classes = [str(c) for c in col.cat.categories if str(c) in set(truth)]
         colors = u.category_colors(adata, labels_key, classes)
         for c in classes:
-            sel = truth == c
+            sel = mask & (labels == c)
             ys = [acc(_keys.OBS_PRED, sel)] + [acc(_keys.pred_key(x), sel) for x, _ in le]
             ax_.plot([0] + [e for _, e in le], ys, marker="o", color=colors[c], label=f"{c} (n={int(sel.sum())})")
         ax_.set_title(f"{u.method_name(rec, name)}: accuracy per class ({split or 'all'} cells)")
@@ -156,7 +163,8 @@ def robustness(
         palette = u.default_palette(len(recs))
         for (name, rec), color in zip(recs.items(), palette, strict=True):
             le = u.layers_eps(rec)
-            ys = [acc(clean.name)] + [acc(_keys.pred_key(x)) for x, _ in le]
+            mask = cells_of(rec)
+            ys = [acc(clean.name, mask)] + [acc(_keys.pred_key(x), mask) for x, _ in le]
             method = u.method_name(rec, name)
             ax_.plot(
                 [0] + [e for _, e in le],
@@ -191,7 +199,8 @@ def perturbation(  # noqa: PLR0913  scanpy's plot signature: ax, show, return_fi
     """Heatmaps of the genes an attack changed most in a group of cells: before, after and the change.
 
     The genes are the ``n_genes`` with the largest mean absolute change over the group's cells;
-    cells are columns (those whose prediction flipped first), genes rows.
+    cells are columns (those whose prediction flipped first), genes rows. Of an attack of a sample
+    of cells (``cells=``) only the attacked cells of the group are shown.
 
     Parameters
     ----------
@@ -246,12 +255,15 @@ def perturbation(  # noqa: PLR0913  scanpy's plot signature: ax, show, return_fi
     pred_key = _keys.pred_key(layer)
     known = pred_key in adata.obs and _keys.OBS_PRED in adata.obs  # predictions on the layer exist
     flipped = u.flipped(adata, layer) if known else np.zeros(adata.n_obs, dtype=bool)
+    attacked = u.attacked(adata, layer)  # an empty row of a sampled attack is no attack
     if group is None:
         counts = pd.Series(flipped).groupby(groups).sum()
-        group = str(counts.idxmax()) if counts.max() > 0 else str(pd.Series(groups).value_counts().idxmax())
-    idx = np.flatnonzero(groups == str(group))
+        most = pd.Series(groups[attacked]).value_counts().idxmax()
+        group = str(counts.idxmax()) if counts.max() > 0 else str(most)
+    idx = np.flatnonzero((groups == str(group)) & attacked)
     if not len(idx):
-        msg = f"sad.pl.perturbation: no cells with adata.obs[{groupby!r}] == {group!r}."
+        sampled = "" if attacked.all() else f" attacked in {layer!r}"
+        msg = f"sad.pl.perturbation: no cells{sampled} with adata.obs[{groupby!r}] == {group!r}."
         raise ValueError(msg)
     before = get_matrix(adata[idx], base_layer)
     after = get_matrix(adata[idx], layer)

@@ -65,7 +65,8 @@ def cell(
         AnnData with a classifier (:func:`~scadversarial.tl.train_classifier`, still loaded or
         reloadable with :func:`~scadversarial.load_models`) and an attack layer.
     cell
-        Cell name (in ``obs_names``) or integer position.
+        Cell name (in ``obs_names``) or integer position; a cell attacked in ``layer`` (an attack of a
+        sample of cells holds no attack of the others).
     layer
         Attack layer (default: the largest epsilon of the first white-box attack).
     {doc_labels_key}
@@ -90,6 +91,12 @@ def cell(
     if layer is None:
         layer = u.default_layer(adata, fn)
     u.check_layer(adata, layer, fn)
+    if not u.attacked(adata, layer)[i]:
+        msg = (
+            f"sad.pl.cell: cell {adata.obs_names[i]!r} was not attacked in {layer!r} (the attack of a sample of "
+            "cells, `sad.tl.attack(..., cells=...)`, holds an empty row for it); pick an attacked cell."
+        )
+        raise ValueError(msg)
     lk = u.labels_key(adata, labels_key, fn) if (labels_key or _keys.UNS in adata.uns) else None
     p_clean = np.asarray(adata.obsm[_keys.OBSM_PROBA][i], dtype=float)
     p_adv = _layer_proba(adata, i, layer)

@@ -60,6 +60,7 @@ def confusion(
 
     Rows are the true labels, columns the predicted classes; with ``normalize`` each row sums
     to 1 (the diagonal is the per-class recall). The title of each panel gives the accuracy.
+    With an attack of a sample of cells (``cells=``) both panels show its attacked cells only.
 
     Parameters
     ----------
@@ -96,6 +97,8 @@ def confusion(
     if layer is not None:
         u.check_layer(adata, layer, fn)
     mask = u.cell_mask(adata, split, fn)
+    if layer is not None:  # the clean panel shows the same cells as the attacked one
+        mask = u.attacked_mask(adata, [layer], mask, fn)
     truth = adata.obs[labels_key][mask]
     panels = [("clean", _keys.OBS_PRED)] + ([(u.eps_label(adata, layer), _keys.pred_key(layer))] if layer else [])
 
@@ -138,6 +141,7 @@ def class_accuracy(
 
     One bar per class in the class's color (``adata.uns[f'{{labels_key}}_colors']`` or scanpy's
     default palette), with the number of cells above it; attack layers add lighter, hatched bars.
+    With attack layers of a sample of cells (``cells=``) every bar covers the cells attacked in all of them.
 
     Parameters
     ----------
@@ -161,7 +165,7 @@ def class_accuracy(
     layers = [] if layers is None else ([layers] if isinstance(layers, str) else list(layers))
     for layer in layers:
         u.check_layer(adata, layer, fn)
-    mask = u.cell_mask(adata, split, fn)
+    mask = u.attacked_mask(adata, layers, u.cell_mask(adata, split, fn), fn)
     truth = adata.obs[labels_key][mask].astype(str)
     col = adata.obs[labels_key]
     order = (

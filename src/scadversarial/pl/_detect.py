@@ -54,9 +54,11 @@ def scored_layers(adata: AnnData, layers: str | Sequence[str] | None, fn: str) -
 
 
 def _adv_scores(adata: AnnData, layer: str, mask: np.ndarray, *, only_flipped: bool) -> np.ndarray:
-    """Detector scores of the attacked cells of ``layer`` in ``mask`` (those whose prediction flipped)."""
-    if only_flipped:
-        mask = mask & u.flipped(adata, layer)
+    """Detector scores of the attacked cells of ``layer`` in ``mask`` (those whose prediction flipped).
+
+    The empty rows of an attack of a sample of cells are no attacks: they are left out.
+    """
+    mask = mask & (u.flipped(adata, layer) if only_flipped else u.attacked(adata, layer))
     return adata.obs[_keys.score_key(layer)].to_numpy(float)[mask]
 
 
@@ -82,7 +84,9 @@ def score_distribution(
     """Histograms of the detector score of clean cells and of their attacked versions, with the threshold.
 
     Each histogram shows fractions of its own cells, so layers with few flipped cells compare with the
-    clean cells; the legend gives each one's share flagged at the threshold (the dashed line).
+    clean cells; the legend gives each one's share flagged at the threshold (the dashed line). When
+    the layers are attacks of a sample of cells (``cells=``), each covers its attacked cells and the
+    clean histogram the cells attacked in any of them.
 
     Parameters
     ----------
@@ -114,8 +118,12 @@ def score_distribution(
     layers = scored_layers(adata, layers, fn)
     thr = threshold(adata, None, fn)
     mask = u.cell_mask(adata, split, fn)
-    clean = adata.obs[_keys.OBS_SCORE].to_numpy(float)[mask]
     advs = {x: _adv_scores(adata, x, mask, only_flipped=only_flipped) for x in layers}
+    mask = mask & np.logical_or.reduce([u.attacked(adata, x) for x in layers])  # clean versions of attacked cells
+    if not mask.any():
+        msg = f"sad.pl.{fn}: no cell of split {split!r} was attacked in {layers}; pass another split, or split=None."
+        raise ValueError(msg)
+    clean = adata.obs[_keys.OBS_SCORE].to_numpy(float)[mask]
     every = np.concatenate([clean, *advs.values()])
     if xscale == "auto":  # saturated scores (a confident detector) are only readable on a logit axis
         near = (every < 0.01) | (every > 0.99)
@@ -174,7 +182,8 @@ def roc(
 
     Positives are the attacked versions of the cells, negatives the clean cells. The marker
     is the detector's threshold; the dotted line marks ``fpr_max`` (TPR at 5% FPR is one of the
-    honest evaluation numbers).
+    honest evaluation numbers). The curve of an attack of a sample of cells (``cells=``) compares
+    the attacked cells with their own clean versions.
 
     Parameters
     ----------
@@ -209,11 +218,12 @@ def roc(
     kinds = ["roc", "pr"] if curve == "both" else [curve]
     fig, axs = u.new_panels(ax, len(kinds), fn, (4.3 * len(kinds), 4.0))
     panel = dict(zip(kinds, axs, strict=True))
-    clean = adata.obs[_keys.OBS_SCORE].to_numpy(float)[mask]
+    scores = adata.obs[_keys.OBS_SCORE].to_numpy(float)
     for layer, color in zip(layers, _eps_colors(len(layers)), strict=True):
         adv = _adv_scores(adata, layer, mask, only_flipped=only_flipped)
         if not len(adv):
             continue
+        clean = scores[mask & u.attacked(adata, layer)]
         y = np.r_[np.zeros(len(clean)), np.ones(len(adv))]
         s = np.r_[clean, adv]
         name = u.eps_label(adata, layer)

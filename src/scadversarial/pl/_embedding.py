@@ -25,7 +25,8 @@ adata
     classifier (:func:`~scadversarial.tl.train_classifier`) for ``basis='classifier'``.
 layer
     Attack layer whose cells to add (default: the largest epsilon of the first white-box
-    attack that has the needed embedding; ``None`` without attacks: clean cells only).
+    attack that has the needed embedding; ``None`` without attacks: clean cells only). Of an
+    attack of a sample of cells (``cells=``) only the attacked cells are added.
 basis
     ``'triplet'``: the detector's triplet embedding; ``'classifier'``: the classifier's 64-d
     embedding (``.obsm['X_sad_embedding']``; attacked cells are embedded by the classifier)."""
@@ -37,17 +38,18 @@ random_state
     Seed of the UMAP layout."""
 
 
-def _adv_embedding(adata: AnnData, layer: str, basis: str, fn: str) -> np.ndarray:
+def _adv_embedding(adata: AnnData, layer: str, basis: str, fn: str, idx: np.ndarray) -> np.ndarray:
+    """The embedding of the cells ``idx`` of the attack layer ``layer`` (only their rows are read)."""
     if basis == "triplet":
         key = _keys.triplet_key(layer)
         if key not in adata.obsm:
             msg = f"sad.pl.{fn} needs adata.obsm[{key!r}], which is written by `sad.tl.detect(adata, layer={layer!r})`."
             raise KeyError(msg)
-        return np.asarray(adata.obsm[key])
+        return np.asarray(adata.obsm[key])[idx]
     from ..tl._input import classifier_input
 
     model = get.model(adata)
-    return model.predict_arrays(classifier_input(adata, model, layer))[1]  # each layer read in its own space
+    return model.predict_arrays(classifier_input(adata[idx], model, layer))[1]  # each layer read in its own space
 
 
 @doc_params(doc_inputs=_DOC_INPUTS, doc_labels_key=u.doc_labels_key, doc_split=u.doc_split, doc_graph=_DOC_GRAPH)
@@ -75,7 +77,8 @@ def embedding_adata(
     Returns
     -------
     A new AnnData (``adata`` is unchanged) with one row per clean cell and, with a layer, one per
-    attacked cell: ``.obs['state']`` (``'clean'``/``'adversarial'``), ``.obs['label']``,
+    attacked cell (of a sampled attack: per cell it attacked): ``.obs['state']``
+    (``'clean'``/``'adversarial'``), ``.obs['label']``,
     ``.obs['prediction']``, ``.obs['score']`` and ``.obs['flagged']`` (when scored),
     ``.obs['cell']``; ``.obsm['X_rep']`` (the embedding) and ``.obsm['X_umap']``.
 
@@ -98,31 +101,32 @@ def embedding_adata(
     lk = u.labels_key(adata, labels_key, fn) if (labels_key or trained) else None
     mask = u.cell_mask(adata, split, fn)
     idx = np.flatnonzero(mask)
-    versions = [(None, "clean", np.asarray(adata.obsm[rep_key])[idx])]
+    versions = [(None, "clean", idx, np.asarray(adata.obsm[rep_key])[idx])]
     if layer is not None:
-        versions.append((layer, "adversarial", _adv_embedding(adata, layer, basis, fn)[idx]))
+        adv = np.flatnonzero(u.attacked_mask(adata, [layer], mask, fn))  # a sampled attack's empty rows: no attack
+        versions.append((layer, "adversarial", adv, _adv_embedding(adata, layer, basis, fn, adv)))
     obs = []
-    for lay, state, _ in versions:
-        o = pd.DataFrame(index=[f"{n}|{state}" for n in adata.obs_names[idx]])
-        o["cell"] = np.asarray(adata.obs_names[idx])
+    for lay, state, rows, _ in versions:
+        o = pd.DataFrame(index=[f"{n}|{state}" for n in adata.obs_names[rows]])
+        o["cell"] = np.asarray(adata.obs_names[rows])
         o["state"] = state
         if lk:
-            o["label"] = adata.obs[lk].astype(str).to_numpy()[idx]
+            o["label"] = adata.obs[lk].astype(str).to_numpy()[rows]
         pk = _keys.pred_key(lay)
         if pk in adata.obs:
-            o["prediction"] = adata.obs[pk].astype(str).to_numpy()[idx]
+            o["prediction"] = adata.obs[pk].astype(str).to_numpy()[rows]
         sk, fk = _keys.score_key(lay), _keys.flag_key(lay)
         if sk in adata.obs:
-            o["score"] = adata.obs[sk].to_numpy(float)[idx]
+            o["score"] = adata.obs[sk].to_numpy(float)[rows]
         if fk in adata.obs:
-            o["flagged"] = np.where(adata.obs[fk].to_numpy(bool)[idx], "flagged", "not flagged")
+            o["flagged"] = np.where(adata.obs[fk].to_numpy(bool)[rows], "flagged", "not flagged")
         obs.append(o)
     obs = pd.concat(obs)
     obs["state"] = pd.Categorical(obs["state"], categories=[v[1] for v in versions])
     for col in ("label", "prediction", "flagged"):
         if col in obs:
             obs[col] = obs[col].astype("category")
-    rep = np.concatenate([v[2] for v in versions]).astype(np.float32)
+    rep = np.concatenate([v[3] for v in versions]).astype(np.float32)
     emb = AnnData(obs=obs, obsm={"X_rep": rep})
     emb.uns["state_colors"] = [u.STATE_COLORS[s] for s in obs["state"].cat.categories]
     if "flagged" in obs:

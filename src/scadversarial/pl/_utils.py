@@ -13,6 +13,7 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
 from .. import _keys, get
+from ..tl._attack_record import attacked_cells
 
 #: Colors of the clean / adversarial states, taken from scanpy's default categorical palette.
 STATE_COLORS = {"clean": "#1f77b4", "adversarial": "#d62728"}
@@ -168,10 +169,32 @@ def eps_label(adata: AnnData, layer: str) -> str:
     return f"{method_name(rec, key)} ε={eps[layers.index(layer)]:g}"
 
 
+def attacked(adata: AnnData, layer: str) -> np.ndarray:
+    """Whether each cell's row of the attack layer ``layer`` holds an attack (every cell but after ``cells=``).
+
+    An attack of a sample of cells (:func:`~scadversarial.tl.attack` with ``cells=``) stores rows for
+    those cells only; the other rows are empty and their predictions missing: no attack to show.
+    """
+    att = attacked_cells(adata, layer)
+    return np.ones(adata.n_obs, dtype=bool) if att is None else att
+
+
+def attacked_mask(adata: AnnData, layers: Sequence[str], mask: np.ndarray, fn: str) -> np.ndarray:
+    """``mask`` restricted to the cells attacked in every one of ``layers``; a :class:`ValueError` when none is."""
+    out = np.logical_and.reduce([mask, *(attacked(adata, x) for x in layers)])
+    if not out.any():
+        msg = (
+            f"sad.pl.{fn}: no selected cell was attacked in {list(layers)} (an attack of a sample of cells, "
+            "`sad.tl.attack(..., cells=...)`, holds those cells only); pass another split, or split=None."
+        )
+        raise ValueError(msg)
+    return out
+
+
 def flipped(adata: AnnData, layer: str) -> np.ndarray:
-    """Whether each cell's prediction on ``layer`` differs from its clean prediction."""
+    """Whether each cell's prediction on ``layer`` differs from its clean prediction (``False`` where not attacked)."""
     pred = adata.obs[_keys.pred_key(layer)].astype(str).to_numpy()
-    return pred != adata.obs[_keys.OBS_PRED].astype(str).to_numpy()
+    return (pred != adata.obs[_keys.OBS_PRED].astype(str).to_numpy()) & attacked(adata, layer)
 
 
 def cell_mask(adata: AnnData, split: str | None, fn: str) -> np.ndarray:
