@@ -161,3 +161,13 @@ def test_detector_plots_on_the_attacked_cells(sampled):
     )
     with pytest.raises(ValueError, match="was not attacked"):
         sad.pl.cell(a, int(skipped), SAMPLED[1], show=False)
+
+
+@pytest.mark.parametrize("tool", ["predict", "certify"])
+def test_tools_reading_every_row_refuse_a_sampled_layer(sampled, tool):
+    a, _, _ = sampled
+    fn = {"predict": sad.tl.predict, "certify": sad.tl.certify}[tool]
+    with pytest.raises(
+        ValueError, match=rf"sad\.tl\.{tool}` on those cells: `sub = adata\[adata\.obs\['sample_attacked'\]\]"
+    ):
+        fn(a, layer=SAMPLED[0])

@@ -46,20 +46,37 @@ def attacked_cells(adata: AnnData, layer: str) -> np.ndarray | None:
     True
 
     """
+    key = _sample_key(adata, layer)
+    if key is None:
+        return None
+    if key not in adata.obs:
+        msg = f"Attack layer {layer!r} holds rows for the cells in adata.obs[{key!r}] only, and that column is gone."
+        raise KeyError(msg)
+    return adata.obs[key].to_numpy(bool)
+
+
+def _sample_key(adata: AnnData, layer: str) -> str | None:
+    """The ``.obs`` column of the cells a sampled attack layer holds, ``None`` for a layer of every cell."""
     attacks = adata.uns.get(_keys.UNS, {}).get(_keys.STEP_ATTACKS, {})
     for rec in attacks.values():
-        if not isinstance(rec, dict) or layer not in {str(v) for v in np.atleast_1d(rec.get("layers", []))}:
-            continue
-        key = str(rec.get("cells", {}).get("obs_key", ""))
-        if not key:
-            return None
-        if key not in adata.obs:
-            msg = (
-                f"Attack layer {layer!r} holds rows for the cells in adata.obs[{key!r}] only, and that column is gone."
-            )
-            raise KeyError(msg)
-        return adata.obs[key].to_numpy(bool)
+        if isinstance(rec, dict) and layer in {str(v) for v in np.atleast_1d(rec.get("layers", []))}:
+            return str(rec.get("cells", {}).get("obs_key", "")) or None
     return None
+
+
+def require_every_row(adata: AnnData, layer: str | None, *, caller: str) -> None:
+    """Refuse a sampled attack layer (rows for some cells only) in a tool that reads every row."""
+    if layer in (None, "X"):
+        return
+    key = _sample_key(adata, layer)
+    if key is None:
+        return
+    msg = (
+        f"adata.layers[{layer!r}] holds attacks for the cells in adata.obs[{key!r}] only (an attack "
+        f"run with cells=); its other rows are empty, not cells. Run `{caller}` on those cells: "
+        f"`sub = adata[adata.obs[{key!r}]].copy()`."
+    )
+    raise ValueError(msg)
 
 
 def flip_table(target: np.ndarray, preds: dict[str, np.ndarray], classes: list[str]) -> dict:

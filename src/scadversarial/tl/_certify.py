@@ -27,6 +27,7 @@ from .._docs import doc_copy, doc_example_pbmc3k, doc_params, doc_returns_copy
 from .._settings import logger, progress, settings
 from .._validate import check_adata, h5ad_safe, matrix_for_genes, uns_root
 from ..models.classifier import CellClassifier, SpaceClassifier
+from ._attack_record import require_every_row
 from ._models import _model_refs, get_model
 from ._space import layer_space
 
@@ -362,6 +363,7 @@ def certify(
     if layer not in adata.layers:
         msg = f"certify smooths log-normalized values: adata.layers[{layer!r}] is missing (`sad.pp.preprocess`)."
         raise KeyError(msg)
+    require_every_row(adata, layer, caller="sad.tl.certify")
     if layer_space(adata, layer) != "log":
         msg = f"adata.layers[{layer!r}] is in {layer_space(adata, layer)!r} space; certify needs a log-space layer."
         raise ValueError(msg)

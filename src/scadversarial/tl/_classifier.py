@@ -39,6 +39,7 @@ from ..models.training import (
     stratified_quota,
     stratified_sample,
 )
+from ._attack_record import require_every_row
 from ._chunks import is_backed, is_chunked, is_dask, iter_chunks, map_chunks, x_is_lognorm
 from ._input import classifier_input
 from ._metrics import classification_metrics
@@ -493,6 +494,7 @@ def predict(
     if copy and adata.isbacked:
         msg = "predict(copy=True) needs an in-memory AnnData: load it with `adata.to_memory()`, or pass copy=False."
         raise ValueError(msg)
+    require_every_row(adata, layer, caller="sad.tl.predict")
     if is_chunked(adata, layers=_layers(layer)):
         fn = partial(_input_outputs, model=model, layer=layer, missing=missing, **_forward_options())
         outputs = _joined(map_chunks(adata, fn, layers=_layers(layer)), model)
