@@ -195,15 +195,32 @@ def iter_chunks(
         yield sl, _chunk_adata({k: _take(M, sl, idx) for k, M in mats.items()}, obs, adata.var, adata.uns)
 
 
-def _run_chunk(fn: Callable[[AnnData], R], mats: dict, obs: pd.DataFrame, var: pd.DataFrame, uns) -> R:
+def _run_chunk(shared: tuple, mats: dict, obs: pd.DataFrame):
     """One task: a copy of ``fn`` on the chunk made of computed blocks (on a dask worker, or here).
 
-    Tasks may run at once in threads of one process (dask's default scheduler, a worker with several
-    threads) and a worker may reuse one unpickled ``fn`` for many tasks: each task calls its own deep
-    copy, so no mutable state (a model's workspace buffers, its train/eval mode) is shared between them.
+    ``shared`` is ``(fn, var, uns)``, one node of the graph that every task reads (sent once to a worker,
+    not once per task). Tasks may run at once in threads of one process (dask's default scheduler, a
+    worker with several threads) and share that one ``fn``: each task calls its own deep copy, so no
+    mutable state (a model's workspace buffers, its train/eval mode) is shared between them.
     """
+    fn, var, uns = shared
     mats = {k: v.to_memory() if hasattr(v, "to_memory") else v for k, v in mats.items()}
     return copy.deepcopy(fn)(_chunk_adata(mats, obs, var, uns))
+
+
+def _shared(obj):
+    """``obj`` as one input of every task: scattered to the cluster when a ``distributed.Client`` computes them.
+
+    Left in the graph, it would be sent with the graph (a model of a few MB makes dask warn of a large
+    graph); scattered, it goes to the workers once. Without a client it is one node of the graph.
+    """
+    import dask
+    from dask.base import get_scheduler
+
+    client = getattr(get_scheduler(), "__self__", None)  # the active scheduler is a Client's ``get``
+    if client is not None and hasattr(client, "scatter"):
+        return client.scatter(obj, hash=False)
+    return dask.delayed(obj, traverse=False)
 
 
 def _dask_slices(mats: dict, n: int, size: int, bs: int) -> list[slice]:
@@ -272,6 +289,7 @@ def map_chunks(
     n = adata.n_obs if idx is None else len(idx)
     bs = int(batch_size or settings.batch_size)
     slices = _dask_slices(mats, n, chunk_cells(bs), bs)
+    shared = _shared((fn, adata.var, adata.uns))
     tasks = []
     for sl in slices:
         obs = adata.obs.iloc[sl] if idx is None else adata.obs.iloc[idx[sl]]
@@ -284,7 +302,7 @@ def map_chunks(
                 parts[k] = block.rechunk({0: -1}) if block.numblocks[0] != 1 else block
             else:
                 parts[k] = _take(M, sl, idx)
-        tasks.append(dask.delayed(_run_chunk)(fn, parts, obs, adata.var, adata.uns))
+        tasks.append(dask.delayed(_run_chunk)(shared, parts, obs))
     return list(dask.compute(*tasks))
 
 
