@@ -19,7 +19,6 @@ from scadversarial import _keys
 from scadversarial.detection import DetectorConfig
 from scadversarial.tl import _chunks
 from scadversarial.tl._chunks import chunk_cells, is_chunked, iter_chunks, map_chunks
-from scadversarial.tl._detect_score import referenced_model
 from scadversarial.tl._input import read_input, x_source
 
 da = pytest.importorskip("dask.array")
@@ -242,7 +241,7 @@ def test_train_detector_on_backed_and_dask_equals_in_memory(scored, tmp_path, sm
     detectors, roles = [], []
     for a in (scored.copy(), ad.read_h5ad(backed_path, backed="r"), lazy):
         sad.tl.train_detector(a, layers=[LAYER], random_state=0, config=config, key_added="small")
-        detectors.append(referenced_model(a, "small"))
+        detectors.append(sad.get.model(a, "small"))
         roles.append(a.obs["sad_detector_role"])
     for role in roles[1:]:
         pd.testing.assert_series_equal(role, roles[0])
@@ -251,3 +250,15 @@ def test_train_detector_on_backed_and_dask_equals_in_memory(scored, tmp_path, sm
         assert det.threshold == detectors[0].threshold
         for k, v in det.state_dict().items():
             torch.testing.assert_close(v, ref[k], rtol=0, atol=0, msg=k)
+
+
+def test_attack_on_backed_looks_up_the_classifier(pipeline68k, tmp_path):
+    """A backed AnnData's record names its classifier: no ``classifier=`` is needed (``get_model`` reads ``.uns``)."""
+    path = tmp_path / "attack.h5ad"
+    pipeline68k.write_h5ad(path)
+    backed, mem = ad.read_h5ad(path, backed="r"), pipeline68k.copy()
+    for a in (backed, mem):
+        sad.tl.attack(a, "fgsm", eps=0.1, key_added="quick", batch_size=BATCH)
+    layer = "quick_eps0.1"
+    np.testing.assert_array_equal(_dense(backed.layers[layer]), _dense(mem.layers[layer]))
+    pd.testing.assert_series_equal(backed.obs[f"{layer}_pred"], mem.obs[f"{layer}_pred"])

@@ -234,12 +234,6 @@ def attack(
         attack_foreign(adata, call)
         return adata if copy else None
     space, layer = check_threat(adata, threat, method)
-    if adata.isbacked and options.classifier is None:
-        msg = (
-            "On a backed AnnData pass the classifier explicitly, classifier=<CellClassifier> (e.g. "
-            "sad.tl.load_models(...) or the model trained in this session); it is not looked up from a backed file."
-        )
-        raise ValueError(msg)
     model = options.classifier if options.classifier is not None else get_model(adata, _keys.STEP_CLASSIFIER)
     _check_detector(detector, model, method)
     plan = _plan(adata, call, space, layer, model)

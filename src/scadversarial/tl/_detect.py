@@ -42,11 +42,10 @@ from ._detect_score import (
     detector_features,
     layer_list,
     meta_chunk,
-    referenced_model,
     scores_and_reasons,
     watched_classifier,
 )
-from ._models import set_model_reference
+from ._models import get_model, set_model_reference
 
 #: Role of each cell in ``.obs['sad_detector_role']``.
 ROLES = ("meta_train", "calibration", "reference", "unused")
@@ -422,7 +421,7 @@ def detect(
     check_copy(adata, copy=copy, name="detect")
     check_choice("missing", missing, Missing)
     if model is None:
-        model = referenced_model(adata, detector_key)
+        model = get_model(adata, detector_key)
     if not isinstance(model, AdversarialDetector):
         msg = f"Expected an AdversarialDetector, got {type(model).__name__}. Train one with `sad.tl.train_detector`."
         raise TypeError(msg)
@@ -537,7 +536,7 @@ def meta_features(
     if model is None:
         root = adata.uns.get(_keys.UNS, {})
         has_det = isinstance(root.get(_keys.STEP_DETECTOR), dict) and "model" in root[_keys.STEP_DETECTOR]
-        model = referenced_model(adata, _keys.STEP_DETECTOR if has_det else _keys.STEP_CLASSIFIER)
+        model = get_model(adata, _keys.STEP_DETECTOR if has_det else _keys.STEP_CLASSIFIER)
     if not isinstance(model, AdversarialDetector | CellClassifier):
         msg = f"model must be an AdversarialDetector or a CellClassifier, got {type(model).__name__}."
         raise TypeError(msg)

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
-import pandas as pd
 import torch
 from anndata import AnnData
 
@@ -180,20 +179,9 @@ def scores_and_reasons(rep: DetectorReport, non_int: np.ndarray, thr: float) -> 
     return score, reason
 
 
-def referenced_model(adata: AnnData, key: str) -> torch.nn.Module:
-    """The model referenced in ``adata.uns['sad'][key]``, also for a backed AnnData.
-
-    :func:`~scadversarial.tl.get_model` refuses backed AnnData although it reads ``.uns`` only; it is
-    given an in-memory AnnData holding ``adata``'s names and ``.uns`` (no matrix) instead.
-    """
-    if adata.isbacked:
-        adata = AnnData(obs=pd.DataFrame(index=adata.obs_names), var=pd.DataFrame(index=adata.var_names), uns=adata.uns)
-    return get_model(adata, key)
-
-
 def watched_classifier(adata: AnnData, classifier_key: str) -> CellClassifier:
     """The classifier the detector watches (a :class:`~scadversarial.models.CellClassifier`), also for a backed AnnData."""
-    clf = referenced_model(adata, classifier_key)
+    clf = get_model(adata, classifier_key)
     if not isinstance(clf, CellClassifier):
         msg = f"The {classifier_key!r} model is a {type(clf).__name__}; the detector needs a CellClassifier (`sad.tl.train_classifier`)."
         raise TypeError(msg)
@@ -235,7 +223,6 @@ __all__ = [
     "detect_chunk",
     "meta_chunk",
     "non_integer",
-    "referenced_model",
     "scores_and_reasons",
     "watched_classifier",
 ]
