@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import pickle
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anndata as ad
@@ -249,6 +251,23 @@ np.save({str(tmp_path / "scores.npy")!r}, b.obs["sad_score_sad_pgd_eps0.1"].to_n
 
 
 PBMC3K = Path(__file__).parent / "data" / "pbmc3k.h5ad"
+
+
+def test_detector_pickles_without_scratch_and_scores_in_threads(det68k):
+    """The input-consistency scratch tensors are per thread and not pickled; scores stay bit for bit."""
+    det = sad.get.model(det68k, "detector")
+    X = np.asarray(det68k.X, dtype=np.float32)
+    ref = det.score_arrays(X, batch_size=128, progress_bar=False)  # fills the scratch tensors of this thread
+    assert "_scratch" in det.input_ref.__dict__
+    back = pickle.loads(pickle.dumps(det))
+    assert "_scratch" not in back.input_ref.__dict__
+    scratch = sum(t.numel() * t.element_size() for t in vars(det.input_ref.__dict__["_scratch"]).values())
+    assert abs(len(pickle.dumps(det)) - len(pickle.dumps(back))) < scratch / 100  # they were not pickled
+    halves = (X[:384], X[384:])  # whole batches: each batch holds the cells it holds in `ref`
+    with ThreadPoolExecutor(2) as pool:  # one model, two threads scoring at once
+        parts = list(pool.map(lambda M: back.score_arrays(M, batch_size=128, progress_bar=False), halves))
+    for got, want in zip(zip(*parts, strict=True), ref, strict=True):
+        np.testing.assert_array_equal(np.concatenate(got), want)
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ Three named groups:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -72,6 +73,12 @@ def feature_names(groups: Sequence[str], n_embedding: int, classes: Sequence[str
     return names
 
 
+#: attribute holding :class:`InputConsistency`'s scratch tensors, one set per thread (never pickled)
+_SCRATCH = "_scratch"
+#: where earlier versions kept them (plain attributes, pickled with the model)
+_OLD_SCRATCH = frozenset({"_ws", "_ws_knn", "_ws_grad"})
+
+
 class InputConsistency(nn.Module):
     """Input-consistency features of a scaled expression profile, from a reference of clean cells.
 
@@ -110,13 +117,27 @@ class InputConsistency(nn.Module):
     def _workspace(self, x: torch.Tensor, name: str = "_ws", shape: tuple | None = None) -> torch.Tensor:
         # scratch tensors (cells x genes, cells x reference cells) reused across batches: a fresh
         # allocation of that size (page faults) costs more than the arithmetic done in it (measured: the
-        # kNN product runs 3x slower into fresh memory). Not shared between threads.
+        # kNN product runs 3x slower into fresh memory). One set per thread: threads (a dask worker's, the
+        # threaded scheduler's) may score with one model at once.
+        scratch = self.__dict__.get(_SCRATCH)
+        if scratch is None:
+            scratch = self.__dict__.setdefault(_SCRATCH, threading.local())  # atomic: one object for all threads
         shape = tuple(x.shape) if shape is None else shape
-        ws = getattr(self, name, None)
+        ws = getattr(scratch, name, None)
         if ws is None or tuple(ws.shape) != shape or ws.dtype != x.dtype or ws.device != x.device:
             ws = torch.empty(shape, dtype=x.dtype, device=x.device)
-            setattr(self, name, ws)
+            setattr(scratch, name, ws)
         return ws
+
+    def __getstate__(self) -> dict:
+        """The module's state without its scratch tensors (MBs that a pickle or deep copy need not carry)."""
+        state = super().__getstate__()
+        state.pop(_SCRATCH, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        # models pickled before the scratch tensors were per thread hold them as attributes: not state
+        super().__setstate__({k: v for k, v in state.items() if k not in _OLD_SCRATCH})
 
     def projection_weight(self) -> torch.Tensor:
         """``[components; mean]``: ``x @ W.T`` gives the PCA scores (uncentred) and ``x . mean``."""
