@@ -25,6 +25,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .. import _keys
+from .._docs import doc_params
 from .._settings import settings
 
 #: cells per chunk: 16 forward batches of the default ``sad.settings.batch_size`` (1024). A dense chunk on
@@ -156,6 +157,24 @@ def _bounds(n: int, size: int) -> list[slice]:
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
 
+_DOC_ADATA = """\
+adata
+    The AnnData (in memory, backed, or with dask arrays in ``X`` / ``.layers``)."""
+_DOC_CELLS = """\
+layers
+    Layers to read besides ``X``.
+rows
+    The cells to read (a slice, positions or a boolean mask; default: all), in that order.
+batch_size
+    Forward batch size the chunk boundaries are multiples of (default ``sad.settings.batch_size``)."""
+
+
+def _obs_rows(adata: AnnData, sl: slice, idx: np.ndarray | None) -> pd.DataFrame:
+    """``.obs`` of the chunk ``sl`` of the selected cells ``idx`` (``None``: all cells)."""
+    return adata.obs.iloc[sl] if idx is None else adata.obs.iloc[idx[sl]]
+
+
+@doc_params(doc_adata=_DOC_ADATA, doc_cells=_DOC_CELLS)
 def iter_chunks(
     adata: AnnData, *, layers: Sequence[str | None] = (), rows: Rows = None, batch_size: int | None = None
 ) -> Iterator[tuple[slice, AnnData]]:
@@ -163,14 +182,8 @@ def iter_chunks(
 
     Parameters
     ----------
-    adata
-        The AnnData (in memory, backed, or with dask arrays in ``X`` / ``.layers``).
-    layers
-        Layers to read besides ``X``.
-    rows
-        The cells to read (a slice, positions or a boolean mask; default: all), in that order.
-    batch_size
-        Forward batch size the chunk length is a multiple of (default ``sad.settings.batch_size``).
+    {doc_adata}
+    {doc_cells}
 
     Yields
     ------
@@ -191,8 +204,12 @@ def iter_chunks(
     idx = _positions(adata.n_obs, rows)
     n = adata.n_obs if idx is None else len(idx)
     for sl in _bounds(n, chunk_cells(batch_size)):
-        obs = adata.obs.iloc[sl] if idx is None else adata.obs.iloc[idx[sl]]
-        yield sl, _chunk_adata({k: _take(M, sl, idx) for k, M in mats.items()}, obs, adata.var, adata.uns)
+        yield (
+            sl,
+            _chunk_adata(
+                {k: _take(M, sl, idx) for k, M in mats.items()}, _obs_rows(adata, sl, idx), adata.var, adata.uns
+            ),
+        )
 
 
 def _run_chunk(shared: tuple, mats: dict, obs: pd.DataFrame):
@@ -234,6 +251,7 @@ def _dask_slices(mats: dict, n: int, size: int, bs: int) -> list[slice]:
     return _bounds(n, size)
 
 
+@doc_params(doc_adata=_DOC_ADATA, doc_cells=_DOC_CELLS)
 def map_chunks(
     adata: AnnData,
     fn: Callable[[AnnData], R],
@@ -255,16 +273,10 @@ def map_chunks(
 
     Parameters
     ----------
-    adata
-        The AnnData (in memory, backed, or with dask arrays in ``X`` / ``.layers``).
+    {doc_adata}
     fn
         Called on each chunk (an in-memory AnnData, see :func:`iter_chunks`); must not write to it.
-    layers
-        Layers to read besides ``X``.
-    rows
-        The cells to read (a slice, positions or a boolean mask; default: all), in that order.
-    batch_size
-        Forward batch size the chunk boundaries are a multiple of (default ``sad.settings.batch_size``).
+    {doc_cells}
 
     Returns
     -------
@@ -292,7 +304,6 @@ def map_chunks(
     shared = _shared((fn, adata.var, adata.uns))
     tasks = []
     for sl in slices:
-        obs = adata.obs.iloc[sl] if idx is None else adata.obs.iloc[idx[sl]]
         parts = {}
         for k, M in mats.items():
             if is_dask(M):
@@ -302,7 +313,7 @@ def map_chunks(
                 parts[k] = block.rechunk({0: -1}) if block.numblocks[0] != 1 else block
             else:
                 parts[k] = _take(M, sl, idx)
-        tasks.append(dask.delayed(_run_chunk)(shared, parts, obs))
+        tasks.append(dask.delayed(_run_chunk)(shared, parts, _obs_rows(adata, sl, idx)))
     return list(dask.compute(*tasks))
 
 
