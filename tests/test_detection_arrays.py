@@ -144,3 +144,27 @@ def test_threshold_and_metrics():
     assert 0.1 < t2["threshold"] < 0.9
     with pytest.raises(ValueError, match="both clean"):
         detection_metrics(np.zeros(5), np.zeros(5), 0.5)
+
+
+def test_youden_threshold_capped_at_max_fpr():
+    y = np.r_[np.zeros(100), np.ones(100)]
+    rng = np.random.default_rng(0)
+    s = np.r_[rng.normal(0, 1, 100), rng.normal(2, 1, 100)]  # Youden's optimum near 1: ~16 % false alarms
+    free = choose_threshold(y, s)
+    assert free["fpr"] > 0.01  # plain Youden spends false alarms for TPR
+    capped = choose_threshold(y, s, max_fpr=0.01)
+    assert capped["fpr"] <= 0.01
+    assert capped["threshold"] > free["threshold"]
+    assert capped["method"] == "youden, fpr<=0.01"
+    # a cap above Youden's own false-positive rate leaves its threshold as it is
+    assert choose_threshold(y, s, max_fpr=0.5)["threshold"] == free["threshold"]
+    # clean cells tied at the top score: the strictest threshold, not an error
+    tied = choose_threshold(y, np.r_[np.ones(5), np.zeros(95), np.ones(100)], max_fpr=0.01)
+    assert tied["fpr"] == 0.05
+    assert choose_threshold(y, s, target_fpr=0.05, max_fpr=0.01)["method"] == "target_fpr=0.05"
+    with pytest.raises(ValueError, match="max_fpr"):
+        choose_threshold(y, s, max_fpr=1.0)
+    # the default detector's threshold: Youden's J among thresholds flagging at most 1 % of clean cells
+    assert sad.detection.DetectorConfig().max_fpr == 0.01
+    with pytest.raises(ValueError, match="max_fpr"):
+        sad.detection.DetectorConfig(max_fpr=1.5)

@@ -17,7 +17,15 @@ def _check_binary(y: np.ndarray) -> None:
         raise ValueError(msg)
 
 
-def choose_threshold(y: np.ndarray, scores: np.ndarray, *, target_fpr: float | None = None) -> dict:
+def _check_fraction(name: str, value: float) -> None:
+    if not 0 <= value < 1:
+        msg = f"{name} must be a fraction in [0, 1), got {value}."
+        raise ValueError(msg)
+
+
+def choose_threshold(
+    y: np.ndarray, scores: np.ndarray, *, target_fpr: float | None = None, max_fpr: float | None = None
+) -> dict:
     """Decision threshold on scores (flag: ``score >= threshold``).
 
     Parameters
@@ -29,6 +37,10 @@ def choose_threshold(y: np.ndarray, scores: np.ndarray, *, target_fpr: float | N
     target_fpr
         ``None``: maximise Youden's J (TPR - FPR); a fraction: the threshold with the highest TPR
         whose false-positive rate on these clean cells is at most ``target_fpr``.
+    max_fpr
+        With ``target_fpr=None``: maximise Youden's J only among the thresholds whose
+        false-positive rate on these clean cells is at most ``max_fpr`` (the strictest threshold
+        when none is). ``None``: among all thresholds.
 
     Returns
     -------
@@ -41,13 +53,18 @@ def choose_threshold(y: np.ndarray, scores: np.ndarray, *, target_fpr: float | N
     fpr, tpr, thr = _roc(y, scores)
     finite = np.isfinite(thr)
     if target_fpr is None:
-        j = np.where(finite, tpr - fpr, -np.inf)
-        i = int(np.argmax(j))
+        allowed = finite
         method = "youden"
+        if max_fpr is not None:
+            _check_fraction("max_fpr", max_fpr)
+            allowed = finite & (fpr <= max_fpr)
+            if not allowed.any():  # ties at the top score: the strictest finite threshold
+                allowed = finite & (fpr == fpr[finite].min())
+            method = f"youden, fpr<={max_fpr:g}"
+        j = np.where(allowed, tpr - fpr, -np.inf)
+        i = int(np.argmax(j))
     else:
-        if not 0 <= target_fpr < 1:
-            msg = f"target_fpr must be a fraction in [0, 1), got {target_fpr}."
-            raise ValueError(msg)
+        _check_fraction("target_fpr", target_fpr)
         ok = np.where(finite & (fpr <= target_fpr))[0]
         i = int(ok[-1]) if len(ok) else int(np.argmax(finite))
         method = f"target_fpr={target_fpr:g}"

@@ -29,6 +29,12 @@ if TYPE_CHECKING:
 Calibration = Literal["val", "train"]
 #: A standard deviation below this is a constant feature: it is divided by 1 instead.
 MIN_STD = 1e-6
+#: Largest fraction of clean calibration cells the default threshold may flag: half the 2 % of clean
+#: cells a user can afford (issue 14), leaving room for the sampling error of a quantile on ~500
+#: validation cells (binomial sd at 1 %: 0.43 points, so 1 % + 2 sd stays under 2 %). The rules
+#: carry the detection of every input no preprocessing can produce, so the learned detector's
+#: threshold is set for false alarms first; plain Youden spent up to 6.6 % of them on PBMC3k.
+MAX_FPR = 0.01
 
 
 @dataclass(frozen=True)
@@ -85,8 +91,13 @@ class DetectorConfig:
     lr, weight_decay, batch_size
         AdamW settings and mini-batch size of both networks.
     target_fpr
-        ``None``: threshold maximising Youden's J on the calibration cells; a fraction: the
-        threshold with the best TPR at that false-positive rate on calibration clean cells.
+        ``None``: threshold maximising Youden's J on the calibration cells (among those allowed by
+        ``max_fpr``); a fraction: the threshold with the best TPR at that false-positive rate on
+        calibration clean cells.
+    max_fpr
+        With ``target_fpr=None``: the Youden threshold is chosen among those that flag at most
+        this fraction of the clean calibration cells (default :data:`MAX_FPR`, 1 %); ``None``:
+        among all thresholds.
     rules
         Put the plausibility rules in front of the learned detector (the default detector; see
         :func:`~scadversarial.detection.rule_counts`).
@@ -108,6 +119,7 @@ class DetectorConfig:
     weight_decay: float = 1e-2
     batch_size: int = 128
     target_fpr: float | None = None
+    max_fpr: float | None = MAX_FPR
     rules: bool = True
     device: str | None = None
     save_dir: str | None = None
@@ -117,9 +129,11 @@ class DetectorConfig:
             if int(getattr(self, name)) < 1:
                 msg = f"DetectorConfig.{name} must be at least 1, got {getattr(self, name)}."
                 raise ValueError(msg)
-        if self.target_fpr is not None and not 0 <= self.target_fpr < 1:
-            msg = f"DetectorConfig.target_fpr must be None or a fraction in [0, 1), got {self.target_fpr}."
-            raise ValueError(msg)
+        for name in ("target_fpr", "max_fpr"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                msg = f"DetectorConfig.{name} must be None or a fraction in [0, 1), got {value}."
+                raise ValueError(msg)
 
 
 @dataclass(frozen=True)
@@ -237,10 +251,10 @@ def fit_detector(
     with torch.no_grad():
         scores = torch.sigmoid(detector.detector(Zc)).cpu().numpy()
     yc = yc.cpu().numpy()
-    thr = choose_threshold(yc, scores, target_fpr=config.target_fpr)
+    thr = choose_threshold(yc, scores, target_fpr=config.target_fpr, max_fpr=config.max_fpr)
     detector.threshold.fill_(thr["threshold"])
     detector.eval()
     return DetectorFit(thr, detection_metrics(yc, scores, thr["threshold"]), history)
 
 
-__all__ = ["Calibration", "DetectorConfig", "DetectorFeatures", "DetectorFit", "FeatureSpec", "fit_detector"]
+__all__ = ["MAX_FPR", "Calibration", "DetectorConfig", "DetectorFeatures", "DetectorFit", "FeatureSpec", "fit_detector"]
