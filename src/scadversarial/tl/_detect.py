@@ -30,6 +30,7 @@ from ..detection._fit import Calibration
 from ..detection._rule_layer import REASONS
 from ..models.classifier import CellClassifier
 from ..models.detector import AdversarialDetector, DetectorArchitecture
+from ._attack_record import attacked_cells
 from ._chunks import map_chunks
 from ._detect_score import (
     DOC_CHUNKED,
@@ -41,7 +42,9 @@ from ._detect_score import (
     detect_chunk,
     detector_features,
     layer_list,
+    map_layers,
     meta_chunk,
+    on_all_cells,
     scores_and_reasons,
     watched_classifier,
 )
@@ -148,6 +151,19 @@ def _roles(split: np.ndarray, cells: DetectorCells, rng: np.random.Generator, *,
     return _Roles(meta_idx, cal_idx, ref_idx, source)
 
 
+def _attacked_roles(roles: _Roles, keep: np.ndarray) -> _Roles:
+    """Meta-training and calibration cells of a sampled attack: those attacked in every layer (the reference is clean)."""
+    meta, cal = roles.meta[keep[roles.meta]], roles.calibration[keep[roles.calibration]]
+    if len(meta) < 2 or len(cal) < 2:
+        msg = (
+            f"The sampled attack left {len(meta)} meta-training and {len(cal)} calibration cells (at least 2 "
+            "each): the detector learns from attacked cells only. Attack more training and validation cells, "
+            "e.g. `sad.tl.attack(adata, cells=adata.obs['sad_split'] != 'test')`."
+        )
+        raise ValueError(msg)
+    return replace(roles, meta=meta, calibration=cal)
+
+
 def _record_params(
     attack_key: str,
     layers: list[str],
@@ -215,7 +231,8 @@ def train_detector(
     of the input-consistency features (PCA basis, kNN cells, per-gene minima). Early stopping and
     the threshold use the calibration cells: the validation split (``cells.calibration='val'``,
     the default when it has cells), otherwise another ``meta_fraction`` of the training split.
-    **Test-split cells are never read**: only the meta-training, calibration and reference cells are
+    With a sampled attack (``sad.tl.attack(..., cells=...)``) the meta-training and calibration
+    cells are those attacked in every layer. **Test-split cells are never read**: only the meta-training, calibration and reference cells are
     read, chunk by chunk from a backed, dask or sparse log-normalized input. The training itself is
     :func:`~scadversarial.detection.fit_detector`: meta-features standardized with meta-training
     statistics, embedded by the triplet network (``features -> 256 -> 64``, L2-normalized,
@@ -267,6 +284,8 @@ def train_detector(
     split = _split_array(adata, cells.split_key)
     rng = np.random.default_rng(random_state)
     roles = _roles(split, cells, rng, reference_needed=features.input)
+    if att := [m for lay in layers if (m := attacked_cells(adata, lay)) is not None]:
+        roles = _attacked_roles(roles, np.logical_and.reduce(att))
     labels = check_obs_key(adata, cells.labels_key).astype(str).to_numpy() if cells.labels_key else None
 
     dev = settings.torch_device(config.device)
@@ -370,7 +389,9 @@ def detect(
     and the residual detector's probability, flagged at the threshold calibrated on validation
     cells. The rules need no information beyond the scored matrix: each cell's library unit
     ``target_sum / N`` is estimated from its own values, and the bound on the smallest positive
-    value was fitted on clean training cells. Genes are aligned by name to the detector's genes.
+    value was fitted on clean training cells. Genes are aligned by name to the detector's genes. A
+    layer of a sampled attack (``sad.tl.attack(..., cells=...)``) is scored on its attacked cells only
+    (score NaN, flag False, reason ``''``, NaN ``.obsm`` rows elsewhere; its metrics count those cells).
 
     {doc_chunked}
 
@@ -435,28 +456,23 @@ def detect(
     thr = float(model.threshold) if threshold is None else float(threshold)
     detector_id = str(getattr(model, "_sad_id", ""))  # scores name their detector, so a stale one is never reused
     reader = chunk_reader(adata, model, layers, missing=missing, batch_size=batch_size, device=device)
-    parts = map_chunks(
-        adata,
-        partial(detect_chunk, reader=reader),
-        layers=chunk_layers(adata, layers, reader.source),
-        batch_size=reader.batch_size,
-    )
     reports = {
-        lay: (concat_reports([p[i][0] for p in parts]), np.concatenate([p[i][1] for p in parts]))
-        for i, lay in enumerate(layers)
+        lay: (concat_reports([r for r, _ in parts]), np.concatenate([n for _, n in parts]), cells)
+        for lay, (parts, cells) in map_layers(adata, detect_chunk, reader).items()
     }
     if copy:
         adata = adata.copy()
     per = {}
-    for lay, (rep, non_int) in reports.items():
+    for lay, (rep, non_int, cells) in reports.items():  # ``cells``: the attacked cells of a sampled attack
         score, reason = scores_and_reasons(rep, non_int, thr)
         flag = (score >= thr) | np.isin(reason, REASONS[:4])
-        adata.obs[_keys.score_key(lay)] = score
-        adata.obs[_keys.flag_key(lay)] = flag
-        adata.obs[reason_key(lay)] = pd.Categorical(reason, categories=list(REASONS))
+        adata.obs[_keys.score_key(lay)] = on_all_cells(score, cells, np.nan)
+        # False (not NA) on cells not attacked: readers of the flags (evaluate, pl) convert them to bool
+        adata.obs[_keys.flag_key(lay)] = on_all_cells(flag, cells, fill=False)
+        adata.obs[reason_key(lay)] = pd.Categorical(on_all_cells(reason, cells, ""), categories=list(REASONS))
         if not low_latency:
-            adata.obsm[_keys.meta_key(lay)] = rep.meta
-            adata.obsm[_keys.triplet_key(lay)] = rep.embedding
+            adata.obsm[_keys.meta_key(lay)] = on_all_cells(rep.meta, cells, np.nan)
+            adata.obsm[_keys.triplet_key(lay)] = on_all_cells(rep.embedding, cells, np.nan)
         per[lay or "X"] = {
             "threshold": thr,
             "fraction_flagged": float(flag.mean()),
@@ -525,8 +541,8 @@ def meta_features(
 
     Returns
     -------
-    {doc_returns_copy} Sets ``.obsm['sad_meta']`` (for a layer ``L``: ``.obsm['sad_meta_L']``)
-    and ``.uns['sad']['meta_features']`` (``params``, ``feature_names``).
+    {doc_returns_copy} Sets ``.obsm['sad_meta']`` (for a layer ``L``: ``.obsm['sad_meta_L']``; NaN
+    rows for the cells a sampled attack left out) and ``.uns['sad']['meta_features']`` (``params``, ``feature_names``).
 
     """
     check_adata(adata, allow_backed=True)
@@ -560,17 +576,12 @@ def meta_features(
             del X
         groups = spec.groups
         names, source = feature_names(groups, model.config["hidden"][-1], model.classes), "classifier"
-    parts = map_chunks(
-        adata,
-        partial(meta_chunk, reader=reader, gradient=spec.gradient, input_ref=ref),
-        layers=chunk_layers(adata, layers, reader.source),
-        batch_size=reader.batch_size,
-    )
-    out = {lay: np.concatenate([p[i] for p in parts]) for i, lay in enumerate(layers)}
+    chunk_fn = partial(meta_chunk, gradient=spec.gradient, input_ref=ref)
+    out = {lay: (np.concatenate(parts), cells) for lay, (parts, cells) in map_layers(adata, chunk_fn, reader).items()}
     if copy:
         adata = adata.copy()
-    for lay, f in out.items():
-        adata.obsm[_keys.meta_key(lay)] = f
+    for lay, (f, cells) in out.items():  # ``cells``: the attacked cells of a sampled attack (NaN elsewhere)
+        adata.obsm[_keys.meta_key(lay)] = on_all_cells(f, cells, np.nan)
     params = {
         "layers": [v or "X" for v in layers],
         "groups": groups,

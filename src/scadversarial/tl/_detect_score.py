@@ -11,7 +11,9 @@ input-consistency reference is fitted beforehand and travels with the model).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -24,7 +26,8 @@ from ..detection._features import InputConsistency
 from ..detection._rule_layer import LEARNED, NON_INTEGER, combine, rule_reasons
 from ..models.classifier import CellClassifier
 from ..models.detector import AdversarialDetector, DetectorReport
-from ._chunks import is_chunked
+from ._attack_record import attacked_cells
+from ._chunks import is_chunked, map_chunks
 from ._input import read_input, x_source
 from ._models import get_model
 from ._space import layer_space, source_layers
@@ -116,6 +119,56 @@ def chunk_layers(adata: AnnData, layers, source: str | None) -> tuple[str, ...]:
         if lay in (None, "X") and source is not None:
             need.append(source)
     return tuple(dict.fromkeys(need))
+
+
+def by_attacked_cells(adata: AnnData, layers) -> list[tuple[np.ndarray | None, list[str | None]]]:
+    """``layers`` grouped by the cells they hold: every cell (``None``) or the cells of a sampled attack.
+
+    A sampled attack (``sad.tl.attack(..., cells=...)``) stores rows for its attacked cells only; its
+    other rows are empty, not attacks (:func:`~scadversarial.tl._attack_record.attacked_cells`).
+    Groups keep the order in which their first layer comes.
+    """
+    groups: dict[bytes | None, tuple[np.ndarray | None, list[str | None]]] = {}
+    for lay in layers:
+        att = None if lay in (None, "X") else attacked_cells(adata, lay)
+        if att is not None and not att.any():
+            msg = f"Attack layer {lay!r} holds no attacked cell: there is nothing to score."
+            raise ValueError(msg)
+        groups.setdefault(None if att is None else att.tobytes(), (att, []))[1].append(lay)
+    return list(groups.values())
+
+
+def map_layers(
+    adata: AnnData, chunk_fn: Callable, reader: ChunkReader
+) -> dict[str | None, tuple[list, np.ndarray | None]]:
+    """Per layer of ``reader``: ``chunk_fn(chunk, reader=...)``'s results chunk by chunk, and the cells read.
+
+    Each layer is read on the cells it holds (:func:`by_attacked_cells`: the attacked cells of a
+    sampled attack, else every cell); layers holding the same cells are read together. The cells read
+    are ``None`` (every cell) or a boolean mask.
+    """
+    out = {}
+    for att, group in by_attacked_cells(adata, reader.layers):
+        sub = replace(reader, layers=tuple(group))
+        parts = map_chunks(
+            adata,
+            partial(chunk_fn, reader=sub),
+            layers=chunk_layers(adata, group, reader.source),
+            rows=None if att is None else np.flatnonzero(att),
+            batch_size=reader.batch_size,
+        )
+        for i, lay in enumerate(group):
+            out[lay] = ([p[i] for p in parts], att)
+    return {lay: out[lay] for lay in reader.layers}
+
+
+def on_all_cells(values: np.ndarray, cells: np.ndarray | None, fill) -> np.ndarray:
+    """Per-cell ``values`` of the cells ``cells`` (``None``: every cell) spread over every cell, ``fill`` elsewhere."""
+    if cells is None:
+        return values
+    out = np.full((len(cells), *values.shape[1:]), fill, dtype=values.dtype)
+    out[cells] = values
+    return out
 
 
 def non_integer(adata: AnnData, model: AdversarialDetector, layer: str | None) -> np.ndarray:
@@ -214,8 +267,10 @@ __all__ = [
     "DOC_CHUNKED",
     "DOC_SCORING",
     "ChunkReader",
+    "by_attacked_cells",
     "chunk_reader",
     "layer_list",
+    "map_layers",
     "check_copy",
     "chunk_layers",
     "concat_reports",
@@ -223,6 +278,7 @@ __all__ = [
     "detect_chunk",
     "meta_chunk",
     "non_integer",
+    "on_all_cells",
     "scores_and_reasons",
     "watched_classifier",
 ]
