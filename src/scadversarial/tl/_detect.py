@@ -232,8 +232,9 @@ def train_detector(
     the threshold use the calibration cells: the validation split (``cells.calibration='val'``,
     the default when it has cells), otherwise another ``meta_fraction`` of the training split.
     With a sampled attack (``sad.tl.attack(..., cells=...)``) the meta-training and calibration
-    cells are those attacked in every layer. **Test-split cells are never read**: only the meta-training, calibration and reference cells are
-    read, chunk by chunk from a backed, dask or sparse log-normalized input. The training itself is
+    cells are those attacked in every layer. **Test-split cells are never read**: only the
+    meta-training, calibration and reference cells are read, chunk by chunk from a backed, dask or
+    sparse log-normalized input. The training itself is
     :func:`~scadversarial.detection.fit_detector`: meta-features standardized with meta-training
     statistics, embedded by the triplet network (``features -> 256 -> 64``, L2-normalized,
     TripletMarginLoss with margin 1) and scored by the residual detector
