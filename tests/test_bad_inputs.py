@@ -169,7 +169,13 @@ BLACK_BOX = ("single_gene_attack", "max_change_attack")
 READS_X = ON_COUNTS + ("pseudo_labels", "train_classifier", "predict", "attack", *BLACK_BOX, "train_detector")
 ON_PREPPED = (*READS_X[1:], "detect", "split", "evaluate")  # detect reads its layer, split and evaluate .obs
 TAKES_LABELS = ("split", "train_classifier", *BLACK_BOX, "evaluate")
-READ_BACKED = ("train_classifier", "train_detector", "detect")  # steps that read a backed X in chunks (issue 16)
+READ_BACKED = (
+    "train_classifier",
+    "predict",
+    "attack",
+    "train_detector",
+    "detect",
+)  # steps that read a backed X in chunks (issue 16)
 
 
 @dataclass(frozen=True)
