@@ -170,6 +170,7 @@ READS_X = ON_COUNTS + ("pseudo_labels", "train_classifier", "predict", "attack",
 ON_PREPPED = (*READS_X[1:], "detect", "split", "evaluate")  # detect reads its layer, split and evaluate .obs
 TAKES_LABELS = ("split", "train_classifier", *BLACK_BOX, "evaluate")
 READ_BACKED = (
+    "split",
     "train_classifier",
     "predict",
     "attack",

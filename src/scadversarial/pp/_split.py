@@ -56,7 +56,10 @@ def split(
     {{'test': 350, 'train': 280, 'val': 70}}
 
     """
-    check_adata(adata, min_obs=3)
+    check_adata(adata, min_obs=3, allow_backed=True)  # reads and writes .obs/.uns only
+    if copy and adata.isbacked:
+        msg = "split(copy=True) needs an in-memory AnnData: load it with `adata.to_memory()`, or pass copy=False."
+        raise ValueError(msg)
     labels = check_obs_key(adata, labels_key, producer="sad.pp.pseudo_labels")
     if not (0 < train_size < 1 and 0 <= val_size < 1 and train_size + val_size < 1):
         msg = f"train_size={train_size} and val_size={val_size} must be fractions in (0, 1) summing below 1 (the test split gets the rest)."
