@@ -37,10 +37,17 @@ Defences (issue 14; ``--no-defences`` leaves them out), rows with ``detector='no
   its flip rate and accuracy under every threat above, attacked anew against it (white box), but the
   callable and detector-aware ones, and the predictions the benign shifts change.
 
+``--false-alarms`` runs only the default pipeline and, on clean and benignly shifted validation
+and test cells, says which layer of the default detector flags them: each rule or the
+learned detector alone (no threat, no baseline; a few minutes per seed).
+
 Usage::
 
     python benchmarks/threats.py                      # 3 seeds, both label sets
     python benchmarks/threats.py --seeds 0 --labels seurat
+    python benchmarks/threats.py --false-alarms       # who raises the false alarms, per seed
+    python benchmarks/threats.py --labels seurat --save s.pkl & python benchmarks/threats.py --labels kmeans --save k.pkl
+    python benchmarks/threats.py --load s.pkl k.pkl   # the same summary from both runs
 """
 
 from __future__ import annotations
@@ -273,6 +280,38 @@ def run_one(raw, labels: str, seed: int, notes: list[str], *, defences: bool = T
     return sad.get.benchmark_table(a).assign(labels=labels, seed=seed)
 
 
+def false_alarms(raw, labels: str, seed: int) -> pd.DataFrame:
+    """Per split and shift, the cells flagged by each rule and by the learned detector alone."""
+    from scadversarial.detection import RULES
+    from scadversarial.tl._input import classifier_input
+    from scadversarial.tl._shifts import DEFAULT_SHIFTS, benign_shift
+
+    a, key = prepare(raw, labels, seed)
+    sad.tl.train_classifier(a, key, random_state=seed)
+    sad.tl.attack(a, "pgd", eps=PGD_EPS, random_state=seed)
+    sad.tl.train_detector(a, random_state=seed)
+    det, clf = sad.get.model(a, "detector"), sad.get.model(a, "classifier")
+    method = sad.get.record(a, "detector")["metrics"]["threshold_method"]
+    split = a.obs["sad_split"].astype(str).to_numpy()
+    rows = []
+    for subset in ("val", "test"):
+        cells = a[split == subset].copy()
+        # the benchmark's shifts and seeds (benchmark_detectors: random_state + j)
+        shifted = {"clean": cells} | {
+            name: benign_shift(cells, sh.kind, amount=sh.amount, random_state=seed + j)
+            for j, (name, sh) in enumerate(DEFAULT_SHIFTS.items())
+        }
+        for name, c in shifted.items():
+            rep = det.explain_arrays(classifier_input(c, clf), progress_bar=False)
+            ruled = rep.rule_counts.sum(1) > 0
+            row = {"labels": labels, "seed": seed, "cells": subset, "shift": name, "n": len(ruled)}
+            row |= {r: float((rep.rule_counts[:, i] > 0).mean()) for i, r in enumerate(RULES)}
+            row |= {"learned": float(((rep.learned >= float(det.threshold)) & ~ruled).mean())}
+            row |= {"flagged": float((ruled | (rep.learned >= float(det.threshold))).mean()), "method": method}
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _ms(v: pd.Series) -> str:
     v = v.dropna().astype(float)
     if v.empty:
@@ -320,6 +359,9 @@ def main(argv=None) -> int:
     p.add_argument("--labels", nargs="+", default=list(LABEL_SETS), choices=list(LABEL_SETS))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--no-defences", action="store_true", help="leave out the certified and hardened rows")
+    p.add_argument("--false-alarms", action="store_true", help="only: which layer flags clean and shifted cells")
+    p.add_argument("--save", default=None, help="also write the per-seed table (pickle) to this path")
+    p.add_argument("--load", nargs="+", default=None, help="summarize tables written by --save instead of running")
     args = p.parse_args(argv)
     sad.settings.progress = False
     if args.threads:
@@ -334,15 +376,32 @@ def main(argv=None) -> int:
     pd.set_option("display.width", 250)
     pd.set_option("display.max_rows", 500)
     pd.set_option("display.max_columns", 20)
+    if args.false_alarms:
+        parts = [false_alarms(raw, labels, seed) for labels in args.labels for seed in args.seeds]
+        tab = pd.concat(parts, ignore_index=True)
+        print("fraction of cells flagged, per rule and by the learned detector alone (learned)")
+        print(tab.to_string(index=False, float_format="{:.3f}".format))
+        return 0
     notes: list[str] = []
     tables = []
     t_all = time.perf_counter()
-    for labels in args.labels:
-        for seed in args.seeds:
-            t0 = time.perf_counter()
-            tables.append(run_one(raw, labels, seed, notes, defences=not args.no_defences))
-            print(f"[{labels} seed {seed}: {time.perf_counter() - t0:.0f} s]", flush=True)
+    if args.load:  # runs saved by --save (e.g. one process per label set): summarize them together
+        for path in args.load:
+            saved = pd.read_pickle(path)
+            tables.append(saved["table"])
+            notes += saved["notes"]
+            CGD_WARNINGS.extend(saved["cgd_warnings"])
+        args.labels = list(dict.fromkeys(pd.concat(tables)["labels"]))
+        args.seeds = sorted(set(pd.concat(tables)["seed"]))
+    else:
+        for labels in args.labels:
+            for seed in args.seeds:
+                t0 = time.perf_counter()
+                tables.append(run_one(raw, labels, seed, notes, defences=not args.no_defences))
+                print(f"[{labels} seed {seed}: {time.perf_counter() - t0:.0f} s]", flush=True)
     tab = pd.concat(tables, ignore_index=True)
+    if args.save:
+        pd.to_pickle({"table": tab, "notes": notes, "cgd_warnings": CGD_WARNINGS}, args.save)
     print(
         f"\nheld-out PBMC3k test cells; seeds {args.seeds}; mean ± sd over seeds; total {time.perf_counter() - t_all:.0f} s"
     )
