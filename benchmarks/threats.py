@@ -392,7 +392,7 @@ def main(argv=None) -> int:
             notes += saved["notes"]
             CGD_WARNINGS.extend(saved["cgd_warnings"])
         args.labels = list(dict.fromkeys(pd.concat(tables)["labels"]))
-        args.seeds = sorted(set(pd.concat(tables)["seed"]))
+        args.seeds = sorted({int(s) for s in pd.concat(tables)["seed"]})
     else:
         for labels in args.labels:
             for seed in args.seeds:
