@@ -197,6 +197,7 @@ def _record_params(
         "weight_decay": config.weight_decay,
         "batch_size": config.batch_size,
         "target_fpr": -1.0 if config.target_fpr is None else float(config.target_fpr),
+        "max_fpr": -1.0 if config.max_fpr is None else float(config.max_fpr),
         "rules": config.rules,
         "classifier_key": classifier_key,
         "random_state": int(random_state),
