@@ -113,6 +113,18 @@ def shown_names(names) -> str:
     return ", ".join(repr(str(n)) for n in names[:N_SHOWN]) + (", ..." if len(names) > N_SHOWN else "")
 
 
+def is_dask(X) -> bool:
+    """Whether ``X`` is a dask array (without importing dask when it is not installed)."""
+    return type(X).__module__.split(".")[0] == "dask"
+
+
+def is_backed(X) -> bool:
+    """Whether ``X`` is read from a file: an h5py / zarr dataset or anndata's backed sparse dataset."""
+    if X is None or isinstance(X, np.ndarray) or sp.issparse(X) or is_dask(X):
+        return False
+    return hasattr(X, "to_memory") or type(X).__module__.split(".")[0] in ("h5py", "zarr")
+
+
 def _read_backed(X, *, dense: bool):
     """An in-memory copy of a backed matrix (h5py dataset, anndata's backed sparse dataset), else ``X``.
 
@@ -120,7 +132,7 @@ def _read_backed(X, *, dense: bool):
     object array); otherwise it is returned lazy (``sad.pp.preprocess`` reads it block by block). Functions that
     read big matrices read them in chunks instead (``tl/_chunks.py``).
     """
-    if dense and type(X).__module__.split(".")[0] == "dask":
+    if dense and is_dask(X):
         X = X.compute()
     if hasattr(X, "to_memory"):  # anndata's backed CSR/CSC dataset
         return X.to_memory()
@@ -360,7 +372,7 @@ def matrix_for_genes(
     out = np.full((adata.n_obs, len(var_names)), fill_value, dtype=np.float32)
     ok = idx >= 0
     cols = X[:, idx[ok]]  # the model's genes only, before densifying: a chunk of all genes would be large
-    if type(cols).__module__.split(".")[0] == "dask":
+    if is_dask(cols):
         cols = cols.compute()
     out[:, ok] = cols.toarray() if sp.issparse(cols) else np.asarray(cols)
     if len(absent):

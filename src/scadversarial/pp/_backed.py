@@ -21,15 +21,6 @@ from . import _chunked
 from ._chunked import block_summary, lognorm_block, row_chunks, stack_rows
 
 
-def is_backed(X) -> bool:
-    """Whether ``X`` is read from a file: anndata's backed sparse dataset or an h5py dataset."""
-    return hasattr(X, "to_memory") or type(X).__module__.startswith("h5py")
-
-
-def _is_sparse(X) -> bool:
-    return hasattr(X, "to_memory")
-
-
 def check_readable(X) -> None:
     """Raise for a backed CSC matrix: each chunk of cells would read the whole file."""
     if getattr(X, "format", "csr") == "csc":
@@ -44,7 +35,7 @@ def read_chunks(X) -> Iterator[np.ndarray | sp.csr_matrix]:
     """Consecutive blocks of rows of backed ``X``, in memory, each about :data:`._chunked.CHUNK_BYTES`."""
     n_obs, n_vars = X.shape
     width = n_vars
-    if _is_sparse(X):  # a CSR row costs about 8 bytes per stored value (float32 value, int32 index)
+    if hasattr(X, "to_memory"):  # anndata's backed sparse dataset: a CSR row costs ~8 bytes per stored value
         width = max(1, ceil(X.group["data"].shape[0] / max(n_obs, 1)))
     for sl in row_chunks(n_obs, width, chunk_bytes=_chunked.CHUNK_BYTES):  # read when called: tests shrink it
         yield X[sl]

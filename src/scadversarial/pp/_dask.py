@@ -32,11 +32,6 @@ if TYPE_CHECKING:
     import dask.array as da
 
 
-def is_dask(X) -> bool:
-    """Whether ``X`` is a dask array (without importing dask when it is not installed)."""
-    return type(X).__module__.split(".")[0] == "dask"
-
-
 def _one_gene_chunk(M: da.Array) -> da.Array:
     """``M`` with all genes of a cell in one chunk (per-cell steps need whole rows)."""
     return M if len(M.chunks[1]) == 1 else M.rechunk({1: -1})

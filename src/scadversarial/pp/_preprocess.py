@@ -18,6 +18,8 @@ from .._validate import (
     check_finite,
     check_nonnegative,
     get_matrix,
+    is_backed,
+    is_dask,
     matrix_name,
     negative_min,
     set_record,
@@ -71,11 +73,11 @@ def _check_input(M, where: str, *, already_log: bool | None, uns_log: bool) -> b
     minimum, which is all the shared checks read) and its first block is the counts-or-log sample.
     A backed matrix is only sampled here; it is checked while it is read (:func:`._backed.lognorm`).
     """
-    if _backed.is_backed(M):
+    if is_backed(M):
         return (
             bool(already_log) if already_log is not None else uns_log or not _backed.looks_like_counts(M, COUNTS_SAMPLE)
         )
-    if _dask.is_dask(M):
+    if is_dask(M):
         summary = _summary(*_dask.summarize(M))
         sample = _dask.first_block(M)
     else:
@@ -89,9 +91,9 @@ def _check_input(M, where: str, *, already_log: bool | None, uns_log: bool) -> b
 
 def _lognorm_full(M, where: str, *, already_log: bool, target_sum: float):
     """The log-normalized matrix of all genes: lazily for dask, read by chunks when backed, else in memory."""
-    if _dask.is_dask(M):
+    if is_dask(M):
         return _dask.lognorm(M, already_log=already_log, target_sum=target_sum)
-    if _backed.is_backed(M):
+    if is_backed(M):
         lognorm, n_bad, low = _backed.lognorm(M, already_log=already_log, target_sum=target_sum)
         summary = _summary(n_bad, low)
         check_finite(summary, where)
@@ -244,11 +246,11 @@ def preprocess(  # noqa: PLR0913  scanpy's recipe options, reference, output and
     copied = adata.isbacked  # a backed adata is copied to memory here; others below, after the checks
     if copied:  # the file's X is read by chunks below; everything else is copied to memory
         source = adata.X if layer is None else None  # a backed view's X is read already: in memory
-        adata = _backed.in_memory_shell(adata, None if _backed.is_backed(source) else source)
-        M = source if _backed.is_backed(source) else get_matrix(adata, layer, dense=False, check=False)
+        adata = _backed.in_memory_shell(adata, None if is_backed(source) else source)
+        M = source if is_backed(source) else get_matrix(adata, layer, dense=False, check=False)
     else:
         M = get_matrix(adata, layer, dense=False, check=False)  # checked once, just below
-    lazy, backed = _dask.is_dask(M), _backed.is_backed(M)
+    lazy, backed = is_dask(M), is_backed(M)
     already_log = _check_input(
         M, matrix_name(layer), already_log=already_log, uns_log=("log1p" in adata.uns and layer is None)
     )

@@ -21,12 +21,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 
 from .. import _keys
 from .._docs import doc_params
 from .._settings import settings
+from .._validate import is_backed, is_dask
 
 #: cells per chunk: 16 forward batches of the default ``sad.settings.batch_size`` (1024). A dense chunk on
 #: 2,000 genes is 16,384 x 2,000 float32 = 131 MB (a few such arrays per chunk stay far below the 8 GiB
@@ -46,18 +46,6 @@ def x_is_lognorm(adata: AnnData) -> bool:
     rec = adata.uns.get(_keys.UNS, {}).get(_keys.STEP_PREPROCESS, {})
     params = rec.get("params", {}) if isinstance(rec, dict) else {}
     return str(params.get("output", "")) == OUTPUT_LOGNORM
-
-
-def is_dask(X) -> bool:
-    """Whether ``X`` is a dask array (without importing dask when it is not installed)."""
-    return type(X).__module__.split(".")[0] == "dask"
-
-
-def is_backed(X) -> bool:
-    """Whether ``X`` is read from a file: an h5py / zarr dataset or anndata's backed sparse dataset."""
-    if X is None or isinstance(X, np.ndarray) or sp.issparse(X) or is_dask(X):
-        return False
-    return hasattr(X, "to_memory") or type(X).__module__.split(".")[0] in ("h5py", "zarr")
 
 
 def chunk_cells(batch_size: int | None = None) -> int:
