@@ -247,3 +247,16 @@ def test_predict_on_backed_and_dask_equals_in_memory(request, trained3k, tmp_pat
     np.testing.assert_array_equal(b.obsm["sad_proba"], proba)
     np.testing.assert_array_equal(b.obsm["X_sad_embedding"], emb)
     np.testing.assert_array_equal(b.obs["sad_pred"].to_numpy(), trained3k.obs["sad_pred"].to_numpy())
+
+
+def test_chunked_predict_falls_back_to_lognorm_as_in_memory(trained3k, small_chunks, caplog):
+    """X scaled with other statistics: the chunked path reads .layers['sad_lognorm'] as the whole-matrix path does."""
+    model = sad.get.model(trained3k)
+    a = trained3k.copy()
+    a.X = a.X * 3 + 1
+    logits, _ = model.predict_arrays(classifier_input(a, model))  # in memory: warns and reads sad_lognorm
+    assert _chunks.is_chunked(a)
+    caplog.clear()
+    sad.tl.predict(a, classifier=model)
+    assert sum("through the classifier's own transform" in r.getMessage() for r in caplog.records) == 1
+    np.testing.assert_array_equal(a.obsm["sad_proba"], torch.softmax(torch.from_numpy(logits), 1).numpy())

@@ -41,11 +41,11 @@ from ..models.training import (
 )
 from ._attack_record import require_every_row
 from ._chunks import is_backed, is_chunked, is_dask, iter_chunks, map_chunks, x_is_lognorm
-from ._input import classifier_input
+from ._input import classifier_input, read_input, x_source
 from ._metrics import classification_metrics
 from ._models import get_model, set_model_reference
 from ._shifts import library_counts
-from ._space import target_sum, to_scaled
+from ._space import source_layers, target_sum, to_scaled
 
 
 def _split_masks(adata: AnnData, split_key: str) -> dict[str, np.ndarray]:
@@ -375,10 +375,6 @@ def _hardening_inputs(
     return TrainingInputs(lognorm=np.asarray(lognorm.toarray() if sp.issparse(lognorm) else lognorm, np.float32))
 
 
-def _write_predictions(adata: AnnData, model: CellClassifier, X: np.ndarray, *, layer: str | None) -> np.ndarray:
-    return _write_outputs(adata, model, *model.predict_arrays(X), layer=layer)
-
-
 def _write_outputs(
     adata: AnnData, model: CellClassifier, logits: np.ndarray, emb: np.ndarray, *, layer: str | None
 ) -> np.ndarray:
@@ -429,10 +425,17 @@ def _training_outputs(
 
 
 def _input_outputs(
-    chunk: AnnData, *, model: CellClassifier, layer: str | None, missing: str, batch_size: int, device: str
+    chunk: AnnData,
+    *,
+    model: CellClassifier,
+    layer: str | None,
+    source: str | None,
+    missing: str,
+    batch_size: int,
+    device: str,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(logits, embedding)`` of a chunk's ``X`` or layer read as the classifier's input (:func:`classifier_input`)."""
-    X = classifier_input(chunk, model, layer, missing=missing)
+    """``(logits, embedding)`` of a chunk's ``X`` (read from ``source``, :func:`x_source`) or layer, as the classifier's input."""
+    X = read_input(chunk, model, layer, source=source, missing=missing)
     return model.predict_arrays(X, batch_size=batch_size, device=device)
 
 
@@ -496,8 +499,11 @@ def predict(
         raise ValueError(msg)
     require_every_row(adata, layer, caller="sad.tl.predict")
     if is_chunked(adata, layers=_layers(layer)):
-        fn = partial(_input_outputs, model=model, layer=layer, missing=missing, **_forward_options())
-        outputs = _joined(map_chunks(adata, fn, layers=_layers(layer)), model)
+        # X's input check (and its fallback to .layers['sad_lognorm']) decided once, on the whole AnnData
+        source = x_source(adata, model, missing=missing) if layer in (None, "X") else None
+        fn = partial(_input_outputs, model=model, layer=layer, source=source, missing=missing, **_forward_options())
+        needed = (*source_layers(adata, layer), *((source,) if source is not None else ()))
+        outputs = _joined(map_chunks(adata, fn, layers=needed), model)
     else:
         outputs = model.predict_arrays(classifier_input(adata, model, layer, missing=missing))
     if copy:
