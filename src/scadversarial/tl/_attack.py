@@ -258,7 +258,7 @@ def attack(
     names, extra = write_chunked_layers(
         adata, prefix, layers, preds=preds, classes=list(model.classes), cells=idx, goal=goal, source=source
     )
-    extra.update(_run_metrics(results, names, source, detector, plan))
+    extra.update(_run_metrics(results, names, source, plan))
     params = record_params(call, space=space, layer=layer, n_genes=len(model.var_names))
     kind = "score_based" if method in SCORE_METHODS else "whitebox"
     cells = {"n_cells": len(source), "obs_key": attacked_key(prefix) if idx is not None else ""}
@@ -310,7 +310,7 @@ def _plan(adata: AnnData, call: AttackCall, space: Space, layer: str | None, mod
     return plan
 
 
-def _run_metrics(results: list, names: list[str], source: np.ndarray, detector, plan: Plan) -> dict[str, Any]:
+def _run_metrics(results: list, names: list[str], source: np.ndarray, plan: Plan) -> dict[str, Any]:
     """The metrics beyond the flip table: flips before rounding, the detector's flags, queries (over attacked cells)."""
     continuous: dict[str, float] = {}
     evaded: dict[str, Any] = {}
@@ -320,7 +320,7 @@ def _run_metrics(results: list, names: list[str], source: np.ndarray, detector, 
             continuous[name] = float(np.concatenate([r.continuous[e] for r in results]).mean())
         if e in results[0].queries:
             queries[name] = results[0].queries[e]  # score-based methods run in one chunk
-        if detector is not None:
+        if plan.evasion is not None:
             flagged = np.concatenate([r.flagged[e] for r in results])
             flipped = np.concatenate([r.preds[e] for r in results]) != source
             chosen = np.concatenate([r.weight[e] for r in results])
@@ -329,7 +329,7 @@ def _run_metrics(results: list, names: list[str], source: np.ndarray, detector, 
                 "evasion": float((flipped & ~flagged).mean()),
                 "weight_chosen": np.array([(chosen == np.float32(w)).sum() for w in plan.evasion.weights]),
             }
-            evaded["threshold"] = float(detector.threshold)
+            evaded["threshold"] = float(plan.evasion.detector.threshold)
     return {"flip_rate_continuous": continuous, "detector": evaded, "queries": queries}
 
 
