@@ -244,7 +244,9 @@ def _after_commit(P, types, steps: _Steps, *, order: int, gene: int, n_mod: int,
     return new, stop
 
 
-def _search(ask: _OneByOne, genes: list[int], *, P, types, new: int, steps: _Steps, res: CGDResult, bar) -> None:
+def _search(
+    ask: _OneByOne | _Stacked, genes: list[int], *, P, types, new: int, steps: _Steps, res: CGDResult, bar
+) -> None:
     """The CGD search, the one encoding of both methods: ``ask`` answers its questions (see the module docstring)."""
     orig = steps.orig
     stopped = False
@@ -318,7 +320,7 @@ class _OneByOne:
         return P if stopped else np.asarray(self.proba_fn(self.X))
 
 
-class _Stacked(_OneByOne):
+class _Stacked:
     """Answers a gene's trial and the previous gene's commit in one call, on the rows that can change (``'fast'``).
 
     One work buffer ``W``: rows ``[0, n)`` are the matrix being modified (``res.X`` is a view of them), the rows

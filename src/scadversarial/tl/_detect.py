@@ -31,12 +31,10 @@ from ..detection._rule_layer import REASONS
 from ..models.classifier import CellClassifier
 from ..models.detector import AdversarialDetector, DetectorArchitecture
 from ._attack_record import attacked_cells
-from ._chunks import map_chunks
 from ._detect_score import (
     DOC_CHUNKED,
     DOC_SCORING,
     check_copy,
-    chunk_layers,
     chunk_reader,
     concat_reports,
     detect_chunk,
@@ -45,6 +43,7 @@ from ._detect_score import (
     map_layers,
     meta_chunk,
     on_all_cells,
+    read_rows,
     scores_and_reasons,
     watched_classifier,
 )
@@ -294,9 +293,7 @@ def train_detector(
     # only the cells the detector reads, chunk by chunk, each layer in its own space; ``local``: their rows there
     needed = np.unique(np.concatenate([roles.meta, roles.calibration, roles.reference]))
     reader = chunk_reader(adata, clf, [None, *layers], missing="raise", batch_size=None, device=config.device)
-    parts = map_chunks(adata, reader.inputs, layers=chunk_layers(adata, reader.layers, reader.source), rows=needed)
-    X, *advs = (np.concatenate([p[i] for p in parts]) for i in range(len(reader.layers)))
-    del parts
+    X, *advs = read_rows(adata, reader, needed)
     local = _Roles(*(np.searchsorted(needed, r) for r in (roles.meta, roles.calibration, roles.reference)), "")
     ref = (
         fit_input_reference(X[local.reference], n_pcs=features.n_pcs, n_neighbors=features.n_neighbors)
@@ -566,15 +563,8 @@ def meta_features(
     else:
         if spec.input:  # the one cross-cell step: the reference is fitted on all training-split cells at once
             train = np.flatnonzero(_split_array(adata, split_key) == "train")
-            x_only = replace(reader, layers=(None,))
-            X = map_chunks(
-                adata,
-                x_only.inputs,
-                layers=chunk_layers(adata, [None], reader.source),
-                rows=train,
-                batch_size=reader.batch_size,
-            )
-            ref = fit_input_reference(np.concatenate([p[0] for p in X]), n_pcs=spec.n_pcs, n_neighbors=spec.n_neighbors)
+            (X,) = read_rows(adata, replace(reader, layers=(None,)), train)
+            ref = fit_input_reference(X, n_pcs=spec.n_pcs, n_neighbors=spec.n_neighbors)
             del X
         groups = spec.groups
         names, source = feature_names(groups, model.config["hidden"][-1], model.classes), "classifier"

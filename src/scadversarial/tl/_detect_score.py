@@ -121,6 +121,18 @@ def chunk_layers(adata: AnnData, layers, source: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(need))
 
 
+def read_rows(adata: AnnData, reader: ChunkReader, rows: np.ndarray) -> list[np.ndarray]:
+    """``reader``'s matrices (one per layer, the model's scaled input) of the cells ``rows``, read chunk by chunk."""
+    parts = map_chunks(
+        adata,
+        reader.inputs,
+        layers=chunk_layers(adata, reader.layers, reader.source),
+        rows=rows,
+        batch_size=reader.batch_size,
+    )
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(reader.layers))]
+
+
 def by_attacked_cells(adata: AnnData, layers) -> list[tuple[np.ndarray | None, list[str | None]]]:
     """``layers`` grouped by the cells they hold: every cell (``None``) or the cells of a sampled attack.
 
