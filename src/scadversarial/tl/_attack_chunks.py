@@ -21,13 +21,13 @@ import pandas as pd
 import torch
 
 from .. import _keys
-from .._validate import get_matrix, matrix_for_genes
+from .._validate import get_matrix, is_dask, matrix_for_genes
 from ..attacks.whitebox import Evasion, IterConfig, run_attack
 from ._attack_options import SCORE_METHODS
 from ._attack_record import detector_logits
 from ._attack_score import score_run, view_proba
 from ._attack_threat import Observed, observed_range, threat_arrays
-from ._chunks import chunk_cells, is_dask, iter_chunks
+from ._chunks import _chunk_adata, _dask_slices, _matrices, chunk_cells, iter_chunks
 from ._input import classifier_input
 from ._space import other_counts, space_model, to_scaled
 
@@ -201,11 +201,9 @@ class _Task:
     keep: bool = False
 
     def __call__(self, parts: dict, obs: pd.DataFrame, var: pd.DataFrame, uns, rows: np.ndarray, start: int):
-        from anndata import AnnData
 
         mats = {k: v.to_memory() if hasattr(v, "to_memory") else v for k, v in parts.items()}
-        chunk = AnnData(X=mats.pop(None), obs=obs, var=var, layers=mats)
-        chunk.uns = uns  # by reference (pickled to a worker): the chunk reads the parent's records
+        chunk = _chunk_adata(mats, obs, var, uns)  # .uns by reference: the chunk reads the parent's records
         plan = _own_models(self.plan)
         if self.eps is None:
             return attack_chunk(plan, chunk, rows, start, keep=self.keep)
@@ -226,28 +224,9 @@ def _own_models(plan: Plan) -> Plan:
     return replace(plan, model=copy.deepcopy(plan.model), evasion=evasion)
 
 
-def _matrices(adata: AnnData, plan: Plan) -> dict[str | None, Any]:
-    return {None: adata.X, **{k: adata.layers[k] for k in plan.layers(adata)}}
-
-
 def is_lazy(adata: AnnData, plan: Plan) -> bool:
     """Whether a chunk's inputs include a dask array: chunks then run as dask tasks."""
-    return any(is_dask(M) for M in _matrices(adata, plan).values())
-
-
-def _slices(n: int, plan: Plan, mats: dict | None = None) -> list[slice]:
-    """Chunks of the attacked cells: the dask blocks, else :func:`chunk_cells` consecutive cells.
-
-    The dask blocks of cells are the chunks when every dask matrix has the same ones and their
-    boundaries are multiples of :attr:`Plan.align`.
-    """
-    cuts = {tuple(np.cumsum((0, *M.chunks[0]))) for M in (mats or {}).values() if is_dask(M)}
-    if len(cuts) == 1:
-        (cut,) = cuts
-        if all(c % plan.align == 0 for c in cut[1:-1]):
-            return [slice(int(a), int(b)) for a, b in zip(cut[:-1], cut[1:], strict=True) if b > a]
-    size = chunk_cells(plan.align)
-    return [slice(s, min(s + size, n)) for s in range(0, n, size)]
+    return any(is_dask(M) for M in _matrices(adata, plan.layers(adata)).values())
 
 
 def _tasks(
@@ -256,9 +235,10 @@ def _tasks(
     """One delayed task per chunk of the attacked cells (dask input; ``eps``, ``keep``: see :class:`_Task`)."""
     import dask
 
-    mats = _matrices(adata, plan)
+    mats = _matrices(adata, plan.layers(adata))
     n = adata.n_obs if idx is None else len(idx)
-    for sl in _slices(n, plan, mats if idx is None else None):
+    # the dask blocks of cells when every dask matrix shares them, aligned to the batches; else chunk_cells
+    for sl in _dask_slices(mats if idx is None else {}, n, chunk_cells(plan.align), plan.align):
         rows = np.arange(n)[sl] if idx is None else idx[sl]
         parts = {k: _blocks(M, sl, idx) for k, M in mats.items()}
         obs = adata.obs.iloc[rows]
