@@ -21,10 +21,10 @@ import pandas as pd
 import torch
 
 from .. import _keys
-from .._validate import get_matrix, is_dask, matrix_for_genes
+from .._validate import is_dask, matrix_for_genes
 from ..attacks.whitebox import Evasion, IterConfig, run_attack
 from ._attack_options import SCORE_METHODS
-from ._attack_record import detector_logits
+from ._attack_record import detector_logits, full_width
 from ._attack_score import score_run, view_proba
 from ._attack_threat import Observed, observed_range, threat_arrays
 from ._chunks import _chunk_adata, _dask_slices, _matrices, chunk_cells, iter_chunks
@@ -102,15 +102,6 @@ def pred_codes(model: CellClassifier, Xs: np.ndarray, *, batch_size: int, device
     """Predicted classes of scaled cells, as ``predict`` writes them (argmax of the softmax)."""
     logits = model.predict_arrays(Xs, batch_size=batch_size, device=device)[0]
     return torch.softmax(torch.from_numpy(logits), 1).numpy().argmax(1)
-
-
-def full_width(chunk: AnnData, Xa: np.ndarray, layer: str | None, genes: pd.Index) -> np.ndarray:
-    """An attacked chunk over all of ``chunk``'s genes: the genes outside the model keep their values of ``layer``."""
-    if chunk.var_names.equals(genes):
-        return Xa
-    out = get_matrix(chunk, layer, copy=True)
-    out[:, chunk.var_names.get_indexer(genes)] = Xa
-    return out
 
 
 def attack_chunk(

@@ -108,14 +108,18 @@ def _target_rate(pred: np.ndarray, goal: np.ndarray, source: np.ndarray) -> floa
     return float((pred == goal)[moved].mean()) if moved.any() else 1.0
 
 
+def full_width(adata: AnnData, Xa: np.ndarray, layer: str | None, genes: pd.Index) -> np.ndarray:
+    """An attacked matrix of ``genes`` over all of ``adata``'s genes: the others keep their values of ``layer``."""
+    if adata.var_names.equals(genes):
+        return Xa
+    out = get_matrix(adata, layer, copy=True)
+    out[:, adata.var_names.get_indexer(genes)] = Xa
+    return out
+
+
 def _write_layer(adata: AnnData, name: str, Xa: np.ndarray, layer: str | None, genes: pd.Index) -> None:
     """Write an attacked matrix of ``genes``; other genes of ``adata`` keep their values of ``layer``."""
-    if adata.var_names.equals(genes):
-        adata.layers[name] = Xa
-        return
-    full = get_matrix(adata, layer, copy=True)
-    full[:, adata.var_names.get_indexer(genes)] = Xa
-    adata.layers[name] = full
+    adata.layers[name] = full_width(adata, Xa, layer, genes)
 
 
 def stack_dense(blocks: list[np.ndarray]) -> np.ndarray:
