@@ -328,9 +328,17 @@ def test_fit_detector_is_the_training_of_train_detector(pipeline68k):
 
     (Checked once against the code before the split, on this workload: the model and threshold were bit-identical.)
     """
-    from scadversarial.detection import DetectorFeatures, fit_detector, fit_input_reference, fit_rules
+    from scadversarial.detection import (
+        MAX_FPR,
+        DetectorFeatures,
+        fit_detector,
+        fit_input_reference,
+        fit_rules,
+        fit_singleton_min,
+    )
     from scadversarial.models import AdversarialDetector
     from scadversarial.models.detector import DetectorArchitecture
+    from scadversarial.tl._detect import SINGLETON_STREAM
 
     a = pipeline68k.copy()
     sad.tl.train_detector(a, random_state=3, **FAST)
@@ -357,11 +365,15 @@ def test_fit_detector_is_the_training_of_train_detector(pipeline68k):
             architecture=DetectorArchitecture(),
             n_reference=len(ref_idx),
             rules=True,
+            singletons=True,
             classifier_id=str(getattr(clf, "_sad_id", "")),
         )
         det.set_classifier(clf, rng=rng)
         det.input_ref.load_state_dict(ref.state_dict())
-        det.set_rules(fit_rules(clf, X[np.sort(np.r_[meta, ref_idx])]))
+        rule_fit = fit_rules(clf, X[np.sort(np.r_[meta, ref_idx])])
+        det.set_rules(rule_fit)
+        resample = np.random.default_rng([3, SINGLETON_STREAM])
+        det.set_singletons(fit_singleton_min(clf, X[cal], rule_fit, max_fpr=MAX_FPR, rng=resample))
         det.eval()
         feats = DetectorFeatures(
             *([det.meta_features(torch.as_tensor(M[idx])) for M in (X, *advs)] for idx in (meta, cal))

@@ -17,10 +17,13 @@ from ._features import (
     meta_feature_tensor,
     straight_through,
 )
-from ._fit import DetectorConfig, DetectorFeatures, DetectorFit, FeatureSpec, fit_detector
+from ._fit import MAX_FPR, DetectorConfig, DetectorFeatures, DetectorFit, FeatureSpec, fit_detector
 from ._rule_layer import (
+    CHECKS,
+    FLAG_REASONS,
     REASONS,
     RuleFit,
+    check_counts,
     fit_rules,
     non_integer_counts,
     reason_key,
@@ -28,6 +31,7 @@ from ._rule_layer import (
     rule_reasons,
 )
 from ._rules import RULES, Lattice, PlausibilityRules, RuleReport, Transform, fit_lattice
+from ._singletons import fit_singleton_min, poisson_resample, singleton_fraction
 from ._stability import KNNConsistency, ThinningStability
 from ._training import sample_triplets, train_residual, train_triplet
 from .baselines import (
@@ -45,14 +49,21 @@ from .baselines import (
 )
 
 __all__ = [
+    "MAX_FPR",
     "DetectorConfig",
     "DetectorFeatures",
     "DetectorFit",
     "FeatureSpec",
     "fit_detector",
+    "CHECKS",
+    "FLAG_REASONS",
     "REASONS",
     "RuleFit",
+    "check_counts",
     "fit_rules",
+    "fit_singleton_min",
+    "poisson_resample",
+    "singleton_fraction",
     "non_integer_counts",
     "reason_key",
     "rule_counts",

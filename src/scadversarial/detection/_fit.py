@@ -101,6 +101,10 @@ class DetectorConfig:
     rules
         Put the plausibility rules in front of the learned detector (the default detector; see
         :func:`~scadversarial.detection.rule_counts`).
+    singletons
+        With ``rules``: add the singleton check (a cell on the count lattice with too few genes at
+        one count, see :func:`~scadversarial.detection.fit_singleton_min`), its threshold the
+        ``max_fpr`` (default 1 %) quantile of clean calibration cells and of their Poisson resampling.
     {doc_device}
     save_dir
         If given, :func:`~scadversarial.tl.train_detector` also saves the detector to ``save_dir/<key_added>/``.
@@ -121,6 +125,7 @@ class DetectorConfig:
     target_fpr: float | None = None
     max_fpr: float | None = MAX_FPR
     rules: bool = True
+    singletons: bool = True
     device: str | None = None
     save_dir: str | None = None
 

@@ -40,7 +40,14 @@ RULE_REASONS: dict[str, str] = {
     "negative_expression": "negative",
     "off_zero": "off lattice",
     "off_lattice": "off lattice",
+    "few_singletons": "few single counts",
 }
+#: The checks of the detector's first layer, one column each: the rules, then the singleton check
+#: (too few genes at one count for a cell on the count lattice, see :mod:`~scadversarial.detection._singletons`).
+CHECKS: tuple[str, ...] = (*RULES, "few_singletons")
+#: A cell is judged by the singleton check only with at least this many expressed, invertible genes:
+#: below it the fraction moves in steps of more than 5 %, too coarse for a 1 % threshold.
+MIN_EXPRESSED = 20
 #: A cell with more than this fraction of its entries off the image of a zero count (a scaled-space
 #: attack moved its unexpressed genes) is checked in whole rows, without gathering its entries.
 HEAVY_FRACTION = 0.5
@@ -49,7 +56,9 @@ NON_INTEGER = "non-integer counts"
 #: Reason of a cell flagged by the learned detector alone.
 LEARNED = "learned"
 #: Every reason ``.obs['sad_reason']`` can hold, the rules' in order of precedence.
-REASONS: tuple[str, ...] = ("beyond clip", "negative", NON_INTEGER, "off lattice", LEARNED, "")
+REASONS: tuple[str, ...] = ("beyond clip", "negative", NON_INTEGER, "off lattice", "few single counts", LEARNED, "")
+#: The reasons of the first layer: a cell with one of them is flagged whatever its learned score.
+FLAG_REASONS: tuple[str, ...] = REASONS[:5]
 #: A rule-breaking cell scores ``RULE_SCORE + log1p(violations)``: above every learned score (a
 #: probability, at most 1), and still growing with the number of violating entries.
 RULE_SCORE = 1.0
@@ -89,15 +98,18 @@ def _per_cell(rows: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
     return torch.bincount(rows, weights=values, minlength=n)
 
 
-def _lattice_off(rows: torch.Tensor, logv: torch.Tensor, n: int, todo: torch.Tensor) -> torch.Tensor:
-    """Per cell, the entries off its best lattice ``log1p(k * unit)`` (as :func:`fit_lattice`).
+def _lattice_off(
+    rows: torch.Tensor, logv: torch.Tensor, n: int, todo: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per cell, the entries off its best lattice ``log1p(k * unit)`` (as :func:`fit_lattice`) and those at ``k = 1``.
 
     Divisors after the first are tried only for the cells in ``todo`` that the first leaves off the
-    lattice; the others keep the first divisor's count.
+    lattice; the others keep the first divisor's counts.
     """
     v = torch.expm1(logv)
     vmin = torch.full((n,), torch.inf, dtype=v.dtype, device=v.device).scatter_reduce_(0, rows, v, "amin")
     best = torch.zeros(n, dtype=v.dtype, device=v.device)
+    ones = torch.zeros(n, dtype=v.dtype, device=v.device)
     for m in range(1, MAX_DIVISOR + 1):
         if m > 1:
             todo = todo & (best > 0)  # a cell on the lattice cannot do better
@@ -111,8 +123,11 @@ def _lattice_off(rows: torch.Tensor, logv: torch.Tensor, n: int, todo: torch.Ten
         k = torch.round(v / ur).clamp_(min=1.0)
         off = (logv - torch.log1p(k * ur)).abs_() > LOG_TOL
         n_off = _per_cell(rows, off.to(v.dtype), n)
-        best = n_off if m == 1 else torch.where(todo & (n_off < best), n_off, best)
-    return best.long()
+        n_one = _per_cell(rows, ((k == 1) & ~off).to(v.dtype), n)
+        better = torch.ones_like(todo) if m == 1 else todo & (n_off < best)
+        best = torch.where(better, n_off, best)
+        ones = torch.where(better, n_one, ones)
+    return best.long(), ones.long()
 
 
 def _bounds(clip: float | None) -> tuple[float, float]:
@@ -137,10 +152,16 @@ def _dense_counts(
 
 def _sparse_counts(
     x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float | None, fit: RuleFit
-) -> torch.Tensor:
-    """Counts of every rule, checking in float64 only the entries that are not the image of a zero count."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Counts of every rule, checking in float64 only the entries that are not the image of a zero count.
+
+    Returns ``(counts, ones, checked)``: cells x :data:`RULES`, then per cell the lattice-checked
+    entries at one count and all lattice-checked entries (zeros without the lattice rule).
+    """
     n = x.shape[0]
     out = torch.zeros((n, len(RULES)), dtype=torch.long, device=x.device)
+    ones = torch.zeros(n, dtype=torch.long, device=x.device)
+    n_checked = torch.zeros(n, dtype=torch.long, device=x.device)
     zero = (torch.zeros_like(mean) - mean) / std
     if clip is not None:
         zero = zero.clamp(-clip, clip)
@@ -160,8 +181,20 @@ def _sparse_counts(
     if fit.lattice:
         checked = (inv & (lv >= fit.zero_bound)).nonzero().squeeze(1)
         settled = out[:, :3].sum(1) > 0
-        out[:, 3] = _lattice_off(rows.index_select(0, checked), lv.index_select(0, checked), n, ~settled)
-    return out
+        c_rows = rows.index_select(0, checked)
+        out[:, 3], ones = _lattice_off(c_rows, lv.index_select(0, checked), n, ~settled)
+        n_checked = torch.bincount(c_rows, minlength=n)
+    return out, ones, n_checked
+
+
+def singleton_deficit(ones: torch.Tensor, checked: torch.Tensor, min_fraction: float) -> torch.Tensor:
+    """Genes missing at one count: ``ceil(min_fraction * checked - ones)`` where positive and judged, else 0 (int64).
+
+    A cell is judged with at least :data:`MIN_EXPRESSED` checked entries; the deficit grows with the
+    number of single counts an attack moved, so the score keeps growing with the perturbation.
+    """
+    need = torch.ceil(min_fraction * checked.double() - ones.double() - LOG_TOL).clamp_(min=0).long()
+    return torch.where(checked >= MIN_EXPRESSED, need, torch.zeros_like(need))
 
 
 def rule_counts(
@@ -170,16 +203,20 @@ def rule_counts(
     """Violating entries per cell and rule (cells x :data:`RULES`, int64) of a scaled batch ``x``.
 
     Equal to :meth:`PlausibilityRules.explain(x).counts <scadversarial.detection.PlausibilityRules.explain>`
-    of rules fitted to the same bound for every cell that breaks none of the first three rules.
-    A cell that does is flagged, with that reason, whatever its lattice count, so its lattice
-    column is only the count at the first divisor (an upper bound of the reference's) or, for a
-    cell with most entries moved off the image of a zero count (scaled-space attacks), not
-    counted (0); the first three counts of such a cell are taken in the batch's precision
-    (float32 rounding, below 1e-6 log units, can only move an entry that close to a bound).
-    Flags and reasons are the reference's. Not differentiable.
+    of rules fitted to the same bound for every cell that breaks none of the first three rules
+    (see :func:`check_counts`, whose first columns these are). Not differentiable.
     """
+    return check_counts(x, mean, std, clip, fit)[:, : len(RULES)]
+
+
+def _first_layer(
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float | None, fit: RuleFit
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(rule counts, ones, checked)`` of a scaled batch (see :func:`_sparse_counts`), in one pass over it."""
     n = x.shape[0]
     out = torch.zeros((n, len(RULES)), dtype=torch.long, device=x.device)
+    ones = torch.zeros(n, dtype=torch.long, device=x.device)
+    checked = torch.zeros(n, dtype=torch.long, device=x.device)
     with torch.no_grad():
         x = x.detach()
         zero = (torch.zeros_like(mean) - mean) / std
@@ -193,16 +230,56 @@ def rule_counts(
             heavy[idx[dense.sum(1) == 0]] = False  # no verdict yet: the exact path, lattice included
         light = (~heavy).nonzero().squeeze(1)
         if len(light):
-            out[light] = _sparse_counts(x.index_select(0, light), mean, std, clip, fit)
-    return out
+            out[light], ones[light], checked[light] = _sparse_counts(x.index_select(0, light), mean, std, clip, fit)
+    return out, ones, checked
+
+
+def check_counts(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    clip: float | None,
+    fit: RuleFit,
+    singleton_min: float | None = None,
+) -> torch.Tensor:
+    """Per cell, violating entries of each rule and the singleton deficit (cells x :data:`CHECKS`, int64).
+
+    The rule columns equal :meth:`PlausibilityRules.explain(x).counts
+    <scadversarial.detection.PlausibilityRules.explain>` of rules fitted to the same bound for every
+    cell that breaks none of the first three rules. A cell that does is flagged, with that reason,
+    whatever its lattice count, so its lattice column is only the count at the first divisor (an
+    upper bound of the reference's) or, for a cell with most entries moved off the image of a zero
+    count (scaled-space attacks), not counted (0); the first three counts of such a cell are taken
+    in the batch's precision (float32 rounding, below 1e-6 log units, can only move an entry that
+    close to a bound). Flags and reasons are the reference's. The last column is
+    :func:`singleton_deficit` at ``singleton_min`` (zeros when ``None`` or without the lattice rule).
+    Not differentiable.
+    """
+    counts, ones, checked = _first_layer(x, mean, std, clip, fit)
+    last = torch.zeros_like(ones)
+    if singleton_min is not None and fit.lattice:
+        last = singleton_deficit(ones, checked, singleton_min)
+    return torch.cat([counts, last[:, None]], 1)
+
+
+def singleton_stats(
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float | None, fit: RuleFit
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per cell, the lattice-checked entries at one count and all lattice-checked entries (int64)."""
+    _, ones, checked = _first_layer(x, mean, std, clip, fit)
+    return ones, checked
 
 
 def rule_reasons(counts: np.ndarray) -> np.ndarray:
-    """The reason of each cell's first broken rule (:data:`RULE_REASONS`), ``''`` for none (object array)."""
+    """The reason of each cell's first failed check (:data:`RULE_REASONS`), ``''`` for none (object array).
+
+    ``counts`` has one column per rule (:data:`RULES`) or per check (:data:`CHECKS`).
+    """
     counts = np.asarray(counts)
     fired = counts > 0
-    names = np.array([*(RULE_REASONS[r] for r in RULES), ""], dtype=object)
-    first = np.where(fired.any(1), fired.argmax(1), len(RULES))
+    checks = CHECKS[: counts.shape[1]]
+    names = np.array([*(RULE_REASONS[r] for r in checks), ""], dtype=object)
+    first = np.where(fired.any(1), fired.argmax(1), len(checks))
     return names[first]
 
 
@@ -226,15 +303,21 @@ def combine(learned: np.ndarray, violations: np.ndarray) -> np.ndarray:
 
 
 __all__ = [
+    "CHECKS",
+    "FLAG_REASONS",
     "LEARNED",
+    "MIN_EXPRESSED",
     "NON_INTEGER",
     "REASONS",
     "RULE_REASONS",
     "RuleFit",
+    "check_counts",
     "combine",
     "fit_rules",
     "non_integer_counts",
     "reason_key",
     "rule_counts",
     "rule_reasons",
+    "singleton_deficit",
+    "singleton_stats",
 ]

@@ -26,10 +26,14 @@ from ..detection._features import (
     meta_feature_tensor,
 )
 from ..detection._fit import FeatureSpec
-from ..detection._rule_layer import RULE_LOGIT, RULE_SCORE, RuleFit, rule_counts
+from ..detection._rule_layer import CHECKS, RULE_LOGIT, RULE_SCORE, RuleFit, check_counts
 from ..detection._rules import RULES
 from ._base import SadModel, register_model_class
 from .classifier import CellClassifier
+
+#: ``singleton_min`` of a detector whose singleton check is off (a fraction is never negative; NaN
+#: would make two equal detectors' buffers compare unequal).
+SINGLETONS_OFF = -1.0
 
 
 class TripletNet(nn.Module):
@@ -106,8 +110,8 @@ class DetectorReport:
     learned
         The learned detector's score, a probability (float32).
     rule_counts
-        Cells x :data:`~scadversarial.detection.RULES`: violating entries per rule (int64; zeros
-        for a detector without rules).
+        Cells x :data:`~scadversarial.detection.CHECKS`: violating entries per rule, then the
+        singleton deficit (int64; zeros for a detector without rules or without that check).
     """
 
     meta: np.ndarray
@@ -124,7 +128,10 @@ class AdversarialDetector(SadModel):
     The rules (with ``rules=True``, the default detector of :func:`~scadversarial.tl.train_detector`)
     are a hard first layer: a cell whose scaled input no preprocessing of integer counts can
     produce (:func:`~scadversarial.detection.rule_counts`) scores ``1 + log1p(violations)``, above
-    every learned score (a probability), and is always flagged. Other cells get the learned score.
+    every learned score (a probability), and is always flagged. With ``singletons=True`` the same
+    holds for a cell on the count lattice with too few genes at one count (its violations: the
+    genes missing at one count, see :func:`~scadversarial.detection.check_counts`). Other cells get
+    the learned score.
 
     Parameters
     ----------
@@ -143,6 +150,8 @@ class AdversarialDetector(SadModel):
         Number of reference cells of the input-consistency features.
     rules
         Put the plausibility rules in front (their bound is set by :meth:`set_rules`).
+    singletons
+        Add the singleton check to the rules (its threshold is set by :meth:`set_singletons`).
     classifier_id
         Id of the classifier the detector was trained against (for the record).
 
@@ -160,6 +169,7 @@ class AdversarialDetector(SadModel):
         architecture: DetectorArchitecture | None = None,
         n_reference: int = 0,
         rules: bool = False,
+        singletons: bool = False,
         classifier_id: str = "",
     ) -> None:
         var_names, classes = [str(v) for v in var_names], [str(c) for c in classes]
@@ -179,6 +189,7 @@ class AdversarialDetector(SadModel):
                 "grad_genes": int(spec.grad_genes),
                 **{f.name: getattr(arch, f.name) for f in fields(arch)},
                 "rules": bool(rules),
+                "singletons": bool(singletons),
                 "classifier_id": str(classifier_id),
             }
         )
@@ -200,6 +211,8 @@ class AdversarialDetector(SadModel):
         if rules:  # a detector saved before the rules existed has neither buffer
             self.register_buffer("rule_zero_bound", torch.tensor(0.0, dtype=torch.float64))
             self.register_buffer("rule_lattice", torch.tensor(data=False))
+        if singletons:  # a negative fraction: the check is off (set_singletons found no count lattice)
+            self.register_buffer("singleton_min", torch.tensor(SINGLETONS_OFF, dtype=torch.float64))
         n_sub = min(int(spec.grad_genes), len(var_names)) if spec.gradient and spec.grad_genes > 0 else 0
         h1 = self.classifier.config["hidden"][0]
         self.register_buffer("grad_index", torch.arange(n_sub, dtype=torch.long))
@@ -233,6 +246,7 @@ class AdversarialDetector(SadModel):
             architecture=arch,
             n_reference=int(c.get("n_reference", 0)),
             rules=bool(c.get("rules", False)),
+            singletons=bool(c.get("singletons", False)),
             classifier_id=str(c.get("classifier_id", "")),
         )
 
@@ -306,14 +320,36 @@ class AdversarialDetector(SadModel):
         self.rule_zero_bound.fill_(float(fit.zero_bound))
         self.rule_lattice.fill_(bool(fit.lattice))
 
+    def set_singletons(self, min_fraction: float | None) -> None:
+        """Set the singleton threshold (:func:`~scadversarial.detection.fit_singleton_min`; ``None``: the check off)."""
+        if not self.config.get("singletons", False):
+            msg = (
+                "This detector was built without the singleton check (singletons=False); build it with singletons=True."
+            )
+            raise ValueError(msg)
+        self.singleton_min.fill_(SINGLETONS_OFF if min_fraction is None else float(min_fraction))
+
+    @property
+    def singleton_threshold(self) -> float | None:
+        """The singleton check's threshold (fraction of expressed genes at one count), ``None`` when off."""
+        value = float(self.singleton_min) if self.config.get("singletons", False) else SINGLETONS_OFF
+        return None if value < 0 else value
+
     def rule_counts(self, x: torch.Tensor) -> torch.Tensor:
         """Violating entries per cell and rule of scaled input ``x`` (cells x RULES, int64; not differentiable)."""
+        return self.check_counts(x)[:, : len(RULES)]
+
+    def check_counts(self, x: torch.Tensor) -> torch.Tensor:
+        """Per cell, the violations of each rule and the singleton deficit of scaled input ``x`` (cells x CHECKS, int64).
+
+        See :func:`~scadversarial.detection.check_counts`; zeros for a detector without rules. Not differentiable.
+        """
         if not self.has_rules:
-            return torch.zeros((x.shape[0], len(RULES)), dtype=torch.long, device=x.device)
+            return torch.zeros((x.shape[0], len(CHECKS)), dtype=torch.long, device=x.device)
         t = self.classifier.transform
         clip = None if t.clip is None else float(t.clip)
         fit = RuleFit(float(self.rule_zero_bound), bool(self.rule_lattice))
-        return rule_counts(x, t.mean, t.std, clip, fit)
+        return check_counts(x, t.mean, t.std, clip, fit, self.singleton_threshold)
 
     def _parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(meta_features, embedding, learned score, rule counts)`` of scaled input ``x``."""
@@ -321,7 +357,7 @@ class AdversarialDetector(SadModel):
         with torch.no_grad():
             z = self.embed(f)
             learned = torch.sigmoid(self.detector(z))
-        return f, z, learned, self.rule_counts(x)
+        return f, z, learned, self.check_counts(x)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(meta_features, embedding, score)`` of scaled input ``x``.
@@ -388,7 +424,7 @@ class AdversarialDetector(SadModel):
             logit = self.detector(self.embed(f))
             if not self.has_rules:
                 return logit
-            n = self.rule_counts(x).sum(1).to(logit.dtype)
+            n = self.check_counts(x).sum(1).to(logit.dtype)
             hard = RULE_LOGIT + torch.log1p(n)
             # the value of the rules, the gradient of the learned detector (straight through)
             return torch.where(n > 0, logit + (hard - logit).detach(), logit)
@@ -440,7 +476,7 @@ class AdversarialDetector(SadModel):
                 [np.zeros((0, len(self.feature_names)), np.float32)],
                 [np.zeros((0, n_z), np.float32)],
                 [np.zeros(0, np.float32)],
-                [np.zeros((0, len(RULES)), np.int64)],
+                [np.zeros((0, len(CHECKS)), np.int64)],
             ]
         f, z, learned, counts = (np.concatenate(p) for p in parts)
         n = counts.sum(1).astype(np.float32)

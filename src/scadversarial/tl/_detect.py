@@ -24,10 +24,11 @@ from ..detection import (
     fit_detector,
     fit_input_reference,
     fit_rules,
+    fit_singleton_min,
     reason_key,
 )
-from ..detection._fit import Calibration
-from ..detection._rule_layer import REASONS
+from ..detection._fit import MAX_FPR, Calibration
+from ..detection._rule_layer import FLAG_REASONS, REASONS
 from ..models.classifier import CellClassifier
 from ..models.detector import AdversarialDetector, DetectorArchitecture
 from ._attack_record import attacked_cells
@@ -51,6 +52,8 @@ from ._models import get_model, set_model_reference
 
 #: Role of each cell in ``.obs['sad_detector_role']``.
 ROLES = ("meta_train", "calibration", "reference", "unused")
+#: Second word of the seed of the singleton check's Poisson resampling: a stream apart from the detector's training.
+SINGLETON_STREAM = 1
 Missing = Literal["raise", "fill"]
 
 
@@ -311,13 +314,19 @@ def train_detector(
             architecture=DetectorArchitecture(use_triplet=config.use_triplet),
             n_reference=len(roles.reference) if ref is not None else 0,
             rules=config.rules,
+            singletons=config.rules and config.singletons,
             classifier_id=str(getattr(clf, "_sad_id", "")),
         )
         det.set_classifier(clf, rng=rng)
         if ref is not None:
             det.input_ref.load_state_dict(ref.state_dict())
         if config.rules:  # clean training cells only: the ones the detector reads anyway
-            det.set_rules(fit_rules(clf, X[np.sort(np.concatenate([local.meta, local.reference]))]))
+            rule_fit = fit_rules(clf, X[np.sort(np.concatenate([local.meta, local.reference]))])
+            det.set_rules(rule_fit)
+        if config.rules and config.singletons:  # calibration cells, a generator of its own (rng trains the detector)
+            fpr = MAX_FPR if config.max_fpr is None else config.max_fpr
+            resample_rng = np.random.default_rng([int(random_state), SINGLETON_STREAM])
+            det.set_singletons(fit_singleton_min(clf, X[local.calibration], rule_fit, max_fpr=fpr, rng=resample_rng))
         bs = settings.batch_size
         data = DetectorFeatures(
             *([detector_features(det, M[idx], dev, bs) for M in (X, *advs)] for idx in (local.meta, local.calibration))
@@ -348,7 +357,11 @@ def train_detector(
         "n_meta_examples": len(roles.meta) * (1 + len(layers)),
     }
     if config.rules:
-        metrics["rules"] = {"zero_bound": float(det.rule_zero_bound), "lattice": bool(det.rule_lattice)}
+        metrics["rules"] = {
+            "zero_bound": float(det.rule_zero_bound),
+            "lattice": bool(det.rule_lattice),
+            "singleton_min": det.singleton_threshold if config.singletons else None,
+        }
     params = _record_params(attack_key, layers, cells, features, config, roles, classifier_key, random_state)
     set_record(adata, key_added, params=params, metrics=metrics, feature_names=det.feature_names)
     set_model_reference(adata, key_added, det, save_dir=config.save_dir)
@@ -464,7 +477,7 @@ def detect(
     per = {}
     for lay, (rep, non_int, cells) in reports.items():  # ``cells``: the attacked cells of a sampled attack
         score, reason = scores_and_reasons(rep, non_int, thr)
-        flag = (score >= thr) | np.isin(reason, REASONS[:4])
+        flag = (score >= thr) | np.isin(reason, FLAG_REASONS)
         adata.obs[_keys.score_key(lay)] = on_all_cells(score, cells, np.nan)
         # False (not NA) on cells not attacked: readers of the flags (evaluate, pl) convert them to bool
         adata.obs[_keys.flag_key(lay)] = on_all_cells(flag, cells, fill=False)
@@ -475,7 +488,7 @@ def detect(
         per[lay or "X"] = {
             "threshold": thr,
             "fraction_flagged": float(flag.mean()),
-            "fraction_rules": float(np.isin(reason, REASONS[:4]).mean()),
+            "fraction_rules": float(np.isin(reason, FLAG_REASONS).mean()),
             "n_cells": len(score),
             "detector_id": detector_id,
             "detector_key": detector_key,

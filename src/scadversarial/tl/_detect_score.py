@@ -239,7 +239,7 @@ def scores_and_reasons(rep: DetectorReport, non_int: np.ndarray, thr: float) -> 
     n = counts.sum(1) + non_int
     score = np.where(non_int > 0, combine(rep.learned, n), rep.score).astype(np.float32)
     reason = rule_reasons(counts)
-    reason = np.where((non_int > 0) & np.isin(reason, ["", "off lattice"]), NON_INTEGER, reason)
+    reason = np.where((non_int > 0) & np.isin(reason, ["", "off lattice", "few single counts"]), NON_INTEGER, reason)
     reason = np.where((reason == "") & (score >= thr), LEARNED, reason)
     return score, reason
 
