@@ -83,6 +83,7 @@ SQUARE_EPS = 0.15  # the score-based attack gets the seed threat's largest L-inf
 SQUARE_QUERIES = 1000  # queries per cell (Andriushchenko et al. report most flips within a few hundred)
 CGD_GENES = 500  # CGD visits the top of adverSCarial's sign-gene ranking: all 2,000 take ~10 s per cluster here
 ADAPTIVE_EPS = 0.5  # the expressed log threat the detector-aware attacker works in
+SPARE_LAYER = "bench_above_one_count"  # mask layer of the count attacker who spares genes at one count
 COLUMNS = ["flip_rate", "auroc", "auroc_flipped", "tpr_at_5fpr", "flagged", "evasion", "fpr", "pred_changed"]
 COLUMNS += ["accuracy"]  # the classifier's calls that match the labels (on the defences' rows, certified accuracy)
 DEFENCE_KINDS = ("certified", "hardened")  # row kinds of the defences (detector 'none'), printed apart
@@ -95,6 +96,8 @@ KEY_ROWS = (
     "expressed log eps=0.5",
     "counts eps=1",
     "counts eps=2",
+    "counts sparing singletons eps=1",
+    "counts sparing singletons eps=2",
     "CW",
     "DeepFool",
     "score-based",
@@ -204,6 +207,9 @@ def threats(adata, det, notes: list[str]) -> dict:
     if has_space:
         out["expressed log"] = {"method": "pgd", "eps": LOG_EPS, "space": "log", "constraint": "expressed"}
         out["counts"] = {"method": "pgd", "eps": UMI_EPS, "space": "counts", "constraint": "counts", "mask": "counts"}
+        # the attacker who knows the singleton check: genes at one count are left alone
+        sparing = {"method": "pgd", "eps": UMI_EPS, "space": "counts", "constraint": "counts", "mask": SPARE_LAYER}
+        out["counts sparing singletons"] = sparing
     else:
         notes.append("expressed log-space and count-space threats: sad.tl.attack has no space=/constraint= yet")
     for name, method in (("CW", "cw"), ("DeepFool", "deepfool")):
@@ -259,6 +265,8 @@ def prepare(raw, labels: str, seed: int):
 def run_one(raw, labels: str, seed: int, notes: list[str], *, defences: bool = True) -> pd.DataFrame:
     """The default pipeline and the benchmark for one label set and seed."""
     a, key = prepare(raw, labels, seed)
+    counts = a.layers["counts"]
+    a.layers[SPARE_LAYER] = (counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts)) >= 2
     sad.tl.train_classifier(a, key, random_state=seed)
     sad.tl.attack(a, "pgd", eps=PGD_EPS, random_state=seed)
     sad.tl.train_detector(a, random_state=seed)
