@@ -374,6 +374,7 @@ def test_fit_detector_is_the_training_of_train_detector(pipeline68k):
         det.set_rules(rule_fit)
         resample = np.random.default_rng([3, SINGLETON_STREAM])
         det.set_singletons(fit_singleton_min(clf, X[cal], rule_fit, max_fpr=MAX_FPR, rng=resample))
+        assert det.singleton_threshold is None  # pbmc68k_reduced was never counts: the check is off
         det.eval()
         feats = DetectorFeatures(
             *([det.meta_features(torch.as_tensor(M[idx])) for M in (X, *advs)] for idx in (meta, cal))
@@ -399,6 +400,69 @@ def rules3k(pipeline3k):
     sad.tl.attack(a, eps=(0.1,))
     sad.tl.train_detector(a, random_state=0, **FAST)
     return a, a[_split(a) == "test"].copy()
+
+
+def _counts(b) -> np.ndarray:
+    c = b.layers["counts"]
+    return np.asarray(c.toarray() if hasattr(c, "toarray") else c, dtype=np.float64)
+
+
+def test_singleton_check_flags_the_count_attack_not_benign_shifts(rules3k):
+    """+-2 UMI on every expressed gene stays on the count lattice but leaves too few single counts: flagged, with that reason.
+
+    Clean, Poisson-resampled and thinned cells keep their single counts: at most a few percent are flagged by the check.
+    """
+    a, test = rules3k
+    thr = a.uns["sad"]["detector"]["metrics"]["rules"]["singleton_min"]
+    assert 0.2 < thr < 0.6
+    b = test.copy()
+    sad.tl.attack(b, "pgd", eps=2.0, space="counts", constraint="counts", mask="counts", key_added="umi")
+    layer = str(np.atleast_1d(b.uns["sad"]["attacks"]["umi"]["layers"])[0])
+    sad.tl.detect(b, [None, layer])
+    reason = b.obs[f"sad_reason_{layer}"].astype(str)
+    assert (reason == "few single counts").mean() >= 0.9
+    assert b.obs[f"sad_adversarial_{layer}"][reason == "few single counts"].all()
+    assert (b.obs["sad_reason"].astype(str) == "few single counts").mean() <= 0.02
+    for kind, amount in (("noise", 0.0), ("thinning", 0.25)):
+        shifted = sad.tl.benign_shift(test.copy(), kind, amount=amount, random_state=1)
+        sad.tl.detect(shifted, model=sad.get.model(a, "detector"))
+        assert (shifted.obs["sad_reason"].astype(str) == "few single counts").mean() <= 0.05, kind
+
+
+def test_singleton_score_grows_with_the_single_counts_moved(rules3k):
+    """Moving more single counts to three raises the score of a flagged cell (no saturation)."""
+    a, test = rules3k
+    c = _counts(test)
+    ones = np.cumsum(c == 1, axis=1)
+    scores, reasons = {}, {}
+    for share in (0.75, 1.0):
+        b = test.copy()
+        b.layers["counts"] = np.where((c == 1) & (ones <= share * ones[:, -1:]), 3.0, c)
+        sad.tl.detect(b, "counts")
+        scores[share], reasons[share] = b.obs["sad_score_counts"].to_numpy(), b.obs["sad_reason_counts"].astype(str)
+    flagged = (reasons[0.75] == "few single counts").to_numpy()
+    assert flagged.mean() > 0.5
+    assert (scores[1.0][flagged] > scores[0.75][flagged]).all()
+
+
+def test_fast_singleton_counts_equal_the_lattice_fit(rules3k):
+    """The torch layer's single counts and checked genes are those of the NumPy lattice fit (fit_lattice)."""
+    from scadversarial.detection import RuleFit, Transform, fit_lattice
+    from scadversarial.detection._rule_layer import singleton_stats
+
+    a, _ = rules3k
+    det = sad.get.model(a, "detector")
+    t = Transform.of(det.classifier)
+    X = np.asarray(a.X, dtype=np.float32)[:300]
+    L, inv = t.to_log(X)
+    checked = inv & (float(det.rule_zero_bound) <= L)
+    lat = fit_lattice(L, checked)
+    fit = RuleFit(float(det.rule_zero_bound), lattice=True)
+    ones, n = singleton_stats(
+        torch.as_tensor(X), det.classifier.transform.mean, det.classifier.transform.std, 10.0, fit
+    )
+    np.testing.assert_array_equal(n.numpy(), checked.sum(1))
+    np.testing.assert_array_equal(ones.numpy(), ((lat.counts == 1) & checked & ~lat.off).sum(1))
 
 
 def test_rules_flag_impossible_cells_with_their_reason(rules3k):
