@@ -25,11 +25,14 @@ import numpy as np
 import torch
 
 from ._count_model import recover_counts
-from ._rule_layer import MIN_EXPRESSED, RuleFit, singleton_stats
+from ._fit import MAX_FPR
+from ._rule_layer import MIN_EXPRESSED, RuleFit, fit_rules, singleton_stats
 from ._rules import Transform
 
 if TYPE_CHECKING:
     from ..models.classifier import CellClassifier
+    from ..models.detector import AdversarialDetector
+    from ._fit import DetectorConfig
 
 
 def singleton_fraction(classifier: CellClassifier, X: np.ndarray, fit: RuleFit) -> np.ndarray:
@@ -80,4 +83,26 @@ def fit_singleton_min(
     return float(np.quantile(f, max_fpr)) if len(f) else None
 
 
-__all__ = ["fit_singleton_min", "poisson_resample", "singleton_fraction"]
+def fit_first_layer(
+    det: AdversarialDetector,
+    classifier: CellClassifier,
+    X_train: np.ndarray,
+    X_cal: np.ndarray,
+    config: DetectorConfig,
+    *,
+    seed: tuple[int, int],
+) -> None:
+    """Fit the rules on clean training cells and, with ``config.singletons``, the singleton threshold on calibration cells.
+
+    ``seed`` seeds the Poisson resampling with a generator of its own, apart from the one that
+    trains the learned detector (whose results stay those of a detector without the check).
+    """
+    rule_fit = fit_rules(classifier, X_train)
+    det.set_rules(rule_fit)
+    if config.singletons:
+        fpr = MAX_FPR if config.max_fpr is None else config.max_fpr
+        rng = np.random.default_rng(list(seed))
+        det.set_singletons(fit_singleton_min(classifier, X_cal, rule_fit, max_fpr=fpr, rng=rng))
+
+
+__all__ = ["fit_first_layer", "fit_singleton_min", "poisson_resample", "singleton_fraction"]

@@ -23,12 +23,11 @@ from ..detection import (
     feature_names,
     fit_detector,
     fit_input_reference,
-    fit_rules,
-    fit_singleton_min,
     reason_key,
 )
-from ..detection._fit import MAX_FPR, Calibration
+from ..detection._fit import Calibration
 from ..detection._rule_layer import FLAG_REASONS, REASONS
+from ..detection._singletons import fit_first_layer
 from ..models.classifier import CellClassifier
 from ..models.detector import AdversarialDetector, DetectorArchitecture
 from ._attack_record import attacked_cells
@@ -320,13 +319,9 @@ def train_detector(
         det.set_classifier(clf, rng=rng)
         if ref is not None:
             det.input_ref.load_state_dict(ref.state_dict())
-        if config.rules:  # clean training cells only: the ones the detector reads anyway
-            rule_fit = fit_rules(clf, X[np.sort(np.concatenate([local.meta, local.reference]))])
-            det.set_rules(rule_fit)
-        if config.rules and config.singletons:  # calibration cells, a generator of its own (rng trains the detector)
-            fpr = MAX_FPR if config.max_fpr is None else config.max_fpr
-            resample_rng = np.random.default_rng([int(random_state), SINGLETON_STREAM])
-            det.set_singletons(fit_singleton_min(clf, X[local.calibration], rule_fit, max_fpr=fpr, rng=resample_rng))
+        if config.rules:  # rules: clean training cells (read anyway); singletons: calibration cells
+            train = X[np.sort(np.concatenate([local.meta, local.reference]))]
+            fit_first_layer(det, clf, train, X[local.calibration], config, seed=(int(random_state), SINGLETON_STREAM))
         bs = settings.batch_size
         data = DetectorFeatures(
             *([detector_features(det, M[idx], dev, bs) for M in (X, *advs)] for idx in (local.meta, local.calibration))
