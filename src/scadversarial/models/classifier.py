@@ -11,6 +11,7 @@ from torch import nn
 
 from .._settings import settings
 from ._base import SadModel, register_model_class
+from ._filter import WeakInputLayer
 
 
 class InputTransform(nn.Module):
@@ -56,6 +57,13 @@ class CellClassifier(SadModel):
         Dropout after each hidden layer.
     clip
         Clip of the built-in input transform used for log-normalized input.
+    filter_threshold
+        Weak-input filtering as the first layer (``models._filter.WeakInputLayer``,
+        Rademaker et al. 2019): a value less than this many log units above the gene's minimum over
+        the clean training cells is set to that minimum before the network (backward pass: the
+        identity). ``None`` (default): no filter. Set from
+        :class:`~scadversarial.tl.WeakInputFilter` by :func:`~scadversarial.tl.train_classifier`,
+        which also fits the per-gene minimum.
 
     """
 
@@ -68,18 +76,22 @@ class CellClassifier(SadModel):
         hidden: Sequence[int] = (256, 128, 64),
         dropout: Sequence[float] = (0.4, 0.4, 0.3),
         clip: float | None = 10.0,
+        filter_threshold: float | None = None,
     ) -> None:
         var_names, classes = [str(v) for v in var_names], [str(c) for c in classes]
         hidden, dropout = [int(h) for h in hidden], [float(d) for d in dropout]
         if len(hidden) != len(dropout):
             msg = f"`hidden` ({len(hidden)} layers) and `dropout` ({len(dropout)} values) must have the same length."
             raise ValueError(msg)
-        super().__init__(
-            {"var_names": var_names, "classes": classes, "hidden": hidden, "dropout": dropout, "clip": clip}
-        )
+        config = {"var_names": var_names, "classes": classes, "hidden": hidden, "dropout": dropout, "clip": clip}
+        if filter_threshold is not None:  # only then: an unfiltered model's config and state stay as they were
+            config["filter_threshold"] = float(filter_threshold)
+        super().__init__(config)
         self.var_names, self.classes = var_names, classes
         self.transform = InputTransform(len(var_names), clip)
-        layers: list[nn.Module] = []
+        # the filter is the body's first module, so whatever runs the body (the forward, the embedding, the
+        # activations and dropout passes of the baseline detectors) runs it; without one the body is as before
+        layers: list[nn.Module] = [] if filter_threshold is None else [WeakInputLayer(len(var_names), filter_threshold)]
         d_in = len(var_names)
         for h, p in zip(hidden, dropout, strict=True):
             layers += [nn.Linear(d_in, h), nn.ReLU(), nn.Dropout(p)]
@@ -91,6 +103,12 @@ class CellClassifier(SadModel):
     def n_genes(self) -> int:
         """Number of input genes."""
         return len(self.var_names)
+
+    @property
+    def input_filter(self) -> WeakInputLayer | None:
+        """The weak-input filter, the first module of :attr:`body` (``None`` without one)."""
+        first = self.body[0] if len(self.body) else None
+        return first if isinstance(first, WeakInputLayer) else None
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The 64-d embedding of scaled input ``x``."""

@@ -15,6 +15,7 @@ from torch import nn
 from .. import _keys
 from .._docs import doc_device, doc_params
 from .._settings import progress, settings
+from ._filter import WeakInputFilter
 from .classifier import CellClassifier
 
 if TYPE_CHECKING:
@@ -62,6 +63,9 @@ class TrainingConfig:
     {doc_device}
     save_dir
         If given, :func:`~scadversarial.tl.train_classifier` also saves the model to ``save_dir/<key_added>/``.
+    input_filter
+        Weak-input filtering as the classifier's first layer (:class:`~scadversarial.tl.WeakInputFilter`,
+        Rademaker et al. 2019), trained with and kept in the model; ``None`` (default): none.
 
     Examples
     --------
@@ -84,8 +88,15 @@ class TrainingConfig:
     save_dir: str | None = None
     max_cells_per_epoch: int | None = None
     max_val_cells: int | None = MAX_VAL_CELLS
+    input_filter: WeakInputFilter | None = None
 
     def __post_init__(self) -> None:
+        if self.input_filter is not None and not isinstance(self.input_filter, WeakInputFilter):
+            msg = (
+                f"TrainingConfig.input_filter must be a sad.tl.WeakInputFilter or None, got {self.input_filter!r}; "
+                "e.g. TrainingConfig(input_filter=sad.tl.WeakInputFilter(threshold=4.0, unit='umi'))."
+            )
+            raise TypeError(msg)
         if len(self.hidden) != len(self.dropout):
             msg = f"`hidden` ({len(self.hidden)} layers) and `dropout` ({len(self.dropout)} values) must have the same length."
             raise ValueError(msg)

@@ -8,7 +8,14 @@ from ._benchmark import BenchmarkOptions, benchmark_detectors
 from ._benchmark_defences import CertifiedRows
 from ._blackbox import *  # noqa: F403 (the names of its __all__, added to ours below)
 from ._certify import CertifyOptions, certify
-from ._classifier import AdversarialTraining, ThinningAugmentation, TrainingConfig, predict, train_classifier
+from ._classifier import (
+    AdversarialTraining,
+    ThinningAugmentation,
+    TrainingConfig,
+    WeakInputFilter,
+    predict,
+    train_classifier,
+)
 from ._detect import DetectorCells, detect, meta_features, train_detector
 from ._evaluate import evaluate
 from ._input import classifier_input, input_space_problem
@@ -31,6 +38,7 @@ __all__ = [
     "ThinningAugmentation",
     "ThreatModel",
     "TrainingConfig",
+    "WeakInputFilter",
     "attack",
     "audit",
     "benchmark_detectors",

@@ -28,6 +28,7 @@ from .._validate import (
     set_record,
 )
 from ..models._adversarial import AdversarialTraining, ThinningAugmentation, TrainingInputs
+from ..models._filter import WeakInputFilter
 from ..models.classifier import CellClassifier, SpaceClassifier
 from ..models.training import (
     VAL_STREAM,
@@ -45,7 +46,11 @@ from ._input import classifier_input, read_input, x_source
 from ._metrics import classification_metrics
 from ._models import get_model, set_model_reference
 from ._shifts import library_counts
-from ._space import source_layers, target_sum, to_scaled
+from ._space import other_counts, source_layers, target_sum, to_scaled
+
+#: training cells densified at once while taking each gene's minimum for the weak-input filter
+#: (4,096 cells x 2,000 genes in float32 is 32 MB, whatever the number of cells)
+MIN_BLOCK = 4096
 
 
 def _split_masks(adata: AnnData, split_key: str) -> dict[str, np.ndarray]:
@@ -127,7 +132,11 @@ def train_classifier(
         per-epoch samples (NumPy generators of their own).
     config
         Architecture, optimiser, early stopping, split column, cells per epoch, validation sample,
-        device and save folder (:class:`~scadversarial.models.training.TrainingConfig`; default its defaults).
+        device, save folder and an optional weak-input filter as the first layer
+        (:class:`~scadversarial.models.training.TrainingConfig`; default its defaults). The filter
+        (``input_filter=``:class:`~scadversarial.tl.WeakInputFilter`) takes each gene's minimum from
+        the clean training cells, converts a UMI threshold at their median library size, and is
+        trained with: the network learns filtered input.
     adversarial
         Adversarial training (:class:`~scadversarial.tl.AdversarialTraining`):
         PGD-AT or TRADES against an L-inf attack on the expressed genes' log values or counts.
@@ -151,8 +160,8 @@ def train_classifier(
         Class probabilities and the 64-d embedding.
     ``.uns['sad'][key_added]``
         ``params`` (``labels_key``, ``layer``, the :class:`TrainingConfig` fields but ``device`` and
-        ``save_dir``, ``random_state``, and ``adversarial`` / ``augment`` with their fields when
-        given), ``metrics`` (accuracy per split, per-class accuracy and confusion matrix on the
+        ``save_dir``, ``random_state``, and ``adversarial`` / ``augment`` / ``input_filter`` with their
+        fields when given; ``input_filter`` also has ``threshold_log``, the threshold the layer applies), ``metrics`` (accuracy per split, per-class accuracy and confusion matrix on the
         test split, training history, and ``cells``: the training cells ``train``, the cells of each
         epoch ``per_epoch`` and ``per_epoch_per_class``, the validation cells watched ``val`` of
         ``val_of`` and ``val_per_class``) and ``model`` (the reference).
@@ -193,14 +202,20 @@ def train_classifier(
         )
         raise ValueError(msg)
     inputs = _hardening_inputs(adata, masks["train"], layer=layer, adversarial=adversarial, augment=augment)
+    threshold_log = _filter_threshold(adata, config.input_filter, masks["train"])
     if copy:
         adata = adata.copy()
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(random_state))
-        model = CellClassifier(adata.var_names, classes, hidden=config.hidden, dropout=config.dropout)
+        # the filter has no weights: a filtered model starts from the same weights as an unfiltered one
+        model = CellClassifier(
+            adata.var_names, classes, hidden=config.hidden, dropout=config.dropout, filter_threshold=threshold_log
+        )
     if _keys.VAR_MEAN in adata.var and layer is None:
         model.transform.set(adata.var[_keys.VAR_MEAN].to_numpy(), adata.var[_keys.VAR_STD].to_numpy())
+    if model.input_filter is not None:
+        model.input_filter.set(_train_minimum(model, data), model.transform.std.detach().cpu().numpy())
     history = fit_classifier(
         model,
         (data.train, y[data.train_rows]),
@@ -225,6 +240,8 @@ def train_classifier(
         "adversarial": asdict(adversarial) if adversarial is not None else None,
         "augment": asdict(augment) if augment is not None else None,
     }
+    if config.input_filter is not None:
+        params["input_filter"] = {**asdict(config.input_filter), "threshold_log": threshold_log}
     set_record(adata, key_added, params=params)
     set_model_reference(adata, key_added, model, save_dir=config.save_dir)
     _write_outputs(adata, model, *_training_outputs(adata, model, layer, data.space), layer=None)
@@ -241,6 +258,41 @@ def train_classifier(
     adata.uns[_keys.UNS][key_added]["metrics"] = h5ad_safe(metrics)
     logger.info("classifier: test accuracy %.4f (best epoch %d)", metrics["test"]["accuracy"], best_epoch)
     return adata if copy else None
+
+
+def _filter_threshold(adata: AnnData, options: WeakInputFilter | None, train: np.ndarray) -> float | None:
+    """The weak-input filter's threshold in log units (``None`` without a filter); UMI at the training cells' median depth."""
+    if options is None or options.unit == "log":
+        return None if options is None else options.log_threshold()
+    if _keys.LAYER_COUNTS not in adata.layers or _keys.LAYER_LOGNORM not in adata.layers:
+        msg = (
+            f"WeakInputFilter(unit='umi') converts UMI to log units at the training cells' median library size, read "
+            f"from .layers[{_keys.LAYER_COUNTS!r}] and .layers[{_keys.LAYER_LOGNORM!r}] (`sad.pp.preprocess` on raw "
+            "counts writes them); with log-normalized data give the threshold in log units: WeakInputFilter(threshold=..., "
+            "unit='log')."
+        )
+        raise KeyError(msg)
+    sub = adata[train]
+    kept = np.asarray(get_matrix(sub, _keys.LAYER_COUNTS, dense=False).sum(1), dtype=np.float64).ravel()
+    library = float(np.median(other_counts(sub, sub.var_names) + kept))
+    return options.log_threshold(library=library, target_sum=target_sum(adata))
+
+
+def _train_minimum(model: CellClassifier, data: _TrainingData) -> np.ndarray:
+    """Each gene's smallest scaled value over the clean training cells, read :data:`MIN_BLOCK` cells at a time."""
+    n = len(data.train)
+    minimum = np.full(model.n_genes, np.inf, dtype=np.float32)
+    for start in range(0, n, MIN_BLOCK):
+        pos = np.arange(start, min(start + MIN_BLOCK, n))
+        if isinstance(data.train, StreamedRows):  # nothing is loaded before the first epoch: read the block
+            block = MatrixRows(data.train.read(pos)).take(np.arange(len(pos)))
+        else:
+            block = data.train.take(pos)
+        minimum = np.minimum(minimum, block.min(0))
+    if data.space == "log":  # the scaling is increasing in every gene: the scaled minimum is the minimum's scaling
+        with torch.no_grad():
+            minimum = model.transform(torch.as_tensor(minimum)[None].to(model.transform.mean.device))[0].cpu().numpy()
+    return minimum
 
 
 @dataclass(frozen=True, eq=False)
@@ -512,4 +564,11 @@ def predict(
     return adata if copy else None
 
 
-__all__ = ["AdversarialTraining", "ThinningAugmentation", "TrainingConfig", "predict", "train_classifier"]
+__all__ = [
+    "AdversarialTraining",
+    "ThinningAugmentation",
+    "TrainingConfig",
+    "WeakInputFilter",
+    "predict",
+    "train_classifier",
+]
