@@ -152,3 +152,17 @@ def test_bad_options_raise_with_the_fix(pbmc68k):
     logs = sad.tl.TrainingConfig(input_filter=sad.tl.WeakInputFilter(threshold=0.5, unit="log"))
     sad.tl.train_classifier(a, max_epochs=1, config=logs)
     assert sad.get.model(a).input_filter.threshold == 0.5
+
+
+def test_detector_watches_a_filtered_classifier(filtered3k):
+    """The default detector trains on and scores a filtered classifier (its copy keeps the filter)."""
+    a = filtered3k.copy()
+    keep = np.sort(np.random.default_rng(0).choice(a.n_obs, 700, replace=False))
+    a = a[keep].copy()
+    sad.tl.attack(a, eps=(0.1,))
+    config = sad.detection.DetectorConfig(epochs=2, triplet_epochs=1)
+    sad.tl.train_detector(a, random_state=0, config=config)
+    det = sad.get.model(a, "detector")
+    assert det.classifier.config["filter_threshold"] == sad.get.model(a, "classifier").config["filter_threshold"]
+    sad.tl.detect(a, [None, "sad_pgd_eps0.1"])
+    assert a.obs["sad_adversarial_sad_pgd_eps0.1"].mean() > 0.9

@@ -175,7 +175,7 @@ class AdversarialDetector(SadModel):
         var_names, classes = [str(v) for v in var_names], [str(c) for c in classes]
         spec, arch = features or FeatureSpec(), architecture or DetectorArchitecture()
         groups = spec.groups
-        clf_cfg = {k: classifier[k] for k in ("hidden", "dropout", "clip") if k in classifier}
+        clf_cfg = {k: classifier[k] for k in ("hidden", "dropout", "clip", "filter_threshold") if k in classifier}
         super().__init__(
             {
                 "var_names": var_names,
@@ -213,7 +213,9 @@ class AdversarialDetector(SadModel):
             self.register_buffer("rule_lattice", torch.tensor(data=False))
         if singletons:  # a negative fraction: the check is off (set_singletons found no count lattice)
             self.register_buffer("singleton_min", torch.tensor(SINGLETONS_OFF, dtype=torch.float64))
-        n_sub = min(int(spec.grad_genes), len(var_names)) if spec.gradient and spec.grad_genes > 0 else 0
+        # a weak-input filter is the classifier's first module: no first-layer shortcut, the exact gradient instead
+        sub = spec.gradient and spec.grad_genes > 0 and "filter_threshold" not in clf_cfg
+        n_sub = min(int(spec.grad_genes), len(var_names)) if sub else 0
         h1 = self.classifier.config["hidden"][0]
         self.register_buffer("grad_index", torch.arange(n_sub, dtype=torch.long))
         self.register_buffer("grad_basis", torch.zeros((h1, h1 + n_sub) if n_sub else (0, 0)))
