@@ -13,6 +13,10 @@ Poisson law with that mean, a technical replicate of the cell): a noisier run th
 is not flagged. The counts are those of the rules' lattice fit of each cell (its unit estimated
 from its own values), so the check reads only the scored matrix.
 
+Query cells sequenced deeper than the calibration cells have fewer genes at one count and can be
+flagged: train the detector on cells of that depth, or switch the check off
+(``DetectorConfig(singletons=False)``).
+
 An attacker who knows the check can spare the genes at one count (see ``docs/threat_model.md``):
 the check raises the price of the count-space attack, it does not end it.
 """
