@@ -60,13 +60,16 @@ THIN = (0.5, 0.25)  # depth kept by the benign thinning shifts
 STRONG_STEPS = 30  # the stronger +-1 UMI attack: 3x threats.py's 10 PGD steps, from a random start
 CERT_SIGMA = 0.25  # randomized smoothing's noise (log units): the sigma docs/threat_model.md reports first
 CERT_SAMPLES = 1000  # estimation draws per cell, as threats.py's certified rows (radius up to 2.4 sigma)
+#: a longer schedule (default: patience 5, 60 epochs): early stopping watches clean validation accuracy, which
+#: adversarial training makes noisy from epoch to epoch
+LONG = {"patience": 15, "max_epochs": 100}
 #: the hardened variant, chosen on validation cells (``benchmarks/results/hardening_sweep.txt``): PGD-AT in
-#: count space at the larger budget of the count threat (2 UMI), 5 inner steps, thinning augmentation, and a
-#: patience of 15 epochs (adversarial training makes the clean validation accuracy noisy from epoch to epoch)
+#: count space at the larger budget of the count threat (2 UMI), 5 inner steps, thinning augmentation, and the
+#: longer schedule
 HARDENED = {
     "adversarial": sad.tl.AdversarialTraining("pgd", space="counts", eps=2.0, steps=5),
     "augment": sad.tl.ThinningAugmentation(),
-    "config": sad.tl.TrainingConfig(patience=15, max_epochs=100),
+    "config": sad.tl.TrainingConfig(**LONG),
 }
 VARIANTS = {
     "standard": {},
@@ -110,9 +113,7 @@ SWEEP = {
     "trades-e2-b3-t1": ("trades", 2.0, 2, 3.0, 1.0),
     "trades-e2-b3-s5-t.5": ("trades", 2.0, 5, 3.0, 0.5),
 }
-#: the second round: the training schedule and the network (early stopping watches clean accuracy, which
-#: adversarial training makes noisy from epoch to epoch; dropout on top of the attack may cost capacity)
-LONG = {"patience": 15, "max_epochs": 100}
+#: the second round: the training schedule (``LONG``) and the network (dropout on top of the attack may cost capacity)
 WIDE = {"hidden": (512, 256, 64)}
 LOW_DROPOUT = {"dropout": (0.1, 0.1, 0.1)}
 SWEEP_CONFIG = {
