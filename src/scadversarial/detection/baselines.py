@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, Self, get_args, runtime_che
 import numpy as np
 import torch
 
+from ..models._filter import filter_weak
 from ._calibrated import RngLike, _as_float32, _Baseline, _class_codes, _eval_mode
 from ._features import straight_through
 from ._reference_baselines import LOG_FLOOR, KernelDensityDetector, LIDDetector, ReferenceSplit, reference_split
@@ -246,11 +247,10 @@ class SqueezeDetector(_Baseline):
     def _squeeze(self, x: torch.Tensor, how: Squeezer) -> torch.Tensor:
         mn = torch.as_tensor(self.min_, dtype=x.dtype, device=x.device)
         std = torch.as_tensor(self.std_, dtype=x.dtype, device=x.device)
-        above = (x - mn) * std
         if how == "filter":  # exact where nothing is filtered: measured cells come back bit-identical
-            return torch.where(above < self.threshold_, mn, x)
+            return filter_weak(x, mn, std, self.threshold_)
         step = self.log_max_ / (2**self.bits - 1)
-        return mn + torch.round(above.clamp_min(0) / step) * step / std
+        return mn + torch.round(((x - mn) * std).clamp_min(0) / step) * step / std
 
     def _score_tensor(self, x: torch.Tensor, *, bpda: bool) -> torch.Tensor:
         p = torch.softmax(self.classifier(x), 1)

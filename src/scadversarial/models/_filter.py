@@ -113,6 +113,21 @@ class WeakInputFilter:
         return float(np.log1p(self.threshold * target_sum / library))
 
 
+def filter_weak(x: torch.Tensor, minimum: torch.Tensor, scale: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Scaled ``x`` with every value less than ``threshold`` log units above the gene's ``minimum`` set to it.
+
+    ``scale`` is the log units per scaled unit (the transform's ``std``). Exact where nothing is
+    filtered: values at or above the threshold come back bit-identical. Shared by
+    :class:`WeakInputLayer` and the ``'filter'`` squeezer of :class:`~scadversarial.detection.SqueezeDetector`.
+
+    Examples
+    --------
+    >>> filter_weak(torch.tensor([[0.3, 0.7]]), torch.zeros(2), torch.ones(2), 0.5).tolist()
+    [[0.0, 0.699999988079071]]
+    """
+    return torch.where((x - minimum) * scale < threshold, minimum, x)
+
+
 class WeakInputLayer(nn.Module):
     """The filter on scaled input: values less than ``threshold`` log units above the gene's minimum are set to it.
 
@@ -178,9 +193,7 @@ class WeakInputLayer(nn.Module):
         # imported here: ``detection`` imports ``models.training`` and so this module's classifier at load time
         from ..detection._features import straight_through
 
-        minimum = self.minimum.to(x.dtype)
-        above = (x - minimum) * self.scale.to(x.dtype)  # log units above the gene's minimum
-        return straight_through(torch.where(above < self.threshold, minimum, x), x)
+        return straight_through(filter_weak(x, self.minimum.to(x.dtype), self.scale.to(x.dtype), self.threshold), x)
 
     def extra_repr(self) -> str:
         return f"n_genes={self.minimum.shape[0]}, threshold={self.threshold:.4g}"
@@ -191,4 +204,4 @@ def _loaded(module: WeakInputLayer, _incompatible) -> None:
     module._fitted = bool(torch.isfinite(module.minimum).all() and torch.isfinite(module.scale).all())
 
 
-__all__ = ["FilterUnit", "WeakInputFilter", "WeakInputLayer"]
+__all__ = ["FilterUnit", "WeakInputFilter", "WeakInputLayer", "filter_weak"]
