@@ -204,6 +204,18 @@ def run_one(raw, labels: str, seed: int, variants: list[str], split: str, *, cer
     return pd.DataFrame(rows)
 
 
+def start(data: str, threads: int | None, *, max_columns: int):
+    """A benchmark run's set-up: no progress bars, ``threads`` torch threads, wide tables; returns PBMC3k."""
+    sad.settings.progress = False
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    pd.set_option("display.width", 250)
+    pd.set_option("display.max_columns", max_columns)
+    return sad.datasets.pbmc3k(data)
+
+
 def _ms(v: pd.Series) -> str:
     v = v.astype(float)
     sd = v.std(ddof=1) if len(v) > 1 else 0.0
@@ -222,14 +234,7 @@ def main(argv=None) -> int:
     p.add_argument("--csv", default=None, help="also write the per-run table to this CSV file")
     p.add_argument("--certify", action="store_true", help=f"add randomized smoothing (sigma {CERT_SIGMA:g})")
     args = p.parse_args(argv)
-    sad.settings.progress = False
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    raw = sad.datasets.pbmc3k(args.data)
-    pd.set_option("display.width", 250)
-    pd.set_option("display.max_columns", 20)
+    raw = start(args.data, args.threads, max_columns=20)
     t_all = time.perf_counter()
     tables = []
     for labels in args.labels:

@@ -41,9 +41,9 @@ import time
 
 import numpy as np
 import pandas as pd
-from hardening import DATA, LOG_EPS, THIN, UMI_EPS, evaluate  # benchmarks/ is on sys.path when this script runs
+from hardening import DATA, LOG_EPS, THIN, UMI_EPS, evaluate, start  # benchmarks/ is on sys.path when this script runs
 from sklearn.metrics import roc_auc_score
-from threats import LABEL_SETS, prepare
+from threats import LABEL_SETS, _ms, prepare
 
 import scadversarial as sad
 from scadversarial.detection import SqueezeDetector
@@ -158,14 +158,6 @@ def detector(b, labels: str, seed: int, thresholds, log_thresholds: dict) -> pd.
     return pd.DataFrame(rows)
 
 
-def _ms(v: pd.Series) -> str:
-    v = v.astype(float).dropna()
-    if v.empty:
-        return "-"
-    sd = v.std(ddof=1) if len(v) > 1 else 0.0
-    return f"{v.mean():.3f} ± {sd:.3f}"
-
-
 DEFENCE_COLUMNS = (
     "accuracy",
     "flip counts 1",
@@ -186,14 +178,7 @@ def main(argv=None) -> int:
     p.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS), help="UMI at the median depth")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
-    sad.settings.progress = False
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    raw = sad.datasets.pbmc3k(args.data)
-    pd.set_option("display.width", 250)
-    pd.set_option("display.max_columns", 30)
+    raw = start(args.data, args.threads, max_columns=30)
     t_all = time.perf_counter()
     defences, detectors = [], []
     for labels in args.labels:
