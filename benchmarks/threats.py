@@ -84,6 +84,7 @@ SQUARE_QUERIES = 1000  # queries per cell (Andriushchenko et al. report most fli
 CGD_GENES = 500  # CGD visits the top of adverSCarial's sign-gene ranking: all 2,000 take ~10 s per cluster here
 ADAPTIVE_EPS = 0.5  # the expressed log threat the detector-aware attacker works in
 SPARE_LAYER = "bench_above_one_count"  # mask layer of the count attacker who spares genes at one count
+SPARE2_LAYER = "bench_above_two_counts"  # ... and of the one who also spares genes at two counts
 COLUMNS = ["flip_rate", "auroc", "auroc_flipped", "tpr_at_5fpr", "flagged", "evasion", "fpr", "pred_changed"]
 COLUMNS += ["accuracy"]  # the classifier's calls that match the labels (on the defences' rows, certified accuracy)
 DEFENCE_KINDS = ("certified", "hardened")  # row kinds of the defences (detector 'none'), printed apart
@@ -98,6 +99,8 @@ KEY_ROWS = (
     "counts eps=2",
     "counts sparing singletons eps=1",
     "counts sparing singletons eps=2",
+    "counts sparing one and two eps=1",
+    "counts sparing one and two eps=2",
     "CW",
     "DeepFool",
     "score-based",
@@ -210,6 +213,8 @@ def threats(adata, det, notes: list[str]) -> dict:
         # the attacker who knows the singleton check: genes at one count are left alone
         sparing = {"method": "pgd", "eps": UMI_EPS, "space": "counts", "constraint": "counts", "mask": SPARE_LAYER}
         out["counts sparing singletons"] = sparing
+        # the attacker who knows both count checks: genes at one and two counts are left alone
+        out["counts sparing one and two"] = {**sparing, "mask": SPARE2_LAYER}
     else:
         notes.append("expressed log-space and count-space threats: sad.tl.attack has no space=/constraint= yet")
     for name, method in (("CW", "cw"), ("DeepFool", "deepfool")):
@@ -266,7 +271,8 @@ def run_one(raw, labels: str, seed: int, notes: list[str], *, defences: bool = T
     """The default pipeline and the benchmark for one label set and seed."""
     a, key = prepare(raw, labels, seed)
     counts = a.layers["counts"]
-    a.layers[SPARE_LAYER] = (counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts)) >= 2
+    counts = counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts)
+    a.layers[SPARE_LAYER], a.layers[SPARE2_LAYER] = counts >= 2, counts >= 3
     sad.tl.train_classifier(a, key, random_state=seed)
     sad.tl.attack(a, "pgd", eps=PGD_EPS, random_state=seed)
     sad.tl.train_detector(a, random_state=seed)

@@ -330,11 +330,12 @@ def test_fit_detector_is_the_training_of_train_detector(pipeline68k):
     """
     from scadversarial.detection import (
         MAX_FPR,
+        CountChecks,
         DetectorFeatures,
+        fit_count_checks,
         fit_detector,
         fit_input_reference,
         fit_rules,
-        fit_singleton_min,
     )
     from scadversarial.models import AdversarialDetector
     from scadversarial.models.detector import DetectorArchitecture
@@ -366,6 +367,7 @@ def test_fit_detector_is_the_training_of_train_detector(pipeline68k):
             n_reference=len(ref_idx),
             rules=True,
             singletons=True,
+            two_counts=True,
             classifier_id=str(getattr(clf, "_sad_id", "")),
         )
         det.set_classifier(clf, rng=rng)
@@ -373,8 +375,8 @@ def test_fit_detector_is_the_training_of_train_detector(pipeline68k):
         rule_fit = fit_rules(clf, X[np.sort(np.r_[meta, ref_idx])])
         det.set_rules(rule_fit)
         resample = np.random.default_rng([3, SINGLETON_STREAM])
-        det.set_singletons(fit_singleton_min(clf, X[cal], rule_fit, max_fpr=MAX_FPR, rng=resample))
-        assert det.singleton_threshold is None  # pbmc68k_reduced was never counts: the check is off
+        det.set_count_checks(fit_count_checks(clf, X[cal], rule_fit, max_fpr=MAX_FPR, rng=resample))
+        assert det.count_checks == CountChecks()  # pbmc68k_reduced was never counts: the checks are off
         det.eval()
         feats = DetectorFeatures(
             *([det.meta_features(torch.as_tensor(M[idx])) for M in (X, *advs)] for idx in (meta, cal))
@@ -445,10 +447,99 @@ def test_singleton_score_grows_with_the_single_counts_moved(rules3k):
     assert (scores[1.0][flagged] > scores[0.75][flagged]).all()
 
 
+def test_two_count_check_flags_the_attacker_sparing_single_counts(rules3k):
+    """The count attacker who knows the singleton check leaves single counts alone: too few genes stay at two counts.
+
+    Flagged with that reason; thinned and Poisson-resampled cells are judged by their own sampling noise
+    (a binomial z-score) and stay unflagged.
+    """
+    a, test = rules3k
+    rules = a.uns["sad"]["detector"]["metrics"]["rules"]
+    assert 0.2 < rules["two_count_rate"] < 0.6
+    assert rules["two_count_z_min"] < 0
+    b = test.copy()
+    b.layers["spare"] = _counts(b) >= 2
+    sad.tl.attack(b, "pgd", eps=2.0, space="counts", constraint="counts", mask="spare", key_added="sp")
+    layer = str(np.atleast_1d(b.uns["sad"]["attacks"]["sp"]["layers"])[0])
+    sad.tl.detect(b, [None, layer])
+    reason = b.obs[f"sad_reason_{layer}"].astype(str)
+    assert (reason == "few double counts").mean() >= 0.8
+    assert b.obs[f"sad_adversarial_{layer}"][reason == "few double counts"].all()
+    assert (b.obs["sad_reason"].astype(str) == "few double counts").mean() <= 0.02
+    for kind, amount in (("noise", 0.0), ("thinning", 0.5), ("thinning", 0.25)):
+        shifted = sad.tl.benign_shift(test.copy(), kind, amount=amount, random_state=1)
+        sad.tl.detect(shifted, model=sad.get.model(a, "detector"))
+        assert (shifted.obs["sad_reason"].astype(str) == "few double counts").mean() <= 0.05, (kind, amount)
+
+
+def test_two_count_score_grows_with_the_two_counts_moved(rules3k):
+    """Moving more genes from two counts to four raises the score of a flagged cell (no saturation)."""
+    a, test = rules3k
+    c = _counts(test)
+    twos = np.cumsum(c == 2, axis=1)
+    scores, reasons = {}, {}
+    for share in (0.75, 1.0):
+        b = test.copy()
+        b.layers["counts"] = np.where((c == 2) & (twos <= share * twos[:, -1:]), 4.0, c)
+        sad.tl.detect(b, "counts")
+        scores[share], reasons[share] = b.obs["sad_score_counts"].to_numpy(), b.obs["sad_reason_counts"].astype(str)
+    flagged = (reasons[0.75] == "few double counts").to_numpy()
+    assert flagged.mean() > 0.5
+    assert (scores[1.0][flagged] > scores[0.75][flagged]).all()
+
+
+def test_count_checks_share_one_false_alarm_budget(rules3k):
+    """Calibrated together, the two checks flag at most max_fpr of the calibration cells and their resampling.
+
+    Alone, the singleton check keeps the threshold it had before the two-count check existed.
+    """
+    from scadversarial.detection import MAX_FPR, fit_count_checks, fit_rules, fit_singleton_min, poisson_resample
+    from scadversarial.detection._rule_layer import count_profile, two_count_z
+
+    a, _ = rules3k
+    clf = sad.get.model(a, "classifier")
+    role = a.obs[_keys.OBS_DETECTOR_ROLE].astype(str).to_numpy()
+    X = np.asarray(a.X, dtype=np.float32)
+    fit = fit_rules(clf, X[np.isin(role, ["meta_train", "reference"])])
+    cal = X[role == "calibration"]
+    both = fit_count_checks(clf, cal, fit, max_fpr=MAX_FPR, rng=np.random.default_rng(0))
+    alone = fit_singleton_min(clf, cal, fit, max_fpr=MAX_FPR, rng=np.random.default_rng(0))
+    assert both.singleton_min <= alone
+    resampled = poisson_resample(clf, cal, fit, np.random.default_rng(0))  # the same draws as the fit's
+    t = clf.transform
+    flagged, judged = [], []
+    for M in (cal, resampled):
+        p = count_profile(torch.as_tensor(M), t.mean, t.std, float(t.clip), fit)
+        ones = p.ones.numpy() / np.maximum(p.checked.numpy(), 1)
+        z = two_count_z(p, both.two_counts.rate).numpy()
+        ok = p.checked.numpy() >= 20
+        flagged.append(ok & ((ones < both.singleton_min) | (z < both.two_counts.z_min)))
+        judged.append(ok)
+    assert np.concatenate(flagged).sum() <= MAX_FPR * np.concatenate(judged).sum()
+    assert np.concatenate(flagged).sum() >= 1
+
+
+def test_detector_saved_before_the_two_count_check_loads(rules3k, tmp_path):
+    """A detector whose config lacks ``two_counts`` (saved before the check) loads with the check off."""
+    from scadversarial.models import AdversarialDetector
+
+    a, test = rules3k
+    det = sad.get.model(a, "detector")
+    config = {k: v for k, v in det.config.items() if k != "two_counts"}
+    old = AdversarialDetector.from_config(config)
+    state = {k: v for k, v in det.state_dict().items() if not k.startswith("two_count")}
+    old.load_state_dict(state)
+    assert old.count_checks.two_counts is None
+    assert old.count_checks.singleton_min == det.singleton_threshold
+    x = torch.as_tensor(np.asarray(test.X, dtype=np.float32))
+    np.testing.assert_array_equal(old.check_counts(x)[:, -1].numpy(), 0)
+    np.testing.assert_array_equal(old.check_counts(x)[:, :-1].numpy(), det.check_counts(x)[:, :-1].numpy())
+
+
 def test_fast_singleton_counts_equal_the_lattice_fit(rules3k):
-    """The torch layer's single counts and checked genes are those of the NumPy lattice fit (fit_lattice)."""
+    """The torch layer's count profile (genes at one and two counts, checked, off) is the NumPy lattice fit's."""
     from scadversarial.detection import RuleFit, Transform, fit_lattice
-    from scadversarial.detection._rule_layer import singleton_stats
+    from scadversarial.detection._rule_layer import count_profile
 
     a, _ = rules3k
     det = sad.get.model(a, "detector")
@@ -458,11 +549,11 @@ def test_fast_singleton_counts_equal_the_lattice_fit(rules3k):
     checked = inv & (float(det.rule_zero_bound) <= L)
     lat = fit_lattice(L, checked)
     fit = RuleFit(float(det.rule_zero_bound), lattice=True)
-    ones, n = singleton_stats(
-        torch.as_tensor(X), det.classifier.transform.mean, det.classifier.transform.std, 10.0, fit
-    )
-    np.testing.assert_array_equal(n.numpy(), checked.sum(1))
-    np.testing.assert_array_equal(ones.numpy(), ((lat.counts == 1) & checked & ~lat.off).sum(1))
+    p = count_profile(torch.as_tensor(X), det.classifier.transform.mean, det.classifier.transform.std, 10.0, fit)
+    np.testing.assert_array_equal(p.checked.numpy(), checked.sum(1))
+    np.testing.assert_array_equal(p.ones.numpy(), ((lat.counts == 1) & checked & ~lat.off).sum(1))
+    np.testing.assert_array_equal(p.twos.numpy(), ((lat.counts == 2) & checked & ~lat.off).sum(1))
+    np.testing.assert_array_equal(p.off.numpy(), (checked & lat.off).sum(1))
 
 
 def test_rules_flag_impossible_cells_with_their_reason(rules3k):
@@ -516,7 +607,11 @@ def test_rule_flags_hold_at_any_threshold_and_only_with_rules(rules3k):
 
 
 def test_rules_pass_clean_and_thinned_cells(rules3k):
-    """Clean test cells and re-preprocessed thinned cells break no rule: their flags are the learned detector's."""
+    """Clean test cells and re-preprocessed thinned cells break no rule: their flags are the learned detector's.
+
+    The count checks are statistical (they share a 1 % false-alarm budget on calibration cells): a
+    few thinned cells may fall below them, none breaks a plausibility rule.
+    """
     a, test = rules3k
     det = sad.get.model(a, "detector")
     b = test.copy()
@@ -524,8 +619,11 @@ def test_rules_pass_clean_and_thinned_cells(rules3k):
     assert set(b.obs["sad_reason"].astype(str)) <= {"", "learned"}
     thin = sad.tl.benign_shift(test.copy(), "thinning", amount=0.5, random_state=0)
     sad.tl.detect(thin, model=det)
-    assert set(thin.obs["sad_reason"].astype(str)) <= {"", "learned"}
-    assert (thin.obs["sad_score"].to_numpy() <= 1).all()
+    reason = thin.obs["sad_reason"].astype(str).to_numpy()
+    counted = np.isin(reason, ["few single counts", "few double counts"])
+    assert set(reason) <= {"", "learned", "few single counts", "few double counts"}
+    assert counted.mean() <= 0.05
+    assert (thin.obs["sad_score"].to_numpy()[~counted] <= 1).all()
 
 
 def test_fast_rules_equal_the_reference_rules(rules3k):

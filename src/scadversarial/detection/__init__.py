@@ -22,7 +22,9 @@ from ._rule_layer import (
     CHECKS,
     FLAG_REASONS,
     REASONS,
+    CountChecks,
     RuleFit,
+    TwoCountFit,
     check_counts,
     fit_rules,
     non_integer_counts,
@@ -31,7 +33,7 @@ from ._rule_layer import (
     rule_reasons,
 )
 from ._rules import RULES, Lattice, PlausibilityRules, RuleReport, Transform, fit_lattice
-from ._singletons import fit_singleton_min, poisson_resample, singleton_fraction
+from ._singletons import fit_count_checks, fit_singleton_min, poisson_resample, singleton_fraction
 from ._stability import KNNConsistency, ThinningStability
 from ._training import sample_triplets, train_residual, train_triplet
 from .baselines import (
@@ -58,8 +60,11 @@ __all__ = [
     "CHECKS",
     "FLAG_REASONS",
     "REASONS",
+    "CountChecks",
     "RuleFit",
+    "TwoCountFit",
     "check_counts",
+    "fit_count_checks",
     "fit_rules",
     "fit_singleton_min",
     "poisson_resample",

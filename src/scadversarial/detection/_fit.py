@@ -103,8 +103,12 @@ class DetectorConfig:
         :func:`~scadversarial.detection.rule_counts`).
     singletons
         With ``rules``: add the singleton check (a cell on the count lattice with too few genes at
-        one count, see :func:`~scadversarial.detection.fit_singleton_min`), its threshold the
-        ``max_fpr`` (default 1 %) quantile of clean calibration cells and of their Poisson resampling.
+        one count).
+    two_counts
+        With ``rules``: add the two-count check (a cell on the count lattice with too few genes at
+        two counts among those at two or more, :class:`~scadversarial.detection.TwoCountFit`).
+        The count checks together flag ``max_fpr`` (default 1 %) of clean calibration cells and
+        their Poisson resampling (:func:`~scadversarial.detection.fit_count_checks`).
     {doc_device}
     save_dir
         If given, :func:`~scadversarial.tl.train_detector` also saves the detector to ``save_dir/<key_added>/``.
@@ -126,6 +130,7 @@ class DetectorConfig:
     max_fpr: float | None = MAX_FPR
     rules: bool = True
     singletons: bool = True
+    two_counts: bool = True
     device: str | None = None
     save_dir: str | None = None
 

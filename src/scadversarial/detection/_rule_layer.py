@@ -41,10 +41,12 @@ RULE_REASONS: dict[str, str] = {
     "off_zero": "off lattice",
     "off_lattice": "off lattice",
     "few_singletons": "few single counts",
+    "few_two_counts": "few double counts",
 }
-#: The checks of the detector's first layer, one column each: the rules, then the singleton check
-#: (too few genes at one count for a cell on the count lattice, see :mod:`~scadversarial.detection._singletons`).
-CHECKS: tuple[str, ...] = (*RULES, "few_singletons")
+#: The checks of the detector's first layer, one column each: the rules, then the count-profile checks
+#: of a cell on the count lattice (too few genes at one count; too few at two counts among those at two
+#: or more), see :mod:`~scadversarial.detection._singletons`.
+CHECKS: tuple[str, ...] = (*RULES, "few_singletons", "few_two_counts")
 #: A cell is judged by the singleton check only with at least this many expressed, invertible genes:
 #: below it the fraction moves in steps of more than 5 %, too coarse for a 1 % threshold.
 MIN_EXPRESSED = 20
@@ -56,9 +58,18 @@ NON_INTEGER = "non-integer counts"
 #: Reason of a cell flagged by the learned detector alone.
 LEARNED = "learned"
 #: Every reason ``.obs['sad_reason']`` can hold, the rules' in order of precedence.
-REASONS: tuple[str, ...] = ("beyond clip", "negative", NON_INTEGER, "off lattice", "few single counts", LEARNED, "")
+REASONS: tuple[str, ...] = (
+    "beyond clip",
+    "negative",
+    NON_INTEGER,
+    "off lattice",
+    "few single counts",
+    "few double counts",
+    LEARNED,
+    "",
+)
 #: The reasons of the first layer: a cell with one of them is flagged whatever its learned score.
-FLAG_REASONS: tuple[str, ...] = REASONS[:5]
+FLAG_REASONS: tuple[str, ...] = REASONS[:6]
 #: A rule-breaking cell scores ``RULE_SCORE + log1p(violations)``: above every learned score (a
 #: probability, at most 1), and still growing with the number of violating entries.
 RULE_SCORE = 1.0
@@ -83,6 +94,74 @@ class RuleFit:
     lattice: bool
 
 
+@dataclass(frozen=True)
+class TwoCountFit:
+    """The two-count check: of a cell's ``m`` genes at two or more counts, ``n2`` at exactly two.
+
+    A clean cell has ``n2`` near ``rate * m``; the cell is flagged when the binomial z-score
+    ``(n2 - rate m) / sqrt(m rate (1 - rate))`` falls below ``z_min``. The z-score, not the share,
+    judges shallow cells (few genes at two or more counts) by their own sampling noise, so a thinned
+    cell is not flagged for a share that chance alone explains.
+
+    Attributes
+    ----------
+    rate
+        Median share of genes at two counts among genes at two or more, over clean calibration cells.
+    z_min
+        Threshold of the z-score (calibrated with the singleton check, see
+        :func:`~scadversarial.detection.fit_count_checks`).
+    """
+
+    rate: float
+    z_min: float
+
+
+@dataclass(frozen=True)
+class CountChecks:
+    """Thresholds of the count-profile checks of cells on the count lattice (``None``: that check off).
+
+    Attributes
+    ----------
+    singleton_min
+        Smallest share of a cell's lattice-checked genes at one count.
+    two_counts
+        The two-count check (:class:`TwoCountFit`).
+    """
+
+    singleton_min: float | None = None
+    two_counts: TwoCountFit | None = None
+
+
+@dataclass(frozen=True)
+class CountProfile:
+    """Per cell of a scaled batch, its lattice-checked genes by count (int64 tensors).
+
+    Attributes
+    ----------
+    ones, twos
+        Genes on the cell's lattice at one and at two counts.
+    checked
+        Lattice-checked genes (expressed and invertible), on the lattice or off it.
+    off
+        Lattice-checked genes off the lattice.
+    """
+
+    ones: torch.Tensor
+    twos: torch.Tensor
+    checked: torch.Tensor
+    off: torch.Tensor
+
+    @property
+    def judged(self) -> torch.Tensor:
+        """Cells with enough checked genes for a share (:data:`MIN_EXPRESSED`)."""
+        return self.checked >= MIN_EXPRESSED
+
+    @property
+    def at_least_two(self) -> torch.Tensor:
+        """Genes on the cell's lattice at two or more counts."""
+        return self.checked - self.off - self.ones
+
+
 def fit_rules(classifier: CellClassifier, X_clean: np.ndarray) -> RuleFit:
     """The rules' bound and lattice switch, fitted on clean training cells (scaled input ``X_clean``)."""
     ref = PlausibilityRules().fit(classifier, np.asarray(X_clean, dtype=np.float32))
@@ -100,8 +179,8 @@ def _per_cell(rows: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
 
 def _lattice_off(
     rows: torch.Tensor, logv: torch.Tensor, n: int, todo: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per cell, the entries off its best lattice ``log1p(k * unit)`` (as :func:`fit_lattice`) and those at ``k = 1``.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per cell, the entries off its best lattice ``log1p(k * unit)`` (as :func:`fit_lattice`), those at ``k = 1`` and ``k = 2``.
 
     Divisors after the first are tried only for the cells in ``todo`` that the first leaves off the
     lattice; the others keep the first divisor's counts.
@@ -110,6 +189,7 @@ def _lattice_off(
     vmin = torch.full((n,), torch.inf, dtype=v.dtype, device=v.device).scatter_reduce_(0, rows, v, "amin")
     best = torch.zeros(n, dtype=v.dtype, device=v.device)
     ones = torch.zeros(n, dtype=v.dtype, device=v.device)
+    twos = torch.zeros(n, dtype=v.dtype, device=v.device)
     for m in range(1, MAX_DIVISOR + 1):
         if m > 1:
             todo = todo & (best > 0)  # a cell on the lattice cannot do better
@@ -124,10 +204,12 @@ def _lattice_off(
         off = (logv - torch.log1p(k * ur)).abs_() > LOG_TOL
         n_off = _per_cell(rows, off.to(v.dtype), n)
         n_one = _per_cell(rows, ((k == 1) & ~off).to(v.dtype), n)
+        n_two = _per_cell(rows, ((k == 2) & ~off).to(v.dtype), n)
         better = torch.ones_like(todo) if m == 1 else todo & (n_off < best)
         best = torch.where(better, n_off, best)
         ones = torch.where(better, n_one, ones)
-    return best.long(), ones.long()
+        twos = torch.where(better, n_two, twos)
+    return best.long(), ones.long(), twos.long()
 
 
 def _bounds(clip: float | None) -> tuple[float, float]:
@@ -152,16 +234,15 @@ def _dense_counts(
 
 def _sparse_counts(
     x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float | None, fit: RuleFit
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, CountProfile]:
     """Counts of every rule, checking in float64 only the entries that are not the image of a zero count.
 
-    Returns ``(counts, ones, checked)``: cells x :data:`RULES`, then per cell the lattice-checked
-    entries at one count and all lattice-checked entries (zeros without the lattice rule).
+    Returns ``(counts, profile)``: cells x :data:`RULES`, and the cells' :class:`CountProfile`
+    (zeros without the lattice rule).
     """
     n = x.shape[0]
     out = torch.zeros((n, len(RULES)), dtype=torch.long, device=x.device)
-    ones = torch.zeros(n, dtype=torch.long, device=x.device)
-    n_checked = torch.zeros(n, dtype=torch.long, device=x.device)
+    ones, twos, n_checked = (torch.zeros(n, dtype=torch.long, device=x.device) for _ in range(3))
     zero = (torch.zeros_like(mean) - mean) / std
     if clip is not None:
         zero = zero.clamp(-clip, clip)
@@ -182,9 +263,9 @@ def _sparse_counts(
         checked = (inv & (lv >= fit.zero_bound)).nonzero().squeeze(1)
         settled = out[:, :3].sum(1) > 0
         c_rows = rows.index_select(0, checked)
-        out[:, 3], ones = _lattice_off(c_rows, lv.index_select(0, checked), n, ~settled)
+        out[:, 3], ones, twos = _lattice_off(c_rows, lv.index_select(0, checked), n, ~settled)
         n_checked = torch.bincount(c_rows, minlength=n)
-    return out, ones, n_checked
+    return out, CountProfile(ones, twos, n_checked, out[:, 3].clone())
 
 
 def singleton_deficit(ones: torch.Tensor, checked: torch.Tensor, min_fraction: float) -> torch.Tensor:
@@ -195,6 +276,31 @@ def singleton_deficit(ones: torch.Tensor, checked: torch.Tensor, min_fraction: f
     """
     need = torch.ceil(min_fraction * checked.double() - ones.double() - LOG_TOL).clamp_(min=0).long()
     return torch.where(checked >= MIN_EXPRESSED, need, torch.zeros_like(need))
+
+
+def _two_count_sd(m: torch.Tensor, rate: float) -> torch.Tensor:
+    return torch.sqrt(m * (rate * (1.0 - rate)))
+
+
+def two_count_z(profile: CountProfile, rate: float) -> torch.Tensor:
+    """Per cell, the binomial z-score of its genes at two counts (float64; NaN where not judged).
+
+    Judged: at least :data:`MIN_EXPRESSED` checked genes and one gene at two or more counts.
+    """
+    m = profile.at_least_two.double()
+    z = (profile.twos.double() - rate * m) / _two_count_sd(m, rate).clamp(min=LOG_TOL)
+    return torch.where(profile.judged & (m > 0), z, torch.full_like(z, float("nan")))
+
+
+def two_count_deficit(profile: CountProfile, two: TwoCountFit) -> torch.Tensor:
+    """Genes missing at two counts: ``ceil(rate m + z_min sd - n2)`` where the z-score is below ``z_min``, else 0 (int64).
+
+    Grows with the number of two-count genes an attack moved (the score keeps growing).
+    """
+    m = profile.at_least_two.double()
+    need = torch.ceil(two.rate * m + two.z_min * _two_count_sd(m, two.rate) - profile.twos.double() - LOG_TOL)
+    low = two_count_z(profile, two.rate) < two.z_min  # NaN (not judged) compares False
+    return torch.where(low, need.clamp(min=1), torch.zeros_like(need)).long()
 
 
 def rule_counts(
@@ -211,12 +317,11 @@ def rule_counts(
 
 def _first_layer(
     x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float | None, fit: RuleFit
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(rule counts, ones, checked)`` of a scaled batch (see :func:`_sparse_counts`), in one pass over it."""
+) -> tuple[torch.Tensor, CountProfile]:
+    """``(rule counts, count profile)`` of a scaled batch (see :func:`_sparse_counts`), in one pass over it."""
     n = x.shape[0]
     out = torch.zeros((n, len(RULES)), dtype=torch.long, device=x.device)
-    ones = torch.zeros(n, dtype=torch.long, device=x.device)
-    checked = torch.zeros(n, dtype=torch.long, device=x.device)
+    prof = [torch.zeros(n, dtype=torch.long, device=x.device) for _ in range(3)]  # ones, twos, checked
     with torch.no_grad():
         x = x.detach()
         zero = (torch.zeros_like(mean) - mean) / std
@@ -230,8 +335,10 @@ def _first_layer(
             heavy[idx[dense.sum(1) == 0]] = False  # no verdict yet: the exact path, lattice included
         light = (~heavy).nonzero().squeeze(1)
         if len(light):
-            out[light], ones[light], checked[light] = _sparse_counts(x.index_select(0, light), mean, std, clip, fit)
-    return out, ones, checked
+            out[light], part = _sparse_counts(x.index_select(0, light), mean, std, clip, fit)
+            for t, v in zip(prof, (part.ones, part.twos, part.checked), strict=True):
+                t[light] = v
+    return out, CountProfile(*prof, out[:, 3].clone())
 
 
 def check_counts(
@@ -240,9 +347,9 @@ def check_counts(
     std: torch.Tensor,
     clip: float | None,
     fit: RuleFit,
-    singleton_min: float | None = None,
+    checks: CountChecks | None = None,
 ) -> torch.Tensor:
-    """Per cell, violating entries of each rule and the singleton deficit (cells x :data:`CHECKS`, int64).
+    """Per cell, violating entries of each rule and the count-profile deficits (cells x :data:`CHECKS`, int64).
 
     The rule columns equal :meth:`PlausibilityRules.explain(x).counts
     <scadversarial.detection.PlausibilityRules.explain>` of rules fitted to the same bound for every
@@ -251,23 +358,34 @@ def check_counts(
     upper bound of the reference's) or, for a cell with most entries moved off the image of a zero
     count (scaled-space attacks), not counted (0); the first three counts of such a cell are taken
     in the batch's precision (float32 rounding, below 1e-6 log units, can only move an entry that
-    close to a bound). Flags and reasons are the reference's. The last column is
-    :func:`singleton_deficit` at ``singleton_min`` (zeros when ``None`` or without the lattice rule).
-    Not differentiable.
+    close to a bound). Flags and reasons are the reference's. The last two columns are
+    :func:`singleton_deficit` and :func:`two_count_deficit` at the thresholds of ``checks`` (zeros
+    for a check that is off, and without the lattice rule). Not differentiable.
     """
-    counts, ones, checked = _first_layer(x, mean, std, clip, fit)
-    last = torch.zeros_like(ones)
-    if singleton_min is not None and fit.lattice:
-        last = singleton_deficit(ones, checked, singleton_min)
-    return torch.cat([counts, last[:, None]], 1)
+    counts, profile = _first_layer(x, mean, std, clip, fit)
+    ones = torch.zeros_like(profile.ones)
+    twos = torch.zeros_like(profile.ones)
+    if checks is not None and fit.lattice:
+        if checks.singleton_min is not None:
+            ones = singleton_deficit(profile.ones, profile.checked, checks.singleton_min)
+        if checks.two_counts is not None:
+            twos = two_count_deficit(profile, checks.two_counts)
+    return torch.cat([counts, ones[:, None], twos[:, None]], 1)
+
+
+def count_profile(
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float | None, fit: RuleFit
+) -> CountProfile:
+    """Per cell of a scaled batch, its lattice-checked genes at one and two counts, all of them and those off the lattice."""
+    return _first_layer(x, mean, std, clip, fit)[1]
 
 
 def singleton_stats(
     x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float | None, fit: RuleFit
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per cell, the lattice-checked entries at one count and all lattice-checked entries (int64)."""
-    _, ones, checked = _first_layer(x, mean, std, clip, fit)
-    return ones, checked
+    profile = count_profile(x, mean, std, clip, fit)
+    return profile.ones, profile.checked
 
 
 def rule_reasons(counts: np.ndarray) -> np.ndarray:
@@ -304,6 +422,8 @@ def combine(learned: np.ndarray, violations: np.ndarray) -> np.ndarray:
 
 __all__ = [
     "CHECKS",
+    "CountChecks",
+    "CountProfile",
     "FLAG_REASONS",
     "LEARNED",
     "MIN_EXPRESSED",
@@ -311,8 +431,10 @@ __all__ = [
     "REASONS",
     "RULE_REASONS",
     "RuleFit",
+    "TwoCountFit",
     "check_counts",
     "combine",
+    "count_profile",
     "fit_rules",
     "non_integer_counts",
     "reason_key",
@@ -320,4 +442,6 @@ __all__ = [
     "rule_reasons",
     "singleton_deficit",
     "singleton_stats",
+    "two_count_deficit",
+    "two_count_z",
 ]

@@ -1,4 +1,4 @@
-"""The singleton check of the default detector: too few genes at one count for a cell on the count lattice.
+"""The count-profile checks of the default detector: too few genes at one (or two) counts for a cell on the count lattice.
 
 Array level (no AnnData inside). In droplet data most expressed genes of a cell are seen once: on
 PBMC3k 60-77 % of a cell's expressed classifier genes (5th-95th percentile) sit at one count. An
@@ -17,8 +17,18 @@ Query cells sequenced deeper than the calibration cells have fewer genes at one 
 flagged: train the detector on cells of that depth, or switch the check off
 (``DetectorConfig(singletons=False)``).
 
-An attacker who knows the check can spare the genes at one count (see ``docs/threat_model.md``):
-the check raises the price of the count-space attack, it does not end it.
+The two-count check answers the attacker who knows the singleton check and spares the genes at
+one count: moving the genes at two or more counts by a UMI or two leaves almost none of them at
+exactly two (on PBMC3k about 40 % of a clean cell's genes at two or more counts sit at two; the
+attacked cells keep a few percent). Its statistic is the binomial z-score of that number (see
+:class:`~scadversarial.detection.TwoCountFit`), so a shallow cell, with few genes at two or more
+counts, is judged by its own sampling noise and thinning does not raise false alarms. The two
+checks share one false-alarm budget: their thresholds are the same quantile of the two statistics
+over the calibration cells and their Poisson resampling, chosen so that together they flag
+``max_fpr`` of them (:func:`fit_count_checks`).
+
+An attacker who knows both checks can spare the genes at one and two counts (see
+``docs/threat_model.md``): the checks raise the price of the count-space attack, they do not end it.
 """
 
 from __future__ import annotations
@@ -30,13 +40,36 @@ import torch
 
 from ._count_model import recover_counts
 from ._fit import MAX_FPR
-from ._rule_layer import MIN_EXPRESSED, RuleFit, fit_rules, singleton_stats
+from ._rule_layer import (
+    MIN_EXPRESSED,
+    CountChecks,
+    CountProfile,
+    RuleFit,
+    TwoCountFit,
+    count_profile,
+    fit_rules,
+    two_count_z,
+)
 from ._rules import Transform
+
+#: Bisection steps of the two checks' shared quantile: 2**-40 of ``max_fpr``, far below one cell.
+JOINT_STEPS = 40
 
 if TYPE_CHECKING:
     from ..models.classifier import CellClassifier
     from ..models.detector import AdversarialDetector
     from ._fit import DetectorConfig
+
+
+def _profile(classifier: CellClassifier, X: np.ndarray, fit: RuleFit) -> CountProfile:
+    t = classifier.transform
+    clip = None if t.clip is None else float(t.clip)
+    return count_profile(torch.as_tensor(np.asarray(X, dtype=np.float32)), t.mean, t.std, clip, fit)
+
+
+def _fraction(profile: CountProfile) -> np.ndarray:
+    ones, checked = profile.ones.numpy().astype(np.float64), profile.checked.numpy()
+    return np.where(checked >= MIN_EXPRESSED, ones / np.maximum(checked, 1), np.nan)
 
 
 def singleton_fraction(classifier: CellClassifier, X: np.ndarray, fit: RuleFit) -> np.ndarray:
@@ -46,11 +79,7 @@ def singleton_fraction(classifier: CellClassifier, X: np.ndarray, fit: RuleFit) 
     --------
     >>> f = singleton_fraction(clf, X_scaled, fit_rules(clf, X_train))  # doctest: +SKIP
     """
-    t = classifier.transform
-    clip = None if t.clip is None else float(t.clip)
-    ones, checked = singleton_stats(torch.as_tensor(np.asarray(X, dtype=np.float32)), t.mean, t.std, clip, fit)
-    ones, checked = ones.numpy().astype(np.float64), checked.numpy()
-    return np.where(checked >= MIN_EXPRESSED, ones / np.maximum(checked, 1), np.nan)
+    return _fraction(_profile(classifier, X, fit))
 
 
 def poisson_resample(classifier: CellClassifier, X: np.ndarray, fit: RuleFit, rng: np.random.Generator) -> np.ndarray:
@@ -64,10 +93,70 @@ def poisson_resample(classifier: CellClassifier, X: np.ndarray, fit: RuleFit, rn
     return tf.to_scaled(np.log1p(K * np.nan_to_num(rc.unit)[:, None]))
 
 
+def _two_count_rate(profile: CountProfile) -> float | None:
+    """Median share of genes at two counts among genes at two or more, over the judged cells (``None``: none)."""
+    m = profile.at_least_two.numpy()
+    ok = (profile.checked.numpy() >= MIN_EXPRESSED) & (m > 0)
+    return float(np.median(profile.twos.numpy()[ok] / m[ok])) if ok.any() else None
+
+
+def _joint_quantile(stats: list[np.ndarray], max_fpr: float) -> float:
+    """The largest quantile ``q`` at which the cells below any statistic's ``q`` quantile are at most ``max_fpr`` of the cells judged."""
+    judged = np.logical_or.reduce([np.isfinite(v) for v in stats])
+    lo, hi = 0.0, max_fpr
+    for _ in range(JOINT_STEPS):
+        q = (lo + hi) / 2
+        low = np.logical_or.reduce([v < np.nanquantile(v, q) for v in stats])  # NaN compares False
+        lo, hi = (q, hi) if low[judged].mean() <= max_fpr else (lo, q)
+    return lo
+
+
+def fit_count_checks(
+    classifier: CellClassifier,
+    X_cal: np.ndarray,
+    fit: RuleFit,
+    *,
+    max_fpr: float,
+    rng: np.random.Generator,
+    singletons: bool = True,
+    two_counts: bool = True,
+) -> CountChecks:
+    """Thresholds of the count-profile checks, on clean calibration cells and their Poisson resampling.
+
+    With one check, its threshold is the statistic's ``max_fpr`` quantile; with both, the same
+    quantile of each, the largest at which the two together flag at most ``max_fpr`` of those cells.
+    Both are off (``None``) when the rules found the training cells off the count lattice (data that
+    were never counts) or no calibration cell is judged.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> checks = fit_count_checks(clf, X_val, fit_rules(clf, X_train), max_fpr=0.01, rng=rng)  # doctest: +SKIP
+    >>> checks.singleton_min, checks.two_counts.z_min  # doctest: +SKIP
+    (0.31..., -2.4...)
+    """
+    if not fit.lattice or not (singletons or two_counts):
+        return CountChecks()
+    profiles = [_profile(classifier, M, fit) for M in (X_cal, poisson_resample(classifier, X_cal, fit, rng))]
+    stats: dict[str, np.ndarray] = {}
+    if singletons:
+        stats["ones"] = np.concatenate([_fraction(p) for p in profiles])
+    rate = _two_count_rate(profiles[0]) if two_counts else None
+    if rate is not None:
+        stats["twos"] = np.concatenate([two_count_z(p, rate).numpy() for p in profiles])
+    stats = {k: v for k, v in stats.items() if np.isfinite(v).any()}
+    if not stats:
+        return CountChecks()
+    q = max_fpr if len(stats) == 1 else _joint_quantile(list(stats.values()), max_fpr)
+    thr = {k: float(np.nanquantile(v, q)) for k, v in stats.items()}
+    two = TwoCountFit(rate, thr["twos"]) if "twos" in thr and rate is not None else None
+    return CountChecks(thr.get("ones"), two)
+
+
 def fit_singleton_min(
     classifier: CellClassifier, X_cal: np.ndarray, fit: RuleFit, *, max_fpr: float, rng: np.random.Generator
 ) -> float | None:
-    """The singleton threshold: the ``max_fpr`` quantile of clean calibration cells and their Poisson resampling.
+    """The singleton check's threshold alone: the ``max_fpr`` quantile of clean calibration cells and their Poisson resampling.
 
     ``None`` (the check off) when the rules found the training cells off the count lattice (data
     that were never counts) or no calibration cell has :data:`MIN_EXPRESSED` checked genes.
@@ -78,13 +167,7 @@ def fit_singleton_min(
     >>> fit_singleton_min(clf, X_val, fit_rules(clf, X_train), max_fpr=0.01, rng=rng)  # doctest: +SKIP
     0.318...
     """
-    if not fit.lattice:
-        return None
-    f = np.concatenate(
-        [singleton_fraction(classifier, M, fit) for M in (X_cal, poisson_resample(classifier, X_cal, fit, rng))]
-    )
-    f = f[np.isfinite(f)]
-    return float(np.quantile(f, max_fpr)) if len(f) else None
+    return fit_count_checks(classifier, X_cal, fit, max_fpr=max_fpr, rng=rng, two_counts=False).singleton_min
 
 
 def fit_first_layer(
@@ -96,17 +179,26 @@ def fit_first_layer(
     *,
     seed: tuple[int, int],
 ) -> None:
-    """Fit the rules on clean training cells and, with ``config.singletons``, the singleton threshold on calibration cells.
+    """Fit the rules on clean training cells and the count-profile checks the config asks for on calibration cells.
 
     ``seed`` seeds the Poisson resampling with a generator of its own, apart from the one that
-    trains the learned detector (whose results stay those of a detector without the check).
+    trains the learned detector (whose results stay those of a detector without the checks).
     """
     rule_fit = fit_rules(classifier, X_train)
     det.set_rules(rule_fit)
-    if config.singletons:
+    if config.singletons or config.two_counts:
         fpr = MAX_FPR if config.max_fpr is None else config.max_fpr
         rng = np.random.default_rng(list(seed))
-        det.set_singletons(fit_singleton_min(classifier, X_cal, rule_fit, max_fpr=fpr, rng=rng))
+        checks = fit_count_checks(
+            classifier,
+            X_cal,
+            rule_fit,
+            max_fpr=fpr,
+            rng=rng,
+            singletons=config.singletons,
+            two_counts=config.two_counts,
+        )
+        det.set_count_checks(checks)
 
 
-__all__ = ["fit_first_layer", "fit_singleton_min", "poisson_resample", "singleton_fraction"]
+__all__ = ["fit_count_checks", "fit_first_layer", "fit_singleton_min", "poisson_resample", "singleton_fraction"]

@@ -26,7 +26,15 @@ from ..detection._features import (
     meta_feature_tensor,
 )
 from ..detection._fit import FeatureSpec
-from ..detection._rule_layer import CHECKS, RULE_LOGIT, RULE_SCORE, RuleFit, check_counts
+from ..detection._rule_layer import (
+    CHECKS,
+    RULE_LOGIT,
+    RULE_SCORE,
+    CountChecks,
+    RuleFit,
+    TwoCountFit,
+    check_counts,
+)
 from ..detection._rules import RULES
 from ._base import SadModel, register_model_class
 from .classifier import CellClassifier
@@ -34,6 +42,8 @@ from .classifier import CellClassifier
 #: ``singleton_min`` of a detector whose singleton check is off (a fraction is never negative; NaN
 #: would make two equal detectors' buffers compare unequal).
 SINGLETONS_OFF = -1.0
+#: ``two_count_rate`` of a detector whose two-count check is off (a share is never negative).
+TWO_COUNTS_OFF = -1.0
 
 
 class TripletNet(nn.Module):
@@ -111,7 +121,7 @@ class DetectorReport:
         The learned detector's score, a probability (float32).
     rule_counts
         Cells x :data:`~scadversarial.detection.CHECKS`: violating entries per rule, then the
-        singleton deficit (int64; zeros for a detector without rules or without that check).
+        singleton and two-count deficits (int64; zeros for a detector without rules or without that check).
     """
 
     meta: np.ndarray
@@ -130,8 +140,8 @@ class AdversarialDetector(SadModel):
     produce (:func:`~scadversarial.detection.rule_counts`) scores ``1 + log1p(violations)``, above
     every learned score (a probability), and is always flagged. With ``singletons=True`` the same
     holds for a cell on the count lattice with too few genes at one count (its violations: the
-    genes missing at one count, see :func:`~scadversarial.detection.check_counts`). Other cells get
-    the learned score.
+    genes missing at one count, see :func:`~scadversarial.detection.check_counts`), and with
+    ``two_counts=True`` for one with too few genes at two counts. Other cells get the learned score.
 
     Parameters
     ----------
@@ -151,7 +161,9 @@ class AdversarialDetector(SadModel):
     rules
         Put the plausibility rules in front (their bound is set by :meth:`set_rules`).
     singletons
-        Add the singleton check to the rules (its threshold is set by :meth:`set_singletons`).
+        Add the singleton check to the rules (its threshold is set by :meth:`set_count_checks`).
+    two_counts
+        Add the two-count check to the rules (set by :meth:`set_count_checks`).
     classifier_id
         Id of the classifier the detector was trained against (for the record).
 
@@ -170,6 +182,7 @@ class AdversarialDetector(SadModel):
         n_reference: int = 0,
         rules: bool = False,
         singletons: bool = False,
+        two_counts: bool = False,
         classifier_id: str = "",
     ) -> None:
         var_names, classes = [str(v) for v in var_names], [str(c) for c in classes]
@@ -190,6 +203,7 @@ class AdversarialDetector(SadModel):
                 **{f.name: getattr(arch, f.name) for f in fields(arch)},
                 "rules": bool(rules),
                 "singletons": bool(singletons),
+                "two_counts": bool(two_counts),
                 "classifier_id": str(classifier_id),
             }
         )
@@ -213,6 +227,9 @@ class AdversarialDetector(SadModel):
             self.register_buffer("rule_lattice", torch.tensor(data=False))
         if singletons:  # a negative fraction: the check is off (set_singletons found no count lattice)
             self.register_buffer("singleton_min", torch.tensor(SINGLETONS_OFF, dtype=torch.float64))
+        if two_counts:  # a detector saved before the two-count check has neither buffer
+            self.register_buffer("two_count_rate", torch.tensor(TWO_COUNTS_OFF, dtype=torch.float64))
+            self.register_buffer("two_count_z_min", torch.tensor(0.0, dtype=torch.float64))
         # a weak-input filter is the classifier's first module: no first-layer shortcut, the exact gradient instead
         sub = spec.gradient and spec.grad_genes > 0 and "filter_threshold" not in clf_cfg
         n_sub = min(int(spec.grad_genes), len(var_names)) if sub else 0
@@ -249,6 +266,7 @@ class AdversarialDetector(SadModel):
             n_reference=int(c.get("n_reference", 0)),
             rules=bool(c.get("rules", False)),
             singletons=bool(c.get("singletons", False)),
+            two_counts=bool(c.get("two_counts", False)),
             classifier_id=str(c.get("classifier_id", "")),
         )
 
@@ -331,18 +349,40 @@ class AdversarialDetector(SadModel):
             raise ValueError(msg)
         self.singleton_min.fill_(SINGLETONS_OFF if min_fraction is None else float(min_fraction))
 
+    def set_count_checks(self, checks: CountChecks) -> None:
+        """Set the count-profile checks' thresholds (:func:`~scadversarial.detection.fit_count_checks`; ``None``: off)."""
+        if checks.singleton_min is not None or self.config.get("singletons", False):
+            self.set_singletons(checks.singleton_min)
+        if checks.two_counts is not None and not self.config.get("two_counts", False):
+            msg = (
+                "This detector was built without the two-count check (two_counts=False); build it with two_counts=True."
+            )
+            raise ValueError(msg)
+        if self.config.get("two_counts", False):
+            two = checks.two_counts
+            self.two_count_rate.fill_(TWO_COUNTS_OFF if two is None else float(two.rate))
+            self.two_count_z_min.fill_(0.0 if two is None else float(two.z_min))
+
     @property
     def singleton_threshold(self) -> float | None:
         """The singleton check's threshold (fraction of expressed genes at one count), ``None`` when off."""
         value = float(self.singleton_min) if self.config.get("singletons", False) else SINGLETONS_OFF
         return None if value < 0 else value
 
+    @property
+    def count_checks(self) -> CountChecks:
+        """The thresholds of the count-profile checks (``None`` for a check that is off)."""
+        two = None
+        if self.config.get("two_counts", False) and float(self.two_count_rate) >= 0:
+            two = TwoCountFit(float(self.two_count_rate), float(self.two_count_z_min))
+        return CountChecks(self.singleton_threshold, two)
+
     def rule_counts(self, x: torch.Tensor) -> torch.Tensor:
         """Violating entries per cell and rule of scaled input ``x`` (cells x RULES, int64; not differentiable)."""
         return self.check_counts(x)[:, : len(RULES)]
 
     def check_counts(self, x: torch.Tensor) -> torch.Tensor:
-        """Per cell, the violations of each rule and the singleton deficit of scaled input ``x`` (cells x CHECKS, int64).
+        """Per cell, the violations of each rule and the count-check deficits of scaled input ``x`` (cells x CHECKS, int64).
 
         See :func:`~scadversarial.detection.check_counts`; zeros for a detector without rules. Not differentiable.
         """
@@ -351,7 +391,7 @@ class AdversarialDetector(SadModel):
         t = self.classifier.transform
         clip = None if t.clip is None else float(t.clip)
         fit = RuleFit(float(self.rule_zero_bound), bool(self.rule_lattice))
-        return check_counts(x, t.mean, t.std, clip, fit, self.singleton_threshold)
+        return check_counts(x, t.mean, t.std, clip, fit, self.count_checks)
 
     def _parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(meta_features, embedding, learned score, rule counts)`` of scaled input ``x``."""

@@ -314,12 +314,13 @@ def train_detector(
             n_reference=len(roles.reference) if ref is not None else 0,
             rules=config.rules,
             singletons=config.rules and config.singletons,
+            two_counts=config.rules and config.two_counts,
             classifier_id=str(getattr(clf, "_sad_id", "")),
         )
         det.set_classifier(clf, rng=rng)
         if ref is not None:
             det.input_ref.load_state_dict(ref.state_dict())
-        if config.rules:  # rules: clean training cells (read anyway); singletons: calibration cells
+        if config.rules:  # rules: clean training cells (read anyway); count checks: calibration cells
             train = X[np.sort(np.concatenate([local.meta, local.reference]))]
             fit_first_layer(det, clf, train, X[local.calibration], config, seed=(int(random_state), SINGLETON_STREAM))
         bs = settings.batch_size
@@ -352,10 +353,13 @@ def train_detector(
         "n_meta_examples": len(roles.meta) * (1 + len(layers)),
     }
     if config.rules:
+        two = det.count_checks.two_counts
         metrics["rules"] = {
             "zero_bound": float(det.rule_zero_bound),
             "lattice": bool(det.rule_lattice),
             "singleton_min": det.singleton_threshold if config.singletons else None,
+            "two_count_rate": None if two is None else two.rate,
+            "two_count_z_min": None if two is None else two.z_min,
         }
     params = _record_params(attack_key, layers, cells, features, config, roles, classifier_key, random_state)
     set_record(adata, key_added, params=params, metrics=metrics, feature_names=det.feature_names)

@@ -240,7 +240,8 @@ def scores_and_reasons(rep: DetectorReport, non_int: np.ndarray, thr: float) -> 
     score = np.where(non_int > 0, combine(rep.learned, n), rep.score).astype(np.float32)
     reason = rule_reasons(counts)
     reason = np.where(
-        (non_int > 0) & np.isin(reason, ["", RULE_REASONS["off_lattice"], RULE_REASONS["few_singletons"]]),
+        (non_int > 0)
+        & np.isin(reason, ["", *(RULE_REASONS[c] for c in ("off_lattice", "few_singletons", "few_two_counts"))]),
         NON_INTEGER,
         reason,
     )
