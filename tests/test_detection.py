@@ -489,7 +489,7 @@ def test_two_count_score_grows_with_the_two_counts_moved(rules3k):
 
 
 def test_count_checks_share_one_false_alarm_budget(rules3k):
-    """Calibrated together, the two checks flag at most max_fpr of the calibration cells and their resampling.
+    """Calibrated together, the two checks flag at most max_fpr of the calibration cells and of their resampling.
 
     Alone, the singleton check keeps the threshold it had before the two-count check existed.
     """
@@ -515,7 +515,8 @@ def test_count_checks_share_one_false_alarm_budget(rules3k):
         ok = p.checked.numpy() >= 20
         flagged.append(ok & ((ones < both.singleton_min) | (z < both.two_counts.z_min)))
         judged.append(ok)
-    assert np.concatenate(flagged).sum() <= MAX_FPR * np.concatenate(judged).sum()
+    for f, j in zip(flagged, judged, strict=True):  # the budget holds for clean and for resampled cells
+        assert f.sum() <= MAX_FPR * j.sum()
     assert np.concatenate(flagged).sum() >= 1
 
 

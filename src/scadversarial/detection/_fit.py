@@ -107,8 +107,8 @@ class DetectorConfig:
     two_counts
         With ``rules``: add the two-count check (a cell on the count lattice with too few genes at
         two counts among those at two or more, :class:`~scadversarial.detection.TwoCountFit`).
-        The count checks together flag ``max_fpr`` (default 1 %) of clean calibration cells and
-        their Poisson resampling (:func:`~scadversarial.detection.fit_count_checks`).
+        The count checks together flag at most ``max_fpr`` (default 1 %) of the clean calibration
+        cells and of their Poisson resampling (:func:`~scadversarial.detection.fit_count_checks`).
     {doc_device}
     save_dir
         If given, :func:`~scadversarial.tl.train_detector` also saves the detector to ``save_dir/<key_added>/``.

@@ -24,8 +24,8 @@ attacked cells keep a few percent). Its statistic is the binomial z-score of tha
 :class:`~scadversarial.detection.TwoCountFit`), so a shallow cell, with few genes at two or more
 counts, is judged by its own sampling noise and thinning does not raise false alarms. The two
 checks share one false-alarm budget: their thresholds are the same quantile of the two statistics
-over the calibration cells and their Poisson resampling, chosen so that together they flag
-``max_fpr`` of them (:func:`fit_count_checks`).
+over the calibration cells and their Poisson resampling, chosen so that together they flag at most
+``max_fpr`` of the clean cells and of the resampled ones (:func:`fit_count_checks`).
 
 An attacker who knows both checks can spare the genes at one and two counts (see
 ``docs/threat_model.md``): the checks raise the price of the count-space attack, they do not end it.
@@ -100,14 +100,25 @@ def _two_count_rate(profile: CountProfile) -> float | None:
     return float(np.median(profile.twos.numpy()[ok] / m[ok])) if ok.any() else None
 
 
-def _joint_quantile(stats: list[np.ndarray], max_fpr: float) -> float:
-    """The largest quantile ``q`` at which the cells below any statistic's ``q`` quantile are at most ``max_fpr`` of the cells judged."""
-    judged = np.logical_or.reduce([np.isfinite(v) for v in stats])
+def _joint_quantile(stats: list[list[np.ndarray]], max_fpr: float) -> float:
+    """The largest quantile ``q`` at which the cells below any statistic's ``q`` quantile are at most ``max_fpr`` of each family.
+
+    ``stats[k][f]``: statistic ``k`` on family ``f`` (the clean calibration cells, their resampling);
+    the quantiles are over the families pooled, the budget holds in each family (a check whose tail
+    is all clean cells must not flag twice the budget of them).
+    """
+    pooled = [np.concatenate(v) for v in stats]
+    families = [[v[f] for v in stats] for f in range(len(stats[0]))]
     lo, hi = 0.0, max_fpr
     for _ in range(JOINT_STEPS):
         q = (lo + hi) / 2
-        low = np.logical_or.reduce([v < np.nanquantile(v, q) for v in stats])  # NaN compares False
-        lo, hi = (q, hi) if low[judged].mean() <= max_fpr else (lo, q)
+        thr = [np.nanquantile(v, q) for v in pooled]
+        worst = 0.0
+        for fam in families:
+            judged = np.logical_or.reduce([np.isfinite(v) for v in fam])
+            low = np.logical_or.reduce([v < t for v, t in zip(fam, thr, strict=True)])  # NaN compares False
+            worst = max(worst, float(low[judged].mean()) if judged.any() else 0.0)
+        lo, hi = (q, hi) if worst <= max_fpr else (lo, q)
     return lo
 
 
@@ -123,8 +134,9 @@ def fit_count_checks(
 ) -> CountChecks:
     """Thresholds of the count-profile checks, on clean calibration cells and their Poisson resampling.
 
-    With one check, its threshold is the statistic's ``max_fpr`` quantile; with both, the same
-    quantile of each, the largest at which the two together flag at most ``max_fpr`` of those cells.
+    With one check, its threshold is the statistic's ``max_fpr`` quantile over both sets of cells;
+    with both, the same quantile of each, the largest at which the two together flag at most
+    ``max_fpr`` of the clean cells and at most ``max_fpr`` of the resampled ones.
     Both are off (``None``) when the rules found the training cells off the count lattice (data that
     were never counts) or no calibration cell is judged.
 
@@ -138,17 +150,17 @@ def fit_count_checks(
     if not fit.lattice or not (singletons or two_counts):
         return CountChecks()
     profiles = [_profile(classifier, M, fit) for M in (X_cal, poisson_resample(classifier, X_cal, fit, rng))]
-    stats: dict[str, np.ndarray] = {}
+    stats: dict[str, list[np.ndarray]] = {}  # per statistic, its values on each family
     if singletons:
-        stats["ones"] = np.concatenate([_fraction(p) for p in profiles])
+        stats["ones"] = [_fraction(p) for p in profiles]
     rate = _two_count_rate(profiles[0]) if two_counts else None
     if rate is not None:
-        stats["twos"] = np.concatenate([two_count_z(p, rate).numpy() for p in profiles])
-    stats = {k: v for k, v in stats.items() if np.isfinite(v).any()}
+        stats["twos"] = [two_count_z(p, rate).numpy() for p in profiles]
+    stats = {k: v for k, v in stats.items() if np.isfinite(np.concatenate(v)).any()}
     if not stats:
         return CountChecks()
     q = max_fpr if len(stats) == 1 else _joint_quantile(list(stats.values()), max_fpr)
-    thr = {k: float(np.nanquantile(v, q)) for k, v in stats.items()}
+    thr = {k: float(np.nanquantile(np.concatenate(v), q)) for k, v in stats.items()}
     two = TwoCountFit(rate, thr["twos"]) if "twos" in thr and rate is not None else None
     return CountChecks(thr.get("ones"), two)
 
