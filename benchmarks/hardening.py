@@ -8,7 +8,8 @@ Per label set (Seurat cell types, KMeans-10 pseudo-labels) and seed, the pipelin
 - ``hardened``: adversarial training in count space (PGD-AT, 2 UMI, 5 inner steps) plus thinning augmentation
   (half of each batch thinned to 25-100 % depth), early stopping with a patience of 15 epochs (``HARDENED``);
 - optional (``--variants``): ``thinning`` (the augmentation alone), ``trades`` (TRADES in count space, 5 inner
-  steps), ``trades-log`` (TRADES on expressed log values, 0.25 log units), and the validation sweep's variants
+  steps), ``trades-log`` (TRADES on expressed log values, 0.25 log units), ``gaussian`` (Gaussian noise on the
+  log values, sigma 0.25: the base classifier randomized smoothing wants), and the validation sweep's variants
   (``SWEEP``, ``SWEEP_CONFIG``; names in ``benchmarks/results/hardening_sweep.txt``).
 
 ``HARDENED`` was chosen on validation cells (``--split val``, seeds 0-2, both label sets) by a rule fixed
@@ -80,6 +81,8 @@ VARIANTS = {
         "augment": sad.tl.ThinningAugmentation(),
     },
     "trades-log": {"adversarial": sad.tl.AdversarialTraining("trades", space="log", eps=0.25)},
+    # Cohen et al.'s base classifier: trained under the noise it is certified with (sigma as CERT_SIGMA)
+    "gaussian": {"augment": sad.tl.GaussianAugmentation(sigma=CERT_SIGMA)},
 }
 
 

@@ -10,8 +10,10 @@ import scadversarial as sad
 from scadversarial.attacks.threat import Projection
 from scadversarial.models._adversarial import (
     AdversarialTraining,
+    GaussianAugmentation,
     ThinningAugmentation,
     TrainingInputs,
+    add_noise,
     hardened_loss,
     inner_attack,
     thin,
@@ -108,6 +110,46 @@ def test_thinning_augmentation_reduces_changes(pipeline3k, standard3k):
     assert changed_aug < changed_std - 0.08, (changed_std, changed_aug)
 
 
+def test_gaussian_augmentation_widens_certified_radii(pipeline3k, standard3k):
+    """Trained under the noise it is certified with, the classifier certifies more test cells (Cohen et al. 2019)."""
+    noisy = pipeline3k.copy()
+    sad.tl.train_classifier(noisy, LABELS, random_state=0, config=SMALL, augment=GaussianAugmentation(sigma=0.25))
+    assert sad.get.record(noisy, "classifier")["params"]["augment"] == {
+        "kind": "GaussianAugmentation",
+        "sigma": 0.25,
+        "probability": 1.0,
+    }
+    rows = np.flatnonzero(_test_cells(noisy))[:150]
+    certified = {}
+    for name, a in (("standard", standard3k), ("noisy", noisy)):
+        c = a[rows].copy()
+        sad.tl.certify(c, sigma=0.25, n_samples=200, options=sad.tl.CertifyOptions(split=None))
+        right = (c.obs["sad_certified_pred"].astype(str) == c.obs[LABELS].astype(str)).to_numpy()
+        certified[name] = float((right & (c.obs["sad_certified_radius"].to_numpy() >= 0.25)).mean())
+    # measured 0.48 (standard) vs 0.67 (noise-trained) on these 150 cells; clean accuracy 0.90 for both
+    assert certified["noisy"] > certified["standard"] + 0.1, certified
+
+
+def test_gaussian_noise_reaches_the_chosen_cells():
+    torch.manual_seed(0)
+    x = torch.zeros(2000, 40)
+    noisy = add_noise(x, GaussianAugmentation(sigma=0.5))
+    assert abs(float(noisy.std()) - 0.5) < 0.01
+    assert torch.equal(add_noise(x, GaussianAugmentation(probability=0.0)), x)
+    half = add_noise(x, GaussianAugmentation(probability=0.5))
+    assert 0.4 < float((half != 0).all(1).float().mean()) < 0.6
+
+
+def test_gaussian_augmentation_trains_alone():
+    with pytest.raises(ValueError, match="not both"):
+        hardened_loss(
+            torch.zeros(3, dtype=torch.long),
+            TrainingInputs(lognorm=np.zeros((3, 4), np.float32)),
+            adversarial=AdversarialTraining(space="log", eps=0.25),
+            augment=GaussianAugmentation(),
+        )
+
+
 def test_thinning_keeps_integers_and_depth_range():
     torch.manual_seed(0)
     c = torch.poisson(torch.full((400, 50), 3.0))
@@ -144,6 +186,8 @@ def test_inner_attack_stays_in_the_expressed_threat(pipeline3k):
         (lambda: AdversarialTraining(eps=0), "eps > 0"),
         (lambda: ThinningAugmentation(fraction=(0.5, 0.25)), "fraction"),
         (lambda: ThinningAugmentation(probability=2), "probability"),
+        (lambda: GaussianAugmentation(sigma=0), "sigma"),
+        (lambda: GaussianAugmentation(probability=-1), "probability"),
         (lambda: TrainingConfig(hidden=(8, 8), dropout=(0.1,)), "same length"),
         (lambda: TrainingConfig(batch_size=0), "batch_size"),
     ],

@@ -19,7 +19,7 @@ from ._filter import WeakInputFilter
 from .classifier import CellClassifier
 
 if TYPE_CHECKING:
-    from ._adversarial import AdversarialTraining, ThinningAugmentation, TrainingInputs
+    from ._adversarial import AdversarialTraining, Augmentation, TrainingInputs
 
 #: ``(net, batch indices) -> loss`` of one mini-batch; the net is in training mode.
 BatchLoss = Callable[[nn.Module, torch.Tensor], torch.Tensor]
@@ -329,7 +329,7 @@ def fit_classifier(
     config: TrainingConfig | None = None,
     random_state: int = 0,
     adversarial: AdversarialTraining | None = None,
-    augment: ThinningAugmentation | None = None,
+    augment: Augmentation | None = None,
     inputs: TrainingInputs | None = None,
     input_space: InputSpace = "scaled",
 ) -> dict:

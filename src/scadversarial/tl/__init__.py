@@ -10,6 +10,7 @@ from ._blackbox import *  # noqa: F403 (the names of its __all__, added to ours 
 from ._certify import CertifyOptions, certify
 from ._classifier import (
     AdversarialTraining,
+    GaussianAugmentation,
     ThinningAugmentation,
     TrainingConfig,
     WeakInputFilter,
@@ -35,6 +36,7 @@ __all__ = [
     "DetectorCells",
     "DetectorConfig",
     "FeatureSpec",
+    "GaussianAugmentation",
     "ThinningAugmentation",
     "ThreatModel",
     "TrainingConfig",

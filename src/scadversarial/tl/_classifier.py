@@ -27,7 +27,13 @@ from .._validate import (
     matrix_name,
     set_record,
 )
-from ..models._adversarial import AdversarialTraining, ThinningAugmentation, TrainingInputs
+from ..models._adversarial import (
+    AdversarialTraining,
+    Augmentation,
+    GaussianAugmentation,
+    ThinningAugmentation,
+    TrainingInputs,
+)
 from ..models._filter import WeakInputFilter
 from ..models.classifier import CellClassifier, SpaceClassifier
 from ..models.training import (
@@ -91,7 +97,7 @@ def train_classifier(
     random_state: int = 0,
     config: TrainingConfig | None = None,
     adversarial: AdversarialTraining | None = None,
-    augment: ThinningAugmentation | None = None,
+    augment: Augmentation | None = None,
     key_added: str = _keys.STEP_CLASSIFIER,
     copy: bool = False,
 ) -> AnnData | None:
@@ -100,8 +106,9 @@ def train_classifier(
     Architecture ``genes -> 256 -> 128 -> 64 -> classes`` (ReLU, dropout 0.4/0.4/0.3); AdamW;
     the weights of the epoch with the best (clean) validation accuracy are kept. Clean predictions
     of every cell are then written (see :func:`predict`). Optionally hardened: adversarial training
-    in log or count space (``adversarial``) and binomial thinning of the training cells' counts
-    (``augment``), see :class:`~scadversarial.tl.AdversarialTraining` and :class:`~scadversarial.tl.ThinningAugmentation`.
+    in log or count space (``adversarial``), binomial thinning of the training cells' counts or
+    Gaussian noise on their log values (``augment``), see :class:`~scadversarial.tl.AdversarialTraining`,
+    :class:`~scadversarial.tl.ThinningAugmentation` and :class:`~scadversarial.tl.GaussianAugmentation`.
 
     Memory: mini-batches are densified one at a time from the matrix as it is stored, so nothing of
     size cells x genes is made. ``X`` left sparse log-normalized by ``sad.pp.preprocess(output='lognorm')``
@@ -144,7 +151,10 @@ def train_classifier(
     augment
         Thinning augmentation (:class:`~scadversarial.tl.ThinningAugmentation`):
         a share of each batch's cells thinned to 25-100 % of their depth and re-normalized with the
-        reference's gene mean and std, as real shallower data. Needs ``.layers['counts']``.
+        reference's gene mean and std, as real shallower data; needs ``.layers['counts']``. Or
+        Gaussian augmentation (:class:`~scadversarial.tl.GaussianAugmentation`): noise on the log
+        values, the training randomized smoothing (:func:`~scadversarial.tl.certify`) wants; needs
+        ``.layers['sad_lognorm']``, and no ``adversarial``.
     key_added
         Name of the run record in ``.uns['sad']``; the model is read back with
         ``sad.get.model(adata, key_added)``.
@@ -160,8 +170,8 @@ def train_classifier(
         Class probabilities and the 64-d embedding.
     ``.uns['sad'][key_added]``
         ``params`` (``labels_key``, ``layer``, the :class:`TrainingConfig` fields but ``device`` and
-        ``save_dir``, ``random_state``, and ``adversarial`` / ``augment`` / ``input_filter`` with their
-        fields when given; ``input_filter`` also has ``threshold_log``, the threshold the layer applies), ``metrics`` (accuracy per split, per-class accuracy and confusion matrix on the
+        ``save_dir``, ``random_state``, and ``adversarial`` / ``augment`` (with ``kind``, the class name) /
+        ``input_filter`` with their fields when given; ``input_filter`` also has ``threshold_log``, the threshold the layer applies), ``metrics`` (accuracy per split, per-class accuracy and confusion matrix on the
         test split, training history, and ``cells``: the training cells ``train``, the cells of each
         epoch ``per_epoch`` and ``per_epoch_per_class``, the validation cells watched ``val`` of
         ``val_of`` and ``val_per_class``) and ``model`` (the reference).
@@ -238,7 +248,7 @@ def train_classifier(
         "dropout": list(config.dropout),
         "random_state": int(random_state),
         "adversarial": asdict(adversarial) if adversarial is not None else None,
-        "augment": asdict(augment) if augment is not None else None,
+        "augment": {"kind": type(augment).__name__, **asdict(augment)} if augment is not None else None,
     }
     if config.input_filter is not None:
         params["input_filter"] = {**asdict(config.input_filter), "threshold_log": threshold_log}
@@ -402,7 +412,7 @@ def _hardening_inputs(
     *,
     layer: str | None,
     adversarial: AdversarialTraining | None,
-    augment: ThinningAugmentation | None,
+    augment: Augmentation | None,
 ) -> TrainingInputs | None:
     """The training cells' counts or log values that adversarial training and thinning work on."""
     if adversarial is None and augment is None:
@@ -413,7 +423,8 @@ def _hardening_inputs(
             f"scaled by `sad.pp.preprocess` (layer=None, adata.var[{_keys.VAR_MEAN!r}] present)."
         )
         raise ValueError(msg)
-    if augment is not None or adversarial.space == "counts":
+    thinning = isinstance(augment, ThinningAugmentation)
+    if thinning or (adversarial is not None and adversarial.space == "counts"):
         if _keys.LAYER_COUNTS not in adata.layers or _keys.LAYER_LOGNORM not in adata.layers:
             msg = (
                 f"Thinning and count-space adversarial training need .layers[{_keys.LAYER_COUNTS!r}] and "
@@ -566,6 +577,7 @@ def predict(
 
 __all__ = [
     "AdversarialTraining",
+    "GaussianAugmentation",
     "ThinningAugmentation",
     "TrainingConfig",
     "WeakInputFilter",
