@@ -390,8 +390,7 @@ def test_fit_detector_is_the_training_of_train_detector(pipeline68k):
         assert torch.equal(sa[k].cpu(), sb[k].cpu()), k
 
 
-@pytest.fixture(scope="module")
-def rules3k(pipeline3k):
+def build_rules3k(pipeline3k) -> tuple[ad.AnnData, ad.AnnData]:
     """PBMC3k (Seurat labels), 600 training/validation cells and 200 test cells, the default detector (fast settings)."""
     a = pipeline3k.copy()
     rng = np.random.default_rng(0)
@@ -404,157 +403,16 @@ def rules3k(pipeline3k):
     return a, a[_split(a) == "test"].copy()
 
 
-def _counts(b) -> np.ndarray:
+@pytest.fixture(scope="module")
+def rules3k(pipeline3k):
+    """:func:`build_rules3k` (the whole AnnData and its test cells)."""
+    return build_rules3k(pipeline3k)
+
+
+def counts_of(b) -> np.ndarray:
+    """The dense count matrix of ``b`` (float64)."""
     c = b.layers["counts"]
     return np.asarray(c.toarray() if hasattr(c, "toarray") else c, dtype=np.float64)
-
-
-def test_singleton_check_flags_the_count_attack_not_benign_shifts(rules3k):
-    """+-2 UMI on every expressed gene stays on the count lattice but leaves too few single counts: flagged, with that reason.
-
-    Clean, Poisson-resampled and thinned cells keep their single counts: at most a few percent are flagged by the check.
-    """
-    a, test = rules3k
-    thr = a.uns["sad"]["detector"]["metrics"]["rules"]["singleton_min"]
-    assert 0.2 < thr < 0.6
-    b = test.copy()
-    sad.tl.attack(b, "pgd", eps=2.0, space="counts", constraint="counts", mask="counts", key_added="umi")
-    layer = str(np.atleast_1d(b.uns["sad"]["attacks"]["umi"]["layers"])[0])
-    sad.tl.detect(b, [None, layer])
-    reason = b.obs[f"sad_reason_{layer}"].astype(str)
-    assert (reason == "few single counts").mean() >= 0.9
-    assert b.obs[f"sad_adversarial_{layer}"][reason == "few single counts"].all()
-    assert (b.obs["sad_reason"].astype(str) == "few single counts").mean() <= 0.02
-    for kind, amount in (("noise", 0.0), ("thinning", 0.25)):
-        shifted = sad.tl.benign_shift(test.copy(), kind, amount=amount, random_state=1)
-        sad.tl.detect(shifted, model=sad.get.model(a, "detector"))
-        assert (shifted.obs["sad_reason"].astype(str) == "few single counts").mean() <= 0.05, kind
-
-
-def test_singleton_score_grows_with_the_single_counts_moved(rules3k):
-    """Moving more single counts to three raises the score of a flagged cell (no saturation)."""
-    a, test = rules3k
-    c = _counts(test)
-    ones = np.cumsum(c == 1, axis=1)
-    scores, reasons = {}, {}
-    for share in (0.75, 1.0):
-        b = test.copy()
-        b.layers["counts"] = np.where((c == 1) & (ones <= share * ones[:, -1:]), 3.0, c)
-        sad.tl.detect(b, "counts")
-        scores[share], reasons[share] = b.obs["sad_score_counts"].to_numpy(), b.obs["sad_reason_counts"].astype(str)
-    flagged = (reasons[0.75] == "few single counts").to_numpy()
-    assert flagged.mean() > 0.5
-    assert (scores[1.0][flagged] > scores[0.75][flagged]).all()
-
-
-def test_two_count_check_flags_the_attacker_sparing_single_counts(rules3k):
-    """The count attacker who knows the singleton check leaves single counts alone: too few genes stay at two counts.
-
-    Flagged with that reason; thinned and Poisson-resampled cells are judged by their own sampling noise
-    (a binomial z-score) and stay unflagged.
-    """
-    a, test = rules3k
-    rules = a.uns["sad"]["detector"]["metrics"]["rules"]
-    assert 0.2 < rules["two_count_rate"] < 0.6
-    assert rules["two_count_z_min"] < 0
-    b = test.copy()
-    b.layers["spare"] = _counts(b) >= 2
-    sad.tl.attack(b, "pgd", eps=2.0, space="counts", constraint="counts", mask="spare", key_added="sp")
-    layer = str(np.atleast_1d(b.uns["sad"]["attacks"]["sp"]["layers"])[0])
-    sad.tl.detect(b, [None, layer])
-    reason = b.obs[f"sad_reason_{layer}"].astype(str)
-    assert (reason == "few double counts").mean() >= 0.8
-    assert b.obs[f"sad_adversarial_{layer}"][reason == "few double counts"].all()
-    assert (b.obs["sad_reason"].astype(str) == "few double counts").mean() <= 0.02
-    for kind, amount in (("noise", 0.0), ("thinning", 0.5), ("thinning", 0.25)):
-        shifted = sad.tl.benign_shift(test.copy(), kind, amount=amount, random_state=1)
-        sad.tl.detect(shifted, model=sad.get.model(a, "detector"))
-        assert (shifted.obs["sad_reason"].astype(str) == "few double counts").mean() <= 0.05, (kind, amount)
-
-
-def test_two_count_score_grows_with_the_two_counts_moved(rules3k):
-    """Moving more genes from two counts to four raises the score of a flagged cell (no saturation)."""
-    a, test = rules3k
-    c = _counts(test)
-    twos = np.cumsum(c == 2, axis=1)
-    scores, reasons = {}, {}
-    for share in (0.75, 1.0):
-        b = test.copy()
-        b.layers["counts"] = np.where((c == 2) & (twos <= share * twos[:, -1:]), 4.0, c)
-        sad.tl.detect(b, "counts")
-        scores[share], reasons[share] = b.obs["sad_score_counts"].to_numpy(), b.obs["sad_reason_counts"].astype(str)
-    flagged = (reasons[0.75] == "few double counts").to_numpy()
-    assert flagged.mean() > 0.5
-    assert (scores[1.0][flagged] > scores[0.75][flagged]).all()
-
-
-def test_count_checks_share_one_false_alarm_budget(rules3k):
-    """Calibrated together, the two checks flag at most max_fpr of the calibration cells and of their resampling.
-
-    Alone, the singleton check keeps the threshold it had before the two-count check existed.
-    """
-    from scadversarial.detection import MAX_FPR, fit_count_checks, fit_rules, fit_singleton_min, poisson_resample
-    from scadversarial.detection._rule_layer import count_profile, two_count_z
-
-    a, _ = rules3k
-    clf = sad.get.model(a, "classifier")
-    role = a.obs[_keys.OBS_DETECTOR_ROLE].astype(str).to_numpy()
-    X = np.asarray(a.X, dtype=np.float32)
-    fit = fit_rules(clf, X[np.isin(role, ["meta_train", "reference"])])
-    cal = X[role == "calibration"]
-    both = fit_count_checks(clf, cal, fit, max_fpr=MAX_FPR, rng=np.random.default_rng(0))
-    alone = fit_singleton_min(clf, cal, fit, max_fpr=MAX_FPR, rng=np.random.default_rng(0))
-    assert both.singleton_min <= alone
-    resampled = poisson_resample(clf, cal, fit, np.random.default_rng(0))  # the same draws as the fit's
-    t = clf.transform
-    flagged, judged = [], []
-    for M in (cal, resampled):
-        p = count_profile(torch.as_tensor(M), t.mean, t.std, float(t.clip), fit)
-        ones = p.ones.numpy() / np.maximum(p.checked.numpy(), 1)
-        z = two_count_z(p, both.two_counts.rate).numpy()
-        ok = p.checked.numpy() >= 20
-        flagged.append(ok & ((ones < both.singleton_min) | (z < both.two_counts.z_min)))
-        judged.append(ok)
-    for f, j in zip(flagged, judged, strict=True):  # the budget holds for clean and for resampled cells
-        assert f.sum() <= MAX_FPR * j.sum()
-    assert np.concatenate(flagged).sum() >= 1
-
-
-def test_detector_saved_before_the_two_count_check_loads(rules3k, tmp_path):
-    """A detector whose config lacks ``two_counts`` (saved before the check) loads with the check off."""
-    from scadversarial.models import AdversarialDetector
-
-    a, test = rules3k
-    det = sad.get.model(a, "detector")
-    config = {k: v for k, v in det.config.items() if k != "two_counts"}
-    old = AdversarialDetector.from_config(config)
-    state = {k: v for k, v in det.state_dict().items() if not k.startswith("two_count")}
-    old.load_state_dict(state)
-    assert old.count_checks.two_counts is None
-    assert old.count_checks.singleton_min == det.singleton_threshold
-    x = torch.as_tensor(np.asarray(test.X, dtype=np.float32))
-    np.testing.assert_array_equal(old.check_counts(x)[:, -1].numpy(), 0)
-    np.testing.assert_array_equal(old.check_counts(x)[:, :-1].numpy(), det.check_counts(x)[:, :-1].numpy())
-
-
-def test_fast_singleton_counts_equal_the_lattice_fit(rules3k):
-    """The torch layer's count profile (genes at one and two counts, checked, off) is the NumPy lattice fit's."""
-    from scadversarial.detection import RuleFit, Transform, fit_lattice
-    from scadversarial.detection._rule_layer import count_profile
-
-    a, _ = rules3k
-    det = sad.get.model(a, "detector")
-    t = Transform.of(det.classifier)
-    X = np.asarray(a.X, dtype=np.float32)[:300]
-    L, inv = t.to_log(X)
-    checked = inv & (float(det.rule_zero_bound) <= L)
-    lat = fit_lattice(L, checked)
-    fit = RuleFit(float(det.rule_zero_bound), lattice=True)
-    p = count_profile(torch.as_tensor(X), det.classifier.transform.mean, det.classifier.transform.std, 10.0, fit)
-    np.testing.assert_array_equal(p.checked.numpy(), checked.sum(1))
-    np.testing.assert_array_equal(p.ones.numpy(), ((lat.counts == 1) & checked & ~lat.off).sum(1))
-    np.testing.assert_array_equal(p.twos.numpy(), ((lat.counts == 2) & checked & ~lat.off).sum(1))
-    np.testing.assert_array_equal(p.off.numpy(), (checked & lat.off).sum(1))
 
 
 def test_rules_flag_impossible_cells_with_their_reason(rules3k):
@@ -610,8 +468,8 @@ def test_rule_flags_hold_at_any_threshold_and_only_with_rules(rules3k):
 def test_rules_pass_clean_and_thinned_cells(rules3k):
     """Clean test cells and re-preprocessed thinned cells break no rule: their flags are the learned detector's.
 
-    The count checks are statistical (they share a 1 % false-alarm budget on calibration cells): a
-    few thinned cells may fall below them, none breaks a plausibility rule.
+    The two-count check is statistical (it shares a 1 % false-alarm budget on calibration cells with
+    the singleton check): a few thinned cells may fall below it; none breaks a plausibility rule.
     """
     a, test = rules3k
     det = sad.get.model(a, "detector")
@@ -621,8 +479,8 @@ def test_rules_pass_clean_and_thinned_cells(rules3k):
     thin = sad.tl.benign_shift(test.copy(), "thinning", amount=0.5, random_state=0)
     sad.tl.detect(thin, model=det)
     reason = thin.obs["sad_reason"].astype(str).to_numpy()
-    counted = np.isin(reason, ["few single counts", "few double counts"])
-    assert set(reason) <= {"", "learned", "few single counts", "few double counts"}
+    counted = reason == "few double counts"  # thinning leaves the single counts where they are
+    assert set(reason) <= {"", "learned", "few double counts"}
     assert counted.mean() <= 0.05
     assert (thin.obs["sad_score"].to_numpy()[~counted] <= 1).all()
 

@@ -47,8 +47,8 @@ RULE_REASONS: dict[str, str] = {
 #: of a cell on the count lattice (too few genes at one count; too few at two counts among those at two
 #: or more), see :mod:`~scadversarial.detection._singletons`.
 CHECKS: tuple[str, ...] = (*RULES, "few_singletons", "few_two_counts")
-#: A cell is judged by the singleton check only with at least this many expressed, invertible genes:
-#: below it the fraction moves in steps of more than 5 %, too coarse for a 1 % threshold.
+#: A cell is judged by the count checks only with at least this many expressed, invertible genes:
+#: below it the singleton fraction moves in steps of more than 5 %, too coarse for a 1 % threshold.
 MIN_EXPRESSED = 20
 #: A cell with more than this fraction of its entries off the image of a zero count (a scaled-space
 #: attack moved its unexpressed genes) is checked in whole rows, without gathering its entries.
@@ -347,7 +347,7 @@ def check_counts(
     std: torch.Tensor,
     clip: float | None,
     fit: RuleFit,
-    checks: CountChecks | None = None,
+    checks: CountChecks | float | None = None,
 ) -> torch.Tensor:
     """Per cell, violating entries of each rule and the count-profile deficits (cells x :data:`CHECKS`, int64).
 
@@ -360,8 +360,13 @@ def check_counts(
     in the batch's precision (float32 rounding, below 1e-6 log units, can only move an entry that
     close to a bound). Flags and reasons are the reference's. The last two columns are
     :func:`singleton_deficit` and :func:`two_count_deficit` at the thresholds of ``checks`` (zeros
-    for a check that is off, and without the lattice rule). Not differentiable.
+    for a check that is off, and without the lattice rule; a float is the singleton threshold alone,
+    as this function took it before the two-count check). A cell flagged by a rule also has its
+    deficits counted (from the first divisor's counts): they add to its score, not to its flag or
+    reason. Not differentiable.
     """
+    if isinstance(checks, int | float):
+        checks = CountChecks(float(checks))
     counts, profile = _first_layer(x, mean, std, clip, fit)
     ones = torch.zeros_like(profile.ones)
     twos = torch.zeros_like(profile.ones)
@@ -378,14 +383,6 @@ def count_profile(
 ) -> CountProfile:
     """Per cell of a scaled batch, its lattice-checked genes at one and two counts, all of them and those off the lattice."""
     return _first_layer(x, mean, std, clip, fit)[1]
-
-
-def singleton_stats(
-    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float | None, fit: RuleFit
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per cell, the lattice-checked entries at one count and all lattice-checked entries (int64)."""
-    profile = count_profile(x, mean, std, clip, fit)
-    return profile.ones, profile.checked
 
 
 def rule_reasons(counts: np.ndarray) -> np.ndarray:
@@ -441,7 +438,6 @@ __all__ = [
     "rule_counts",
     "rule_reasons",
     "singleton_deficit",
-    "singleton_stats",
     "two_count_deficit",
     "two_count_z",
 ]

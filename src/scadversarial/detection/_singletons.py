@@ -62,9 +62,11 @@ if TYPE_CHECKING:
 
 
 def _profile(classifier: CellClassifier, X: np.ndarray, fit: RuleFit) -> CountProfile:
+    """The count profile of scaled ``X``, computed on the CPU (the classifier may live on a GPU)."""
     t = classifier.transform
     clip = None if t.clip is None else float(t.clip)
-    return count_profile(torch.as_tensor(np.asarray(X, dtype=np.float32)), t.mean, t.std, clip, fit)
+    mean, std = t.mean.detach().cpu(), t.std.detach().cpu()
+    return count_profile(torch.as_tensor(np.asarray(X, dtype=np.float32)), mean, std, clip, fit)
 
 
 def _fraction(profile: CountProfile) -> np.ndarray:
@@ -94,10 +96,14 @@ def poisson_resample(classifier: CellClassifier, X: np.ndarray, fit: RuleFit, rn
 
 
 def _two_count_rate(profile: CountProfile) -> float | None:
-    """Median share of genes at two counts among genes at two or more, over the judged cells (``None``: none)."""
+    """Median share of genes at two counts among genes at two or more, over the judged cells.
+
+    ``None`` (the check off) when no cell is judged or the share is 0 or 1 (no binomial spread to test).
+    """
     m = profile.at_least_two.numpy()
     ok = (profile.checked.numpy() >= MIN_EXPRESSED) & (m > 0)
-    return float(np.median(profile.twos.numpy()[ok] / m[ok])) if ok.any() else None
+    rate = float(np.median(profile.twos.numpy()[ok] / m[ok])) if ok.any() else None
+    return rate if rate is not None and 0 < rate < 1 else None
 
 
 def _joint_quantile(stats: list[list[np.ndarray]], max_fpr: float) -> float:
@@ -134,9 +140,9 @@ def fit_count_checks(
 ) -> CountChecks:
     """Thresholds of the count-profile checks, on clean calibration cells and their Poisson resampling.
 
-    With one check, its threshold is the statistic's ``max_fpr`` quantile over both sets of cells;
-    with both, the same quantile of each, the largest at which the two together flag at most
-    ``max_fpr`` of the clean cells and at most ``max_fpr`` of the resampled ones.
+    The thresholds are the same quantile of each statistic over both sets of cells, the largest at
+    which the checks together flag at most ``max_fpr`` of the clean cells and at most ``max_fpr`` of
+    the resampled ones.
     Both are off (``None``) when the rules found the training cells off the count lattice (data that
     were never counts) or no calibration cell is judged.
 
@@ -159,7 +165,7 @@ def fit_count_checks(
     stats = {k: v for k, v in stats.items() if np.isfinite(np.concatenate(v)).any()}
     if not stats:
         return CountChecks()
-    q = max_fpr if len(stats) == 1 else _joint_quantile(list(stats.values()), max_fpr)
+    q = _joint_quantile(list(stats.values()), max_fpr)
     thr = {k: float(np.nanquantile(np.concatenate(v), q)) for k, v in stats.items()}
     two = TwoCountFit(rate, thr["twos"]) if "twos" in thr and rate is not None else None
     return CountChecks(thr.get("ones"), two)
@@ -168,7 +174,7 @@ def fit_count_checks(
 def fit_singleton_min(
     classifier: CellClassifier, X_cal: np.ndarray, fit: RuleFit, *, max_fpr: float, rng: np.random.Generator
 ) -> float | None:
-    """The singleton check's threshold alone: the ``max_fpr`` quantile of clean calibration cells and their Poisson resampling.
+    """The singleton check's threshold alone, on clean calibration cells and their Poisson resampling (:func:`fit_count_checks`).
 
     ``None`` (the check off) when the rules found the training cells off the count lattice (data
     that were never counts) or no calibration cell has :data:`MIN_EXPRESSED` checked genes.

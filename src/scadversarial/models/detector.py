@@ -242,7 +242,7 @@ class AdversarialDetector(SadModel):
 
     @classmethod
     def from_config(cls, config: dict) -> AdversarialDetector:
-        """Rebuild from the flat config a saved detector stores (older ones lack ``'rules'``: no rules)."""
+        """Rebuild from the flat config a saved detector stores (older ones lack ``'rules'``, ``'singletons'`` or ``'two_counts'``: those off)."""
         c = dict(config)
         groups = c.get("groups", ["internal", "gradient", "input"])
         unknown = sorted(set(groups) - {"internal", "gradient", "input"})
@@ -351,13 +351,13 @@ class AdversarialDetector(SadModel):
 
     def set_count_checks(self, checks: CountChecks) -> None:
         """Set the count-profile checks' thresholds (:func:`~scadversarial.detection.fit_count_checks`; ``None``: off)."""
-        if checks.singleton_min is not None or self.config.get("singletons", False):
-            self.set_singletons(checks.singleton_min)
         if checks.two_counts is not None and not self.config.get("two_counts", False):
             msg = (
                 "This detector was built without the two-count check (two_counts=False); build it with two_counts=True."
             )
             raise ValueError(msg)
+        if checks.singleton_min is not None or self.config.get("singletons", False):
+            self.set_singletons(checks.singleton_min)  # raises, changing nothing, without the singleton check
         if self.config.get("two_counts", False):
             two = checks.two_counts
             self.two_count_rate.fill_(TWO_COUNTS_OFF if two is None else float(two.rate))

@@ -200,6 +200,8 @@ def _record_params(
         "target_fpr": -1.0 if config.target_fpr is None else float(config.target_fpr),
         "max_fpr": -1.0 if config.max_fpr is None else float(config.max_fpr),
         "rules": config.rules,
+        "singletons": config.rules and config.singletons,
+        "two_counts": config.rules and config.two_counts,
         "classifier_key": classifier_key,
         "random_state": int(random_state),
     }
@@ -226,7 +228,11 @@ def train_detector(
     clip, a negative log-expression, a value off the cell's lattice ``log1p(k * target_sum / N)``
     (see :func:`~scadversarial.detection.rule_counts`). They learn only the smallest positive
     value of the clean training cells and whether those lie on the lattice; each cell's unit
-    ``target_sum / N`` is estimated from its own values. The **learned detector** scores every
+    ``target_sum / N`` is estimated from its own values. With them, the **count checks**
+    (``config.singletons``, ``config.two_counts``, on by default for count data) flag a cell on the
+    lattice with too few genes at one count, or at two counts among those at two or more; their
+    thresholds are fitted on the calibration cells and their Poisson resampling
+    (:func:`~scadversarial.detection.fit_count_checks`). The **learned detector** scores every
     cell: the training-split cells are shuffled (``random_state``) and divided: a
     ``cells.meta_fraction`` part is the meta-training set (each clean cell labelled 0 and its
     perturbed versions in every adversarial layer labelled 1); the rest is the clean reference
@@ -275,7 +281,8 @@ def train_detector(
         test-split cells are ``'unused'``).
     ``.uns['sad'][key_added]``
         ``params``; ``metrics`` (threshold and its TPR/FPR on the calibration cells, calibration
-        AUROC etc. of the learned score, training histories, cell counts, the rules' bound);
+        AUROC etc. of the learned score, training histories, cell counts, and ``rules``: the rules'
+        bound and lattice switch and the count checks' thresholds, ``None`` for a check that is off);
         ``model`` (the reference); ``feature_names``.
 
     """
@@ -395,7 +402,9 @@ def detect(
     cell's count lattice ``log1p(k * target_sum / N)`` (or, for a layer in count space,
     non-integer counts) cannot come from preprocessing real counts; such a cell is flagged
     whatever the learned detector says, and scores ``1 + log1p(violations)``, above every cell
-    the rules pass (so the score keeps growing with the number of impossible entries). Then the
+    the rules pass (so the score keeps growing with the number of impossible entries). So is a
+    cell the count checks flag (too few genes at one or at two counts; its violations: the genes
+    missing there). Then the
     **learned detector**: meta-features under the detector's feature spec, the triplet embedding
     and the residual detector's probability, flagged at the threshold calibrated on validation
     cells. The rules need no information beyond the scored matrix: each cell's library unit
@@ -436,8 +445,8 @@ def detect(
         ``score >= threshold``, or a broken rule (whatever the threshold).
     ``.obs['sad_reason']`` / ``.obs['sad_reason_L']``
         Why a cell is flagged: ``'beyond clip'``, ``'negative'``, ``'non-integer counts'``,
-        ``'off lattice'`` (the first rule it breaks), ``'learned'`` (the learned detector alone),
-        ``''`` when not flagged (categorical).
+        ``'off lattice'`` (the first rule it breaks), ``'few single counts'``, ``'few double counts'``
+        (the count checks), ``'learned'`` (the learned detector alone), ``''`` when not flagged (categorical).
     ``.obsm['sad_meta']`` / ``.obsm['sad_meta_L']``
         Raw meta-features (column names in ``.uns['sad']['detect']['feature_names']``); not with ``low_latency``.
     ``.obsm['X_sad_triplet']`` / ``.obsm['X_sad_triplet_L']``
