@@ -27,8 +27,9 @@ checks share one false-alarm budget: their thresholds are the same quantile of t
 over the calibration cells and their Poisson resampling, chosen so that together they flag at most
 ``max_fpr`` of the clean cells and of the resampled ones (:func:`fit_count_checks`).
 
-An attacker who knows both checks can spare the genes at one and two counts (see
-``docs/threat_model.md``): the checks raise the price of the count-space attack, they do not end it.
+An attacker who knows both thresholds can keep each cell just inside them and still flip most
+cells (see ``docs/threat_model.md``): the checks catch count attacks that ignore them, not one that
+knows them; changes within Poisson noise are for a hardened classifier to withstand.
 """
 
 from __future__ import annotations
