@@ -38,7 +38,8 @@ def test_cli_run_end_to_end(tmp_path):
     ]
     assert "counts: not available for this data" in rc.stdout  # pbmc68k_reduced has no counts
     assert "trained on the seed threat" in rc.stdout
-    assert "what it misses" in rc.stdout
+    assert "what they miss" in rc.stdout
+    assert "just inside them" in rc.stdout  # the count attacker the rows leave out is named
     assert sad.get.benchmark_table(a)["threat"].tolist() == threats  # the full table is in out/adata.h5ad
 
 
