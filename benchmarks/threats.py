@@ -85,8 +85,6 @@ CGD_GENES = 500  # CGD visits the top of adverSCarial's sign-gene ranking: all 2
 ADAPTIVE_EPS = 0.5  # the expressed log threat the detector-aware attacker works in
 SPARE_LAYER = "bench_above_one_count"  # mask layer of the count attacker who spares genes at one count
 SPARE2_LAYER = "bench_above_two_counts"  # ... and of the one who also spares genes at two counts
-REPAIR_MASK = "bench_repair_mask"  # mask layer of the attacker who keeps cells just inside the count checks
-REPAIR_ROUNDS = 4  # attack, restore the genes the count checks miss, attack again: deficits settle by the 3rd round
 COLUMNS = ["flip_rate", "auroc", "auroc_flipped", "tpr_at_5fpr", "flagged", "evasion", "fpr", "pred_changed"]
 COLUMNS += ["accuracy"]  # the classifier's calls that match the labels (on the defences' rows, certified accuracy)
 DEFENCE_KINDS = ("certified", "hardened")  # row kinds of the defences (detector 'none'), printed apart
@@ -143,56 +141,6 @@ def _cluster_layer(run_one, name: str, space_layer: str | None):
                 out[pred == cl] = rows[pred == cl]
         c.layers[name] = out
         return {name: "scaled" if space_layer is None else "log"}
-
-    return threat
-
-
-def _dense(M) -> np.ndarray:
-    return np.asarray(M.toarray() if hasattr(M, "toarray") else M, dtype=np.float32)
-
-
-def _checks_aware_counts(det, eps: float):
-    """The count attacker who knows both count checks and keeps each cell just inside them.
-
-    PGD on the counts of expressed genes (integers, +-``eps`` UMI), then, for every cell the
-    detector's count checks would flag, the moved genes it needs back at one (or two) counts are
-    restored and kept out of the next attack: the ones whose restoring costs the attack least (its
-    loss gradient times the move), one more than the cell's deficit each round. Up to
-    ``REPAIR_ROUNDS`` rounds; the last attack is the layer. Unlike the sparing attackers, it spends
-    the budget the checks leave it on genes at one and two counts too.
-    """
-    import torch
-
-    from scadversarial.tl._shifts import library_counts
-    from scadversarial.tl._space import scaled_matrix, target_sum
-
-    name = f"bench_checks_aware_eps{eps:g}"
-
-    def threat(c):
-        clf = sad.get.model(c, "classifier")
-        C, other = (np.asarray(m, dtype=np.float32) for m in library_counts(c))
-        view = clf.for_space("counts", target_sum=target_sum(c))
-        y = torch.as_tensor(c.obs["sad_pred"].cat.codes.to_numpy(), dtype=torch.long)
-        protect = np.zeros(C.shape, dtype=bool)
-        for _ in range(REPAIR_ROUNDS):
-            c.layers[REPAIR_MASK] = (C > 0) & ~protect
-            sad.tl.attack(c, "pgd", eps=eps, space="counts", constraint="counts", mask=REPAIR_MASK, key_added=name)
-            (layer,) = sad.get.attack_record(c, name)["layers"]
-            A = _dense(c.layers[layer])
-            deficit = det.check_counts(torch.as_tensor(scaled_matrix(c, clf, layer))).numpy()[:, -2:]
-            if not deficit.any():
-                break
-            x = torch.tensor(A, requires_grad=True)
-            loss = torch.nn.functional.cross_entropy(view(x, torch.as_tensor(other)), y, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, x)
-            cost = (grad.numpy() * (A - C)).astype(np.float64)  # loss the attack gives up by restoring a gene
-            for col, k in enumerate((1, 2)):
-                for i in np.flatnonzero(deficit[:, col]):
-                    free = np.flatnonzero((C[i] == k) & (A[i] != k) & ~protect[i])
-                    protect[i, free[np.argsort(cost[i, free])][: deficit[i, col] + 1]] = True
-        c.layers[name] = c.layers.pop(layer)
-        del c.layers[REPAIR_MASK]
-        return {name: "counts"}
 
     return threat
 
@@ -269,9 +217,13 @@ def threats(adata, det, notes: list[str]) -> dict:
         out["counts sparing singletons"] = sparing
         # the attacker who knows both count checks: genes at one and two counts are left alone
         out["counts sparing one and two"] = {**sparing, "mask": SPARE2_LAYER}
-        if callable(getattr(det, "check_counts", None)):
+        if hasattr(sad.tl, "InsideCountChecks"):
             for e in UMI_EPS:  # the attacker who knows both checks and stays just inside them
-                out[f"counts inside the checks eps={e:g}"] = _checks_aware_counts(det, e)
+                out[f"counts inside the checks eps={e:g}"] = sad.tl.InsideCountChecks(
+                    det, eps=e, key_added=f"bench_inside_eps{e:g}"
+                )
+        else:
+            notes.append("count attacker inside the checks: no sad.tl.InsideCountChecks in this version")
     else:
         notes.append("expressed log-space and count-space threats: sad.tl.attack has no space=/constraint= yet")
     for name, method in (("CW", "cw"), ("DeepFool", "deepfool")):

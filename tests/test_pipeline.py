@@ -37,6 +37,7 @@ def test_threat_benchmark_with_counts(small3k):
         "observed PGD eps=0.15",
         "expressed log 0.5",
         "counts +-1 UMI",
+        "counts +-1 UMI inside the checks",
         "detector-aware log 0.5",
         "thinning 50%",
     ]
@@ -82,6 +83,7 @@ def test_report_prints_threat_rows_beside_the_seed_auroc(small3k):
         "observed PGD eps=0.15",
         "expressed log 0.5",
         "counts +-1 UMI",
+        "counts +-1 UMI inside the checks",
         "detector-aware log 0.5",
         "thinning 50%",
     ):

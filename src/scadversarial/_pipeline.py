@@ -185,7 +185,9 @@ def threat_benchmark(
     Runs :func:`~scadversarial.tl.benchmark_detectors` with a few threats: the seed PGD (scaled
     space, all genes, ``seed_eps``), PGD within each gene's observed range (eps 0.15), PGD on the
     log-expression of the genes each cell expresses (0.5 log units), when ``adata`` has
-    ``.layers['counts']`` integer counts moved by at most one UMI per expressed gene, and the
+    ``.layers['counts']`` integer counts moved by at most one UMI per expressed gene (and, when the
+    detector has count checks, the same attacker keeping each cell just inside them,
+    :class:`~scadversarial.tl.InsideCountChecks`), and the
     expressed log threat by an attacker who differentiates through the detector (detector weights
     0, 0.1, 1 and 10; per cell, the flipped iterate the detector scores lowest). With counts, one
     benign shift too (counts thinned to half depth). Without counts, those rows are named in
@@ -248,6 +250,11 @@ def threat_benchmark(
         reason = f"not available for this data (no .layers[{_keys.LAYER_COUNTS!r}])"
         not_available = {"counts": reason, "benign shifts": reason}
     detector = get.model(adata, _keys.STEP_DETECTOR)
+    checks = detector.count_checks if hasattr(detector, "count_checks") else None
+    if _keys.LAYER_COUNTS in adata.layers and checks is not None and (checks.singleton_min or checks.two_counts):
+        # the count attacker who knows the count checks: the worst case of the count row above
+        inside = tl.InsideCountChecks(detector, eps=UMI_EPS, random_state=random_state)
+        attacks[f"counts +-{UMI_EPS:g} UMI inside the checks"] = inside
     attacks[f"detector-aware log {LOG_EPS:g}"] = {
         **log_threat,
         "detector": detector,

@@ -20,6 +20,7 @@ from ._classifier import (
 from ._detect import DetectorCells, detect, meta_features, train_detector
 from ._evaluate import evaluate
 from ._input import classifier_input, input_space_problem
+from ._inside_checks import InsideCountChecks
 from ._models import get_model, load_models, save_models
 from ._shifts import BenignShift, benign_shift
 from ._space import layer_space, other_counts, scaled_matrix, space_layer
@@ -37,6 +38,7 @@ __all__ = [
     "DetectorConfig",
     "FeatureSpec",
     "GaussianAugmentation",
+    "InsideCountChecks",
     "ThinningAugmentation",
     "ThreatModel",
     "TrainingConfig",
