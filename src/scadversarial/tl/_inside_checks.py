@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _keys
-from ._shifts import library_counts
+from ._shifts import _dense, library_counts
 from ._space import scaled_matrix, target_sum
 
 if TYPE_CHECKING:
@@ -117,7 +117,7 @@ class InsideCountChecks:
                 deficit = self._deficits(cells, clf, layer)
                 if not deficit.any():
                     break
-                attacked = _dense(cells.layers[layer])
+                attacked = _dense(cells.layers[layer]).astype(np.float32)
                 cost = _restore_cost(view, attacked, counts, other, y)
                 _protect(protect, deficit, counts, attacked, cost)
         finally:
@@ -130,10 +130,6 @@ class InsideCountChecks:
         x = torch.as_tensor(scaled_matrix(cells, clf, layer), device=dev)
         with torch.no_grad():
             return self.detector.check_counts(x).cpu().numpy()[:, -2:]
-
-
-def _dense(M) -> np.ndarray:
-    return np.asarray(M.toarray() if hasattr(M, "toarray") else M, dtype=np.float32)
 
 
 def _restore_cost(view, attacked: np.ndarray, counts: np.ndarray, other: np.ndarray, y: torch.Tensor) -> np.ndarray:
