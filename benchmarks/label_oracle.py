@@ -53,7 +53,7 @@ import torch
 from hardening import LOG_EPS, STRONG_STEPS, THIN, UMI_EPS, VARIANTS, evaluate, start  # benchmarks/ is on sys.path
 from sklearn.cluster import MiniBatchKMeans
 from sklearn.decomposition import PCA
-from threats import LABEL_SETS, prepare
+from threats import LABEL_SETS, _ms, prepare
 from torch import nn
 
 import scadversarial as sad
@@ -316,14 +316,6 @@ def run_one(raw, labels: str, seed: int, variants: list[str]) -> pd.DataFrame:
         rows.append({"labels": labels, "seed": seed, "model": variant, **row})
         print(f"  [{labels} seed {seed} {variant}: {time.perf_counter() - t0:.0f} s]", flush=True)
     return pd.DataFrame(rows)
-
-
-def _ms(v: pd.Series) -> str:
-    v = v.dropna().astype(float)
-    if v.empty:
-        return "-"
-    sd = v.std(ddof=1) if len(v) > 1 else 0.0
-    return f"{v.mean():.3f} ± {sd:.3f}"
 
 
 def main(argv=None) -> int:

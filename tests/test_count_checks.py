@@ -45,22 +45,6 @@ def test_singleton_check_flags_the_count_attack_not_benign_shifts(rules3k):
         assert (shifted.obs["sad_reason"].astype(str) == "few single counts").mean() <= 0.05, kind
 
 
-def test_singleton_score_grows_with_the_single_counts_moved(rules3k):
-    """Moving more single counts to three raises the score of a flagged cell (no saturation)."""
-    a, test = rules3k
-    c = counts_of(test)
-    ones = np.cumsum(c == 1, axis=1)
-    scores, reasons = {}, {}
-    for share in (0.75, 1.0):
-        b = test.copy()
-        b.layers["counts"] = np.where((c == 1) & (ones <= share * ones[:, -1:]), 3.0, c)
-        sad.tl.detect(b, "counts")
-        scores[share], reasons[share] = b.obs["sad_score_counts"].to_numpy(), b.obs["sad_reason_counts"].astype(str)
-    flagged = (reasons[0.75] == "few single counts").to_numpy()
-    assert flagged.mean() > 0.5
-    assert (scores[1.0][flagged] > scores[0.75][flagged]).all()
-
-
 def test_two_count_check_flags_the_attacker_sparing_single_counts(rules3k):
     """The count attacker who knows the singleton check leaves single counts alone: too few genes stay at two counts.
 
@@ -86,18 +70,21 @@ def test_two_count_check_flags_the_attacker_sparing_single_counts(rules3k):
         assert (shifted.obs["sad_reason"].astype(str) == "few double counts").mean() <= 0.05, (kind, amount)
 
 
-def test_two_count_score_grows_with_the_two_counts_moved(rules3k):
-    """Moving more genes from two counts to four raises the score of a flagged cell (no saturation)."""
+@pytest.mark.parametrize(
+    ("count", "moved_to", "reason"), [(1, 3.0, "few single counts"), (2, 4.0, "few double counts")], ids=["one", "two"]
+)
+def test_count_check_score_grows_with_the_genes_moved(rules3k, count, moved_to, reason):
+    """Moving more genes away from one (or two) counts raises the score of a flagged cell (no saturation)."""
     a, test = rules3k
     c = counts_of(test)
-    twos = np.cumsum(c == 2, axis=1)
+    at = np.cumsum(c == count, axis=1)
     scores, reasons = {}, {}
     for share in (0.75, 1.0):
         b = test.copy()
-        b.layers["counts"] = np.where((c == 2) & (twos <= share * twos[:, -1:]), 4.0, c)
+        b.layers["counts"] = np.where((c == count) & (at <= share * at[:, -1:]), moved_to, c)
         sad.tl.detect(b, "counts")
         scores[share], reasons[share] = b.obs["sad_score_counts"].to_numpy(), b.obs["sad_reason_counts"].astype(str)
-    flagged = (reasons[0.75] == "few double counts").to_numpy()
+    flagged = (reasons[0.75] == reason).to_numpy()
     assert flagged.mean() > 0.5
     assert (scores[1.0][flagged] > scores[0.75][flagged]).all()
 
