@@ -23,7 +23,7 @@ from .._settings import settings
 from .._validate import matrix_for_genes
 from ..detection import compute_meta_features, non_integer_counts
 from ..detection._features import InputConsistency
-from ..detection._rule_layer import LEARNED, NON_INTEGER, RULE_REASONS, combine, rule_reasons
+from ..detection._rule_layer import FLAG_REASONS, LEARNED, NON_INTEGER, combine, rule_reasons
 from ..models.classifier import CellClassifier
 from ..models.detector import AdversarialDetector, DetectorReport
 from ._attack_record import attacked_cells
@@ -239,12 +239,9 @@ def scores_and_reasons(rep: DetectorReport, non_int: np.ndarray, thr: float) -> 
     n = counts.sum(1) + non_int
     score = np.where(non_int > 0, combine(rep.learned, n), rep.score).astype(np.float32)
     reason = rule_reasons(counts)
-    reason = np.where(
-        (non_int > 0)
-        & np.isin(reason, ["", *(RULE_REASONS[c] for c in ("off_lattice", "few_singletons", "few_two_counts"))]),
-        NON_INTEGER,
-        reason,
-    )
+    # every first-layer reason REASONS ranks after non-integer counts, or none, gives way to it
+    outranked = [*FLAG_REASONS[FLAG_REASONS.index(NON_INTEGER) + 1 :], ""]
+    reason = np.where((non_int > 0) & np.isin(reason, outranked), NON_INTEGER, reason)
     reason = np.where((reason == "") & (score >= thr), LEARNED, reason)
     return score, reason
 
