@@ -202,5 +202,5 @@ def test_backed(cells3k, tmp_path):
     sample = ad.read_h5ad(path, backed="r")
     sad.tl.attack(sample, "pgd", eps=0.1, classifier=clf, cells=np.arange(BATCH), key_added="some", **QUICK)
     assert sample.layers["some_eps0.1"].nnz <= BATCH * sample.n_vars
-    with pytest.raises(ValueError, match="copy=True on a backed AnnData"):
+    with pytest.raises(ValueError, match=r"attack\(copy=True\) cannot copy a backed AnnData"):
         sad.tl.attack(backed, eps=0.1, classifier=clf, copy=True)

@@ -40,6 +40,24 @@ def test_train_classifier_writes_contract(pipeline3k):
     assert {"id", "class", "path", "config", "var_names_sha256"} <= set(ref)
 
 
+def test_second_classifier_writes_under_its_key(pipeline68k):
+    a = pipeline68k.copy()
+    before = a.obs["sad_pred"].copy(), a.obsm["sad_proba"].copy()
+    sad.tl.train_classifier(a, max_epochs=2, random_state=1, key_added="second")
+    # the default classifier's calls (those the detector watches) are left as they were
+    pd.testing.assert_series_equal(a.obs["sad_pred"], before[0])
+    np.testing.assert_array_equal(a.obsm["sad_proba"], before[1])
+    second = sad.get.model(a, "second")
+    proba = torch.softmax(torch.as_tensor(second.predict_arrays(np.asarray(a.X))[0]), 1).numpy()
+    np.testing.assert_allclose(a.obsm["second_proba"], proba, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(a.obs["second_pred"].cat.codes.to_numpy(), proba.argmax(1))
+    np.testing.assert_allclose(a.obs["second_confidence"], proba.max(1), rtol=1e-6)
+    assert a.obsm["X_second_embedding"].shape == (a.n_obs, 64)
+    test = (a.obs["sad_split"] == "test").to_numpy()
+    acc = (a.obs["second_pred"].astype(str) == a.obs["sad_label"].astype(str))[test].mean()
+    assert np.isclose(sad.get.record(a, "second")["metrics"]["accuracy"]["test"], acc)
+
+
 def test_eval_is_deterministic(pipeline3k):
     a = pipeline3k.copy()
     before = a.obsm["sad_proba"].copy()

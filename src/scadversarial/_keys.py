@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 UNS = "sad"  #: ``.uns['sad']`` holds run records, one per step
 
 # preprocessing
@@ -36,6 +38,28 @@ STEP_CLASSIFIER = "classifier"
 STEP_ATTACKS = "attacks"
 STEP_DETECTOR = "detector"
 STEP_EVALUATE = "evaluate"
+
+
+@dataclass(frozen=True)
+class ClassifierKeys:
+    """Where a classifier's calls on ``X`` go: ``.obs`` ``pred`` and ``confidence``, ``.obsm`` ``proba`` and ``embedding``."""
+
+    pred: str
+    confidence: str
+    proba: str
+    embedding: str
+
+
+def classifier_keys(key: str = STEP_CLASSIFIER) -> ClassifierKeys:
+    """Output keys of ``train_classifier(key_added=key)``: the ``sad_*`` keys for the default record, else prefixed by ``key``.
+
+    A second classifier (e.g. a hardened one, ``key_added='hardened'``) writes ``'hardened_pred'``,
+    ``'hardened_confidence'``, ``'hardened_proba'`` and ``'X_hardened_embedding'``, so the calls of
+    the classifier the detector watches stay in ``'sad_pred'``.
+    """
+    if key == STEP_CLASSIFIER:
+        return ClassifierKeys(OBS_PRED, OBS_CONFIDENCE, OBSM_PROBA, OBSM_EMBEDDING)
+    return ClassifierKeys(f"{key}_pred", f"{key}_confidence", f"{key}_proba", f"X_{key}_embedding")
 
 
 def pred_key(layer: str) -> str:

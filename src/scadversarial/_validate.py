@@ -107,6 +107,18 @@ def check_adata(adata: Any, *, min_obs: int = 1, allow_backed: bool = False) -> 
     return adata
 
 
+def check_copy(adata: AnnData, *, copy: bool, name: str) -> None:
+    """Refuse ``copy=True`` on a backed AnnData (a copy would load or duplicate the file), naming what works."""
+    if copy and adata.isbacked:
+        msg = (
+            f"{name}(copy=True) cannot copy a backed AnnData (opened with backed='r' from "
+            f"{str(adata.filename)!r}): it would load the whole matrix. Call `{name}(adata)` without copy: the "
+            "cells are read from the file chunk by chunk and the results (.obs, .obsm, .layers, .uns) are written "
+            "in memory (the file is not changed); or load it first with `adata = adata.to_memory()`."
+        )
+        raise ValueError(msg)
+
+
 def shown_names(names) -> str:
     """The first :data:`N_SHOWN` of ``names`` as ``'a', 'b', ...`` for an error message."""
     names = list(names)

@@ -20,7 +20,7 @@ from anndata import AnnData
 from .. import _keys
 from .._docs import doc_params
 from .._settings import settings
-from .._validate import check_adata, check_choice
+from .._validate import check_adata, check_choice, check_copy
 from ..attacks.whitebox import DETECTOR_METHODS, Evasion
 from ..models.classifier import CellClassifier
 from ._attack_chunks import Plan, is_lazy, lazy_layer, run_chunks, whole_range
@@ -202,12 +202,7 @@ def attack(
 
     """
     check_adata(adata, allow_backed=True)  # a backed X is read chunk by chunk; layers and .obs are written in memory
-    if copy and adata.isbacked:
-        msg = (
-            "copy=True on a backed AnnData would copy the whole file into memory. Attack it in place (copy=False: the "
-            "layers and .obs columns are added in memory, X stays on disk), or load it first with adata.to_memory()."
-        )
-        raise ValueError(msg)
+    check_copy(adata, copy=copy, name="attack")
     threat, options = resolve_options(threat, options, kwargs)
     check_choice("method", method, AttackMethod)
     eps_list = [float(e) for e in np.atleast_1d(eps)]

@@ -19,6 +19,7 @@ from .._settings import logger, settings
 from .._validate import (
     check_adata,
     check_choice,
+    check_copy,
     check_finite,
     check_labels,
     check_obs_key,
@@ -168,6 +169,9 @@ def train_classifier(
         Predicted class and its probability, for every cell.
     ``.obsm['sad_proba']``, ``.obsm['X_sad_embedding']``
         Class probabilities and the 64-d embedding.
+        With another ``key_added`` than ``'classifier'`` (a second classifier, e.g. a hardened one)
+        these four are ``'<key_added>_pred'``, ``'<key_added>_confidence'``, ``'<key_added>_proba'``
+        and ``'X_<key_added>_embedding'``: the default classifier's calls stay in place.
     ``.uns['sad'][key_added]``
         ``params`` (``labels_key``, ``layer``, the :class:`TrainingConfig` fields but ``device`` and
         ``save_dir``, ``random_state``, and ``adversarial`` / ``augment`` (with ``kind``, the class name) /
@@ -192,9 +196,7 @@ def train_classifier(
     if max_epochs is not None:
         config = replace(config, max_epochs=int(max_epochs))
     check_adata(adata, min_obs=3, allow_backed=True)
-    if copy and adata.isbacked:
-        msg = "train_classifier(copy=True) needs an in-memory AnnData: load it with `adata.to_memory()`, or pass copy=False."
-        raise ValueError(msg)
+    check_copy(adata, copy=copy, name="train_classifier")
     labels = check_obs_key(adata, labels_key, producer="sad.pp.pseudo_labels")
     cat = check_labels(labels, key=labels_key)
     masks = _split_masks(adata, config.split_key)
@@ -254,8 +256,9 @@ def train_classifier(
         params["input_filter"] = {**asdict(config.input_filter), "threshold_log": threshold_log}
     set_record(adata, key_added, params=params)
     set_model_reference(adata, key_added, model, save_dir=config.save_dir)
-    _write_outputs(adata, model, *_training_outputs(adata, model, layer, data.space), layer=None)
-    pred = pd.Categorical(adata.obs[_keys.OBS_PRED], categories=classes).codes
+    keys = _keys.classifier_keys(key_added)
+    outputs = _training_outputs(adata, model, layer, data.space)
+    pred = _write_outputs(adata, model, *outputs, layer=None, keys=keys)
     metrics = {s: classification_metrics(y[m], pred[m], classes) for s, m in masks.items() if m.any()}
     metrics = {
         "accuracy": {s: m["accuracy"] for s, m in metrics.items()},
@@ -439,17 +442,24 @@ def _hardening_inputs(
 
 
 def _write_outputs(
-    adata: AnnData, model: CellClassifier, logits: np.ndarray, emb: np.ndarray, *, layer: str | None
+    adata: AnnData,
+    model: CellClassifier,
+    logits: np.ndarray,
+    emb: np.ndarray,
+    *,
+    layer: str | None,
+    keys: _keys.ClassifierKeys | None = None,
 ) -> np.ndarray:
-    """Write the predictions of ``X`` (class, confidence, probabilities, embedding) or of a layer (class)."""
+    """Write the predictions of ``X`` (class, confidence, probabilities, embedding, under ``keys``) or of a layer (class)."""
     proba = torch.softmax(torch.from_numpy(logits), 1).numpy()
     pred_idx = proba.argmax(1)
     pred = pd.Categorical.from_codes(pred_idx, categories=model.classes)
     if layer is None:
-        adata.obs[_keys.OBS_PRED] = pd.Series(pred, index=adata.obs_names)
-        adata.obs[_keys.OBS_CONFIDENCE] = proba.max(1)
-        adata.obsm[_keys.OBSM_PROBA] = proba
-        adata.obsm[_keys.OBSM_EMBEDDING] = emb
+        keys = keys or _keys.classifier_keys()
+        adata.obs[keys.pred] = pd.Series(pred, index=adata.obs_names)
+        adata.obs[keys.confidence] = proba.max(1)
+        adata.obsm[keys.proba] = proba
+        adata.obsm[keys.embedding] = emb
     else:
         adata.obs[_keys.pred_key(layer)] = pd.Series(pred, index=adata.obs_names)
     return pred_idx
@@ -557,9 +567,7 @@ def predict(
         warnings.warn("predict(model=...) is deprecated: pass classifier= instead.", FutureWarning, stacklevel=2)
         classifier = model
     model = get_model(adata, _keys.STEP_CLASSIFIER) if classifier is None else classifier
-    if copy and adata.isbacked:
-        msg = "predict(copy=True) needs an in-memory AnnData: load it with `adata.to_memory()`, or pass copy=False."
-        raise ValueError(msg)
+    check_copy(adata, copy=copy, name="predict")
     require_every_row(adata, layer, caller="sad.tl.predict")
     if is_chunked(adata, layers=_layers(layer)):
         # X's input check (and its fallback to .layers['sad_lognorm']) decided once, on the whole AnnData

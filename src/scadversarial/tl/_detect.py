@@ -15,7 +15,7 @@ from anndata import AnnData
 from .. import _keys
 from .._docs import doc_copy, doc_params, doc_returns_copy
 from .._settings import logger, settings
-from .._validate import check_adata, check_choice, check_obs_key, set_record, uns_root
+from .._validate import check_adata, check_choice, check_copy, check_obs_key, set_record, uns_root
 from ..detection import (
     DetectorConfig,
     DetectorFeatures,
@@ -34,7 +34,6 @@ from ._attack_record import attacked_cells
 from ._detect_score import (
     DOC_CHUNKED,
     DOC_SCORING,
-    check_copy,
     chunk_reader,
     concat_reports,
     detect_chunk,

@@ -265,18 +265,6 @@ def detector_features(det: AdversarialDetector, X: np.ndarray, dev: torch.device
     return torch.cat(out) if out else torch.zeros(0, len(det.feature_names))
 
 
-def check_copy(adata: AnnData, *, copy: bool, name: str) -> None:
-    """Refuse ``copy=True`` on a backed AnnData (a copy would load or duplicate the file), naming what works."""
-    if copy and adata.isbacked:
-        msg = (
-            f"{name}(copy=True) cannot copy a backed AnnData (opened with backed='r' from "
-            f"{str(adata.filename)!r}): it would load the whole matrix. Call `{name}(adata)` without copy: the "
-            "cells are read from the file chunk by chunk and the results are written to adata.obs / .obsm / "
-            ".uns in memory (the file is not changed); or load it first with `adata = adata.to_memory()`."
-        )
-        raise ValueError(msg)
-
-
 __all__ = [
     "DOC_CHUNKED",
     "DOC_SCORING",
@@ -285,7 +273,6 @@ __all__ = [
     "chunk_reader",
     "layer_list",
     "map_layers",
-    "check_copy",
     "chunk_layers",
     "concat_reports",
     "detector_features",
