@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .._settings import settings
-from ._calibration import choose_threshold
+from ._calibration import check_fraction, choose_threshold
 
 if TYPE_CHECKING:
     from ..models.classifier import CellClassifier
@@ -183,9 +183,7 @@ class _Baseline:
         -------
         The threshold (also stored as ``threshold``).
         """
-        if not 0 <= target_fpr < 1:
-            msg = f"target_fpr must be a fraction in [0, 1), got {target_fpr}."
-            raise ValueError(msg)
+        check_fraction("target_fpr", target_fpr)
         self.threshold = self._threshold(X_clean_val, X_adv_val, target_fpr)
         return self.threshold
 

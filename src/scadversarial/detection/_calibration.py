@@ -17,7 +17,8 @@ def _check_binary(y: np.ndarray) -> None:
         raise ValueError(msg)
 
 
-def _check_fraction(name: str, value: float) -> None:
+def check_fraction(name: str, value: float) -> None:
+    """Refuse a false-positive rate outside [0, 1), naming it."""
     if not 0 <= value < 1:
         msg = f"{name} must be a fraction in [0, 1), got {value}."
         raise ValueError(msg)
@@ -56,7 +57,7 @@ def choose_threshold(
         allowed = finite
         method = "youden"
         if max_fpr is not None:
-            _check_fraction("max_fpr", max_fpr)
+            check_fraction("max_fpr", max_fpr)
             allowed = finite & (fpr <= max_fpr)
             if not allowed.any():  # ties at the top score: the strictest finite threshold
                 allowed = finite & (fpr == fpr[finite].min())
@@ -64,7 +65,7 @@ def choose_threshold(
         j = np.where(allowed, tpr - fpr, -np.inf)
         i = int(np.argmax(j))
     else:
-        _check_fraction("target_fpr", target_fpr)
+        check_fraction("target_fpr", target_fpr)
         ok = np.where(finite & (fpr <= target_fpr))[0]
         i = int(ok[-1]) if len(ok) else int(np.argmax(finite))
         method = f"target_fpr={target_fpr:g}"

@@ -233,9 +233,9 @@ def _dense_counts(
 
 
 def _sparse_counts(
-    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float | None, fit: RuleFit
+    x: torch.Tensor, moved: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float | None, fit: RuleFit
 ) -> tuple[torch.Tensor, CountProfile]:
-    """Counts of every rule, checking in float64 only the entries that are not the image of a zero count.
+    """Counts of every rule, checking in float64 only the entries that are not the image of a zero count (``moved``).
 
     Returns ``(counts, profile)``: cells x :data:`RULES`, and the cells' :class:`CountProfile`
     (zeros without the lattice rule).
@@ -243,10 +243,7 @@ def _sparse_counts(
     n = x.shape[0]
     out = torch.zeros((n, len(RULES)), dtype=torch.long, device=x.device)
     ones, twos, n_checked = (torch.zeros(n, dtype=torch.long, device=x.device) for _ in range(3))
-    zero = (torch.zeros_like(mean) - mean) / std
-    if clip is not None:
-        zero = zero.clamp(-clip, clip)
-    rows, cols = (x != zero.to(x.dtype)).nonzero(as_tuple=True)
+    rows, cols = moved.nonzero(as_tuple=True)
     # flat indices and index_select: several times cheaper than two-dimensional fancy indexing
     xv = x.reshape(-1).index_select(0, rows * x.shape[1] + cols).double()
     lv = torch.addcmul(mean.double().index_select(0, cols), xv, std.double().index_select(0, cols))
@@ -327,7 +324,8 @@ def _first_layer(
         zero = (torch.zeros_like(mean) - mean) / std
         if clip is not None:
             zero = zero.clamp(-clip, clip)
-        heavy = (x != zero.to(x.dtype)).sum(1) > HEAVY_FRACTION * x.shape[1]
+        moved = x != zero.to(x.dtype)  # entries that are not the image of a zero count
+        heavy = moved.sum(1) > HEAVY_FRACTION * x.shape[1]
         if bool(heavy.any()):
             idx = heavy.nonzero().squeeze(1)
             dense = _dense_counts(x.index_select(0, idx), mean.to(x.dtype), std.to(x.dtype), clip, fit.zero_bound)
@@ -335,7 +333,8 @@ def _first_layer(
             heavy[idx[dense.sum(1) == 0]] = False  # no verdict yet: the exact path, lattice included
         light = (~heavy).nonzero().squeeze(1)
         if len(light):
-            out[light], part = _sparse_counts(x.index_select(0, light), mean, std, clip, fit)
+            part_x, part_moved = x.index_select(0, light), moved.index_select(0, light)
+            out[light], part = _sparse_counts(part_x, part_moved, mean, std, clip, fit)
             for t, v in zip(prof, (part.ones, part.twos, part.checked), strict=True):
                 t[light] = v
     return out, CountProfile(*prof, out[:, 3].clone())
