@@ -249,9 +249,10 @@ def main(argv=None) -> int:
     pd.set_option("display.max_columns", 30)
     for seed in args.seeds:
         t0 = time.perf_counter()
-        tab, thr, n = run_one(raw, seed)
+        tab, thr, ceil, n = run_one(raw, seed)
+        dt = time.perf_counter() - t0
         print(
-            f"\n=== seed {seed}: {n} held-out test cells, learned threshold {thr:.4f}, {time.perf_counter() - t0:.0f} s ==="
+            f"\n=== seed {seed}: {n} held-out test cells, learned threshold {thr:.4f}, ceiling {ceil:.4f}, {dt:.0f} s ==="
         )
         print("score: sad_score (rule/count-scored cells: 1 + log1p(violations); else the learned probability)")
         print("rule/count/learned: where the score comes from; viol_med: median violations of rule/count-scored cells;")
