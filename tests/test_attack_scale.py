@@ -15,6 +15,7 @@ import pytest
 import scipy.sparse as sp
 
 import scadversarial as sad
+from scadversarial.tl._attack_chunks import Plan
 from scadversarial.tl._attack_record import attacked_cells
 
 da = pytest.importorskip("dask.array")
@@ -91,6 +92,10 @@ def test_dask_layers_are_lazy_and_equal_in_memory(cells3k, tmp_path, method, eps
         layer = lazy.layers[name]
         assert isinstance(layer, da.Array)
         assert layer.chunks[0] == lazy.X.chunks[0]  # one block per block of cells
+        # the attack plan (models, labels, masks) is one graph node that every block's task references
+        nodes = dict(layer.__dask_graph__()).values()
+        assert len(layer.chunks[0]) > 1
+        assert sum(isinstance(getattr(v, "value", v), Plan) for v in nodes) == 1
     _same_attack(lazy, mem, f"sad_{method}")
     # written block by block, and read back as the in-memory attack
     with warnings.catch_warnings():  # zarr v2, the format anndata writes by default, announces v3

@@ -183,22 +183,14 @@ def _blocks(M, sl: slice, idx: np.ndarray | None):
     return part
 
 
-@dataclass(frozen=True)
-class _Task:
-    """What one dask task returns: every budget's predictions (``eps=None``; the matrices with ``keep``) or one matrix."""
-
-    plan: Plan
-    eps: float | None = None
-    keep: bool = False
-
-    def __call__(self, parts: dict, obs: pd.DataFrame, var: pd.DataFrame, uns, rows: np.ndarray, start: int):
-
-        mats = {k: v.to_memory() if hasattr(v, "to_memory") else v for k, v in parts.items()}
-        chunk = _chunk_adata(mats, obs, var, uns)  # .uns by reference: the chunk reads the parent's records
-        plan = _own_models(self.plan)
-        if self.eps is None:
-            return attack_chunk(plan, chunk, rows, start, keep=self.keep)
-        return attack_chunk(replace(plan, eps=(self.eps,)), chunk, rows, start, keep=True).adversarial[self.eps]
+def _run_task(plan: Plan, parts: dict, obs: pd.DataFrame, var, uns, rows, start: int, *, eps: float | None, keep: bool):
+    """One dask task: every budget's predictions (``eps=None``; the matrices with ``keep``) or one matrix."""
+    mats = {k: v.to_memory() if hasattr(v, "to_memory") else v for k, v in parts.items()}
+    chunk = _chunk_adata(mats, obs, var, uns)  # .uns by reference: the chunk reads the parent's records
+    plan = _own_models(plan)
+    if eps is None:
+        return attack_chunk(plan, chunk, rows, start, keep=keep)
+    return attack_chunk(replace(plan, eps=(eps,)), chunk, rows, start, keep=True).adversarial[eps]
 
 
 def _own_models(plan: Plan) -> Plan:
@@ -223,18 +215,21 @@ def is_lazy(adata: AnnData, plan: Plan) -> bool:
 def _tasks(
     adata: AnnData, plan: Plan, idx: np.ndarray | None, eps: float | None, *, keep: bool = False
 ) -> Iterator[tuple[slice, Any]]:
-    """One delayed task per chunk of the attacked cells (dask input; ``eps``, ``keep``: see :class:`_Task`)."""
+    """One delayed task per chunk of the attacked cells (dask input; ``eps``, ``keep``: see :func:`_run_task`)."""
     import dask
 
     mats = _matrices(adata, plan.layers(adata))
     n = adata.n_obs if idx is None else len(idx)
+    # one graph node each, which every task references: the plan (models, labels, masks), .var and .uns
+    # are sent to a worker once, not once per task
+    shared = [dask.delayed(x, traverse=False, pure=False) for x in (plan, adata.var, adata.uns)]
     # the dask blocks of cells when every dask matrix shares them, aligned to the batches; else chunk_cells
     for sl in _dask_slices(mats if idx is None else {}, n, chunk_cells(plan.align), plan.align):
         rows = np.arange(n)[sl] if idx is None else idx[sl]
         parts = {k: _blocks(M, sl, idx) for k, M in mats.items()}
         obs = adata.obs.iloc[rows]
-        task = _Task(plan, eps, keep)
-        yield sl, dask.delayed(task)(parts, obs, adata.var, adata.uns, rows, sl.start)
+        task = dask.delayed(_run_task)(shared[0], parts, obs, shared[1], shared[2], rows, sl.start, eps=eps, keep=keep)
+        yield sl, task
 
 
 def run_chunks(
