@@ -285,3 +285,45 @@ def test_defence_rows_certified_and_hardened(bench3k):
     # the standard rows are those of a run without the defences
     plain = _table(a, attacks={"pgd": pgd}, detectors=("sad",), benign=TWO_SHIFTS)
     pd.testing.assert_frame_equal(tab[tab["kind"].isin(["clean", "attack", "benign"])], plain)
+
+
+def test_hardened_rows_rerun_the_count_attacker_inside_the_checks(bench3k):
+    """``InsideCountChecks`` is rerun against the hardened classifier (its ``against``); other callables are skipped."""
+    a = bench3k.copy()
+    sad.tl.train_classifier(a, LABELS, max_epochs=5, random_state=1, key_added="hardened")
+    sad.tl.predict(
+        a
+    )  # the standard classifier's calls in .obs['sad_pred'], which the standard attacker pushes away from
+    inside = sad.tl.InsideCountChecks(sad.get.model(a, "detector"), eps=1.0, rounds=2)
+
+    def one_gene_aberrant(cells: ad.AnnData) -> list[str]:
+        cells.layers["one_gene"] = np.asarray(cells.X, dtype=np.float32) * 2
+        return ["one_gene"]
+
+    attacks = {"inside": inside, "aberrant": one_gene_aberrant}
+    opts = BenchmarkOptions(hardened_key="hardened")
+    tab = _table(a, attacks=attacks, detectors=("sad",), benign={}, options=opts)
+    hard = tab[tab["kind"] == "hardened"].set_index("threat")
+    assert list(hard.index) == ["clean", "inside"]  # the plain callable is not rerun
+    assert (hard.loc["inside", "space"], hard.loc["inside", "detector"]) == ("counts", "none")
+    # the same attacker aimed directly at the hardened classifier on the test cells gives the row's flip rate
+    model = sad.get.model(a, "hardened")
+    test = a[(a.obs["sad_split"] == "test").to_numpy()].copy()
+    ((layer, _),) = inside.against(model)(test).items()
+    assert layer.startswith("sad_inside_checks_against")
+    clean = model.predict_arrays(np.asarray(test.X))[0].argmax(1)
+    adv = model.predict_arrays(sad.tl.scaled_matrix(test, model, layer))[0].argmax(1)
+    np.testing.assert_allclose(hard.loc["inside", "flip_rate"], (adv != clean).mean())
+    assert hard.loc["inside", "flip_rate"] > 0
+    # ... and not the standard classifier's attack: its layer flips another share of the hardened calls
+    std = a[(a.obs["sad_split"] == "test").to_numpy()].copy()
+    ((std_layer, _),) = inside(std).items()
+    assert not np.array_equal(counts_layer(std, std_layer), counts_layer(test, layer))
+    # the standard rows are those of a run without the hardened classifier
+    plain = _table(a, attacks=attacks, detectors=("sad",), benign={})
+    pd.testing.assert_frame_equal(tab[tab["kind"] != "hardened"], plain)
+
+
+def counts_layer(b: ad.AnnData, layer: str) -> np.ndarray:
+    m = b.layers[layer]
+    return np.asarray(m.toarray() if sp.issparse(m) else m)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from tests.test_detection import build_rules3k, counts_of
@@ -251,3 +252,30 @@ def test_inside_count_checks_options_are_checked(rules3k, pipeline68k):
         sad.tl.InsideCountChecks(object())
     with pytest.raises(KeyError, match="counts"):
         sad.tl.InsideCountChecks(det)(pipeline68k.copy())
+    with pytest.raises(TypeError, match="CellClassifier"):
+        sad.tl.InsideCountChecks(det).against(object())
+
+
+def test_inside_count_checks_against_another_classifier(rules3k):
+    """``against``: a new attacker on its own key, pushing each cell away from that classifier's own calls."""
+    a, test = rules3k
+    det = sad.get.model(a, "detector")
+    std = sad.tl.InsideCountChecks(det, eps=1.0, rounds=1)
+    clf = sad.get.model(a, "classifier")  # any classifier on the cells' genes; this one keeps the test fast
+    aimed = std.against(clf)
+    assert (aimed.classifier, aimed.key_added, std.classifier) == (clf, "sad_inside_checks_against", None)
+    b = test.copy()
+    # recorded calls that are not the classifier's: the standard attacker reads them, the aimed one does not
+    b.obs[_keys.OBS_PRED] = np.roll(b.obs[_keys.OBS_PRED].astype(str).to_numpy(), 1)
+    own = clf.predict_arrays(np.asarray(b.X))[0].argmax(1)
+    recorded = pd.Categorical(b.obs[_keys.OBS_PRED], categories=clf.classes).codes
+    assert (own != recorded).mean() > 0.3
+    np.testing.assert_array_equal(aimed._labels(b, clf).numpy(), own)
+    np.testing.assert_array_equal(std._labels(b, clf).numpy(), recorded)
+    # both runs on the same cells: separate layers, the standard one untouched by the aimed one
+    ((std_layer, _),) = std(b).items()
+    before = counts_of_layer(b, std_layer).copy()
+    ((layer, _),) = aimed(b).items()
+    assert layer != std_layer
+    assert layer in sad.get.attack_record(b, "sad_inside_checks_against")["layers"]
+    np.testing.assert_array_equal(counts_of_layer(b, std_layer), before)

@@ -121,8 +121,16 @@ class HardenedRows:
 
     Every threat is attacked anew against the hardened classifier (white box: the attacker knows it),
     on the same cells and with the same specs; benign shifts reuse the shifted cells of the standard
-    rows. Callable threats and detector-aware specs are left out (they are tied to the standard
-    classifier and its detector).
+    rows. A callable threat that can be aimed at another classifier (an ``against(classifier)`` method
+    returning the threat made against it, as :meth:`~scadversarial.tl.InsideCountChecks.against`) is
+    rerun against the hardened classifier; other callable threats and detector-aware specs are left
+    out (they are tied to the standard classifier and its detector).
+
+    The rows measure the hardened classifier alone (``detector='none'``). Under
+    :class:`~scadversarial.tl.InsideCountChecks` every cell is kept inside the default detector's count
+    checks, which are rules on the input whichever classifier reads it; its ``flip_rate`` is therefore
+    an upper bound on the evasion of the hardened classifier behind the default detector's rules and
+    count checks (the learned detector, trained on the standard classifier, is not counted).
     """
 
     def __init__(self, adata: AnnData, key: str) -> None:
@@ -157,9 +165,15 @@ class HardenedRows:
         )
 
     def attack(self, cells: AnnData, name: str, spec: ThreatSpec, index: int, *, observed: bool) -> None:
-        """Rows of one threat (one per layer, a sweep pooled worst case per cell), attacked against the hardened classifier."""
-        specs = [spec] if isinstance(spec, Mapping) else spec
-        if callable(spec) or any("detector" in s for s in specs):
+        """Rows of one threat (one per layer, a sweep pooled worst case per cell), attacked against the hardened classifier.
+
+        A callable threat is rerun only through its ``against(classifier)`` (see the class); others are skipped
+        with a log line.
+        """
+        against = getattr(spec, "against", None) if callable(spec) else None
+        if callable(against):
+            spec = against(self.clf)
+        elif callable(spec) or any("detector" in s for s in ([spec] if isinstance(spec, Mapping) else spec)):
             logger.info("benchmark: %s is not rerun against the hardened classifier", name)
             return
         for row, layers, (space, constraint) in _run_threat(cells, name, spec, index, self.clf):

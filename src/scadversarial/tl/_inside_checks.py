@@ -9,7 +9,7 @@ threat and not only the attacker who ignores the checks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _keys
+from ..models.classifier import CellClassifier
 from ._shifts import _dense, library_counts
 from ._space import scaled_matrix, target_sum
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 INSIDE_ROUNDS = 4
 #: The temporary mask layer of the attack rounds (removed afterwards).
 MASK_LAYER = "_sad_inside_checks_mask"
+#: Appended to ``key_added`` by :meth:`InsideCountChecks.against`: its layers must not overwrite the standard run's.
+AGAINST_SUFFIX = "_against"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,13 @@ class InsideCountChecks:
     threat's. It spends the budget the checks leave it on every expressed gene, genes at one and two
     counts included.
 
+    By default the attack is made against the cells' classifier (``sad.get.model(cells, 'classifier')``)
+    and pushes each cell away from its ``.obs['sad_pred']``. :meth:`against` returns the same attacker
+    made against another classifier (e.g. a hardened one): the attack and the restoring cost go
+    through that classifier, and each cell is pushed away from that classifier's own clean call. The
+    count checks read only the counts (through the detector's own transform), so the cells it keeps
+    inside them stay inside whichever classifier is attacked.
+
     Parameters
     ----------
     detector
@@ -58,6 +68,9 @@ class InsideCountChecks:
         Attack record (and layer prefix) of the rounds.
     random_state
         Seed of the attacks.
+    classifier
+        The classifier attacked (:class:`~scadversarial.models.CellClassifier` on the cells' genes);
+        ``None``: the cells' own (``sad.get.model(cells, 'classifier')``). Set it with :meth:`against`.
 
     Examples
     --------
@@ -65,6 +78,8 @@ class InsideCountChecks:
     >>> sad.tl.benchmark_detectors(
     ...     adata, attacks={"counts inside the checks": sad.tl.InsideCountChecks(det)}
     ... )  # doctest: +SKIP
+    >>> hard = sad.get.model(adata, "classifier_hardened")  # doctest: +SKIP
+    >>> sad.tl.InsideCountChecks(det).against(hard)(adata)  # doctest: +SKIP
     """
 
     detector: AdversarialDetector
@@ -72,6 +87,7 @@ class InsideCountChecks:
     rounds: int = INSIDE_ROUNDS
     key_added: str = "sad_inside_checks"
     random_state: int = 0
+    classifier: CellClassifier | None = None
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.eps) and self.eps > 0 and int(self.rounds) >= 1):
@@ -82,6 +98,29 @@ class InsideCountChecks:
         if not callable(getattr(self.detector, "check_counts", None)):
             msg = "InsideCountChecks needs the default detector (an AdversarialDetector with count checks)."
             raise TypeError(msg)
+        if self.classifier is not None and not isinstance(self.classifier, CellClassifier):
+            msg = (
+                f"InsideCountChecks attacks through gradients: classifier must be a CellClassifier "
+                f"(`sad.get.model(adata, key)` of `sad.tl.train_classifier`), got {type(self.classifier).__name__}."
+            )
+            raise TypeError(msg)
+
+    def against(self, classifier: CellClassifier) -> InsideCountChecks:
+        """The same attacker made against ``classifier`` (its layers under ``key_added + '_against'``).
+
+        Parameters
+        ----------
+        classifier
+            The :class:`~scadversarial.models.CellClassifier` to attack (e.g. a hardened one,
+            ``sad.get.model(adata, 'classifier_hardened')``), on the cells' genes. The attack and
+            the restoring cost go through it, and each cell is pushed away from its clean call
+            under it; the detector's count checks are unchanged.
+
+        Returns
+        -------
+        A new :class:`InsideCountChecks`; this one is unchanged.
+        """
+        return replace(self, classifier=classifier, key_added=f"{self.key_added}{AGAINST_SUFFIX}")
 
     def __call__(self, cells: AnnData) -> dict[str, str]:
         """Attack ``cells`` (an in-memory AnnData with ``.layers['counts']``); returns ``{layer: 'counts'}``."""
@@ -94,11 +133,16 @@ class InsideCountChecks:
                 "`sad.pp.preprocess` on raw counts."
             )
             raise KeyError(msg)
-        clf = get.model(cells, _keys.STEP_CLASSIFIER)
+        clf = get.model(cells, _keys.STEP_CLASSIFIER) if self.classifier is None else self.classifier
+        if [str(g) for g in clf.var_names] != [str(g) for g in cells.var_names]:
+            msg = (
+                "InsideCountChecks reads the cells' count matrix as the classifier's input: the cells' genes "
+                "(var_names, in order) must be the classifier's; subset them with `cells[:, clf.var_names]`."
+            )
+            raise ValueError(msg)
         counts, other = (np.asarray(m, dtype=np.float32) for m in library_counts(cells))
         view = clf.for_space("counts", target_sum=target_sum(cells))
-        pred = pd.Categorical(cells.obs[_keys.OBS_PRED].astype(str), categories=clf.classes).codes
-        y = torch.as_tensor(np.asarray(pred, dtype=np.int64))
+        y = self._labels(cells, clf)
         protect = np.zeros(counts.shape, dtype=bool)
         try:
             for _ in range(int(self.rounds)):
@@ -112,9 +156,10 @@ class InsideCountChecks:
                     mask=MASK_LAYER,
                     random_state=self.random_state,
                     key_added=self.key_added,
+                    **({} if self.classifier is None else {"classifier": self.classifier}),
                 )
                 (layer,) = get.attack_record(cells, self.key_added)["layers"]
-                deficit = self._deficits(cells, clf, layer)
+                deficit = self._deficits(cells, layer)
                 if not deficit.any():
                     break
                 attacked = _dense(cells.layers[layer]).astype(np.float32)
@@ -124,10 +169,21 @@ class InsideCountChecks:
             cells.layers.pop(MASK_LAYER, None)
         return {str(layer): "counts"}
 
-    def _deficits(self, cells: AnnData, clf, layer: str) -> np.ndarray:
-        """Per cell, the genes missing at one and at two counts for the detector's count checks (cells x 2)."""
+    def _labels(self, cells: AnnData, clf: CellClassifier) -> torch.Tensor:
+        """The calls the attack pushes each cell away from (class indices of ``clf.classes``)."""
+        if self.classifier is None:  # the cells' recorded calls, as the standard attack reads them
+            pred = pd.Categorical(cells.obs[_keys.OBS_PRED].astype(str), categories=clf.classes).codes
+        else:  # another classifier: its own clean calls, as `attack(classifier=...)` takes them
+            pred = clf.predict_arrays(scaled_matrix(cells, clf, _keys.LAYER_COUNTS))[0].argmax(1)
+        return torch.as_tensor(np.asarray(pred, dtype=np.int64))
+
+    def _deficits(self, cells: AnnData, layer: str) -> np.ndarray:
+        """Per cell, the genes missing at one and at two counts for the detector's count checks (cells x 2).
+
+        Read through the detector's own classifier copy, whichever classifier is attacked: the checks are rules on the input.
+        """
         dev = next(self.detector.parameters()).device
-        x = torch.as_tensor(scaled_matrix(cells, clf, layer), device=dev)
+        x = torch.as_tensor(scaled_matrix(cells, self.detector, layer), device=dev)
         with torch.no_grad():
             return self.detector.check_counts(x).cpu().numpy()[:, -2:]
 
@@ -149,4 +205,4 @@ def _protect(protect: np.ndarray, deficit: np.ndarray, counts: np.ndarray, attac
             protect[i, free[np.argsort(cost[i, free], kind="stable")][: int(deficit[i, col]) + 1]] = True
 
 
-__all__ = ["INSIDE_ROUNDS", "InsideCountChecks"]
+__all__ = ["AGAINST_SUFFIX", "INSIDE_ROUNDS", "InsideCountChecks"]
