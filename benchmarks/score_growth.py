@@ -218,16 +218,34 @@ def measure(c, det, steps: list[Step]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_one(raw, seed: int) -> tuple[pd.DataFrame, float, float, int]:
-    """The default pipeline, then the sweeps on the test cells; the table, threshold, learned ceiling and test cells."""
+@dataclass(frozen=True)
+class SeedRun:
+    """One seed's table and its detector's learned threshold, threshold method and ceiling."""
+
+    table: pd.DataFrame
+    threshold: float
+    method: str
+    ceiling: float
+    n_test: int
+
+
+def run_one(raw, seed: int) -> SeedRun:
+    """The default pipeline, then the sweeps on the test cells."""
     a, key = prepare(raw, "seurat", seed)
     sad.tl.train_classifier(a, key, random_state=seed)
     sad.tl.attack(a, "pgd", eps=TRAIN_EPS, random_state=seed)
     sad.tl.train_detector(a, random_state=seed)
     det = sad.get.model(a, "detector")
+    method = str(sad.get.record(a, "detector")["metrics"].get("threshold_method", "?"))
     c = a[a.obs["sad_split"].astype(str).to_numpy() == "test"].copy()
-    steps = _attack_sweeps(c, det, seed)
-    return measure(c, det, steps).assign(seed=seed), float(det.threshold), learned_ceiling(det, seed), c.n_obs
+    tab = measure(c, det, _attack_sweeps(c, det, seed)).assign(seed=seed)
+    return SeedRun(tab, float(det.threshold), method, learned_ceiling(det, seed), c.n_obs)
+
+
+SCORE_COLS = ["flip", "med", "p10", "p90", "max", "flagged", "rule", "count", "learned", "viol_med", "sat", "nondec"]
+LEARNED_COLS = ["L_med", "L_p10", "L_p90", "L_max", "L_flag", "L_sat", "L_nondec"]
+POOLED_COLS = ["flip", "med", "flagged", "rule", "count", "learned", "sat", "nondec", "L_med", "L_flag", "L_sat"]
+POOLED_COLS += ["L_nondec"]
 
 
 def main(argv=None) -> int:
@@ -247,24 +265,32 @@ def main(argv=None) -> int:
     pd.set_option("display.width", 250)
     pd.set_option("display.max_rows", 500)
     pd.set_option("display.max_columns", 30)
+    print("score: sad_score (rule/count-scored cells: 1 + log1p(violations); else the learned probability)")
+    print("rule/count/learned: where the score comes from; viol_med: median violations of rule/count-scored cells;")
+    print(f"sat: learned-scored cells with score >= {SATURATED}; nondec: cells whose score did not drop from the")
+    print("previous budget (eps 0: clean; ties count as not dropping); L_*: the learned probability alone, whatever")
+    print("the rules say; ceiling: the largest learned probability on the embedding sphere (any input)")
+    runs = []
     for seed in args.seeds:
         t0 = time.perf_counter()
-        tab, thr, ceil, n = run_one(raw, seed)
+        r = run_one(raw, seed)
+        runs.append(r)
         dt = time.perf_counter() - t0
         print(
-            f"\n=== seed {seed}: {n} held-out test cells, learned threshold {thr:.4f}, ceiling {ceil:.4f}, {dt:.0f} s ==="
+            f"\n=== seed {seed}: {r.n_test} held-out test cells, learned threshold {r.threshold:.4f} ({r.method}), "
+            f"ceiling {r.ceiling:.4f}, {dt:.0f} s ==="
         )
-        print("score: sad_score (rule/count-scored cells: 1 + log1p(violations); else the learned probability)")
-        print("rule/count/learned: where the score comes from; viol_med: median violations of rule/count-scored cells;")
-        print(f"sat: learned-scored cells with score >= {SATURATED}; nondec: cells whose score did not drop from the")
-        print("previous budget (eps 0: clean); L_*: the learned probability alone, whatever the rules say;")
-        print("learned ceiling: the largest learned probability on the embedding sphere (any input)\n")
-        score_cols = ["flip", "med", "p10", "p90", "max", "flagged", "rule", "count", "learned", "viol_med"]
-        score_cols += ["sat", "nondec"]
-        print(tab.set_index(["threat", "eps"])[score_cols].to_string(float_format="{:.3f}".format))
+        tab = r.table.set_index(["threat", "eps"])
+        print(tab[SCORE_COLS].to_string(float_format="{:.3f}".format))
         print()
-        learned_cols = ["L_med", "L_p10", "L_p90", "L_max", "L_flag", "L_sat", "L_nondec"]
-        print(tab.set_index(["threat", "eps"])[learned_cols].to_string(float_format="{:.4f}".format))
+        print(tab[LEARNED_COLS].to_string(float_format="{:.4f}".format))
+    if len(runs) > 1:
+        print(f"\n=== mean over seeds {args.seeds} ===")
+        print("seed  threshold  method  ceiling")
+        for seed, r in zip(args.seeds, runs, strict=True):
+            print(f"{seed:4d}  {r.threshold:9.4f}  {r.method}  {r.ceiling:.4f}")
+        pooled = pd.concat([r.table for r in runs]).groupby(["threat", "eps"], sort=False)[POOLED_COLS].mean()
+        print(pooled.to_string(float_format="{:.3f}".format))
     return 0
 
 
