@@ -24,13 +24,15 @@ learned-scored cells at >= 0.999 (saturated); and ``nondec``, the share of cells
 decrease from the previous budget of the sweep (the clean cell before the first). The same for the
 learned probability alone (``AdversarialDetector.explain_arrays(...).learned``, whatever the rules
 say): its median, percentiles and maximum, the share at or above the threshold, the share >= 0.999,
-``nondec``. And the learned layer's ceiling: the residual detector's largest probability on the
-unit sphere of its (L2-normalized) triplet embedding, i.e. over every possible input.
+``nondec``. The median and ``nondec`` of two unbounded input-consistency meta-features: the log PCA
+residual (``R``) and the log distance to the nearest clean training cell (``K``). And the learned
+layer's ceiling: the residual detector's largest probability on the unit sphere of its
+(L2-normalized) triplet embedding, i.e. over every possible input.
 
 Usage::
 
     python benchmarks/score_growth.py --threads 1             # seed 0
-    python benchmarks/score_growth.py --seeds 0 1 --threads 1
+    python benchmarks/score_growth.py --seeds 0 1 2 3 4 --threads 1   # and the mean over seeds
 """
 
 from __future__ import annotations
@@ -171,7 +173,10 @@ def measure(c, det, steps: list[Step]) -> pd.DataFrame:
     clf = sad.get.model(c, "classifier")
     clean_pred = c.obs["sad_pred"].astype(str).to_numpy()
     thr = float(det.threshold)
-    rows, prev_score, prev_learned = [], {}, {}
+    names = list(det.feature_names)
+    # the input-consistency features: unbounded distances of the cell to the clean reference (a growth candidate)
+    ref_cols = {k: names.index(k) for k in ("log_pca_residual", "log_knn_distance") if k in names}
+    rows, prev_score, prev_learned, prev_ref = [], {}, {}, {}
     threats = list(dict.fromkeys(s.threat for s in steps))
     for threat in threats:
         sweep = [Step(threat, 0.0, None), *sorted((s for s in steps if s.threat == threat), key=lambda s: s.eps)]
@@ -213,6 +218,14 @@ def measure(c, det, steps: list[Step]) -> pd.DataFrame:
                 "L_sat": float((lp >= SATURATED).mean()),
                 "L_nondec": float(np.mean(lp >= prev_learned[threat])) if threat in prev_learned else float("nan"),
             }
+            for k, j in ref_cols.items():
+                v = rep.meta[:, j].astype(np.float64)
+                tag = "R" if k == "log_pca_residual" else "K"
+                row[f"{tag}_med"] = float(np.median(v))
+                row[f"{tag}_nondec"] = (
+                    float(np.mean(v >= prev_ref[threat, k])) if (threat, k) in prev_ref else float("nan")
+                )
+                prev_ref[threat, k] = v
             rows.append(row)
             prev_score[threat], prev_learned[threat] = score, lp
     return pd.DataFrame(rows)
@@ -243,9 +256,10 @@ def run_one(raw, seed: int) -> SeedRun:
 
 
 SCORE_COLS = ["flip", "med", "p10", "p90", "max", "flagged", "rule", "count", "learned", "viol_med", "sat", "nondec"]
-LEARNED_COLS = ["L_med", "L_p10", "L_p90", "L_max", "L_flag", "L_sat", "L_nondec"]
+LEARNED_COLS = ["L_med", "L_p10", "L_p90", "L_max", "L_flag", "L_sat", "L_nondec", "R_med", "R_nondec", "K_med"]
+LEARNED_COLS += ["K_nondec"]
 POOLED_COLS = ["flip", "med", "flagged", "rule", "count", "learned", "sat", "nondec", "L_med", "L_flag", "L_sat"]
-POOLED_COLS += ["L_nondec"]
+POOLED_COLS += ["L_nondec", "R_nondec", "K_nondec"]
 
 
 def main(argv=None) -> int:
@@ -269,7 +283,8 @@ def main(argv=None) -> int:
     print("rule/count/learned: where the score comes from; viol_med: median violations of rule/count-scored cells;")
     print(f"sat: learned-scored cells with score >= {SATURATED}; nondec: cells whose score did not drop from the")
     print("previous budget (eps 0: clean; ties count as not dropping); L_*: the learned probability alone, whatever")
-    print("the rules say; ceiling: the largest learned probability on the embedding sphere (any input)")
+    print("the rules say; ceiling: the largest learned probability on the embedding sphere (any input);")
+    print("R_*, K_*: the meta-features log_pca_residual and log_knn_distance (distance to the clean reference)")
     runs = []
     for seed in args.seeds:
         t0 = time.perf_counter()
