@@ -23,6 +23,7 @@ from scadversarial.detection import DetectorConfig, FeatureSpec
 from scadversarial.tl._detect import DetectorCells
 
 LAYERS = ["sad_pgd_eps0.1", "sad_pgd_eps0.5"]
+TARGET_SUM = 1e4  # sad.pp.preprocess's normalization: no log value above log1p(1e4)
 FAST_CONFIG = DetectorConfig(triplet_epochs=4, epochs=12)
 FAST = {"config": FAST_CONFIG}
 
@@ -495,17 +496,65 @@ def test_fast_rules_equal_the_reference_rules(rules3k):
     split = _split(a)
     role = a.obs[_keys.OBS_DETECTOR_ROLE].astype(str).to_numpy()
     X = np.asarray(a.X, dtype=np.float32)
-    ref = PlausibilityRules().fit(clf, X[np.isin(role, ["meta_train", "reference"])])
+    ref = PlausibilityRules(target_sum=TARGET_SUM).fit(clf, X[np.isin(role, ["meta_train", "reference"])])
     assert float(det.rule_zero_bound) == ref.zero_bound_
     rng = np.random.default_rng(1)
     Z = np.asarray(a.X, dtype=np.float32)[split == "test"]
     noisy = Z + rng.normal(0, 0.02, Z.shape).astype(np.float32) * (rng.random(Z.shape) < 0.1)
-    for M in (Z, noisy, np.asarray(test.layers["sad_pgd_eps0.1"], dtype=np.float32)):
+    at_clip = Z.copy()  # one gene per cell at the clip, half of them genes no count lifts that far
+    t = det.classifier.transform
+    top = (t.mean.double() + float(t.clip) * t.std.double()).numpy()
+    genes = np.argsort(top)[np.linspace(0, len(top) - 1, len(Z)).astype(int)]
+    at_clip[np.arange(len(Z)), genes] = float(t.clip)
+    for M in (Z, noisy, np.asarray(test.layers["sad_pgd_eps0.1"], dtype=np.float32), at_clip):
         got, want = det.rule_counts(torch.as_tensor(M)).numpy(), ref.explain(M).counts
         np.testing.assert_array_equal(got[:, :3], want[:, :3])
         settled = want[:, :3].sum(1) > 0  # flagged by an earlier rule: the lattice is not tried further
         np.testing.assert_array_equal(got[~settled], want[~settled])
         np.testing.assert_array_equal(sad.detection.rule_reasons(got), sad.detection.rule_reasons(want))
+
+
+def test_a_value_no_count_normalizes_to_is_out_of_range(rules3k):
+    """An entry whose log value (at the clip: the clip's) is above log1p(target_sum) is flagged; a reachable clip is not."""
+    a, test = rules3k
+    det = sad.get.model(a, "detector")
+    ceiling = np.log1p(TARGET_SUM)
+    assert float(det.rule_log_max) == pytest.approx(ceiling)
+    assert sad.get.record(a, "detector")["metrics"]["rules"]["log_max"] == pytest.approx(ceiling)
+    t = det.classifier.transform
+    clip = float(t.clip)
+    top = (t.mean.double() + clip * t.std.double()).numpy()  # each gene's log value at the clip
+    unreachable, reachable = np.flatnonzero(top > ceiling + 0.01), np.flatnonzero(top < ceiling - 0.01)
+    assert len(unreachable) > 0
+    assert len(reachable) > 0
+    X = np.asarray(test.X, dtype=np.float32)[:40]
+    assert (det.rule_counts(torch.as_tensor(X)).numpy()[:, 0] == 0).all()
+    for genes, expected in ((unreachable, 1), (reachable, 0)):
+        Z = X.copy()
+        Z[:, genes[0]] = clip  # the most a gene can show without going beyond the clip
+        counts = det.rule_counts(torch.as_tensor(Z)).numpy()
+        assert (counts[:, 0] == expected).all()
+    above = X.copy()  # an invertible value above the ceiling, of the gene whose clip lies farthest beyond it
+    g = int(np.argmax(top))
+    assert top[g] > ceiling + 0.6
+    above[:, g] = np.float32((ceiling + 0.5 - float(t.mean[g])) / float(t.std[g]))
+    assert (np.abs(above[:, g]) < clip).all()
+    assert (sad.detection.rule_reasons(det.rule_counts(torch.as_tensor(above)).numpy()) == "beyond clip").all()
+    with pytest.raises(ValueError, match="target_sum must be a positive number"):
+        sad.detection.PlausibilityRules(target_sum=0.0)
+
+
+def test_detector_saved_before_the_log_ceiling_loads_without_it(rules3k):
+    from scadversarial.models import AdversarialDetector
+
+    a, test = rules3k
+    det = sad.get.model(a, "detector")
+    old = AdversarialDetector.from_config(det.config)
+    old.load_state_dict({k: v for k, v in det.state_dict().items() if k != "rule_log_max"})
+    assert old.rule_fit.log_max == float("inf")
+    assert old.rule_fit.zero_bound == det.rule_fit.zero_bound
+    x = torch.as_tensor(np.asarray(test.X, dtype=np.float32))
+    np.testing.assert_array_equal(old.check_counts(x).numpy(), det.check_counts(x).numpy())
 
 
 def test_score_logit_sees_the_rules_as_a_value_not_a_gradient(rules3k):

@@ -22,13 +22,14 @@ What the rules assume (and where it comes from):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from ._rules import CLIP_RTOL, LOG_TOL, MAX_DIVISOR, RULES, PlausibilityRules
+from ._rules import CLIP_RTOL, LOG_TOL, MAX_DIVISOR, RULES, PlausibilityRules, log_ceiling
 
 if TYPE_CHECKING:
     from ..models.classifier import CellClassifier
@@ -88,10 +89,14 @@ class RuleFit:
         Log values in ``(LOG_TOL, zero_bound)`` are off zero: no count normalizes to them.
     lattice
         Whether the lattice rule applies (the training cells lie on the count lattice).
+    log_max
+        Log values above it are out of range: ``log1p(target_sum)``, a cell's whole library in one
+        gene (``inf``: the target sum is unknown, the clip alone bounds the values).
     """
 
     zero_bound: float
     lattice: bool
+    log_max: float = math.inf
 
 
 @dataclass(frozen=True)
@@ -162,10 +167,13 @@ class CountProfile:
         return self.checked - self.off - self.ones
 
 
-def fit_rules(classifier: CellClassifier, X_clean: np.ndarray) -> RuleFit:
-    """The rules' bound and lattice switch, fitted on clean training cells (scaled input ``X_clean``)."""
-    ref = PlausibilityRules().fit(classifier, np.asarray(X_clean, dtype=np.float32))
-    return RuleFit(float(ref.zero_bound_), bool(ref.use_lattice_))
+def fit_rules(classifier: CellClassifier, X_clean: np.ndarray, *, target_sum: float | None = None) -> RuleFit:
+    """The rules' bound and lattice switch, fitted on clean training cells (scaled input ``X_clean``).
+
+    With ``target_sum`` (the normalization's), no log value may exceed ``log1p(target_sum)``.
+    """
+    ref = PlausibilityRules(target_sum=target_sum).fit(classifier, np.asarray(X_clean, dtype=np.float32))
+    return RuleFit(float(ref.zero_bound_), bool(ref.use_lattice_), log_ceiling(target_sum))
 
 
 def reason_key(layer: str | None) -> str:
@@ -220,15 +228,15 @@ def _bounds(clip: float | None) -> tuple[float, float]:
 
 
 def _dense_counts(
-    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float | None, bound: float
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float | None, fit: RuleFit
 ) -> torch.Tensor:
     """Counts of the first three rules of whole rows, in the batch's precision (rows with most entries moved)."""
     big, small = _bounds(clip)
     ax = x.abs()
-    oor = ax > big
     lv = torch.addcmul(mean, x, std)
+    oor = (ax > big) | (lv > fit.log_max + LOG_TOL)
     neg = (lv < -LOG_TOL) & ~oor
-    off_zero = (lv > LOG_TOL) & (lv < bound) & (ax < small)
+    off_zero = (lv > LOG_TOL) & (lv < fit.zero_bound) & (ax < small)
     return torch.stack([oor.sum(1), neg.sum(1), off_zero.sum(1)], 1)
 
 
@@ -254,7 +262,7 @@ def _sparse_counts(
     code = torch.full_like(rows, 3)
     code = torch.where(inv & (lv > LOG_TOL) & (lv < fit.zero_bound), 2, code)
     code = torch.where(lv < -LOG_TOL, 1, code)
-    code = torch.where(ax > big, 0, code)
+    code = torch.where((ax > big) | (lv > fit.log_max + LOG_TOL), 0, code)
     out[:, :3] = torch.bincount(rows * 4 + code, minlength=4 * n).view(n, 4)[:, :3]
     if fit.lattice:
         checked = (inv & (lv >= fit.zero_bound)).nonzero().squeeze(1)
@@ -328,7 +336,7 @@ def _first_layer(
         heavy = moved.sum(1) > HEAVY_FRACTION * x.shape[1]
         if bool(heavy.any()):
             idx = heavy.nonzero().squeeze(1)
-            dense = _dense_counts(x.index_select(0, idx), mean.to(x.dtype), std.to(x.dtype), clip, fit.zero_bound)
+            dense = _dense_counts(x.index_select(0, idx), mean.to(x.dtype), std.to(x.dtype), clip, fit)
             out[idx, :3] = dense
             heavy[idx[dense.sum(1) == 0]] = False  # no verdict yet: the exact path, lattice included
         light = (~heavy).nonzero().squeeze(1)

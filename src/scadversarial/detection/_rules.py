@@ -6,7 +6,9 @@ library ``N``. Inverting the classifier's own transform (``l = x * std + mean``,
 float32 rounding wherever ``|x|`` is below the clip) gives four checks per entry:
 
 ``'out_of_range'``
-    ``|x|`` beyond the clip: the transform never outputs it.
+    ``|x|`` beyond the clip: the transform never outputs it; or, with the normalization's target sum
+    known, a log value (for an entry at the clip: its smallest, the clip's) above
+    ``log1p(target_sum)``, the value of a cell's whole library in one gene: no count normalizes to it.
 ``'negative_expression'``
     ``l < 0``: a log-normalized value is never negative.
 ``'off_zero'``
@@ -23,6 +25,7 @@ reason is the first rule of the list above that it breaks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -60,18 +63,23 @@ CHUNK = 1024
 
 @dataclass(frozen=True)
 class Transform:
-    """The classifier's per-gene scaling, as float64 arrays: ``x = clip((l - mean) / std, -clip, clip)``."""
+    """The classifier's per-gene scaling, as float64 arrays: ``x = clip((l - mean) / std, -clip, clip)``.
+
+    ``log_max``: the largest log value a count normalizes to, ``log1p(target_sum)`` (``inf``: unknown).
+    """
 
     mean: np.ndarray
     std: np.ndarray
     clip: float | None
+    log_max: float = math.inf
 
     @classmethod
-    def of(cls, classifier: CellClassifier) -> Transform:
-        """The transform of a :class:`~scadversarial.models.CellClassifier`."""
+    def of(cls, classifier: CellClassifier, *, target_sum: float | None = None) -> Transform:
+        """The transform of a :class:`~scadversarial.models.CellClassifier` (and the normalization's target sum)."""
         t = classifier.transform
         clip = None if t.clip is None else float(t.clip)
-        return cls(t.mean.detach().cpu().double().numpy(), t.std.detach().cpu().double().numpy(), clip)
+        mean, std = t.mean.detach().cpu().double().numpy(), t.std.detach().cpu().double().numpy()
+        return cls(mean, std, clip, log_ceiling(target_sum))
 
     def to_log(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(log values, invertible)`` of scaled ``X``; entries at (or beyond) the clip are not invertible."""
@@ -82,10 +90,10 @@ class Transform:
         return L, np.abs(X) < self.clip * (1 - CLIP_RTOL)
 
     def out_of_range(self, X: np.ndarray) -> np.ndarray:
-        """Entries beyond the clip (the transform never outputs them)."""
-        if self.clip is None:
-            return np.zeros(np.shape(X), dtype=bool)
-        return np.abs(np.asarray(X, dtype=np.float64)) > self.clip * (1 + CLIP_RTOL)
+        """Entries beyond the clip, or whose (smallest) log value is above :attr:`log_max`: never produced."""
+        X = np.asarray(X, dtype=np.float64)
+        beyond = np.zeros(X.shape, dtype=bool) if self.clip is None else np.abs(X) > self.clip * (1 + CLIP_RTOL)
+        return beyond | (X * self.std + self.mean > self.log_max + LOG_TOL)
 
     def to_scaled(self, L: np.ndarray) -> np.ndarray:
         """Scaled float32 values of log values ``L`` (the classifier's transform)."""
@@ -93,6 +101,16 @@ class Transform:
         if self.clip is not None:
             Z = np.clip(Z, -self.clip, self.clip)
         return Z.astype(np.float32)
+
+
+def log_ceiling(target_sum: float | None) -> float:
+    """``log1p(target_sum)``: the log value of a cell's whole library in one gene (``inf`` without a target sum)."""
+    if target_sum is None:
+        return math.inf
+    if not (np.isfinite(target_sum) and target_sum > 0):
+        msg = f"target_sum must be a positive number (the normalization's, e.g. 1e4), got {target_sum!r}."
+        raise ValueError(msg)
+    return math.log1p(float(target_sum))
 
 
 def _zero_bound(transform: Transform, X: np.ndarray) -> float:
@@ -206,6 +224,9 @@ class PlausibilityRules(_Baseline):
     ----------
     lattice
         Apply the lattice rule: ``'auto'`` (when the training cells obey it), or always / never.
+    target_sum
+        The normalization's target sum (``sad.pp.preprocess``'s, 1e4): ``'out_of_range'`` then also
+        flags a log value above ``log1p(target_sum)``, an entry at the clip included (``None``: the clip only).
 
     Examples
     --------
@@ -217,17 +238,18 @@ class PlausibilityRules(_Baseline):
 
     name = "rules"
 
-    def __init__(self, *, lattice: Literal["auto", "on", "off"] = "auto") -> None:
+    def __init__(self, *, lattice: Literal["auto", "on", "off"] = "auto", target_sum: float | None = None) -> None:
         super().__init__()
         if lattice not in ("auto", "on", "off"):
             msg = f"lattice must be 'auto', 'on' or 'off', got {lattice!r}."
             raise ValueError(msg)
-        self.lattice = lattice
+        log_ceiling(target_sum)  # checked before anything is fitted
+        self.lattice, self.target_sum = lattice, target_sum
 
     def _fit(self, X_clean: np.ndarray, X_adv: np.ndarray | None, y: np.ndarray | None, rng: RngLike) -> None:
         """Learn the ``'off_zero'`` bound and check the lattice on clean training cells (``X_adv``, ``y``, ``rng`` unused)."""
         X_clean = self._check_input(X_clean)
-        self.transform_ = Transform.of(self.classifier)
+        self.transform_ = Transform.of(self.classifier, target_sum=self.target_sum)
         self.zero_bound_ = _zero_bound(self.transform_, X_clean)
         self.use_lattice_ = self.lattice != "off"
         rep = self.explain(X_clean) if self.lattice == "auto" else None
@@ -279,4 +301,4 @@ class PlausibilityRules(_Baseline):
         return max(super()._threshold(X_clean_val, X_adv_val, target_fpr), 1.0)
 
 
-__all__ = ["RULES", "Lattice", "PlausibilityRules", "Reason", "RuleReport", "Transform", "fit_lattice"]
+__all__ = ["RULES", "Lattice", "PlausibilityRules", "Reason", "RuleReport", "Transform", "fit_lattice", "log_ceiling"]

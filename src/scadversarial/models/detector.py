@@ -225,6 +225,8 @@ class AdversarialDetector(SadModel):
         if rules:  # a detector saved before the rules existed has neither buffer
             self.register_buffer("rule_zero_bound", torch.tensor(0.0, dtype=torch.float64))
             self.register_buffer("rule_lattice", torch.tensor(data=False))
+            # inf: no ceiling below the clip (a detector saved before it loads so, see _load_from_state_dict)
+            self.register_buffer("rule_log_max", torch.tensor(float("inf"), dtype=torch.float64))
         if singletons:  # a negative fraction: the check is off (set_singletons found no count lattice)
             self.register_buffer("singleton_min", torch.tensor(SINGLETONS_OFF, dtype=torch.float64))
         if two_counts:  # a detector saved before the two-count check has neither buffer
@@ -339,6 +341,21 @@ class AdversarialDetector(SadModel):
             raise ValueError(msg)
         self.rule_zero_bound.fill_(float(fit.zero_bound))
         self.rule_lattice.fill_(bool(fit.lattice))
+        self.rule_log_max.fill_(float(fit.log_max))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """A detector saved before the log ceiling existed loads with it off (``inf``): its flags stay as they were."""
+        if self.has_rules and prefix + "rule_zero_bound" in state_dict and prefix + "rule_log_max" not in state_dict:
+            state_dict[prefix + "rule_log_max"] = torch.tensor(float("inf"), dtype=torch.float64)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def rule_fit(self) -> RuleFit:
+        """What the rules learned (:meth:`set_rules`); a detector without rules raises."""
+        if not self.has_rules:
+            msg = "This detector was built without rules (rules=False); build it with rules=True."
+            raise ValueError(msg)
+        return RuleFit(float(self.rule_zero_bound), bool(self.rule_lattice), float(self.rule_log_max))
 
     def set_singletons(self, min_fraction: float | None) -> None:
         """Set the singleton threshold (:func:`~scadversarial.detection.fit_singleton_min`; ``None``: the check off)."""
@@ -390,8 +407,7 @@ class AdversarialDetector(SadModel):
             return torch.zeros((x.shape[0], len(CHECKS)), dtype=torch.long, device=x.device)
         t = self.classifier.transform
         clip = None if t.clip is None else float(t.clip)
-        fit = RuleFit(float(self.rule_zero_bound), bool(self.rule_lattice))
-        return check_counts(x, t.mean, t.std, clip, fit, self.count_checks)
+        return check_counts(x, t.mean, t.std, clip, self.rule_fit, self.count_checks)
 
     def _parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(meta_features, embedding, learned score, rule counts)`` of scaled input ``x``."""

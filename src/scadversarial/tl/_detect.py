@@ -206,6 +206,15 @@ def _record_params(
     }
 
 
+def _target_sum(adata: AnnData) -> float | None:
+    """The normalization's target sum when ``sad.pp.preprocess`` normalized counts (``None``: unknown or log input)."""
+    rec = uns_root(adata).get(_keys.STEP_PREPROCESS)
+    params = {} if rec is None else rec.get("params", {})
+    if params.get("already_log", False) or params.get("target_sum") is None:
+        return None
+    return float(params["target_sum"])
+
+
 @doc_params(doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
 def train_detector(
     adata: AnnData,
@@ -224,7 +233,9 @@ def train_detector(
 
     The detector has two layers. The **plausibility rules** (``config.rules``, on by default) flag
     a cell whose scaled input no preprocessing of integer counts can produce: a value beyond the
-    clip, a negative log-expression, a value off the cell's lattice ``log1p(k * target_sum / N)``
+    clip or above ``log1p(target_sum)`` (a cell's whole library in one gene; the target sum is read
+    from the preprocessing record, none when the data were not normalized from counts here), a
+    negative log-expression, a value off the cell's lattice ``log1p(k * target_sum / N)``
     (see :func:`~scadversarial.detection.rule_counts`). They learn only the smallest positive
     value of the clean training cells and whether those lie on the lattice; each cell's unit
     ``target_sum / N`` is estimated from its own values. With them, the **count checks**
@@ -281,7 +292,8 @@ def train_detector(
     ``.uns['sad'][key_added]``
         ``params``; ``metrics`` (threshold and its TPR/FPR on the calibration cells, calibration
         AUROC etc. of the learned score, training histories, cell counts, and ``rules``: the rules'
-        bound and lattice switch and the count checks' thresholds, ``None`` for a check that is off);
+        bound, lattice switch and log ceiling ``log_max`` and the count checks' thresholds, ``None``
+        for a check that is off);
         ``model`` (the reference); ``feature_names``.
 
     """
@@ -328,7 +340,8 @@ def train_detector(
             det.input_ref.load_state_dict(ref.state_dict())
         if config.rules:  # rules: clean training cells (read anyway); count checks: calibration cells
             train = X[np.sort(np.concatenate([local.meta, local.reference]))]
-            fit_first_layer(det, clf, train, X[local.calibration], config, seed=(int(random_state), SINGLETON_STREAM))
+            seed = (int(random_state), SINGLETON_STREAM)
+            fit_first_layer(det, clf, train, X[local.calibration], config, seed=seed, target_sum=_target_sum(adata))
         bs = settings.batch_size
         data = DetectorFeatures(
             *([detector_features(det, M[idx], dev, bs) for M in (X, *advs)] for idx in (local.meta, local.calibration))
@@ -363,6 +376,7 @@ def train_detector(
         metrics["rules"] = {
             "zero_bound": float(det.rule_zero_bound),
             "lattice": bool(det.rule_lattice),
+            "log_max": float(det.rule_log_max),
             "singleton_min": det.singleton_threshold if config.singletons else None,
             "two_count_rate": None if two is None else two.rate,
             "two_count_z_min": None if two is None else two.z_min,
@@ -397,7 +411,8 @@ def detect(
     """Score every cell: was its expression profile adversarially manipulated, and why is it flagged?
 
     The default detector (:func:`train_detector`) has two layers. First the **plausibility
-    rules**: a value beyond the classifier's clip, a negative log-expression, a value off the
+    rules**: a value beyond the classifier's clip or above ``log1p(target_sum)`` (an entry at the
+    clip whose gene no count lifts that far included), a negative log-expression, a value off the
     cell's count lattice ``log1p(k * target_sum / N)`` (or, for a layer in count space,
     non-integer counts) cannot come from preprocessing real counts; such a cell is flagged
     whatever the learned detector says, and scores ``1 + log1p(violations)``, above every cell
@@ -443,7 +458,8 @@ def detect(
     ``.obs['sad_adversarial']`` / ``.obs['sad_adversarial_L']``
         ``score >= threshold``, or a broken rule (whatever the threshold).
     ``.obs['sad_reason']`` / ``.obs['sad_reason_L']``
-        Why a cell is flagged: ``'beyond clip'``, ``'negative'``, ``'non-integer counts'``,
+        Why a cell is flagged: ``'beyond clip'`` (beyond the clip, or above ``log1p(target_sum)``:
+        no count normalizes to it), ``'negative'``, ``'non-integer counts'``,
         ``'off lattice'`` (the first rule it breaks), ``'few single counts'``, ``'few double counts'``
         (the count checks), ``'learned'`` (the learned detector alone), ``''`` when not flagged (categorical).
     ``.obsm['sad_meta']`` / ``.obsm['sad_meta_L']``
