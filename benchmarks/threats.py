@@ -37,7 +37,7 @@ Defences (issue 14; ``--no-defences`` leaves them out), rows with ``detector='no
   its flip rate and accuracy under every threat above, attacked anew against it (white box), but the
   detector-aware one and the callable ones (the count attacker inside the checks is rerun against
   it, through ``InsideCountChecks.against``: the checks are rules on the counts, so its flip rate
-  bounds the evasion of the hardened classifier behind the default detector's rules and count
+  bounds its evasion of the hardened classifier behind the default detector's rules and count
   checks from above), and the predictions the benign shifts change.
 
 ``--false-alarms`` runs only the default pipeline and, on clean and benignly shifted validation
@@ -368,7 +368,7 @@ def _print_defences(tab: pd.DataFrame) -> None:
     heads = {
         "certified": "certified accuracy (correct and certified at radius r, L2 log units); flagged: abstentions",
         "hardened": "hardened classifier, each threat attacked anew against it (white box); inside the checks: "
-        "flip_rate bounds the evasion of it behind the default detector's count checks from above",
+        "flip_rate bounds that attacker's evasion of it behind the default detector's count checks from above",
     }
     for kind, names in cols.items():
         part = tab[tab["kind"] == kind]

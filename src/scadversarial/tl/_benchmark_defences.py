@@ -126,11 +126,12 @@ class HardenedRows:
     rerun against the hardened classifier; other callable threats and detector-aware specs are left
     out (they are tied to the standard classifier and its detector).
 
-    The rows measure the hardened classifier alone (``detector='none'``). Under
-    :class:`~scadversarial.tl.InsideCountChecks` every cell is kept inside the default detector's count
-    checks, which are rules on the input whichever classifier reads it; its ``flip_rate`` is therefore
-    an upper bound on the evasion of the hardened classifier behind the default detector's rules and
-    count checks (the learned detector, trained on the standard classifier, is not counted).
+    The rows measure the hardened classifier alone (``detector='none'``). :class:`~scadversarial.tl.InsideCountChecks`
+    keeps the cells inside the default detector's count checks, rules on the input whichever
+    classifier reads it; its ``flip_rate`` is an upper bound on its evasion (flipped and not flagged)
+    of the hardened classifier behind the default detector's rules and count checks, tight only where
+    the attack keeps the cells inside the checks (the learned detector, trained on the standard
+    classifier, is not counted).
     """
 
     def __init__(self, adata: AnnData, key: str) -> None:
