@@ -17,7 +17,7 @@ The single gene is, per cell, the one whose increase raises the classifier's los
 positive input gradient on the clean cell), the same at every budget.
 
 Per threat and budget: flip rate; median, 10th and 90th percentile of ``.obs['sad_score_<layer>']``
-(``sad.tl.detect``); the share flagged; the share whose score comes from a plausibility rule
+(``sad.tl.detect``); the share flagged; ``evasion``, the share flipped and not flagged; the share whose score comes from a plausibility rule
 (``rule``), from a count check (``count``) or from the learned layer; the median number of
 violations of the rule/count-scored cells (the score is ``1 + log1p(violations)``); the share of
 learned-scored cells at >= 0.999 (saturated); and ``nondec``, the share of cells whose score did not
@@ -204,6 +204,7 @@ def measure(c, det, steps: list[Step]) -> pd.DataFrame:
                 "p90": _q(score, 0.9),
                 "max": float(score.max()),
                 "flagged": float(flagged.mean()),
+                "evasion": float(np.mean((pred != clean_pred) & ~flagged)),
                 "rule": float(rule.mean()),
                 "count": float(count.mean()),
                 "learned": float(learned_src.mean()),
@@ -255,10 +256,37 @@ def run_one(raw, seed: int) -> SeedRun:
     return SeedRun(tab, float(det.threshold), method, learned_ceiling(det, seed), c.n_obs)
 
 
-SCORE_COLS = ["flip", "med", "p10", "p90", "max", "flagged", "rule", "count", "learned", "viol_med", "sat", "nondec"]
+SCORE_COLS = [
+    "flip",
+    "med",
+    "p10",
+    "p90",
+    "max",
+    "flagged",
+    "evasion",
+    "rule",
+    "count",
+    "learned",
+    "viol_med",
+    "sat",
+    "nondec",
+]
 LEARNED_COLS = ["L_med", "L_p10", "L_p90", "L_max", "L_flag", "L_sat", "L_nondec", "R_med", "R_nondec", "K_med"]
 LEARNED_COLS += ["K_nondec"]
-POOLED_COLS = ["flip", "med", "flagged", "rule", "count", "learned", "sat", "nondec", "L_med", "L_flag", "L_sat"]
+POOLED_COLS = [
+    "flip",
+    "med",
+    "flagged",
+    "evasion",
+    "rule",
+    "count",
+    "learned",
+    "sat",
+    "nondec",
+    "L_med",
+    "L_flag",
+    "L_sat",
+]
 POOLED_COLS += ["L_nondec", "R_nondec", "K_nondec"]
 
 
@@ -280,7 +308,8 @@ def main(argv=None) -> int:
     pd.set_option("display.max_rows", 500)
     pd.set_option("display.max_columns", 30)
     print("score: sad_score (rule/count-scored cells: 1 + log1p(violations); else the learned probability)")
-    print("rule/count/learned: where the score comes from; viol_med: median violations of rule/count-scored cells;")
+    print("evasion: flipped and not flagged; rule/count/learned: where the score comes from;")
+    print("viol_med: median violations of rule/count-scored cells;")
     print(f"sat: learned-scored cells with score >= {SATURATED}; nondec: cells whose score did not drop from the")
     print("previous budget (eps 0: clean; ties count as not dropping); L_*: the learned probability alone, whatever")
     print("the rules say; ceiling: the largest learned probability on the embedding sphere (any input);")
