@@ -297,8 +297,6 @@ def run_one(raw, labels: str, seed: int, notes: list[str], *, defences: bool = T
     variant = _hardened_variant(notes) if defences else None
     if variant is not None:
         sad.tl.train_classifier(a, key, random_state=seed, key_added=HARDENED_KEY, **variant)
-        # training wrote the hardened calls to .obs['sad_pred']; the black-box threats group by the standard's
-        sad.tl.predict(a)
     opts = sad.tl.BenchmarkOptions(
         random_state=seed,
         certified=CertifiedRows() if defences else None,

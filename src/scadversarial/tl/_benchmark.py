@@ -83,8 +83,12 @@ class BenchmarkOptions:
     hardened_key
         Run record of a hardened classifier (``sad.tl.train_classifier(..., adversarial=...,
         key_added=hardened_key)``): its clean accuracy, and its flip rate and accuracy under every
-        threat attacked anew against it (white box), or ``None`` for none. Callable threats and
-        detector-aware specs are not rerun (they are tied to the standard classifier and its detector).
+        threat attacked anew against it (white box), or ``None`` for none. Detector-aware specs and
+        callable threats are not rerun (they are tied to the standard classifier and its detector),
+        except a callable with an ``against(classifier)`` method, such as
+        :class:`~scadversarial.tl.InsideCountChecks`, which is rerun against the hardened classifier:
+        its flip rate there bounds that attacker's evasion of the hardened classifier behind the
+        detector's count checks.
 
     """
 
