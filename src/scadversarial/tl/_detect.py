@@ -47,6 +47,7 @@ from ._detect_score import (
     watched_classifier,
 )
 from ._models import get_model, set_model_reference
+from ._space import counts_target_sum
 
 #: Role of each cell in ``.obs['sad_detector_role']``.
 ROLES = ("meta_train", "calibration", "reference", "unused")
@@ -206,15 +207,6 @@ def _record_params(
     }
 
 
-def _target_sum(adata: AnnData) -> float | None:
-    """The normalization's target sum when ``sad.pp.preprocess`` normalized counts (``None``: unknown or log input)."""
-    rec = uns_root(adata).get(_keys.STEP_PREPROCESS)
-    params = {} if rec is None else rec.get("params", {})
-    if params.get("already_log", False) or params.get("target_sum") is None:
-        return None
-    return float(params["target_sum"])
-
-
 @doc_params(doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
 def train_detector(
     adata: AnnData,
@@ -341,7 +333,9 @@ def train_detector(
         if config.rules:  # rules: clean training cells (read anyway); count checks: calibration cells
             train = X[np.sort(np.concatenate([local.meta, local.reference]))]
             seed = (int(random_state), SINGLETON_STREAM)
-            fit_first_layer(det, clf, train, X[local.calibration], config, seed=seed, target_sum=_target_sum(adata))
+            fit_first_layer(
+                det, clf, train, X[local.calibration], config, seed=seed, target_sum=counts_target_sum(adata)
+            )
         bs = settings.batch_size
         data = DetectorFeatures(
             *([detector_features(det, M[idx], dev, bs) for M in (X, *advs)] for idx in (local.meta, local.calibration))

@@ -84,20 +84,32 @@ def layer_space(adata: AnnData, layer: str | None) -> Space:
     return "scaled"
 
 
-def target_sum(adata: AnnData) -> float:
-    """The normalization's target sum (``.uns['sad']['preprocess']['params']['target_sum']``)."""
+def counts_target_sum(adata: AnnData) -> float | None:
+    """The normalization's target sum when ``sad.pp.preprocess`` normalized counts, else ``None`` (no raise)."""
     rec = adata.uns.get(_keys.UNS, {}).get(_keys.STEP_PREPROCESS)
-    if rec is None:
-        msg = "No 'preprocess' record in adata.uns['sad']: count space needs `sad.pp.preprocess(adata)` on raw counts."
-        raise KeyError(msg)
-    params = rec.get("params", {})
-    if bool(params.get("already_log", False)):
-        msg = (
-            "adata was preprocessed from log-normalized values: there are no counts to attack. "
-            "Preprocess raw counts with `sad.pp.preprocess`, or use space='log' or 'scaled'."
-        )
-        raise ValueError(msg)
+    params = {} if rec is None else rec.get("params", {})
+    if bool(params.get("already_log", False)) or params.get("target_sum") is None:
+        return None
     return float(params["target_sum"])
+
+
+def target_sum(adata: AnnData) -> float:
+    """The normalization's target sum (``.uns['sad']['preprocess']['params']['target_sum']``); raises without one."""
+    ts = counts_target_sum(adata)
+    if ts is not None:
+        return ts
+    rec = adata.uns.get(_keys.UNS, {}).get(_keys.STEP_PREPROCESS)
+    if rec is None or not rec.get("params", {}).get("already_log", False):
+        msg = (
+            "No target sum in adata.uns['sad']['preprocess']: count space needs `sad.pp.preprocess(adata)` "
+            "on raw counts."
+        )
+        raise KeyError(msg)
+    msg = (
+        "adata was preprocessed from log-normalized values: there are no counts to attack. "
+        "Preprocess raw counts with `sad.pp.preprocess`, or use space='log' or 'scaled'."
+    )
+    raise ValueError(msg)
 
 
 def other_counts(adata: AnnData, var_names) -> np.ndarray:
