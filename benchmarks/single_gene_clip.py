@@ -17,7 +17,7 @@ clean cells and on the benign shifts of ``threats.py`` (thinning 50 %/25 %, ambi
 seeds ``seed + j`` as ``benchmark_detectors``); and, per threat, the flip rate, the share flagged by
 the default detector, by the check, by either, and evasion (flipped and flagged by neither):
 
-- ``one gene at the clip`` and ``one gene at a reachable clip``: ``threats._gene_at_clip``;
+- ``one gene at the clip`` and ``one gene at a reachable clip``: ``sad.tl.GeneAtClip()`` and ``sad.tl.GeneAtClip(det)``;
 - ``one gene at a clip inside the check``: the attacker who knows the ceiling rule and the check:
   the best, by the loss, of the 20 steepest genes whose clip log value is reachable
   (<= ``log1p(target_sum)``) and <= ``q_g + delta`` (so that gene does not make the check fire);
@@ -49,14 +49,17 @@ import argparse
 import copy
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from threats import CLIP_CANDIDATES, DATA, LABEL_SETS, PGD_EPS, _gene_at_clip, prepare
+from threats import DATA, LABEL_SETS, PGD_EPS, prepare
 
 import scadversarial as sad
+from scadversarial.tl import GeneAtClip
+from scadversarial.tl._gene_at_clip import CLIP_CANDIDATES
 from scadversarial.tl._shifts import DEFAULT_SHIFTS
 from scadversarial.tl._space import other_counts, space_model, to_scaled
 
@@ -231,8 +234,9 @@ def run_one(raw, labels: str, seed: int) -> tuple[pd.DataFrame, dict]:
     clean_pred = clf.predict_arrays(np.asarray(test.X, dtype=np.float32))[0].argmax(1)
     assert (np.asarray(clf.classes)[clean_pred] == test.obs["sad_pred"].astype(str).to_numpy()).all()
     layers: dict[str, str] = {}
-    for reach, name in ((False, "one gene at the clip"), (True, "one gene at a reachable clip")):
-        (lay,) = _gene_at_clip(test, reachable_only=reach)
+    det = sad.get.model(a, "detector")
+    for attacker, name in ((GeneAtClip(), "one gene at the clip"), (GeneAtClip(det), "one gene at a reachable clip")):
+        (lay,) = replace(attacker, key_added=f"bench_{name.replace(' ', '_')}")(test)
         layers[name] = lay
     for chk, sfx in ((check, ""), (strict, " (delta 0)")):
         made = {"one gene at a clip inside the check": _clip_inside_check(test, clf, chk, ceiling)[1]}

@@ -22,9 +22,9 @@ Threats (a threat whose option this version of ``sad.tl.attack`` lacks is skippe
   visiting the 500 best genes of the sign-gene ranking) and single-gene ``positive_aberrant`` (per
   predicted cluster, the first gene whose aberrant value, 10,000 x its max in ``X``, flips the
   cluster's call is set to that value for the cluster's cells);
-- one gene per cell at the clip (the largest value the transform outputs): the gene whose increase
-  raises the loss fastest, and, for the attacker who knows the rules' ceiling ``log1p(target_sum)``,
-  the best of the 20 steepest genes whose clip a count can reach;
+- one gene per cell at the clip (the largest value the transform outputs, ``sad.tl.GeneAtClip``):
+  the gene whose increase raises the loss fastest, and, for the attacker who knows the rules'
+  ceiling ``log1p(target_sum)``, the best of the 20 steepest genes whose clip a count can reach;
 - a detector-aware attacker on the expressed log threat at 0.5 log units, detector weight
   0/0.1/1/10, worst case per cell (a cell evades when any weight's iterate flipped and was not flagged);
 - benign shifts: counts thinned to 50 % and 25 %, 10 % ambient RNA, expressed-gene noise.
@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import inspect
 import sys
 import time
@@ -86,7 +85,6 @@ L2_EPS = 5.0  # CW / DeepFool budget in scaled units: ~ the L2 norm of an L-inf 
 ABERRANT_FACTOR = 1e4  # single_gene_attack's default aberrant_factor: the gene at 10,000 x its max
 # detector weights, a decade apart; 0: the plain attacker keeping its least-suspect iterate
 LAMBDAS = (0.0, 0.1, 1.0, 10.0)
-CLIP_CANDIDATES = 20  # genes (largest loss gradient first) the ceiling-aware one-gene attacker tries per cell
 SQUARE_EPS = 0.15  # the score-based attack gets the seed threat's largest L-inf budget
 SQUARE_QUERIES = 1000  # queries per cell (Andriushchenko et al. report most flips within a few hundred)
 CGD_GENES = 500  # CGD visits the top of adverSCarial's sign-gene ranking: all 2,000 take ~10 s per cluster here
@@ -189,45 +187,6 @@ def _single_gene(c, cluster):
     return X
 
 
-def _gene_at_clip(c, *, reachable_only: bool) -> dict[str, str]:
-    """One gene per cell set to the clip, the largest value the classifier's transform outputs.
-
-    The gene whose increase raises the loss of the cell's clean call fastest; with ``reachable_only``
-    (the attacker who knows the rules' ceiling ``log1p(target_sum)``) the best, by the loss, of the
-    :data:`CLIP_CANDIDATES` steepest genes whose log value at the clip a count can reach.
-    """
-    import torch
-
-    clf = sad.tl.get_model(c, "classifier").eval()
-    t = clf.transform
-    clip = float(t.clip)
-    X = np.asarray(c.X, dtype=np.float32)
-    y = torch.as_tensor(pd.Categorical(c.obs["sad_pred"].astype(str), categories=clf.classes).codes.astype(np.int64))
-    x = torch.as_tensor(X).requires_grad_(requires_grad=True)
-    (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(clf(x), y, reduction="sum"), x)
-    grad = grad.numpy()
-    rows = np.arange(len(X))
-    if reachable_only:
-        top = (t.mean.double() + clip * t.std.double()).numpy()
-        target = float(sad.get.record(c, "preprocess")["params"]["target_sum"])
-        grad[:, top > np.log1p(target)] = -np.inf
-        best, best_loss = grad.argmax(1), np.full(len(X), -np.inf)
-        for g in np.argsort(-grad, axis=1)[:, :CLIP_CANDIDATES].T:
-            Z = X.copy()
-            Z[rows, g] = clip
-            with torch.no_grad():
-                loss = torch.nn.functional.cross_entropy(clf(torch.as_tensor(Z)), y, reduction="none").numpy()
-            better = (loss > best_loss) & np.isfinite(grad[rows, g])
-            best, best_loss = np.where(better, g, best), np.where(better, loss, best_loss)
-        gene, key = best, "bench_gene_at_reachable_clip"
-    else:
-        gene, key = grad.argmax(1), "bench_gene_at_clip"
-    Z = X.copy()
-    Z[rows, gene] = clip
-    c.layers[key] = Z
-    return {key: "scaled"}
-
-
 def _square_attack(c):
     """Square Attack (L-inf, scaled space) through the array-level ``score_attack``: probabilities only."""
     import torch
@@ -289,9 +248,11 @@ def threats(adata, det, notes: list[str]) -> dict:
         out["score-based"] = _square_attack
     out["CGD"] = _cluster_layer(_cgd, "bench_cgd", None)
     out["single-gene aberrant"] = _cluster_layer(_single_gene, "bench_single_gene", None)
-    out["one gene at the clip"] = functools.partial(_gene_at_clip, reachable_only=False)
-    if "preprocess" in adata.uns.get("sad", {}):
-        out["one gene at a reachable clip"] = functools.partial(_gene_at_clip, reachable_only=True)
+    if hasattr(sad.tl, "GeneAtClip"):
+        out["one gene at the clip"] = sad.tl.GeneAtClip(key_added="bench_gene_at_clip")
+        out["one gene at a reachable clip"] = sad.tl.GeneAtClip(det, key_added="bench_gene_at_reachable_clip")
+    else:
+        notes.append("one gene at the clip: no sad.tl.GeneAtClip in this version")
     if has_space and {"detector", "detector_weight"} <= opts and callable(getattr(det, "score_logit", None)):
         base = {"method": "pgd", "eps": ADAPTIVE_EPS, "space": "log", "constraint": "expressed", "detector": det}
         out["detector-aware (λ sweep)"] = [{**base, "detector_weight": w} for w in LAMBDAS]

@@ -34,6 +34,7 @@ def test_cli_run_end_to_end(tmp_path):
         "seed PGD eps=0.1",
         "observed PGD eps=0.15",
         "expressed log 0.5",
+        "one gene at the clip (knows the rules)",
         "detector-aware log 0.5",
     ]
     assert "counts: not available for this data" in rc.stdout  # pbmc68k_reduced has no counts

@@ -38,6 +38,7 @@ def test_threat_benchmark_with_counts(small3k):
         "expressed log 0.5",
         "counts +-1 UMI",
         "counts +-1 UMI inside the checks",
+        "one gene at the clip (knows the rules)",
         "detector-aware log 0.5",
         "thinning 50%",
     ]
@@ -84,6 +85,7 @@ def test_report_prints_threat_rows_beside_the_seed_auroc(small3k):
         "expressed log 0.5",
         "counts +-1 UMI",
         "counts +-1 UMI inside the checks",
+        "one gene at the clip (knows the rules)",
         "detector-aware log 0.5",
         "thinning 50%",
     ):

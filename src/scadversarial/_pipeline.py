@@ -41,6 +41,8 @@ HONEST_NOTE = (
     "against changes within Poisson noise only a hardened classifier helps. Nor does it flag one gene set to the "
     "clip where a count can reach that value (PBMC3k: 31 % of cells flipped and unflagged)."
 )
+#: Row of the one-gene-at-the-clip attacker who knows the rules (:class:`~scadversarial.tl.GeneAtClip`).
+GENE_AT_CLIP = "one gene at the clip (knows the rules)"
 #: Columns of the benchmark table kept in the report, per threat row: what the row is, then its numbers.
 NUMERIC_COLUMNS = ("n_cells", "flip_rate", "auroc", "flagged", "evasion", "fpr", "pred_changed")
 THREAT_COLUMNS = ("threat", "kind", "detector", "space", "constraint", *NUMERIC_COLUMNS)
@@ -188,7 +190,8 @@ def threat_benchmark(
     log-expression of the genes each cell expresses (0.5 log units), when ``adata`` has
     ``.layers['counts']`` integer counts moved by at most one UMI per expressed gene (and, when the
     detector has count checks, the same attacker keeping each cell just inside them,
-    :class:`~scadversarial.tl.InsideCountChecks`), and the
+    :class:`~scadversarial.tl.InsideCountChecks`), one gene per cell set to the clip by the attacker
+    who knows the rules (:class:`~scadversarial.tl.GeneAtClip`), and the
     expressed log threat by an attacker who differentiates through the detector (detector weights
     0, 0.1, 1 and 10; per cell, the flipped iterate the detector scores lowest). With counts, one
     benign shift too (counts thinned to half depth). Without counts, those rows are named in
@@ -256,6 +259,9 @@ def threat_benchmark(
         # the count attacker who knows the count checks: the worst case of the count row above
         inside = tl.InsideCountChecks(detector, eps=UMI_EPS, random_state=random_state)
         attacks[f"counts +-{UMI_EPS:g} UMI inside the checks"] = inside
+    # one gene per cell at the clip; given a detector with rules, only where they cannot flag it
+    rules = bool(getattr(detector, "has_rules", False))
+    attacks[GENE_AT_CLIP] = tl.GeneAtClip(detector if rules else None)
     attacks[f"detector-aware log {LOG_EPS:g}"] = {
         **log_threat,
         "detector": detector,

@@ -19,6 +19,7 @@ from ._classifier import (
 )
 from ._detect import DetectorCells, detect, meta_features, train_detector
 from ._evaluate import evaluate
+from ._gene_at_clip import GeneAtClip
 from ._input import classifier_input, input_space_problem
 from ._inside_checks import InsideCountChecks
 from ._models import get_model, load_models, save_models
@@ -38,6 +39,7 @@ __all__ = [
     "DetectorConfig",
     "FeatureSpec",
     "GaussianAugmentation",
+    "GeneAtClip",
     "InsideCountChecks",
     "ThinningAugmentation",
     "ThreatModel",

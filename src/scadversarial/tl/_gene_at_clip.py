@@ -1,0 +1,135 @@
+"""One gene per cell set to the clip: a threat of :func:`~scadversarial.tl.benchmark_detectors`.
+
+The classifier's transform clips scaled values at ``clip`` (10), so an entry at the clip is the
+largest value real preprocessing outputs and the rules cannot invert it to a count. The default
+detector flags it only when the gene's log value at the clip lies above the rules' ceiling
+(``log1p(target_sum)``, a whole library in one gene). :class:`GeneAtClip` is the attacker who
+sets one gene per cell there; given the detector, it is the one who knows the ceiling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import _keys
+from ..models.classifier import CellClassifier
+from ._input import classifier_input
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+    from ..models.detector import AdversarialDetector
+
+#: Genes (steepest loss gradient first) the attacker who knows the ceiling tries per cell: beyond the
+#: first few the loss gained by a gene at the clip falls off (PBMC3k), and each costs one forward pass.
+CLIP_CANDIDATES = 20
+#: Appended to ``key_added`` by :meth:`GeneAtClip.against`: its layer must not overwrite the standard run's.
+AGAINST_SUFFIX = "_against"
+
+
+@dataclass(frozen=True)
+class GeneAtClip:
+    """One gene per cell set to the clip of the classifier's scaled input (a threat of a benchmark).
+
+    Without ``detector``: the gene whose increase raises the loss of the cell's clean call fastest
+    (largest input gradient). With ``detector`` (the attacker who knows its rules): among the genes
+    whose log value at the clip is at or below the rules' ceiling (``detector.rule_fit.log_max``), so
+    that no rule can object, the one of the ``candidates`` steepest that raises the loss most. The
+    attacked layer is in the scaled space; its cells' other genes are unchanged.
+
+    Parameters
+    ----------
+    detector
+        The default detector whose rules the attacker knows
+        (:class:`~scadversarial.models.AdversarialDetector` with rules), or ``None``.
+    candidates
+        Genes tried per cell by the attacker who knows the rules.
+    key_added
+        The attacked layer's name.
+    classifier
+        The classifier attacked (:class:`~scadversarial.models.CellClassifier`); ``None``: the
+        cells' own (``sad.get.model(cells, 'classifier')``). Set it with :meth:`against`.
+
+    Examples
+    --------
+    >>> det = sad.get.model(adata, "detector")  # doctest: +SKIP
+    >>> sad.tl.benchmark_detectors(
+    ...     adata, attacks={"gene at the clip": sad.tl.GeneAtClip(), "... knowing the rules": sad.tl.GeneAtClip(det)}
+    ... )  # doctest: +SKIP
+    """
+
+    detector: AdversarialDetector | None = None
+    candidates: int = CLIP_CANDIDATES
+    key_added: str = "sad_gene_at_clip"
+    classifier: CellClassifier | None = None
+
+    def __post_init__(self) -> None:
+        if int(self.candidates) < 1:
+            msg = f"GeneAtClip needs candidates >= 1 (genes tried per cell); got {self.candidates!r}."
+            raise ValueError(msg)
+        if self.detector is not None and not getattr(self.detector, "has_rules", False):
+            msg = "GeneAtClip(detector=...) needs the default detector (an AdversarialDetector with rules=True)."
+            raise TypeError(msg)
+        if self.classifier is not None and not isinstance(self.classifier, CellClassifier):
+            msg = (
+                "GeneAtClip attacks through gradients: classifier must be a CellClassifier "
+                f"(`sad.get.model(adata, key)` of `sad.tl.train_classifier`), got {type(self.classifier).__name__}."
+            )
+            raise TypeError(msg)
+
+    def against(self, classifier: CellClassifier) -> GeneAtClip:
+        """The same attacker made against ``classifier`` (e.g. a hardened one), its layer ``key_added + '_against'``."""
+        return replace(self, classifier=classifier, key_added=self.key_added + AGAINST_SUFFIX)
+
+    def __call__(self, cells: AnnData) -> dict[str, str]:
+        """Attack ``cells`` (preprocessed, in memory); returns ``{layer: 'scaled'}``."""
+        from .. import get
+
+        clf = self.classifier if self.classifier is not None else get.model(cells, _keys.STEP_CLASSIFIER)
+        if clf.transform.clip is None:
+            msg = "GeneAtClip needs a classifier whose transform clips its input (sad.pp.preprocess's clip)."
+            raise ValueError(msg)
+        clip = float(clf.transform.clip)
+        X = np.asarray(classifier_input(cells, clf), dtype=np.float32)
+        was_training = clf.training
+        clf.eval()
+        try:
+            gene = self._genes(clf, X, clip)
+        finally:
+            clf.train(was_training)
+        Z = X.copy()
+        Z[np.arange(len(X)), gene] = clip
+        cells.layers[self.key_added] = Z
+        return {self.key_added: "scaled"}
+
+    def _genes(self, clf: CellClassifier, X: np.ndarray, clip: float) -> np.ndarray:
+        """Per cell, the gene the attacker sets to the clip."""
+        dev = next(clf.parameters()).device
+        with torch.no_grad():
+            y = torch.as_tensor(clf.predict_arrays(X)[0].argmax(1), device=dev)
+        x = torch.as_tensor(X, device=dev).requires_grad_(requires_grad=True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(clf(x), y, reduction="sum"), x)
+        grad = grad.cpu().numpy()
+        if self.detector is None:
+            return grad.argmax(1)
+        t = clf.transform
+        at_clip = (t.mean.double() + clip * t.std.double()).cpu().numpy()
+        grad[:, at_clip > self.detector.rule_fit.log_max] = -np.inf  # a rule would flag these
+        rows = np.arange(len(X))
+        best, best_loss = grad.argmax(1), np.full(len(X), -np.inf)
+        for g in np.argsort(-grad, axis=1)[:, : int(self.candidates)].T:
+            Z = X.copy()
+            Z[rows, g] = clip
+            with torch.no_grad():
+                loss = F.cross_entropy(clf(torch.as_tensor(Z, device=dev)), y, reduction="none").cpu().numpy()
+            better = (loss > best_loss) & np.isfinite(grad[rows, g])
+            best, best_loss = np.where(better, g, best), np.where(better, loss, best_loss)
+        return best
+
+
+__all__ = ["CLIP_CANDIDATES", "GeneAtClip"]
