@@ -90,5 +90,7 @@ def test_report_prints_threat_rows_beside_the_seed_auroc(small3k):
         "thinning 50%",
     ):
         assert any(x.strip().startswith(name) for x in lines[seed + 1 :]), name
+        # the threat column fits the longest name: its detector column stays apart
+        assert any(x.strip().startswith(name + "  ") and " sad " in x for x in lines[seed + 1 :]), name
     assert HONEST_NOTE in text
     assert "not available" not in text

@@ -341,25 +341,26 @@ def _format_threats(threats: dict) -> list[str]:
 
     rows = threats["rows"]
     n = max((r["n_cells"] for r in rows), default=0)
+    w = max([22, *(len(r["threat"]) for r in rows)]) + 2  # the threat column fits the longest name
     lines = [f"threats on {n} held-out test cells (flip rate, AUROC clean vs attacked, flagged at threshold, evasion):"]
     lines.append(
-        f"  {'threat':24s}{'detector':13s}{'space/constraint':20s}{'flipped':>8s}{'AUROC':>8s}{'flagged':>8s}{'evasion':>8s}"
+        f"  {'threat':{w}s}{'detector':13s}{'space/constraint':20s}{'flipped':>8s}{'AUROC':>8s}{'flagged':>8s}{'evasion':>8s}"
     )
     for r in rows:
         where = f"{r['space']}/{r['constraint']}"
         if r["kind"] == "benign":
             lines.append(
-                f"  {r['threat']:24s}{r['detector']:13s}{where:20s}  benign: flagged {r['fpr']:.3f}, "
+                f"  {r['threat']:{w}s}{r['detector']:13s}{where:20s}  benign: flagged {r['fpr']:.3f}, "
                 f"predictions changed {r['pred_changed']:.3f}"
             )
             continue
         if r["kind"] == "clean":
             lines.append(
-                f"  {r['threat']:24s}{r['detector']:13s}{where:20s}{'-':>8s}{'-':>8s}{num(r['flagged'])}{'-':>8s}"
+                f"  {r['threat']:{w}s}{r['detector']:13s}{where:20s}{'-':>8s}{'-':>8s}{num(r['flagged'])}{'-':>8s}"
             )
             continue
         vals = "".join(num(r[c]) for c in ("flip_rate", "auroc", "flagged", "evasion"))
-        lines.append(f"  {r['threat']:24s}{r['detector']:13s}{where:20s}{vals}")
+        lines.append(f"  {r['threat']:{w}s}{r['detector']:13s}{where:20s}{vals}")
     lines += [f"  {name}: {why}" for name, why in threats.get("not_available", {}).items()]
     lines.append(threats["note"])
     return lines
