@@ -140,11 +140,9 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    path = Path(args.data) if args.data else next((d for d in T.DATA if d.is_file()), None)
-    if path is None:
-        print(f"PBMC3k counts not found (looked in {[str(d) for d in T.DATA]}); pass --data", file=sys.stderr)
+    raw = T.read_pbmc3k(args.data)
+    if raw is None:
         return 1
-    raw = sad.datasets.pbmc3k(path)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_rows", 1000)
     t_all = time.perf_counter()

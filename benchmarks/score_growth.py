@@ -41,12 +41,11 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from threats import DATA, prepare  # benchmarks/ is on sys.path when this script runs
+from threats import prepare, read_pbmc3k  # benchmarks/ is on sys.path when this script runs
 
 import scadversarial as sad
 from scadversarial.attacks.whitebox import DEFAULT_STEPS, SCALED_ALPHA, STEP_SCALE
@@ -299,11 +298,9 @@ def main(argv=None) -> int:
     sad.settings.progress = False
     if args.threads:
         torch.set_num_threads(args.threads)
-    path = Path(args.data) if args.data else next((d for d in DATA if d.is_file()), None)
-    if path is None or not path.is_file():
-        print(f"PBMC3k counts not found (looked in {[str(d) for d in DATA]}); pass --data", file=sys.stderr)
+    raw = read_pbmc3k(args.data)
+    if raw is None:
         return 1
-    raw = sad.datasets.pbmc3k(path)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_rows", 500)
     pd.set_option("display.max_columns", 30)

@@ -50,12 +50,11 @@ import copy
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from threats import DATA, LABEL_SETS, PGD_EPS, prepare
+from threats import LABEL_SETS, PGD_EPS, prepare, read_pbmc3k
 
 import scadversarial as sad
 from scadversarial.tl import GeneAtClip
@@ -321,11 +320,9 @@ def main(argv=None) -> int:
             tables.append(saved["table"])
             infos.append(saved["info"])
     else:
-        path = Path(args.data) if args.data else next((d for d in DATA if d.is_file()), None)
-        if path is None:
-            print("PBMC3k counts not found; pass --data", file=sys.stderr)
+        raw = read_pbmc3k(args.data)
+        if raw is None:
             return 1
-        raw = sad.datasets.pbmc3k(path)
         for labels in args.labels:
             for seed in args.seeds:
                 t = time.perf_counter()

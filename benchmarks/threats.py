@@ -124,6 +124,15 @@ KEY_ROWS = (
 )
 
 
+def read_pbmc3k(data: str | None):
+    """The PBMC3k counts with Seurat labels: ``data``, else the first of :data:`DATA` on disk (``None``, said, if none)."""
+    path = Path(data) if data else next((d for d in DATA if d.is_file()), None)
+    if path is None or not path.is_file():
+        print(f"PBMC3k counts not found (looked in {[str(d) for d in DATA]}); pass --data", file=sys.stderr)
+        return None
+    return sad.datasets.pbmc3k(path)
+
+
 def _attack_options() -> tuple[set[str], tuple[str, ...]]:
     """Keyword options and methods this version of ``sad.tl.attack`` accepts."""
     from scadversarial.attacks import whitebox
@@ -405,11 +414,9 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    path = Path(args.data) if args.data else next((d for d in DATA if d.is_file()), None)
-    if path is None or not path.is_file():
-        print(f"PBMC3k counts not found (looked in {[str(d) for d in DATA]}); pass --data", file=sys.stderr)
+    raw = read_pbmc3k(args.data)
+    if raw is None:
         return 1
-    raw = sad.datasets.pbmc3k(path)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_rows", 500)
     pd.set_option("display.max_columns", 20)
