@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .. import _keys
 from ..models.classifier import CellClassifier
 from ._input import classifier_input
+from ._inside_checks import AGAINST_SUFFIX, check_attacked_classifier
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
 #: Genes (steepest loss gradient first) the attacker who knows the ceiling tries per cell: beyond the
 #: first few the loss gained by a gene at the clip falls off (PBMC3k), and each costs one forward pass.
 CLIP_CANDIDATES = 20
-#: Appended to ``key_added`` by :meth:`GeneAtClip.against`: its layer must not overwrite the standard run's.
-AGAINST_SUFFIX = "_against"
 
 
 @dataclass(frozen=True)
@@ -75,12 +74,7 @@ class GeneAtClip:
         if self.detector is not None and not getattr(self.detector, "has_rules", False):
             msg = "GeneAtClip(detector=...) needs the default detector (an AdversarialDetector with rules=True)."
             raise TypeError(msg)
-        if self.classifier is not None and not isinstance(self.classifier, CellClassifier):
-            msg = (
-                "GeneAtClip attacks through gradients: classifier must be a CellClassifier "
-                f"(`sad.get.model(adata, key)` of `sad.tl.train_classifier`), got {type(self.classifier).__name__}."
-            )
-            raise TypeError(msg)
+        check_attacked_classifier("GeneAtClip", self.classifier)
 
     def against(self, classifier: CellClassifier) -> GeneAtClip:
         """The same attacker made against ``classifier`` (e.g. a hardened one), its layer ``key_added + '_against'``."""

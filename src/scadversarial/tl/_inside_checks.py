@@ -35,6 +35,16 @@ MASK_LAYER = "_sad_inside_checks_mask"
 AGAINST_SUFFIX = "_against"
 
 
+def check_attacked_classifier(threat: str, classifier) -> None:
+    """Refuse a classifier a gradient threat (``against``) cannot attack; ``None`` (the cells' own) passes."""
+    if classifier is not None and not isinstance(classifier, CellClassifier):
+        msg = (
+            f"{threat} attacks through gradients: classifier must be a CellClassifier "
+            f"(`sad.get.model(adata, key)` of `sad.tl.train_classifier`), got {type(classifier).__name__}."
+        )
+        raise TypeError(msg)
+
+
 @dataclass(frozen=True)
 class InsideCountChecks:
     """Count attacker that keeps each cell just inside the detector's count checks (a threat of a benchmark).
@@ -98,12 +108,7 @@ class InsideCountChecks:
         if not callable(getattr(self.detector, "check_counts", None)):
             msg = "InsideCountChecks needs the default detector (an AdversarialDetector with count checks)."
             raise TypeError(msg)
-        if self.classifier is not None and not isinstance(self.classifier, CellClassifier):
-            msg = (
-                f"InsideCountChecks attacks through gradients: classifier must be a CellClassifier "
-                f"(`sad.get.model(adata, key)` of `sad.tl.train_classifier`), got {type(self.classifier).__name__}."
-            )
-            raise TypeError(msg)
+        check_attacked_classifier("InsideCountChecks", self.classifier)
 
     def against(self, classifier: CellClassifier) -> InsideCountChecks:
         """The same attacker made against ``classifier`` (its layers under ``key_added + '_against'``).
@@ -205,4 +210,4 @@ def _protect(protect: np.ndarray, deficit: np.ndarray, counts: np.ndarray, attac
             protect[i, free[np.argsort(cost[i, free], kind="stable")][: int(deficit[i, col]) + 1]] = True
 
 
-__all__ = ["AGAINST_SUFFIX", "INSIDE_ROUNDS", "InsideCountChecks"]
+__all__ = ["AGAINST_SUFFIX", "INSIDE_ROUNDS", "InsideCountChecks", "check_attacked_classifier"]
