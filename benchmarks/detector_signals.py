@@ -27,7 +27,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -130,16 +129,8 @@ def _ms(v: pd.Series) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=None, help="PBMC3k counts (.h5ad); default tests/data, else ../shared/data")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    args = p.parse_args(argv)
-    sad.settings.progress = False
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    args = T.benchmark_parser(__doc__, [0]).parse_args(argv)
+    T.quiet(args.threads)
     raw = T.read_pbmc3k(args.data)
     if raw is None:
         return 1

@@ -37,7 +37,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from threats import prepare, read_pbmc3k  # benchmarks/ is on sys.path when this script runs
+from threats import benchmark_parser, prepare, quiet, read_pbmc3k  # benchmarks/ is on sys.path when this script runs
 
 import scadversarial as sad
 from scadversarial.attacks.whitebox import DEFAULT_STEPS, SCALED_ALPHA, STEP_SCALE
@@ -290,14 +289,8 @@ POOLED_COLS += ["L_nondec", "R_nondec", "K_nondec"]
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=None, help="PBMC3k counts (.h5ad); default tests/data, else ../shared/data")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    args = p.parse_args(argv)
-    sad.settings.progress = False
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = benchmark_parser(__doc__, [0]).parse_args(argv)
+    quiet(args.threads)
     raw = read_pbmc3k(args.data)
     if raw is None:
         return 1

@@ -45,7 +45,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import time
@@ -54,7 +53,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import torch
-from threats import LABEL_SETS, PGD_EPS, prepare, read_pbmc3k
+from threats import LABEL_SETS, PGD_EPS, benchmark_parser, prepare, quiet, read_pbmc3k
 
 import scadversarial as sad
 from scadversarial.tl import GeneAtClip
@@ -300,18 +299,13 @@ def summary(tab: pd.DataFrame, infos: pd.DataFrame) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=None)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p = benchmark_parser(__doc__, [0, 1, 2])
     p.add_argument("--labels", nargs="+", default=list(LABEL_SETS), choices=list(LABEL_SETS))
-    p.add_argument("--threads", type=int, default=None)
     p.add_argument("--save", default=None)
     p.add_argument("--load", nargs="+", default=None)
     args = p.parse_args(argv)
-    sad.settings.progress = False
+    quiet(args.threads)
     pd.set_option("display.width", 250)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     tables, infos = [], []
     if args.load:

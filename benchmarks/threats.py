@@ -124,6 +124,24 @@ KEY_ROWS = (
 )
 
 
+def benchmark_parser(doc: str, seeds: list[int]) -> argparse.ArgumentParser:
+    """The options every PBMC3k benchmark takes: ``--data``, ``--seeds`` and ``--threads``."""
+    p = argparse.ArgumentParser(description=doc.split("\n", maxsplit=1)[0])
+    p.add_argument("--data", default=None, help="PBMC3k counts (.h5ad); default tests/data, else ../shared/data")
+    p.add_argument("--seeds", type=int, nargs="+", default=seeds)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    return p
+
+
+def quiet(threads: int | None) -> None:
+    """No progress bars; ``threads`` torch threads when given."""
+    sad.settings.progress = False
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def read_pbmc3k(data: str | None):
     """The PBMC3k counts with Seurat labels: ``data``, else the first of :data:`DATA` on disk (``None``, said, if none)."""
     path = Path(data) if data else next((d for d in DATA if d.is_file()), None)
@@ -399,21 +417,14 @@ def _print_defences(tab: pd.DataFrame) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=None, help="PBMC3k counts (.h5ad); default tests/data, else ../shared/data")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p = benchmark_parser(__doc__, [0, 1, 2])
     p.add_argument("--labels", nargs="+", default=list(LABEL_SETS), choices=list(LABEL_SETS))
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--no-defences", action="store_true", help="leave out the certified and hardened rows")
     p.add_argument("--false-alarms", action="store_true", help="only: which layer flags clean and shifted cells")
     p.add_argument("--save", default=None, help="also write the per-seed table (pickle) to this path")
     p.add_argument("--load", nargs="+", default=None, help="summarize tables written by --save instead of running")
     args = p.parse_args(argv)
-    sad.settings.progress = False
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    quiet(args.threads)
     raw = read_pbmc3k(args.data)
     if raw is None:
         return 1
