@@ -126,7 +126,7 @@ def test_detect_contract_and_feature_spec(det68k):
         assert trip.shape == (a.n_obs, 64)
         np.testing.assert_allclose(np.linalg.norm(trip, axis=1), 1.0, atol=1e-5)
         s = a.obs[_keys.score_key(name)].to_numpy()
-        ruled = np.isin(a.obs[f"sad_reason_{name}" if name else "sad_reason"].astype(str), ["beyond clip", "negative"])
+        ruled = np.isin(a.obs[f"sad_reason_{name}" if name else "sad_reason"].astype(str), ["out of range", "negative"])
         assert ((s >= 0) & (s <= 1))[~ruled].all()
         assert (s[ruled] > 1).all()
     assert "sad_meta_sad_pgd_eps0.1" in a.obsm
@@ -432,7 +432,7 @@ def test_rules_flag_impossible_cells_with_their_reason(rules3k):
     counts = np.asarray(b.layers["counts"].toarray() if hasattr(b.layers["counts"], "toarray") else b.layers["counts"])
     b.layers["counts"] = counts + 0.5 * (counts > 0)  # half a UMI on every expressed gene: not counts
     sad.tl.detect(b, [None, "sad_pgd_eps0.1", log_layer, "beyond", "counts"])
-    expected = {"sad_pgd_eps0.1": {"negative", "beyond clip"}, log_layer: {"off lattice"}, "beyond": {"beyond clip"}}
+    expected = {"sad_pgd_eps0.1": {"negative", "out of range"}, log_layer: {"off lattice"}, "beyond": {"out of range"}}
     expected["counts"] = {"non-integer counts"}
     clean = b.obs["sad_score"].to_numpy()
     for name, reasons in expected.items():
@@ -453,7 +453,7 @@ def test_rule_flags_hold_at_any_threshold_and_only_with_rules(rules3k):
     a, test = rules3k
     b = test.copy()
     sad.tl.detect(b, "sad_pgd_eps0.1", threshold=5.0)
-    ruled = b.obs["sad_reason_sad_pgd_eps0.1"].astype(str).isin(["beyond clip", "negative", "off lattice"])
+    ruled = b.obs["sad_reason_sad_pgd_eps0.1"].astype(str).isin(["out of range", "negative", "off lattice"])
     assert ruled.any()
     assert b.obs["sad_adversarial_sad_pgd_eps0.1"][ruled].all()
     no_rules = a.copy()
@@ -514,12 +514,35 @@ def test_fast_rules_equal_the_reference_rules(rules3k):
         np.testing.assert_array_equal(sad.detection.rule_reasons(got), sad.detection.rule_reasons(want))
 
 
-def test_a_value_no_count_normalizes_to_is_out_of_range(rules3k):
-    """An entry whose log value (at the clip: the clip's) is above log1p(target_sum) is flagged; a reachable clip is not."""
+def test_the_log_ceiling_is_the_largest_training_share_with_its_margin(rules3k):
+    """The ceiling lets one gene hold SHARE_MARGIN times the largest share of a training cell's library (from its counts)."""
+    from scadversarial.detection._rules import SHARE_MARGIN
+    from scadversarial.tl._space import other_counts
+
+    a, _ = rules3k
+    det = sad.get.model(a, "detector")
+    train = a[a.obs[_keys.OBS_DETECTOR_ROLE].isin(["meta_train", "reference"]).to_numpy()]
+    C = counts_of(train)
+    share = (C / (C.sum(1) + other_counts(train, det.classifier.var_names))[:, None]).max()
+    assert 0.01 < share < 1 / SHARE_MARGIN  # PBMC3k: well below the whole library
+    ceiling = np.log1p(SHARE_MARGIN * share * TARGET_SUM)
+    assert float(det.rule_log_max) == pytest.approx(ceiling, abs=1e-5)
+    assert sad.get.record(a, "detector")["metrics"]["rules"]["log_max"] == pytest.approx(ceiling, abs=1e-5)
+    rules = sad.detection.PlausibilityRules(target_sum=TARGET_SUM, share_margin=None)
+    rules.fit(det.classifier, np.asarray(train.X, dtype=np.float32))
+    assert rules.transform_.log_max == pytest.approx(np.log1p(TARGET_SUM))  # no margin: the whole library
+    assert rules.max_share_ != rules.max_share_  # not fitted (NaN)
+    for bad in (0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="share_margin must be a number >= 1"):
+            sad.detection.PlausibilityRules(target_sum=TARGET_SUM, share_margin=bad)
+
+
+def test_a_value_above_the_log_ceiling_is_out_of_range(rules3k):
+    """An entry whose log value (at the clip: the clip's) is above the ceiling is flagged; a clip below it is not."""
     a, test = rules3k
     det = sad.get.model(a, "detector")
-    ceiling = np.log1p(TARGET_SUM)
-    assert float(det.rule_log_max) == pytest.approx(ceiling)
+    ceiling = float(det.rule_log_max)
+    assert ceiling < np.log1p(TARGET_SUM)
     assert sad.get.record(a, "detector")["metrics"]["rules"]["log_max"] == pytest.approx(ceiling)
     t = det.classifier.transform
     clip = float(t.clip)
@@ -539,7 +562,7 @@ def test_a_value_no_count_normalizes_to_is_out_of_range(rules3k):
     assert top[g] > ceiling + 0.6
     above[:, g] = np.float32((ceiling + 0.5 - float(t.mean[g])) / float(t.std[g]))
     assert (np.abs(above[:, g]) < clip).all()
-    assert (sad.detection.rule_reasons(det.rule_counts(torch.as_tensor(above)).numpy()) == "beyond clip").all()
+    assert (sad.detection.rule_reasons(det.rule_counts(torch.as_tensor(above)).numpy()) == "out of range").all()
     with pytest.raises(ValueError, match="target_sum must be a positive number"):
         sad.detection.PlausibilityRules(target_sum=0.0)
 

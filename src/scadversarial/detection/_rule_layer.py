@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ._rules import CLIP_RTOL, LOG_TOL, MAX_DIVISOR, RULES, PlausibilityRules, log_ceiling
+from ._rules import CLIP_RTOL, LOG_TOL, MAX_DIVISOR, RULES, PlausibilityRules
 
 if TYPE_CHECKING:
     from ..models.classifier import CellClassifier
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 #: Reason written for each rule of :data:`~scadversarial.detection.RULES` (``'off_zero'``, a value
 #: below one count of any cell, is a point off the lattice too).
 RULE_REASONS: dict[str, str] = {
-    "out_of_range": "beyond clip",
+    "out_of_range": "out of range",
     "negative_expression": "negative",
     "off_zero": "off lattice",
     "off_lattice": "off lattice",
@@ -60,7 +60,7 @@ NON_INTEGER = "non-integer counts"
 LEARNED = "learned"
 #: Every reason ``.obs['sad_reason']`` can hold, the rules' in order of precedence.
 REASONS: tuple[str, ...] = (
-    "beyond clip",
+    "out of range",
     "negative",
     NON_INTEGER,
     "off lattice",
@@ -90,8 +90,10 @@ class RuleFit:
     lattice
         Whether the lattice rule applies (the training cells lie on the count lattice).
     log_max
-        Log values above it are out of range: ``log1p(target_sum)``, a cell's whole library in one
-        gene (``inf``: the target sum is unknown, the clip alone bounds the values).
+        Log values above it are out of range: ``log1p(share * target_sum)``, one gene holding
+        ``share`` of its cell's library, :data:`~scadversarial.detection._rules.SHARE_MARGIN` times the largest one-gene share of a
+        training cell, at most the whole library (``inf``: the target sum is unknown, the clip alone
+        bounds the values).
     """
 
     zero_bound: float
@@ -170,10 +172,12 @@ class CountProfile:
 def fit_rules(classifier: CellClassifier, X_clean: np.ndarray, *, target_sum: float | None = None) -> RuleFit:
     """The rules' bound and lattice switch, fitted on clean training cells (scaled input ``X_clean``).
 
-    With ``target_sum`` (the normalization's), no log value may exceed ``log1p(target_sum)``.
+    With ``target_sum`` (the normalization's), no log value may exceed the ceiling of
+    :class:`~scadversarial.detection.PlausibilityRules`: one gene holding :data:`~scadversarial.detection._rules.SHARE_MARGIN` times
+    the largest one-gene share of a training cell.
     """
     ref = PlausibilityRules(target_sum=target_sum).fit(classifier, np.asarray(X_clean, dtype=np.float32))
-    return RuleFit(float(ref.zero_bound_), bool(ref.use_lattice_), log_ceiling(target_sum))
+    return RuleFit(float(ref.zero_bound_), bool(ref.use_lattice_), float(ref.transform_.log_max))
 
 
 def reason_key(layer: str | None) -> str:

@@ -7,8 +7,10 @@ float32 rounding wherever ``|x|`` is below the clip) gives four checks per entry
 
 ``'out_of_range'``
     ``|x|`` beyond the clip: the transform never outputs it; or, with the normalization's target sum
-    known, a log value (for an entry at the clip: its smallest, the clip's) above
-    ``log1p(target_sum)``, the value of a cell's whole library in one gene: no count normalizes to it.
+    known, a log value (for an entry at the clip: its smallest, the clip's) above the ceiling
+    ``log1p(share * target_sum)``: one gene holding more than ``share`` of the cell's library, where
+    ``share`` is :data:`SHARE_MARGIN` times the largest one-gene share of a clean training cell (at
+    most 1, the whole library, which no count exceeds).
 ``'negative_expression'``
     ``l < 0``: a log-normalized value is never negative.
 ``'off_zero'``
@@ -26,7 +28,7 @@ reason is the first rule of the list above that it breaks.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -57,6 +59,10 @@ MAX_DIVISOR = 4
 #: The lattice rule stays on only when at most this fraction of clean training cells break it; more
 #: means the values were not normalized from integer counts (e.g. already-processed data sets).
 LATTICE_MAX_CLEAN_RATE = 0.01
+#: The ceiling lets one gene hold this many times the largest share of its library one gene holds in a
+#: clean training cell: validation cells of PBMC3k, clean and thinned to half depth, reach at most 1.2x
+#: (benchmarks/results/single_gene_dependence.txt), a one-gene count attack takes far more.
+SHARE_MARGIN = 1.5
 #: Cells per chunk of the vectorized checks (cells x genes float64 arrays stay ~16 MB at 2,000 genes).
 CHUNK = 1024
 
@@ -65,7 +71,7 @@ CHUNK = 1024
 class Transform:
     """The classifier's per-gene scaling, as float64 arrays: ``x = clip((l - mean) / std, -clip, clip)``.
 
-    ``log_max``: the largest log value a count normalizes to, ``log1p(target_sum)`` (``inf``: unknown).
+    ``log_max``: the largest log value the rules accept, ``log1p(share * target_sum)`` (``inf``: unknown).
     """
 
     mean: np.ndarray
@@ -103,14 +109,30 @@ class Transform:
         return Z.astype(np.float32)
 
 
-def log_ceiling(target_sum: float | None) -> float:
-    """``log1p(target_sum)``: the log value of a cell's whole library in one gene (``inf`` without a target sum)."""
+def log_ceiling(target_sum: float | None, share: float = 1.0) -> float:
+    """``log1p(share * target_sum)``: the log value of one gene holding ``share`` of a cell's library.
+
+    ``share`` is capped at 1 (the whole library); ``inf`` without a target sum.
+    """
     if target_sum is None:
         return math.inf
     if not (np.isfinite(target_sum) and target_sum > 0):
         msg = f"target_sum must be a positive number (the normalization's, e.g. 1e4), got {target_sum!r}."
         raise ValueError(msg)
-    return math.log1p(float(target_sum))
+    return math.log1p(min(float(share), 1.0) * float(target_sum))
+
+
+def largest_share(transform: Transform, X: np.ndarray, target_sum: float) -> float:
+    """The largest share of its library one gene holds in a cell of scaled ``X`` (an entry at the clip: its smallest).
+
+    ``expm1(l) / target_sum`` is the share ``k / N`` of log value ``l = log1p(k * target_sum / N)``;
+    the transform is increasing in ``l``, so each gene's largest scaled value gives its largest share.
+    """
+    X = np.asarray(X)
+    if not len(X):
+        return 0.0
+    top = X.max(0).astype(np.float64) * transform.std + transform.mean
+    return float(np.expm1(top.max()) / target_sum)
 
 
 def _zero_bound(transform: Transform, X: np.ndarray) -> float:
@@ -226,7 +248,12 @@ class PlausibilityRules(_Baseline):
         Apply the lattice rule: ``'auto'`` (when the training cells obey it), or always / never.
     target_sum
         The normalization's target sum (``sad.pp.preprocess``'s, 1e4): ``'out_of_range'`` then also
-        flags a log value above ``log1p(target_sum)``, an entry at the clip included (``None``: the clip only).
+        flags a log value above the ceiling, an entry at the clip included (``None``: the clip only).
+    share_margin
+        The ceiling lets one gene hold this many times the largest share of its library one gene
+        holds in a clean training cell (capped at the whole library); ``None``: the whole library.
+        Cells of a type that training lacks may hold more (plasma cells, erythrocytes): train on
+        them, or raise it.
 
     Examples
     --------
@@ -238,18 +265,35 @@ class PlausibilityRules(_Baseline):
 
     name = "rules"
 
-    def __init__(self, *, lattice: Literal["auto", "on", "off"] = "auto", target_sum: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        lattice: Literal["auto", "on", "off"] = "auto",
+        target_sum: float | None = None,
+        share_margin: float | None = SHARE_MARGIN,
+    ) -> None:
         super().__init__()
         if lattice not in ("auto", "on", "off"):
             msg = f"lattice must be 'auto', 'on' or 'off', got {lattice!r}."
             raise ValueError(msg)
         log_ceiling(target_sum)  # checked before anything is fitted
-        self.lattice, self.target_sum = lattice, target_sum
+        if share_margin is not None and not (np.isfinite(share_margin) and share_margin >= 1):
+            msg = (
+                f"share_margin must be a number >= 1 (below 1 the ceiling flags training cells) or None "
+                f"(the whole library), got {share_margin!r}."
+            )
+            raise ValueError(msg)
+        self.lattice, self.target_sum, self.share_margin = lattice, target_sum, share_margin
 
     def _fit(self, X_clean: np.ndarray, X_adv: np.ndarray | None, y: np.ndarray | None, rng: RngLike) -> None:
         """Learn the ``'off_zero'`` bound and check the lattice on clean training cells (``X_adv``, ``y``, ``rng`` unused)."""
         X_clean = self._check_input(X_clean)
         self.transform_ = Transform.of(self.classifier, target_sum=self.target_sum)
+        self.max_share_ = float("nan")
+        if self.target_sum is not None and self.share_margin is not None:
+            self.max_share_ = largest_share(self.transform_, X_clean, self.target_sum)
+            ceiling = log_ceiling(self.target_sum, self.share_margin * self.max_share_)
+            self.transform_ = replace(self.transform_, log_max=ceiling)
         self.zero_bound_ = _zero_bound(self.transform_, X_clean)
         self.use_lattice_ = self.lattice != "off"
         rep = self.explain(X_clean) if self.lattice == "auto" else None
@@ -301,4 +345,15 @@ class PlausibilityRules(_Baseline):
         return max(super()._threshold(X_clean_val, X_adv_val, target_fpr), 1.0)
 
 
-__all__ = ["RULES", "Lattice", "PlausibilityRules", "Reason", "RuleReport", "Transform", "fit_lattice", "log_ceiling"]
+__all__ = [
+    "RULES",
+    "SHARE_MARGIN",
+    "Lattice",
+    "PlausibilityRules",
+    "Reason",
+    "RuleReport",
+    "Transform",
+    "fit_lattice",
+    "largest_share",
+    "log_ceiling",
+]

@@ -225,8 +225,9 @@ def train_detector(
 
     The detector has two layers. The **plausibility rules** (``config.rules``, on by default) flag
     a cell whose scaled input no preprocessing of integer counts can produce: a value beyond the
-    clip or above ``log1p(target_sum)`` (a cell's whole library in one gene; the target sum is read
-    from the preprocessing record, none when the data were not normalized from counts here), a
+    clip or above the log ceiling (one gene holding more of its cell's library than 1.5 times the
+    most any gene holds in a training cell, at most the whole library; the target sum is read
+    from the preprocessing record, no ceiling when the data were not normalized from counts here), a
     negative log-expression, a value off the cell's lattice ``log1p(k * target_sum / N)``
     (see :func:`~scadversarial.detection.rule_counts`). They learn only the smallest positive
     value of the clean training cells and whether those lie on the lattice; each cell's unit
@@ -405,8 +406,9 @@ def detect(
     """Score every cell: was its expression profile adversarially manipulated, and why is it flagged?
 
     The default detector (:func:`train_detector`) has two layers. First the **plausibility
-    rules**: a value beyond the classifier's clip or above ``log1p(target_sum)`` (an entry at the
-    clip whose gene no count lifts that far included), a negative log-expression, a value off the
+    rules**: a value beyond the classifier's clip or above the log ceiling fitted by
+    :func:`train_detector` (an entry at the clip whose gene cannot lie that low included), a
+    negative log-expression, a value off the
     cell's count lattice ``log1p(k * target_sum / N)`` (or, for a layer in count space,
     non-integer counts) cannot come from preprocessing real counts; such a cell is flagged
     whatever the learned detector says, and scores ``1 + log1p(violations)``, above every cell
@@ -452,8 +454,8 @@ def detect(
     ``.obs['sad_adversarial']`` / ``.obs['sad_adversarial_L']``
         ``score >= threshold``, or a broken rule (whatever the threshold).
     ``.obs['sad_reason']`` / ``.obs['sad_reason_L']``
-        Why a cell is flagged: ``'beyond clip'`` (beyond the clip, or above ``log1p(target_sum)``:
-        no count normalizes to it), ``'negative'``, ``'non-integer counts'``,
+        Why a cell is flagged: ``'out of range'`` (beyond the clip, or one gene holding more of the
+        cell's library than the ceiling allows), ``'negative'``, ``'non-integer counts'``,
         ``'off lattice'`` (the first rule it breaks), ``'few single counts'``, ``'few double counts'``
         (the count checks), ``'learned'`` (the learned detector alone), ``''`` when not flagged (categorical).
     ``.obsm['sad_meta']`` / ``.obsm['sad_meta_L']``
