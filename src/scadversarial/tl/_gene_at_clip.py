@@ -9,6 +9,8 @@ sets one gene per cell there; given the detector, it is the one who knows the ce
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -68,13 +70,7 @@ class GeneAtClip:
     classifier: CellClassifier | None = None
 
     def __post_init__(self) -> None:
-        if int(self.candidates) < 1:
-            msg = f"GeneAtClip needs candidates >= 1 (genes tried per cell); got {self.candidates!r}."
-            raise ValueError(msg)
-        if self.detector is not None and not getattr(self.detector, "has_rules", False):
-            msg = "GeneAtClip(detector=...) needs the default detector (an AdversarialDetector with rules=True)."
-            raise TypeError(msg)
-        check_attacked_classifier("GeneAtClip", self.classifier)
+        check_one_gene_options("GeneAtClip", self.candidates, self.detector, self.classifier)
 
     def against(self, classifier: CellClassifier) -> GeneAtClip:
         """The same attacker made against ``classifier`` (e.g. a hardened one), its layer ``key_added + '_against'``."""
@@ -82,20 +78,14 @@ class GeneAtClip:
 
     def __call__(self, cells: AnnData) -> dict[str, str]:
         """Attack ``cells`` (preprocessed, in memory); returns ``{layer: 'scaled'}``."""
-        from .. import get
-
-        clf = self.classifier if self.classifier is not None else get.model(cells, _keys.STEP_CLASSIFIER)
+        clf = attacked_classifier(cells, self.classifier)
         if clf.transform.clip is None:
             msg = "GeneAtClip needs a classifier whose transform clips its input (sad.pp.preprocess's clip)."
             raise ValueError(msg)
         clip = float(clf.transform.clip)
         X = np.asarray(classifier_input(cells, clf), dtype=np.float32)
-        was_training = clf.training
-        clf.eval()
-        try:
+        with evaluating(clf):
             gene = self._genes(clf, X, clip)
-        finally:
-            clf.train(was_training)
         Z = X.copy()
         Z[np.arange(len(X)), gene] = clip
         cells.layers[self.key_added] = Z
@@ -103,27 +93,91 @@ class GeneAtClip:
 
     def _genes(self, clf: CellClassifier, X: np.ndarray, clip: float) -> np.ndarray:
         """Per cell, the gene the attacker sets to the clip."""
-        dev = next(clf.parameters()).device
-        with torch.no_grad():
-            y = torch.as_tensor(clf.predict_arrays(X)[0].argmax(1), device=dev)
-        x = torch.as_tensor(X, device=dev).requires_grad_(requires_grad=True)
-        (grad,) = torch.autograd.grad(F.cross_entropy(clf(x), y, reduction="sum"), x)
-        grad = grad.cpu().numpy()
+        y, grad = clean_gradient(clf, X)
         if self.detector is None:
             return grad.argmax(1)
         t = clf.transform
         at_clip = (t.mean.double() + clip * t.std.double()).cpu().numpy()
         grad[:, at_clip > self.detector.rule_fit.log_max] = -np.inf  # a rule would flag these
         rows = np.arange(len(X))
-        best, best_loss = grad.argmax(1), np.full(len(X), -np.inf)
-        for g in np.argsort(-grad, axis=1)[:, : int(self.candidates)].T:
+
+        def at_the_clip(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             Z = X.copy()
             Z[rows, g] = clip
-            with torch.no_grad():
-                loss = F.cross_entropy(clf(torch.as_tensor(Z, device=dev)), y, reduction="none").cpu().numpy()
-            better = (loss > best_loss) & np.isfinite(grad[rows, g])
-            best, best_loss = np.where(better, g, best), np.where(better, loss, best_loss)
-        return best
+            return Z, np.isfinite(grad[rows, g])
+
+        return highest_loss(clf, y, np.argsort(-grad, axis=1)[:, : int(self.candidates)], at_the_clip, grad.argmax(1))
 
 
-__all__ = ["CLIP_CANDIDATES", "GeneAtClip"]
+def check_one_gene_options(threat: str, candidates: int, detector, classifier) -> None:
+    """Refuse the options a one-gene attacker cannot use (``threat``: its class name, for the message)."""
+    if int(candidates) < 1:
+        msg = f"{threat} needs candidates >= 1 (genes tried per cell); got {candidates!r}."
+        raise ValueError(msg)
+    if detector is not None and not getattr(detector, "has_rules", False):
+        msg = f"{threat}(detector=...) needs the default detector (an AdversarialDetector with rules=True)."
+        raise TypeError(msg)
+    check_attacked_classifier(threat, classifier)
+
+
+def attacked_classifier(cells: AnnData, classifier: CellClassifier | None) -> CellClassifier:
+    """``classifier``, or the cells' own (``sad.get.model(cells, 'classifier')``) when it is ``None``."""
+    from .. import get
+
+    return classifier if classifier is not None else get.model(cells, _keys.STEP_CLASSIFIER)
+
+
+@contextmanager
+def evaluating(clf: CellClassifier) -> Iterator[None]:
+    """``clf`` in eval mode for the block, its mode restored afterwards."""
+    was_training = clf.training
+    clf.eval()
+    try:
+        yield
+    finally:
+        clf.train(was_training)
+
+
+def clean_gradient(clf: CellClassifier, X: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """The classifier's calls on the scaled input ``X`` and the input gradient of their loss (cells x genes)."""
+    dev = next(clf.parameters()).device
+    with torch.no_grad():
+        y = torch.as_tensor(clf.predict_arrays(X)[0].argmax(1), device=dev)
+    x = torch.as_tensor(X, device=dev).requires_grad_(requires_grad=True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(clf(x), y, reduction="sum"), x)
+    return y, grad.cpu().numpy()
+
+
+def highest_loss(
+    clf: CellClassifier,
+    y: torch.Tensor,
+    genes: np.ndarray,
+    attacked: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    best: np.ndarray,
+) -> np.ndarray:
+    """Per cell, the candidate gene whose attacked input gives its clean call ``y`` the highest loss.
+
+    ``genes`` (cells x candidates) are tried column by column; ``attacked(g)`` returns the scaled
+    input with each cell's gene ``g`` attacked and which cells may take it. ``best``: the gene of a
+    cell no candidate is allowed for.
+    """
+    dev = next(clf.parameters()).device
+    best_loss = np.full(len(genes), -np.inf)
+    for g in genes.T:
+        Z, allowed = attacked(g)
+        with torch.no_grad():
+            loss = F.cross_entropy(clf(torch.as_tensor(Z, device=dev)), y, reduction="none").cpu().numpy()
+        better = (loss > best_loss) & allowed
+        best, best_loss = np.where(better, g, best), np.where(better, loss, best_loss)
+    return best
+
+
+__all__ = [
+    "CLIP_CANDIDATES",
+    "GeneAtClip",
+    "attacked_classifier",
+    "check_one_gene_options",
+    "clean_gradient",
+    "evaluating",
+    "highest_loss",
+]
