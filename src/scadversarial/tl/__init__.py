@@ -20,6 +20,7 @@ from ._classifier import (
 from ._detect import DetectorCells, detect, meta_features, train_detector
 from ._evaluate import evaluate
 from ._gene_at_clip import GeneAtClip
+from ._gene_in_counts import GeneInCounts
 from ._input import classifier_input, input_space_problem
 from ._inside_checks import InsideCountChecks
 from ._models import get_model, load_models, save_models
@@ -40,6 +41,7 @@ __all__ = [
     "FeatureSpec",
     "GaussianAugmentation",
     "GeneAtClip",
+    "GeneInCounts",
     "InsideCountChecks",
     "ThinningAugmentation",
     "ThreatModel",
