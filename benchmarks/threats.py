@@ -25,6 +25,10 @@ Threats (a threat whose option this version of ``sad.tl.attack`` lacks is skippe
 - one gene per cell at the clip (the largest value the transform outputs, ``sad.tl.GeneAtClip``):
   the gene whose increase raises the loss fastest, and, for the attacker who knows the rules'
   ceiling ``log1p(target_sum)``, the best of the 20 steepest genes whose clip a count can reach;
+- one gene per cell raised in its counts (``sad.tl.GeneInCounts``: integer counts, the library grows,
+  the other genes' counts unchanged): the best of the 20 steepest genes, each raised to its clip (99 %
+  of the new library where the clip needs more), and, for the attacker who knows the rules, no
+  further than the rules' ceiling ``detector.rule_fit.log_max``;
 - a detector-aware attacker on the expressed log threat at 0.5 log units, detector weight
   0/0.1/1/10, worst case per cell (a cell evades when any weight's iterate flipped and was not flagged);
 - benign shifts: counts thinned to 50 % and 25 %, 10 % ambient RNA, expressed-gene noise.
@@ -41,7 +45,8 @@ Defences (issue 14; ``--no-defences`` leaves them out), rows with ``detector='no
   detector-aware one and the callable ones (the count attacker inside the checks is rerun against
   it, through ``InsideCountChecks.against``: the checks are rules on the counts, so its flip rate
   bounds its evasion of the hardened classifier behind the default detector's rules and count
-  checks from above), and the predictions the benign shifts change.
+  checks from above; the one-gene attackers are rerun through ``GeneAtClip.against`` and
+  ``GeneInCounts.against``), and the predictions the benign shifts change.
 
 ``--false-alarms`` runs only the default pipeline and, on clean and benignly shifted validation
 and test cells, says which layer of the default detector flags them: each rule or the
@@ -116,6 +121,8 @@ KEY_ROWS = (
     "single-gene aberrant",
     "one gene at the clip",
     "one gene at a reachable clip",
+    "one gene in counts",
+    "one gene in counts (knows the rules)",
     "detector-aware (λ sweep)",
     "thinning 50%",
     "thinning 25%",
@@ -280,6 +287,11 @@ def threats(adata, det, notes: list[str]) -> dict:
         out["one gene at a reachable clip"] = sad.tl.GeneAtClip(det, key_added="bench_gene_at_reachable_clip")
     else:
         notes.append("one gene at the clip: no sad.tl.GeneAtClip in this version")
+    if hasattr(sad.tl, "GeneInCounts"):
+        out["one gene in counts"] = sad.tl.GeneInCounts(key_added="bench_gene_in_counts")
+        out["one gene in counts (knows the rules)"] = sad.tl.GeneInCounts(det, key_added="bench_gene_in_counts_knows")
+    else:
+        notes.append("one gene in counts: no sad.tl.GeneInCounts in this version")
     if has_space and {"detector", "detector_weight"} <= opts and callable(getattr(det, "score_logit", None)):
         base = {"method": "pgd", "eps": ADAPTIVE_EPS, "space": "log", "constraint": "expressed", "detector": det}
         out["detector-aware (λ sweep)"] = [{**base, "detector_weight": w} for w in LAMBDAS]
