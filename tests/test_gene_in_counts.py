@@ -127,3 +127,20 @@ def test_bad_options_and_cells_are_refused(rules3k):
     b.uns["sad"]["preprocess"]["params"]["target_sum"] = None
     with pytest.raises(ValueError, match="target sum"):
         GeneInCounts()(b)
+
+
+def test_a_benchmark_threat_rerun_against_the_hardened_classifier(rules3k):
+    a, test = rules3k
+    a = a.copy()
+    det = sad.get.model(a, "detector")
+    sad.tl.train_classifier(a, "seurat_cell_type", max_epochs=3, random_state=1, key_added="hardened")
+    threat = GeneInCounts(det, candidates=3)
+    opts = sad.tl.BenchmarkOptions(hardened_key="hardened")
+    sad.tl.benchmark_detectors(a, attacks={"in counts": threat}, detectors=("sad",), benign={}, options=opts)
+    tab = sad.get.benchmark_table(a).set_index(["threat", "kind"])
+    assert tab.loc[("in counts", "attack"), "space"] == "scaled"
+    b = test.copy()
+    hard = sad.get.model(a, "hardened")
+    (layer,) = threat.against(hard)(b)
+    flip = _calls(hard, b.layers[layer]) != _calls(hard, b.X)
+    np.testing.assert_allclose(tab.loc[("in counts", "hardened"), "flip_rate"], flip.mean())

@@ -45,11 +45,11 @@ class GeneInCounts:
     """One gene per cell raised in its counts as far as it helps (a threat of a benchmark).
 
     For each cell, each of the ``candidates`` genes whose increase raises the loss of the cell's
-    clean call fastest (input gradient) is raised to the largest integer count that brings it to the
-    classifier's clip (the smallest count whose scaled value reaches the clip; where the clip needs
-    more than :data:`CAP_SHARE` of the new library, that share) and, given ``detector`` (the
-    attacker who knows its rules), keeps its log value in the new library at or below the rules'
-    ceiling (``detector.rule_fit.log_max``). Counts are never lowered. The gene whose raised cell
+    clean call fastest (input gradient) is raised to the smallest count whose scaled value reaches
+    the classifier's clip (more is invisible to the classifier; where the clip needs more than 99 %
+    of the new library, to that share) or, given ``detector`` (the attacker who knows its rules), to
+    the largest count whose log value in the new library stays at or below the rules' ceiling
+    (``detector.rule_fit.log_max``) if that is lower. Counts are never lowered. The gene whose raised cell
     has the highest loss is kept; a cell no candidate can raise is left as it is. The cell stays on
     its count lattice: integer counts, the library grows by the added UMI, its other genes' counts
     are unchanged. The attacked layer is the classifier's scaled input of the attacked counts.
@@ -95,7 +95,7 @@ class GeneInCounts:
         return {self.key_added: "scaled"}
 
     def attacked_counts(self, cells: AnnData) -> np.ndarray:
-        """The attacked counts of the classifier's genes (cells x genes, float64), written nowhere.
+        """The attacked counts (cells x the classifier's genes in its order, float64), written nowhere.
 
         Its scaled input is the layer :meth:`__call__` writes (cells left as they are: their clean input).
         """
@@ -116,7 +116,9 @@ class GeneInCounts:
         def raised(g: np.ndarray) -> np.ndarray:
             c = counts[rows, g]
             rest = library - c  # the cell's library without the gene
-            k = np.minimum(np.ceil(at_clip[g] * rest), np.floor(below_ceiling[g] * rest))
+            k = np.ceil(at_clip[g] * rest)
+            if np.isfinite(below_ceiling):  # (inf * a rest of 0 would be NaN)
+                k = np.minimum(k, np.floor(below_ceiling * rest))
             C = counts.copy()
             C[rows, g] = np.maximum(k, c)  # the attacker only adds counts
             return C
@@ -132,23 +134,24 @@ class GeneInCounts:
         Z[moved] = to_scaled(view, out[moved], other[moved])
         return out, Z
 
-    def _factors(self, clf: CellClassifier, ts: float) -> tuple[np.ndarray, np.ndarray]:
-        """Per gene, the count at the clip and the largest count below the rules' ceiling, per UMI of the rest of the library.
+    def _factors(self, clf: CellClassifier, ts: float) -> tuple[np.ndarray, float]:
+        """Per gene, the count at the clip, and the largest count at the rules' ceiling, per UMI of the rest of the library.
 
         A gene's count ``k`` in the library ``rest + k`` has the log value ``log1p(k ts / (rest + k))``,
         at most ``l`` while ``k <= e rest / (ts - e)``, ``e = expm1(l) < ts`` (any ``k`` where ``e >= ts``).
-        The clip's ``e`` is capped at :data:`CAP_SHARE` ``* ts`` (the share ``k / (rest + k)`` then).
-        Without a detector, or with a ceiling at or above ``log1p(ts)``, the second factor is ``inf``.
+        The clip's ``e`` is capped at ``CAP_SHARE * ts`` (the share ``k / (rest + k)`` then).
+        The ceiling's factor is the same for every gene; ``inf`` without a detector or with a ceiling at
+        or above ``log1p(ts)``.
         """
         t = clf.transform
         mean, std = t.mean.double().cpu().numpy(), t.std.double().cpu().numpy()
         clip = np.inf if t.clip is None else float(t.clip)
         e = np.minimum(np.expm1(mean + clip * std), CAP_SHARE * ts)
-        ceiling = np.full_like(e, np.inf)
+        ceiling = np.inf
         if self.detector is not None:
             e_max = float(np.expm1(float(self.detector.rule_fit.log_max)))
             if e_max < ts:
-                ceiling[:] = e_max / (ts - e_max)
+                ceiling = e_max / (ts - e_max)
         return e / (ts - e), ceiling
 
 
