@@ -24,7 +24,7 @@ Threats (a threat whose option this version of ``sad.tl.attack`` lacks is skippe
   cluster's call is set to that value for the cluster's cells);
 - one gene per cell at the clip (the largest value the transform outputs, ``sad.tl.GeneAtClip``):
   the gene whose increase raises the loss fastest, and, for the attacker who knows the rules'
-  ceiling ``log1p(target_sum)``, the best of the 20 steepest genes whose clip a count can reach;
+  ceiling (``detector.rule_fit.log_max``), the best of the 20 steepest genes whose clip lies below it;
 - one gene per cell raised in its counts (``sad.tl.GeneInCounts``: integer counts, the library grows,
   the other genes' counts unchanged): the best of the 20 steepest genes, each raised to its clip (99 %
   of the new library where the clip needs more), and, for the attacker who knows the rules, no

@@ -39,6 +39,7 @@ def test_threat_benchmark_with_counts(small3k):
         "counts +-1 UMI",
         "counts +-1 UMI inside the checks",
         "one gene at the clip (knows the rules)",
+        "one gene in counts (knows the rules)",
         "detector-aware log 0.5",
         "thinning 50%",
     ]
@@ -86,6 +87,7 @@ def test_report_prints_threat_rows_beside_the_seed_auroc(small3k):
         "counts +-1 UMI",
         "counts +-1 UMI inside the checks",
         "one gene at the clip (knows the rules)",
+        "one gene in counts (knows the rules)",
         "detector-aware log 0.5",
         "thinning 50%",
     ):

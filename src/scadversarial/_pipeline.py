@@ -12,6 +12,7 @@ from anndata import AnnData
 
 from . import _keys, datasets, get, pp, tl
 from ._settings import logger
+from .tl._space import counts_target_sum
 
 #: Classifier epochs cap of ``scadversarial run`` (and of the app's demo pipeline).
 MAX_EPOCHS = 60
@@ -43,6 +44,8 @@ HONEST_NOTE = (
 )
 #: Row of the one-gene-at-the-clip attacker who knows the rules (:class:`~scadversarial.tl.GeneAtClip`).
 GENE_AT_CLIP = "one gene at the clip (knows the rules)"
+#: Row of the attacker who raises one gene's counts as far as the rules allow (:class:`~scadversarial.tl.GeneInCounts`).
+GENE_IN_COUNTS = "one gene in counts (knows the rules)"
 #: Columns of the benchmark table kept in the report, per threat row: what the row is, then its numbers.
 NUMERIC_COLUMNS = ("n_cells", "flip_rate", "auroc", "flagged", "evasion", "fpr", "pred_changed")
 THREAT_COLUMNS = ("threat", "kind", "detector", "space", "constraint", *NUMERIC_COLUMNS)
@@ -191,7 +194,8 @@ def threat_benchmark(
     ``.layers['counts']`` integer counts moved by at most one UMI per expressed gene (and, when the
     detector has count checks, the same attacker keeping each cell just inside them,
     :class:`~scadversarial.tl.InsideCountChecks`), one gene per cell set to the clip by the attacker
-    who knows the rules (:class:`~scadversarial.tl.GeneAtClip`), and the
+    who knows the rules (:class:`~scadversarial.tl.GeneAtClip`), with counts one gene per cell
+    raised in its counts as far as the rules allow (:class:`~scadversarial.tl.GeneInCounts`), and the
     expressed log threat by an attacker who differentiates through the detector (detector weights
     0, 0.1, 1 and 10; per cell, the flipped iterate the detector scores lowest). With counts, one
     benign shift too (counts thinned to half depth). Without counts, those rows are named in
@@ -262,6 +266,8 @@ def threat_benchmark(
     # one gene per cell at the clip; given a detector with rules, only where they cannot flag it
     rules = bool(getattr(detector, "has_rules", False))
     attacks[GENE_AT_CLIP] = tl.GeneAtClip(detector if rules else None)
+    if _keys.LAYER_COUNTS in adata.layers and counts_target_sum(adata) is not None:
+        attacks[GENE_IN_COUNTS] = tl.GeneInCounts(detector if rules else None)
     attacks[f"detector-aware log {LOG_EPS:g}"] = {
         **log_threat,
         "detector": detector,

@@ -3,7 +3,8 @@
 The classifier's transform clips scaled values at ``clip`` (10), so an entry at the clip is the
 largest value real preprocessing outputs and the rules cannot invert it to a count. The default
 detector flags it only when the gene's log value at the clip lies above the rules' ceiling
-(``log1p(target_sum)``, a whole library in one gene). :class:`GeneAtClip` is the attacker who
+(``detector.rule_fit.log_max``: one gene holding more of the cell's library than 1.5 times the most
+a gene holds in a training cell). :class:`GeneAtClip` is the attacker who
 sets one gene per cell there; given the detector, it is the one who knows the ceiling.
 """
 
