@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import numpy as np
 import torch
@@ -35,7 +35,28 @@ CLIP_CANDIDATES = 20
 
 
 @dataclass(frozen=True)
-class GeneAtClip:
+class OneGeneAttacker:
+    """The options, their checks and :meth:`against` of the one-gene attackers.
+
+    :class:`GeneAtClip` and :class:`~scadversarial.tl.GeneInCounts` differ only in how they move
+    the gene and in their layer's name.
+    """
+
+    detector: AdversarialDetector | None = None
+    candidates: int = CLIP_CANDIDATES
+    key_added: str = "sad_one_gene"
+    classifier: CellClassifier | None = None
+
+    def __post_init__(self) -> None:
+        check_one_gene_options(type(self).__name__, self.candidates, self.detector, self.classifier)
+
+    def against(self, classifier: CellClassifier) -> Self:
+        """The same attacker made against ``classifier`` (e.g. a hardened one), its layer ``key_added + '_against'``."""
+        return replace(self, classifier=classifier, key_added=self.key_added + AGAINST_SUFFIX)
+
+
+@dataclass(frozen=True)
+class GeneAtClip(OneGeneAttacker):
     """One gene per cell set to the clip of the classifier's scaled input (a threat of a benchmark).
 
     Without ``detector``: the gene whose increase raises the loss of the cell's clean call fastest
@@ -65,17 +86,7 @@ class GeneAtClip:
     ... )  # doctest: +SKIP
     """
 
-    detector: AdversarialDetector | None = None
-    candidates: int = CLIP_CANDIDATES
     key_added: str = "sad_gene_at_clip"
-    classifier: CellClassifier | None = None
-
-    def __post_init__(self) -> None:
-        check_one_gene_options("GeneAtClip", self.candidates, self.detector, self.classifier)
-
-    def against(self, classifier: CellClassifier) -> GeneAtClip:
-        """The same attacker made against ``classifier`` (e.g. a hardened one), its layer ``key_added + '_against'``."""
-        return replace(self, classifier=classifier, key_added=self.key_added + AGAINST_SUFFIX)
 
     def __call__(self, cells: AnnData) -> dict[str, str]:
         """Attack ``cells`` (preprocessed, in memory); returns ``{layer: 'scaled'}``."""

@@ -10,7 +10,7 @@ attacker (``benchmarks/single_gene_dependence.py``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,21 +19,20 @@ from .. import _keys
 from .._validate import matrix_for_genes
 from ..models.classifier import CellClassifier
 from ._gene_at_clip import (
-    CLIP_CANDIDATES,
+    OneGeneAttacker,
     attacked_classifier,
-    check_one_gene_options,
     clean_gradient,
     evaluating,
     highest_loss,
 )
 from ._input import classifier_input
-from ._inside_checks import AGAINST_SUFFIX
 from ._space import counts_target_sum, other_counts, space_model, to_scaled
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-    from ..models.detector import AdversarialDetector
+    from ..models.detector import AdversarialDetector  # noqa: F401 (the inherited fields' annotations, for the docs)
+
 
 #: Where a gene's clip needs more than this share of the library (a clip above ``log1p(target_sum)`` needs
 #: all of it), the gene is raised to this share of the new library instead (as single_gene_dependence.py).
@@ -41,7 +40,7 @@ CAP_SHARE = 0.99
 
 
 @dataclass(frozen=True)
-class GeneInCounts:
+class GeneInCounts(OneGeneAttacker):
     """One gene per cell raised in its counts as far as it helps (a threat of a benchmark).
 
     For each cell, each of the ``candidates`` genes whose increase raises the loss of the cell's
@@ -77,17 +76,7 @@ class GeneInCounts:
     >>> added = sad.tl.GeneInCounts(det).attacked_counts(adata) - adata.layers["counts"]  # doctest: +SKIP
     """
 
-    detector: AdversarialDetector | None = None
-    candidates: int = CLIP_CANDIDATES
     key_added: str = "sad_gene_in_counts"
-    classifier: CellClassifier | None = None
-
-    def __post_init__(self) -> None:
-        check_one_gene_options("GeneInCounts", self.candidates, self.detector, self.classifier)
-
-    def against(self, classifier: CellClassifier) -> GeneInCounts:
-        """The same attacker made against ``classifier`` (e.g. a hardened one), its layer ``key_added + '_against'``."""
-        return replace(self, classifier=classifier, key_added=self.key_added + AGAINST_SUFFIX)
 
     def __call__(self, cells: AnnData) -> dict[str, str]:
         """Attack ``cells`` (preprocessed from raw counts, in memory); returns ``{layer: 'scaled'}``."""
