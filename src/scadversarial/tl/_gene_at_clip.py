@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _keys
+from .._docs import doc_params
 from ..models.classifier import CellClassifier
 from ._input import classifier_input
 from ._inside_checks import AGAINST_SUFFIX, check_attacked_classifier
@@ -32,6 +33,19 @@ if TYPE_CHECKING:
 #: Genes (steepest loss gradient first) the attacker who knows the ceiling tries per cell: beyond the
 #: first few the loss gained by a gene at the clip falls off (PBMC3k), and each costs one forward pass.
 CLIP_CANDIDATES = 20
+
+
+#: Docstring fragments of the one-gene attackers' parameters (:func:`~scadversarial._docs.doc_params`).
+DOC_DETECTOR = """\
+detector
+    The default detector whose rules the attacker knows
+    (:class:`~scadversarial.models.AdversarialDetector` with rules), or ``None``."""
+DOC_LAYER_CLASSIFIER = """\
+key_added
+    The attacked layer's name.
+classifier
+    The classifier attacked (:class:`~scadversarial.models.CellClassifier`); ``None``: the
+    cells' own (``sad.get.model(cells, 'classifier')``). Set it with :meth:`against`."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,7 @@ class OneGeneAttacker:
         return replace(self, classifier=classifier, key_added=self.key_added + AGAINST_SUFFIX)
 
 
+@doc_params(doc_detector=DOC_DETECTOR, doc_layer_classifier=DOC_LAYER_CLASSIFIER)
 @dataclass(frozen=True)
 class GeneAtClip(OneGeneAttacker):
     """One gene per cell set to the clip of the classifier's scaled input (a threat of a benchmark).
@@ -67,22 +82,16 @@ class GeneAtClip(OneGeneAttacker):
 
     Parameters
     ----------
-    detector
-        The default detector whose rules the attacker knows
-        (:class:`~scadversarial.models.AdversarialDetector` with rules), or ``None``.
+    {doc_detector}
     candidates
         Genes tried per cell by the attacker who knows the rules.
-    key_added
-        The attacked layer's name.
-    classifier
-        The classifier attacked (:class:`~scadversarial.models.CellClassifier`); ``None``: the
-        cells' own (``sad.get.model(cells, 'classifier')``). Set it with :meth:`against`.
+    {doc_layer_classifier}
 
     Examples
     --------
     >>> det = sad.get.model(adata, "detector")  # doctest: +SKIP
     >>> sad.tl.benchmark_detectors(
-    ...     adata, attacks={"gene at the clip": sad.tl.GeneAtClip(), "... knowing the rules": sad.tl.GeneAtClip(det)}
+    ...     adata, attacks={{"gene at the clip": sad.tl.GeneAtClip(), "... knowing the rules": sad.tl.GeneAtClip(det)}}
     ... )  # doctest: +SKIP
     """
 

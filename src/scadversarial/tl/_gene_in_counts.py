@@ -16,9 +16,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import _keys
+from .._docs import doc_params
 from .._validate import matrix_for_genes
 from ..models.classifier import CellClassifier
 from ._gene_at_clip import (
+    DOC_DETECTOR,
+    DOC_LAYER_CLASSIFIER,
     OneGeneAttacker,
     attacked_classifier,
     clean_gradient,
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
 CAP_SHARE = 0.99
 
 
+@doc_params(doc_detector=DOC_DETECTOR, doc_layer_classifier=DOC_LAYER_CLASSIFIER)
 @dataclass(frozen=True)
 class GeneInCounts(OneGeneAttacker):
     """One gene per cell raised in its counts as far as it helps (a threat of a benchmark).
@@ -55,23 +59,17 @@ class GeneInCounts(OneGeneAttacker):
 
     Parameters
     ----------
-    detector
-        The default detector whose rules the attacker knows
-        (:class:`~scadversarial.models.AdversarialDetector` with rules), or ``None``.
+    {doc_detector}
     candidates
         Genes tried per cell (steepest loss gradient first).
-    key_added
-        The attacked layer's name.
-    classifier
-        The classifier attacked (:class:`~scadversarial.models.CellClassifier`); ``None``: the
-        cells' own (``sad.get.model(cells, 'classifier')``). Set it with :meth:`against`.
+    {doc_layer_classifier}
 
     Examples
     --------
     >>> det = sad.get.model(adata, "detector")  # doctest: +SKIP
     >>> sad.tl.benchmark_detectors(
     ...     adata,
-    ...     attacks={"one gene in counts": sad.tl.GeneInCounts(), "... knowing the rules": sad.tl.GeneInCounts(det)},
+    ...     attacks={{"one gene in counts": sad.tl.GeneInCounts(), "... knowing the rules": sad.tl.GeneInCounts(det)}},
     ... )  # doctest: +SKIP
     >>> added = sad.tl.GeneInCounts(det).attacked_counts(adata) - adata.layers["counts"]  # doctest: +SKIP
     """
