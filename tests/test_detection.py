@@ -528,6 +528,7 @@ def test_the_log_ceiling_is_the_largest_training_share_with_its_margin(rules3k):
     ceiling = np.log1p(SHARE_MARGIN * share * TARGET_SUM)
     assert float(det.rule_log_max) == pytest.approx(ceiling, abs=1e-5)
     assert sad.get.record(a, "detector")["metrics"]["rules"]["log_max"] == pytest.approx(ceiling, abs=1e-5)
+    assert sad.get.record(a, "detector")["params"]["share_margin"] == SHARE_MARGIN
     rules = sad.detection.PlausibilityRules(target_sum=TARGET_SUM, share_margin=None)
     rules.fit(det.classifier, np.asarray(train.X, dtype=np.float32))
     assert rules.transform_.log_max == pytest.approx(np.log1p(TARGET_SUM))  # no margin: the whole library
@@ -535,6 +536,17 @@ def test_the_log_ceiling_is_the_largest_training_share_with_its_margin(rules3k):
     for bad in (0.5, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="share_margin must be a number >= 1"):
             sad.detection.PlausibilityRules(target_sum=TARGET_SUM, share_margin=bad)
+        with pytest.raises(ValueError, match="share_margin must be a number >= 1"):
+            sad.tl.DetectorConfig(share_margin=bad)
+
+
+def test_share_margin_none_lets_one_gene_hold_the_whole_library(rules3k):
+    """``DetectorConfig(share_margin=None)``: the default detector's ceiling is the whole library, recorded as -1."""
+    a = rules3k[0].copy()
+    config = dataclasses.replace(FAST["config"], share_margin=None)
+    sad.tl.train_detector(a, random_state=0, **{**FAST, "config": config})
+    assert float(sad.get.model(a, "detector").rule_log_max) == pytest.approx(np.log1p(TARGET_SUM))
+    assert sad.get.record(a, "detector")["params"]["share_margin"] == -1.0
 
 
 def test_a_value_above_the_log_ceiling_is_out_of_range(rules3k):

@@ -20,6 +20,7 @@ import torch
 from .._docs import doc_device, doc_params
 from .._settings import settings
 from ._calibration import choose_threshold, detection_metrics
+from ._rules import SHARE_MARGIN, check_share_margin
 from ._training import train_residual, train_triplet
 
 if TYPE_CHECKING:
@@ -109,6 +110,11 @@ class DetectorConfig:
         two counts among those at two or more, :class:`~scadversarial.detection.TwoCountFit`).
         The count checks together flag at most ``max_fpr`` (default 1 %) of the clean calibration
         cells and of their Poisson resampling (:func:`~scadversarial.detection.fit_count_checks`).
+    share_margin
+        With ``rules``: the log ceiling lets one gene hold this many times the largest share of its
+        library one gene holds in a clean training cell (default 1.5, at most the whole library);
+        ``None``: the whole library. Raise it, or train on them, when query cells of a type that
+        training lacks hold more in one gene (plasma cells, erythrocytes) and are flagged ``'out of range'``.
     {doc_device}
     save_dir
         If given, :func:`~scadversarial.tl.train_detector` also saves the detector to ``save_dir/<key_added>/``.
@@ -131,6 +137,7 @@ class DetectorConfig:
     rules: bool = True
     singletons: bool = True
     two_counts: bool = True
+    share_margin: float | None = SHARE_MARGIN
     device: str | None = None
     save_dir: str | None = None
 
@@ -144,6 +151,7 @@ class DetectorConfig:
             if value is not None and not 0 <= value < 1:
                 msg = f"DetectorConfig.{name} must be None or a fraction in [0, 1), got {value}."
                 raise ValueError(msg)
+        check_share_margin(self.share_margin)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ._rules import CLIP_RTOL, LOG_TOL, MAX_DIVISOR, RULES, PlausibilityRules
+from ._rules import CLIP_RTOL, LOG_TOL, MAX_DIVISOR, RULES, SHARE_MARGIN, PlausibilityRules
 
 if TYPE_CHECKING:
     from ..models.classifier import CellClassifier
@@ -91,9 +91,9 @@ class RuleFit:
         Whether the lattice rule applies (the training cells lie on the count lattice).
     log_max
         Log values above it are out of range: ``log1p(share * target_sum)``, one gene holding
-        ``share`` of its cell's library, :data:`~scadversarial.detection._rules.SHARE_MARGIN` times the largest one-gene share of a
-        training cell, at most the whole library (``inf``: the target sum is unknown, the clip alone
-        bounds the values).
+        ``share`` of its cell's library, ``DetectorConfig.share_margin`` (1.5) times the largest
+        one-gene share of a training cell, at most the whole library (``inf``: the target sum is
+        unknown, the clip alone bounds the values).
     """
 
     zero_bound: float
@@ -169,14 +169,21 @@ class CountProfile:
         return self.checked - self.off - self.ones
 
 
-def fit_rules(classifier: CellClassifier, X_clean: np.ndarray, *, target_sum: float | None = None) -> RuleFit:
+def fit_rules(
+    classifier: CellClassifier,
+    X_clean: np.ndarray,
+    *,
+    target_sum: float | None = None,
+    share_margin: float | None = SHARE_MARGIN,
+) -> RuleFit:
     """The rules' bound and lattice switch, fitted on clean training cells (scaled input ``X_clean``).
 
     With ``target_sum`` (the normalization's), no log value may exceed the ceiling of
-    :class:`~scadversarial.detection.PlausibilityRules`: one gene holding :data:`~scadversarial.detection._rules.SHARE_MARGIN` times
-    the largest one-gene share of a training cell.
+    :class:`~scadversarial.detection.PlausibilityRules`: one gene holding ``share_margin`` times
+    the largest one-gene share of a training cell (``None``: the whole library).
     """
-    ref = PlausibilityRules(target_sum=target_sum).fit(classifier, np.asarray(X_clean, dtype=np.float32))
+    rules = PlausibilityRules(target_sum=target_sum, share_margin=share_margin)
+    ref = rules.fit(classifier, np.asarray(X_clean, dtype=np.float32))
     return RuleFit(float(ref.zero_bound_), bool(ref.use_lattice_), float(ref.transform_.log_max))
 
 

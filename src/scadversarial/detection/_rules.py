@@ -122,6 +122,16 @@ def log_ceiling(target_sum: float | None, share: float = 1.0) -> float:
     return math.log1p(min(float(share), 1.0) * float(target_sum))
 
 
+def check_share_margin(share_margin: float | None) -> None:
+    """Refuse a ceiling margin below 1 (the ceiling would flag training cells); ``None`` (the whole library) passes."""
+    if share_margin is not None and not (np.isfinite(share_margin) and share_margin >= 1):
+        msg = (
+            f"share_margin must be a number >= 1 (below 1 the ceiling flags training cells) or None "
+            f"(the whole library), got {share_margin!r}."
+        )
+        raise ValueError(msg)
+
+
 def largest_share(transform: Transform, X: np.ndarray, target_sum: float) -> float:
     """The largest share of its library one gene holds in a cell of scaled ``X`` (an entry at the clip: its smallest).
 
@@ -277,12 +287,7 @@ class PlausibilityRules(_Baseline):
             msg = f"lattice must be 'auto', 'on' or 'off', got {lattice!r}."
             raise ValueError(msg)
         log_ceiling(target_sum)  # checked before anything is fitted
-        if share_margin is not None and not (np.isfinite(share_margin) and share_margin >= 1):
-            msg = (
-                f"share_margin must be a number >= 1 (below 1 the ceiling flags training cells) or None "
-                f"(the whole library), got {share_margin!r}."
-            )
-            raise ValueError(msg)
+        check_share_margin(share_margin)
         self.lattice, self.target_sum, self.share_margin = lattice, target_sum, share_margin
 
     def _fit(self, X_clean: np.ndarray, X_adv: np.ndarray | None, y: np.ndarray | None, rng: RngLike) -> None:

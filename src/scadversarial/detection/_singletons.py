@@ -205,7 +205,7 @@ def fit_first_layer(
     trains the learned detector (whose results stay those of a detector without the checks).
     ``target_sum``: the normalization's, the rules' log ceiling (``None``: none below the clip).
     """
-    rule_fit = fit_rules(classifier, X_train, target_sum=target_sum)
+    rule_fit = fit_rules(classifier, X_train, target_sum=target_sum, share_margin=config.share_margin)
     det.set_rules(rule_fit)
     if config.singletons or config.two_counts:
         fpr = MAX_FPR if config.max_fpr is None else config.max_fpr

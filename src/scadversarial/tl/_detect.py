@@ -202,6 +202,7 @@ def _record_params(
         "rules": config.rules,
         "singletons": config.rules and config.singletons,
         "two_counts": config.rules and config.two_counts,
+        "share_margin": -1.0 if config.share_margin is None else float(config.share_margin),
         "classifier_key": classifier_key,
         "random_state": int(random_state),
     }
