@@ -129,8 +129,11 @@ def test_tied_probabilities_warn_and_logits_fix_them(lognorm3k, ct_model):
 def test_sgd_uniform_rows_are_ties(ct_model):
     """scikit-learn's SGD classifier returns uniform rows when every one-vs-rest probability underflows."""
     clf = ct_model.classifier
-    # far from the training data, where every decision value is -1e4 (9 equations, 300 unknowns: solved exactly)
-    z = np.linalg.lstsq(clf.coef_, np.full(len(clf.classes_), -1e4) - clf.intercept_, rcond=None)[0]
+    # far from the training data, where the decision values are -1e4 - k (9 equations, 300 unknowns: solved
+    # exactly): every probability underflows, yet the logits differ by whole units (equal targets would tie
+    # them, or not, by the solver's rounding)
+    target = -1e4 - np.arange(len(clf.classes_), dtype=np.float64)
+    z = np.linalg.lstsq(clf.coef_, target - clf.intercept_, rcond=None)[0]
     Z = np.tile(z, (4, 1))
     fn = ClassifierAdapter(clf)
     P = fn(Z)
