@@ -498,6 +498,8 @@ def test_fast_rules_equal_the_reference_rules(rules3k):
     X = np.asarray(a.X, dtype=np.float32)
     ref = PlausibilityRules(target_sum=TARGET_SUM).fit(clf, X[np.isin(role, ["meta_train", "reference"])])
     assert float(det.rule_zero_bound) == ref.zero_bound_
+    # the detector's ceiling comes from every training cell, not only this sample (tested on its own)
+    ref.transform_ = dataclasses.replace(ref.transform_, log_max=float(det.rule_log_max))
     rng = np.random.default_rng(1)
     Z = np.asarray(a.X, dtype=np.float32)[split == "test"]
     noisy = Z + rng.normal(0, 0.02, Z.shape).astype(np.float32) * (rng.random(Z.shape) < 0.1)
@@ -515,15 +517,22 @@ def test_fast_rules_equal_the_reference_rules(rules3k):
 
 
 def test_the_log_ceiling_is_the_largest_training_share_with_its_margin(rules3k):
-    """The ceiling lets one gene hold SHARE_MARGIN times the largest share of a training cell's library (from its counts)."""
+    """The ceiling lets one gene hold SHARE_MARGIN times the largest share of any training cell's library (from its counts).
+
+    Every training-split cell counts, not only the sample the detector reads for its other fits.
+    """
     from scadversarial.detection._rules import SHARE_MARGIN
     from scadversarial.tl._space import other_counts
 
     a, _ = rules3k
     det = sad.get.model(a, "detector")
-    train = a[a.obs[_keys.OBS_DETECTOR_ROLE].isin(["meta_train", "reference"]).to_numpy()]
-    C = counts_of(train)
-    share = (C / (C.sum(1) + other_counts(train, det.classifier.var_names))[:, None]).max()
+
+    def largest(b) -> float:
+        C = counts_of(b)
+        return (C / (C.sum(1) + other_counts(b, det.classifier.var_names))[:, None]).max()
+
+    train = a[_split(a) == "train"]
+    share = largest(train)
     assert 0.01 < share < 1 / SHARE_MARGIN  # PBMC3k: well below the whole library
     ceiling = np.log1p(SHARE_MARGIN * share * TARGET_SUM)
     assert float(det.rule_log_max) == pytest.approx(ceiling, abs=1e-5)
@@ -533,6 +542,14 @@ def test_the_log_ceiling_is_the_largest_training_share_with_its_margin(rules3k):
     rules.fit(det.classifier, np.asarray(train.X, dtype=np.float32))
     assert rules.transform_.log_max == pytest.approx(np.log1p(TARGET_SUM))  # no margin: the whole library
     assert rules.max_share_ != rules.max_share_  # not fitted (NaN)
+    # a sample without the training cell of the largest share: gene_max (every training cell) restores the ceiling
+    X = np.asarray(train.X, dtype=np.float32)
+    t = det.classifier.transform
+    top_cell = int(np.argmax((X * t.std.numpy() + t.mean.numpy()).max(1)))
+    sample = np.delete(X, top_cell, axis=0)
+    fit = sad.detection.fit_rules(det.classifier, X, target_sum=TARGET_SUM).log_max
+    assert sad.detection.fit_rules(det.classifier, sample, target_sum=TARGET_SUM).log_max < fit
+    assert sad.detection.fit_rules(det.classifier, sample, target_sum=TARGET_SUM, gene_max=X.max(0)).log_max == fit
     for bad in (0.5, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="share_margin must be a number >= 1"):
             sad.detection.PlausibilityRules(target_sum=TARGET_SUM, share_margin=bad)

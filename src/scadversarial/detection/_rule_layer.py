@@ -29,7 +29,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ._rules import CLIP_RTOL, LOG_TOL, MAX_DIVISOR, RULES, SHARE_MARGIN, PlausibilityRules
+from ._rules import (
+    CLIP_RTOL,
+    LOG_TOL,
+    MAX_DIVISOR,
+    RULES,
+    SHARE_MARGIN,
+    PlausibilityRules,
+    largest_share,
+    log_ceiling,
+)
 
 if TYPE_CHECKING:
     from ..models.classifier import CellClassifier
@@ -91,7 +100,7 @@ class RuleFit:
         Whether the lattice rule applies (the training cells lie on the count lattice).
     log_max
         Log values above it are out of range: ``log1p(share * target_sum)``, one gene holding
-        ``share`` of its cell's library, ``DetectorConfig.share_margin`` (1.5) times the largest
+        ``share`` of its cell's library, ``DetectorConfig.share_margin`` (1.5 by default) times the largest
         one-gene share of a training cell, at most the whole library (``inf``: the target sum is
         unknown, the clip alone bounds the values).
     """
@@ -175,16 +184,23 @@ def fit_rules(
     *,
     target_sum: float | None = None,
     share_margin: float | None = SHARE_MARGIN,
+    gene_max: np.ndarray | None = None,
 ) -> RuleFit:
-    """The rules' bound and lattice switch, fitted on clean training cells (scaled input ``X_clean``).
+    """The rules' bounds and lattice switch, fitted on clean training cells (scaled input ``X_clean``).
 
     With ``target_sum`` (the normalization's), no log value may exceed the ceiling of
     :class:`~scadversarial.detection.PlausibilityRules`: one gene holding ``share_margin`` times
-    the largest one-gene share of a training cell (``None``: the whole library).
+    the largest one-gene share of a training cell (``None``: the whole library). ``gene_max``: per
+    gene, the largest scaled value over every clean training cell, when ``X_clean`` is a sample of
+    them; the ceiling's share then comes from all of them.
     """
-    rules = PlausibilityRules(target_sum=target_sum, share_margin=share_margin)
-    ref = rules.fit(classifier, np.asarray(X_clean, dtype=np.float32))
-    return RuleFit(float(ref.zero_bound_), bool(ref.use_lattice_), float(ref.transform_.log_max))
+    X = np.asarray(X_clean, dtype=np.float32)
+    ref = PlausibilityRules(target_sum=target_sum, share_margin=share_margin).fit(classifier, X)
+    log_max = ref.transform_.log_max
+    if gene_max is not None and target_sum is not None and share_margin is not None:
+        top = np.maximum(np.asarray(gene_max, dtype=np.float64), X.max(0))[None, :]
+        log_max = log_ceiling(target_sum, share_margin * largest_share(ref.transform_, top, target_sum))
+    return RuleFit(float(ref.zero_bound_), bool(ref.use_lattice_), float(log_max))
 
 
 def reason_key(layer: str | None) -> str:

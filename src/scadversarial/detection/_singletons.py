@@ -198,14 +198,18 @@ def fit_first_layer(
     *,
     seed: tuple[int, int],
     target_sum: float | None = None,
+    gene_max: np.ndarray | None = None,
 ) -> None:
     """Fit the rules on clean training cells and the count-profile checks the config asks for on calibration cells.
 
     ``seed`` seeds the Poisson resampling with a generator of its own, apart from the one that
     trains the learned detector (whose results stay those of a detector without the checks).
-    ``target_sum``: the normalization's, the rules' log ceiling (``None``: none below the clip).
+    ``target_sum``: the normalization's, the rules' log ceiling (``None``: none below the clip);
+    ``gene_max``: per gene, the largest scaled value of every training cell (see :func:`fit_rules`).
     """
-    rule_fit = fit_rules(classifier, X_train, target_sum=target_sum, share_margin=config.share_margin)
+    rule_fit = fit_rules(
+        classifier, X_train, target_sum=target_sum, share_margin=config.share_margin, gene_max=gene_max
+    )
     det.set_rules(rule_fit)
     if config.singletons or config.two_counts:
         fpr = MAX_FPR if config.max_fpr is None else config.max_fpr

@@ -31,9 +31,12 @@ from ..detection._singletons import fit_first_layer
 from ..models.classifier import CellClassifier
 from ..models.detector import AdversarialDetector, DetectorArchitecture
 from ._attack_record import attacked_cells
+from ._chunks import map_chunks
 from ._detect_score import (
     DOC_CHUNKED,
     DOC_SCORING,
+    ChunkReader,
+    chunk_layers,
     chunk_reader,
     concat_reports,
     detect_chunk,
@@ -208,6 +211,18 @@ def _record_params(
     }
 
 
+def _column_max(reader: ChunkReader, chunk: AnnData) -> np.ndarray:
+    return reader.inputs(chunk)[0].max(0)
+
+
+def _gene_max(adata: AnnData, clf: CellClassifier, cells: np.ndarray) -> np.ndarray:
+    """Per gene, the largest value of the classifier's scaled input over ``cells`` (a mask), read chunk by chunk."""
+    reader = chunk_reader(adata, clf, [None], missing="raise", batch_size=None, device="cpu")
+    layers = chunk_layers(adata, reader.layers, reader.source)
+    parts = map_chunks(adata, partial(_column_max, reader), layers=layers, rows=np.flatnonzero(cells))
+    return np.max(np.stack(parts), 0)
+
+
 @doc_params(doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
 def train_detector(
     adata: AnnData,
@@ -226,12 +241,13 @@ def train_detector(
 
     The detector has two layers. The **plausibility rules** (``config.rules``, on by default) flag
     a cell whose scaled input no preprocessing of integer counts can produce: a value beyond the
-    clip or above the log ceiling (one gene holding more of its cell's library than 1.5 times the
-    most any gene holds in a training cell, at most the whole library; the target sum is read
-    from the preprocessing record, no ceiling when the data were not normalized from counts here), a
-    negative log-expression, a value off the cell's lattice ``log1p(k * target_sum / N)``
-    (see :func:`~scadversarial.detection.rule_counts`). They learn only the smallest positive
-    value of the clean training cells and whether those lie on the lattice; each cell's unit
+    clip or above the log ceiling (one gene holding more of its cell's library than
+    ``config.share_margin``, 1.5 by default, times the most any gene holds in a training cell, at
+    most the whole library; the target sum is read from the preprocessing record, no ceiling when
+    the data were not normalized from counts here), a negative log-expression, a value off the
+    cell's lattice ``log1p(k * target_sum / N)`` (see :func:`~scadversarial.detection.rule_counts`).
+    They learn only the smallest positive value of the clean training cells, whether those lie on
+    the lattice and the largest share of its library one gene holds in any training cell; each cell's unit
     ``target_sum / N`` is estimated from its own values. With them, the **count checks**
     (``config.singletons``, ``config.two_counts``, on by default for count data) flag a cell on the
     lattice with too few genes at one count, or at two counts among those at two or more; their
@@ -335,9 +351,10 @@ def train_detector(
         if config.rules:  # rules: clean training cells (read anyway); count checks: calibration cells
             train = X[np.sort(np.concatenate([local.meta, local.reference]))]
             seed = (int(random_state), SINGLETON_STREAM)
-            fit_first_layer(
-                det, clf, train, X[local.calibration], config, seed=seed, target_sum=counts_target_sum(adata)
-            )
+            ts = counts_target_sum(adata)
+            # the log ceiling's share: every training cell, so that no rare cell type outside the sample is flagged
+            top = None if ts is None or config.share_margin is None else _gene_max(adata, clf, split == "train")
+            fit_first_layer(det, clf, train, X[local.calibration], config, seed=seed, target_sum=ts, gene_max=top)
         bs = settings.batch_size
         data = DetectorFeatures(
             *([detector_features(det, M[idx], dev, bs) for M in (X, *advs)] for idx in (local.meta, local.calibration))
@@ -408,7 +425,7 @@ def detect(
 
     The default detector (:func:`train_detector`) has two layers. First the **plausibility
     rules**: a value beyond the classifier's clip or above the log ceiling fitted by
-    :func:`train_detector` (an entry at the clip whose gene cannot lie that low included), a
+    :func:`train_detector` (an entry at the clip included, when the clip's own log value already lies above it), a
     negative log-expression, a value off the
     cell's count lattice ``log1p(k * target_sum / N)`` (or, for a layer in count space,
     non-integer counts) cannot come from preprocessing real counts; such a cell is flagged
