@@ -195,8 +195,9 @@ def threat_benchmark(
     ``.layers['counts']`` integer counts moved by at most one UMI per expressed gene (and, when the
     detector has count checks, the same attacker keeping each cell just inside them,
     :class:`~scadversarial.tl.InsideCountChecks`), one gene per cell set to the clip by the attacker
-    who knows the rules (:class:`~scadversarial.tl.GeneAtClip`), with counts one gene per cell
-    raised in its counts as far as the rules allow (:class:`~scadversarial.tl.GeneInCounts`), and the
+    who knows the rules (:class:`~scadversarial.tl.GeneAtClip`), when ``adata`` has counts and a
+    target sum one gene per cell raised in its counts to just below the rules' ceiling
+    (:class:`~scadversarial.tl.GeneInCounts`), and the
     expressed log threat by an attacker who differentiates through the detector (detector weights
     0, 0.1, 1 and 10; per cell, the flipped iterate the detector scores lowest). With counts, one
     benign shift too (counts thinned to half depth). Without counts, those rows are named in
@@ -269,6 +270,8 @@ def threat_benchmark(
     attacks[GENE_AT_CLIP] = tl.GeneAtClip(detector if rules else None)
     if _keys.LAYER_COUNTS in adata.layers and counts_target_sum(adata) is not None:
         attacks[GENE_IN_COUNTS] = tl.GeneInCounts(detector if rules else None)
+    elif _keys.LAYER_COUNTS in adata.layers:
+        not_available[GENE_IN_COUNTS] = "not available for this data (no target sum: not normalized from counts here)"
     attacks[f"detector-aware log {LOG_EPS:g}"] = {
         **log_threat,
         "detector": detector,

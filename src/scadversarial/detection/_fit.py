@@ -76,7 +76,7 @@ class FeatureSpec:
 
 
 @doc_params(doc_device=doc_device)
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DetectorConfig:
     """How the default detector is trained and calibrated (as scvi-tools' training configs).
 
@@ -112,7 +112,8 @@ class DetectorConfig:
         cells and of their Poisson resampling (:func:`~scadversarial.detection.fit_count_checks`).
     share_margin
         With ``rules``: the log ceiling lets one gene hold this many times the largest share of its
-        library one gene holds in a clean training cell (default 1.5, at most the whole library);
+        library one gene holds in a clean training cell (default :data:`~scadversarial.detection._rules.SHARE_MARGIN`, 1.5; at
+        most the whole library);
         ``None``: the whole library. Raise it, or train on them, when query cells of a type that
         training lacks hold more in one gene (plasma cells, erythrocytes) and are flagged ``'out of range'``.
     {doc_device}

@@ -112,14 +112,15 @@ class Transform:
 def log_ceiling(target_sum: float | None, share: float = 1.0) -> float:
     """``log1p(share * target_sum)``: the log value of one gene holding ``share`` of a cell's library.
 
-    ``share`` is capped at 1 (the whole library); ``inf`` without a target sum.
+    ``share`` is capped at 1 (the whole library, also for a NaN share); ``inf`` without a target sum.
     """
     if target_sum is None:
         return math.inf
     if not (np.isfinite(target_sum) and target_sum > 0):
         msg = f"target_sum must be a positive number (the normalization's, e.g. 1e4), got {target_sum!r}."
         raise ValueError(msg)
-    return math.log1p(min(float(share), 1.0) * float(target_sum))
+    share = 1.0 if np.isnan(share) else min(float(share), 1.0)
+    return math.log1p(share * float(target_sum))
 
 
 def check_share_margin(share_margin: float | None) -> None:
@@ -133,14 +134,14 @@ def check_share_margin(share_margin: float | None) -> None:
 
 
 def largest_share(transform: Transform, X: np.ndarray, target_sum: float) -> float:
-    """The largest share of its library one gene holds in a cell of scaled ``X`` (an entry at the clip: its smallest).
+    """The largest share of its library one gene holds in a cell of scaled ``X`` (an entry at the clip: its smallest; NaN without cells).
 
     ``expm1(l) / target_sum`` is the share ``k / N`` of log value ``l = log1p(k * target_sum / N)``;
     the transform is increasing in ``l``, so each gene's largest scaled value gives its largest share.
     """
     X = np.asarray(X)
     if not len(X):
-        return 0.0
+        return float("nan")  # no cell: no share to bound (the ceiling stays the whole library)
     top = X.max(0).astype(np.float64) * transform.std + transform.mean
     return float(np.expm1(top.max()) / target_sum)
 
@@ -247,7 +248,9 @@ class PlausibilityRules(_Baseline):
 
     The rules (see the module docstring) read the classifier's scaled input through its own
     transform. :meth:`fit` learns only the smallest positive value of the clean training cells
-    (the ``'off_zero'`` bound) and whether those cells lie on the count lattice (the lattice rule
+    (the ``'off_zero'`` bound), the largest share of its library one gene holds in them
+    (``max_share_``, the log ceiling's; NaN without a target sum or margin) and whether those cells
+    lie on the count lattice (the lattice rule
     is switched off, with a warning, when more than :data:`LATTICE_MAX_CLEAN_RATE` of them do not:
     data that were never integer counts). :meth:`calibrate` sets the threshold to at least one
     violating entry.
@@ -291,7 +294,7 @@ class PlausibilityRules(_Baseline):
         self.lattice, self.target_sum, self.share_margin = lattice, target_sum, share_margin
 
     def _fit(self, X_clean: np.ndarray, X_adv: np.ndarray | None, y: np.ndarray | None, rng: RngLike) -> None:
-        """Learn the ``'off_zero'`` bound and check the lattice on clean training cells (``X_adv``, ``y``, ``rng`` unused)."""
+        """Learn the ``'off_zero'`` bound and the ceiling, check the lattice on clean training cells (``X_adv``, ``y``, ``rng`` unused)."""
         X_clean = self._check_input(X_clean)
         self.transform_ = Transform.of(self.classifier, target_sum=self.target_sum)
         self.max_share_ = float("nan")

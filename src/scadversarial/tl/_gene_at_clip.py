@@ -3,7 +3,7 @@
 The classifier's transform clips scaled values at ``clip`` (10), so an entry at the clip is the
 largest value real preprocessing outputs and the rules cannot invert it to a count. The default
 detector flags it only when the gene's log value at the clip lies above the rules' ceiling
-(``detector.rule_fit.log_max``: one gene holding more of the cell's library than 1.5 times the most
+(``detector.rule_fit.log_max``: one gene holding more of the cell's library than ``DetectorConfig.share_margin`` times the most
 a gene holds in a training cell). :class:`GeneAtClip` is the attacker who
 sets one gene per cell there; given the detector, it is the one who knows the ceiling.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +26,8 @@ from ._input import classifier_input
 from ._inside_checks import AGAINST_SUFFIX, check_attacked_classifier
 
 if TYPE_CHECKING:
+    from typing import Self  # Python 3.11; the annotations are strings
+
     from anndata import AnnData
 
     from ..models.detector import AdversarialDetector

@@ -71,7 +71,9 @@ class GeneInCounts(OneGeneAttacker):
     ...     adata,
     ...     attacks={{"one gene in counts": sad.tl.GeneInCounts(), "... knowing the rules": sad.tl.GeneInCounts(det)}},
     ... )  # doctest: +SKIP
-    >>> added = sad.tl.GeneInCounts(det).attacked_counts(adata) - adata.layers["counts"]  # doctest: +SKIP
+    >>> clf = sad.get.model(adata, "classifier")  # doctest: +SKIP
+    >>> counts = adata[:, clf.var_names].layers["counts"].toarray()  # doctest: +SKIP
+    >>> added = sad.tl.GeneInCounts(det).attacked_counts(adata) - counts  # doctest: +SKIP
     """
 
     key_added: str = "sad_gene_in_counts"
