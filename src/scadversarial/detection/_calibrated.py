@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, ClassVar, Self
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -19,6 +19,8 @@ from .._settings import settings
 from ._calibration import check_fraction, choose_threshold
 
 if TYPE_CHECKING:
+    from typing import Self  # Python 3.11; the annotations are strings
+
     from ..models.classifier import CellClassifier
 
 #: Seed or generator of a detector's random draws.

@@ -38,7 +38,7 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal, Protocol, Self, get_args, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, get_args, runtime_checkable
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ from ._features import straight_through
 from ._reference_baselines import LOG_FLOOR, KernelDensityDetector, LIDDetector, ReferenceSplit, reference_split
 
 if TYPE_CHECKING:
-    pass
+    from typing import Self  # Python 3.11; the annotations are strings
 
 BaselineName = Literal["max_softmax", "mahalanobis", "lid", "kd_bu", "squeeze"]
 Squeezer = Literal["filter", "quantize"]
