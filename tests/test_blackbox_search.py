@@ -146,7 +146,10 @@ def test_cgd_matches_r_counts_and_fast(lr_oracle):
         assert fast.modified_genes == plain.modified_genes
         np.testing.assert_array_equal(fast.X, plain.X)
         np.testing.assert_array_equal(fast.types, plain.types)
-        assert fast.summary == plain.summary
+        # same genes, cells and calls; a probability averaged over other blocks of rows may differ in its last bit
+        assert len(fast.summary) == len(plain.summary)
+        for f, p in zip(fast.summary, plain.summary, strict=True):
+            assert f == pytest.approx(p, rel=1e-12, abs=1e-15)
         # only the visited genes changed
         changed = np.flatnonzero((lr_oracle["X"][rows] != plain.X).any(0))
         assert set(changed) <= set(plain.modified_genes)
