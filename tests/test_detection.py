@@ -537,6 +537,7 @@ def test_the_log_ceiling_is_the_largest_training_share_with_its_margin(rules3k):
     ceiling = np.log1p(SHARE_MARGIN * share * TARGET_SUM)
     assert float(det.rule_log_max) == pytest.approx(ceiling, abs=1e-5)
     assert sad.get.record(a, "detector")["metrics"]["rules"]["log_max"] == pytest.approx(ceiling, abs=1e-5)
+    assert sad.get.record(a, "detector")["metrics"]["rules"]["share_ceiling"] == pytest.approx(SHARE_MARGIN * share)
     assert sad.get.record(a, "detector")["params"]["share_margin"] == SHARE_MARGIN
     rules = sad.detection.PlausibilityRules(target_sum=TARGET_SUM, share_margin=None)
     rules.fit(det.classifier, np.asarray(train.X, dtype=np.float32))

@@ -211,6 +211,11 @@ def _record_params(
     }
 
 
+def _share_ceiling(log_max: float, target_sum: float | None) -> float | None:
+    """The largest share of its library one gene may hold under the log ceiling ``log_max`` (``None``: no target sum)."""
+    return None if target_sum is None else min(float(np.expm1(log_max)) / target_sum, 1.0)
+
+
 def _column_max(reader: ChunkReader, chunk: AnnData) -> np.ndarray:
     return reader.inputs(chunk)[0].max(0)
 
@@ -390,6 +395,8 @@ def train_detector(
             "zero_bound": float(det.rule_zero_bound),
             "lattice": bool(det.rule_lattice),
             "log_max": float(det.rule_log_max),
+            # the same ceiling as the largest share of its library one gene may hold (what 'out of range' means)
+            "share_ceiling": _share_ceiling(float(det.rule_log_max), counts_target_sum(adata)),
             "singleton_min": det.singleton_threshold if config.singletons else None,
             "two_count_rate": None if two is None else two.rate,
             "two_count_z_min": None if two is None else two.z_min,
