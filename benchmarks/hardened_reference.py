@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import copy
 import sys
-import time
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from hardening import HARDENED
-from threats import LABEL_SETS, PGD_EPS, benchmark_parser, prepare, quiet, read_pbmc3k
+from threats import PGD_EPS, add_run_options, benchmark_parser, mean_sd, prepare, quiet, seed_runs
 
 import scadversarial as sad
 from scadversarial.models.classifier import CellClassifier
@@ -193,13 +192,6 @@ def run_one(raw, labels: str, seed: int) -> tuple[pd.DataFrame, dict]:
     return pd.DataFrame(rows).assign(labels=labels, seed=seed), info
 
 
-def _ms(v: pd.Series) -> str:
-    v = v.dropna().astype(float)
-    if v.empty:
-        return "-"
-    return f"{v.mean():.3f} ± {(v.std(ddof=1) if len(v) > 1 else 0.0):.3f}"
-
-
 def summary(tab: pd.DataFrame, infos: pd.DataFrame) -> None:
     print("calibration (clean validation cells; thin: their 50 %-thinned copy) and test accuracy of both classifiers")
     print(infos.to_string(index=False, float_format="{:.4f}".format))
@@ -212,7 +204,7 @@ def summary(tab: pd.DataFrame, infos: pd.DataFrame) -> None:
         for kind, names in (("benign", ben), ("attack", att)):
             sub = part[part["kind"] == kind]
             cols = [c for c in names if c in sub and sub[c].notna().any()]
-            print(sub.groupby("threat", sort=False)[cols].agg(_ms).T.to_string())
+            print(sub.groupby("threat", sort=False)[cols].agg(mean_sd).T.to_string())
             print()
     print("=== worst run (max over label sets x seeds) ===")
     cols = [c for c in tab.columns if c.startswith(("evasion", "check", "either", "flip", "default", "hard"))]
@@ -226,38 +218,14 @@ def summary(tab: pd.DataFrame, infos: pd.DataFrame) -> None:
 
 
 def main(argv=None) -> int:
-    p = benchmark_parser(__doc__, [0, 1, 2])
-    p.add_argument("--labels", nargs="+", default=list(LABEL_SETS), choices=list(LABEL_SETS))
-    p.add_argument("--save", default=None)
-    p.add_argument("--load", nargs="+", default=None)
-    args = p.parse_args(argv)
+    args = add_run_options(benchmark_parser(__doc__, [0, 1, 2])).parse_args(argv)
     quiet(args.threads)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 40)
-    tables, infos = [], []
-    if args.load:
-        for path in args.load:
-            saved = pd.read_pickle(path)
-            tables.append(saved["table"])
-            infos.append(saved["infos"])
-        summary(pd.concat(tables, ignore_index=True), pd.concat(infos, ignore_index=True))
-        return 0
-    raw = read_pbmc3k(args.data)
-    if raw is None:
+    runs = seed_runs(args, run_one, ("table", "infos"))
+    if runs is None:
         return 1
-    for labels in args.labels:
-        for seed in args.seeds:
-            t0 = time.perf_counter()
-            tab, info = run_one(raw, labels, seed)
-            tables.append(tab)
-            infos.append(pd.DataFrame([info]))
-            print(f"[{labels} seed {seed}: {time.perf_counter() - t0:.0f} s]", flush=True)
-            if args.save:  # after every seed: a late deadline still has the seeds done
-                pd.to_pickle(
-                    {"table": pd.concat(tables, ignore_index=True), "infos": pd.concat(infos, ignore_index=True)},
-                    args.save,
-                )
-    summary(pd.concat(tables, ignore_index=True), pd.concat(infos, ignore_index=True))
+    summary(runs["table"], runs["infos"])
     return 0
 
 

@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from hardening import HARDENED
-from threats import LABEL_SETS, PGD_EPS, benchmark_parser, prepare, quiet, read_pbmc3k
+from threats import PGD_EPS, add_run_options, benchmark_parser, mean_sd, prepare, quiet, seed_runs
 
 import scadversarial as sad
 from scadversarial.tl._gene_at_clip import CLIP_CANDIDATES, clean_gradient, evaluating
@@ -225,11 +225,6 @@ def run_one(raw, labels: str, seed: int) -> tuple[pd.DataFrame, dict]:
     return pd.DataFrame(rows), info
 
 
-def _ms(v: pd.Series) -> str:
-    v = v.dropna().astype(float)
-    return f"{v.mean():.3f} ± {(v.std(ddof=1) if len(v) > 1 else 0.0):.3f}" if len(v) else "-"
-
-
 def summary(tab: pd.DataFrame, infos: pd.DataFrame) -> None:
     print("augmentation copies (training cells): share raised, median share of the new library added,")
     print("standard classifier's calls the copies flip, max |copy X through the transform - attacker's input|")
@@ -242,7 +237,7 @@ def summary(tab: pd.DataFrame, infos: pd.DataFrame) -> None:
             sub = part if labels == "pooled" else part[part["labels"] == labels]
             n = sub[["labels", "seed"]].drop_duplicates().shape[0]
             print(f"\n=== {tag} cells, labels: {labels} (mean ± sd over {n} runs) ===")
-            print(sub.groupby("variant", sort=False)[[*METRICS, "epochs"]].agg(_ms).loc[order].to_string())
+            print(sub.groupby("variant", sort=False)[[*METRICS, "epochs"]].agg(mean_sd).loc[order].to_string())
         print(f"\n=== {tag} cells, worst run (max over label sets x seeds; acc: min) ===")
         w = part.groupby("variant", sort=False)[list(METRICS)].max()
         w["acc"] = part.groupby("variant", sort=False)["acc"].min()
@@ -252,38 +247,14 @@ def summary(tab: pd.DataFrame, infos: pd.DataFrame) -> None:
 
 
 def main(argv=None) -> int:
-    p = benchmark_parser(__doc__, [0])
-    p.add_argument("--labels", nargs="+", default=list(LABEL_SETS), choices=list(LABEL_SETS))
-    p.add_argument("--save", default=None)
-    p.add_argument("--load", nargs="+", default=None)
-    args = p.parse_args(argv)
+    args = add_run_options(benchmark_parser(__doc__, [0])).parse_args(argv)
     quiet(args.threads)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 40)
-    tables, infos = [], []
-    if args.load:
-        for path in args.load:
-            saved = pd.read_pickle(path)
-            tables.append(saved["table"])
-            infos.append(saved["infos"])
-        summary(pd.concat(tables, ignore_index=True), pd.concat(infos, ignore_index=True))
-        return 0
-    raw = read_pbmc3k(args.data)
-    if raw is None:
+    runs = seed_runs(args, run_one, ("table", "infos"))
+    if runs is None:
         return 1
-    for labels in args.labels:
-        for seed in args.seeds:
-            t0 = time.perf_counter()
-            tab, info = run_one(raw, labels, seed)
-            tables.append(tab)
-            infos.append(pd.DataFrame([info]))
-            print(f"[{labels} seed {seed}: {time.perf_counter() - t0:.0f} s]", flush=True)
-            if args.save:  # after every seed: a late deadline still has the seeds done
-                pd.to_pickle(
-                    {"table": pd.concat(tables, ignore_index=True), "infos": pd.concat(infos, ignore_index=True)},
-                    args.save,
-                )
-    summary(pd.concat(tables, ignore_index=True), pd.concat(infos, ignore_index=True))
+    summary(runs["table"], runs["infos"])
     return 0
 
 

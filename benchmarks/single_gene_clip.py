@@ -53,7 +53,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import torch
-from threats import LABEL_SETS, PGD_EPS, benchmark_parser, prepare, quiet, read_pbmc3k
+from threats import PGD_EPS, add_run_options, benchmark_parser, mean_sd, prepare, quiet, seed_runs
 
 import scadversarial as sad
 from scadversarial.tl import GeneAtClip
@@ -274,13 +274,6 @@ def run_one(raw, labels: str, seed: int) -> tuple[pd.DataFrame, dict]:
     return pd.DataFrame(rows).assign(labels=labels, seed=seed), info
 
 
-def _ms(v: pd.Series) -> str:
-    v = v.dropna().astype(float)
-    if v.empty:
-        return "-"
-    return f"{v.mean():.3f} ± {(v.std(ddof=1) if len(v) > 1 else 0.0):.3f}"
-
-
 def summary(tab: pd.DataFrame, infos: pd.DataFrame) -> None:
     cols = {
         "benign": ["default", "check", "either", "check_d0", "either_d0"],
@@ -293,44 +286,23 @@ def summary(tab: pd.DataFrame, infos: pd.DataFrame) -> None:
         print(f"\n=== labels: {labels} (mean ± sd over {'label sets and ' if labels == 'pooled' else ''}seeds) ===")
         for kind, names in cols.items():
             sub = part[part["kind"] == kind]
-            g = sub.groupby("threat", sort=False)[names].agg(_ms)
+            g = sub.groupby("threat", sort=False)[names].agg(mean_sd)
             print(g.to_string())
             print()
 
 
 def main(argv=None) -> int:
-    p = benchmark_parser(__doc__, [0, 1, 2])
-    p.add_argument("--labels", nargs="+", default=list(LABEL_SETS), choices=list(LABEL_SETS))
-    p.add_argument("--save", default=None)
-    p.add_argument("--load", nargs="+", default=None)
-    args = p.parse_args(argv)
+    args = add_run_options(benchmark_parser(__doc__, [0, 1, 2])).parse_args(argv)
     quiet(args.threads)
     pd.set_option("display.width", 250)
     t0 = time.perf_counter()
-    tables, infos = [], []
-    if args.load:
-        for path in args.load:
-            saved = pd.read_pickle(path)
-            tables.append(saved["table"])
-            infos.append(saved["info"])
-    else:
-        raw = read_pbmc3k(args.data)
-        if raw is None:
-            return 1
-        for labels in args.labels:
-            for seed in args.seeds:
-                t = time.perf_counter()
-                tab, info = run_one(raw, labels, seed)
-                tables.append(tab)
-                infos.append(pd.DataFrame([info]))
-                print(f"[{labels} seed {seed}: {time.perf_counter() - t:.0f} s]", flush=True)
-    tab, info = pd.concat(tables, ignore_index=True), pd.concat(infos, ignore_index=True)
-    if args.save:
-        pd.to_pickle({"table": tab, "info": info}, args.save)
+    runs = seed_runs(args, run_one, ("table", "info"))
+    if runs is None:
+        return 1
     print(f"held-out PBMC3k test cells; total {time.perf_counter() - t0:.0f} s")
     print("default: flagged by sad.tl.detect; check: excess > delta; evasion: flipped and flagged by neither;")
     print("evasion_default: flipped and not flagged by the default detector; benign rows: share flagged (FPR)\n")
-    summary(tab, info)
+    summary(runs["table"], runs["info"])
     return 0
 
 

@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 import torch
 from single_gene_clip import _count_layers, _dense, _grad, _labels, _loss
-from threats import LABEL_SETS, PGD_EPS, benchmark_parser, prepare, quiet, read_pbmc3k
+from threats import PGD_EPS, add_run_options, benchmark_parser, mean_sd, prepare, quiet, seed_runs
 
 import scadversarial as sad
 from scadversarial.tl import GeneAtClip
@@ -273,11 +273,6 @@ def run_one(raw, labels: str, seed: int) -> tuple[pd.DataFrame, dict, pd.DataFra
     return pd.DataFrame(rows).assign(labels=labels, seed=seed), info, fa_tab
 
 
-def _ms(v: pd.Series) -> str:
-    v = v.dropna().astype(float)
-    return f"{v.mean():.3f} ± {(v.std(ddof=1) if len(v) > 1 else 0.0):.3f}"
-
-
 def summary(tab: pd.DataFrame, infos: pd.DataFrame, fa: pd.DataFrame) -> None:
     chks = [f"A{m:g}" for m in MARGINS] + [f"B{k}" for k in KS]
     print("s_max per run (share from the scaled input as the check reads it; _counts: from the counts layer),")
@@ -294,15 +289,17 @@ def summary(tab: pd.DataFrame, infos: pd.DataFrame, fa: pd.DataFrame) -> None:
         sel = (lambda t: t) if labels == "pooled" else (lambda t, lab=labels: t[t["labels"] == lab])
         print(f"\n=== labels: {labels} (mean ± sd over {'label sets and ' if labels == 'pooled' else ''}seeds) ===")
         print("false alarms (share flagged), the check alone:")
-        print(sel(ben).groupby("threat", sort=False)[["default", *chks]].agg(_ms).to_string())
+        print(sel(ben).groupby("threat", sort=False)[["default", *chks]].agg(mean_sd).to_string())
         print("false alarms, default detector or the check:")
-        print(sel(ben).groupby("threat", sort=False)[[f"either {c}" for c in chks]].agg(_ms).to_string())
+        print(sel(ben).groupby("threat", sort=False)[[f"either {c}" for c in chks]].agg(mean_sd).to_string())
         print("threats: flip rate, flagged by the default detector, evasion of the default detector alone:")
-        print(sel(att).groupby("threat", sort=False)[["flip_rate", "default", "evasion_default"]].agg(_ms).to_string())
+        print(
+            sel(att).groupby("threat", sort=False)[["flip_rate", "default", "evasion_default"]].agg(mean_sd).to_string()
+        )
         print("threats: flagged by the check:")
-        print(sel(att).groupby("threat", sort=False)[chks].agg(_ms).to_string())
+        print(sel(att).groupby("threat", sort=False)[chks].agg(mean_sd).to_string())
         print("threats: evasion (flipped, flagged by neither the default detector nor the check):")
-        print(sel(att).groupby("threat", sort=False)[[f"evasion {c}" for c in chks]].agg(_ms).to_string())
+        print(sel(att).groupby("threat", sort=False)[[f"evasion {c}" for c in chks]].agg(mean_sd).to_string())
     print("\nworst case over label sets x seeds (max): threats' evasion")
     cols = ["flip_rate", "evasion_default", *[f"evasion {c}" for c in chks]]
     print(att.groupby("threat", sort=False)[cols].max().to_string(float_format="{:.3f}".format))
@@ -318,39 +315,16 @@ def summary(tab: pd.DataFrame, infos: pd.DataFrame, fa: pd.DataFrame) -> None:
 
 
 def main(argv=None) -> int:
-    p = benchmark_parser(__doc__, [0, 1, 2])
-    p.add_argument("--labels", nargs="+", default=list(LABEL_SETS), choices=list(LABEL_SETS))
-    p.add_argument("--save", default=None)
-    p.add_argument("--load", nargs="+", default=None)
-    args = p.parse_args(argv)
+    args = add_run_options(benchmark_parser(__doc__, [0, 1, 2])).parse_args(argv)
     quiet(args.threads)
     pd.set_option("display.width", 250)
     t0 = time.perf_counter()
-    tables, infos, fas = [], [], []
-    if args.load:
-        for path in args.load:
-            saved = pd.read_pickle(path)
-            tables.append(saved["table"])
-            infos.append(saved["info"])
-            fas.append(saved["fa"])
-    else:
-        raw = read_pbmc3k(args.data)
-        if raw is None:
-            return 1
-        for labels in args.labels:
-            for seed in args.seeds:
-                t = time.perf_counter()
-                tab, info, fa = run_one(raw, labels, seed)
-                tables.append(tab)
-                infos.append(pd.DataFrame([info]))
-                fas.append(fa)
-                print(f"[{labels} seed {seed}: {time.perf_counter() - t:.0f} s]", flush=True)
-    tab, info, fa = (pd.concat(x, ignore_index=True) for x in (tables, infos, fas))
-    if args.save:
-        pd.to_pickle({"table": tab, "info": info, "fa": fa}, args.save)
+    runs = seed_runs(args, run_one, ("table", "info", "fa"))
+    if runs is None:
+        return 1
     print(f"held-out PBMC3k test cells (val rows: validation cells); total {time.perf_counter() - t0:.0f} s")
     print("A m: some gene's share > m * s_max; B k: one of the top-k occlusions changes the call\n")
-    summary(tab, info, fa)
+    summary(runs["table"], runs["info"], runs["fa"])
     return 0
 
 

@@ -158,6 +158,51 @@ def read_pbmc3k(data: str | None):
     return sad.datasets.pbmc3k(path)
 
 
+def add_run_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--labels``, ``--save`` and ``--load``: the options of a benchmark run per label set and seed (:func:`seed_runs`)."""
+    p.add_argument("--labels", nargs="+", default=list(LABEL_SETS), choices=list(LABEL_SETS))
+    p.add_argument("--save", default=None, help="also write the per-seed tables (pickle) to this path")
+    p.add_argument("--load", nargs="+", default=None, help="summarize tables written by --save instead of running")
+    return p
+
+
+def seed_runs(args: argparse.Namespace, run_one, parts: tuple[str, ...]) -> dict[str, pd.DataFrame] | None:
+    """``run_one(raw, labels, seed)`` for every label set and seed of ``args``, or the pickles of ``args.load``.
+
+    ``run_one`` returns one value per name of ``parts``, each a DataFrame or a dict (one row); the
+    result maps each name to its values of every run, concatenated. With ``args.save`` they are
+    pickled after every seed, so a run stopped early keeps the seeds it finished. ``None`` (said)
+    without the PBMC3k counts.
+    """
+    got: dict[str, list[pd.DataFrame]] = {k: [] for k in parts}
+    if args.load:
+        for path in args.load:
+            saved = pd.read_pickle(path)
+            for k in parts:
+                got[k].append(saved[k])
+    else:
+        raw = read_pbmc3k(args.data)
+        if raw is None:
+            return None
+        for labels in args.labels:
+            for seed in args.seeds:
+                t0 = time.perf_counter()
+                for k, v in zip(parts, run_one(raw, labels, seed), strict=True):
+                    got[k].append(v if isinstance(v, pd.DataFrame) else pd.DataFrame([v]))
+                print(f"[{labels} seed {seed}: {time.perf_counter() - t0:.0f} s]", flush=True)
+                if args.save:
+                    pd.to_pickle({k: pd.concat(v, ignore_index=True) for k, v in got.items()}, args.save)
+    return {k: pd.concat(v, ignore_index=True) for k, v in got.items()}
+
+
+def mean_sd(v: pd.Series) -> str:
+    """``'mean ± sd'`` of the non-missing values (sd 0 for one value, ``'-'`` for none): a cell of a summary table."""
+    v = v.dropna().astype(float)
+    if v.empty:
+        return "-"
+    return f"{v.mean():.3f} ± {(v.std(ddof=1) if len(v) > 1 else 0.0):.3f}"
+
+
 def _attack_options() -> tuple[set[str], tuple[str, ...]]:
     """Keyword options and methods this version of ``sad.tl.attack`` accepts."""
     from scadversarial.attacks import whitebox

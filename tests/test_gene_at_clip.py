@@ -8,7 +8,7 @@ import torch
 from tests.test_detection import build_rules3k
 
 import scadversarial as sad
-from scadversarial.tl import GeneAtClip
+from scadversarial.tl import GeneAtClip, GeneInCounts
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +20,15 @@ def rules3k(pipeline3k):
 def _moved(test, layer: str) -> tuple[np.ndarray, np.ndarray]:
     """Rows and genes where ``layer`` differs from ``X``."""
     return np.nonzero(np.asarray(test.layers[layer]) != np.asarray(test.X))
+
+
+def steepest_genes(clf, X) -> np.ndarray:
+    """Per cell of scaled ``X``, the gene whose increase raises the loss of ``clf``'s own call fastest."""
+    X = torch.tensor(np.asarray(X, dtype=np.float32), requires_grad=True)
+    clf.eval()
+    y = torch.as_tensor(clf.predict_arrays(X.detach().numpy())[0].argmax(1))
+    (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(clf(X), y, reduction="sum"), X)
+    return g.numpy().argmax(1)
 
 
 def _at_clip_log(det) -> np.ndarray:
@@ -70,19 +79,17 @@ def test_against_attacks_another_classifier_under_its_own_key(rules3k, pipeline3
     assert threat.classifier is clf
     (layer,) = threat(b)
     assert layer == "k_against"
-    X = torch.tensor(np.asarray(b.X, dtype=np.float32), requires_grad=True)
-    y = torch.as_tensor(clf.predict_arrays(np.asarray(b.X))[0].argmax(1))
-    clf.eval()
-    (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(clf(X), y, reduction="sum"), X)
     rows, genes = _moved(b, layer)
-    np.testing.assert_array_equal(genes, g.numpy().argmax(1)[rows])  # that classifier's steepest gene
+    np.testing.assert_array_equal(genes, steepest_genes(clf, b.X)[rows])  # that classifier's steepest gene
 
 
-def test_bad_options_are_refused(rules3k):
+@pytest.mark.parametrize("threat", [GeneAtClip, GeneInCounts])
+def test_bad_options_are_refused(rules3k, threat):
+    """The one-gene attackers share their options and refuse the same bad ones."""
     a, _ = rules3k
     with pytest.raises(ValueError, match="candidates >= 1"):
-        GeneAtClip(candidates=0)
+        threat(candidates=0)
     with pytest.raises(TypeError, match="rules=True"):
-        GeneAtClip(detector=sad.get.model(a, "classifier"))
+        threat(detector=sad.get.model(a, "classifier"))
     with pytest.raises(TypeError, match="CellClassifier"):
-        GeneAtClip(classifier=lambda x: x)
+        threat(classifier=lambda x: x)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from tests.test_detection import build_rules3k, counts_of
+from tests.test_gene_at_clip import steepest_genes
 
 import scadversarial as sad
 from scadversarial.tl import GeneInCounts
@@ -102,23 +103,14 @@ def test_against_attacks_another_classifier_under_its_own_key(rules3k, pipeline3
     C = threat.attacked_counts(b)
     (layer,) = threat(b)
     assert layer == "k_against"
-    X = torch.tensor(np.asarray(b.X, dtype=np.float32), requires_grad=True)
-    y = torch.as_tensor(_calls(clf, b.X))
-    clf.eval()
-    (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(clf(X), y, reduction="sum"), X)
     rows, genes, _ = _raised(b, C)
     assert len(rows) > 0
-    np.testing.assert_array_equal(genes, g.numpy().argmax(1)[rows])  # that classifier's steepest gene
+    np.testing.assert_array_equal(genes, steepest_genes(clf, b.X)[rows])  # that classifier's steepest gene
 
 
-def test_bad_options_and_cells_are_refused(rules3k):
-    a, test = rules3k
-    with pytest.raises(ValueError, match="candidates >= 1"):
-        GeneInCounts(candidates=0)
-    with pytest.raises(TypeError, match="rules=True"):
-        GeneInCounts(detector=sad.get.model(a, "classifier"))
-    with pytest.raises(TypeError, match="CellClassifier"):
-        GeneInCounts(classifier=lambda x: x)
+def test_cells_without_counts_or_target_sum_are_refused(rules3k):
+    """(Bad options: ``test_gene_at_clip.test_bad_options_are_refused``, shared by both one-gene attackers.)"""
+    _, test = rules3k
     b = test[:20].copy()
     del b.layers["counts"]
     with pytest.raises(KeyError, match="sad.pp.preprocess"):
