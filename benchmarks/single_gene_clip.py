@@ -139,18 +139,28 @@ def _labels(c, clf) -> torch.Tensor:
     return torch.as_tensor(np.asarray(codes, dtype=np.int64))
 
 
+def count_cells(c, clf) -> tuple:
+    """What a count-space one-gene attacker reads of cells ``c``: scaled input, clean calls, loss gradient,
+    row indices, dense counts, counts outside the classifier's genes and the count-space view."""
+    X = np.asarray(c.X, dtype=np.float32)
+    y = _labels(c, clf)
+    return (
+        X,
+        y,
+        _grad(clf, X, y),
+        np.arange(len(X)),
+        _dense(c.layers["counts"]),
+        other_counts(c, clf.var_names),
+        space_model(c, clf, "counts"),
+    )
+
+
 def _count_layers(c, clf, check: GeneMaxCheck, ceiling: float, ts: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """+m UMI on the steepest gene, and the count attacker who stays inside the check (scaled layers).
 
     Also, per cell, the share of its new library that the count attacker inside the check added.
     """
-    X = np.asarray(c.X, dtype=np.float32)
-    y = _labels(c, clf)
-    grad = _grad(clf, X, y)
-    rows = np.arange(len(X))
-    counts = _dense(c.layers["counts"])
-    other = other_counts(c, clf.var_names)
-    view = space_model(c, clf, "counts")
+    X, y, grad, rows, counts, other, view = count_cells(c, clf)
     out = {}
     steep = grad.argmax(1)
     for m in GENE_UMI:

@@ -50,14 +50,14 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import torch
-from single_gene_clip import _count_layers, _dense, _grad, _labels, _loss
+from single_gene_clip import _count_layers, _dense, _grad, _labels, _loss, count_cells
 from threats import PGD_EPS, add_run_options, benchmark_parser, mean_sd, prepare, quiet, seed_runs
 
 import scadversarial as sad
 from scadversarial.tl import GeneAtClip
 from scadversarial.tl._gene_at_clip import CLIP_CANDIDATES
 from scadversarial.tl._shifts import DEFAULT_SHIFTS
-from scadversarial.tl._space import other_counts, space_model, to_scaled
+from scadversarial.tl._space import other_counts, to_scaled
 
 MARGINS = (1.5, 2.0, 3.0)
 KS = (1, 2, 3)
@@ -129,13 +129,7 @@ def _most_umi(c, clf, ts: float, share_cap: float) -> tuple[np.ndarray, np.ndarr
     """
     t = clf.transform
     mean, std, clip = t.mean.double().numpy(), t.std.double().numpy(), float(t.clip)
-    X = np.asarray(c.X, dtype=np.float32)
-    y = _labels(c, clf)
-    grad = _grad(clf, X, y)
-    rows = np.arange(len(X))
-    counts = _dense(c.layers["counts"])
-    other = other_counts(c, clf.var_names)
-    view = space_model(c, clf, "counts")
+    X, y, grad, rows, counts, other, view = count_cells(c, clf)
     N = counts.sum(1) + other
     # log1p(k ts / (N - c_g + k)) >= l  <=>  k >= e (N - c_g) / (ts - e), e = expm1(l)
     e = np.minimum(np.expm1(mean + clip * std), CAP_SHARE * ts)
