@@ -514,6 +514,41 @@ def test_fast_rules_equal_the_reference_rules(rules3k):
         settled = want[:, :3].sum(1) > 0  # flagged by an earlier rule: the lattice is not tried further
         np.testing.assert_array_equal(got[~settled], want[~settled])
         np.testing.assert_array_equal(sad.detection.rule_reasons(got), sad.detection.rule_reasons(want))
+        # the excess: float64 on the sparse path, the batch's float32 on rows a scaled attack moved
+        got_excess, want_excess = det.check_layer(torch.as_tensor(M))[1].numpy(), ref.explain(M).excess
+        np.testing.assert_allclose(got_excess, want_excess, rtol=1e-4, atol=1e-4)
+        assert (want_excess[want[:, :3].sum(1) == 0] == 0).all()
+
+
+def test_rule_score_grows_with_how_far_a_value_lies_out_of_range(rules3k):
+    """One gene per cell pushed below zero by d log units: excess d, a score that keeps growing with d.
+
+    The number of violating entries stays one; the score still ranks the larger push higher.
+    """
+    a, test = rules3k
+    det = sad.get.model(a, "detector")
+    t = det.classifier.transform
+    mean, std = t.mean.double().numpy(), t.std.double().numpy()
+    Z = np.asarray(test.X, dtype=np.float32)[:40]
+    g = int(np.argmax(std))  # the widest gene: -2 log units stay inside the clip
+    assert (2.0 + mean[g]) / std[g] < float(t.clip)
+    scores, excesses = [], []
+    for d in (0.1, 0.5, 2.0):
+        M = Z.copy()
+        M[:, g] = np.float32((-d - mean[g]) / std[g])
+        rep = det.explain_arrays(M, progress_bar=False)
+        assert (rep.rule_counts[:, 1] >= 1).all()  # negative
+        np.testing.assert_allclose(rep.excess, d, rtol=1e-5)
+        np.testing.assert_allclose(rep.score, 1 + np.log1p(rep.rule_counts.sum(1) + rep.excess), rtol=1e-6)
+        scores.append(rep.score)
+        excesses.append(rep.excess)
+    assert (np.diff(np.stack(scores), axis=0) > 0).all()
+    # beyond the clip by 1: one std past it, or, where its log value lies further above the ceiling, that
+    clip = float(t.clip)
+    M = Z.copy()
+    M[:, g] = np.float32(clip + 1.0)
+    want = max(std[g], mean[g] + (clip + 1.0) * std[g] - float(det.rule_log_max))
+    np.testing.assert_allclose(det.check_layer(torch.as_tensor(M))[1].numpy(), want, rtol=1e-5)
 
 
 def test_the_log_ceiling_is_the_largest_training_share_with_its_margin(rules3k):

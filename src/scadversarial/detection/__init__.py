@@ -26,10 +26,12 @@ from ._rule_layer import (
     RuleFit,
     TwoCountFit,
     check_counts,
+    check_layer,
     fit_rules,
     non_integer_counts,
     reason_key,
     rule_counts,
+    rule_excess,
     rule_reasons,
 )
 from ._rules import RULES, Lattice, PlausibilityRules, RuleReport, Transform, fit_lattice
@@ -64,6 +66,7 @@ __all__ = [
     "RuleFit",
     "TwoCountFit",
     "check_counts",
+    "check_layer",
     "fit_count_checks",
     "fit_rules",
     "fit_singleton_min",
@@ -72,6 +75,7 @@ __all__ = [
     "non_integer_counts",
     "reason_key",
     "rule_counts",
+    "rule_excess",
     "rule_reasons",
     "CountModelDetector",
     "EnsembleDetector",

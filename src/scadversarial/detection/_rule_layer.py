@@ -80,8 +80,9 @@ REASONS: tuple[str, ...] = (
 )
 #: The reasons of the first layer: a cell with one of them is flagged whatever its learned score.
 FLAG_REASONS: tuple[str, ...] = REASONS[:6]
-#: A rule-breaking cell scores ``RULE_SCORE + log1p(violations)``: above every learned score (a
-#: probability, at most 1), and still growing with the number of violating entries.
+#: A rule-breaking cell scores ``RULE_SCORE + log1p(violations + excess)``: above every learned score (a
+#: probability, at most 1), and still growing with the number of violating entries and with how far
+#: they lie outside the range counts can produce (:func:`rule_excess`).
 RULE_SCORE = 1.0
 #: The same offset on the logit scale of :meth:`~scadversarial.models.AdversarialDetector.score_logit`:
 #: far above any logit a residual network with weight decay produces (|logit| < 100 on PBMC3k).
@@ -254,26 +255,48 @@ def _bounds(clip: float | None) -> tuple[float, float]:
     return clip * (1 + CLIP_RTOL), clip * (1 - CLIP_RTOL)
 
 
+def _excess(
+    lv: torch.Tensor,
+    ax: torch.Tensor,
+    std: torch.Tensor,
+    clip: float | None,
+    fit: RuleFit,
+    rules: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """Per entry, its distance in log units from the range counts can produce (as ``Transform.excess``).
+
+    ``rules``: the entries out of range, negative and off zero (disjoint, in the rules' precedence).
+    """
+    oor, neg, off_zero = rules
+    over = lv - fit.log_max
+    if clip is not None:
+        over = torch.maximum(over, (ax - clip) * std)
+    out = torch.where(off_zero, torch.minimum(lv, fit.zero_bound - lv), torch.zeros_like(lv))
+    out = torch.where(neg, -lv, out)
+    return torch.where(oor, over.clamp(min=0.0), out)
+
+
 def _dense_counts(
     x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float | None, fit: RuleFit
-) -> torch.Tensor:
-    """Counts of the first three rules of whole rows, in the batch's precision (rows with most entries moved)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counts of the first three rules of whole rows and their excess, in the batch's precision (rows with most entries moved)."""
     big, small = _bounds(clip)
     ax = x.abs()
     lv = torch.addcmul(mean, x, std)
     oor = (ax > big) | (lv > fit.log_max + LOG_TOL)
     neg = (lv < -LOG_TOL) & ~oor
     off_zero = (lv > LOG_TOL) & (lv < fit.zero_bound) & (ax < small)
-    return torch.stack([oor.sum(1), neg.sum(1), off_zero.sum(1)], 1)
+    excess = _excess(lv, ax, std, clip, fit, (oor, neg, off_zero)).sum(1, dtype=torch.float64)
+    return torch.stack([oor.sum(1), neg.sum(1), off_zero.sum(1)], 1), excess
 
 
 def _sparse_counts(
     x: torch.Tensor, moved: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float | None, fit: RuleFit
-) -> tuple[torch.Tensor, CountProfile]:
+) -> tuple[torch.Tensor, CountProfile, torch.Tensor]:
     """Counts of every rule, checking in float64 only the entries that are not the image of a zero count (``moved``).
 
-    Returns ``(counts, profile)``: cells x :data:`RULES`, and the cells' :class:`CountProfile`
-    (zeros without the lattice rule).
+    Returns ``(counts, profile, excess)``: cells x :data:`RULES`, the cells' :class:`CountProfile`
+    (zeros without the lattice rule) and their excess (:func:`rule_excess`).
     """
     n = x.shape[0]
     out = torch.zeros((n, len(RULES)), dtype=torch.long, device=x.device)
@@ -281,7 +304,8 @@ def _sparse_counts(
     rows, cols = moved.nonzero(as_tuple=True)
     # flat indices and index_select: several times cheaper than two-dimensional fancy indexing
     xv = x.reshape(-1).index_select(0, rows * x.shape[1] + cols).double()
-    lv = torch.addcmul(mean.double().index_select(0, cols), xv, std.double().index_select(0, cols))
+    sv = std.double().index_select(0, cols)
+    lv = torch.addcmul(mean.double().index_select(0, cols), xv, sv)
     ax = xv.abs()
     big, small = _bounds(clip)
     inv = ax < small
@@ -291,13 +315,15 @@ def _sparse_counts(
     code = torch.where(lv < -LOG_TOL, 1, code)
     code = torch.where((ax > big) | (lv > fit.log_max + LOG_TOL), 0, code)
     out[:, :3] = torch.bincount(rows * 4 + code, minlength=4 * n).view(n, 4)[:, :3]
+    entry_excess = _excess(lv, ax, sv, clip, fit, (code == 0, code == 1, code == 2))
+    excess = torch.bincount(rows, weights=entry_excess, minlength=n)
     if fit.lattice:
         checked = (inv & (lv >= fit.zero_bound)).nonzero().squeeze(1)
         settled = out[:, :3].sum(1) > 0
         c_rows = rows.index_select(0, checked)
         out[:, 3], ones, twos = _lattice_off(c_rows, lv.index_select(0, checked), n, ~settled)
         n_checked = torch.bincount(c_rows, minlength=n)
-    return out, CountProfile(ones, twos, n_checked, out[:, 3].clone())
+    return out, CountProfile(ones, twos, n_checked, out[:, 3].clone()), excess
 
 
 def singleton_deficit(ones: torch.Tensor, checked: torch.Tensor, min_fraction: float) -> torch.Tensor:
@@ -347,12 +373,29 @@ def rule_counts(
     return _first_layer(x, mean, std, clip, fit)[0]
 
 
+def rule_excess(
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float | None, fit: RuleFit
+) -> torch.Tensor:
+    """Per cell of a scaled batch ``x``, how far it lies outside the range counts can produce (float64).
+
+    The sum over its entries of their distance in log units from that range: beyond the clip or
+    above the rules' ceiling, below zero, between zero and the smallest count (the first three rules
+    of :data:`RULES`; the lattice and count checks count entries, not distances). It grows with the
+    size of an attack where the number of violating entries stops growing (an attack that pushes
+    the same genes further below zero or above the ceiling), and is 0 for a cell those rules pass.
+    Equal to :attr:`PlausibilityRules.explain(x).excess <scadversarial.detection.RuleReport.excess>`
+    up to the batch's precision. Not differentiable.
+    """
+    return _first_layer(x, mean, std, clip, fit)[2]
+
+
 def _first_layer(
     x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float | None, fit: RuleFit
-) -> tuple[torch.Tensor, CountProfile]:
-    """``(rule counts, count profile)`` of a scaled batch (see :func:`_sparse_counts`), in one pass over it."""
+) -> tuple[torch.Tensor, CountProfile, torch.Tensor]:
+    """``(rule counts, count profile, excess)`` of a scaled batch (see :func:`_sparse_counts`), in one pass over it."""
     n = x.shape[0]
     out = torch.zeros((n, len(RULES)), dtype=torch.long, device=x.device)
+    excess = torch.zeros(n, dtype=torch.float64, device=x.device)
     prof = [torch.zeros(n, dtype=torch.long, device=x.device) for _ in range(3)]  # ones, twos, checked
     with torch.no_grad():
         x = x.detach()
@@ -363,16 +406,16 @@ def _first_layer(
         heavy = moved.sum(1) > HEAVY_FRACTION * x.shape[1]
         if bool(heavy.any()):
             idx = heavy.nonzero().squeeze(1)
-            dense = _dense_counts(x.index_select(0, idx), mean.to(x.dtype), std.to(x.dtype), clip, fit)
+            dense, excess[idx] = _dense_counts(x.index_select(0, idx), mean.to(x.dtype), std.to(x.dtype), clip, fit)
             out[idx, :3] = dense
             heavy[idx[dense.sum(1) == 0]] = False  # no verdict yet: the exact path, lattice included
         light = (~heavy).nonzero().squeeze(1)
         if len(light):
             part_x, part_moved = x.index_select(0, light), moved.index_select(0, light)
-            out[light], part = _sparse_counts(part_x, part_moved, mean, std, clip, fit)
+            out[light], part, excess[light] = _sparse_counts(part_x, part_moved, mean, std, clip, fit)
             for t, v in zip(prof, (part.ones, part.twos, part.checked), strict=True):
                 t[light] = v
-    return out, CountProfile(*prof, out[:, 3].clone())
+    return out, CountProfile(*prof, out[:, 3].clone()), excess
 
 
 def check_counts(
@@ -399,9 +442,27 @@ def check_counts(
     deficits counted (from the first divisor's counts): they add to its score, not to its flag or
     reason. Not differentiable.
     """
+    return check_layer(x, mean, std, clip, fit, checks)[0]
+
+
+def check_layer(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    clip: float | None,
+    fit: RuleFit,
+    checks: CountChecks | float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(counts, excess)`` of the first layer in one pass: :func:`check_counts` and :func:`rule_excess`.
+
+    Examples
+    --------
+    >>> counts, excess = check_layer(x, t.mean, t.std, 10.0, det.rule_fit, det.count_checks)  # doctest: +SKIP
+    >>> score = 1 + torch.log1p(counts.sum(1) + excess)  # doctest: +SKIP
+    """
     if isinstance(checks, int | float):
         checks = CountChecks(float(checks))
-    counts, profile = _first_layer(x, mean, std, clip, fit)
+    counts, profile, excess = _first_layer(x, mean, std, clip, fit)
     ones = torch.zeros_like(profile.ones)
     twos = torch.zeros_like(profile.ones)
     if checks is not None and fit.lattice:
@@ -409,7 +470,7 @@ def check_counts(
             ones = singleton_deficit(profile.ones, profile.checked, checks.singleton_min)
         if checks.two_counts is not None:
             twos = two_count_deficit(profile, checks.two_counts)
-    return torch.cat([counts, ones[:, None], twos[:, None]], 1)
+    return torch.cat([counts, ones[:, None], twos[:, None]], 1), excess
 
 
 def count_profile(
@@ -445,10 +506,11 @@ def non_integer_counts(C: np.ndarray | object, batch: int = 4096) -> np.ndarray:
     return out
 
 
-def combine(learned: np.ndarray, violations: np.ndarray) -> np.ndarray:
-    """The default detector's score: the learned score, or above it for a cell that breaks a rule."""
+def combine(learned: np.ndarray, violations: np.ndarray, excess: np.ndarray | float = 0.0) -> np.ndarray:
+    """The default detector's score: the learned score, or ``RULE_SCORE + log1p(violations + excess)`` for a cell that breaks a rule."""
     violations = np.asarray(violations, dtype=np.float64)
-    return np.where(violations > 0, RULE_SCORE + np.log1p(violations), np.asarray(learned, dtype=np.float64))
+    hard = RULE_SCORE + np.log1p(violations + np.asarray(excess, dtype=np.float64))
+    return np.where(violations > 0, hard, np.asarray(learned, dtype=np.float64))
 
 
 __all__ = [
@@ -464,12 +526,14 @@ __all__ = [
     "RuleFit",
     "TwoCountFit",
     "check_counts",
+    "check_layer",
     "combine",
     "count_profile",
     "fit_rules",
     "non_integer_counts",
     "reason_key",
     "rule_counts",
+    "rule_excess",
     "rule_reasons",
     "singleton_deficit",
     "two_count_deficit",

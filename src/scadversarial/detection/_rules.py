@@ -22,7 +22,9 @@ float32 rounding wherever ``|x|`` is below the clip) gives four checks per entry
 
 Entries at the clip are not invertible and take part in no check but the first. The score of a
 cell is its number of violating entries (it grows with the number of genes an attack moves); its
-reason is the first rule of the list above that it breaks.
+reason is the first rule of the list above that it breaks. Its *excess* (:meth:`Transform.excess`) is how
+far, in log units summed over entries, it lies outside the range counts can produce (the first three
+rules): it grows with the size of an attack where the number of violating entries stops growing.
 """
 
 from __future__ import annotations
@@ -100,6 +102,26 @@ class Transform:
         X = np.asarray(X, dtype=np.float64)
         beyond = np.zeros(X.shape, dtype=bool) if self.clip is None else np.abs(X) > self.clip * (1 + CLIP_RTOL)
         return beyond | (X * self.std + self.mean > self.log_max + LOG_TOL)
+
+    def excess(self, X: np.ndarray, zero_bound: float) -> np.ndarray:
+        """Per entry, its distance in log units from the range counts can produce (0 inside it; float64).
+
+        An entry out of range lies beyond the clip by ``(|x| - clip) * std`` and above the ceiling by
+        ``l - log_max`` (the larger counts); a negative one lies ``-l`` below zero; one off zero lies
+        ``min(l, zero_bound - l)`` from the nearest count (zero or the smallest one). The rules'
+        precedence holds: an entry counts for the first of them it breaks.
+        """
+        X = np.asarray(X, dtype=np.float64)
+        L, inv = self.to_log(X)
+        oor = self.out_of_range(X)
+        over = L - self.log_max
+        if self.clip is not None:
+            over = np.maximum(over, (np.abs(X) - self.clip) * self.std)
+        neg = ~oor & (L < -LOG_TOL)
+        off_zero = inv & (L > LOG_TOL) & (zero_bound > L)
+        out = np.where(off_zero, np.minimum(L, zero_bound - L), 0.0)
+        out = np.where(neg, -L, out)
+        return np.where(oor, np.maximum(over, 0.0), out)
 
     def to_scaled(self, L: np.ndarray) -> np.ndarray:
         """Scaled float32 values of log values ``L`` (the classifier's transform)."""
@@ -236,11 +258,15 @@ class RuleReport:
         The first rule of :data:`RULES` the cell breaks, ``''`` for none (object array of str).
     counts
         Cells x rules: violating entries per rule, columns in the order of :data:`RULES`.
+    excess
+        Per cell, how far its entries lie outside the range counts can produce, in log units summed
+        over entries (:meth:`Transform.excess`; float64, 0 for a cell the first three rules pass).
     """
 
     score: np.ndarray
     reason: np.ndarray
     counts: np.ndarray
+    excess: np.ndarray
 
 
 class PlausibilityRules(_Baseline):
@@ -324,12 +350,14 @@ class PlausibilityRules(_Baseline):
         """
         X = self._check_input(X)
         counts = np.zeros((len(X), len(RULES)), dtype=np.int64)
+        excess = np.zeros(len(X))
         for s in range(0, len(X), CHUNK):
             counts[s : s + CHUNK] = self._counts(X[s : s + CHUNK])
+            excess[s : s + CHUNK] = self.transform_.excess(X[s : s + CHUNK], self.zero_bound_).sum(1)
         fired = counts > 0
         names = np.array([*RULES, ""], dtype=object)
         first = np.where(fired.any(1), fired.argmax(1), len(RULES))
-        return RuleReport(counts.sum(1).astype(np.float64), names[first], counts)
+        return RuleReport(counts.sum(1).astype(np.float64), names[first], counts, excess)
 
     def _counts(self, X: np.ndarray) -> np.ndarray:
         t = self.transform_

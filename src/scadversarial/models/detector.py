@@ -33,7 +33,8 @@ from ..detection._rule_layer import (
     CountChecks,
     RuleFit,
     TwoCountFit,
-    check_counts,
+    check_layer,
+    combine,
 )
 from ..detection._rules import RULES
 from ._base import SadModel, register_model_class
@@ -115,13 +116,16 @@ class DetectorReport:
     embedding
         Triplet embedding, or the standardized meta-features without a triplet network (float32).
     score
-        The detector's score (float32): the learned score, or ``1 + log1p(violations)`` for a cell
-        that breaks a plausibility rule (above every learned score).
+        The detector's score (float32): the learned score, or ``1 + log1p(violations + excess)`` for
+        a cell that breaks a plausibility rule (above every learned score).
     learned
         The learned detector's score, a probability (float32).
     rule_counts
         Cells x :data:`~scadversarial.detection.CHECKS`: violating entries per rule, then the
         singleton and two-count deficits (int64; zeros for a detector without rules or without that check).
+    excess
+        How far each cell lies outside the range counts can produce, in log units summed over its
+        entries (:func:`~scadversarial.detection.rule_excess`; float64, 0 without rules).
     """
 
     meta: np.ndarray
@@ -129,6 +133,7 @@ class DetectorReport:
     score: np.ndarray
     learned: np.ndarray
     rule_counts: np.ndarray
+    excess: np.ndarray
 
 
 @register_model_class
@@ -137,8 +142,10 @@ class AdversarialDetector(SadModel):
 
     The rules (with ``rules=True``, the default detector of :func:`~scadversarial.tl.train_detector`)
     are a hard first layer: a cell whose scaled input no preprocessing of integer counts can
-    produce (:func:`~scadversarial.detection.rule_counts`) scores ``1 + log1p(violations)``, above
-    every learned score (a probability), and is always flagged. With ``singletons=True`` the same
+    produce (:func:`~scadversarial.detection.rule_counts`) scores ``1 + log1p(violations + excess)``
+    (``excess``: how far, in log units, its entries lie outside the range counts can produce,
+    :func:`~scadversarial.detection.rule_excess`), above every learned score (a probability), and
+    is always flagged. With ``singletons=True`` the same
     holds for a cell on the count lattice with too few genes at one count (its violations: the
     genes missing at one count, see :func:`~scadversarial.detection.check_counts`), and with
     ``two_counts=True`` for one with too few genes at two counts. Other cells get the learned score.
@@ -403,28 +410,41 @@ class AdversarialDetector(SadModel):
 
         See :func:`~scadversarial.detection.check_counts`; zeros for a detector without rules. Not differentiable.
         """
+        return self.check_layer(x)[0]
+
+    def check_layer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(check counts, excess)`` of scaled input ``x`` in one pass (:func:`~scadversarial.detection.check_layer`).
+
+        Zeros for a detector without rules. Not differentiable.
+        """
         if not self.has_rules:
-            return torch.zeros((x.shape[0], len(CHECKS)), dtype=torch.long, device=x.device)
+            n = x.shape[0]
+            return (
+                torch.zeros((n, len(CHECKS)), dtype=torch.long, device=x.device),
+                torch.zeros(n, dtype=torch.float64, device=x.device),
+            )
         t = self.classifier.transform
         clip = None if t.clip is None else float(t.clip)
-        return check_counts(x, t.mean, t.std, clip, self.rule_fit, self.count_checks)
+        return check_layer(x, t.mean, t.std, clip, self.rule_fit, self.count_checks)
 
-    def _parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(meta_features, embedding, learned score, rule counts)`` of scaled input ``x``."""
+    def _parts(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(meta_features, embedding, learned score, check counts, excess)`` of scaled input ``x``."""
         f = self.meta_features(x)
         with torch.no_grad():
             z = self.embed(f)
             learned = torch.sigmoid(self.detector(z))
-        return f, z, learned, self.check_counts(x)
+        return f, z, learned, *self.check_layer(x)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(meta_features, embedding, score)`` of scaled input ``x``.
 
-        ``score`` is the learned probability, or ``1 + log1p(violations)`` for a cell that breaks a rule.
+        ``score`` is the learned probability, or ``1 + log1p(violations + excess)`` for a cell that
+        breaks a rule.
         """
-        f, z, learned, counts = self._parts(x)
-        n = counts.sum(1).to(learned.dtype)
-        return f, z, torch.where(n > 0, RULE_SCORE + torch.log1p(n), learned)
+        f, z, learned, counts, excess = self._parts(x)
+        n = counts.sum(1).double()
+        hard = (RULE_SCORE + torch.log1p(n + excess)).to(learned.dtype)
+        return f, z, torch.where(n > 0, hard, learned)
 
     def score_logit(self, x: torch.Tensor, *, width: float = SURROGATE_WIDTH) -> torch.Tensor:
         """Detector logit of scaled input ``x`` (cells x genes), differentiable with respect to ``x``.
@@ -442,11 +462,11 @@ class AdversarialDetector(SadModel):
 
         **The rules are not differentiable.** They count entries that no preprocessing can
         produce, a step function of ``x``. A cell that breaks one gets the value
-        ``1e4 + log1p(violations)`` (far above any learned logit, so it is always flagged and an
-        attacker choosing among its iterates sees it), but the gradient stays the learned
+        ``1e4 + log1p(violations + excess)`` (far above any learned logit, so it is always flagged
+        and an attacker choosing among its iterates sees it), but the gradient stays the learned
         detector's: the rules give an attacker no direction to follow, only a verdict. The
         probability ``sigmoid`` of that value is 1, while :meth:`forward` scores the cell
-        ``1 + log1p(violations)``.
+        ``1 + log1p(violations + excess)``.
 
         Parameters
         ----------
@@ -482,8 +502,9 @@ class AdversarialDetector(SadModel):
             logit = self.detector(self.embed(f))
             if not self.has_rules:
                 return logit
-            n = self.check_counts(x).sum(1).to(logit.dtype)
-            hard = RULE_LOGIT + torch.log1p(n)
+            counts, excess = self.check_layer(x)
+            n = counts.sum(1).double()
+            hard = (RULE_LOGIT + torch.log1p(n + excess)).to(logit.dtype)
             # the value of the rules, the gradient of the learned detector (straight through)
             return torch.where(n > 0, logit + (hard - logit).detach(), logit)
         finally:
@@ -517,7 +538,7 @@ class AdversarialDetector(SadModel):
         dev = settings.torch_device(device)
         self.to(dev)
         bs = int(batch_size or settings.batch_size)
-        parts: list[list[np.ndarray]] = [[], [], [], []]
+        parts: list[list[np.ndarray]] = [[], [], [], [], []]
         try:
             starts = range(0, X.shape[0], bs)
             for start in progress(
@@ -535,11 +556,11 @@ class AdversarialDetector(SadModel):
                 [np.zeros((0, n_z), np.float32)],
                 [np.zeros(0, np.float32)],
                 [np.zeros((0, len(CHECKS)), np.int64)],
+                [np.zeros(0, np.float64)],
             ]
-        f, z, learned, counts = (np.concatenate(p) for p in parts)
-        n = counts.sum(1).astype(np.float32)
-        score = np.where(n > 0, np.float32(RULE_SCORE) + np.log1p(n), learned).astype(np.float32)
-        return DetectorReport(f, z, score, learned, counts)
+        f, z, learned, counts, excess = (np.concatenate(p) for p in parts)
+        score = combine(learned, counts.sum(1), excess).astype(np.float32)
+        return DetectorReport(f, z, score, learned, counts, excess)
 
     def score_arrays(
         self, X: np.ndarray, *, batch_size: int | None = None, device=None, progress_bar: bool = True

@@ -436,8 +436,10 @@ def detect(
     negative log-expression, a value off the
     cell's count lattice ``log1p(k * target_sum / N)`` (or, for a layer in count space,
     non-integer counts) cannot come from preprocessing real counts; such a cell is flagged
-    whatever the learned detector says, and scores ``1 + log1p(violations)``, above every cell
-    the rules pass (so the score keeps growing with the number of impossible entries). So is a
+    whatever the learned detector says, and scores ``1 + log1p(violations + excess)``, above every
+    cell the rules pass: the score keeps growing with the number of impossible entries and with
+    their *excess*, how far in log units they lie outside the range counts can produce (below
+    zero, above the ceiling, beyond the clip; :func:`~scadversarial.detection.rule_excess`). So is a
     cell the count checks flag (too few genes at one or at two counts; its violations: the genes
     missing there). Then the
     **learned detector**: meta-features under the detector's feature spec, the triplet embedding
@@ -474,8 +476,8 @@ def detect(
     {doc_returns_copy} For each scored matrix (``X``; a layer ``L``):
 
     ``.obs['sad_score']`` / ``.obs['sad_score_L']``
-        Detector score: the learned probability in [0, 1], or ``1 + log1p(violations)`` (above 1)
-        for a cell that breaks a rule.
+        Detector score: the learned probability in [0, 1], or ``1 + log1p(violations + excess)``
+        (above 1) for a cell that breaks a rule.
     ``.obs['sad_adversarial']`` / ``.obs['sad_adversarial_L']``
         ``score >= threshold``, or a broken rule (whatever the threshold).
     ``.obs['sad_reason']`` / ``.obs['sad_reason_L']``

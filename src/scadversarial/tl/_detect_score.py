@@ -237,7 +237,7 @@ def scores_and_reasons(rep: DetectorReport, non_int: np.ndarray, thr: float) -> 
     """Combined score and reason of each cell; non-integer counts rank with the rules (before the lattice)."""
     counts = rep.rule_counts
     n = counts.sum(1) + non_int
-    score = np.where(non_int > 0, combine(rep.learned, n), rep.score).astype(np.float32)
+    score = np.where(non_int > 0, combine(rep.learned, n, rep.excess), rep.score).astype(np.float32)
     reason = rule_reasons(counts)
     # every first-layer reason REASONS ranks after non-integer counts, or none, gives way to it
     outranked = [*FLAG_REASONS[FLAG_REASONS.index(NON_INTEGER) + 1 :], ""]
