@@ -80,7 +80,7 @@ REASONS: tuple[str, ...] = (
 )
 #: The reasons of the first layer: a cell with one of them is flagged whatever its learned score.
 FLAG_REASONS: tuple[str, ...] = REASONS[:6]
-#: A rule-breaking cell scores ``RULE_SCORE + log1p(violations + excess)``: above every learned score (a
+#: A rule-breaking cell scores ``RULE_SCORE + log1p(violations) + log1p(excess)``: above every learned score (a
 #: probability, at most 1), and still growing with the number of violating entries and with how far
 #: they lie outside the range counts can produce (:func:`rule_excess`).
 RULE_SCORE = 1.0
@@ -458,7 +458,7 @@ def check_layer(
     Examples
     --------
     >>> counts, excess = check_layer(x, t.mean, t.std, 10.0, det.rule_fit, det.count_checks)  # doctest: +SKIP
-    >>> score = 1 + torch.log1p(counts.sum(1) + excess)  # doctest: +SKIP
+    >>> score = 1 + torch.log1p(counts.sum(1)) + torch.log1p(excess)  # doctest: +SKIP
     """
     if isinstance(checks, int | float):
         checks = CountChecks(float(checks))
@@ -507,9 +507,9 @@ def non_integer_counts(C: np.ndarray | object, batch: int = 4096) -> np.ndarray:
 
 
 def combine(learned: np.ndarray, violations: np.ndarray, excess: np.ndarray | float = 0.0) -> np.ndarray:
-    """The default detector's score: the learned score, or ``RULE_SCORE + log1p(violations + excess)`` for a cell that breaks a rule."""
+    """The default detector's score: the learned score, or ``RULE_SCORE + log1p(violations) + log1p(excess)`` for a cell that breaks a rule."""
     violations = np.asarray(violations, dtype=np.float64)
-    hard = RULE_SCORE + np.log1p(violations + np.asarray(excess, dtype=np.float64))
+    hard = RULE_SCORE + np.log1p(violations) + np.log1p(np.asarray(excess, dtype=np.float64))
     return np.where(violations > 0, hard, np.asarray(learned, dtype=np.float64))
 
 

@@ -116,7 +116,7 @@ class DetectorReport:
     embedding
         Triplet embedding, or the standardized meta-features without a triplet network (float32).
     score
-        The detector's score (float32): the learned score, or ``1 + log1p(violations + excess)`` for
+        The detector's score (float32): the learned score, or ``1 + log1p(violations) + log1p(excess)`` for
         a cell that breaks a plausibility rule (above every learned score).
     learned
         The learned detector's score, a probability (float32).
@@ -142,7 +142,7 @@ class AdversarialDetector(SadModel):
 
     The rules (with ``rules=True``, the default detector of :func:`~scadversarial.tl.train_detector`)
     are a hard first layer: a cell whose scaled input no preprocessing of integer counts can
-    produce (:func:`~scadversarial.detection.rule_counts`) scores ``1 + log1p(violations + excess)``
+    produce (:func:`~scadversarial.detection.rule_counts`) scores ``1 + log1p(violations) + log1p(excess)``
     (``excess``: how far, in log units, its entries lie outside the range counts can produce,
     :func:`~scadversarial.detection.rule_excess`), above every learned score (a probability), and
     is always flagged. With ``singletons=True`` the same
@@ -438,12 +438,12 @@ class AdversarialDetector(SadModel):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(meta_features, embedding, score)`` of scaled input ``x``.
 
-        ``score`` is the learned probability, or ``1 + log1p(violations + excess)`` for a cell that
+        ``score`` is the learned probability, or ``1 + log1p(violations) + log1p(excess)`` for a cell that
         breaks a rule.
         """
         f, z, learned, counts, excess = self._parts(x)
         n = counts.sum(1).double()
-        hard = (RULE_SCORE + torch.log1p(n + excess)).to(learned.dtype)
+        hard = (RULE_SCORE + torch.log1p(n) + torch.log1p(excess)).to(learned.dtype)
         return f, z, torch.where(n > 0, hard, learned)
 
     def score_logit(self, x: torch.Tensor, *, width: float = SURROGATE_WIDTH) -> torch.Tensor:
@@ -462,11 +462,11 @@ class AdversarialDetector(SadModel):
 
         **The rules are not differentiable.** They count entries that no preprocessing can
         produce, a step function of ``x``. A cell that breaks one gets the value
-        ``1e4 + log1p(violations + excess)`` (far above any learned logit, so it is always flagged
+        ``1e4 + log1p(violations) + log1p(excess)`` (far above any learned logit, so it is always flagged
         and an attacker choosing among its iterates sees it), but the gradient stays the learned
         detector's: the rules give an attacker no direction to follow, only a verdict. The
         probability ``sigmoid`` of that value is 1, while :meth:`forward` scores the cell
-        ``1 + log1p(violations + excess)``.
+        ``1 + log1p(violations) + log1p(excess)``.
 
         Parameters
         ----------
@@ -504,7 +504,7 @@ class AdversarialDetector(SadModel):
                 return logit
             counts, excess = self.check_layer(x)
             n = counts.sum(1).double()
-            hard = (RULE_LOGIT + torch.log1p(n + excess)).to(logit.dtype)
+            hard = (RULE_LOGIT + torch.log1p(n) + torch.log1p(excess)).to(logit.dtype)
             # the value of the rules, the gradient of the learned detector (straight through)
             return torch.where(n > 0, logit + (hard - logit).detach(), logit)
         finally:

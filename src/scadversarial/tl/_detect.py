@@ -436,7 +436,7 @@ def detect(
     negative log-expression, a value off the
     cell's count lattice ``log1p(k * target_sum / N)`` (or, for a layer in count space,
     non-integer counts) cannot come from preprocessing real counts; such a cell is flagged
-    whatever the learned detector says, and scores ``1 + log1p(violations + excess)``, above every
+    whatever the learned detector says, and scores ``1 + log1p(violations) + log1p(excess)``, above every
     cell the rules pass: the score keeps growing with the number of impossible entries and with
     their *excess*, how far in log units they lie outside the range counts can produce (below
     zero, above the ceiling, beyond the clip; :func:`~scadversarial.detection.rule_excess`). So is a
@@ -476,7 +476,7 @@ def detect(
     {doc_returns_copy} For each scored matrix (``X``; a layer ``L``):
 
     ``.obs['sad_score']`` / ``.obs['sad_score_L']``
-        Detector score: the learned probability in [0, 1], or ``1 + log1p(violations + excess)``
+        Detector score: the learned probability in [0, 1], or ``1 + log1p(violations) + log1p(excess)``
         (above 1) for a cell that breaks a rule.
     ``.obs['sad_adversarial']`` / ``.obs['sad_adversarial_L']``
         ``score >= threshold``, or a broken rule (whatever the threshold).
