@@ -120,7 +120,7 @@ KEY_ROWS = (
     "CGD",
     "single-gene aberrant",
     "one gene at the clip",
-    "one gene at a reachable clip",
+    "one gene at the clip (knows the rules)",
     "one gene in counts",
     "one gene in counts (knows the rules)",
     "detector-aware (λ sweep)",
@@ -329,7 +329,7 @@ def threats(adata, det, notes: list[str]) -> dict:
     out["single-gene aberrant"] = _cluster_layer(_single_gene, "bench_single_gene", None)
     if hasattr(sad.tl, "GeneAtClip"):
         out["one gene at the clip"] = sad.tl.GeneAtClip(key_added="bench_gene_at_clip")
-        out["one gene at a reachable clip"] = sad.tl.GeneAtClip(det, key_added="bench_gene_at_reachable_clip")
+        out["one gene at the clip (knows the rules)"] = sad.tl.GeneAtClip(det, key_added="bench_gene_at_clip_knows")
     else:
         notes.append("one gene at the clip: no sad.tl.GeneAtClip in this version")
     if hasattr(sad.tl, "GeneInCounts"):
