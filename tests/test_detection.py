@@ -19,7 +19,7 @@ from sklearn.metrics import roc_auc_score
 
 import scadversarial as sad
 from scadversarial import _keys
-from scadversarial.detection import DetectorConfig, FeatureSpec
+from scadversarial.detection import RANGE_RULES, RULES, DetectorConfig, FeatureSpec
 from scadversarial.tl._detect import DetectorCells
 
 LAYERS = ["sad_pgd_eps0.1", "sad_pgd_eps0.5"]
@@ -126,7 +126,10 @@ def test_detect_contract_and_feature_spec(det68k):
         assert trip.shape == (a.n_obs, 64)
         np.testing.assert_allclose(np.linalg.norm(trip, axis=1), 1.0, atol=1e-5)
         s = a.obs[_keys.score_key(name)].to_numpy()
-        ruled = np.isin(a.obs[f"sad_reason_{name}" if name else "sad_reason"].astype(str), ["out of range", "negative"])
+        ruled = np.isin(
+            a.obs[f"sad_reason_{name}" if name else "sad_reason"].astype(str),
+            ["out of range", "dominant gene", "negative"],
+        )
         assert ((s >= 0) & (s <= 1))[~ruled].all()
         assert (s[ruled] > 1).all()
     assert "sad_meta_sad_pgd_eps0.1" in a.obsm
@@ -432,7 +435,11 @@ def test_rules_flag_impossible_cells_with_their_reason(rules3k):
     counts = np.asarray(b.layers["counts"].toarray() if hasattr(b.layers["counts"], "toarray") else b.layers["counts"])
     b.layers["counts"] = counts + 0.5 * (counts > 0)  # half a UMI on every expressed gene: not counts
     sad.tl.detect(b, [None, "sad_pgd_eps0.1", log_layer, "beyond", "counts"])
-    expected = {"sad_pgd_eps0.1": {"negative", "out of range"}, log_layer: {"off lattice"}, "beyond": {"out of range"}}
+    expected = {
+        "sad_pgd_eps0.1": {"negative", "out of range", "dominant gene"},
+        log_layer: {"off lattice"},
+        "beyond": {"out of range"},
+    }
     expected["counts"] = {"non-integer counts"}
     clean = b.obs["sad_score"].to_numpy()
     for name, reasons in expected.items():
@@ -453,7 +460,11 @@ def test_rule_flags_hold_at_any_threshold_and_only_with_rules(rules3k):
     a, test = rules3k
     b = test.copy()
     sad.tl.detect(b, "sad_pgd_eps0.1", threshold=5.0)
-    ruled = b.obs["sad_reason_sad_pgd_eps0.1"].astype(str).isin(["out of range", "negative", "off lattice"])
+    ruled = (
+        b.obs["sad_reason_sad_pgd_eps0.1"]
+        .astype(str)
+        .isin(["out of range", "dominant gene", "negative", "off lattice"])
+    )
     assert ruled.any()
     assert b.obs["sad_adversarial_sad_pgd_eps0.1"][ruled].all()
     no_rules = a.copy()
@@ -510,14 +521,15 @@ def test_fast_rules_equal_the_reference_rules(rules3k):
     at_clip[np.arange(len(Z)), genes] = float(t.clip)
     for M in (Z, noisy, np.asarray(test.layers["sad_pgd_eps0.1"], dtype=np.float32), at_clip):
         got, want = det.rule_counts(torch.as_tensor(M)).numpy(), ref.explain(M).counts
-        np.testing.assert_array_equal(got[:, :3], want[:, :3])
-        settled = want[:, :3].sum(1) > 0  # flagged by an earlier rule: the lattice is not tried further
+        ranged = len(RANGE_RULES)
+        np.testing.assert_array_equal(got[:, :ranged], want[:, :ranged])
+        settled = want[:, :ranged].sum(1) > 0  # flagged by a range rule: the lattice is not tried further
         np.testing.assert_array_equal(got[~settled], want[~settled])
         np.testing.assert_array_equal(sad.detection.rule_reasons(got), sad.detection.rule_reasons(want))
         # the excess: float64 on the sparse path, the batch's float32 on rows a scaled attack moved
         got_excess, want_excess = det.check_layer(torch.as_tensor(M))[1].numpy(), ref.explain(M).excess
         np.testing.assert_allclose(got_excess, want_excess, rtol=1e-4, atol=1e-4)
-        assert (want_excess[want[:, :3].sum(1) == 0] == 0).all()
+        assert (want_excess[want[:, :ranged].sum(1) == 0] == 0).all()
 
 
 def test_rule_score_grows_with_how_far_a_value_lies_out_of_range(rules3k):
@@ -537,7 +549,7 @@ def test_rule_score_grows_with_how_far_a_value_lies_out_of_range(rules3k):
         M = Z.copy()
         M[:, g] = np.float32((-d - mean[g]) / std[g])
         rep = det.explain_arrays(M, progress_bar=False)
-        assert (rep.rule_counts[:, 1] >= 1).all()  # negative
+        assert (rep.rule_counts[:, RULES.index("negative_expression")] >= 1).all()
         np.testing.assert_allclose(rep.excess, d, rtol=1e-5)
         np.testing.assert_allclose(rep.score, 1 + np.log1p(rep.rule_counts.sum(1)) + np.log1p(rep.excess), rtol=1e-6)
         scores.append(rep.score)
@@ -602,8 +614,11 @@ def test_share_margin_none_lets_one_gene_hold_the_whole_library(rules3k):
     assert sad.get.record(a, "detector")["params"]["share_margin"] == -1.0
 
 
-def test_a_value_above_the_log_ceiling_is_out_of_range(rules3k):
-    """An entry whose log value (at the clip: the clip's) is above the ceiling is flagged; a clip below it is not."""
+def test_a_value_above_the_log_ceiling_is_a_dominant_gene(rules3k):
+    """An entry whose log value (at the clip: the clip's) is above the ceiling is flagged; a clip below it is not.
+
+    Its reason is 'dominant gene'; a value beyond the clip stays 'out of range' (it comes first).
+    """
     a, test = rules3k
     det = sad.get.model(a, "detector")
     ceiling = float(det.rule_log_max)
@@ -616,18 +631,23 @@ def test_a_value_above_the_log_ceiling_is_out_of_range(rules3k):
     assert len(unreachable) > 0
     assert len(reachable) > 0
     X = np.asarray(test.X, dtype=np.float32)[:40]
-    assert (det.rule_counts(torch.as_tensor(X)).numpy()[:, 0] == 0).all()
+    col = RULES.index("above_ceiling")
+    assert (det.rule_counts(torch.as_tensor(X)).numpy()[:, : col + 1] == 0).all()
     for genes, expected in ((unreachable, 1), (reachable, 0)):
         Z = X.copy()
         Z[:, genes[0]] = clip  # the most a gene can show without going beyond the clip
         counts = det.rule_counts(torch.as_tensor(Z)).numpy()
-        assert (counts[:, 0] == expected).all()
+        assert (counts[:, col] == expected).all()
+        assert (counts[:, RULES.index("out_of_range")] == 0).all()
     above = X.copy()  # an invertible value above the ceiling, of the gene whose clip lies farthest beyond it
     g = int(np.argmax(top))
     assert top[g] > ceiling + 0.6
     above[:, g] = np.float32((ceiling + 0.5 - float(t.mean[g])) / float(t.std[g]))
     assert (np.abs(above[:, g]) < clip).all()
-    assert (sad.detection.rule_reasons(det.rule_counts(torch.as_tensor(above)).numpy()) == "out of range").all()
+    assert (sad.detection.rule_reasons(det.rule_counts(torch.as_tensor(above)).numpy()) == "dominant gene").all()
+    beyond = above.copy()  # beyond the clip as well: out of range first
+    beyond[:, g] = np.float32(clip + 1.0)
+    assert (sad.detection.rule_reasons(det.rule_counts(torch.as_tensor(beyond)).numpy()) == "out of range").all()
     with pytest.raises(ValueError, match="target_sum must be a positive number"):
         sad.detection.PlausibilityRules(target_sum=0.0)
 

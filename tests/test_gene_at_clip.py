@@ -8,6 +8,7 @@ import torch
 from tests.test_detection import build_rules3k
 
 import scadversarial as sad
+from scadversarial.detection import RULES
 from scadversarial.tl import GeneAtClip, GeneInCounts
 
 
@@ -45,10 +46,12 @@ def test_the_steepest_gene_goes_to_the_clip_and_the_ceiling_flags_most(rules3k):
     assert (np.bincount(rows, minlength=b.n_obs) <= 1).all()  # one gene per cell (at most: it may be at the clip)
     assert (np.asarray(b.layers["sad_gene_at_clip"])[rows, genes] == 10.0).all()
     x = torch.as_tensor(np.asarray(b.layers["sad_gene_at_clip"], dtype=np.float32))
-    out_of_range = det.rule_counts(x).numpy()[:, 0] > 0
+    counts = det.rule_counts(x).numpy()
+    above = counts[:, RULES.index("above_ceiling")] > 0
     beyond = np.zeros(b.n_obs, dtype=bool)
     beyond[rows] = _at_clip_log(det)[genes] > det.rule_fit.log_max
-    np.testing.assert_array_equal(out_of_range, beyond)  # the ceiling flags exactly the unreachable clips
+    np.testing.assert_array_equal(above, beyond)  # the ceiling flags exactly the unreachable clips
+    assert (counts[:, RULES.index("out_of_range")] == 0).all()  # at the clip, not beyond it
     assert beyond.mean() > 0.5
 
 
@@ -62,7 +65,7 @@ def test_the_attacker_who_knows_the_rules_stays_below_the_ceiling(rules3k):
     assert len(rows) > 0.9 * b.n_obs
     assert (_at_clip_log(det)[genes] <= det.rule_fit.log_max).all()
     x = torch.as_tensor(np.asarray(b.layers[layer], dtype=np.float32))
-    assert (det.rule_counts(x).numpy()[:, 0] == 0).all()  # no entry out of range
+    assert (det.rule_counts(x).numpy()[:, : RULES.index("negative_expression")] == 0).all()  # none above the ceiling
     flipped = clf.predict_arrays(np.asarray(b.layers[layer]))[0].argmax(1) != clf.predict_arrays(np.asarray(b.X))[
         0
     ].argmax(1)

@@ -107,6 +107,7 @@ def test_ensemble_threshold_gives_target_fpr_on_calibration_cells(ensemble3k, da
         "count_model",
         "rules",
         "out_of_range",
+        "above_ceiling",
         "negative_expression",
         "off_zero",
         "off_lattice",

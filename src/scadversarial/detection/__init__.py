@@ -34,7 +34,7 @@ from ._rule_layer import (
     rule_excess,
     rule_reasons,
 )
-from ._rules import RULES, Lattice, PlausibilityRules, RuleReport, Transform, fit_lattice
+from ._rules import RANGE_RULES, RULES, Lattice, PlausibilityRules, RuleReport, Transform, fit_lattice
 from ._singletons import fit_count_checks, fit_singleton_min, poisson_resample, singleton_fraction
 from ._stability import KNNConsistency, ThinningStability
 from ._training import sample_triplets, train_residual, train_triplet
@@ -85,6 +85,7 @@ __all__ = [
     "ThinningStability",
     "fit_ensemble",
     "recover_counts",
+    "RANGE_RULES",
     "RULES",
     "Lattice",
     "PlausibilityRules",

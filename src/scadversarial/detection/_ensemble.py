@@ -43,7 +43,7 @@ class EnsembleReport:
     flagged
         ``score >= threshold``.
     reason
-        For flagged cells, the rule broken (``'out_of_range'``, ...) or the member with the smallest
+        For flagged cells, the rule broken (``'out_of_range'``, ``'above_ceiling'``, ...) or the member with the smallest
         p-value (its name); ``''`` for cells not flagged (object array of str).
     pvalues
         Cells x members: calibrated p-value of each member, columns in the order of ``names``.

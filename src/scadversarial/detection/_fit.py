@@ -115,7 +115,7 @@ class DetectorConfig:
         library one gene holds in a clean training cell (default :data:`~scadversarial.detection._rules.SHARE_MARGIN`, 1.5; at
         most the whole library);
         ``None``: the whole library. Raise it, or train on them, when query cells of a type that
-        training lacks hold more in one gene (plasma cells, erythrocytes) and are flagged ``'out of range'``.
+        training lacks hold more in one gene (plasma cells, erythrocytes) and are flagged ``'dominant gene'``.
     {doc_device}
     save_dir
         If given, :func:`~scadversarial.tl.train_detector` also saves the detector to ``save_dir/<key_added>/``.

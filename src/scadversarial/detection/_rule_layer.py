@@ -33,6 +33,7 @@ from ._rules import (
     CLIP_RTOL,
     LOG_TOL,
     MAX_DIVISOR,
+    RANGE_RULES,
     RULES,
     SHARE_MARGIN,
     PlausibilityRules,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 #: below one count of any cell, is a point off the lattice too).
 RULE_REASONS: dict[str, str] = {
     "out_of_range": "out of range",
+    "above_ceiling": "dominant gene",
     "negative_expression": "negative",
     "off_zero": "off lattice",
     "off_lattice": "off lattice",
@@ -70,6 +72,7 @@ LEARNED = "learned"
 #: Every reason ``.obs['sad_reason']`` can hold, the rules' in order of precedence.
 REASONS: tuple[str, ...] = (
     "out of range",
+    "dominant gene",
     "negative",
     NON_INTEGER,
     "off lattice",
@@ -79,7 +82,9 @@ REASONS: tuple[str, ...] = (
     "",
 )
 #: The reasons of the first layer: a cell with one of them is flagged whatever its learned score.
-FLAG_REASONS: tuple[str, ...] = REASONS[:6]
+FLAG_REASONS: tuple[str, ...] = REASONS[: REASONS.index(LEARNED)]
+#: Column of the lattice rule in the rule counts (after the :data:`RANGE_RULES`, which exclude each other).
+LATTICE = len(RANGE_RULES)
 #: A rule-breaking cell scores ``RULE_SCORE + log1p(violations) + log1p(excess)``: above every learned score (a
 #: probability, at most 1), and still growing with the number of violating entries and with how far
 #: they lie outside the range counts can produce (:func:`rule_excess`).
@@ -265,7 +270,8 @@ def _excess(
 ) -> torch.Tensor:
     """Per entry, its distance in log units from the range counts can produce (as ``Transform.excess``).
 
-    ``rules``: the entries out of range, negative and off zero (disjoint, in the rules' precedence).
+    ``rules``: the entries beyond the clip or above the ceiling, negative and off zero (disjoint, in
+    the rules' precedence).
     """
     oor, neg, off_zero = rules
     over = lv - fit.log_max
@@ -279,15 +285,16 @@ def _excess(
 def _dense_counts(
     x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, clip: float | None, fit: RuleFit
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Counts of the first three rules of whole rows and their excess, in the batch's precision (rows with most entries moved)."""
+    """Counts of the :data:`RANGE_RULES` of whole rows and their excess, in the batch's precision (rows with most entries moved)."""
     big, small = _bounds(clip)
     ax = x.abs()
     lv = torch.addcmul(mean, x, std)
-    oor = (ax > big) | (lv > fit.log_max + LOG_TOL)
-    neg = (lv < -LOG_TOL) & ~oor
+    beyond = ax > big
+    above = (lv > fit.log_max + LOG_TOL) & ~beyond
+    neg = (lv < -LOG_TOL) & ~(beyond | above)
     off_zero = (lv > LOG_TOL) & (lv < fit.zero_bound) & (ax < small)
-    excess = _excess(lv, ax, std, clip, fit, (oor, neg, off_zero)).sum(1, dtype=torch.float64)
-    return torch.stack([oor.sum(1), neg.sum(1), off_zero.sum(1)], 1), excess
+    excess = _excess(lv, ax, std, clip, fit, (beyond | above, neg, off_zero)).sum(1, dtype=torch.float64)
+    return torch.stack([beyond.sum(1), above.sum(1), neg.sum(1), off_zero.sum(1)], 1), excess
 
 
 def _sparse_counts(
@@ -309,21 +316,23 @@ def _sparse_counts(
     ax = xv.abs()
     big, small = _bounds(clip)
     inv = ax < small
-    # the first three rules exclude each other: one code per entry (3: none), one count per cell and code
-    code = torch.full_like(rows, 3)
-    code = torch.where(inv & (lv > LOG_TOL) & (lv < fit.zero_bound), 2, code)
-    code = torch.where(lv < -LOG_TOL, 1, code)
-    code = torch.where((ax > big) | (lv > fit.log_max + LOG_TOL), 0, code)
-    out[:, :3] = torch.bincount(rows * 4 + code, minlength=4 * n).view(n, 4)[:, :3]
-    entry_excess = _excess(lv, ax, sv, clip, fit, (code == 0, code == 1, code == 2))
+    # the range rules exclude each other: one code per entry (LATTICE: none), one count per cell and code
+    code = torch.full_like(rows, LATTICE)
+    code = torch.where(inv & (lv > LOG_TOL) & (lv < fit.zero_bound), 3, code)
+    code = torch.where(lv < -LOG_TOL, 2, code)
+    code = torch.where(lv > fit.log_max + LOG_TOL, 1, code)
+    code = torch.where(ax > big, 0, code)
+    width = LATTICE + 1
+    out[:, :LATTICE] = torch.bincount(rows * width + code, minlength=width * n).view(n, width)[:, :LATTICE]
+    entry_excess = _excess(lv, ax, sv, clip, fit, (code <= 1, code == 2, code == 3))
     excess = torch.bincount(rows, weights=entry_excess, minlength=n)
     if fit.lattice:
         checked = (inv & (lv >= fit.zero_bound)).nonzero().squeeze(1)
-        settled = out[:, :3].sum(1) > 0
+        settled = out[:, :LATTICE].sum(1) > 0
         c_rows = rows.index_select(0, checked)
-        out[:, 3], ones, twos = _lattice_off(c_rows, lv.index_select(0, checked), n, ~settled)
+        out[:, LATTICE], ones, twos = _lattice_off(c_rows, lv.index_select(0, checked), n, ~settled)
         n_checked = torch.bincount(c_rows, minlength=n)
-    return out, CountProfile(ones, twos, n_checked, out[:, 3].clone()), excess
+    return out, CountProfile(ones, twos, n_checked, out[:, LATTICE].clone()), excess
 
 
 def singleton_deficit(ones: torch.Tensor, checked: torch.Tensor, min_fraction: float) -> torch.Tensor:
@@ -367,7 +376,7 @@ def rule_counts(
     """Violating entries per cell and rule (cells x :data:`RULES`, int64) of a scaled batch ``x``.
 
     Equal to :meth:`PlausibilityRules.explain(x).counts <scadversarial.detection.PlausibilityRules.explain>`
-    of rules fitted to the same bound for every cell that breaks none of the first three rules
+    of rules fitted to the same bound for every cell that breaks none of the :data:`RANGE_RULES`
     (see :func:`check_counts`, whose first columns these are). Not differentiable.
     """
     return _first_layer(x, mean, std, clip, fit)[0]
@@ -379,8 +388,8 @@ def rule_excess(
     """Per cell of a scaled batch ``x``, how far it lies outside the range counts can produce (float64).
 
     The sum over its entries of their distance in log units from that range: beyond the clip or
-    above the rules' ceiling, below zero, between zero and the smallest count (the first three rules
-    of :data:`RULES`; the lattice and count checks count entries, not distances). It grows with the
+    above the rules' ceiling, below zero, between zero and the smallest count (the
+    :data:`RANGE_RULES`; the lattice and count checks count entries, not distances). It grows with the
     size of an attack where the number of violating entries stops growing (an attack that pushes
     the same genes further below zero or above the ceiling), and is 0 for a cell those rules pass.
     Equal to :attr:`PlausibilityRules.explain(x).excess <scadversarial.detection.RuleReport.excess>`
@@ -407,7 +416,7 @@ def _first_layer(
         if bool(heavy.any()):
             idx = heavy.nonzero().squeeze(1)
             dense, excess[idx] = _dense_counts(x.index_select(0, idx), mean.to(x.dtype), std.to(x.dtype), clip, fit)
-            out[idx, :3] = dense
+            out[idx, :LATTICE] = dense
             heavy[idx[dense.sum(1) == 0]] = False  # no verdict yet: the exact path, lattice included
         light = (~heavy).nonzero().squeeze(1)
         if len(light):
@@ -415,7 +424,7 @@ def _first_layer(
             out[light], part, excess[light] = _sparse_counts(part_x, part_moved, mean, std, clip, fit)
             for t, v in zip(prof, (part.ones, part.twos, part.checked), strict=True):
                 t[light] = v
-    return out, CountProfile(*prof, out[:, 3].clone()), excess
+    return out, CountProfile(*prof, out[:, LATTICE].clone()), excess
 
 
 def check_counts(
@@ -430,10 +439,10 @@ def check_counts(
 
     The rule columns equal :meth:`PlausibilityRules.explain(x).counts
     <scadversarial.detection.PlausibilityRules.explain>` of rules fitted to the same bound for every
-    cell that breaks none of the first three rules. A cell that does is flagged, with that reason,
+    cell that breaks none of the :data:`RANGE_RULES`. A cell that does is flagged, with that reason,
     whatever its lattice count, so its lattice column is only the count at the first divisor (an
     upper bound of the reference's) or, for a cell with most entries moved off the image of a zero
-    count (scaled-space attacks), not counted (0); the first three counts of such a cell are taken
+    count (scaled-space attacks), not counted (0); its range-rule counts are taken
     in the batch's precision (float32 rounding, below 1e-6 log units, can only move an entry that
     close to a bound). Flags and reasons are the reference's. The last two columns are
     :func:`singleton_deficit` and :func:`two_count_deficit` at the thresholds of ``checks`` (zeros

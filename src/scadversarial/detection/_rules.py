@@ -3,14 +3,17 @@
 Array level (no AnnData inside). A classifier's scaled input is ``x = clip((l - mean) / std)`` of
 log-normalized values ``l = log1p(k * target_sum / N)`` with integer counts ``k`` and the cell's
 library ``N``. Inverting the classifier's own transform (``l = x * std + mean``, exact up to
-float32 rounding wherever ``|x|`` is below the clip) gives four checks per entry:
+float32 rounding wherever ``|x|`` is below the clip) gives five checks per entry:
 
 ``'out_of_range'``
-    ``|x|`` beyond the clip: the transform never outputs it; or, with the normalization's target sum
-    known, a log value (for an entry at the clip: its smallest, the clip's) above the ceiling
-    ``log1p(share * target_sum)``: one gene holding more than ``share`` of the cell's library, where
-    ``share`` is :data:`SHARE_MARGIN` times the largest one-gene share of a clean training cell (at
-    most 1, the whole library, which no count exceeds).
+    ``|x|`` beyond the clip: the transform never outputs it.
+``'above_ceiling'``
+    With the normalization's target sum known, a log value (for an entry at the clip: its smallest,
+    the clip's) above the ceiling ``log1p(share * target_sum)``: one gene holding more than
+    ``share`` of the cell's library, where ``share`` is :data:`SHARE_MARGIN` times the largest
+    one-gene share of a clean training cell (at most 1, the whole library, which no count exceeds).
+    Impossible at a share of 1; at a lower one, a gene dominating its cell more than any training
+    cell's gene (a cell type training lacked may, see ``share_margin``).
 ``'negative_expression'``
     ``l < 0``: a log-normalized value is never negative.
 ``'off_zero'``
@@ -20,11 +23,11 @@ float32 rounding wherever ``|x|`` is below the clip) gives four checks per entry
     ``expm1(l) = k * u`` is not an integer multiple of the cell's unit ``u = target_sum / N``
     (estimated per cell from its own values, :func:`fit_lattice`).
 
-Entries at the clip are not invertible and take part in no check but the first. The score of a
+Entries at the clip are not invertible and take part in no check but the first two. The score of a
 cell is its number of violating entries (it grows with the number of genes an attack moves); its
 reason is the first rule of the list above that it breaks. Its *excess* (:meth:`Transform.excess`) is how
-far, in log units summed over entries, it lies outside the range counts can produce (the first three
-rules): it grows with the size of an attack where the number of violating entries stops growing.
+far, in log units summed over entries, it lies outside the range counts can produce (the
+:data:`RANGE_RULES`): it grows with the size of an attack where the number of violating entries stops growing.
 """
 
 from __future__ import annotations
@@ -41,9 +44,11 @@ from ._calibrated import RngLike, _Baseline
 if TYPE_CHECKING:
     from ..models.classifier import CellClassifier
 
-Reason = Literal["out_of_range", "negative_expression", "off_zero", "off_lattice", ""]
+Reason = Literal["out_of_range", "above_ceiling", "negative_expression", "off_zero", "off_lattice", ""]
 #: Rules in order of precedence (the reason of a cell is the first it breaks).
-RULES: tuple[str, ...] = ("out_of_range", "negative_expression", "off_zero", "off_lattice")
+RULES: tuple[str, ...] = ("out_of_range", "above_ceiling", "negative_expression", "off_zero", "off_lattice")
+#: The rules on the range of single values (every rule but the lattice's, which fits a cell's values together).
+RANGE_RULES: tuple[str, ...] = RULES[:-1]
 
 #: Tolerance of every check in log units. Inverting float32 scaled values of PBMC3k gives log values
 #: within 5.2e-7 of the stored ones (and lattice residuals within 5.3e-7): 1e-4 is ~200x that, and
@@ -98,22 +103,26 @@ class Transform:
         return L, np.abs(X) < self.clip * (1 - CLIP_RTOL)
 
     def out_of_range(self, X: np.ndarray) -> np.ndarray:
-        """Entries beyond the clip, or whose (smallest) log value is above :attr:`log_max`: never produced."""
+        """Entries beyond the clip: the transform never outputs them."""
         X = np.asarray(X, dtype=np.float64)
-        beyond = np.zeros(X.shape, dtype=bool) if self.clip is None else np.abs(X) > self.clip * (1 + CLIP_RTOL)
-        return beyond | (X * self.std + self.mean > self.log_max + LOG_TOL)
+        return np.zeros(X.shape, dtype=bool) if self.clip is None else np.abs(X) > self.clip * (1 + CLIP_RTOL)
+
+    def above_ceiling(self, X: np.ndarray) -> np.ndarray:
+        """Entries within the clip whose (smallest) log value is above :attr:`log_max`: one gene dominating its cell."""
+        X = np.asarray(X, dtype=np.float64)
+        return ~self.out_of_range(X) & (X * self.std + self.mean > self.log_max + LOG_TOL)
 
     def excess(self, X: np.ndarray, zero_bound: float) -> np.ndarray:
         """Per entry, its distance in log units from the range counts can produce (0 inside it; float64).
 
-        An entry out of range lies beyond the clip by ``(|x| - clip) * std`` and above the ceiling by
-        ``l - log_max`` (the larger counts); a negative one lies ``-l`` below zero; one off zero lies
+        An entry beyond the clip or above the ceiling lies beyond the clip by ``(|x| - clip) * std`` and
+        above the ceiling by ``l - log_max`` (the larger counts); a negative one lies ``-l`` below zero; one off zero lies
         ``min(l, zero_bound - l)`` from the nearest count (zero or the smallest one). The rules'
         precedence holds: an entry counts for the first of them it breaks.
         """
         X = np.asarray(X, dtype=np.float64)
         L, inv = self.to_log(X)
-        oor = self.out_of_range(X)
+        oor = self.out_of_range(X) | self.above_ceiling(X)
         over = L - self.log_max
         if self.clip is not None:
             over = np.maximum(over, (np.abs(X) - self.clip) * self.std)
@@ -260,7 +269,7 @@ class RuleReport:
         Cells x rules: violating entries per rule, columns in the order of :data:`RULES`.
     excess
         Per cell, how far its entries lie outside the range counts can produce, in log units summed
-        over entries (:meth:`Transform.excess`; float64, 0 for a cell the first three rules pass).
+        over entries (:meth:`Transform.excess`; float64, 0 for a cell the :data:`RANGE_RULES` pass).
     """
 
     score: np.ndarray
@@ -286,8 +295,8 @@ class PlausibilityRules(_Baseline):
     lattice
         Apply the lattice rule: ``'auto'`` (when the training cells obey it), or always / never.
     target_sum
-        The normalization's target sum (``sad.pp.preprocess``'s, 1e4): ``'out_of_range'`` then also
-        flags a log value above the ceiling, an entry at the clip included (``None``: the clip only).
+        The normalization's target sum (``sad.pp.preprocess``'s, 1e4): ``'above_ceiling'`` then
+        flags a log value above the ceiling, an entry at the clip included (``None``: that rule is off).
     share_margin
         The ceiling lets one gene hold this many times the largest share of its library one gene
         holds in a clean training cell (capped at the whole library); ``None``: the whole library.
@@ -361,15 +370,16 @@ class PlausibilityRules(_Baseline):
 
     def _counts(self, X: np.ndarray) -> np.ndarray:
         t = self.transform_
-        oor = t.out_of_range(X)
+        beyond, above = t.out_of_range(X), t.above_ceiling(X)
         L, inv = t.to_log(X)
-        neg = ~oor & (L < -LOG_TOL)
+        neg = ~(beyond | above) & (L < -LOG_TOL)
         off_zero = inv & (L > LOG_TOL) & (self.zero_bound_ > L)
         out = np.zeros((len(X), len(RULES)), dtype=np.int64)
-        out[:, 0], out[:, 1], out[:, 2] = oor.sum(1), neg.sum(1), off_zero.sum(1)
+        for j, entries in enumerate((beyond, above, neg, off_zero)):
+            out[:, j] = entries.sum(1)
         if self.use_lattice_:
             checked = inv & (self.zero_bound_ <= L)
-            out[:, 3] = fit_lattice(L, checked).off.sum(1)
+            out[:, len(RANGE_RULES)] = fit_lattice(L, checked).off.sum(1)
         return out
 
     def score(self, X: np.ndarray) -> np.ndarray:
@@ -382,6 +392,7 @@ class PlausibilityRules(_Baseline):
 
 
 __all__ = [
+    "RANGE_RULES",
     "RULES",
     "SHARE_MARGIN",
     "Lattice",

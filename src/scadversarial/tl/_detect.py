@@ -395,7 +395,7 @@ def train_detector(
             "zero_bound": float(det.rule_zero_bound),
             "lattice": bool(det.rule_lattice),
             "log_max": float(det.rule_log_max),
-            # the same ceiling as the largest share of its library one gene may hold (what 'out of range' means)
+            # the same ceiling as the largest share of its library one gene may hold (what 'dominant gene' means)
             "share_ceiling": _share_ceiling(float(det.rule_log_max), counts_target_sum(adata)),
             "singleton_min": det.singleton_threshold if config.singletons else None,
             "two_count_rate": None if two is None else two.rate,
@@ -481,8 +481,8 @@ def detect(
     ``.obs['sad_adversarial']`` / ``.obs['sad_adversarial_L']``
         ``score >= threshold``, or a broken rule (whatever the threshold).
     ``.obs['sad_reason']`` / ``.obs['sad_reason_L']``
-        Why a cell is flagged: ``'out of range'`` (beyond the clip, or one gene holding more of the
-        cell's library than the ceiling allows), ``'negative'``, ``'non-integer counts'``,
+        Why a cell is flagged: ``'out of range'`` (beyond the clip), ``'dominant gene'`` (one gene
+        holding more of the cell's library than the ceiling allows), ``'negative'``, ``'non-integer counts'``,
         ``'off lattice'`` (the first rule it breaks), ``'few single counts'``, ``'few double counts'``
         (the count checks), ``'learned'`` (the learned detector alone), ``''`` when not flagged (categorical).
     ``.obsm['sad_meta']`` / ``.obsm['sad_meta_L']``
