@@ -19,7 +19,9 @@ positive input gradient on the clean cell), the same at every budget.
 Per threat and budget: flip rate; median, 10th and 90th percentile of ``.obs['sad_score_<layer>']``
 (``sad.tl.detect``); the share flagged; ``evasion``, the share flipped and not flagged; the share whose score comes from a plausibility rule
 (``rule``), from a count check (``count``) or from the learned layer; the median number of
-violations of the rule/count-scored cells (the score is ``1 + log1p(violations)``); the share of
+violations of the rule/count-scored cells and the median excess of the rule-scored ones (how far in
+log units their entries lie outside the range counts can produce; the score is
+``1 + log1p(violations) + log1p(excess)``); the share of
 learned-scored cells at >= 0.999 (saturated); and ``nondec``, the share of cells whose score did not
 decrease from the previous budget of the sweep (the clean cell before the first). The same for the
 learned probability alone (``AdversarialDetector.explain_arrays(...).learned``, whatever the rules
@@ -207,6 +209,7 @@ def measure(c, det, steps: list[Step]) -> pd.DataFrame:
                 "count": float(count.mean()),
                 "learned": float(learned_src.mean()),
                 "viol_med": float(np.median(viol[viol > 0])) if (viol > 0).any() else 0.0,
+                "exc_med": float(np.median(rep.excess[rule])) if rule.any() else 0.0,
                 "sat": float((score[learned_src] >= SATURATED).mean()) if learned_src.any() else float("nan"),
                 "nondec": float(np.mean(score >= prev_score[threat])) if threat in prev_score else float("nan"),
                 "L_med": float(np.median(lp)),
@@ -266,6 +269,7 @@ SCORE_COLS = [
     "count",
     "learned",
     "viol_med",
+    "exc_med",
     "sat",
     "nondec",
 ]
@@ -297,9 +301,9 @@ def main(argv=None) -> int:
     pd.set_option("display.width", 250)
     pd.set_option("display.max_rows", 500)
     pd.set_option("display.max_columns", 30)
-    print("score: sad_score (rule/count-scored cells: 1 + log1p(violations); else the learned probability)")
-    print("evasion: flipped and not flagged; rule/count/learned: where the score comes from;")
-    print("viol_med: median violations of rule/count-scored cells;")
+    print("score: sad_score (rule/count-scored cells: 1 + log1p(violations) + log1p(excess); else the learned")
+    print("probability); evasion: flipped and not flagged; rule/count/learned: where the score comes from;")
+    print("viol_med: median violations of rule/count-scored cells; exc_med: median excess of rule-scored cells;")
     print(f"sat: learned-scored cells with score >= {SATURATED}; nondec: cells whose score did not drop from the")
     print("previous budget (eps 0: clean; ties count as not dropping); L_*: the learned probability alone, whatever")
     print("the rules say; ceiling: the largest learned probability on the embedding sphere (any input);")
