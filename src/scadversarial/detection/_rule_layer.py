@@ -271,15 +271,21 @@ def _excess(
     """Per entry, its distance in log units from the range counts can produce (as ``Transform.excess``).
 
     ``rules``: the entries beyond the clip or above the ceiling, negative and off zero (disjoint, in
-    the rules' precedence).
+    the rules' precedence); ``std`` broadcasts to ``lv``. Arithmetic on masks, not ``torch.where``
+    (several times slower on the CPU): a scaled attack's rows are checked whole.
     """
     oor, neg, off_zero = rules
-    over = lv - fit.log_max
-    if clip is not None:
-        over = torch.maximum(over, (ax - clip) * std)
-    out = torch.where(off_zero, torch.minimum(lv, fit.zero_bound - lv), torch.zeros_like(lv))
-    out = torch.where(neg, -lv, out)
-    return torch.where(oor, over.clamp(min=0.0), out)
+    # a negative or off-zero entry's distance to the nearest value of a count: zero, or the smallest count
+    out = lv.abs()
+    torch.minimum(out, (fit.zero_bound - lv).clamp_(min=0.0), out=out)
+    out.mul_(neg | off_zero)
+    if bool(oor.any()):
+        at = oor.nonzero(as_tuple=True)
+        over = lv[at] - fit.log_max
+        if clip is not None:
+            over = torch.maximum(over, (ax[at] - clip) * std.expand_as(lv)[at])
+        out[at] = over.clamp_(min=0.0)
+    return out
 
 
 def _dense_counts(
@@ -293,7 +299,8 @@ def _dense_counts(
     above = (lv > fit.log_max + LOG_TOL) & ~beyond
     neg = (lv < -LOG_TOL) & ~(beyond | above)
     off_zero = (lv > LOG_TOL) & (lv < fit.zero_bound) & (ax < small)
-    excess = _excess(lv, ax, std, clip, fit, (beyond | above, neg, off_zero)).sum(1, dtype=torch.float64)
+    # summed in the batch's precision (a float64 copy of the rows would cost more than the rules)
+    excess = _excess(lv, ax, std, clip, fit, (beyond | above, neg, off_zero)).sum(1).double()
     return torch.stack([beyond.sum(1), above.sum(1), neg.sum(1), off_zero.sum(1)], 1), excess
 
 
