@@ -267,24 +267,32 @@ def _excess(
     clip: float | None,
     fit: RuleFit,
     rules: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    *,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """Per entry, its distance in log units from the range counts can produce (as ``Transform.excess``).
 
-    ``rules``: the entries beyond the clip or above the ceiling, negative and off zero (disjoint, in
-    the rules' precedence); ``std`` broadcasts to ``lv``. Arithmetic on masks, not ``torch.where``
-    (several times slower on the CPU): a scaled attack's rows are checked whole.
+    ``lv``, ``ax``: log values and ``|x|``; ``rules``: the entries beyond the clip or above the
+    ceiling, negative and off zero (disjoint, in the rules' precedence); ``std`` broadcasts to
+    ``lv``. ``inplace`` overwrites ``lv`` and ``ax`` (returned in ``ax``): a scaled attack's rows
+    are checked whole, and on the CPU fresh cells x genes buffers and ``torch.where`` cost more
+    than the arithmetic.
     """
     oor, neg, off_zero = rules
-    # a negative or off-zero entry's distance to the nearest value of a count: zero, or the smallest count
-    out = lv.abs()
-    torch.minimum(out, (fit.zero_bound - lv).clamp_(min=0.0), out=out)
-    out.mul_(neg | off_zero)
-    if bool(oor.any()):
+    at, over = None, None
+    if bool(oor.any()):  # rare: beyond the clip or above the ceiling
         at = oor.nonzero(as_tuple=True)
         over = lv[at] - fit.log_max
         if clip is not None:
             over = torch.maximum(over, (ax[at] - clip) * std.expand_as(lv)[at])
-        out[at] = over.clamp_(min=0.0)
+        over.clamp_(min=0.0)
+    # a negative or off-zero entry's distance to the nearest value of a count: zero, or the smallest count
+    out = torch.abs(lv, out=ax) if inplace else lv.abs()
+    gap = lv.neg_() if inplace else lv.neg()
+    torch.minimum(out, gap.add_(fit.zero_bound).clamp_(min=0.0), out=out)
+    out.mul_(neg | off_zero)
+    if at is not None:
+        out[at] = over
     return out
 
 
@@ -296,12 +304,19 @@ def _dense_counts(
     ax = x.abs()
     lv = torch.addcmul(mean, x, std)
     beyond = ax > big
-    above = (lv > fit.log_max + LOG_TOL) & ~beyond
-    neg = (lv < -LOG_TOL) & ~(beyond | above)
-    off_zero = (lv > LOG_TOL) & (lv < fit.zero_bound) & (ax < small)
+    above = lv > fit.log_max + LOG_TOL
+    above &= ~beyond
+    oor = beyond | above
+    neg = lv < -LOG_TOL
+    neg &= ~oor
+    off_zero = lv > LOG_TOL
+    off_zero &= lv < fit.zero_bound
+    off_zero &= ax < small
+    # int32 sums: summing a bool matrix into int64 copies it whole first, a third of this function's time
+    counts = torch.stack([m.sum(1, dtype=torch.int32) for m in (beyond, above, neg, off_zero)], 1).long()
     # summed in the batch's precision (a float64 copy of the rows would cost more than the rules)
-    excess = _excess(lv, ax, std, clip, fit, (beyond | above, neg, off_zero)).sum(1).double()
-    return torch.stack([beyond.sum(1), above.sum(1), neg.sum(1), off_zero.sum(1)], 1), excess
+    excess = _excess(lv, ax, std, clip, fit, (oor, neg, off_zero), inplace=True).sum(1).double()
+    return counts, excess
 
 
 def _sparse_counts(
@@ -419,7 +434,7 @@ def _first_layer(
         if clip is not None:
             zero = zero.clamp(-clip, clip)
         moved = x != zero.to(x.dtype)  # entries that are not the image of a zero count
-        heavy = moved.sum(1) > HEAVY_FRACTION * x.shape[1]
+        heavy = moved.sum(1, dtype=torch.int32) > HEAVY_FRACTION * x.shape[1]
         if bool(heavy.any()):
             idx = heavy.nonzero().squeeze(1)
             dense, excess[idx] = _dense_counts(x.index_select(0, idx), mean.to(x.dtype), std.to(x.dtype), clip, fit)
