@@ -269,6 +269,7 @@ def _excess(
     rules: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     *,
     inplace: bool = False,
+    any_oor: bool | None = None,
 ) -> torch.Tensor:
     """Per entry, its distance in log units from the range counts can produce (as ``Transform.excess``).
 
@@ -276,11 +277,13 @@ def _excess(
     ceiling, negative and off zero (disjoint, in the rules' precedence); ``std`` broadcasts to
     ``lv``. ``inplace`` overwrites ``lv`` and ``ax`` (returned in ``ax``): a scaled attack's rows
     are checked whole, and on the CPU fresh cells x genes buffers and ``torch.where`` cost more
-    than the arithmetic.
+    than the arithmetic. ``any_oor``: whether ``oor`` has an entry, when the caller knows.
     """
     oor, neg, off_zero = rules
     at, over = None, None
-    if bool(oor.any()):  # rare: beyond the clip or above the ceiling
+    if any_oor is None:
+        any_oor = bool(oor.any())
+    if any_oor:  # rare: beyond the clip or above the ceiling
         at = oor.nonzero(as_tuple=True)
         over = lv[at] - fit.log_max
         if clip is not None:
@@ -314,8 +317,9 @@ def _dense_counts(
     off_zero &= ax < small
     # int32 sums: summing a bool matrix into int64 copies it whole first, a third of this function's time
     counts = torch.stack([m.sum(1, dtype=torch.int32) for m in (beyond, above, neg, off_zero)], 1).long()
+    any_oor = bool(counts[:, :2].any())
     # summed in the batch's precision (a float64 copy of the rows would cost more than the rules)
-    excess = _excess(lv, ax, std, clip, fit, (oor, neg, off_zero), inplace=True).sum(1).double()
+    excess = _excess(lv, ax, std, clip, fit, (oor, neg, off_zero), inplace=True, any_oor=any_oor).sum(1).double()
     return counts, excess
 
 
