@@ -262,10 +262,11 @@ def pgd_batch(
             xs = space.to_scaled(x_adv, batch.other)
             logits = space.classifier(xs)
             dl = detector.detector.score_logit(xs)
+            cand, seen, seen_dl = _as_kept(space, proj, x, x_adv, batch, detector, logits, dl)
             with torch.no_grad():
-                better = batch.reached(logits) & (dl < best_logit)
-                best = torch.where(better[:, None], x_adv.detach(), best)
-                best_logit = torch.where(better, dl.detach(), best_logit)
+                better = batch.reached(seen) & (seen_dl < best_logit)
+                best = torch.where(better[:, None], cand, best)
+                best_logit = torch.where(better, seen_dl, best_logit)
             if i == steps:  # the last iterate, scored only
                 last = x_adv.detach()
                 break
@@ -277,6 +278,31 @@ def pgd_batch(
         done = torch.isfinite(best_logit)
         return torch.where(done[:, None], best, last), best_logit
     return proj.clamp(x + delta).detach(), None
+
+
+def _as_kept(
+    space: SpaceClassifier,
+    proj: Projection,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    batch: Batch,
+    detector: DetectorTerm,
+    logits: torch.Tensor,
+    dl: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(iterate, logits, detector logit)`` as the attack would return the iterate (all detached).
+
+    Integer threats are rounded after the attack: an iterate chosen before rounding for reaching
+    the goal at the lowest detector logit is often one that just reached it, and rounding undoes
+    that. Its rounded version is scored instead (one more forward pass per step).
+    """
+    if not proj.integer:
+        return x_adv.detach(), logits.detach(), dl.detach()
+    xr = proj.round(x, x_adv.detach()).requires_grad_(requires_grad=True)
+    with torch.enable_grad():  # detectors may differentiate the classifier inside score_logit
+        xrs = space.to_scaled(xr, batch.other)
+        seen, seen_dl = space.classifier(xrs), detector.detector.score_logit(xrs)
+    return xr.detach(), seen.detach(), seen_dl.detach()
 
 
 # ----------------------------------------------------------------------------------------------
