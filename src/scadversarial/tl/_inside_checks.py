@@ -33,6 +33,9 @@ INSIDE_ROUNDS = 4
 MASK_LAYER = "_sad_inside_checks_mask"
 #: Appended to ``key_added`` by :meth:`InsideCountChecks.against`: its layers must not overwrite the standard run's.
 AGAINST_SUFFIX = "_against"
+#: Weights of an evaded detector's logit (``evade``): the lambda sweep of ``benchmarks/threats.py`` without
+#: 0 (the plain attacker is the one without ``evade``).
+EVADE_WEIGHTS = (0.1, 1.0, 10.0)
 
 
 def check_attacked_classifier(threat: str, classifier) -> None:
@@ -81,6 +84,14 @@ class InsideCountChecks:
     classifier
         The classifier attacked (:class:`~scadversarial.models.CellClassifier` on the cells' genes);
         ``None``: the cells' own (``sad.get.model(cells, 'classifier')``). Set it with :meth:`against`.
+    evade
+        A differentiable detector the attacker also evades (a torch module with ``score_logit(x_scaled)``
+        and a ``threshold``, e.g. ``detector`` itself, whose learned layer the count checks leave):
+        each round's PGD maximises the loss minus ``weight * score_logit`` for every weight of
+        ``evade_weights`` and keeps, per cell, the flipped iterate the detector scores lowest
+        (:func:`~scadversarial.tl.attack` with ``detector=``). ``None``: the count checks alone.
+    evade_weights
+        The weights of ``evade``'s logit.
 
     Examples
     --------
@@ -90,6 +101,7 @@ class InsideCountChecks:
     ... )  # doctest: +SKIP
     >>> hard = sad.get.model(adata, "classifier_hardened")  # doctest: +SKIP
     >>> sad.tl.InsideCountChecks(det).against(hard)(adata)  # doctest: +SKIP
+    >>> sad.tl.InsideCountChecks(det, evade=det)(adata)  # the learned layer too  # doctest: +SKIP
     """
 
     detector: AdversarialDetector
@@ -98,6 +110,8 @@ class InsideCountChecks:
     key_added: str = "sad_inside_checks"
     random_state: int = 0
     classifier: CellClassifier | None = None
+    evade: torch.nn.Module | None = None
+    evade_weights: tuple[float, ...] = EVADE_WEIGHTS
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.eps) and self.eps > 0 and int(self.rounds) >= 1):
@@ -109,6 +123,10 @@ class InsideCountChecks:
             msg = "InsideCountChecks needs the default detector (an AdversarialDetector with count checks)."
             raise TypeError(msg)
         check_attacked_classifier("InsideCountChecks", self.classifier)
+        weights = np.atleast_1d(np.asarray(self.evade_weights, dtype=float))
+        if self.evade is not None and not (len(weights) and np.isfinite(weights).all() and (weights >= 0).all()):
+            msg = f"InsideCountChecks needs evade_weights: one or more finite weights >= 0, got {self.evade_weights!r}."
+            raise ValueError(msg)
 
     def against(self, classifier: CellClassifier) -> InsideCountChecks:
         """The same attacker made against ``classifier`` (its layers under ``key_added + '_against'``).
@@ -162,6 +180,7 @@ class InsideCountChecks:
                     random_state=self.random_state,
                     key_added=self.key_added,
                     **({} if self.classifier is None else {"classifier": self.classifier}),
+                    **self._evasion(),
                 )
                 (layer,) = get.attack_record(cells, self.key_added)["layers"]
                 deficit = self._deficits(cells, layer)
@@ -173,6 +192,12 @@ class InsideCountChecks:
         finally:
             cells.layers.pop(MASK_LAYER, None)
         return {str(layer): "counts"}
+
+    def _evasion(self) -> dict:
+        """The detector-aware arguments of :func:`~scadversarial.tl.attack` (none without ``evade``)."""
+        if self.evade is None:
+            return {}
+        return {"detector": self.evade, "detector_weight": tuple(float(w) for w in np.atleast_1d(self.evade_weights))}
 
     def _labels(self, cells: AnnData, clf: CellClassifier) -> torch.Tensor:
         """The calls the attack pushes each cell away from (class indices of ``clf.classes``)."""
