@@ -614,6 +614,42 @@ def test_share_margin_none_lets_one_gene_hold_the_whole_library(rules3k):
     assert sad.get.record(a, "detector")["params"]["share_margin"] == -1.0
 
 
+def test_rule_score_does_not_drop_where_a_value_crosses_the_clip(rules3k):
+    """One entry pushed from inside the negative clip to beyond it: its excess (and the score) keep growing.
+
+    Beyond the clip its distance below zero still counts, so crossing the clip (reason 'negative'
+    -> 'out of range') does not lower the score; the reference's excess is the same. An entry
+    that is NaN breaks no rule and adds nothing.
+    """
+    from scadversarial.detection import PlausibilityRules
+
+    a, test = rules3k
+    det = sad.get.model(a, "detector")
+    clf = sad.get.model(a, "classifier")
+    ref = PlausibilityRules(target_sum=TARGET_SUM).fit(clf, np.asarray(test.X, dtype=np.float32))
+    ref.transform_ = dataclasses.replace(ref.transform_, log_max=float(det.rule_log_max))
+    ref.zero_bound_ = float(det.rule_zero_bound)
+    clip = float(det.classifier.transform.clip)
+    steps = np.array([-clip + 0.5, -clip, -clip - 0.5, -clip - 1.0, -clip - 3.0], dtype=np.float32)
+    M = np.repeat(np.asarray(test.X, dtype=np.float32)[:1], len(steps), axis=0)
+    M[:, 0] = steps
+    rep = det.explain_arrays(M, progress_bar=False)
+    assert list(sad.detection.rule_reasons(rep.rule_counts)[1:3]) == ["negative", "out of range"]
+    assert (np.diff(rep.score) > 0).all(), rep.score
+    np.testing.assert_allclose(rep.excess, ref.explain(M).excess, rtol=1e-5)
+    nan = M.copy()
+    nan[:, 1] = np.nan
+    got = det.explain_arrays(nan, progress_bar=False)
+    np.testing.assert_allclose(got.excess, ref.explain(nan).excess, rtol=1e-5)
+    assert np.isfinite(got.score).all()
+    # cells with no expressed gene (every entry the image of a zero count): nothing to check, nothing broken
+    t = det.classifier.transform
+    zero = torch.clamp(-t.mean / t.std, -clip, clip).repeat(4, 1)
+    counts, excess = det.check_layer(zero)
+    assert counts.sum() == 0
+    assert excess.sum() == 0
+
+
 def test_a_value_above_the_log_ceiling_is_a_dominant_gene(rules3k):
     """An entry whose log value (at the clip: the clip's) is above the ceiling is flagged; a clip below it is not.
 

@@ -105,7 +105,7 @@ class RuleFit:
     lattice
         Whether the lattice rule applies (the training cells lie on the count lattice).
     log_max
-        Log values above it are out of range: ``log1p(share * target_sum)``, one gene holding
+        Log values above it are above the ceiling (reason ``'dominant gene'``): ``log1p(share * target_sum)``, one gene holding
         ``share`` of its cell's library, ``DetectorConfig.share_margin`` (1.5 by default) times the largest
         one-gene share of a training cell, at most the whole library (``inf``: the target sum is
         unknown, the clip alone bounds the values).
@@ -215,7 +215,8 @@ def reason_key(layer: str | None) -> str:
 
 
 def _per_cell(rows: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.bincount(rows, weights=values, minlength=n)
+    # bincount of no entries is int64 whatever the weights
+    return torch.bincount(rows, weights=values, minlength=n).to(values.dtype)
 
 
 def _lattice_off(
@@ -285,15 +286,16 @@ def _excess(
         any_oor = bool(oor.any())
     if any_oor:  # rare: beyond the clip or above the ceiling
         at = oor.nonzero(as_tuple=True)
-        over = lv[at] - fit.log_max
+        lo = lv[at]
+        over = torch.maximum(lo - fit.log_max, -lo)  # beyond -clip: below zero too, so no drop at the clip
         if clip is not None:
             over = torch.maximum(over, (ax[at] - clip) * std.expand_as(lv)[at])
         over.clamp_(min=0.0)
-    # a negative or off-zero entry's distance to the nearest value of a count: zero, or the smallest count
+    # a negative or off-zero entry's distance to the nearest accepted value: zero, or the off-zero bound
     out = torch.abs(lv, out=ax) if inplace else lv.abs()
     gap = lv.neg_() if inplace else lv.neg()
     torch.minimum(out, gap.add_(fit.zero_bound).clamp_(min=0.0), out=out)
-    out.mul_(neg | off_zero)
+    out.mul_(neg | off_zero).nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf)  # NaN breaks no rule
     if at is not None:
         out[at] = over
     return out
@@ -351,7 +353,7 @@ def _sparse_counts(
     width = LATTICE + 1
     out[:, :LATTICE] = torch.bincount(rows * width + code, minlength=width * n).view(n, width)[:, :LATTICE]
     entry_excess = _excess(lv, ax, sv, clip, fit, (code <= 1, code == 2, code == 3))
-    excess = torch.bincount(rows, weights=entry_excess, minlength=n)
+    excess = _per_cell(rows, entry_excess, n)
     if fit.lattice:
         checked = (inv & (lv >= fit.zero_bound)).nonzero().squeeze(1)
         settled = out[:, :LATTICE].sum(1) > 0

@@ -23,7 +23,8 @@ float32 rounding wherever ``|x|`` is below the clip) gives five checks per entry
     ``expm1(l) = k * u`` is not an integer multiple of the cell's unit ``u = target_sum / N``
     (estimated per cell from its own values, :func:`fit_lattice`).
 
-Entries at the clip are not invertible and take part in no check but the first two. The score of a
+Entries at the clip are not invertible: only the checks of a single value's range (beyond the clip,
+above the ceiling, negative) apply to them. The score of a
 cell is its number of violating entries (it grows with the number of genes an attack moves); its
 reason is the first rule of the list above that it breaks. Its *excess* (:meth:`Transform.excess`) is how
 far, in log units summed over entries, it lies outside the range counts can produce (the
@@ -115,15 +116,17 @@ class Transform:
     def excess(self, X: np.ndarray, zero_bound: float) -> np.ndarray:
         """Per entry, its distance in log units from the range counts can produce (0 inside it; float64).
 
-        An entry beyond the clip or above the ceiling lies beyond the clip by ``(|x| - clip) * std`` and
-        above the ceiling by ``l - log_max`` (the larger counts); a negative one lies ``-l`` below zero; one off zero lies
-        ``min(l, zero_bound - l)`` from the nearest count (zero or the smallest one). The rules'
-        precedence holds: an entry counts for the first of them it breaks.
+        An entry beyond the clip or above the ceiling lies beyond the clip by ``(|x| - clip) * std``,
+        above the ceiling by ``l - log_max`` and below zero by ``-l`` (the largest counts, so the
+        distance does not drop where an entry crosses the clip); a negative one lies ``-l`` below
+        zero; one off zero lies ``min(l, zero_bound - l)`` from the nearest value the rules accept
+        (zero, or the off-zero bound). The rules' precedence holds: an entry counts for the first of
+        them it breaks. NaN entries break no rule and count 0.
         """
         X = np.asarray(X, dtype=np.float64)
         L, inv = self.to_log(X)
         oor = self.out_of_range(X) | self.above_ceiling(X)
-        over = L - self.log_max
+        over = np.maximum(L - self.log_max, -L)
         if self.clip is not None:
             over = np.maximum(over, (np.abs(X) - self.clip) * self.std)
         neg = ~oor & (L < -LOG_TOL)

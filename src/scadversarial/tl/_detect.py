@@ -439,7 +439,8 @@ def detect(
     whatever the learned detector says, and scores ``1 + log1p(violations) + log1p(excess)``, above every
     cell the rules pass: the score keeps growing with the number of impossible entries and with
     their *excess*, how far in log units they lie outside the range counts can produce (below
-    zero, above the ceiling, beyond the clip; :func:`~scadversarial.detection.rule_excess`). So is a
+    zero, between zero and the smallest value a count gives, above the ceiling, beyond the clip;
+    :func:`~scadversarial.detection.rule_excess`). So is a
     cell the count checks flag (too few genes at one or at two counts; its violations: the genes
     missing there). Then the
     **learned detector**: meta-features under the detector's feature spec, the triplet embedding
