@@ -543,6 +543,11 @@ def non_integer_counts(C: np.ndarray | object, batch: int = 4096) -> np.ndarray:
     return out
 
 
+def rule_score(violations: torch.Tensor, excess: torch.Tensor, offset: float = RULE_SCORE) -> torch.Tensor:
+    """A rule-breaking cell's score, ``offset + log1p(violations) + log1p(excess)`` (float64; see :func:`combine`)."""
+    return offset + torch.log1p(violations.double()) + torch.log1p(excess.double())
+
+
 def combine(learned: np.ndarray, violations: np.ndarray, excess: np.ndarray | float = 0.0) -> np.ndarray:
     """The default detector's score: the learned score, or ``RULE_SCORE + log1p(violations) + log1p(excess)`` for a cell that breaks a rule."""
     violations = np.asarray(violations, dtype=np.float64)

@@ -108,12 +108,17 @@ class Transform:
         X = np.asarray(X, dtype=np.float64)
         return np.zeros(X.shape, dtype=bool) if self.clip is None else np.abs(X) > self.clip * (1 + CLIP_RTOL)
 
-    def above_ceiling(self, X: np.ndarray) -> np.ndarray:
-        """Entries within the clip whose (smallest) log value is above :attr:`log_max`: one gene dominating its cell."""
+    def ranges(self, X: np.ndarray, zero_bound: float) -> RangeEntries:
+        """The entries of scaled ``X`` that break each rule on a single value's range (one pass; :class:`RangeEntries`)."""
         X = np.asarray(X, dtype=np.float64)
-        return ~self.out_of_range(X) & (X * self.std + self.mean > self.log_max + LOG_TOL)
+        L, inv = self.to_log(X)
+        beyond = self.out_of_range(X)
+        above = ~beyond & (self.log_max + LOG_TOL < L)
+        neg = ~(beyond | above) & (L < -LOG_TOL)
+        off_zero = inv & (L > LOG_TOL) & (zero_bound > L)
+        return RangeEntries(X, L, inv, beyond, above, neg, off_zero)
 
-    def excess(self, X: np.ndarray, zero_bound: float) -> np.ndarray:
+    def excess(self, X: np.ndarray, zero_bound: float, entries: RangeEntries | None = None) -> np.ndarray:
         """Per entry, its distance in log units from the range counts can produce (0 inside it; float64).
 
         An entry beyond the clip or above the ceiling lies beyond the clip by ``(|x| - clip) * std``,
@@ -121,19 +126,17 @@ class Transform:
         distance does not drop where an entry crosses the clip); a negative one lies ``-l`` below
         zero; one off zero lies ``min(l, zero_bound - l)`` from the nearest value the rules accept
         (zero, or the off-zero bound). The rules' precedence holds: an entry counts for the first of
-        them it breaks. NaN entries break no rule and count 0.
+        them it breaks. NaN entries break no rule and count 0. ``entries``: :meth:`ranges` of ``X``
+        when the caller has them.
         """
-        X = np.asarray(X, dtype=np.float64)
-        L, inv = self.to_log(X)
-        oor = self.out_of_range(X) | self.above_ceiling(X)
+        e = self.ranges(X, zero_bound) if entries is None else entries
+        L = e.log
         over = np.maximum(L - self.log_max, -L)
         if self.clip is not None:
-            over = np.maximum(over, (np.abs(X) - self.clip) * self.std)
-        neg = ~oor & (L < -LOG_TOL)
-        off_zero = inv & (L > LOG_TOL) & (zero_bound > L)
-        out = np.where(off_zero, np.minimum(L, zero_bound - L), 0.0)
-        out = np.where(neg, -L, out)
-        return np.where(oor, np.maximum(over, 0.0), out)
+            over = np.maximum(over, (np.abs(e.scaled) - self.clip) * self.std)
+        out = np.where(e.off_zero, np.minimum(L, zero_bound - L), 0.0)
+        out = np.where(e.negative, -L, out)
+        return np.where(e.beyond | e.above, np.maximum(over, 0.0), out)
 
     def to_scaled(self, L: np.ndarray) -> np.ndarray:
         """Scaled float32 values of log values ``L`` (the classifier's transform)."""
@@ -141,6 +144,22 @@ class Transform:
         if self.clip is not None:
             Z = np.clip(Z, -self.clip, self.clip)
         return Z.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class RangeEntries:
+    """Scaled cells, their log values and the entries breaking each rule on a single value's range (boolean masks).
+
+    The masks exclude each other in the rules' precedence (:data:`RANGE_RULES`).
+    """
+
+    scaled: np.ndarray
+    log: np.ndarray
+    invertible: np.ndarray
+    beyond: np.ndarray
+    above: np.ndarray
+    negative: np.ndarray
+    off_zero: np.ndarray
 
 
 def log_ceiling(target_sum: float | None, share: float = 1.0) -> float:
@@ -364,26 +383,23 @@ class PlausibilityRules(_Baseline):
         counts = np.zeros((len(X), len(RULES)), dtype=np.int64)
         excess = np.zeros(len(X))
         for s in range(0, len(X), CHUNK):
-            counts[s : s + CHUNK] = self._counts(X[s : s + CHUNK])
-            excess[s : s + CHUNK] = self.transform_.excess(X[s : s + CHUNK], self.zero_bound_).sum(1)
+            counts[s : s + CHUNK], excess[s : s + CHUNK] = self._counts(X[s : s + CHUNK])
         fired = counts > 0
         names = np.array([*RULES, ""], dtype=object)
         first = np.where(fired.any(1), fired.argmax(1), len(RULES))
         return RuleReport(counts.sum(1).astype(np.float64), names[first], counts, excess)
 
-    def _counts(self, X: np.ndarray) -> np.ndarray:
+    def _counts(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Violating entries per cell and rule, and each cell's excess."""
         t = self.transform_
-        beyond, above = t.out_of_range(X), t.above_ceiling(X)
-        L, inv = t.to_log(X)
-        neg = ~(beyond | above) & (L < -LOG_TOL)
-        off_zero = inv & (L > LOG_TOL) & (self.zero_bound_ > L)
+        e = t.ranges(X, self.zero_bound_)
         out = np.zeros((len(X), len(RULES)), dtype=np.int64)
-        for j, entries in enumerate((beyond, above, neg, off_zero)):
+        for j, entries in enumerate((e.beyond, e.above, e.negative, e.off_zero)):
             out[:, j] = entries.sum(1)
         if self.use_lattice_:
-            checked = inv & (self.zero_bound_ <= L)
-            out[:, len(RANGE_RULES)] = fit_lattice(L, checked).off.sum(1)
-        return out
+            checked = e.invertible & (self.zero_bound_ <= e.log)
+            out[:, len(RANGE_RULES)] = fit_lattice(e.log, checked).off.sum(1)
+        return out, t.excess(X, self.zero_bound_, e).sum(1)
 
     def score(self, X: np.ndarray) -> np.ndarray:
         """Number of violating entries per cell (float64); 0 for a cell no rule objects to."""
@@ -398,6 +414,7 @@ __all__ = [
     "RANGE_RULES",
     "RULES",
     "SHARE_MARGIN",
+    "RangeEntries",
     "Lattice",
     "PlausibilityRules",
     "Reason",

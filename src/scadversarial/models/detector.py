@@ -29,12 +29,12 @@ from ..detection._fit import FeatureSpec
 from ..detection._rule_layer import (
     CHECKS,
     RULE_LOGIT,
-    RULE_SCORE,
     CountChecks,
     RuleFit,
     TwoCountFit,
     check_layer,
     combine,
+    rule_score,
 )
 from ..detection._rules import RULES
 from ._base import SadModel, register_model_class
@@ -443,7 +443,7 @@ class AdversarialDetector(SadModel):
         """
         f, z, learned, counts, excess = self._parts(x)
         n = counts.sum(1).double()
-        hard = (RULE_SCORE + torch.log1p(n) + torch.log1p(excess)).to(learned.dtype)
+        hard = rule_score(n, excess).to(learned.dtype)
         return f, z, torch.where(n > 0, hard, learned)
 
     def score_logit(self, x: torch.Tensor, *, width: float = SURROGATE_WIDTH) -> torch.Tensor:
@@ -504,7 +504,7 @@ class AdversarialDetector(SadModel):
                 return logit
             counts, excess = self.check_layer(x)
             n = counts.sum(1).double()
-            hard = (RULE_LOGIT + torch.log1p(n) + torch.log1p(excess)).to(logit.dtype)
+            hard = rule_score(n, excess, RULE_LOGIT).to(logit.dtype)
             # the value of the rules, the gradient of the learned detector (straight through)
             return torch.where(n > 0, logit + (hard - logit).detach(), logit)
         finally:
