@@ -41,10 +41,9 @@ import sys
 import numpy as np
 import pandas as pd
 import torch
-from threats import PGD_EPS, add_run_options, benchmark_parser, mean_sd, prepare, quiet, seed_runs
+from threats import benign_cells, default_pipeline, mean_sd, run_seeds, split_cells
 
 import scadversarial as sad
-from scadversarial.tl._shifts import DEFAULT_SHIFTS
 from scadversarial.tl._space import other_counts, space_model, to_scaled
 
 N_PCS = 50  # principal components of the clean training cells (the detector's own reference keeps 50 too)
@@ -97,25 +96,17 @@ def _scaled_counts(c, clf, layer: str) -> np.ndarray:
 
 
 def run_one(raw, labels: str, seed: int) -> tuple[pd.DataFrame, dict]:
-    a, key = prepare(raw, labels, seed)
-    sad.tl.train_classifier(a, key, random_state=seed)
-    sad.tl.attack(a, "pgd", eps=PGD_EPS, random_state=seed)
-    sad.tl.train_detector(a, random_state=seed)
+    a, _ = default_pipeline(raw, labels, seed)
     clf = sad.get.model(a, "classifier").eval()
     det = sad.get.model(a, "detector")
-    split = a.obs["sad_split"].astype(str).to_numpy()
-    train, val, test = (a[split == s].copy() for s in ("train", "val", "test"))
+    train, val, test = split_cells(a)
     check = AlignmentCheck(clf, sad.tl.scaled_matrix(train, clf))
     thin = sad.tl.benign_shift(val, "thinning", amount=0.5, random_state=seed)
     cuts = [np.quantile(check.values(sad.tl.scaled_matrix(c, clf)), 1 - FPR) for c in (val, thin)]
     check.cut = float(max(cuts))
     info = {"labels": labels, "seed": seed, "cut": check.cut, "cut val": cuts[0], "cut val thin": cuts[1]}
     rows = []
-    benign = {"clean": test} | {
-        name: sad.tl.benign_shift(test, sh.kind, amount=sh.amount, random_state=seed + j)
-        for j, (name, sh) in enumerate(DEFAULT_SHIFTS.items())
-    }
-    for name, c in benign.items():
+    for name, c in benign_cells(test, seed).items():
         sad.tl.detect(c)
         d = c.obs["sad_adversarial"].to_numpy(bool)
         f = check.flags(sad.tl.scaled_matrix(c, clf))
@@ -186,9 +177,7 @@ def run_one(raw, labels: str, seed: int) -> tuple[pd.DataFrame, dict]:
 
 
 def main(argv=None) -> int:
-    args = add_run_options(benchmark_parser(__doc__, [0, 1, 2])).parse_args(argv)
-    quiet(args.threads)
-    got = seed_runs(args, run_one, ("table", "info"))
+    got = run_seeds(argv, __doc__, run_one, ("table", "info"))
     if got is None:
         return 1
     pd.set_option("display.width", 250)

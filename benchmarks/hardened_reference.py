@@ -38,11 +38,16 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from hardening import HARDENED
-from threats import PGD_EPS, add_run_options, benchmark_parser, mean_sd, prepare, quiet, seed_runs
+from threats import (
+    benign_cells,
+    default_pipeline,
+    mean_sd,
+    run_seeds,
+    split_cells,
+)
 
 import scadversarial as sad
 from scadversarial.models.classifier import CellClassifier
-from scadversarial.tl._shifts import DEFAULT_SHIFTS
 
 FPR = 0.01  # each check's budget of clean validation false alarms
 THIN_CALIB = 0.5
@@ -93,15 +98,11 @@ def threshold(s: np.ndarray) -> float:
 
 
 def run_one(raw, labels: str, seed: int) -> tuple[pd.DataFrame, dict]:
-    a, key = prepare(raw, labels, seed)
-    sad.tl.train_classifier(a, key, random_state=seed)
-    sad.tl.attack(a, "pgd", eps=PGD_EPS, random_state=seed)
-    sad.tl.train_detector(a, random_state=seed)
+    a, key = default_pipeline(raw, labels, seed)
     sad.tl.train_classifier(a, key, random_state=seed, key_added=HARD_KEY, **HARDENED)
     std, hard = sad.get.model(a, "classifier").eval(), sad.get.model(a, HARD_KEY).eval()
     det = sad.get.model(a, "detector")
-    split = a.obs["sad_split"].astype(str).to_numpy()
-    val, test = (a[split == s].copy() for s in ("val", "test"))
+    val, test = split_cells(a, ("val", "test"))
 
     def sc(c, layer=None):
         return scores(
@@ -146,11 +147,7 @@ def run_one(raw, labels: str, seed: int) -> tuple[pd.DataFrame, dict]:
                 r[f"evasion_{k}"] = (flip & ~d & ~f).mean()
         rows.append(r)
 
-    shifted = {"clean": test} | {
-        name: sad.tl.benign_shift(test, sh.kind, amount=sh.amount, random_state=seed + j)
-        for j, (name, sh) in enumerate(DEFAULT_SHIFTS.items())
-    }
-    for name, c in shifted.items():
+    for name, c in benign_cells(test, seed).items():
         sad.tl.detect(c)
         row("benign", name, c.obs["sad_adversarial"].to_numpy(bool), sc(c))
     clean_pred = std.predict_arrays(np.asarray(test.X, dtype=np.float32))[0].argmax(1)
@@ -218,11 +215,9 @@ def summary(tab: pd.DataFrame, infos: pd.DataFrame) -> None:
 
 
 def main(argv=None) -> int:
-    args = add_run_options(benchmark_parser(__doc__, [0, 1, 2])).parse_args(argv)
-    quiet(args.threads)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 40)
-    runs = seed_runs(args, run_one, ("table", "infos"))
+    runs = run_seeds(argv, __doc__, run_one, ("table", "infos"))
     if runs is None:
         return 1
     summary(runs["table"], runs["infos"])

@@ -34,18 +34,7 @@ import sys
 
 import numpy as np
 import pandas as pd
-from threats import (
-    KEY_ROWS,
-    PGD_EPS,
-    SPARE2_LAYER,
-    SPARE_LAYER,
-    add_run_options,
-    benchmark_parser,
-    prepare,
-    quiet,
-    seed_runs,
-    threats,
-)
+from threats import KEY_ROWS, default_pipeline, run_seeds, threats
 
 import scadversarial as sad
 from scadversarial.tl._space import other_counts, space_model, to_scaled
@@ -77,13 +66,7 @@ def _bench(a, det, seed: int, notes: list[str]) -> pd.DataFrame:
 
 
 def run_one(raw, labels: str, seed: int) -> tuple[pd.DataFrame, dict]:
-    a, key = prepare(raw, labels, seed)
-    counts = a.layers["counts"]
-    counts = counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts)
-    a.layers[SPARE_LAYER], a.layers[SPARE2_LAYER] = counts >= 2, counts >= 3
-    sad.tl.train_classifier(a, key, random_state=seed)
-    sad.tl.attack(a, "pgd", eps=PGD_EPS, random_state=seed)
-    sad.tl.train_detector(a, random_state=seed)
+    a, _ = default_pipeline(raw, labels, seed, spare_layers=True)
     d0 = sad.get.model(a, "detector")
     seed_layers = [str(x) for x in np.atleast_1d(sad.get.record(a, "attacks")["sad_pgd"]["layers"])]
     mixed = a.copy()
@@ -133,9 +116,7 @@ def run_one(raw, labels: str, seed: int) -> tuple[pd.DataFrame, dict]:
 
 
 def main(argv=None) -> int:
-    args = add_run_options(benchmark_parser(__doc__, [0, 1, 2])).parse_args(argv)
-    quiet(args.threads)
-    got = seed_runs(args, run_one, ("table", "info"))
+    got = run_seeds(argv, __doc__, run_one, ("table", "info"))
     if got is None:
         return 1
     pd.set_option("display.width", 250)

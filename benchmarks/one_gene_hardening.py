@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from hardening import HARDENED
-from threats import PGD_EPS, add_run_options, benchmark_parser, mean_sd, prepare, quiet, seed_runs
+from threats import PGD_EPS, mean_sd, prepare, run_seeds
 
 import scadversarial as sad
 from scadversarial.tl._gene_at_clip import CLIP_CANDIDATES, clean_gradient, evaluating
@@ -247,11 +247,9 @@ def summary(tab: pd.DataFrame, infos: pd.DataFrame) -> None:
 
 
 def main(argv=None) -> int:
-    args = add_run_options(benchmark_parser(__doc__, [0])).parse_args(argv)
-    quiet(args.threads)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 40)
-    runs = seed_runs(args, run_one, ("table", "infos"))
+    runs = run_seeds(argv, __doc__, run_one, ("table", "infos"), seeds=(0,))
     if runs is None:
         return 1
     summary(runs["table"], runs["infos"])

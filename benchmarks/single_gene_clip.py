@@ -53,12 +53,17 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import torch
-from threats import PGD_EPS, add_run_options, benchmark_parser, mean_sd, prepare, quiet, seed_runs
+from threats import (
+    benign_cells,
+    default_pipeline,
+    mean_sd,
+    run_seeds,
+    split_cells,
+)
 
 import scadversarial as sad
 from scadversarial.tl import GeneAtClip
 from scadversarial.tl._gene_at_clip import CLIP_CANDIDATES
-from scadversarial.tl._shifts import DEFAULT_SHIFTS
 from scadversarial.tl._space import other_counts, space_model, to_scaled
 
 CHECK_FPR = 0.005  # the check may flag at most this share of validation cells, clean and thinned
@@ -188,15 +193,11 @@ def _count_layers(c, clf, check: GeneMaxCheck, ceiling: float, ts: float) -> tup
 
 
 def run_one(raw, labels: str, seed: int) -> tuple[pd.DataFrame, dict]:
-    a, key = prepare(raw, labels, seed)
-    sad.tl.train_classifier(a, key, random_state=seed)
-    sad.tl.attack(a, "pgd", eps=PGD_EPS, random_state=seed)
-    sad.tl.train_detector(a, random_state=seed)
+    a, _ = default_pipeline(raw, labels, seed)
     clf = sad.get.model(a, "classifier").eval()
     ts = float(sad.get.record(a, "preprocess")["params"]["target_sum"])
     ceiling = float(np.log1p(ts))
-    split = a.obs["sad_split"].astype(str).to_numpy()
-    train, val, test = (a[split == s].copy() for s in ("train", "val", "test"))
+    train, val, test = split_cells(a)
     check = GeneMaxCheck(clf, sad.tl.scaled_matrix(train, clf))
     thin = sad.tl.benign_shift(val, "thinning", amount=THIN_CALIB, random_state=seed)
     Zval, Zthin = sad.tl.scaled_matrix(val, clf), sad.tl.scaled_matrix(thin, clf)
@@ -218,11 +219,7 @@ def run_one(raw, labels: str, seed: int) -> tuple[pd.DataFrame, dict]:
     strict.delta = 0.0  # the strictest check: no gene above its training maximum
     rows = []
     # benign: clean test cells and the shifts (seeds seed + j as benchmark_detectors)
-    shifted = {"clean": test} | {
-        name: sad.tl.benign_shift(test, sh.kind, amount=sh.amount, random_state=seed + j)
-        for j, (name, sh) in enumerate(DEFAULT_SHIFTS.items())
-    }
-    for name, c in shifted.items():
+    for name, c in benign_cells(test, seed).items():
         sad.tl.detect(c)
         d = c.obs["sad_adversarial"].to_numpy(bool)
         Z = sad.tl.scaled_matrix(c, clf)
@@ -302,11 +299,9 @@ def summary(tab: pd.DataFrame, infos: pd.DataFrame) -> None:
 
 
 def main(argv=None) -> int:
-    args = add_run_options(benchmark_parser(__doc__, [0, 1, 2])).parse_args(argv)
-    quiet(args.threads)
     pd.set_option("display.width", 250)
     t0 = time.perf_counter()
-    runs = seed_runs(args, run_one, ("table", "info"))
+    runs = run_seeds(argv, __doc__, run_one, ("table", "info"))
     if runs is None:
         return 1
     print(f"held-out PBMC3k test cells; total {time.perf_counter() - t0:.0f} s")

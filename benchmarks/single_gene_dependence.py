@@ -51,12 +51,17 @@ import numpy as np
 import pandas as pd
 import torch
 from single_gene_clip import _count_layers, _dense, _grad, _labels, _loss, count_cells
-from threats import PGD_EPS, add_run_options, benchmark_parser, mean_sd, prepare, quiet, seed_runs
+from threats import (
+    benign_cells,
+    default_pipeline,
+    mean_sd,
+    run_seeds,
+    split_cells,
+)
 
 import scadversarial as sad
 from scadversarial.tl import GeneAtClip
 from scadversarial.tl._gene_at_clip import CLIP_CANDIDATES
-from scadversarial.tl._shifts import DEFAULT_SHIFTS
 from scadversarial.tl._space import other_counts, to_scaled
 
 MARGINS = (1.5, 2.0, 3.0)
@@ -179,15 +184,11 @@ def _celltypes(c) -> np.ndarray:
 
 
 def run_one(raw, labels: str, seed: int) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
-    a, key = prepare(raw, labels, seed)
-    sad.tl.train_classifier(a, key, random_state=seed)
-    sad.tl.attack(a, "pgd", eps=PGD_EPS, random_state=seed)
-    sad.tl.train_detector(a, random_state=seed)
+    a, _ = default_pipeline(raw, labels, seed)
     clf = sad.get.model(a, "classifier").eval()
     det = sad.get.model(a, "detector")
     ts = float(sad.get.record(a, "preprocess")["params"]["target_sum"])
-    split = a.obs["sad_split"].astype(str).to_numpy()
-    train, val, test = (a[split == s].copy() for s in ("train", "val", "test"))
+    train, val, test = split_cells(a)
     Ztr = sad.tl.scaled_matrix(train, clf)
     share = ShareCheck(clf, ts, Ztr)
     occ = Occlusion(clf)
@@ -209,10 +210,7 @@ def run_one(raw, labels: str, seed: int) -> tuple[pd.DataFrame, dict, pd.DataFra
 
     rows, fa = [], []
     thin = sad.tl.benign_shift(val, "thinning", amount=THIN_CALIB, random_state=seed)
-    benign = {"val clean": val, "val thinning 50%": thin, "clean": test} | {
-        name: sad.tl.benign_shift(test, sh.kind, amount=sh.amount, random_state=seed + j)
-        for j, (name, sh) in enumerate(DEFAULT_SHIFTS.items())
-    }
+    benign = {"val clean": val, "val thinning 50%": thin} | benign_cells(test, seed)
     for name, c in benign.items():
         sad.tl.detect(c)
         d = c.obs["sad_adversarial"].to_numpy(bool)
@@ -309,11 +307,9 @@ def summary(tab: pd.DataFrame, infos: pd.DataFrame, fa: pd.DataFrame) -> None:
 
 
 def main(argv=None) -> int:
-    args = add_run_options(benchmark_parser(__doc__, [0, 1, 2])).parse_args(argv)
-    quiet(args.threads)
     pd.set_option("display.width", 250)
     t0 = time.perf_counter()
-    runs = seed_runs(args, run_one, ("table", "info", "fa"))
+    runs = run_seeds(argv, __doc__, run_one, ("table", "info", "fa"))
     if runs is None:
         return 1
     print(f"held-out PBMC3k test cells (val rows: validation cells); total {time.perf_counter() - t0:.0f} s")

@@ -373,15 +373,49 @@ def prepare(raw, labels: str, seed: int):
     return a, key
 
 
-def run_one(raw, labels: str, seed: int, notes: list[str], *, defences: bool = True) -> pd.DataFrame:
-    """The default pipeline and the benchmark for one label set and seed."""
+def default_pipeline(raw, labels: str, seed: int, *, spare_layers: bool = False):
+    """:func:`prepare`, then ``scadversarial run``'s pipeline with the seed: classifier, PGD at ``PGD_EPS``, detector.
+
+    ``spare_layers``: first the mask layers of the count attackers who spare genes at one (and two)
+    counts. Returns the AnnData and its label key.
+    """
     a, key = prepare(raw, labels, seed)
-    counts = a.layers["counts"]
-    counts = counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts)
-    a.layers[SPARE_LAYER], a.layers[SPARE2_LAYER] = counts >= 2, counts >= 3
+    if spare_layers:
+        counts = a.layers["counts"]
+        counts = counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts)
+        a.layers[SPARE_LAYER], a.layers[SPARE2_LAYER] = counts >= 2, counts >= 3
     sad.tl.train_classifier(a, key, random_state=seed)
     sad.tl.attack(a, "pgd", eps=PGD_EPS, random_state=seed)
     sad.tl.train_detector(a, random_state=seed)
+    return a, key
+
+
+def split_cells(a, subsets: tuple[str, ...] = ("train", "val", "test")) -> tuple:
+    """Copies of the cells of each split in ``subsets`` (``.obs['sad_split']``)."""
+    split = a.obs["sad_split"].astype(str).to_numpy()
+    return tuple(a[split == s].copy() for s in subsets)
+
+
+def benign_cells(cells, seed: int) -> dict:
+    """``cells`` ('clean') and the benchmark's benign shifts of them, seeds ``seed + j`` as ``benchmark_detectors``."""
+    from scadversarial.tl._shifts import DEFAULT_SHIFTS
+
+    return {"clean": cells} | {
+        name: sad.tl.benign_shift(cells, sh.kind, amount=sh.amount, random_state=seed + j)
+        for j, (name, sh) in enumerate(DEFAULT_SHIFTS.items())
+    }
+
+
+def run_seeds(argv, doc: str, run_one, parts: tuple[str, ...], seeds=(0, 1, 2)) -> dict[str, pd.DataFrame] | None:
+    """The command line of a benchmark run per label set and seed (:func:`add_run_options`), then :func:`seed_runs`."""
+    args = add_run_options(benchmark_parser(doc, list(seeds))).parse_args(argv)
+    quiet(args.threads)
+    return seed_runs(args, run_one, parts)
+
+
+def run_one(raw, labels: str, seed: int, notes: list[str], *, defences: bool = True) -> pd.DataFrame:
+    """The default pipeline and the benchmark for one label set and seed."""
+    a, key = default_pipeline(raw, labels, seed, spare_layers=True)
     det = sad.get.model(a, "detector")
     from scadversarial import detection
 
@@ -404,24 +438,13 @@ def false_alarms(raw, labels: str, seed: int) -> pd.DataFrame:
     """Per split and shift, the cells flagged by each rule and by the learned detector alone."""
     from scadversarial.detection import RULES
     from scadversarial.tl._input import classifier_input
-    from scadversarial.tl._shifts import DEFAULT_SHIFTS, benign_shift
 
-    a, key = prepare(raw, labels, seed)
-    sad.tl.train_classifier(a, key, random_state=seed)
-    sad.tl.attack(a, "pgd", eps=PGD_EPS, random_state=seed)
-    sad.tl.train_detector(a, random_state=seed)
+    a, _ = default_pipeline(raw, labels, seed)
     det, clf = sad.get.model(a, "detector"), sad.get.model(a, "classifier")
     method = sad.get.record(a, "detector")["metrics"]["threshold_method"]
-    split = a.obs["sad_split"].astype(str).to_numpy()
     rows = []
-    for subset in ("val", "test"):
-        cells = a[split == subset].copy()
-        # the benchmark's shifts and seeds (benchmark_detectors: random_state + j)
-        shifted = {"clean": cells} | {
-            name: benign_shift(cells, sh.kind, amount=sh.amount, random_state=seed + j)
-            for j, (name, sh) in enumerate(DEFAULT_SHIFTS.items())
-        }
-        for name, c in shifted.items():
+    for subset, cells in zip(("val", "test"), split_cells(a, ("val", "test")), strict=True):
+        for name, c in benign_cells(cells, seed).items():
             rep = det.explain_arrays(classifier_input(c, clf), progress_bar=False)
             ruled = rep.rule_counts.sum(1) > 0
             row = {"labels": labels, "seed": seed, "cells": subset, "shift": name, "n": len(ruled)}
