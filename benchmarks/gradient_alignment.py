@@ -44,7 +44,6 @@ import torch
 from threats import benign_cells, default_pipeline, mean_sd, run_seeds, split_cells
 
 import scadversarial as sad
-from scadversarial.tl._space import other_counts, space_model, to_scaled
 
 N_PCS = 50  # principal components of the clean training cells (the detector's own reference keeps 50 too)
 FPR = 0.01  # false alarms allowed on clean validation cells and on their half-depth thinning
@@ -89,12 +88,6 @@ class AlignmentCheck(torch.nn.Module):
         return self.values(Z) > self.cut
 
 
-def _scaled_counts(c, clf, layer: str) -> np.ndarray:
-    C = c.layers[layer]
-    C = C.toarray() if hasattr(C, "toarray") else np.asarray(C)
-    return to_scaled(space_model(c, clf, "counts"), np.asarray(C, dtype=np.float64), other_counts(c, clf.var_names))
-
-
 def run_one(raw, labels: str, seed: int) -> tuple[pd.DataFrame, dict]:
     a, _ = default_pipeline(raw, labels, seed)
     clf = sad.get.model(a, "classifier").eval()
@@ -128,7 +121,7 @@ def run_one(raw, labels: str, seed: int) -> tuple[pd.DataFrame, dict]:
             random_state=seed,
         )
         (lay,) = sad.get.attack_record(test, f"c{e:g}")["layers"]
-        layers[f"counts eps={e:g}"] = _scaled_counts(test, clf, lay)
+        layers[f"counts eps={e:g}"] = sad.tl.scaled_matrix(test, clf, lay)
         plain = f"inside the checks eps={e:g}"
         sweeps[f"inside the checks, knows the check eps={e:g}"] = [plain]
         for w in (0.0, *WEIGHTS):
@@ -136,7 +129,7 @@ def run_one(raw, labels: str, seed: int) -> tuple[pd.DataFrame, dict]:
             threat = sad.tl.InsideCountChecks(det, eps=e, key_added=f"i{e:g}w{w:g}", random_state=seed, **kw)
             ((lay, _),) = threat(test).items()
             name = plain if not w else f"inside the checks, knows the check, weight {w:g} eps={e:g}"
-            layers[name] = _scaled_counts(test, clf, lay)
+            layers[name] = sad.tl.scaled_matrix(test, clf, lay)
             if w:
                 sweeps[f"inside the checks, knows the check eps={e:g}"].append(name)
     for name, attacker in (

@@ -8,8 +8,8 @@ default pipeline as in ``threats.py`` (``prepare``, ``train_classifier``, PGD at
 
 - PGD in log space on expressed genes at 0.25 and 0.5 log units;
 - PGD on integer counts of expressed genes, +-1 and +-2 UMI;
-- ``InsideCountChecks(D0, eps)`` at 1 and 2 UMI (the count attacker who keeps the count checks silent),
-  converted to the classifier's scaled input.
+- ``InsideCountChecks(D0, eps)`` at 1 and 2 UMI (the count attacker who keeps the count checks silent;
+  its count layers, like the count PGD's, are read through the classifier's transform).
 
 ``D1`` is ``train_detector`` on the seed PGD layers and those six (``layers=``, same seed): its first
 layer (rules, count checks) is fitted on the same clean cells as ``D0``'s, so only the learned layer
@@ -37,7 +37,6 @@ import pandas as pd
 from threats import KEY_ROWS, default_pipeline, run_seeds, threats
 
 import scadversarial as sad
-from scadversarial.tl._space import other_counts, space_model, to_scaled
 
 LOG_EPS = (0.25, 0.5)  # log units, expressed genes
 UMI_EPS = (1, 2)  # UMI per expressed gene
@@ -45,18 +44,9 @@ MIX_KEY = "mix"  # attack records of the mix
 COLS = ["flip_rate", "auroc", "flagged", "evasion", "fpr", "pred_changed"]
 
 
-def _inside_layers(a, det, seed: int) -> list[str]:
-    """``InsideCountChecks(det, eps)`` on every cell, written as scaled layers; their names."""
-    clf = sad.get.model(a, "classifier")
-    view, other = space_model(a, clf, "counts"), other_counts(a, clf.var_names)
-    names = []
-    for e in UMI_EPS:
-        (lay,) = sad.tl.InsideCountChecks(det, eps=e, key_added=f"mix_inside{e}")(a)
-        counts = a.layers.pop(lay)
-        counts = counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts)
-        a.layers[f"mix_inside{e}_scaled"] = to_scaled(view, np.asarray(counts, dtype=np.float64), other)
-        names.append(f"mix_inside{e}_scaled")
-    return names
+def _inside_layers(a, det) -> list[str]:
+    """``InsideCountChecks(det, eps)`` on every cell; its count layers (recorded, so read in their space)."""
+    return [next(iter(sad.tl.InsideCountChecks(det, eps=e, key_added=f"mix_inside{e}")(a))) for e in UMI_EPS]
 
 
 def _bench(a, det, seed: int, notes: list[str]) -> pd.DataFrame:
@@ -88,7 +78,7 @@ def run_one(raw, labels: str, seed: int) -> tuple[pd.DataFrame, dict]:
         *seed_layers,
         *(str(x) for k in (f"{MIX_KEY}_log", f"{MIX_KEY}_counts") for x in np.atleast_1d(rec[k]["layers"])),
     ]
-    layers += _inside_layers(mixed, d0, seed)
+    layers += _inside_layers(mixed, d0)
     sad.tl.train_detector(mixed, layers=layers, random_state=seed)
     d1 = sad.get.model(mixed, "detector")
     m0, m1 = (sad.get.record(x, "detector")["metrics"] for x in (a, mixed))
