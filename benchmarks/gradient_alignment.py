@@ -66,6 +66,8 @@ class AlignmentCheck(torch.nn.Module):
         self.register_buffer("components", torch.as_tensor(vt[:N_PCS], dtype=torch.float32))
         self.cut = float("inf")
         self.threshold = 0.5  # sigmoid(score_logit) >= 0.5 exactly when cos >= cut
+        # evaluation mode for good: an attack restores the mode it found, and dropout would make the check random
+        self.eval()
 
     def cosine(self, x: torch.Tensor, *, graph: bool = False) -> torch.Tensor:
         with torch.enable_grad():  # the gradient is the statistic, also where the caller scores without one
