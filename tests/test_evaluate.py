@@ -6,6 +6,7 @@ import logging
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -125,3 +126,39 @@ def test_scores_of_a_replaced_detector_are_computed_again(pipeline68k, caplog):
     with caplog.at_level(logging.INFO, logger="scadversarial"):
         sad.tl.evaluate(a)  # the scores are current now: nothing is recomputed
     assert "scoring it again" not in caplog.text
+
+
+def test_unlabelled_cells_are_left_out_of_the_accuracy(evaluated, caplog):
+    """A partly annotated query set: NaN labels are left out of the accuracy rows, not counted as wrong."""
+    a, full = evaluated
+    a = a.copy()
+    test = np.flatnonzero(a.obs["sad_split"].astype(str).to_numpy() == "test")
+    gone = test[: len(test) // 3]
+    labels = a.obs["sad_label"].astype(object)
+    labels.iloc[gone] = np.nan
+    a.obs["sad_label"] = labels
+    with caplog.at_level(logging.WARNING, logger="scadversarial"):
+        sad.tl.evaluate(a)
+    assert f"{len(gone)} of {len(test)} evaluated cells have no label in adata.obs['sad_label']" in caplog.text
+    table = sad.get.evaluation_table(a)
+    kept = np.setdiff1d(test, gone)
+    y = a.obs["sad_label"].to_numpy()[kept].astype(str)
+    p = a.obs["sad_pred"].astype(str).to_numpy()[kept]
+    assert _value(table, "classifier", "accuracy", "overall") == pytest.approx((y == p).mean())
+    clf = table[table.section == "classifier"].set_index(["metric", "group"])
+    assert clf.loc[("accuracy", "overall"), "n_cells"] == len(kept)
+    assert clf.loc[("n_unlabelled", "overall"), "value"] == len(gone)
+    assert clf.loc[("n_unlabelled", "overall"), "n_cells"] == len(test)
+    assert set(clf.loc["accuracy"].index) == {"overall", *np.unique(y)}  # no class 'nan'
+    for c in np.unique(y):
+        assert _value(table, "classifier", "accuracy", c) == pytest.approx((p[y == c] == c).mean())
+    # rows that need no labels keep every evaluated cell: the same as with every label known
+    assert _value(full, "classifier", "n_unlabelled", "overall") == 0
+    for section in ("attack", "detector"):
+        pd.testing.assert_frame_equal(
+            table[table.section == section].reset_index(drop=True), full[full.section == section].reset_index(drop=True)
+        )
+    labels.iloc[test] = np.nan
+    a.obs["sad_label"] = labels
+    with pytest.raises(ValueError, match=r"adata\.obs\['sad_label'\].*labels_key="):
+        sad.tl.evaluate(a, detector_key=None)

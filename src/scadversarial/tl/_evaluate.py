@@ -63,7 +63,10 @@ def evaluate(
 
     Rows (``section``, ``metric``, ``group``):
 
-    - ``classifier``, ``accuracy``: clean accuracy against ``labels_key``; group ``'overall'`` or a class.
+    - ``classifier``, ``accuracy``: clean accuracy against ``labels_key`` on the evaluated cells
+      with a label; group ``'overall'`` or a class.
+    - ``classifier``, ``n_unlabelled``, group ``'overall'``: evaluated cells left out of the
+      ``accuracy`` rows for a missing label (NaN in ``labels_key``; logged as a warning).
     - ``attack``, ``flip_rate``: fraction of cells whose prediction leaves the attacked class; group
       an adversarial layer, ``'any'`` (flipped at some epsilon), or ``'<layer>|<class>'`` /
       ``'any|<class>'`` per attacked class.
@@ -76,8 +79,8 @@ def evaluate(
     An attack of a sample of cells (:func:`attack` with ``cells=``) holds rows for those cells only
     (``.obs['<attack_key>_attacked']``; the other rows of its layers are empty, not attacks): the
     ``attack`` and ``detector`` rows cover the evaluated cells that were attacked, both their clean
-    and their attacked versions, while the ``classifier`` rows cover every evaluated cell. The
-    ``n_cells`` column gives the cells behind each row.
+    and their attacked versions, while the ``classifier`` rows cover every evaluated cell (the
+    ``accuracy`` rows those with a label). The ``n_cells`` column gives the cells behind each row.
 
     Parameters
     ----------
@@ -86,7 +89,8 @@ def evaluate(
     attack_key
         Attack record in ``.uns['sad']['attacks']``.
     labels_key
-        True labels (default: the classifier's ``labels_key``).
+        True labels (default: the classifier's ``labels_key``). Cells without one (NaN) are left
+        out of the accuracy rows only; at least one evaluated cell needs a label.
     split_key, subset
         Evaluate cells with ``.obs[split_key] == subset`` (default the held-out ``'test'`` split);
         ``subset=None``: all cells. Of a sampled attack, the attacked ones among them.
@@ -111,7 +115,9 @@ def evaluate(
     ``.uns['sad'][key_added]``
         ``params`` (``attack_key``, ``labels_key``, ``split_key``, ``subset``, ``detector_key``,
         ``fpr_max``) and ``table``: the columns ``section``, ``metric``, ``group``, ``value`` and
-        ``n_cells`` as arrays (:func:`scadversarial.get.evaluation_table` gives the DataFrame).
+        ``n_cells`` as arrays (:func:`scadversarial.get.evaluation_table` gives the DataFrame);
+        its row ``('classifier', 'n_unlabelled', 'overall')`` holds the number of evaluated cells
+        left out of the accuracy rows for a missing label (``n_cells``: all evaluated cells).
 
     and, when scores are missing, stale or ``rescore=True``, what :func:`detect` writes for ``X`` and
     each adversarial layer (``.obs['sad_score*']``, ``.obs['sad_adversarial*']``,
@@ -131,7 +137,9 @@ def evaluate(
     check_adata(adata)
     clf_rec = get_record(adata, _keys.STEP_CLASSIFIER, producer="sad.tl.train_classifier")
     labels_key = labels_key or str(clf_rec["params"].get("labels_key", _keys.OBS_LABEL))
-    labels = check_obs_key(adata, labels_key).astype(str).to_numpy()
+    labels_col = check_obs_key(adata, labels_key)
+    labelled = labels_col.notna().to_numpy()  # NaN would become the string 'nan', a wrong call of every cell
+    labels = labels_col.astype(str).to_numpy()
     pred = check_obs_key(adata, _keys.OBS_PRED, producer="sad.tl.train_classifier").astype(str).to_numpy()
     layers = _attack_layers(adata, attack_key, None)
     att_rec = attack_record(adata, attack_key)
@@ -156,15 +164,33 @@ def evaluate(
             "or pass another subset (subset=None for all cells)."
         )
         raise ValueError(msg)
+    n_unlabelled = int((mask & ~labelled).sum())
+    if n_unlabelled == mask.sum():
+        where = "" if subset is None else f" with adata.obs[{split_key!r}] == {subset!r}"
+        msg = (
+            f"No evaluated cell{where} has a label in adata.obs[{labels_key!r}] (all NaN), so the classifier "
+            "accuracy has no cell to measure. Pass labels_key= naming a column with true labels, annotate "
+            "some of these cells, or pass another subset (subset=None for all cells)."
+        )
+        raise ValueError(msg)
+    if n_unlabelled:
+        logger.warning(
+            "evaluate: %d of %d evaluated cells have no label in adata.obs[%r] (NaN): the classifier accuracy "
+            "leaves them out; the attack and detector rows keep them.",
+            n_unlabelled,
+            int(mask.sum()),
+            labels_key,
+        )
     if copy:
         adata = adata.copy()
 
     rows: list[tuple] = []
-    y, p = labels[mask], pred[mask]
+    y, p = labels[mask & labelled], pred[mask & labelled]
     rows.append(("classifier", "accuracy", "overall", float((y == p).mean()), len(y)))
     for c in sorted(set(y)):
         sel = y == c
         rows.append(("classifier", "accuracy", c, float((p[sel] == c).mean()), int(sel.sum())))
+    rows.append(("classifier", "n_unlabelled", "overall", float(n_unlabelled), int(mask.sum())))
 
     t = target[amask]
     flips = {lay: adata.obs[_keys.pred_key(lay)].astype(str).to_numpy()[amask] != t for lay in layers}
