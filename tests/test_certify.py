@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import anndata as ad
 import matplotlib.pyplot as plt
 import numpy as np
@@ -213,3 +215,40 @@ def test_certified_accuracy_plot(certified68k):
     plt.close("all")
     with pytest.raises(KeyError, match="sad.tl.certify"):
         sad.pl.certified_accuracy(a, key="never_run")
+
+
+def test_unlabelled_cells_are_left_out_of_the_accuracies(certified68k, caplog):
+    """A partly annotated query set: NaN labels are left out of the accuracies and the curve, not counted as wrong."""
+    a = certified68k.copy()
+    gone = np.arange(0, a.n_obs, 3)  # a third of the cells lose their label
+    labels = a.obs["sad_label"].astype(object)
+    labels.iloc[gone] = np.nan
+    a.obs["sad_label"] = labels
+    with caplog.at_level(logging.WARNING, logger="scadversarial"):
+        sad.tl.certify(a, sigma=SIGMA, n_samples=100, key_added="partly")
+    assert f"{len(gone)} of {a.n_obs} measured cells have no label in adata.obs['sad_label']" in caplog.text
+    m = a.uns["sad"]["partly"]["metrics"]
+    assert m["n_unlabelled"] == len(gone)
+    assert m["n_cells"] == a.n_obs  # the label-free metrics keep every cell
+    pred = a.obs["partly_pred"].astype(str).to_numpy()
+    np.testing.assert_allclose(m["abstention"], (pred == ABSTAIN).mean())
+    kept = np.setdiff1d(np.arange(a.n_obs), gone)
+    correct = pred[kept] == a.obs["sad_label"].to_numpy()[kept].astype(str)
+    radius = a.obs["partly_radius"].to_numpy()[kept]
+    assert m["smoothed_accuracy"] == pytest.approx(correct.mean())
+    np.testing.assert_allclose(m["certified_accuracy"], [(correct & (radius >= r)).mean() for r in m["radii"]])
+    # the curve: the same cells, so at radius 0 the record's smoothed accuracy
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="scadversarial"):
+        ax = sad.pl.certified_accuracy(a, key="partly", show=False)
+    assert f"{len(gone)} of {a.n_obs} cells have no label" in caplog.text
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata()[0], m["smoothed_accuracy"])
+    assert f"n={len(kept)}, {len(gone)} unlabelled left out" in ax.get_title()
+    plt.close("all")
+    labels.iloc[:] = np.nan
+    a.obs["sad_label"] = labels
+    with pytest.raises(ValueError, match=r"adata\.obs\['sad_label'\].*CertifyOptions\(labels_key="):
+        sad.tl.certify(a, sigma=SIGMA, n_samples=10, key_added="none")
+    assert "none" not in a.uns["sad"]  # refused before any work
+    with pytest.raises(ValueError, match=r"adata\.obs\['sad_label'\].*labels_key="):
+        sad.pl.certified_accuracy(a, key="partly", show=False)

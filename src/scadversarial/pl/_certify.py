@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from .. import _keys, get
 from .._docs import doc_params
+from .._settings import logger
 from ..tl._certify import ABSTAIN
 from . import _utils as u
 
@@ -19,8 +20,35 @@ _FN = "certified_accuracy"
 _GRID_POINTS = 200
 
 
+def _labelled(adata: AnnData, cells: np.ndarray, labels_key: str, split: str | None) -> np.ndarray:
+    """The cells of ``cells`` with a true label: a missing one (NaN) is left out, never compared as ``'nan'``."""
+    known = adata.obs[labels_key].notna().to_numpy()
+    missing = int((cells & ~known).sum())
+    if missing == cells.sum():
+        where = "" if split is None else f" of split {split!r}"
+        msg = (
+            f"sad.pl.{_FN}: no cell{where} has a label in adata.obs[{labels_key!r}] (all NaN), so there is no "
+            "accuracy to plot. Pass labels_key= naming a column with true labels, annotate some of these "
+            "cells, or pass another split (split=None for all cells)."
+        )
+        raise ValueError(msg)
+    if missing:
+        logger.warning(
+            "sad.pl.%s: %d of %d cells have no label in adata.obs[%r] (NaN): the curves leave them out; "
+            "the abstention rates keep them.",
+            _FN,
+            missing,
+            int(cells.sum()),
+            labels_key,
+        )
+    return cells & known
+
+
 def _curve(adata: AnnData, key: str, cells: np.ndarray, labels_key: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """``(radius, certified accuracy, record)`` of one certification, the curve on the radii the cells reached."""
+    """``(radius, certified accuracy, record)`` of one certification on ``cells`` (all labelled).
+
+    The curve is on the radii the cells reached.
+    """
     try:
         rec = get.record(adata, key)
     except KeyError as e:
@@ -52,8 +80,10 @@ def certified_accuracy(
     (:func:`~scadversarial.tl.certify`) is correct *and* certified at a radius of at least ``r``:
     a lower bound on the smoothed classifier's accuracy against any change of the log-expression of
     L2 norm below ``r`` (with probability ``1 - alpha`` per cell). Abstaining cells count as wrong;
-    the value at ``r = 0`` is the smoothed classifier's accuracy. One curve per certification
-    (e.g. one per noise level ``sigma``), labelled with its ``sigma`` and abstention rate.
+    the value at ``r = 0`` is the smoothed classifier's accuracy. Cells without a label (NaN in
+    ``labels_key``) are left out of the curves (a warning says how many), not of the abstention
+    rates. One curve per certification (e.g. one per noise level ``sigma``), labelled with its
+    ``sigma`` and abstention rate.
 
     Parameters
     ----------
@@ -86,11 +116,12 @@ def certified_accuracy(
         raise ValueError(msg)
     cells = u.cell_mask(adata, split, _FN)
     labels_key = u.labels_key(adata, labels_key, _FN)
+    labelled = _labelled(adata, cells, labels_key, split)
     ax_given = ax is not None
     fig, ax = u.new_axes(ax, (4.5, 3.2))
     colors = u.default_palette(len(keys))
     for k, color in zip(keys, colors, strict=True):
-        grid, acc, rec = _curve(adata, k, cells, labels_key)
+        grid, acc, rec = _curve(adata, k, labelled, labels_key)
         abstain = float(np.mean(adata.obs[_keys.certified_pred_key(k)].astype(str).to_numpy()[cells] == ABSTAIN))
         sigma = rec.get("params", {}).get("sigma")
         name = f"σ={float(sigma):g}" if sigma is not None else k
@@ -100,6 +131,8 @@ def certified_accuracy(
     ax.set_ylim(0, 1)
     ax.set_xlim(left=0)
     where = "all cells" if split is None else f"{split} cells"
-    ax.set_title(f"randomized smoothing, {where} (n={int(cells.sum())})", fontsize=9)
+    left_out = int(cells.sum() - labelled.sum())
+    n = f"n={int(labelled.sum())}" + (f", {left_out} unlabelled left out" if left_out else "")
+    ax.set_title(f"randomized smoothing, {where} ({n})", fontsize=9)
     ax.legend(fontsize=7, frameon=False)
     return u.finish(fig, ax, show=show, return_fig=return_fig, ax_given=ax_given)

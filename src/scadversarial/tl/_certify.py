@@ -62,7 +62,8 @@ class CertifyOptions:
     split_key
         ``.obs`` column of the split (:func:`~scadversarial.pp.split`).
     labels_key
-        ``.obs`` column of the true labels (default: the classifier's training labels).
+        ``.obs`` column of the true labels (default: the classifier's training labels). Cells
+        without one (NaN) are left out of the accuracies only.
     random_state
         Seed of the noise (a local torch generator; the global random state is left unchanged).
     rows_per_pass
@@ -256,10 +257,43 @@ def _measured(adata: AnnData, classifier, clf: CellClassifier, opts: CertifyOpti
     return cells, params.get("labels_key")
 
 
+def _truth(adata: AnnData, labels_key: str | None, cells: np.ndarray, split: str | None) -> np.ndarray | None:
+    """Per cell the true label as a string, or ``None`` where it is missing (NaN); ``None`` without the column.
+
+    Checked before any work: a missing label is left out of the accuracies (a warning says how many),
+    never compared as the string ``'nan'``; measured cells without any label are an error.
+    """
+    if labels_key is None or labels_key not in adata.obs:
+        return None
+    col = adata.obs[labels_key]
+    known = col.notna().to_numpy()
+    missing = int((cells & ~known).sum())
+    if cells.any() and missing == cells.sum():
+        where = "" if split is None else f" of split {split!r}"
+        msg = (
+            f"No measured cell{where} has a label in adata.obs[{labels_key!r}] (all NaN), so the accuracy has no "
+            "cell to measure. Pass options=CertifyOptions(labels_key=...) naming a column with true labels, "
+            "annotate some of these cells, or pass another split (split=None for all cells)."
+        )
+        raise ValueError(msg)
+    if missing:
+        logger.warning(
+            "certify: %d of %d measured cells have no label in adata.obs[%r] (NaN): the accuracies leave them "
+            "out; abstention and mean_radius keep them.",
+            missing,
+            int(cells.sum()),
+            labels_key,
+        )
+    return np.where(known, col.astype(str).to_numpy(), None)
+
+
 def _metrics(
     cert: Certificate, classes: list[str], truth: np.ndarray | None, cells: np.ndarray, opts: CertifyOptions
 ) -> dict:
-    """Abstention and certified accuracy on ``cells``; accuracy only with the true labels ``truth``."""
+    """Abstention and certified accuracy on ``cells``; accuracy only with the true labels ``truth``.
+
+    Accuracies are over the cells of ``cells`` with a label (``truth`` not ``None``).
+    """
     out = {
         "n_cells": int(cells.sum()),
         "abstention": float((cert.pred[cells] < 0).mean()) if cells.any() else float("nan"),
@@ -267,10 +301,12 @@ def _metrics(
         "radii": np.asarray(opts.radii, dtype=np.float64),
     }
     if truth is not None:
-        called = np.asarray([*classes, ABSTAIN], dtype=object)[cert.pred[cells]]
-        correct = called == truth[cells]
-        out["smoothed_accuracy"] = float(correct.mean()) if cells.any() else float("nan")
-        out["certified_accuracy"] = certified_accuracy(correct, cert.radius[cells], opts.radii)
+        labelled = cells & pd.notna(truth)
+        called = np.asarray([*classes, ABSTAIN], dtype=object)[cert.pred[labelled]]
+        correct = called == truth[labelled]
+        out["smoothed_accuracy"] = float(correct.mean()) if labelled.any() else float("nan")
+        out["certified_accuracy"] = certified_accuracy(correct, cert.radius[labelled], opts.radii)
+        out["n_unlabelled"] = int((cells & ~labelled).sum())
     return out
 
 
@@ -343,7 +379,9 @@ def certify(
         ``options.split``: ``n_cells``, ``abstention`` (fraction abstaining), ``mean_radius``,
         ``radii``, and, when the true labels are known, ``labels_key``, ``smoothed_accuracy``
         (correct smoothed calls) and ``certified_accuracy`` (per radius in ``radii``: correct
-        and certified at least that radius), plus ``seconds`` (wall time).
+        and certified at least that radius), both over the cells with a label, and
+        ``n_unlabelled`` (cells left out of both for a missing label, NaN in ``labels_key``;
+        logged as a warning), plus ``seconds`` (wall time).
 
     Examples
     --------
@@ -369,7 +407,7 @@ def certify(
         raise ValueError(msg)
     X = matrix_for_genes(adata, clf.var_names, layer)
     cells, labels_key = _measured(adata, classifier, clf, opts)
-    truth = None if labels_key not in adata.obs else adata.obs[labels_key].astype(str).to_numpy()
+    truth = _truth(adata, labels_key, cells, opts.split)
     if copy:
         adata = adata.copy()
 
