@@ -722,3 +722,34 @@ def test_score_logit_sees_the_rules_as_a_value_not_a_gradient(rules3k):
     )
     (g_learned,) = torch.autograd.grad(learned.sum(), xl)
     torch.testing.assert_close(g, g_learned)
+
+
+@pytest.mark.parametrize("n_missing", [1, 50])
+def test_filled_genes_break_no_rule(rules3k, caplog, n_missing):
+    """Genes filled by missing='fill' are unexpressed for the rules: a clean query is flagged as without them.
+
+    The learned detector reads them at the training mean (scaled 0), a value no count gives: the rules
+    reading it would flag every cell off the lattice. Also for a count layer, which fills a count of 0.
+    """
+    a, test = rules3k
+    det = sad.get.model(a, "detector")
+    b = test.copy()
+    sad.tl.detect(b, [None, "counts"], model=det)
+    drop = np.random.default_rng(n_missing).choice(b.n_vars, n_missing, replace=False)
+    q = b[:, np.setdiff1d(np.arange(b.n_vars), drop)].copy()
+    with caplog.at_level(logging.WARNING, logger="scadversarial"):
+        sad.tl.detect(q, model=det, missing="fill")
+    filled = [r for r in caplog.records if "Filled" in r.getMessage()]
+    assert len(filled) == 1, [r.getMessage() for r in filled]  # once per call, not once per read
+    assert f"Filled {n_missing} missing genes" in filled[0].getMessage()
+    sad.tl.detect(q, "counts", model=det, missing="fill")
+    for key in ("", "_counts"):
+        clean_rate = b.obs[f"sad_adversarial{key}"].mean()
+        assert abs(q.obs[f"sad_adversarial{key}"].mean() - clean_rate) <= 0.03, key
+        reasons = set(q.obs[f"sad_reason{key}"].astype(str))
+        assert "off lattice" not in reasons, (key, reasons)
+        assert reasons <= {"", "learned", "few single counts", "few double counts"}, (key, reasons)
+        # the learned score barely moves: the filled genes sit where the classifier expects them on average
+        kept = (b.obs[f"sad_score{key}"] <= 1) & (q.obs[f"sad_score{key}"] <= 1)
+        r = np.corrcoef(b.obs[f"sad_score{key}"][kept], q.obs[f"sad_score{key}"][kept])[0, 1]
+        assert r > (0.99 if n_missing == 1 else 0.8), (key, r)

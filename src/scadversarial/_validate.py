@@ -6,7 +6,9 @@ Every check raises before anything is written, so a failing call leaves the AnnD
 from __future__ import annotations
 
 import difflib
-from collections.abc import Collection, Hashable, Mapping
+from collections.abc import Collection, Hashable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import numpy as np
@@ -20,6 +22,8 @@ N_SHOWN = 10  # names listed in an error message before '...': enough to recogni
 CLOSE_MATCH_CUTOFF = 0.6  # difflib's default similarity: catches one-letter typos and case slips, not unrelated names
 
 MissingPolicy = Literal["raise", "fill"]  # what to do with genes a model needs and the AnnData lacks
+#: set while a caller that already warned about filled genes reads them again (chunk by chunk): one warning per call
+_QUIET_FILL: ContextVar[bool] = ContextVar("sad_quiet_fill", default=False)
 
 T = TypeVar("T")
 
@@ -344,6 +348,35 @@ def h5ad_safe(obj: Any) -> Any:
     return str(obj)
 
 
+@contextmanager
+def quiet_fill() -> Iterator[None]:
+    """Within the block, genes filled by ``missing='fill'`` are not logged (the caller logged them once).
+
+    A context variable, so it holds in the thread (or dask task) that enters the block: a chunked
+    reader enters it in each chunk's function.
+    """
+    token = _QUIET_FILL.set(True)
+    try:
+        yield
+    finally:
+        _QUIET_FILL.reset(token)
+
+
+def absent_genes(adata: AnnData, var_names) -> np.ndarray:
+    """Per gene of ``var_names`` (a model's genes): ``True`` when ``adata.var_names`` lacks it."""
+    return adata.var_names.get_indexer(pd.Index([str(v) for v in var_names])) < 0
+
+
+def warn_filled(adata: AnnData, var_names, how: str) -> None:
+    """Log once that the genes of ``var_names`` missing from ``adata`` were filled, and with what (``how``)."""
+    from ._settings import logger
+
+    absent = absent_genes(adata, var_names)
+    if absent.any() and not _QUIET_FILL.get():
+        names = [str(v) for v in np.asarray(var_names)[absent][:N_SHOWN]]
+        logger.warning("Filled %d missing genes %s: %s", int(absent.sum()), how, names)
+
+
 def matrix_for_genes(
     adata: AnnData,
     var_names,
@@ -359,13 +392,12 @@ def matrix_for_genes(
     ----------
     missing
         ``'raise'``: a :class:`KeyError` naming the missing genes; ``'fill'``: fill them with
-        ``fill_value`` (0 is the training mean in scaled space) and log a warning.
+        ``fill_value`` (0 is the training mean in scaled space) and log a warning (not inside
+        :func:`quiet_fill`).
     check
         Check that the matrix is finite (as :func:`get_matrix`).
 
     """
-    from ._settings import logger
-
     check_choice("missing", missing, MissingPolicy)
     var_names = pd.Index([str(v) for v in var_names])
     if adata.var_names.equals(var_names):
@@ -387,6 +419,5 @@ def matrix_for_genes(
     if is_dask(cols):
         cols = cols.compute()
     out[:, ok] = cols.toarray() if sp.issparse(cols) else np.asarray(cols)
-    if len(absent):
-        logger.warning("Filled %d missing genes with %g: %s", len(absent), fill_value, list(absent[:N_SHOWN]))
+    warn_filled(adata, var_names, f"with {fill_value:g}")
     return out

@@ -26,7 +26,9 @@ from .._validate import (
     get_matrix,
     h5ad_safe,
     matrix_name,
+    quiet_fill,
     set_record,
+    warn_filled,
 )
 from ..models._adversarial import (
     AdversarialTraining,
@@ -53,7 +55,7 @@ from ._input import classifier_input, read_input, x_source
 from ._metrics import classification_metrics
 from ._models import get_model, set_model_reference
 from ._shifts import library_counts
-from ._space import other_counts, source_layers, target_sum, to_scaled
+from ._space import FILLED_AT_MEAN, other_counts, source_layers, target_sum, to_scaled
 
 #: training cells densified at once while taking each gene's minimum for the weak-input filter
 #: (4,096 cells x 2,000 genes in float32 is 32 MB, whatever the number of cells)
@@ -508,7 +510,8 @@ def _input_outputs(
     device: str,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(logits, embedding)`` of a chunk's ``X`` (read from ``source``, :func:`x_source`) or layer, as the classifier's input."""
-    X = read_input(chunk, model, layer, source=source, missing=missing)
+    with quiet_fill():  # :func:`predict` logged the filled genes once
+        X = read_input(chunk, model, layer, source=source, missing=missing)
     return model.predict_arrays(X, batch_size=batch_size, device=device)
 
 
@@ -545,7 +548,7 @@ def predict(
         Matrix to classify (default ``X``), e.g. an attack layer.
     missing
         ``'raise'`` (default): a :class:`KeyError` names genes the model needs that ``adata``
-        lacks; ``'fill'``: fill them with the training mean (logged).
+        lacks; ``'fill'``: fill them with the training mean, 0 once scaled (logged once).
     copy
         Return a new AnnData instead of modifying ``adata``.
     model
@@ -571,7 +574,10 @@ def predict(
     require_every_row(adata, layer, caller="sad.tl.predict")
     if is_chunked(adata, layers=_layers(layer)):
         # X's input check (and its fallback to .layers['sad_lognorm']) decided once, on the whole AnnData
-        source = x_source(adata, model, missing=missing) if layer in (None, "X") else None
+        if missing == "fill":
+            warn_filled(adata, model.var_names, FILLED_AT_MEAN)
+        with quiet_fill():
+            source = x_source(adata, model, missing=missing) if layer in (None, "X") else None
         fn = partial(_input_outputs, model=model, layer=layer, source=source, missing=missing, **_forward_options())
         needed = (*source_layers(adata, layer), *((source,) if source is not None else ()))
         outputs = _joined(map_chunks(adata, fn, layers=needed), model)

@@ -20,17 +20,17 @@ import torch
 from anndata import AnnData
 
 from .._settings import settings
-from .._validate import matrix_for_genes
+from .._validate import absent_genes, matrix_for_genes, quiet_fill, warn_filled
 from ..detection import compute_meta_features, non_integer_counts
 from ..detection._features import InputConsistency
-from ..detection._rule_layer import FLAG_REASONS, LEARNED, NON_INTEGER, combine, rule_reasons
+from ..detection._rule_layer import CHECKS, FLAG_REASONS, LEARNED, NON_INTEGER, combine, rule_reasons
 from ..models.classifier import CellClassifier
 from ..models.detector import AdversarialDetector, DetectorReport
 from ._attack_record import attacked_cells
 from ._chunks import is_chunked, map_chunks
 from ._input import read_input, x_source
 from ._models import get_model
-from ._space import layer_space, source_layers
+from ._space import FILLED_AT_MEAN, layer_space, source_layers, zero_count_scaled
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,8 @@ class ChunkReader:
 
     def inputs(self, chunk: AnnData) -> list[np.ndarray]:
         """The chunk's matrices as the model's scaled input, one per layer."""
-        return [read_input(chunk, self.model, lay, source=self.source, missing=self.missing) for lay in self.layers]
+        with quiet_fill():  # :func:`chunk_reader` logged the filled genes once
+            return [read_input(chunk, self.model, lay, source=self.source, missing=self.missing) for lay in self.layers]
 
 
 def layer_list(layer) -> list[str | None]:
@@ -88,8 +89,17 @@ results equal those of the whole matrix bit for bit."""
 def chunk_reader(
     adata: AnnData, model, layers, *, missing: str, batch_size: int | None, device: str | None
 ) -> ChunkReader:
-    """How :func:`detect` and :func:`meta_features` read ``layers`` chunk by chunk (``X``'s source decided once)."""
-    source = x_source(adata, model, missing=missing) if any(lay in (None, "X") for lay in layers) else None
+    """How :func:`detect` and :func:`meta_features` read ``layers`` chunk by chunk (``X``'s source decided once).
+
+    Genes filled by ``missing='fill'`` are logged here, once, not by every chunk.
+    """
+    if missing == "fill":
+        how = FILLED_AT_MEAN
+        if isinstance(model, AdversarialDetector) and model.has_rules:
+            how += "; the plausibility rules read them as unexpressed (a zero count)"
+        warn_filled(adata, model.var_names, how)
+    with quiet_fill():
+        source = x_source(adata, model, missing=missing) if any(lay in (None, "X") for lay in layers) else None
     return ChunkReader(
         model,
         tuple(layers),
@@ -104,7 +114,11 @@ def chunk_reader(
 DOC_SCORING = """\
 missing
     ``'raise'``: a :class:`KeyError` names genes the model needs and ``adata`` lacks; ``'fill'``:
-    fill them with the training mean (logged).
+    fill them (logged once). A filled gene sits at its training mean (0 once scaled) for the
+    learned detector and the meta-features: the value the classifier saw on average, which moves
+    the learned score least. The plausibility rules and count checks (``detect``) read it as a zero
+    count, the scaled value of log 0, ``clip((0 - mean) / std)``: no count gives the mean, so at the
+    mean every cell would break the lattice rule, while an unexpressed gene breaks no rule.
 batch_size
     Cells per batch (default ``sad.settings.batch_size``).
 device
@@ -183,22 +197,54 @@ def on_all_cells(values: np.ndarray, cells: np.ndarray | None, fill) -> np.ndarr
     return out
 
 
-def non_integer(adata: AnnData, model: AdversarialDetector, layer: str | None) -> np.ndarray:
-    """Per cell, non-integer entries of a count-space layer on the model's genes (0: other spaces, no rules)."""
+def non_integer(adata: AnnData, model: AdversarialDetector, layer: str | None, *, missing: str = "raise") -> np.ndarray:
+    """Per cell, non-integer entries of a count-space layer on the model's genes (0: other spaces, no rules).
+
+    A gene filled by ``missing='fill'`` counts 0, an integer.
+    """
     if not model.has_rules or layer_space(adata, layer) != "counts":
         return np.zeros(adata.n_obs, dtype=np.int64)
-    return non_integer_counts(matrix_for_genes(adata, model.var_names, layer))
+    return non_integer_counts(matrix_for_genes(adata, model.var_names, layer, missing=missing))
+
+
+@torch.no_grad()
+def filled_checks(
+    model: AdversarialDetector, M: np.ndarray, absent: np.ndarray, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(check counts, excess)`` of scaled ``M`` with its filled genes ``absent`` read as a zero count.
+
+    The learned detector reads a filled gene at its training mean (:func:`read_input`), a value no
+    count gives: the rules would flag every cell off the lattice, so they read an unexpressed gene instead.
+    """
+    R = M.copy()
+    R[:, absent] = zero_count_scaled(model)[absent]
+    dev = model.classifier.transform.mean.device
+    counts, excess = [], []
+    for s in range(0, R.shape[0], batch_size):
+        c, e = model.check_layer(torch.as_tensor(R[s : s + batch_size], dtype=torch.float32, device=dev))
+        counts.append(c.cpu().numpy())
+        excess.append(e.cpu().numpy())
+    if not counts:
+        return np.zeros((0, len(CHECKS)), np.int64), np.zeros(0, np.float64)
+    return np.concatenate(counts), np.concatenate(excess)
 
 
 def detect_chunk(chunk: AnnData, reader: ChunkReader) -> list[tuple[DetectorReport, np.ndarray]]:
     """Per layer, the detector's report on one chunk and its non-integer counts (one matrix dense at a time)."""
+    model = reader.model
+    absent = absent_genes(chunk, model.var_names) if reader.missing == "fill" else None
     out = []
-    for lay in reader.layers:
-        M = read_input(chunk, reader.model, lay, source=reader.source, missing=reader.missing)
-        rep = reader.model.explain_arrays(
-            M, batch_size=reader.batch_size, device=reader.device, progress_bar=reader.progress
-        )
-        out.append((rep, non_integer(chunk, reader.model, lay)))
+    with quiet_fill():  # :func:`chunk_reader` logged the filled genes once
+        for lay in reader.layers:
+            M = read_input(chunk, model, lay, source=reader.source, missing=reader.missing)
+            rep = model.explain_arrays(
+                M, batch_size=reader.batch_size, device=reader.device, progress_bar=reader.progress
+            )
+            if absent is not None and absent.any() and model.has_rules:
+                counts, excess = filled_checks(model, M, absent, reader.batch_size)
+                score = combine(rep.learned, counts.sum(1), excess).astype(np.float32)
+                rep = replace(rep, score=score, rule_counts=counts, excess=excess)
+            out.append((rep, non_integer(chunk, model, lay, missing=reader.missing)))
     return out
 
 
@@ -208,7 +254,8 @@ def meta_chunk(
     """Per layer, the meta-features of one chunk: the detector's own, or the classifier's with ``input_ref``."""
     out = []
     for lay in reader.layers:
-        M = read_input(chunk, reader.model, lay, source=reader.source, missing=reader.missing)
+        with quiet_fill():  # :func:`chunk_reader` logged the filled genes once
+            M = read_input(chunk, reader.model, lay, source=reader.source, missing=reader.missing)
         if isinstance(reader.model, AdversarialDetector):
             f = reader.model.score_arrays(
                 M, batch_size=reader.batch_size, device=reader.device, progress_bar=reader.progress
@@ -277,6 +324,7 @@ __all__ = [
     "concat_reports",
     "detector_features",
     "detect_chunk",
+    "filled_checks",
     "meta_chunk",
     "non_integer",
     "on_all_cells",

@@ -17,7 +17,7 @@ from anndata import AnnData
 from .. import _keys
 from .._docs import doc_params
 from .._settings import logger, settings
-from .._validate import MissingPolicy, check_choice, matrix_for_genes
+from .._validate import MissingPolicy, absent_genes, check_choice, matrix_for_genes, quiet_fill, warn_filled
 from ..models.classifier import SPACES, Space, SpaceClassifier
 from ._chunks import x_is_lognorm
 from ._fragments import doc_example_classifier
@@ -112,7 +112,7 @@ def target_sum(adata: AnnData) -> float:
     raise ValueError(msg)
 
 
-def other_counts(adata: AnnData, var_names) -> np.ndarray:
+def other_counts(adata: AnnData, var_names, *, missing: MissingPolicy = "raise") -> np.ndarray:
     """Per cell, its counts outside the genes ``var_names`` (float64): the library ``N - sum(c_kept)``.
 
     ``sad.pp.preprocess`` normalized each cell by its total ``N`` over all genes, while
@@ -120,7 +120,9 @@ def other_counts(adata: AnnData, var_names) -> np.ndarray:
     counts ``c`` and log-normalized values ``l = log1p(c * target_sum / N)``:
     ``N = target_sum * sum(c) / sum(expm1(l))`` (rounded, counts being integers). A cell with no
     count in the kept genes takes ``.obs['total_counts']`` or ``.obs['n_counts']`` when present,
-    else the median library (its normalized values are all zero whatever ``N``).
+    else the median library (its normalized values are all zero whatever ``N``). With
+    ``missing='fill'``, genes of ``var_names`` that ``adata`` lacks count 0 in both layers: ``N`` is
+    recovered from the others, and their counts, if any, are among the counts outside.
 
     Examples
     --------
@@ -135,8 +137,8 @@ def other_counts(adata: AnnData, var_names) -> np.ndarray:
         if key not in adata.layers:
             msg = f"Count space needs adata.layers[{key!r}], written by `sad.pp.preprocess` from raw counts."
             raise KeyError(msg)
-    C = matrix_for_genes(adata, var_names, _keys.LAYER_COUNTS).astype(np.float64)
-    L = matrix_for_genes(adata, var_names, _keys.LAYER_LOGNORM).astype(np.float64)
+    C = matrix_for_genes(adata, var_names, _keys.LAYER_COUNTS, missing=missing).astype(np.float64)
+    L = matrix_for_genes(adata, var_names, _keys.LAYER_LOGNORM, missing=missing).astype(np.float64)
     kept = C.sum(1)
     expr = np.expm1(L).sum(1)
     has = (kept > 0) & (expr > 0)
@@ -177,6 +179,10 @@ def to_scaled(
     return out
 
 
+#: how a gene filled by ``missing='fill'`` is filled, as the warning says it
+FILLED_AT_MEAN = "at their training mean (0 once scaled)"
+
+
 @doc_params(doc_example_classifier=doc_example_classifier)
 def scaled_matrix(
     adata: AnnData, model: torch.nn.Module, layer: str | None = None, *, missing: MissingPolicy = "raise"
@@ -196,8 +202,9 @@ def scaled_matrix(
     layer
         ``None`` for ``X``, else a layer name.
     missing
-        ``'raise'`` or ``'fill'`` for genes the model needs and ``adata`` lacks (scaled and log space;
-        a filled gene sits at the training mean, 0 once scaled).
+        ``'raise'`` or ``'fill'`` for genes the model needs and ``adata`` lacks. A filled gene sits
+        at its training mean, 0 once scaled, in every space: the value the classifier saw on average,
+        so its outputs move least (a count layer's other genes are normalized without it; logged once).
 
     Returns
     -------
@@ -213,12 +220,23 @@ def scaled_matrix(
     """
     space = layer_space(adata, layer)
     clf = model if hasattr(model, "transform") else model.classifier  # a detector scores with its classifier copy
-    if space == "scaled":
-        return matrix_for_genes(adata, model.var_names, layer, missing=missing)
-    if space == "log":
-        return log_scaled(adata, model, layer, missing=missing)
-    X = matrix_for_genes(adata, model.var_names, layer)
-    return to_scaled(space_model(adata, clf, space), X, other_counts(adata, model.var_names))
+    with quiet_fill():  # a log or count gene is filled with 0 first, then set to the mean below: one warning, exact
+        X = matrix_for_genes(adata, model.var_names, layer, missing=missing)
+        if space == "log":
+            X = to_scaled(space_model(adata, clf, "log"), X)
+        elif space == "counts":
+            X = to_scaled(space_model(adata, clf, space), X, other_counts(adata, model.var_names, missing=missing))
+    return _at_mean(adata, model, X, missing)
+
+
+def _at_mean(adata: AnnData, model: torch.nn.Module, Z: np.ndarray, missing: MissingPolicy) -> np.ndarray:
+    """``Z`` (scaled) with the genes ``adata`` lacks at their training mean, 0 once scaled (``missing='fill'``, logged)."""
+    if missing == "fill":
+        absent = absent_genes(adata, model.var_names)
+        if absent.any():
+            Z[:, absent] = 0.0
+            warn_filled(adata, model.var_names, FILLED_AT_MEAN)
+    return Z
 
 
 def log_scaled(
@@ -226,11 +244,21 @@ def log_scaled(
 ) -> np.ndarray:
     """A log-space matrix (``X`` or a layer) through the model's transform; missing genes (``'fill'``) at the training mean."""
     clf = model if hasattr(model, "transform") else model.classifier
-    L = matrix_for_genes(adata, model.var_names, layer, missing=missing, fill_value=np.nan)
-    absent = np.isnan(L).all(0) if missing == "fill" and L.size else np.zeros(L.shape[1], bool)
-    if absent.any():  # filled genes sit at the training mean, i.e. 0 once scaled, as missing='fill' does for X
-        L[:, absent] = clf.transform.mean.detach().cpu().numpy()[absent]
-    return to_scaled(space_model(adata, clf, "log"), L)
+    with quiet_fill():
+        L = matrix_for_genes(adata, model.var_names, layer, missing=missing)
+    return _at_mean(adata, model, to_scaled(space_model(adata, clf, "log"), L), missing)
+
+
+def zero_count_scaled(model: torch.nn.Module) -> np.ndarray:
+    """Per gene of ``model``, the scaled value of a zero count (log value 0): ``clip((0 - mean) / std)`` (float32).
+
+    What an unexpressed gene reads as; the plausibility rules read a gene filled by ``missing='fill'``
+    so, since no count gives its training mean (:func:`~scadversarial.tl.detect`).
+    """
+    clf = model if hasattr(model, "transform") else model.classifier
+    t = clf.transform
+    with torch.no_grad():
+        return t(torch.zeros(1, len(model.var_names), device=t.mean.device)).cpu().numpy()[0].astype(np.float32)
 
 
 def source_layers(adata: AnnData, layer: str | None) -> tuple[str, ...]:
@@ -264,6 +292,7 @@ __all__ = [
     "space_layer",
     "scaled_matrix",
     "log_scaled",
+    "zero_count_scaled",
     "source_layers",
     "other_counts",
     "space_model",
