@@ -753,3 +753,17 @@ def test_filled_genes_break_no_rule(rules3k, caplog, n_missing):
         kept = (b.obs[f"sad_score{key}"] <= 1) & (q.obs[f"sad_score{key}"] <= 1)
         r = np.corrcoef(b.obs[f"sad_score{key}"][kept], q.obs[f"sad_score{key}"][kept])[0, 1]
         assert r > (0.99 if n_missing == 1 else 0.8), (key, r)
+
+
+def test_x_names_x_in_detect_and_meta_features(det68k):
+    """'X' is X, as everywhere else (it used to be looked up as a layer and refused)."""
+    a = det68k.copy()
+    sad.tl.detect(a, "X")
+    np.testing.assert_array_equal(a.obs["sad_score"], det68k.obs["sad_score"])
+    assert "sad_score_X" not in a.obs
+    assert list(a.uns["sad"]["detect"]["params"]["layers"]) == ["X"]
+    sad.tl.meta_features(a, ["X", LAYERS[0]])
+    np.testing.assert_array_equal(a.obsm["sad_meta"], det68k.obsm["sad_meta"])
+    assert "sad_meta_X" not in a.obsm
+    model = sad.get.model(a, "detector")
+    np.testing.assert_array_equal(sad.tl.scaled_matrix(a, model, "X"), sad.tl.scaled_matrix(a, model))

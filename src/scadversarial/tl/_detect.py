@@ -458,7 +458,7 @@ def detect(
     adata
         AnnData to score (the training data or new data scaled with :func:`~scadversarial.pp.preprocess` ``reference=``).
     layer
-        Matrix to score: ``None`` (``X``), a layer name, or a list of them. A layer made in log or
+        Matrix to score: ``None`` or ``'X'`` (``X``), a layer name, or a list of them. A layer made in log or
         count space (see :func:`layer_space`) is converted through the classifier's transform first.
     model
         A detector; by default the one referenced in ``adata.uns['sad'][detector_key]``.
@@ -586,7 +586,7 @@ def meta_features(
     adata
         AnnData with a trained classifier.
     layer
-        ``None`` (``X``), a layer (e.g. ``'sad_pgd_eps0.1'``) or a list of them.
+        ``None`` or ``'X'`` (``X``), a layer (e.g. ``'sad_pgd_eps0.1'``) or a list of them.
     model
         An :class:`~scadversarial.models.AdversarialDetector` or a classifier (default: the
         referenced detector, else the referenced classifier).

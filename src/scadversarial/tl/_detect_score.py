@@ -70,10 +70,9 @@ class ChunkReader:
 
 
 def layer_list(layer) -> list[str | None]:
-    """``layer`` of ``detect`` / ``meta_features`` as a list (``None``: ``X``)."""
-    if layer is None or isinstance(layer, str):
-        return [layer]
-    return list(layer)
+    """``layer`` of ``detect`` / ``meta_features`` as a list (``None``: ``X``; ``'X'`` is read as ``None``, as elsewhere)."""
+    layers = [layer] if layer is None or isinstance(layer, str) else list(layer)
+    return [None if lay == "X" else lay for lay in layers]
 
 
 DOC_CHUNKED = """\

@@ -190,7 +190,7 @@ def read_input(
     For a chunk of cells: equal, row for row, to :func:`classifier_input` on the whole AnnData.
     """
     if layer not in (None, "X") or source is None:
-        return scaled_matrix(adata, model, layer, missing=missing)
+        return scaled_matrix(adata, model, None if layer == "X" else layer, missing=missing)
     return log_scaled(adata, model, source, missing=missing)
 
 

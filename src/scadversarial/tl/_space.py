@@ -200,7 +200,7 @@ def scaled_matrix(
     model
         A :class:`~scadversarial.models.CellClassifier` (or a detector, whose classifier copy is used).
     layer
-        ``None`` for ``X``, else a layer name.
+        ``None`` or ``'X'`` for ``X``, else a layer name.
     missing
         ``'raise'`` or ``'fill'`` for genes the model needs and ``adata`` lacks. A filled gene sits
         at its training mean, 0 once scaled, in every space: the value the classifier saw on average,
@@ -218,6 +218,7 @@ def scaled_matrix(
     True
 
     """
+    layer = None if layer == "X" else layer  # 'X' names X, as in layer_space
     space = layer_space(adata, layer)
     clf = model if hasattr(model, "transform") else model.classifier  # a detector scores with its classifier copy
     with quiet_fill():  # a log or count gene is filled with 0 first, then set to the mean below: one warning, exact
