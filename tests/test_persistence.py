@@ -102,3 +102,24 @@ def test_get_model_needs_load_in_new_process(pipeline68k, tmp_path):
     out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
     assert "KEYERROR" in out
     assert "load_models" in out
+
+
+def test_load_models_on_a_backed_anndata_then_detect(pipeline68k, tmp_path):
+    """load_models reads only .uns, so a backed AnnData (which detect scores chunk by chunk) is accepted."""
+    from scadversarial.detection import DetectorConfig
+
+    a = pipeline68k.copy()
+    sad.tl.train_detector(a, random_state=0, config=DetectorConfig(triplet_epochs=2, epochs=4))
+    sad.tl.detect(a)
+    sad.save_models(a, tmp_path / "models")
+    a.write_h5ad(tmp_path / "a.h5ad")
+    script = textwrap.dedent(f"""
+        import anndata as ad, numpy as np, scadversarial as sad
+        sad.settings.progress = False
+        b = ad.read_h5ad({str(tmp_path / "a.h5ad")!r}, backed="r")
+        assert sorted(sad.load_models(b)) == ["classifier", "detector"]
+        sad.tl.detect(b)
+        np.save({str(tmp_path / "score.npy")!r}, b.obs["sad_score"].to_numpy())
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True)
+    np.testing.assert_allclose(np.load(tmp_path / "score.npy"), a.obs["sad_score"].to_numpy(), rtol=1e-4, atol=1e-6)

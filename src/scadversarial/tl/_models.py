@@ -106,7 +106,7 @@ def load_models(adata: AnnData, path: str | Path | None = None, *, device=None) 
     Parameters
     ----------
     adata
-        AnnData read back from an ``.h5ad`` file written after :func:`save_models`.
+        AnnData read back from an ``.h5ad`` file written after :func:`save_models` (in memory or backed).
     path
         The directory given to :func:`save_models`; by default each reference's stored path.
     device
@@ -115,10 +115,11 @@ def load_models(adata: AnnData, path: str | Path | None = None, *, device=None) 
     Returns
     -------
     ``{key: model}``. The models are registered under their ids, so
-    :func:`~scadversarial.tl.predict` and :func:`~scadversarial.tl.detect` work again.
+    :func:`~scadversarial.tl.predict` and :func:`~scadversarial.tl.detect` work again, also on an
+    AnnData read with ``backed='r'`` (only ``.uns`` is read).
 
     """
-    check_adata(adata)
+    check_adata(adata, allow_backed=True)  # reads .uns only: the matrices may stay on disk
     refs = _model_refs(adata)
     if not refs:
         msg = "adata.uns['sad'] references no model: nothing to load. Was the AnnData written after `sad.tl.train_classifier`?"
