@@ -96,3 +96,15 @@ def test_bad_options_are_refused(rules3k, threat):
         threat(detector=sad.get.model(a, "classifier"))
     with pytest.raises(TypeError, match="CellClassifier"):
         threat(classifier=lambda x: x)
+
+
+@pytest.mark.parametrize("attacker", [GeneAtClip(), GeneInCounts(candidates=3)], ids=["clip", "counts"])
+def test_cells_with_genes_in_another_order(rules3k, attacker):
+    # the layer is written by gene name: cells whose genes are permuted (or extra) get the same attack
+    a, test = rules3k
+    b = test[:40].copy()
+    ((layer, _),) = attacker(b).items()
+    order = np.random.default_rng(0).permutation(b.n_vars)
+    p = b[:, order].copy()
+    attacker(p)
+    np.testing.assert_array_equal(np.asarray(p.layers[layer]), np.asarray(b.layers[layer])[:, order])

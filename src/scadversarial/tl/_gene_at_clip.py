@@ -16,12 +16,14 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from .. import _keys
 from .._docs import doc_params
 from ..models.classifier import CellClassifier
+from ._attack_record import full_width
 from ._input import classifier_input
 from ._inside_checks import AGAINST_SUFFIX, check_attacked_classifier
 
@@ -111,7 +113,8 @@ class GeneAtClip(OneGeneAttacker):
             gene = self._genes(clf, X, clip)
         Z = X.copy()
         Z[np.arange(len(X)), gene] = clip
-        cells.layers[self.key_added] = Z
+        # the classifier's genes in its order; the cells' other genes keep their X values
+        cells.layers[self.key_added] = full_width(cells, Z, None, pd.Index(clf.var_names))
         return {self.key_added: "scaled"}
 
     def _genes(self, clf: CellClassifier, X: np.ndarray, clip: float) -> np.ndarray:

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 
 from .. import _keys
 from .._docs import doc_params
 from .._validate import matrix_for_genes
 from ..models.classifier import CellClassifier
+from ._attack_record import full_width
 from ._gene_at_clip import (
     DOC_DETECTOR,
     DOC_LAYER_CLASSIFIER,
@@ -80,7 +82,9 @@ class GeneInCounts(OneGeneAttacker):
 
     def __call__(self, cells: AnnData) -> dict[str, str]:
         """Attack ``cells`` (preprocessed from raw counts, in memory); returns ``{layer: 'scaled'}``."""
-        cells.layers[self.key_added] = self._attack(cells)[1]
+        clf = attacked_classifier(cells, self.classifier)
+        # the classifier's genes in its order; the cells' other genes keep their X values
+        cells.layers[self.key_added] = full_width(cells, self._attack(cells)[1], None, pd.Index(clf.var_names))
         return {self.key_added: "scaled"}
 
     def attacked_counts(self, cells: AnnData) -> np.ndarray:
