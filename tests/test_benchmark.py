@@ -231,8 +231,8 @@ def test_observed_range_is_taken_over_all_cells(bench3k):
     from scadversarial.tl._benchmark import _observed_over_all_cells
 
     a = bench3k.copy()
-    genes = list(a.var_names)
-    spec, changed = _observed_over_all_cells(a, {"method": "pgd", "eps": 0.15, "constraint": "observed"}, genes)
+    clf = sad.get.model(a)
+    spec, changed = _observed_over_all_cells(a, {"method": "pgd", "eps": 0.15, "constraint": "observed"}, clf)
     assert changed
     assert "constraint" not in spec
     np.testing.assert_array_equal(spec["bounds"][0], a.X.min(0))
@@ -245,6 +245,24 @@ def test_observed_range_is_taken_over_all_cells(bench3k):
     row = tab[tab["threat"] == "observed"].iloc[0]
     assert row["constraint"] == "observed"
     assert row["flip_rate"] > 0
+
+
+def test_observed_range_keeps_custom_bounds_and_reads_the_classifier_input(bench3k):
+    from scadversarial.tl._benchmark import _observed_over_all_cells
+
+    a = bench3k.copy()
+    clf = sad.get.model(a)
+    spec = {"method": "pgd", "eps": 1.0, "constraint": "observed", "bounds": (-0.5, 0.5)}
+    lower, upper = _observed_over_all_cells(a, spec, clf)[0]["bounds"]
+    np.testing.assert_array_equal(lower, np.maximum(a.X.min(0), -0.5))
+    np.testing.assert_array_equal(upper, np.minimum(a.X.max(0), 0.5))
+    # X holding log values (output='lognorm'): the scaled attack's range is still its scaled input's
+    b = a.copy()
+    b.X = b.layers["sad_lognorm"].copy()
+    b.uns["sad"]["preprocess"]["params"]["output"] = "lognorm"
+    got = _observed_over_all_cells(b, {"method": "pgd", "eps": 0.1, "constraint": "observed"}, clf)[0]["bounds"]
+    np.testing.assert_allclose(got[0], a.X.min(0), atol=1e-5)
+    np.testing.assert_allclose(got[1], a.X.max(0), atol=1e-5)
 
 
 def test_accuracy_column_matches_the_classifier_record(table3k):

@@ -434,7 +434,7 @@ def benchmark_detectors(
     # attacked against the benchmarked classifier (not the default record's when classifier_key names another)
     other = None if opts.classifier_key == _keys.STEP_CLASSIFIER else clf
     for i, (name, given) in enumerate(attacks.items()):
-        spec, observed = _observed_over_all_cells(adata, given, clf.var_names)
+        spec, observed = _observed_over_all_cells(adata, given, clf)
         for row, layers, (space, constraint) in _run_threat(cells, str(name), spec, i, other):
             meta = (space, "observed" if observed else constraint)
             outs = [_outcome(inputs, inputs.scaled(lay, sp), scorers) for lay, sp in layers]

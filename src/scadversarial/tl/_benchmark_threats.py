@@ -16,6 +16,7 @@ from anndata import AnnData
 from .. import _keys
 from .._validate import check_choice, matrix_for_genes
 from ..models.classifier import CellClassifier
+from ._attack_threat import tighter
 from ._input import classifier_input
 from ._space import other_counts, space_layer, space_model, to_scaled
 
@@ -128,24 +129,30 @@ def _run_threat(
     return rows
 
 
-def _observed_over_all_cells(adata: AnnData, spec: ThreatSpec, genes) -> tuple[ThreatSpec, bool]:
+def _observed_over_all_cells(adata: AnnData, spec: ThreatSpec, model: CellClassifier) -> tuple[ThreatSpec, bool]:
     """``spec`` with ``constraint='observed'`` turned into each gene's range over *all* cells of ``adata``.
 
     The benchmark attacks a copy of the test cells, where ``attack`` would take the range of those
-    cells alone (a tighter box than the documented threat). Returns the spec and whether it changed.
+    cells alone (a tighter box than the documented threat). The range is read from the matrix the
+    attack reads (``X`` as the model's scaled input, or the space's layer) and intersected with any
+    custom ``bounds`` of the spec, as ``attack`` does. Returns the spec and whether it changed.
     """
     if callable(spec):
         return spec, False
     if not isinstance(spec, Mapping):
-        pairs = [_observed_over_all_cells(adata, s, genes) for s in spec]
+        pairs = [_observed_over_all_cells(adata, s, model) for s in spec]
         return [p[0] for p in pairs], any(p[1] for p in pairs)
-    observed = spec.get("constraint") == "observed" or spec.get("bounds") == "observed"
+    bounds = spec.get("bounds")
+    observed = spec.get("constraint") == "observed" or bounds == "observed"
     if not observed:
         return spec, False
     layer = spec.get("layer", space_layer(spec.get("space") or "scaled"))
-    M = matrix_for_genes(adata, genes, layer)
+    M = classifier_input(adata, model) if layer is None else matrix_for_genes(adata, model.var_names, layer)
+    lower, upper = M.min(0), M.max(0)
+    if bounds is not None and not isinstance(bounds, str):
+        lower, upper = tighter(bounds[0], lower, np.maximum), tighter(bounds[1], upper, np.minimum)
     out = {k: v for k, v in spec.items() if k not in ("constraint", "bounds")}
-    return {**out, "bounds": (M.min(0), M.max(0))}, True
+    return {**out, "bounds": (lower, upper)}, True
 
 
 __all__ = ["Space", "ThreatSpec"]
