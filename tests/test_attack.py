@@ -141,3 +141,83 @@ def test_random_start_seeded_per_batch_and_budget(pipeline3k):
     np.testing.assert_array_equal(a.layers["both_eps0.1"], a.layers["one_eps0.1"])
     sad.tl.attack(a, "pgd_rs", eps=0.1, steps=2, batch_size=128, random_state=1, key_added="other")
     assert not np.array_equal(a.layers["other_eps0.1"], a.layers["one_eps0.1"])
+
+
+def test_default_step_reaches_every_budget():
+    cfg = sad.tl.AttackOptions()
+    n = cfg.n_steps("pgd")
+    # the seed setting where ten steps of 0.02 reach the budget, 2.5 eps / steps beyond
+    assert cfg.step_size("pgd", 0.15, space="scaled", n_genes=100) == 0.02
+    assert cfg.step_size("pgd", 1.0, space="scaled", n_genes=100) == pytest.approx(2.5 / n)
+    assert cfg.step_size("pgd_l2", 3.0, space="scaled", n_genes=100) == pytest.approx(7.5 / n)
+
+
+@pytest.mark.parametrize(("method", "eps"), [("pgd", 1.0), ("pgd_l2", 3.0)])
+def test_large_scaled_budgets_are_used(pipeline3k, method, eps):
+    # a fixed step of 0.02 capped every budget at 0.2, so eps 1 and eps 0.2 gave the same layer
+    a = pipeline3k[:100].copy()
+    sad.tl.attack(a, method, eps=eps, key_added="big")
+    d = a.layers[f"big_eps{eps:g}"] - a.X
+    size = np.abs(d).max() if method == "pgd" else np.linalg.norm(d, axis=1).max()
+    assert 0.5 * eps < size <= eps + 1e-4
+
+
+@pytest.mark.parametrize(("space", "bounds"), [("scaled", (-1.0, 1.0)), ("log", (0.05, 4.0)), ("counts", (0.0, 5.0))])
+def test_custom_bounds_never_move_masked_or_clean_values_out(pipeline3k, space, bounds):
+    # bounds that leave out clean values must not move entries the mask or the budget keep
+    a = pipeline3k[:60].copy()
+    mask = np.zeros(a.n_vars, bool)
+    mask[:50] = True
+    eps = 1.0 if space == "counts" else 0.1
+    sad.tl.attack(a, "pgd", eps=eps, space=space, mask=mask, bounds=bounds, key_added="b")
+    layer = {"scaled": None, "log": "sad_lognorm", "counts": "counts"}[space]
+    M = a.X if layer is None else a.layers[layer]
+    clean = (M.toarray() if hasattr(M, "toarray") else np.asarray(M)).astype(np.float64)
+    d = np.asarray(a.layers[f"b_eps{eps:g}"], dtype=np.float64) - clean
+    assert (d[:, ~mask] == 0).all()
+    assert np.abs(d).max() <= eps + 1e-4
+    lo, hi = bounds
+    x = clean + d
+    # an entry may stay out of the box, or move towards it, never further out
+    assert ((x >= lo - 1e-5) | (x >= clean - 1e-5)).all()
+    assert ((x <= hi + 1e-5) | (x <= clean + 1e-5)).all()
+
+
+def test_expressed_zeros_stay_zero_under_custom_bounds(pipeline3k):
+    a = pipeline3k[:60].copy()
+    sad.tl.attack(a, "pgd", eps=0.1, space="log", constraint="expressed", bounds=(0.05, 4.0), key_added="e")
+    L = np.asarray(a.layers["sad_lognorm"])
+    assert (a.layers["e_eps0.1"][L == 0] == 0).all()
+
+
+def test_reused_key_drops_the_old_runs_layers(pipeline3k):
+    a = pipeline3k[:50].copy()
+    sad.tl.attack(a, "pgd", eps=(1.0, 2.0), space="counts", constraint="counts", key_added="k")
+    sad.tl.attack(a, "pgd", eps=1.0, key_added="k")
+    assert "k_eps2" not in a.layers
+    assert "k_eps2_pred" not in a.obs
+    assert list(a.uns["sad"]["attacks"]["k"]["layers"]) == ["k_eps1"]
+    assert sad.tl.layer_space(a, "k_eps1") == "scaled"
+
+
+def test_layer_x_and_a_layer_of_another_space(pipeline3k):
+    a = pipeline3k[:30].copy()
+    sad.tl.attack(a, "pgd", eps=0.1, layer="X", key_added="x")
+    np.testing.assert_allclose(np.abs(a.layers["x_eps0.1"] - a.X).max(), 0.1, atol=1e-5)
+    with pytest.raises(ValueError, match="holds 'log' values but space='scaled'"):
+        sad.tl.attack(a, "pgd", eps=0.1, space="scaled", layer="sad_lognorm")
+    with pytest.raises(ValueError, match="holds 'counts' values but space='log'"):
+        sad.tl.attack(a, "pgd", eps=0.1, space="log", layer="counts")
+
+
+def test_observed_bounds_with_another_constraint_are_refused(pipeline3k):
+    a = pipeline3k[:30].copy()
+    with pytest.raises(ValueError, match="bounds='observed' is the 'observed' constraint"):
+        sad.tl.attack(a, "pgd", eps=0.5, space="log", bounds="observed", constraint="expressed")
+
+
+@pytest.mark.parametrize("eps", [(0.1, 0.1), (0.1, 0.1000001)])
+def test_budgets_with_one_layer_name_are_refused(pipeline3k, eps):
+    a = pipeline3k[:30].copy()
+    with pytest.raises(ValueError, match="same layer name"):
+        sad.tl.attack(a, "pgd", eps=eps)

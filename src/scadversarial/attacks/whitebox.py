@@ -42,7 +42,11 @@ DETECTOR_METHODS: tuple[str, ...] = ("pgd", "fgsm", "pgd_rs", "pgd_l2")
 #: cap, both small enough to attack ~700 cells in seconds on a CPU (DeepFool stops once a cell flips)
 DEFAULT_STEPS: dict[str, int] = {"pgd": 10, "fgsm": 1, "pgd_rs": 10, "pgd_l2": 10, "cw": 20, "deepfool": 30}
 STEP_SCALE = 2.5  # step = 2.5 * eps / steps lets the steps cross the ball (Madry et al. 2018)
-SCALED_ALPHA = 0.02  # the seed pipeline's PGD step in scaled units, kept as the default there
+#: the seed pipeline's PGD step in scaled units, kept as the L-inf default wherever its steps reach the budget
+#: (beyond, ``STEP_SCALE * eps / steps``: a fixed step would cap every larger budget at ``steps * 0.02``)
+SCALED_ALPHA = 0.02
+#: the L-inf PGD methods ``SCALED_ALPHA`` applies to
+LINF_STEPPED = ("pgd", "pgd_rs")
 
 
 @dataclass(frozen=True)
@@ -94,9 +98,10 @@ class IterConfig:
             return float(eps)
         if self.alpha is not None:
             return float(self.alpha)
-        if space == "scaled" and method != "cw":
+        n = self.n_steps(method)
+        if space == "scaled" and method in LINF_STEPPED and SCALED_ALPHA * n >= eps:
             return SCALED_ALPHA
-        a = STEP_SCALE * float(eps) / self.n_steps(method)
+        a = STEP_SCALE * float(eps) / n
         return a / np.sqrt(n_genes) if method == "cw" else a
 
     def check(self) -> None:
@@ -178,6 +183,12 @@ class ThreatArrays:
                 lo, hi = x0 - w, x0 + w
             lower = lo if lower is None else torch.maximum(lower, lo)
             upper = hi if upper is None else torch.minimum(upper, hi)
+        # a box that leaves out a clean value would move it whatever the mask and the budget allow: such an
+        # entry's bound is widened to its clean value (it may move back towards the box, never away from it)
+        if lower is not None and bool((x0 < lower).any()):
+            lower = torch.minimum(lower, x0)
+        if upper is not None and bool((x0 > upper).any()):
+            upper = torch.maximum(upper, x0)
         return Projection(eps=float(eps), norm=self.norm, lower=lower, upper=upper, mask=mask, integer=self.integer)
 
 

@@ -209,6 +209,10 @@ def attack(
     if not eps_list or any(not e > 0 for e in eps_list):
         msg = f"eps must be positive, got {eps}."
         raise ValueError(msg)
+    names = [f"{e:g}" for e in eps_list]
+    if len(set(names)) < len(names):  # each budget writes .layers['<key>_eps<eps:g>']: one would overwrite another
+        msg = f"eps holds budgets with the same layer name (eps{', eps'.join(names)}); give each budget once."
+        raise ValueError(msg)
     options.check()
     if options.max_queries < 1:
         msg = f"max_queries must be at least 1 (queries per cell of 'square'/'nes'), got {options.max_queries}."

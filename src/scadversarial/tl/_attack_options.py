@@ -63,8 +63,8 @@ class ThreatModel:
     bounds
         Custom ``(lower, upper)`` bounds (scalars or per-gene arrays), in the space's units.
     layer
-        Matrix to attack instead of the space's own (``X``, ``sad_lognorm`` or ``counts``); it must
-        hold that space's values.
+        Matrix to attack instead of the space's own (``'X'`` or ``None`` for ``X``, ``'sad_lognorm'`` or
+        ``'counts'``); it must hold that space's values (a layer known to hold another space is refused).
 
     Examples
     --------
@@ -87,6 +87,8 @@ class ThreatModel:
             check_choice("space", self.space, Space)
         if self.constraint is not None:
             check_choice("constraint", self.constraint, Constraint)
+        if self.layer == "X":  # adata.X, as everywhere else in sad
+            object.__setattr__(self, "layer", None)
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,8 @@ class AttackOptions(IterConfig):
     ----------
     alpha
         PGD step size (L-inf: per gene; L2: of the step) or CW's Adam learning rate. ``None``: ``0.02`` for
-        PGD in scaled space (the seed setting), else ``2.5 * eps / steps`` (CW: over the square root
-        of the number of genes).
+        L-inf PGD in scaled space where ``steps * 0.02`` reaches ``eps`` (the seed setting), else
+        ``2.5 * eps / steps`` (CW: over the square root of the number of genes).
     steps
         PGD steps, CW steps per binary-search step, or DeepFool's maximum iterations (``None``: 10, 20, 30).
     cw_c, cw_search_steps, cw_confidence
@@ -210,7 +212,14 @@ def resolve_options(
             msg = f"Unknown bounds {kw['bounds']!r}; use None, 'observed' or a (lower, upper) pair."
             raise ValueError(msg)
         kw.pop("bounds")
-        kw.setdefault("constraint", "observed")
+        other = kw.get("constraint", threat.constraint)
+        if other not in (None, "observed"):
+            msg = (
+                f"bounds='observed' is the 'observed' constraint, and constraint={other!r} was given too; "
+                "pass one of them (for both, constraint=... with bounds=(lower, upper) of the observed range)."
+            )
+            raise ValueError(msg)
+        kw["constraint"] = "observed"
     if "detector_weight" in kw and not np.isscalar(kw["detector_weight"]):
         kw["detector_weight"] = tuple(float(w) for w in kw["detector_weight"])
     threat = dataclasses.replace(threat, **{k: v for k, v in kw.items() if k in _THREAT_FIELDS})

@@ -11,6 +11,7 @@ import scipy.sparse as sp
 import torch
 
 from .. import _keys
+from .._settings import logger
 from .._validate import get_matrix, h5ad_safe, uns_root
 from ._attack_options import SCORE_METHODS, method_norm
 
@@ -228,10 +229,34 @@ def store_record(
     metrics.update({k: extra[k] for k in EXTRA_METRICS if extra.get(k)})
     root = uns_root(adata)
     root.setdefault(_keys.STEP_ATTACKS, {})
+    cells = cells or {"n_cells": len(source), "obs_key": ""}
+    _drop_replaced(adata, root[_keys.STEP_ATTACKS].get(prefix), set(layers), str(cells["obs_key"]))
     rec = {"params": params, "layers": layers, "eps": params["eps"], "metrics": metrics, "kind": kind}
     rec["storage"] = storage
-    rec["cells"] = cells or {"n_cells": len(source), "obs_key": ""}
+    rec["cells"] = cells
     root[_keys.STEP_ATTACKS][prefix] = h5ad_safe(rec)
+
+
+def _drop_replaced(adata: AnnData, old: dict | None, kept: set[str], obs_key: str) -> None:
+    """Remove what a replaced record of the same key wrote and the new run did not overwrite.
+
+    Left behind, an old layer would belong to no record, and readers would take it for scaled input
+    whatever space it holds; its ``_pred`` column and the old ``_attacked`` column would describe a
+    run that no longer exists.
+    """
+    if not old:
+        return
+    stale = [str(lay) for lay in np.atleast_1d(old.get("layers", [])) if str(lay) not in kept]
+    for lay in stale:
+        if lay in adata.layers:
+            del adata.layers[lay]
+        if _keys.pred_key(lay) in adata.obs:
+            del adata.obs[_keys.pred_key(lay)]
+    old_key = str(old.get("cells", {}).get("obs_key", "") or "")
+    if old_key and old_key != obs_key and old_key in adata.obs:
+        del adata.obs[old_key]
+    if stale:
+        logger.info("attack: replaced the run of the same key; removed its layers %s", stale)
 
 
 def detector_logits(detector: torch.nn.Module, Xs: np.ndarray, bs: int, dev: torch.device) -> np.ndarray:

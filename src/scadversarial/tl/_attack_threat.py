@@ -33,8 +33,9 @@ _LAYER_PRODUCER = {"log": "`sad.pp.preprocess`", "counts": "`sad.pp.preprocess` 
 def check_threat(adata: AnnData, threat: ThreatModel, method: str) -> tuple[Space, str | None]:
     """Validate the threat model against ``adata`` in one place; return the space and the matrix attacked."""
     space = threat.space
+    given = threat.layer
     if space is None:
-        space = layer_space(adata, threat.layer) if threat.layer is not None else "scaled"
+        space = layer_space(adata, given) if given is not None else "scaled"
     if threat.constraint == "counts" and space != "counts":
         msg = f"constraint='counts' (non-negative integer counts) needs space='counts', got space={space!r}."
         raise ValueError(msg)
@@ -42,7 +43,15 @@ def check_threat(adata: AnnData, threat: ThreatModel, method: str) -> tuple[Spac
         msg = f"Score-based method {method!r} queries stacked samples without per-cell libraries; use space='log' or 'scaled'."
         raise ValueError(msg)
     check_max_log_fc(threat.max_log_fc)
-    layer = threat.layer if threat.layer is not None else space_layer(space)
+    layer = given if given is not None else space_layer(space)
+    held = layer_space(adata, layer) if layer is not None else "scaled"
+    # a layer known to hold another space (counts, log values, an attack record's) would be read as this one
+    if held not in ("scaled", space):
+        msg = (
+            f"Layer {layer!r} holds {held!r} values but space={space!r} was asked for; pass space={held!r} "
+            f"(or leave it out), or the layer of that space ({space_layer(space) or 'None for X'!r})."
+        )
+        raise ValueError(msg)
     if layer is not None and layer not in adata.layers:
         hint = _LAYER_PRODUCER.get(space, "")
         msg = f"Layer {layer!r} not found in adata.layers (available: {list(adata.layers)}). " + (
