@@ -123,6 +123,20 @@ def test_model_on_data_missing_genes(pipeline68k):
     assert (b.obs["sad_pred"] == a.obs["sad_pred"]).mean() > 0.9
 
 
+def test_log_space_hardening_without_lognorm_layer_names_the_fix(pipeline68k):
+    """Gaussian augmentation and log-space adversarial training read .layers['sad_lognorm']: its absence names the fix."""
+    a = pipeline68k.copy()
+    del a.layers["sad_lognorm"]
+    snap = snapshot(a)
+    for options in (
+        {"augment": sad.tl.GaussianAugmentation()},
+        {"adversarial": sad.tl.AdversarialTraining(space="log")},
+    ):
+        with pytest.raises(KeyError, match=r"needs? \.layers\['sad_lognorm'\].*sad\.pp\.preprocess\(adata\)"):
+            sad.tl.train_classifier(a, max_epochs=1, **options)
+        assert_unchanged(a, snap)
+
+
 def test_no_classifier_yet(pbmc68k):
     a = pbmc68k.copy()
     with pytest.raises(KeyError, match="train_classifier"):

@@ -439,6 +439,13 @@ def _hardening_inputs(
             raise KeyError(msg)
         counts, other = library_counts(adata)
         return TrainingInputs(counts=counts[train], other=other[train], target_sum=target_sum(adata))
+    if _keys.LAYER_LOGNORM not in adata.layers:
+        msg = (
+            f"Gaussian augmentation and log-space adversarial training perturb log-normalized values: they need "
+            f".layers[{_keys.LAYER_LOGNORM!r}], which `sad.pp.preprocess(adata)` writes. Preprocess again (or keep "
+            "that layer) before training."
+        )
+        raise KeyError(msg)
     lognorm = get_matrix(adata, _keys.LAYER_LOGNORM, dense=False)[train]  # densify the training cells only
     return TrainingInputs(lognorm=np.asarray(lognorm.toarray() if sp.issparse(lognorm) else lognorm, np.float32))
 
