@@ -201,6 +201,20 @@ def test_score_distribution_logit_axis_for_saturated_scores(fake_scores):
     assert len(ax.get_legend().get_texts()) == 3
 
 
+@pytest.mark.parametrize("xscale", ["linear", "logit"])
+def test_score_distribution_counts_rule_flagged_cells_in_the_last_bin(fake_scores, xscale):
+    """Rule-flagged cells score above 1; clipped to the plotted range, they fill the last bin instead of vanishing."""
+    a = fake_scores.copy()
+    layer = "sad_pgd_eps0.5"
+    a.obs[f"sad_score_{layer}"] = 1 + np.random.default_rng(1).uniform(0, 3, a.n_obs)
+    ax = sad.pl.score_distribution(a, layers=layer, xscale=xscale, show=False)
+    assert ax.get_xscale() == xscale
+    (step,) = ax.patches[40:]  # the attacked histogram: one step outline after the 40 clean bars
+    xy = step.get_xy()
+    assert xy[:, 1].max() == pytest.approx(1.0)  # every attacked cell is counted, all in the last bin
+    assert xy[xy[:, 1] > 0.5, 0].min() > 0.95  # at the top of the axis
+
+
 def test_roc_operating_point_at_threshold(fake_scores):
     a = fake_scores
     axs = sad.pl.roc(a, "sad_pgd_eps0.1", show=False)

@@ -103,7 +103,8 @@ def score_distribution(
     xscale
         ``'linear'``, ``'logit'`` (spreads scores piled up next to 0 and 1, as a confident
         detector's are) or ``'auto'`` (logit when most scores or the threshold are within 0.01 of 0 or 1).
-        Scores are clipped to the plotted range.
+        Scores are clipped to the plotted range on either axis: a cell the plausibility rules flag
+        (score above 1) is counted in the last bin.
     log
         Logarithmic fraction axis (scores pile up near 0 and 1).
     {doc_ax}
@@ -136,14 +137,11 @@ def score_distribution(
         hi = float(np.clip(max(every.max(), thr), 0.5, 1 - _EPS))
         z = np.linspace(np.log(lo / (1 - lo)), np.log(hi / (1 - hi)), bins + 1)
         edges = 1 / (1 + np.exp(-z))
-
-        def clip(v):
-            return np.clip(v, edges[0], edges[-1])
     else:
         edges = np.linspace(0, 1, bins + 1)
 
-        def clip(v):
-            return v
+    def clip(v):  # a rule-flagged cell scores above 1: it belongs in the last bin, not off the axis
+        return np.clip(v, edges[0], edges[-1])
 
     fig, ax_ = u.new_axes(ax, (7.0, 3.4))
     label = f"clean (n={mask.sum()}; {np.mean(clean >= thr):.0%} flagged)"
