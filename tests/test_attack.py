@@ -221,3 +221,15 @@ def test_budgets_with_one_layer_name_are_refused(pipeline3k, eps):
     a = pipeline3k[:30].copy()
     with pytest.raises(ValueError, match="same layer name"):
         sad.tl.attack(a, "pgd", eps=eps)
+
+
+def test_unlabelled_cells_need_no_label_unless_attacked(pipeline3k):
+    a = pipeline3k[:40].copy()
+    lab = a.obs["seurat_cell_type"].astype(object)
+    lab.iloc[:5] = np.nan
+    a.obs["partial"] = lab
+    with pytest.raises(ValueError, match="5 of 40 attacked cells have no label in 'partial'"):
+        sad.tl.attack(a, "pgd", eps=0.1, labels_key="partial")
+    opts = sad.tl.AttackOptions(cells=a.obs["partial"].notna().to_numpy(), labels_key="partial")
+    sad.tl.attack(a, "pgd", eps=0.1, options=opts, key_added="lab")
+    assert a.uns["sad"]["attacks"]["lab"]["cells"]["n_cells"] == 35

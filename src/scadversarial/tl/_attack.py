@@ -283,7 +283,8 @@ def _plan(adata: AnnData, call: AttackCall, space: Space, layer: str | None, mod
     classes = list(model.classes)
     labels = None
     if options.labels_key is not None:
-        labels = source_codes(adata, options.labels_key, classes, lambda: np.zeros(0, np.int64))
+        rows = resolve_cells(adata, options.cells)
+        labels = source_codes(adata, options.labels_key, classes, lambda: np.zeros(0, np.int64), rows)
     mask = None
     if threat.mask is not None and not isinstance(threat.mask, str):
         resolve_mask(adata, threat.mask, pd.Index(model.var_names))  # checked once, on all cells

@@ -201,13 +201,31 @@ def threat_arrays(
 
 
 def source_codes(
-    adata: AnnData, labels_key: str | None, classes: list[str], predicted: Callable[[], np.ndarray]
+    adata: AnnData,
+    labels_key: str | None,
+    classes: list[str],
+    predicted: Callable[[], np.ndarray],
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The class each cell is pushed away from: ``predicted()`` (clean calls), or its label in ``labels_key``."""
+    """The class each cell is pushed away from: ``predicted()`` (clean calls), or its label in ``labels_key``.
+
+    ``rows``: the cells attacked (default: all); only they need a label (the others' codes are -1).
+    """
     if labels_key is None:
         return predicted()
-    labels = check_obs_key(adata, labels_key).astype(str)
-    unknown = sorted(set(labels) - set(classes))
+    column = check_obs_key(adata, labels_key)
+    missing = int(column.isna().to_numpy()[slice(None) if rows is None else rows].sum())
+    if missing:
+        n = adata.n_obs if rows is None else len(rows)
+        msg = (
+            f"{missing} of {n} attacked cells have no label in {labels_key!r} (NaN): there is nothing to push them "
+            f"away from. Attack the labelled ones, e.g. options=sad.tl.AttackOptions(cells=adata.obs[{labels_key!r}]"
+            ".notna().to_numpy()), or leave labels_key out to push every cell away from its clean call."
+        )
+        raise ValueError(msg)
+    known = column.notna().to_numpy()
+    labels = column.astype(str).where(known)  # as strings, as the classes are; NaN stays NaN (code -1)
+    unknown = sorted(set(labels[known]) - set(classes))
     if unknown:
         msg = f"Labels {unknown[:5]} in {labels_key!r} are not classes of the classifier ({classes}). Use the key it was trained on."
         raise ValueError(msg)
