@@ -76,6 +76,13 @@ def test_stability_signals_score_in_unit_interval(data3k):
     thin = ThinningStability(n_draws=2).fit(clf, X[tr], rng=0)
     s1, s2 = thin.score(Xt), thin.score(Xt)
     np.testing.assert_array_equal(s1, s2)  # draws seeded at fit: the same score on every call
+    # ... whatever cells a cell is scored with: each cell draws from its own stream (float32 forward: 1e-6)
+    order = np.random.default_rng(0).permutation(len(Xt))
+    np.testing.assert_allclose(thin.score(Xt[order])[np.argsort(order)], s1, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(thin.score(Xt[:7]), s1[:7], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(thin.score(Xt[[3]]), s1[[3]], rtol=0, atol=1e-6)
+    other = ThinningStability(n_draws=2).fit(clf, X[tr], rng=1)  # another seed draws other copies
+    assert not np.array_equal(other.score(Xt), s1)
     assert ((s1 >= 0) & (s1 <= 1)).all()
     knn = KNNConsistency(n_pcs=20).fit(clf, X[tr], y=y[tr], rng=0)
     k = knn.score(Xt)

@@ -13,6 +13,8 @@ Array level (no AnnData inside); both read the classifier's scaled input.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 
@@ -38,8 +40,9 @@ class ThinningStability(_Baseline):
 
     Score: ``1 - mean_d p_d(pred)``, the probability the thinned copies ``d`` take away from the
     clean prediction ``pred`` (0: every copy is sure of it). Each cell's library outside the
-    classifier's genes is thinned by its expected value. Draws come from a generator seeded at
-    :meth:`fit`, so a cell gets the same score on every call.
+    classifier's genes is thinned by its expected value. Each cell draws from its own stream,
+    seeded by the seed drawn at :meth:`fit` and the cell's recovered counts, so a cell gets the
+    same score on every call, whatever other cells it is scored with.
 
     Parameters
     ----------
@@ -84,19 +87,41 @@ class ThinningStability(_Baseline):
         """Probability taken from the clean prediction by thinning (float64, in [0, 1])."""
         clf = self._check_fitted()
         X = self._check_input(X)
-        gen = np.random.default_rng(self.seed_)
         rc = recover_counts(self.transform_, X, self.zero_bound_)
         unit = np.where(np.isfinite(rc.unit), rc.unit, 1.0)
         other = np.maximum(self.target_sum / unit - rc.counts.sum(1), 0.0)
         pred = self._predicted(X)
+        rows, cols, thinned = self._thinned(rc.counts.astype(np.int64))
         kept = np.zeros(len(X))
-        for _ in range(self.n_draws):
-            K = gen.binomial(rc.counts.astype(np.int64), self.fraction).astype(np.float64)
+        for d in range(self.n_draws):
+            K = np.zeros(rc.counts.shape)
+            K[rows, cols] = thinned[d]
             lib = np.maximum(K.sum(1) + self.fraction * other, 1.0)
             Z = self.transform_.to_scaled(np.log1p(K * (self.target_sum / lib)[:, None]))
             p = torch.softmax(torch.from_numpy(clf.predict_arrays(Z)[0]).double(), 1).numpy()
             kept += p[np.arange(len(X)), pred]
         return 1.0 - kept / self.n_draws
+
+    def _thinned(self, C: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(rows, cols, draws)``: the expressed entries of counts ``C`` and their ``n_draws`` thinned values.
+
+        One generator per cell, seeded by the fit's seed and a hash of the cell's expressed genes and
+        counts: a cell's draws do not depend on the cells scored with it (a generator over the whole
+        matrix would give a cell other draws in another batch). Only expressed entries are drawn, so
+        the per-cell loop costs about 50 us a cell (a tenth of the score on PBMC3k, 2,000 genes).
+        """
+        rows, cols = np.nonzero(C)
+        ends = np.cumsum(np.bincount(rows, minlength=len(C)))
+        draws = np.empty((self.n_draws, len(rows)))
+        start = 0
+        for i, end in enumerate(ends):
+            if end > start:
+                c = C[i, cols[start:end]]
+                key = hashlib.blake2b(cols[start:end].astype(np.int64).tobytes() + c.tobytes(), digest_size=8).digest()
+                gen = np.random.default_rng([self.seed_, int.from_bytes(key, "little")])
+                draws[:, start:end] = gen.binomial(c, self.fraction, size=(self.n_draws, end - start))
+            start = end
+        return rows, cols, draws
 
 
 class KNNConsistency(_Baseline):
