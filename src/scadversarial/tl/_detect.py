@@ -265,9 +265,13 @@ def train_detector(
     the threshold use the calibration cells: the validation split (``cells.calibration='val'``,
     the default when it has cells), otherwise another ``meta_fraction`` of the training split.
     With a sampled attack (``sad.tl.attack(..., cells=...)``) the meta-training and calibration
-    cells are those attacked in every layer. **Test-split cells are never read**: only the
-    meta-training, calibration and reference cells are read, chunk by chunk from a backed, dask or
-    sparse log-normalized input. The training itself is
+    cells are those attacked in every layer. **No test-split cell is learned from**: the detector
+    is fitted on the meta-training, calibration and reference cells (and the log ceiling on the
+    training split), read chunk by chunk from a backed, dask or sparse log-normalized input. The one
+    read beyond them is the input-format check of ``X`` (:func:`input_space_problem`), which reads
+    up to 1,000 cells spread over the whole matrix, test cells included, and decides only whether
+    ``X`` is read as is or ``.layers['sad_lognorm']`` through the classifier's transform (the same
+    values, up to float rounding, when ``X`` is the classifier's input). The training itself is
     :func:`~scadversarial.detection.fit_detector`: meta-features standardized with meta-training
     statistics, embedded by the triplet network (``features -> 256 -> 64``, L2-normalized,
     TripletMarginLoss with margin 1) and scored by the residual detector
