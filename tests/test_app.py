@@ -276,6 +276,31 @@ def test_load_errors_are_clear(broken, case):
         logic.load_pipeline(path, models)
 
 
+@pytest.mark.parametrize("output", ["scaled", "lognorm"])
+def test_app_probabilities_are_the_packages(pbmc68k, output):
+    """The app reads X as the classifier's scaled input, as ``sad.tl.predict`` does, whatever X holds.
+
+    With ``output='lognorm'`` X holds log-normalized values: fed to the classifier as they are, the
+    app showed other probabilities than ``sad.tl.predict`` for a third of the cells.
+    """
+    a = pbmc68k.copy()
+    sad.pp.preprocess(a, output=output)
+    sad.pp.split(a, "bulk_labels")
+    sad.tl.train_classifier(a, "bulk_labels", max_epochs=3)
+    sad.tl.predict(a)
+    p = logic.load_pipeline(a)
+    np.testing.assert_allclose(p.proba, a.obsm["sad_proba"], atol=1e-5)
+    clf = sad.get.model(a)
+    np.testing.assert_allclose(p.X, sad.tl.classifier_input(a, clf), atol=1e-6)
+    if output == "lognorm":
+        X = a[:, clf.var_names].X
+        X = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
+        assert np.abs(p.X - X).max() > 0.1  # the transform was applied
+    # the attacked cell starts from, and is bounded around, the classifier's input
+    r = logic.attack_cell(p, 0, eps=0.5)
+    assert np.abs(r.x - p.X[0]).max() <= 0.5 + 1e-5
+
+
 def test_load_without_labels_or_umap(pipe, monkeypatch):
     """No true labels and no UMAP in the AnnData: a warning, predicted labels, and a computed 2-d map."""
     import scanpy as sc

@@ -213,14 +213,16 @@ def load_pipeline(adata: str | Path | AnnData, models: str | Path | None = None)
         loaded, or the models' genes are missing from the data.
 
     """
-    from .._validate import matrix_for_genes
+    from ..tl._input import classifier_input
 
     warnings: list[str] = []
     adata, models_dir, source = _open(adata, models)
     clf, det = _load_models(adata, models_dir, warnings)
     genes = [str(g) for g in clf.var_names]
     try:
-        X = matrix_for_genes(adata, genes)
+        # the classifier's scaled input, as `sad.tl.predict` reads it: X left log-normalized
+        # (`sad.pp.preprocess(output='lognorm')`) goes through the model's transform
+        X = np.ascontiguousarray(classifier_input(adata, clf), dtype=np.float32)
     except (KeyError, ValueError) as e:
         msg = f"The classifier does not fit this data: {_message(e)}"
         raise AppError(msg) from e

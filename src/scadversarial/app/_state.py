@@ -71,7 +71,9 @@ class Pipeline:
     detector
         The trained detector, or ``None`` when the pipeline has none (or it could not be loaded).
     X
-        Dense float32 matrix in the classifier's gene order (scaled values), cells x genes.
+        Dense float32 matrix in the classifier's gene order, cells x genes: the classifier's scaled
+        input as :func:`scadversarial.tl.predict` reads it (:func:`~scadversarial.tl.classifier_input`;
+        ``X`` left log-normalized goes through the model's transform).
     genes
         The classifier's genes (columns of ``X``).
     classes
