@@ -32,6 +32,18 @@ class SadModel(nn.Module):
         super().__init__()
         self.config = copy.deepcopy(config)
 
+    def __deepcopy__(self, memo: dict) -> SadModel:
+        """A deep copy without the registry id: a copy is another model, which saving or referencing registers anew.
+
+        With the id, saving a modified copy would replace the original in the registry, and with it
+        the model every AnnData referencing the original uses.
+        """
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        state = {k: v for k, v in self.__dict__.items() if k != "_sad_id"}
+        new.__dict__.update(copy.deepcopy(state, memo))
+        return new
+
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> SadModel:
         """Build an untrained model from ``config``."""

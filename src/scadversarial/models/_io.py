@@ -39,11 +39,24 @@ def genes_sha256(var_names) -> str:
 
 
 def register(model: SadModel, model_id: str | None = None) -> str:
-    """Put ``model`` in the registry and return its id (a new uuid unless given)."""
-    model_id = model_id or getattr(model, "_sad_id", None) or uuid.uuid4().hex
+    """Put ``model`` in the registry and return its id.
+
+    The id is ``model_id`` when given (a loaded model replaces the entry), else the model's own id,
+    else a new uuid. A model whose own id is held by another live model (a copy made with
+    :func:`copy.copy` or unpickled) gets a new uuid: saving or referencing it must not replace the
+    model an AnnData references.
+    """
+    if model_id is None:
+        model_id = getattr(model, "_sad_id", None)
+        held = _REGISTRY.get(model_id) if model_id else None
+        if not model_id or (held is not None and held is not model):
+            model_id = uuid.uuid4().hex
     model._sad_id = model_id
     _REGISTRY[model_id] = model
     return model_id
+
+
+_register = register  # load_model's keyword ``register`` hides the function's name there
 
 
 def lookup(model_id: str) -> SadModel | None:
