@@ -1,8 +1,8 @@
 """Safe persistence of ``sad`` models and the in-process registry that ``.uns`` references point to.
 
 A saved model is a directory with ``model.safetensors`` (weights and buffers), ``config.json``
-(format version, class name, constructor config, SHA-256 of the weights file) and ``genes.txt``
-(input gene names). Loading parses JSON and safetensors only and builds classes from an
+(format version, class name, constructor config, SHA-256 of the weights file and of the gene
+list) and ``genes.txt`` (input gene names, UTF-8, one a line). Loading parses JSON and safetensors only and builds classes from an
 allow-list: opening a model never runs code. A save is atomic: the bundle is written into a
 temporary folder beside the target and renamed into place, so an interrupted save leaves the
 previous bundle as it was.
@@ -11,6 +11,7 @@ previous bundle as it was.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import shutil
 import uuid
@@ -121,9 +122,12 @@ def save_model(model: SadModel, path: str | Path) -> Path:
             "weights_sha256": hashlib.sha256(weights).hexdigest(),
             "config": config,
         }
-        (tmp / CONFIG).write_text(json.dumps(meta, indent=1))
         if "var_names" in model.config:
-            (tmp / GENES).write_text("\n".join(model.config["var_names"]) + "\n")
+            genes = [str(g) for g in model.config["var_names"]]
+            meta["genes_sha256"] = genes_sha256(genes)  # genes.txt is checked on load like the weights
+            # UTF-8 whatever the locale: a gene named with a non-ASCII letter reads back the same everywhere
+            (tmp / GENES).write_text("\n".join(genes) + "\n", encoding="utf-8")
+        (tmp / CONFIG).write_text(json.dumps(meta, indent=1), encoding="utf-8")
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -161,7 +165,14 @@ def _replace_dir(new: Path, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_model(path: str | Path, *, expected_id: str | None = None, device=None) -> SadModel:
+def load_model(
+    path: str | Path,
+    *,
+    expected_id: str | None = None,
+    expected_genes_sha256: str | None = None,
+    register: bool = True,
+    device=None,
+) -> SadModel:
     """Load a model saved by :func:`save_model`; no code is executed (JSON + safetensors only).
 
     Parameters
@@ -170,20 +181,27 @@ def load_model(path: str | Path, *, expected_id: str | None = None, device=None)
         Directory of the bundle.
     expected_id
         Refuse a model whose id differs (the id an AnnData's reference holds).
+    expected_genes_sha256
+        Refuse a model whose genes differ (the ``var_names_sha256`` an AnnData's reference holds).
+    register
+        Register the model under its saved id, replacing a live model registered under it (the
+        default). With ``False`` the model is returned without touching the registry.
     device
         Move the model there (default: CPU).
 
     Returns
     -------
-    The model, in eval mode and registered under its saved id.
+    The model, in eval mode. It is registered only once every check passed: a refused model never
+    replaces the model an AnnData references.
 
     Raises
     ------
     FileNotFoundError
-        ``path`` or one of its files is missing.
+        ``path`` or one of its files (``config.json``, ``model.safetensors``, ``genes.txt``) is missing.
     ValueError
         A file is truncated or corrupt (the message names it), the bundle is of a newer format
-        version, names an unknown model class, or does not match ``expected_id``.
+        version, names an unknown model class, or does not match ``expected_id`` or
+        ``expected_genes_sha256``.
 
     Examples
     --------
@@ -204,8 +222,15 @@ def load_model(path: str | Path, *, expected_id: str | None = None, device=None)
     if expected_id is not None and meta.get("id") != expected_id:
         msg = f"The model in {str(path)!r} has id {meta.get('id')!r}, but the AnnData references {expected_id!r}: it is another model."
         raise ValueError(msg)
-    if (path / GENES).is_file():
-        config["var_names"] = (path / GENES).read_text().splitlines()
+    genes = _read_genes(path / GENES, meta.get("genes_sha256"), needed=_needs_genes(cls))
+    if genes is not None:
+        config["var_names"] = genes
+        if expected_genes_sha256 and genes_sha256(genes) != expected_genes_sha256:
+            msg = (
+                f"The model in {str(path)!r} was trained on other genes than the AnnData's reference records "
+                f"({len(genes)} genes in {GENES}): it is another model, or {GENES} was edited."
+            )
+            raise ValueError(msg)
     state = _read_weights(path / WEIGHTS, meta.get("weights_sha256"))
     try:
         model = cls.from_config(config)
@@ -219,14 +244,53 @@ def load_model(path: str | Path, *, expected_id: str | None = None, device=None)
     model.eval()
     if device is not None:
         model.to(device)
-    register(model, meta.get("id"))
+    if register:
+        _register(model, meta.get("id"))
+    else:
+        model._sad_id = meta.get("id")  # still names its saved id, e.g. in a detector's record
     return model
+
+
+def _needs_genes(cls: type[SadModel]) -> bool:
+    """Whether ``cls`` is built from a gene list (its constructor takes ``var_names``)."""
+    try:
+        return "var_names" in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _read_genes(file: Path, sha256: str | None, *, needed: bool) -> list[str] | None:
+    """The gene names of a bundle's ``genes.txt`` (UTF-8), checked against the SHA-256 recorded at save time.
+
+    ``None`` when the file is absent and neither the model class nor the config asks for it. Bundles
+    saved before the hash was recorded have none: their gene list is accepted as read.
+    """
+    if not file.is_file():
+        if needed or sha256 is not None:
+            msg = f"The gene list {str(file)!r} of the saved model is missing. Restore it, or re-save the model."
+            raise FileNotFoundError(msg)
+        return None
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        msg = f"The gene list {str(file)!r} is not UTF-8 text ({e}). Re-save the model, or restore the file."
+        raise ValueError(msg) from e
+    # one name a line; split on newlines only (str.splitlines also splits on rarer breaks a name may hold)
+    text = text.removesuffix("\n")
+    genes = [g.removesuffix("\r") for g in text.split("\n")] if text else []
+    if sha256 is not None and genes_sha256(genes) != sha256:
+        msg = (
+            f"The gene list {str(file)!r} is corrupt or was edited: its SHA-256 differs from the one {CONFIG} "
+            "recorded at save time. Re-save the model, or restore the file."
+        )
+        raise ValueError(msg)
+    return genes
 
 
 def _read_meta(file: Path) -> dict[str, Any]:
     """The parsed ``config.json`` of a bundle, its format version checked (absent: the first layout)."""
     try:
-        meta = json.loads(file.read_text())
+        meta = json.loads(file.read_text(encoding="utf-8"))
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         problem = str(e)
     else:
