@@ -247,6 +247,12 @@ def broken(tmp_path_factory, app_pipeline_dir) -> dict[str, tuple[Path, Path | N
     (bad_models / "classifier" / "model.safetensors").write_bytes(b"\x00garbage" * 50)
     empty_models = root / "empty_models"
     empty_models.mkdir()
+    # a reference recording other genes than the saved classifier's (models of another run)
+    other = ad.read_h5ad(good / "adata.h5ad")
+    other.uns["sad"]["classifier"]["model"]["var_names_sha256"] = "0" * 64
+    other_path = root / "other_genes" / "adata.h5ad"
+    other_path.parent.mkdir()
+    other.write_h5ad(other_path)
     return {
         "missing file": (root / "nope.h5ad", None, "No file at"),
         "corrupt file": (corrupt, None, "Could not read"),
@@ -255,6 +261,7 @@ def broken(tmp_path_factory, app_pipeline_dir) -> dict[str, tuple[Path, Path | N
         "models missing": (good / "adata.h5ad", empty_models, "Could not load the classifier"),
         "corrupt weights": (good / "adata.h5ad", bad_models, "corrupt"),
         "wrong genes": (wrong_path, good / "models", "7 are missing"),
+        "models of other genes": (other_path, good / "models", "trained on other genes"),
     }
 
 
@@ -268,12 +275,30 @@ def broken(tmp_path_factory, app_pipeline_dir) -> dict[str, tuple[Path, Path | N
         "models missing",
         "corrupt weights",
         "wrong genes",
+        "models of other genes",
     ],
 )
 def test_load_errors_are_clear(broken, case):
     path, models, message = broken[case]
     with pytest.raises(logic.AppError, match=message):
         logic.load_pipeline(path, models)
+
+
+def test_load_refuses_a_model_of_other_genes_before_registering(broken, pipe):
+    """A classifier whose genes differ from the reference is refused and never replaces the live model."""
+    from scadversarial.models._io import lookup
+
+    path, models, _ = broken["models of other genes"]
+    model_id = pipe.adata.uns["sad"]["classifier"]["model"]["id"]
+    live = lookup(model_id)
+    with pytest.raises(logic.AppError, match="other genes"):
+        logic.load_pipeline(path, models)
+    assert lookup(model_id) is live
+    # an in-memory AnnData whose live model is not the one its reference records: refused too
+    a = pipe.adata.copy()
+    a.uns["sad"]["classifier"]["model"]["var_names_sha256"] = "0" * 64
+    with pytest.raises(logic.AppError, match="other genes"):
+        logic.load_pipeline(a)
 
 
 @pytest.mark.parametrize("output", ["scaled", "lognorm"])

@@ -26,10 +26,22 @@ def _record(adata: AnnData, step: str) -> dict | None:
     return rec if isinstance(rec, dict) else None
 
 
+def _model_ref(adata: AnnData, step: str) -> dict | None:
+    """The model reference of the record ``step`` (it has an ``id``), or ``None`` when it references none."""
+    ref = (_record(adata, step) or {}).get("model")
+    return ref if isinstance(ref, dict) and "id" in ref else None
+
+
 def _model_id(adata: AnnData, step: str) -> str | None:
     """The id of the model referenced by the record ``step``, or ``None`` when it references none."""
-    ref = (_record(adata, step) or {}).get("model")
-    return str(ref["id"]) if isinstance(ref, dict) and "id" in ref else None
+    ref = _model_ref(adata, step)
+    return None if ref is None else str(ref["id"])
+
+
+def _genes_sha256(adata: AnnData, step: str) -> str | None:
+    """The SHA-256 of the genes the record ``step``'s model was trained on, as its reference records it."""
+    sha = (_model_ref(adata, step) or {}).get("var_names_sha256")
+    return str(sha) if sha else None
 
 
 def _read_h5ad(path: Path) -> AnnData:
@@ -76,7 +88,8 @@ def _load_models(adata: AnnData, models: Path | None, warnings: list[str]):
             if model_id is None:
                 continue
             try:
-                load_model(models / key, expected_id=model_id)
+                # the genes checked before the model is registered, as `sad.load_models` checks them
+                load_model(models / key, expected_id=model_id, expected_genes_sha256=_genes_sha256(adata, key))
             except (FileNotFoundError, ValueError, KeyError, OSError) as e:
                 if key == _keys.STEP_CLASSIFIER:
                     msg = f"Could not load the classifier from {str(models / key)!r}: {e}"
@@ -91,8 +104,16 @@ def _load_models(adata: AnnData, models: Path | None, warnings: list[str]):
 
 
 def _model(adata: AnnData, key: str, warnings: list[str], *, required: bool):
+    """The model of the record ``key``, its genes checked against the reference (an error, or a warning when optional)."""
+    from ..models._io import genes_sha256
+
     try:
-        return get.model(adata, key)
+        model = get.model(adata, key)
+        expected = _genes_sha256(adata, key)
+        if expected and genes_sha256(getattr(model, "var_names", None) or []) != expected:
+            msg = f"the {key} model was trained on other genes than adata.uns['sad'][{key!r}] records. Re-save the pipeline."
+            raise ValueError(msg)
+        return model
     except (KeyError, FileNotFoundError, ValueError, OSError) as e:
         if required:
             msg = f"Could not load the {key}: {_message(e)}"
