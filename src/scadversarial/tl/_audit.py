@@ -151,7 +151,9 @@ def load_classifier(spec: str) -> Any:
             raise FileNotFoundError(msg)
         from ..models._io import load_model
 
-        return load_model(path)
+        # the audited model is the user's file, not a model of this session's AnnData: registering it would
+        # replace a live model saved under the same id
+        return load_model(path, register=False)
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         msg = (
