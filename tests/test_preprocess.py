@@ -116,3 +116,156 @@ def test_pseudo_labels_merge_outlier_clusters(pbmc3k_raw):
     sizes = a.obs["sad_label"].value_counts()
     assert sizes.min() >= 40
     assert a.uns["sad"]["pseudo_labels"]["params"]["min_size"] == 40
+
+
+def _unchanged(a, X_before, obs_before, uns_before) -> None:
+    """Nothing written: the matrix, .obs columns and .uns keys as before the call."""
+    X = a.X.toarray() if hasattr(a.X, "toarray") else np.asarray(a.X)
+    np.testing.assert_array_equal(X, X_before)
+    assert list(a.obs.columns) == obs_before
+    assert sorted(a.uns) == uns_before
+
+
+def _state(a):
+    X = a.X.toarray() if hasattr(a.X, "toarray") else np.asarray(a.X)
+    return X.copy(), list(a.obs.columns), sorted(a.uns)
+
+
+def test_reference_target_sum_is_the_references(pbmc3k_raw):
+    """New data are normalized to the reference's target sum, not the default; a conflicting one raises."""
+    train, query = pbmc3k_raw[:1500].copy(), pbmc3k_raw[1500:].copy()
+    sad.pp.preprocess(train, target_sum=1e6, n_top_genes=500)
+    implicit = sad.pp.preprocess(query, reference=train, copy=True)
+    explicit = sad.pp.preprocess(query, reference=train, target_sum=1e6, copy=True)
+    np.testing.assert_array_equal(implicit.X, explicit.X)
+    np.testing.assert_array_equal(implicit.layers["sad_lognorm"], explicit.layers["sad_lognorm"])
+    assert implicit.uns["sad"]["preprocess"]["params"]["target_sum"] == 1e6
+    # the query's log values are those of its counts at 1e6: log1p(counts * 1e6 / library)
+    counts = query[:, train.var_names].X.toarray()
+    library = np.asarray(query.X.sum(1)).ravel()
+    np.testing.assert_allclose(
+        implicit.layers["sad_lognorm"], np.log1p(counts * (1e6 / library)[:, None]), rtol=1e-5, atol=1e-5
+    )
+    before = _state(query)
+    with pytest.raises(ValueError, match=r"target_sum=10000 differs from the reference's \(1e\+06\)"):
+        sad.pp.preprocess(query, reference=train, target_sum=1e4)
+    _unchanged(query, *before)
+
+
+def test_reference_record_is_this_calls(pbmc3k_raw):
+    """The record keeps this call's layer, already_log and target sum: count-space code reads them."""
+    from scadversarial.tl._space import counts_target_sum
+
+    train = pbmc3k_raw[:1500].copy()
+    sc.pp.normalize_total(train)
+    sc.pp.log1p(train)  # a reference built from log-normalized values
+    sad.pp.preprocess(train, n_top_genes=500)
+    assert train.uns["sad"]["preprocess"]["params"]["already_log"]
+    query = pbmc3k_raw[1500:].copy()
+    query.layers["raw"] = query.X.copy()
+    sad.pp.preprocess(query, reference=train, layer="raw")  # holds counts
+    params = query.uns["sad"]["preprocess"]["params"]
+    assert params["already_log"] is False
+    assert params["layer"] == "raw"
+    assert "counts" in query.layers
+    assert counts_target_sum(query) == 1e4
+    # and the other way round: a log-normalized query of a counts reference has no counts
+    ref = pbmc3k_raw[:1500].copy()
+    sad.pp.preprocess(ref, n_top_genes=500)
+    logq = pbmc3k_raw[1500:].copy()
+    sc.pp.normalize_total(logq)
+    sc.pp.log1p(logq)
+    sad.pp.preprocess(logq, reference=ref)
+    assert logq.uns["sad"]["preprocess"]["params"]["already_log"] is True
+    assert "counts" not in logq.layers
+    assert counts_target_sum(logq) is None
+
+
+def _normalized(a, *, log: bool):
+    a = a.copy()
+    sc.pp.normalize_total(a)
+    if log:
+        sc.pp.log1p(a)
+        del a.uns["log1p"]
+    return a
+
+
+@pytest.mark.parametrize(
+    ("case", "kwargs", "match"),
+    [
+        ("stale_uns", {}, r"raw counts \(integers, max \d+\) although adata.uns\['log1p'\] is set.*del adata.uns"),
+        ("counts", {"already_log": True}, r"raw counts \(integers, max \d+\) although already_log=True"),
+        ("normalized", {}, r"values up to .* too large for log-normalized.*not log-transformed"),
+        ("normalized", {"already_log": True}, r"too large for log-normalized data .* because already_log=True"),
+        ("log", {"already_log": False}, r"looks log-normalized already, although already_log=False"),
+    ],
+)
+@pytest.mark.parametrize("n_top_genes", [300, None])
+def test_not_log_normalized_is_refused(pbmc3k_raw, case, kwargs, match, n_top_genes):
+    """Data taken for log-normalized that are not (or log data given as counts) raise, naming the fix."""
+    a = pbmc3k_raw[:500].copy()
+    if case == "stale_uns":
+        a.uns["log1p"] = {"base": None}
+    elif case in ("normalized", "log"):
+        a = _normalized(a, log=case == "log")
+    before = _state(a)
+    with pytest.raises(ValueError, match=match):
+        sad.pp.preprocess(a, n_top_genes=n_top_genes, **kwargs)
+    _unchanged(a, *before)
+
+
+def test_non_integer_counts_warn(pbmc3k_raw):
+    """Large non-integer values given as counts (e.g. estimated counts) are processed, with a warning."""
+    a = pbmc3k_raw[:300].copy()
+    a.X = a.X.astype(np.float32) * 1.5
+    undecided = a.copy()
+    with pytest.warns(UserWarning, match="non-integer values .* already_log=False"):
+        sad.pp.preprocess(a, already_log=False, n_top_genes=100)
+    assert "counts" in a.layers
+    with pytest.raises(ValueError, match="too large for log-normalized"):  # undecided: not taken for log values
+        sad.pp.preprocess(undecided, n_top_genes=100)
+
+
+def test_mixed_input_decided_alike_in_memory_and_dask(pbmc3k_raw):
+    """Count cells before log-normalized ones: the whole matrix decides, in memory and with dask alike."""
+    import anndata as ad
+    import dask.array as da
+    import scipy.sparse as sp
+
+    p = pbmc3k_raw[:1000]
+    mixed = ad.concat([p[:100], _normalized(p[100:], log=True)])
+    mixed.X = sp.csr_matrix(mixed.X, dtype=np.float32)
+    lazy = mixed.copy()
+    lazy.X = da.from_array(lazy.X, chunks=(100, -1))  # the first block holds only counts
+    for a in (mixed, lazy):
+        with pytest.raises(ValueError, match=r"values up to 419, too large for log-normalized"):
+            sad.pp.preprocess(a, n_top_genes=None)
+        assert "sad" not in a.uns
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_value": -1}, "max_value must be a positive clip"),
+        ({"max_value": 0}, "max_value must be a positive clip"),
+        ({"n_top_genes": 0}, "n_top_genes must be a positive number"),
+        ({"n_top_genes": -3}, "n_top_genes must be a positive number"),
+        ({"n_top_genes": 2.5}, "n_top_genes must be a positive number"),
+        ({"target_sum": 0}, "target_sum must be a positive number"),
+        ({"target_sum": -1}, "target_sum must be a positive number"),
+        ({"target_sum": float("nan")}, "target_sum must be a positive number"),
+    ],
+)
+def test_preprocess_parameters_checked(pbmc3k_raw, kwargs, match):
+    a = pbmc3k_raw[:200].copy()
+    before = _state(a)
+    with pytest.raises(ValueError, match=match):
+        sad.pp.preprocess(a, **kwargs)
+    _unchanged(a, *before)
+
+
+def test_preprocess_target_sum_none_is_default(pbmc3k_raw):
+    a = sad.pp.preprocess(pbmc3k_raw[:300].copy(), target_sum=None, n_top_genes=100, copy=True)
+    b = sad.pp.preprocess(pbmc3k_raw[:300].copy(), target_sum=1e4, n_top_genes=100, copy=True)
+    assert a.uns["sad"]["preprocess"]["params"]["target_sum"] == 1e4
+    np.testing.assert_array_equal(a.X, b.X)

@@ -293,3 +293,26 @@ def test_stack_rows_and_sparse_columns(pbmc3k_raw):
         assert out.dtype == np.float32
         assert out.has_sorted_indices
         np.testing.assert_array_equal(out.toarray(), X[:, col].toarray())
+
+
+@pytest.mark.parametrize("step", [1, 7, 2**20])
+def test_block_summary_by_steps(pbmc3k_raw, monkeypatch, step):
+    """Non-finite count, min, max and integrality of the stored values, whatever the step; dense rows alike."""
+    from scadversarial.pp import _chunked
+
+    monkeypatch.setattr(_chunked, "SUMMARY_STEP", step)
+    X = pbmc3k_raw[:50].X.astype(np.float32)
+    high = float(X.max())
+    np.testing.assert_array_equal(_chunked.block_summary(X), [[0, X.data.min(), high, 1]])  # stored values
+    np.testing.assert_array_equal(_chunked.block_summary(X.toarray()), [[0, 0, high, 1]])  # every value
+    Y = X.copy()
+    Y.data[-1] = 0.5  # one non-integer, last
+    Y.data[3] = np.nan
+    Y.data[5] = -np.inf
+    n_bad, low, high, integral = _chunked.fold_summaries(_chunked.block_summary(Y))
+    assert (n_bad, integral) == (2, False)
+    assert low == np.nanmin(Y.data[np.isfinite(Y.data)])
+    assert high == Y.data[np.isfinite(Y.data)].max()
+    int_counts = pbmc3k_raw[:20].X.toarray().astype(np.int32)
+    assert _chunked.fold_summaries(_chunked.block_summary(int_counts))[3]
+    assert _chunked.fold_summaries(np.empty((0, 4))) == (0, np.inf, -np.inf, True)

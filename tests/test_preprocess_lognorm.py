@@ -198,3 +198,45 @@ def test_backed_view(pbmc3k_path):
     sad.pp.preprocess(mem, n_top_genes=200, output="lognorm")
     assert_same_outputs(out, mem)
     backed.file.close()
+
+
+def test_backed_checks_the_whole_file(pbmc3k_raw, tmp_path, monkeypatch):
+    """A backed X is decided by its whole reading pass, as in memory; a wrong first guess is read again."""
+    import scanpy as sc
+
+    from scadversarial.pp import _preprocess
+
+    monkeypatch.setattr(_chunked, "CHUNK_BYTES", 8 * 850 * 64)  # ~64-cell chunks
+    monkeypatch.setattr(_preprocess, "COUNTS_SAMPLE", 2_000)  # the guess reads the first ~3 cells
+    p = pbmc3k_raw[:400]
+    logged = p[20:].copy()
+    sc.pp.normalize_total(logged)
+    sc.pp.log1p(logged)
+    del logged.uns["log1p"]
+    mixed = ad.concat([p[:20], logged])  # counts first, log values after: refused, as in memory
+    mixed.X = sp.csr_matrix(mixed.X, dtype=np.float32)
+    mixed.write_h5ad(tmp_path / "mixed.h5ad")
+    backed = ad.read_h5ad(tmp_path / "mixed.h5ad", backed="r")
+    with pytest.raises(ValueError, match=r"values up to \d+, too large for log-normalized"):
+        sad.pp.preprocess(backed, copy=True)
+    backed.file.close()
+
+    lognorm = p.copy()
+    sc.pp.normalize_total(lognorm)
+    sc.pp.log1p(lognorm)
+    del lognorm.uns["log1p"]
+    lognorm.X = sp.csr_matrix(lognorm.X, dtype=np.float32)
+    head = slice(0, lognorm.X.indptr[10])
+    lognorm.X.data[head] = np.round(lognorm.X.data[head])  # the first values integers: guessed counts
+    lognorm.X.eliminate_zeros()
+    lognorm.write_h5ad(tmp_path / "lognorm.h5ad")
+    mem = sad.pp.preprocess(lognorm, n_top_genes=100, copy=True)
+    backed = ad.read_h5ad(tmp_path / "lognorm.h5ad", backed="r")
+    passes = []
+    read = _preprocess._backed.lognorm
+    monkeypatch.setattr(_preprocess._backed, "lognorm", lambda X, **kw: passes.append(kw) or read(X, **kw))
+    out = sad.pp.preprocess(backed, n_top_genes=100, copy=True)
+    assert [kw["already_log"] for kw in passes] == [False, True]  # guessed counts, read again as log values
+    assert out.uns["sad"]["preprocess"]["params"]["already_log"] is True
+    assert_same_outputs(out, mem)
+    backed.file.close()

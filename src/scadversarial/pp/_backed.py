@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from . import _chunked
-from ._chunked import block_summary, lognorm_block, row_chunks, stack_rows
+from ._chunked import block_summary, fold_summaries, lognorm_block, row_chunks, stack_rows
 
 
 def check_readable(X) -> None:
@@ -59,22 +59,23 @@ def looks_like_counts(X, sample_size: int) -> bool:
 
 
 def lognorm(X, *, already_log: bool, target_sum: float):
-    """The log-normalized matrix of backed ``X`` in memory, and the input's summary ``(n_bad, low)``.
+    """The log-normalized matrix of backed ``X`` in memory, and the input's summary ``(n_bad, low, high, integral)``.
 
-    ``n_bad`` counts the non-finite values and ``low`` is the smallest finite one, what the input checks
-    read. Once a chunk fails them (non-finite or negative values), the rest is only summarized, so that
-    the error reports the whole matrix; the caller raises before using the (then empty) result.
+    The summary is :func:`._chunked.fold_summaries`' of the whole matrix, what the input checks read. Once a
+    chunk fails them (non-finite or negative values), the rest is only summarized, so that the error reports
+    the whole matrix; the caller raises before using the (then empty) result.
     """
-    blocks = []
-    n_bad, low = 0, np.inf
+    blocks, rows = [], []
+    failed = False
     for block in read_chunks(X):
-        (bad, block_low), *_ = block_summary(block)
-        n_bad, low = n_bad + int(bad), min(low, block_low)
-        if n_bad or low < 0:
+        row = block_summary(block)
+        rows.append(row)
+        failed = failed or bool(row[0, 0]) or row[0, 1] < 0
+        if failed:
             blocks.clear()
             continue
         blocks.append(lognorm_block(block, already_log=already_log, target_sum=target_sum))
-    return (stack_rows(blocks) if blocks else None), n_bad, low
+    return (stack_rows(blocks) if blocks else None), fold_summaries(np.concatenate(rows))
 
 
 def kept_counts(X, keep: np.ndarray | None):

@@ -130,12 +130,50 @@ def lognorm_block(block, *, already_log: bool, target_sum: float):
     return work.X
 
 
+#: Stored values per step of :func:`block_summary`: its temporaries stay a few MB, whatever the block.
+SUMMARY_STEP = 2**20
+
+
+def _value_steps(data: np.ndarray) -> Iterator[np.ndarray]:
+    """``data`` (1-D stored values, or 2-D dense rows) in pieces of about :data:`SUMMARY_STEP` values, never copied whole."""
+    if data.ndim != 2:  # 1-D: CSR .data (or a 0-D scalar)
+        flat = data.reshape(-1)
+        for start in range(0, flat.size, SUMMARY_STEP):
+            yield flat[start : start + SUMMARY_STEP]
+        return
+    rows = max(1, SUMMARY_STEP // max(data.shape[1], 1))
+    for start in range(0, data.shape[0], rows):
+        yield data[start : start + rows]
+
+
 def block_summary(block) -> np.ndarray:
-    """``[[number of non-finite values, min of the finite ones]]`` of one block's stored values."""
+    """``[[non-finite values, min, max, all integers]]`` of one block's stored values (one row, float64).
+
+    Min and max are of the finite values (``inf`` / ``-inf`` when none); ``all integers`` is 1.0 when every
+    finite value is a whole number (counts), else 0.0. Read in steps of :data:`SUMMARY_STEP` values, so the
+    temporaries stay small; once a non-integer is met, the integer test is skipped for the rest.
+    """
     data = block.data if sp.issparse(block) else np.asarray(block)
-    finite = np.isfinite(data) if data.dtype.kind in "fc" else np.ones(data.shape, bool)
-    low = float(data[finite].min()) if finite.any() else np.inf
-    return np.array([[float(data.size - finite.sum()), low]])
+    exact = data.dtype.kind not in "fc"  # integer or boolean storage: finite whole numbers
+    n_bad, low, high, integral = 0, np.inf, -np.inf, True
+    for piece in _value_steps(data):
+        if not exact:
+            finite = np.isfinite(piece)
+            if not finite.all():
+                n_bad += int(piece.size - np.count_nonzero(finite))
+                piece = piece[finite]  # noqa: PLW2901  the finite values only, for min, max and the integer test
+            integral = integral and bool(np.all(piece == np.round(piece)))
+        if piece.size:
+            low, high = min(low, float(piece.min())), max(high, float(piece.max()))
+    return np.array([[float(n_bad), low, high, float(integral)]])
+
+
+def fold_summaries(table: np.ndarray) -> tuple[int, float, float, bool]:
+    """The whole matrix's ``(n_bad, low, high, integral)`` from the rows of :func:`block_summary`."""
+    table = np.asarray(table, dtype=np.float64).reshape(-1, 4)
+    if not len(table):
+        return 0, np.inf, -np.inf, True
+    return int(table[:, 0].sum()), float(table[:, 1].min()), float(table[:, 2].max()), bool(table[:, 3].all())
 
 
 def sparse_columns(M, col: np.ndarray | None, *, chunk_bytes: int = CHUNK_BYTES) -> sp.csr_matrix:

@@ -23,6 +23,7 @@ from ._chunked import (
     block_summary,
     dense_columns,
     finish_mean_std,
+    fold_summaries,
     lognorm_block,
     scale_into,
     sparse_columns,
@@ -37,18 +38,15 @@ def _one_gene_chunk(M: da.Array) -> da.Array:
     return M if len(M.chunks[1]) == 1 else M.rechunk({1: -1})
 
 
-def summarize(M: da.Array) -> tuple[int, float]:
-    """The number of non-finite values of ``M`` and the minimum of the others, in one pass over the blocks."""
+def summarize(M: da.Array) -> tuple[int, float, float, bool]:
+    """``(non-finite values, min, max, all integers)`` of ``M`` (:func:`._chunked.fold_summaries`), one pass over the blocks.
+
+    The whole matrix decides counts or log-normalized, as in memory: no block stands for the others.
+    """
     import dask
 
     parts = [dask.delayed(block_summary)(b) for b in _one_gene_chunk(M).to_delayed().ravel()]
-    table = np.concatenate(dask.compute(*parts))
-    return int(table[:, 0].sum()), float(table[:, 1].min())
-
-
-def first_block(M: da.Array):
-    """The first block of cells, in memory (for the counts-or-log sample)."""
-    return _one_gene_chunk(M).blocks[0, 0].compute()
+    return fold_summaries(np.concatenate(dask.compute(*parts)))
 
 
 def lognorm(M: da.Array, *, already_log: bool, target_sum: float) -> da.Array:
