@@ -269,3 +269,19 @@ def test_preprocess_target_sum_none_is_default(pbmc3k_raw):
     b = sad.pp.preprocess(pbmc3k_raw[:300].copy(), target_sum=1e4, n_top_genes=100, copy=True)
     assert a.uns["sad"]["preprocess"]["params"]["target_sum"] == 1e4
     np.testing.assert_array_equal(a.X, b.X)
+
+
+@pytest.mark.parametrize("seed", [None, np.random.default_rng(0), -1, 1.5, True, "0"])
+def test_seed_checked_before_writing(pbmc68k, seed):
+    """split and pseudo_labels check random_state first: nothing is written when it is not an integer seed."""
+    a = pbmc68k.copy()
+    sad.pp.preprocess(a, n_top_genes=200)
+    before = _state(a)
+    with pytest.raises(ValueError, match="random_state must be an integer seed"):
+        sad.pp.split(a, "bulk_labels", random_state=seed)
+    with pytest.raises(ValueError, match="random_state must be an integer seed"):
+        sad.pp.pseudo_labels(a, random_state=seed)
+    _unchanged(a, *before)
+    assert "X_pca" not in a.obsm
+    sad.pp.split(a, "bulk_labels", random_state=np.int64(3))  # numpy integers are seeds
+    assert a.uns["sad"]["split"]["params"]["random_state"] == 3

@@ -12,6 +12,21 @@ from .._settings import logger
 from .._validate import check_adata, get_matrix, set_record
 
 
+def check_seed(random_state) -> int:
+    """``random_state`` as an int, or a :class:`ValueError`: the records keep the seed that repeats a step."""
+    if (
+        isinstance(random_state, (int, np.integer))
+        and not isinstance(random_state, (bool, np.bool_))
+        and 0 <= random_state < 2**32  # what numpy's and scikit-learn's seeds accept
+    ):
+        return int(random_state)
+    msg = (
+        f"random_state must be an integer seed in [0, 2**32) (e.g. 0), got {random_state!r}: the record keeps it so that "
+        "the step can be repeated exactly (a Generator or None would not repeat)."
+    )
+    raise ValueError(msg)
+
+
 @doc_params(doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
 def pseudo_labels(
     adata: AnnData,
@@ -49,7 +64,7 @@ def pseudo_labels(
     layer
         Matrix to cluster (default ``X``).
     random_state
-        Seed of PCA and clustering.
+        Seed of PCA and clustering (an integer, recorded).
     key_added
         ``.obs`` key of the labels.
     {doc_copy}
@@ -62,6 +77,7 @@ def pseudo_labels(
 
     """
     check_adata(adata, min_obs=3)
+    random_state = check_seed(random_state)
     if method not in ("kmeans", "leiden"):
         msg = f"Unknown method {method!r}; use 'kmeans' or 'leiden'."
         raise ValueError(msg)
@@ -109,7 +125,7 @@ def pseudo_labels(
         "n_pcs": n_comps,
         "resolution": float(resolution),
         "min_size": int(min_size),
-        "random_state": int(random_state),
+        "random_state": random_state,
         "key_added": key_added,
     }
     set_record(adata, _keys.STEP_LABELS, params=params, metrics={"n_labels": len(sizes), "sizes": sizes.to_numpy()})

@@ -9,6 +9,7 @@ from anndata import AnnData
 from .. import _keys
 from .._docs import doc_copy, doc_params, doc_returns_copy
 from .._validate import check_adata, check_labels, check_obs_key, set_record
+from ._labels import check_seed
 
 
 @doc_params(doc_copy=doc_copy, doc_returns_copy=doc_returns_copy)
@@ -33,7 +34,7 @@ def split(
     train_size, val_size
         Fractions of cells for training and validation; the test split gets the rest.
     random_state
-        Seed; the same seed and data give the same split.
+        Seed (an integer, recorded); the same seed and data give the same split.
     key_added
         ``.obs`` key of the split.
     {doc_copy}
@@ -60,6 +61,7 @@ def split(
     if copy and adata.isbacked:
         msg = "split(copy=True) needs an in-memory AnnData: load it with `adata.to_memory()`, or pass copy=False."
         raise ValueError(msg)
+    random_state = check_seed(random_state)
     labels = check_obs_key(adata, labels_key, producer="sad.pp.pseudo_labels")
     if not (0 < train_size < 1 and 0 <= val_size < 1 and train_size + val_size < 1):
         msg = f"train_size={train_size} and val_size={val_size} must be fractions in (0, 1) summing below 1 (the test split gets the rest)."
@@ -84,7 +86,7 @@ def split(
         "labels_key": labels_key,
         "train_size": train_size,
         "val_size": val_size,
-        "random_state": int(random_state),
+        "random_state": random_state,
         "key_added": key_added,
     }
     set_record(
