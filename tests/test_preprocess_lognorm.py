@@ -200,6 +200,45 @@ def test_backed_view(pbmc3k_path):
     backed.file.close()
 
 
+def test_pseudo_labels_same_for_both_outputs(outputs3k):
+    """``output='lognorm'`` is clustered on its scaled values (by chunks), as the scaled X: the same labels."""
+    lognorm, scaled = outputs3k
+    for seed in (0, 1):
+        a = sad.pp.pseudo_labels(lognorm, random_state=seed, copy=True)
+        b = sad.pp.pseudo_labels(scaled, random_state=seed, copy=True)
+        np.testing.assert_array_equal(a.obs["sad_label"].to_numpy(), b.obs["sad_label"].to_numpy())
+        np.testing.assert_allclose(np.abs(a.obsm["X_pca"]), np.abs(b.obsm["X_pca"]), atol=0.05)
+    assert sp.issparse(lognorm.X)  # left as it was
+
+
+@pytest.mark.parametrize(
+    ("n_obs", "n_top_genes", "max_value"),
+    [(2638, 200, 10.0), (400, 300, 10.0), (1000, 500, None)],
+    ids=["covariance", "small_dense", "randomized_no_clip"],
+)
+def test_pseudo_labels_same_for_both_outputs_shapes(pbmc3k_raw, n_obs, n_top_genes, max_value):
+    """Each of scikit-learn's PCA solvers (picked by shape) gives the scaled output's labels from the lognorm one."""
+    a = pbmc3k_raw[:n_obs].copy()
+    kwargs = {"n_top_genes": n_top_genes, "max_value": max_value, "copy": True}
+    lognorm = sad.pp.preprocess(a, output="lognorm", **kwargs)
+    scaled = sad.pp.preprocess(a, **kwargs)
+    la = sad.pp.pseudo_labels(lognorm, n_clusters=6, copy=True).obs["sad_label"].to_numpy()
+    lb = sad.pp.pseudo_labels(scaled, n_clusters=6, copy=True).obs["sad_label"].to_numpy()
+    np.testing.assert_array_equal(la, lb)
+
+
+def test_pseudo_labels_lognorm_dask(pbmc3k_raw):
+    """A dask lognorm X (CSR blocks) is read block by block to the in-memory labels."""
+    import dask.array as da
+
+    mem = sad.pp.preprocess(pbmc3k_raw[:800].copy(), n_top_genes=300, output="lognorm", copy=True)
+    lazy = mem.copy()
+    lazy.X = da.from_array(mem.X, chunks=(250, -1))
+    a = sad.pp.pseudo_labels(mem, n_clusters=5, copy=True)
+    b = sad.pp.pseudo_labels(lazy, n_clusters=5, copy=True)
+    np.testing.assert_array_equal(a.obs["sad_label"].to_numpy(), b.obs["sad_label"].to_numpy())
+
+
 def test_backed_checks_the_whole_file(pbmc3k_raw, tmp_path, monkeypatch):
     """A backed X is decided by its whole reading pass, as in memory; a wrong first guess is read again."""
     import scanpy as sc
