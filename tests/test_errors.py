@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -120,6 +122,20 @@ def test_model_on_data_missing_genes(pipeline68k):
     assert_unchanged(b, snap)
     # the explicit fill policy works and is honest about it
     sad.tl.predict(b, model, missing="fill")
+    assert (b.obs["sad_pred"] == a.obs["sad_pred"]).mean() > 0.9
+
+
+def test_filled_genes_are_logged_once_when_x_falls_back_to_lognorm(pipeline68k, caplog):
+    """predict(missing='fill') on an unscaled X reads sad_lognorm instead: the filled genes are logged once."""
+    a = pipeline68k.copy()
+    model = sad.tl.get_model(a)
+    b = a[:, ~a.var_names.isin(a.var_names[[3, 7]])].copy()
+    b.X = np.asarray(b.layers["sad_lognorm"]).copy()  # not the classifier's scaled input
+    with caplog.at_level(logging.WARNING, logger="scadversarial"):
+        sad.tl.predict(b, model, missing="fill")
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("non-negative" in m for m in messages)
+    assert sum("Filled 2 missing genes" in m for m in messages) == 1, messages
     assert (b.obs["sad_pred"] == a.obs["sad_pred"]).mean() > 0.9
 
 

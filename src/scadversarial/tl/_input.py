@@ -32,7 +32,7 @@ from anndata import AnnData
 from .. import _keys
 from .._docs import doc_params
 from .._settings import logger
-from .._validate import MissingPolicy
+from .._validate import MissingPolicy, quiet_fill
 from ._chunks import iter_chunks
 from ._fragments import doc_example_classifier
 from ._space import layer_space, log_scaled, scaled_matrix
@@ -235,7 +235,8 @@ def classifier_input(
     problem = input_space_problem(adata, model, X)
     if problem is None:
         return X
-    return log_scaled(adata, model, _fallback(adata, problem), missing=missing)
+    with quiet_fill():  # the same genes were filled (and logged) reading X
+        return log_scaled(adata, model, _fallback(adata, problem), missing=missing)
 
 
 __all__ = ["classifier_input", "input_space_problem", "read_input", "sample_rows", "x_source"]
