@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -123,3 +124,53 @@ def test_load_models_on_a_backed_anndata_then_detect(pipeline68k, tmp_path):
     """)
     subprocess.run([sys.executable, "-c", script], check=True)
     np.testing.assert_allclose(np.load(tmp_path / "score.npy"), a.obs["sad_score"].to_numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_saved_paths_are_absolute_and_lead_back_from_elsewhere(pipeline68k, tmp_path, monkeypatch):
+    # `scadversarial run --out out` saves to a relative folder; a process started elsewhere must find the models
+    a = pipeline68k.copy()
+    monkeypatch.chdir(tmp_path)
+    sad.save_models(a, "out/models")
+    ref = a.uns["sad"]["classifier"]["model"]
+    assert Path(ref["path"]).is_absolute()
+    assert Path(ref["path"]) == tmp_path / "out" / "models" / "classifier"
+    a.write_h5ad(tmp_path / "a.h5ad")
+    script = textwrap.dedent(f"""
+        import anndata as ad, numpy as np, scadversarial as sad
+        b = ad.read_h5ad({str(tmp_path / "a.h5ad")!r})
+        sad.tl.predict(b)
+        np.save({str(tmp_path / "p.npy")!r}, b.obsm["sad_proba"])
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd="/")
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), a.obsm["sad_proba"], rtol=1e-5, atol=1e-6)
+
+
+def test_save_models_takes_a_backed_anndata(pipeline68k, tmp_path):
+    a = pipeline68k.copy()
+    a.write_h5ad(tmp_path / "a.h5ad")
+    b = ad.read_h5ad(tmp_path / "a.h5ad", backed="r")
+    sad.get.model(a)  # registered in this process under the id b references
+    assert sad.save_models(b, tmp_path / "models") == tmp_path / "models"
+    assert (tmp_path / "models" / "classifier" / "config.json").is_file()
+    assert b.uns["sad"]["classifier"]["model"]["path"] == str(tmp_path / "models" / "classifier")
+
+
+def test_get_model_refuses_a_saved_model_of_other_genes(pipeline68k, tmp_path):
+    # a model loaded lazily from its stored path is checked against the genes the AnnData recorded
+    a = pipeline68k.copy()
+    sad.save_models(a, tmp_path / "models")
+    genes = tmp_path / "models" / "classifier" / "genes.txt"
+    lines = genes.read_text(encoding="utf-8").splitlines()
+    lines[0], lines[1] = lines[1], lines[0]
+    genes.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    a.write_h5ad(tmp_path / "a.h5ad")
+    script = textwrap.dedent(f"""
+        import anndata as ad, scadversarial as sad
+        b = ad.read_h5ad({str(tmp_path / "a.h5ad")!r})
+        try:
+            sad.get.model(b)
+        except ValueError as e:
+            print("refused:", e)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
+    assert "refused" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from anndata import AnnData
@@ -48,11 +49,18 @@ def get_model(adata: AnnData, key: str = _keys.STEP_CLASSIFIER) -> SadModel:
         raise KeyError(msg)
     ref = refs[key]
     model = lookup(str(ref["id"]))
-    if model is None and ref.get("path") and Path(str(ref["path"])).is_dir():
-        model = load_model(str(ref["path"]), expected_id=str(ref["id"]))
+    saved = str(ref.get("path", "") or "")
+    if model is None and saved and Path(saved).is_dir():
+        model = load_model(saved, expected_id=str(ref["id"]), expected_genes_sha256=ref.get("var_names_sha256") or None)
     if model is None:
+        where = (
+            f"its saved path {saved!r} is not a directory here"
+            + ("" if Path(saved).is_absolute() else f" (relative to the current directory {os.getcwd()!r})")
+            if saved
+            else "it has no saved path"
+        )
         msg = (
-            f"The {key!r} model referenced in adata.uns['sad'] (id {ref['id']}) is not loaded in this process and has no saved path. "
+            f"The {key!r} model referenced in adata.uns['sad'] (id {ref['id']}) is not loaded in this process and {where}. "
             "Call `sad.load_models(adata, DIR)` with the directory given to `sad.save_models`."
         )
         raise KeyError(msg)
@@ -62,8 +70,8 @@ def get_model(adata: AnnData, key: str = _keys.STEP_CLASSIFIER) -> SadModel:
 def set_model_reference(adata: AnnData, key: str, model: SadModel, *, save_dir: str | Path | None = None) -> dict:
     """Reference ``model`` from ``adata.uns['sad'][key]['model']`` (saving it to ``save_dir/key`` if given)."""
     path = ""
-    if save_dir is not None:
-        path = str(save_model(model, Path(save_dir) / key))
+    if save_dir is not None:  # absolute: the reference must still lead to the model from another directory
+        path = str(save_model(model, Path(save_dir).resolve() / key))
     ref = reference(model, path)
     adata.uns[_keys.UNS][key]["model"] = ref
     return ref
@@ -84,11 +92,13 @@ def save_models(adata: AnnData, path: str | Path) -> Path:
 
     Returns
     -------
-    ``path``. Updates ``adata.uns['sad'][key]['model']['path']`` for each model.
+    ``path``, made absolute. Updates ``adata.uns['sad'][key]['model']['path']`` for each model (absolute
+    paths: a process started in another directory finds them; after moving the folder, pass it to
+    :func:`load_models`).
 
     """
-    check_adata(adata)
-    path = Path(path)
+    check_adata(adata, allow_backed=True)  # writes the references in .uns only
+    path = Path(path).resolve()  # absolute: the references must still lead to the models from another directory
     refs = _model_refs(adata)
     if not refs:
         msg = "adata.uns['sad'] references no model. Train one with `sad.tl.train_classifier` first."
@@ -130,7 +140,9 @@ def load_models(adata: AnnData, path: str | Path | None = None, *, device=None) 
         if not str(ref.get("path", "")) and path is None:
             msg = f"The {key!r} model has no saved path; pass the directory given to `sad.save_models`."
             raise FileNotFoundError(msg)
-        model = load_model(mpath, expected_id=str(ref["id"]), device=device)
+        model = load_model(
+            mpath, expected_id=str(ref["id"]), expected_genes_sha256=ref.get("var_names_sha256") or None, device=device
+        )
         sha = genes_sha256(getattr(model, "var_names", []) or [])
         if ref.get("var_names_sha256") and sha != ref["var_names_sha256"]:
             msg = f"The {key!r} model in {str(mpath)!r} was trained on other genes than the reference records."
