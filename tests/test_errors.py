@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 from anndata import AnnData
@@ -175,3 +176,21 @@ def test_bad_attack_options(pipeline68k):
     with pytest.raises(KeyError, match="labels"):
         sad.tl.attack(a, labels_key="labels")
     assert_unchanged(a, snap)
+
+
+def test_integer_gene_names_are_refused_with_the_fix(pbmc68k):
+    a = pbmc68k[:50].copy()
+    with pytest.warns(UserWarning, match="strings"):  # anndata warns, and keeps them
+        a.var_names = pd.Index(np.arange(a.n_vars) + 1000)
+    with pytest.raises(TypeError, match=r"var_names must be strings.*astype\(str\)"):
+        sad.pp.preprocess(a)
+
+
+def test_small_classes_are_named_with_plain_counts(pbmc68k):
+    a = pbmc68k.copy()
+    sad.pp.preprocess(a)
+    labels = np.array(["big"] * a.n_obs, dtype=object)
+    labels[:2] = "rare"
+    a.obs["ct"] = labels
+    with pytest.raises(ValueError, match=r"\{'rare': 2\}.*adata\.obs\['ct'\]\.isin\(\['rare'\]\)"):
+        sad.pp.split(a, "ct")

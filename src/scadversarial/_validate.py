@@ -95,6 +95,14 @@ def check_adata(adata: Any, *, min_obs: int = 1, allow_backed: bool = False) -> 
             "`sc.pp.filter_cells` / `sc.pp.filter_genes`), or pass a larger AnnData."
         )
         raise ValueError(msg)
+    if not isinstance(adata.var_names, pd.RangeIndex) and adata.var_names.inferred_type not in ("string", "empty"):
+        # genes are matched by name, and anndata subsets gene axes by name only for string names
+        msg = (
+            f"adata.var_names must be strings (got {adata.var_names.inferred_type} names such as "
+            f"{shown_names(adata.var_names[:3])}, e.g. Entrez ids). Convert them first: "
+            "`adata.var_names = adata.var_names.astype(str)`."
+        )
+        raise TypeError(msg)
     if not adata.var_names.is_unique:  # genes are aligned by name: a repeated name is ambiguous
         dup = adata.var_names[adata.var_names.duplicated()].unique()
         msg = (
@@ -276,9 +284,10 @@ def check_labels(labels: pd.Series | np.ndarray, *, key: str = "labels", min_per
         raise ValueError(msg)
     small = counts[counts < min_per_class]
     if len(small):
+        sizes = {str(c): int(n) for c, n in small.items()}
         msg = (
-            f"Classes too small in {key!r}: {dict(small)} (need at least {min_per_class} cells each to stratify). "
-            "Merge or drop those classes, e.g. `adata = adata[~adata.obs[key].isin([...])].copy()`."
+            f"Classes too small in {key!r}: {sizes} (need at least {min_per_class} cells each to stratify). "
+            f"Merge or drop those classes, e.g. `adata = adata[~adata.obs[{key!r}].isin({list(sizes)})].copy()`."
         )
         raise ValueError(msg)
     return cat
