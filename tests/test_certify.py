@@ -226,7 +226,7 @@ def test_unlabelled_cells_are_left_out_of_the_accuracies(certified68k, caplog):
     a.obs["sad_label"] = labels
     with caplog.at_level(logging.WARNING, logger="scadversarial"):
         sad.tl.certify(a, sigma=SIGMA, n_samples=100, key_added="partly")
-    assert f"{len(gone)} of {a.n_obs} measured cells have no label in adata.obs['sad_label']" in caplog.text
+    assert f"{len(gone)} of {a.n_obs} cells have no label in adata.obs['sad_label']" in caplog.text
     m = a.uns["sad"]["partly"]["metrics"]
     assert m["n_unlabelled"] == len(gone)
     assert m["n_cells"] == a.n_obs  # the label-free metrics keep every cell

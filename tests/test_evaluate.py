@@ -139,7 +139,7 @@ def test_unlabelled_cells_are_left_out_of_the_accuracy(evaluated, caplog):
     a.obs["sad_label"] = labels
     with caplog.at_level(logging.WARNING, logger="scadversarial"):
         sad.tl.evaluate(a)
-    assert f"{len(gone)} of {len(test)} evaluated cells have no label in adata.obs['sad_label']" in caplog.text
+    assert f"{len(gone)} of {len(test)} cells have no label in adata.obs['sad_label']" in caplog.text
     table = sad.get.evaluation_table(a)
     kept = np.setdiff1d(test, gone)
     y = a.obs["sad_label"].to_numpy()[kept].astype(str)

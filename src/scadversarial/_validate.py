@@ -293,6 +293,35 @@ def check_labels(labels: pd.Series | np.ndarray, *, key: str = "labels", min_per
     return cat
 
 
+def labelled_cells(
+    adata: AnnData, labels_key: str, cells: np.ndarray, *, caller: str, measured: str, keeps: str, fix: str
+) -> np.ndarray:
+    """Per cell, whether it has a label in ``labels_key``: a missing one (NaN) is left out of accuracies.
+
+    Compared as strings, NaN would become ``'nan'``, a wrong call of every unlabelled cell. Raises a
+    :class:`ValueError` (``fix``: what to do) when none of ``cells`` (a boolean mask) has a label, and
+    warns how many of them are left out of ``measured`` while ``keeps`` keep them.
+    """
+    known = adata.obs[labels_key].notna().to_numpy()
+    missing = int((cells & ~known).sum())
+    if cells.any() and missing == int(cells.sum()):
+        msg = f"{caller}: no cell has a label in adata.obs[{labels_key!r}] (all NaN), so {measured} has no cell. {fix}"
+        raise ValueError(msg)
+    if missing:
+        from ._settings import logger
+
+        logger.warning(
+            "%s: %d of %d cells have no label in adata.obs[%r] (NaN): %s leaves them out; %s keep them.",
+            caller,
+            missing,
+            int(cells.sum()),
+            labels_key,
+            measured,
+            keeps,
+        )
+    return known
+
+
 def uns_root(adata: AnnData) -> dict:
     """``adata.uns['sad']``, created when missing."""
     if _keys.UNS not in adata.uns:

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from .. import _keys, get
 from .._docs import doc_params
-from .._settings import logger
+from .._validate import labelled_cells
 from ..tl._certify import ABSTAIN
 from . import _utils as u
 
@@ -22,25 +22,17 @@ _GRID_POINTS = 200
 
 def _labelled(adata: AnnData, cells: np.ndarray, labels_key: str, split: str | None) -> np.ndarray:
     """The cells of ``cells`` with a true label: a missing one (NaN) is left out, never compared as ``'nan'``."""
-    known = adata.obs[labels_key].notna().to_numpy()
-    missing = int((cells & ~known).sum())
-    if missing == cells.sum():
-        where = "" if split is None else f" of split {split!r}"
-        msg = (
-            f"sad.pl.{_FN}: no cell{where} has a label in adata.obs[{labels_key!r}] (all NaN), so there is no "
-            "accuracy to plot. Pass labels_key= naming a column with true labels, annotate some of these "
-            "cells, or pass another split (split=None for all cells)."
-        )
-        raise ValueError(msg)
-    if missing:
-        logger.warning(
-            "sad.pl.%s: %d of %d cells have no label in adata.obs[%r] (NaN): the curves leave them out; "
-            "the abstention rates keep them.",
-            _FN,
-            missing,
-            int(cells.sum()),
-            labels_key,
-        )
+    where = "" if split is None else f" of split {split!r}"
+    known = labelled_cells(
+        adata,
+        labels_key,
+        cells,
+        caller=f"sad.pl.{_FN}",
+        measured="the curves",
+        keeps="the abstention rates",
+        fix=f"Plotted: the cells{where}. Pass labels_key= naming a column with true labels, annotate some of "
+        "these cells, or pass another split (split=None for all cells).",
+    )
     return cells & known
 
 

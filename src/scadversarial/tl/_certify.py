@@ -25,7 +25,7 @@ from scipy import stats
 from .. import _keys
 from .._docs import doc_copy, doc_example_pbmc3k, doc_params, doc_returns_copy
 from .._settings import logger, progress, settings
-from .._validate import check_adata, h5ad_safe, matrix_for_genes, uns_root
+from .._validate import check_adata, h5ad_safe, labelled_cells, matrix_for_genes, uns_root
 from ..models.classifier import CellClassifier, SpaceClassifier
 from ._attack_record import require_every_row
 from ._models import _model_refs, get_model
@@ -266,24 +266,17 @@ def _truth(adata: AnnData, labels_key: str | None, cells: np.ndarray, split: str
     if labels_key is None or labels_key not in adata.obs:
         return None
     col = adata.obs[labels_key]
-    known = col.notna().to_numpy()
-    missing = int((cells & ~known).sum())
-    if cells.any() and missing == cells.sum():
-        where = "" if split is None else f" of split {split!r}"
-        msg = (
-            f"No measured cell{where} has a label in adata.obs[{labels_key!r}] (all NaN), so the accuracy has no "
-            "cell to measure. Pass options=CertifyOptions(labels_key=...) naming a column with true labels, "
-            "annotate some of these cells, or pass another split (split=None for all cells)."
-        )
-        raise ValueError(msg)
-    if missing:
-        logger.warning(
-            "certify: %d of %d measured cells have no label in adata.obs[%r] (NaN): the accuracies leave them "
-            "out; abstention and mean_radius keep them.",
-            missing,
-            int(cells.sum()),
-            labels_key,
-        )
+    where = "" if split is None else f" of split {split!r}"
+    known = labelled_cells(
+        adata,
+        labels_key,
+        cells,
+        caller="certify",
+        measured="the accuracy",
+        keeps="abstention and mean_radius",
+        fix=f"Measured: the cells{where}. Pass options=CertifyOptions(labels_key=...) naming a column with true "
+        "labels, annotate some of these cells, or pass another split (split=None for all cells).",
+    )
     return np.where(known, col.astype(str).to_numpy(), None)
 
 

@@ -9,7 +9,7 @@ from anndata import AnnData
 from .. import _keys
 from .._docs import doc_params
 from .._settings import logger
-from .._validate import check_adata, check_obs_key, get_record, set_record
+from .._validate import check_adata, check_obs_key, get_record, labelled_cells, set_record
 from ..detection import detection_metrics
 from ..get import attack_record, record
 from ._attack_record import attacked_cells
@@ -137,9 +137,7 @@ def evaluate(
     check_adata(adata)
     clf_rec = get_record(adata, _keys.STEP_CLASSIFIER, producer="sad.tl.train_classifier")
     labels_key = labels_key or str(clf_rec["params"].get("labels_key", _keys.OBS_LABEL))
-    labels_col = check_obs_key(adata, labels_key)
-    labelled = labels_col.notna().to_numpy()  # NaN would become the string 'nan', a wrong call of every cell
-    labels = labels_col.astype(str).to_numpy()
+    labels = check_obs_key(adata, labels_key).astype(str).to_numpy()
     pred = check_obs_key(adata, _keys.OBS_PRED, producer="sad.tl.train_classifier").astype(str).to_numpy()
     layers = _attack_layers(adata, attack_key, None)
     att_rec = attack_record(adata, attack_key)
@@ -164,23 +162,18 @@ def evaluate(
             "or pass another subset (subset=None for all cells)."
         )
         raise ValueError(msg)
+    where = "" if subset is None else f" with adata.obs[{split_key!r}] == {subset!r}"
+    labelled = labelled_cells(
+        adata,
+        labels_key,
+        mask,
+        caller="evaluate",
+        measured="the classifier accuracy",
+        keeps="the attack and detector rows",
+        fix=f"Evaluated: the cells{where}. Pass labels_key= naming a column with true labels, annotate some of "
+        "these cells, or pass another subset (subset=None for all cells).",
+    )
     n_unlabelled = int((mask & ~labelled).sum())
-    if n_unlabelled == mask.sum():
-        where = "" if subset is None else f" with adata.obs[{split_key!r}] == {subset!r}"
-        msg = (
-            f"No evaluated cell{where} has a label in adata.obs[{labels_key!r}] (all NaN), so the classifier "
-            "accuracy has no cell to measure. Pass labels_key= naming a column with true labels, annotate "
-            "some of these cells, or pass another subset (subset=None for all cells)."
-        )
-        raise ValueError(msg)
-    if n_unlabelled:
-        logger.warning(
-            "evaluate: %d of %d evaluated cells have no label in adata.obs[%r] (NaN): the classifier accuracy "
-            "leaves them out; the attack and detector rows keep them.",
-            n_unlabelled,
-            int(mask.sum()),
-            labels_key,
-        )
     if copy:
         adata = adata.copy()
 
