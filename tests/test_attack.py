@@ -233,3 +233,24 @@ def test_unlabelled_cells_need_no_label_unless_attacked(pipeline3k):
     opts = sad.tl.AttackOptions(cells=a.obs["partial"].notna().to_numpy(), labels_key="partial")
     sad.tl.attack(a, "pgd", eps=0.1, options=opts, key_added="lab")
     assert a.uns["sad"]["attacks"]["lab"]["cells"]["n_cells"] == 35
+
+
+def test_reused_key_keeps_the_layer_it_attacked_and_drops_old_scores(pipeline3k):
+    a = pipeline3k[:40].copy()
+    sad.tl.attack(a, eps=(0.1, 0.5), key_added="k")
+    a.obs["sad_score_k_eps0.1"] = 0.5  # as detect leaves it on the old layer
+    sad.tl.attack(a, eps=0.1, layer="k_eps0.5", key_added="k")
+    assert "k_eps0.5" in a.layers  # the new run's source stays
+    assert "sad_score_k_eps0.1" not in a.obs  # the layer holds another attack now
+    sad.tl.attack(a, eps=0.1, layer="k_eps0.5", key_added="k2")
+
+
+def test_unknown_labels_of_cells_not_attacked_are_ignored(pipeline3k):
+    a = pipeline3k[:40].copy()
+    lab = a.obs["seurat_cell_type"].astype(object)
+    lab.iloc[:5] = "Doublet"
+    a.obs["lab3"] = lab
+    opts = sad.tl.AttackOptions(cells=np.arange(5, a.n_obs), labels_key="lab3")
+    sad.tl.attack(a, "pgd", eps=0.1, options=opts, key_added="u")
+    with pytest.raises(ValueError, match="Doublet"):
+        sad.tl.attack(a, "pgd", eps=0.1, labels_key="lab3")

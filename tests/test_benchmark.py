@@ -263,6 +263,12 @@ def test_observed_range_keeps_custom_bounds_and_reads_the_classifier_input(bench
     got = _observed_over_all_cells(b, {"method": "pgd", "eps": 0.1, "constraint": "observed"}, clf)[0]["bounds"]
     np.testing.assert_allclose(got[0], a.X.min(0), atol=1e-5)
     np.testing.assert_allclose(got[1], a.X.max(0), atol=1e-5)
+    # layer='X' names X, as in attack(); an integer-counts constraint is not traded for the observed box
+    got = _observed_over_all_cells(a, {"method": "pgd", "eps": 0.1, "layer": "X", "constraint": "observed"}, clf)
+    np.testing.assert_array_equal(got[0]["bounds"][0], a.X.min(0))
+    spec = {"method": "pgd", "eps": 2.0, "space": "counts", "constraint": "counts", "bounds": "observed"}
+    with pytest.raises(ValueError, match="bounds='observed' is the 'observed' constraint"):
+        _observed_over_all_cells(a, spec, clf)
 
 
 def test_accuracy_column_matches_the_classifier_record(table3k):

@@ -49,7 +49,10 @@ def pseudo_labels(
     adata
         Preprocessed AnnData: scaled values in ``X``, or log-normalized ones
         (``sad.pp.preprocess(output='lognorm')``), which are scaled here with ``.var['sad_mean']`` /
-        ``['sad_std']`` and the recorded clip, a chunk of cells at a time, to the same values.
+        ``['sad_std']`` and the recorded clip, a chunk of cells at a time, to the same values. The
+        randomized PCA then reads ``X`` once per product, about ``2 * n_iter + 3`` times (17 for
+        scikit-learn's default): cheap in memory, slow for a dask ``X`` that is read from disk or
+        computed (``adata.X = adata.X.persist()`` first if it fits in memory).
     method
         ``'kmeans'`` (:class:`~sklearn.cluster.MiniBatchKMeans` on the PCs, the seed pipeline) or
         ``'leiden'`` (:func:`scanpy.tl.leiden` on a kNN graph of the PCs; needs ``igraph`` and

@@ -13,6 +13,7 @@ import torch
 from .. import _keys
 from .._settings import logger
 from .._validate import get_matrix, h5ad_safe, uns_root
+from ..detection._rule_layer import reason_key
 from ._attack_options import SCORE_METHODS, method_norm
 
 if TYPE_CHECKING:
@@ -230,28 +231,39 @@ def store_record(
     root = uns_root(adata)
     root.setdefault(_keys.STEP_ATTACKS, {})
     cells = cells or {"n_cells": len(source), "obs_key": ""}
-    _drop_replaced(adata, root[_keys.STEP_ATTACKS].get(prefix), set(layers), str(cells["obs_key"]))
+    source = str(params.get("layer", "X"))
+    _drop_replaced(adata, root[_keys.STEP_ATTACKS].get(prefix), set(layers), str(cells["obs_key"]), source)
     rec = {"params": params, "layers": layers, "eps": params["eps"], "metrics": metrics, "kind": kind}
     rec["storage"] = storage
     rec["cells"] = cells
     root[_keys.STEP_ATTACKS][prefix] = h5ad_safe(rec)
 
 
-def _drop_replaced(adata: AnnData, old: dict | None, kept: set[str], obs_key: str) -> None:
-    """Remove what a replaced record of the same key wrote and the new run did not overwrite.
+def _drop_replaced(adata: AnnData, old: dict | None, written: set[str], obs_key: str, source: str) -> None:
+    """Remove what a replaced record of the same key left that no longer describes a run.
 
-    Left behind, an old layer would belong to no record, and readers would take it for scaled input
-    whatever space it holds; its ``_pred`` column and the old ``_attacked`` column would describe a
-    run that no longer exists.
+    Its layers the new run did not write (but the one the new run attacked, ``source``) would
+    belong to no record, and readers would take them for scaled input whatever space they hold;
+    their ``_pred`` columns and the old ``_attacked`` column would describe a run that is gone. The
+    detector's outputs on every old layer but ``source`` are removed too: a rewritten layer holds
+    another attack, and ``evaluate`` would otherwise reuse the old scores.
     """
     if not old:
         return
-    stale = [str(lay) for lay in np.atleast_1d(old.get("layers", [])) if str(lay) not in kept]
+    old_layers = [str(lay) for lay in np.atleast_1d(old.get("layers", [])) if str(lay) != source]
+    stale = [lay for lay in old_layers if lay not in written]
     for lay in stale:
         if lay in adata.layers:
             del adata.layers[lay]
         if _keys.pred_key(lay) in adata.obs:
             del adata.obs[_keys.pred_key(lay)]
+    for lay in old_layers:
+        for key in (_keys.score_key(lay), _keys.flag_key(lay), reason_key(lay)):
+            if key in adata.obs:
+                del adata.obs[key]
+        for key in (_keys.meta_key(lay), _keys.triplet_key(lay)):
+            if key in adata.obsm:
+                del adata.obsm[key]
     old_key = str(old.get("cells", {}).get("obs_key", "") or "")
     if old_key and old_key != obs_key and old_key in adata.obs:
         del adata.obs[old_key]

@@ -49,7 +49,7 @@ def check_threat(adata: AnnData, threat: ThreatModel, method: str) -> tuple[Spac
     if held not in ("scaled", space):
         msg = (
             f"Layer {layer!r} holds {held!r} values but space={space!r} was asked for; pass space={held!r} "
-            f"(or leave it out), or the layer of that space ({space_layer(space) or 'None for X'!r})."
+            f"(or leave it out), or the layer of that space ({space_layer(space) or 'None for X'})."
         )
         raise ValueError(msg)
     if layer is not None and layer not in adata.layers:
@@ -225,7 +225,8 @@ def source_codes(
         raise ValueError(msg)
     known = column.notna().to_numpy()
     labels = column.astype(str).where(known)  # as strings, as the classes are; NaN stays NaN (code -1)
-    unknown = sorted(set(labels[known]) - set(classes))
+    judged = known if rows is None else known & np.isin(np.arange(adata.n_obs), rows)  # only attacked cells
+    unknown = sorted(set(labels[judged]) - set(classes))
     if unknown:
         msg = f"Labels {unknown[:5]} in {labels_key!r} are not classes of the classifier ({classes}). Use the key it was trained on."
         raise ValueError(msg)

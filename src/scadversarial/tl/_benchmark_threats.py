@@ -142,11 +142,18 @@ def _observed_over_all_cells(adata: AnnData, spec: ThreatSpec, model: CellClassi
     if not isinstance(spec, Mapping):
         pairs = [_observed_over_all_cells(adata, s, model) for s in spec]
         return [p[0] for p in pairs], any(p[1] for p in pairs)
-    bounds = spec.get("bounds")
-    observed = spec.get("constraint") == "observed" or bounds == "observed"
+    bounds, constraint = spec.get("bounds"), spec.get("constraint")
+    observed = constraint == "observed" or bounds == "observed"
     if not observed:
         return spec, False
+    if bounds == "observed" and constraint not in (None, "observed"):  # as attack() refuses it
+        msg = (
+            f"Threat spec {dict(spec)!r}: bounds='observed' is the 'observed' constraint, and "
+            f"constraint={constraint!r} was given too; pass one of them."
+        )
+        raise ValueError(msg)
     layer = spec.get("layer", space_layer(spec.get("space") or "scaled"))
+    layer = None if layer == "X" else layer
     M = classifier_input(adata, model) if layer is None else matrix_for_genes(adata, model.var_names, layer)
     lower, upper = M.min(0), M.max(0)
     if bounds is not None and not isinstance(bounds, str):
