@@ -40,6 +40,13 @@ VARIANTS = {
     "no gradient features": {"features": sad.detection.FeatureSpec(gradient=False)},
     "no input-consistency features": {"features": sad.detection.FeatureSpec(input=False)},
     "internal signals only": {"features": sad.detection.FeatureSpec(gradient=False, input=False)},
+    # the plausibility rules catch every cell of the seed threat (values below zero): without them the rows
+    # measure the learned layer and its features, as the study's detector
+    "learned layer alone (no rules)": {"config": sad.detection.DetectorConfig(rules=False)},
+    "no rules, internal signals only": {
+        "config": sad.detection.DetectorConfig(rules=False),
+        "features": sad.detection.FeatureSpec(gradient=False, input=False),
+    },
 }
 STUDY = {
     "clean accuracy": "85.85%",
