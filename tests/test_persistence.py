@@ -16,6 +16,14 @@ import scadversarial as sad
 from scadversarial.models import load_model
 
 
+def in_new_process(script: str, *, cwd: str | None = None) -> str:
+    """Run ``script`` (dedented) in a fresh Python process; its standard output."""
+    run = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], check=True, capture_output=True, text=True, cwd=cwd
+    )
+    return run.stdout
+
+
 def test_h5ad_after_every_step(pbmc68k, tmp_path):
     a = pbmc68k.copy()
     steps = [
@@ -38,7 +46,7 @@ def test_new_process_reproduces_predictions(pipeline68k, tmp_path):
     sad.save_models(a, tmp_path / "models")
     a.write_h5ad(tmp_path / "a.h5ad")
     expected = a.obsm["sad_proba"]
-    script = textwrap.dedent(f"""
+    script = f"""
         import anndata as ad, numpy as np, scadversarial as sad
         sad.settings.progress = False
         a = ad.read_h5ad({str(tmp_path / "a.h5ad")!r})
@@ -46,8 +54,8 @@ def test_new_process_reproduces_predictions(pipeline68k, tmp_path):
         sad.load_models(a, {str(tmp_path / "models")!r})
         sad.tl.predict(a)
         np.save({str(tmp_path / "proba.npy")!r}, a.obsm["sad_proba"])
-    """)
-    subprocess.run([sys.executable, "-c", script], check=True)
+    """
+    in_new_process(script)
     np.testing.assert_array_equal(np.load(tmp_path / "proba.npy"), expected)
 
 
@@ -92,15 +100,15 @@ def test_load_checks_model_identity(pipeline68k, tmp_path):
 def test_get_model_needs_load_in_new_process(pipeline68k, tmp_path):
     a = pipeline68k.copy()
     a.write_h5ad(tmp_path / "a.h5ad")  # not saved: the reference has no path
-    script = textwrap.dedent(f"""
+    script = f"""
         import anndata as ad, scadversarial as sad
         a = ad.read_h5ad({str(tmp_path / "a.h5ad")!r})
         try:
             sad.tl.predict(a)
         except KeyError as e:
             print("KEYERROR", e)
-    """)
-    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
+    """
+    out = in_new_process(script)
     assert "KEYERROR" in out
     assert "load_models" in out
 
@@ -114,15 +122,15 @@ def test_load_models_on_a_backed_anndata_then_detect(pipeline68k, tmp_path):
     sad.tl.detect(a)
     sad.save_models(a, tmp_path / "models")
     a.write_h5ad(tmp_path / "a.h5ad")
-    script = textwrap.dedent(f"""
+    script = f"""
         import anndata as ad, numpy as np, scadversarial as sad
         sad.settings.progress = False
         b = ad.read_h5ad({str(tmp_path / "a.h5ad")!r}, backed="r")
         assert sorted(sad.load_models(b)) == ["classifier", "detector"]
         sad.tl.detect(b)
         np.save({str(tmp_path / "score.npy")!r}, b.obs["sad_score"].to_numpy())
-    """)
-    subprocess.run([sys.executable, "-c", script], check=True)
+    """
+    in_new_process(script)
     np.testing.assert_allclose(np.load(tmp_path / "score.npy"), a.obs["sad_score"].to_numpy(), rtol=1e-4, atol=1e-6)
 
 
@@ -135,13 +143,13 @@ def test_saved_paths_are_absolute_and_lead_back_from_elsewhere(pipeline68k, tmp_
     assert Path(ref["path"]).is_absolute()
     assert Path(ref["path"]) == tmp_path / "out" / "models" / "classifier"
     a.write_h5ad(tmp_path / "a.h5ad")
-    script = textwrap.dedent(f"""
+    script = f"""
         import anndata as ad, numpy as np, scadversarial as sad
         b = ad.read_h5ad({str(tmp_path / "a.h5ad")!r})
         sad.tl.predict(b)
         np.save({str(tmp_path / "p.npy")!r}, b.obsm["sad_proba"])
-    """)
-    subprocess.run([sys.executable, "-c", script], check=True, cwd="/")
+    """
+    in_new_process(script, cwd="/")
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), a.obsm["sad_proba"], rtol=1e-5, atol=1e-6)
 
 
@@ -164,13 +172,13 @@ def test_get_model_refuses_a_saved_model_of_other_genes(pipeline68k, tmp_path):
     lines[0], lines[1] = lines[1], lines[0]
     genes.write_text("\n".join(lines) + "\n", encoding="utf-8")
     a.write_h5ad(tmp_path / "a.h5ad")
-    script = textwrap.dedent(f"""
+    script = f"""
         import anndata as ad, scadversarial as sad
         b = ad.read_h5ad({str(tmp_path / "a.h5ad")!r})
         try:
             sad.get.model(b)
         except ValueError as e:
             print("refused:", e)
-    """)
-    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
+    """
+    out = in_new_process(script)
     assert "refused" in out
