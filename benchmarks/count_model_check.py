@@ -38,7 +38,16 @@ import sys
 
 import numpy as np
 import pandas as pd
-from threats import benign_cells, default_pipeline, mean_sd, run_seeds, split_cells
+from threats import (
+    benign_cells,
+    count_pgd_layer,
+    default_flags,
+    default_pipeline,
+    one_gene_layers,
+    print_runs,
+    run_seeds,
+    split_cells,
+)
 
 import scadversarial as sad
 from scadversarial.detection import CountModelDetector
@@ -86,32 +95,13 @@ def run_one(raw, labels: str, seed: int) -> tuple[pd.DataFrame, dict]:
     clean_pred = clf.predict_arrays(np.asarray(test.X, dtype=np.float32))[0].argmax(1)
     layers: dict[str, np.ndarray] = {}
     for e in UMI:
-        sad.tl.attack(
-            test,
-            "pgd",
-            eps=e,
-            space="counts",
-            constraint="counts",
-            mask="counts",
-            key_added=f"c{e:g}",
-            random_state=seed,
-        )
-        (lay,) = sad.get.attack_record(test, f"c{e:g}")["layers"]
-        layers[f"counts eps={e:g}"] = sad.tl.scaled_matrix(test, clf, lay)
+        layers[f"counts eps={e:g}"] = count_pgd_layer(test, clf, e, seed)
         threat = sad.tl.InsideCountChecks(det, eps=e, key_added=f"i{e:g}", random_state=seed)
         ((lay, _),) = threat(test).items()
         layers[f"inside the checks eps={e:g}"] = sad.tl.scaled_matrix(test, clf, lay)
-    for name, attacker in (
-        ("one gene in counts (knows the rules)", sad.tl.GeneInCounts(det, key_added="g1")),
-        ("one gene at the clip (knows the rules)", sad.tl.GeneAtClip(det, key_added="g2")),
-    ):
-        ((lay, _),) = attacker(test).items()
-        layers[name] = np.asarray(test.layers[lay], dtype=np.float32)
-    for i, (name, Z) in enumerate(layers.items()):
-        test.layers[f"bench_{i}"] = Z
-        sad.tl.detect(test, f"bench_{i}")
+    layers |= one_gene_layers(test, det)
+    for (name, Z), d in zip(layers.items(), default_flags(test, layers).values(), strict=True):
         flip = clf.predict_arrays(Z)[0].argmax(1) != clean_pred
-        d = test.obs[f"sad_adversarial_bench_{i}"].to_numpy(bool)
         row = {"kind": "attack", "threat": name, "flip_rate": flip.mean(), "default": d.mean()}
         row["evasion_default"] = (flip & ~d).mean()
         for stat, f in flags(Z).items():
@@ -133,13 +123,7 @@ def main(argv=None) -> int:
     print(info.to_string(index=False, float_format="{:.3f}".format))
     cols = ["flip_rate", "default", "evasion_default"]
     cols += [f"{p}{s}" for s in STATISTICS for p in ("", "either ", "evasion ")]
-    for labels, part in [*tab.groupby("labels", sort=False), ("pooled", tab)]:
-        print(f"\n=== {labels}: mean ± sd over seeds{' and label sets' if labels == 'pooled' else ''} ===")
-        present = [c for c in cols if c in part]
-        print(part.groupby(["kind", "threat"], sort=False)[present].agg(mean_sd).to_string())
-    worst = [c for c in tab if c.startswith(("either ", "evasion"))]
-    print("\n=== worst run (max over label sets x seeds) ===")
-    print(tab.groupby(["kind", "threat"], sort=False)[worst].max().to_string(float_format="{:.3f}".format))
+    print_runs(tab, cols, [c for c in tab if c.startswith(("either ", "evasion"))])
     return 0
 
 

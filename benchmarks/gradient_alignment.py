@@ -41,7 +41,16 @@ import sys
 import numpy as np
 import pandas as pd
 import torch
-from threats import benign_cells, default_pipeline, mean_sd, run_seeds, split_cells
+from threats import (
+    benign_cells,
+    count_pgd_layer,
+    default_flags,
+    default_pipeline,
+    one_gene_layers,
+    print_runs,
+    run_seeds,
+    split_cells,
+)
 
 import scadversarial as sad
 
@@ -112,18 +121,7 @@ def run_one(raw, labels: str, seed: int) -> tuple[pd.DataFrame, dict]:
     layers: dict[str, np.ndarray] = {}
     sweeps: dict[str, list[str]] = {}  # worst case per cell over these layers
     for e in UMI:
-        sad.tl.attack(
-            test,
-            "pgd",
-            eps=e,
-            space="counts",
-            constraint="counts",
-            mask="counts",
-            key_added=f"c{e:g}",
-            random_state=seed,
-        )
-        (lay,) = sad.get.attack_record(test, f"c{e:g}")["layers"]
-        layers[f"counts eps={e:g}"] = sad.tl.scaled_matrix(test, clf, lay)
+        layers[f"counts eps={e:g}"] = count_pgd_layer(test, clf, e, seed)
         plain = f"inside the checks eps={e:g}"
         sweeps[f"inside the checks, knows the check eps={e:g}"] = [plain]
         for w in (0.0, *WEIGHTS):
@@ -134,21 +132,11 @@ def run_one(raw, labels: str, seed: int) -> tuple[pd.DataFrame, dict]:
             layers[name] = sad.tl.scaled_matrix(test, clf, lay)
             if w:
                 sweeps[f"inside the checks, knows the check eps={e:g}"].append(name)
-    for name, attacker in (
-        ("one gene in counts (knows the rules)", sad.tl.GeneInCounts(det, key_added="g1")),
-        ("one gene at the clip (knows the rules)", sad.tl.GeneAtClip(det, key_added="g2")),
-    ):
-        ((lay, _),) = attacker(test).items()
-        layers[name] = np.asarray(test.layers[lay], dtype=np.float32)
-    seen = {}
-    for i, (name, Z) in enumerate(layers.items()):
-        test.layers[f"bench_{i}"] = Z
-        sad.tl.detect(test, f"bench_{i}")
-        seen[name] = (
-            clf.predict_arrays(Z)[0].argmax(1) != clean_pred,
-            test.obs[f"sad_adversarial_bench_{i}"].to_numpy(bool),
-            check.flags(Z),
-        )
+    layers |= one_gene_layers(test, det)
+    seen = {
+        name: (clf.predict_arrays(Z)[0].argmax(1) != clean_pred, d, check.flags(Z))
+        for (name, Z), d in zip(layers.items(), default_flags(test, layers).values(), strict=True)
+    }
     for name, runs in sweeps.items():  # per cell, the run best for the attacker: flipped unflagged, else flipped
         flips, ds, fs = (np.stack([seen[r][k] for r in runs]) for k in range(3))
         key = 2 * (flips & ~(ds | fs)) + flips
@@ -181,15 +169,7 @@ def main(argv=None) -> int:
     print("1 % of clean validation cells and of their half-depth thinning above it); default: sad.tl.detect;")
     print("either: flagged by one of them; evasion: flipped and flagged by neither (evasion_default: by the default)")
     print(info.to_string(index=False, float_format="{:.4f}".format))
-    cols = ["flip_rate", "default", "check", "either", "evasion_default", "evasion"]
-    for labels, part in [*tab.groupby("labels", sort=False), ("pooled", tab)]:
-        print(f"\n=== {labels}: mean ± sd over seeds{' and label sets' if labels == 'pooled' else ''} ===")
-        present = [c for c in cols if c in part]
-        print(part.groupby(["kind", "threat"], sort=False)[present].agg(mean_sd).to_string())
-    print("\n=== worst run (max over label sets x seeds) ===")
-    print(
-        tab.groupby(["kind", "threat"], sort=False)[["either", "evasion"]].max().to_string(float_format="{:.3f}".format)
-    )
+    print_runs(tab, ["flip_rate", "default", "check", "either", "evasion_default", "evasion"], ["either", "evasion"])
     return 0
 
 

@@ -406,6 +406,54 @@ def benign_cells(cells, seed: int) -> dict:
     }
 
 
+def count_pgd_layer(cells, clf, eps: float, seed: int) -> np.ndarray:
+    """PGD on the integer counts of expressed genes, +-``eps`` UMI (key ``c<eps>``), as the classifier's scaled input."""
+    sad.tl.attack(
+        cells,
+        "pgd",
+        eps=eps,
+        space="counts",
+        constraint="counts",
+        mask="counts",
+        key_added=f"c{eps:g}",
+        random_state=seed,
+    )
+    (lay,) = sad.get.attack_record(cells, f"c{eps:g}")["layers"]
+    return sad.tl.scaled_matrix(cells, clf, lay)
+
+
+def one_gene_layers(cells, det) -> dict[str, np.ndarray]:
+    """The one-gene attackers who know the rules (``GeneInCounts``, ``GeneAtClip``): name -> scaled input."""
+    out = {}
+    for name, attacker in (
+        ("one gene in counts (knows the rules)", sad.tl.GeneInCounts(det, key_added="g1")),
+        ("one gene at the clip (knows the rules)", sad.tl.GeneAtClip(det, key_added="g2")),
+    ):
+        ((lay, _),) = attacker(cells).items()
+        out[name] = np.asarray(cells.layers[lay], dtype=np.float32)
+    return out
+
+
+def default_flags(cells, layers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per named scaled matrix, the default detector's flags (``sad.tl.detect`` on layers ``bench_<i>``)."""
+    out = {}
+    for i, (name, Z) in enumerate(layers.items()):
+        cells.layers[f"bench_{i}"] = Z
+        sad.tl.detect(cells, f"bench_{i}")
+        out[name] = cells.obs[f"sad_adversarial_bench_{i}"].to_numpy(bool)
+    return out
+
+
+def print_runs(tab: pd.DataFrame, cols: list[str], worst: list[str], *, float_format: str = "{:.3f}") -> None:
+    """Per threat, ``cols`` as mean ± sd over seeds per label set and pooled, then ``worst`` as the max over runs."""
+    for labels, part in [*tab.groupby("labels", sort=False), ("pooled", tab)]:
+        print(f"\n=== {labels}: mean ± sd over seeds{' and label sets' if labels == 'pooled' else ''} ===")
+        present = [c for c in cols if c in part]
+        print(part.groupby(["kind", "threat"], sort=False)[present].agg(mean_sd).to_string())
+    print("\n=== worst run (max over label sets x seeds) ===")
+    print(tab.groupby(["kind", "threat"], sort=False)[worst].max().to_string(float_format=float_format.format))
+
+
 def run_seeds(argv, doc: str, run_one, parts: tuple[str, ...], seeds=(0, 1, 2)) -> dict[str, pd.DataFrame] | None:
     """The command line of a benchmark run per label set and seed (:func:`add_run_options`), then :func:`seed_runs`."""
     args = add_run_options(benchmark_parser(doc, list(seeds))).parse_args(argv)
